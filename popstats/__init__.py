@@ -1,0 +1,39 @@
+"""popstats: population statistics for batch-normalized PyTensor graphs.
+
+The pipeline, one public verb per stage:
+
+1. tagger -- :func:`bn_statistic` marks a batch statistic;
+2. exporter -- :func:`export` makes every statistic (inside nested Scans
+   too) an output of an estimation graph;
+3. estimator -- :func:`estimate` runs it over batches into
+   :class:`PopulationStatistics`;
+4. rewriter -- :func:`rewrite` replaces the statistics by population values.
+
+:func:`get_inference_graph` runs 3 and 4 in one call.
+"""
+
+from popstats._src.api import get_inference_graph
+from popstats._src.errors import PopstatsError
+from popstats._src.estimator import estimate
+from popstats._src.exporter import EstimationGraph, Site, export
+from popstats._src.rewriter import population_variables, rewrite
+from popstats._src.statistics import PopulationStatistics, Statistic
+from popstats._src.tagger import BNStat, bn_statistic, is_statistic
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BNStat",
+    "EstimationGraph",
+    "PopstatsError",
+    "PopulationStatistics",
+    "Site",
+    "Statistic",
+    "bn_statistic",
+    "estimate",
+    "export",
+    "get_inference_graph",
+    "is_statistic",
+    "population_variables",
+    "rewrite",
+]

@@ -1,0 +1,104 @@
+"""The record passed from the estimator to the rewriter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from popstats._src.errors import PopstatsError
+from popstats._src.exporter import Site
+from popstats._src.walk import SiteId
+
+__all__ = ["PopulationStatistics", "Statistic"]
+
+
+@dataclass(frozen=True, eq=False)
+class Statistic:
+    """The population estimate of one batch statistic.
+
+    Attributes
+    ----------
+    name, label : str
+        As in :class:`~popstats.Site`.
+    site : Site
+        Where the statistic was found.
+    value : numpy.ndarray
+        float64; leading axes are time steps (one per enclosing loop).
+    coverage : numpy.ndarray
+        int64, shape ``value.shape[:depth]``: how many batches reached each
+        step (for a statistic outside loops, a 0-d array: the batch count).
+    n_batches : int
+        Batches that contributed.
+    """
+
+    name: str
+    label: str
+    site: Site
+    value: np.ndarray
+    coverage: np.ndarray
+    n_batches: int
+
+    @property
+    def depth(self) -> int:
+        return self.site.depth
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """Length of each time axis (the longest run seen per loop)."""
+        return tuple(self.coverage.shape)
+
+
+class PopulationStatistics(Mapping[str, Statistic]):
+    """Population statistics by name; the estimator's result.
+
+    A read-only mapping from statistic name to :class:`Statistic`, in the
+    order the statistics were found. Pass it to :func:`~popstats.rewrite`
+    (as many times as needed, for any graph holding these statistics).
+    """
+
+    def __init__(self, statistics: tuple[Statistic, ...]):
+        self._by_name = {s.name: s for s in statistics}
+        self._by_id: dict[SiteId, Statistic] = {s.site.id: s for s in statistics}
+        self._by_key: dict[str, list[Statistic]] = {}
+        for s in statistics:
+            self._by_key.setdefault(s.site.id.key, []).append(s)
+
+    def __getitem__(self, name: str) -> Statistic:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise PopstatsError(
+                f"PopulationStatistics[{name!r}]: no such statistic; known: "
+                f"{sorted(self._by_name)}."
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str, default: object = None) -> object:
+        return self._by_name.get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def lookup(self, site: SiteId) -> Statistic | None:
+        """The statistic for a site: same place, else the same unique key."""
+        found = self._by_id.get(site)
+        if found is None:
+            candidates = self._by_key.get(site.key, [])
+            if len(candidates) == 1:
+                found = candidates[0]
+        return found
+
+    def __repr__(self) -> str:
+        rows = [
+            f"  {s.name!r}: shape {s.value.shape[s.depth:]}, steps {s.steps}, "
+            f"in {s.site.where}, {s.n_batches} batches"
+            for s in self._by_name.values()
+        ]
+        return "PopulationStatistics(\n" + "\n".join(rows) + "\n)"
