@@ -60,7 +60,7 @@ class _RunningMean:
         if grown != self.count.shape:
             self.mean = _grow(self.mean, grown + stat_shape)
             self.count = _grow(self.count, grown)
-        cells = tuple(slice(0, n) for n in steps)
+        cells = (*(slice(0, n) for n in steps), Ellipsis)  # views, even 0-d
         count = self.count[cells]
         count += 1
         mean = self.mean[cells]
@@ -124,7 +124,9 @@ def _input_names(inputs: Sequence[Variable]) -> dict[str, int]:
     return names
 
 
-def _check_inputs(inputs: object, eg: EstimationGraph) -> list[Variable]:
+def _check_inputs(
+    inputs: object, eg: EstimationGraph, outputs: Sequence[Variable]
+) -> list[Variable]:
     if isinstance(inputs, Variable):
         inputs = [inputs]
     if not isinstance(inputs, list | tuple):
@@ -144,6 +146,15 @@ def _check_inputs(inputs: object, eg: EstimationGraph) -> list[Variable]:
                 f"(it is computed, constant or shared). Pass the root variables "
                 f"the batches provide values for."
             )
+    in_graph = set(graph_inputs(outputs))
+    strangers = [str(v) for v in inputs if v not in in_graph]
+    if strangers:
+        raise PopstatsError(
+            f"estimate(inputs=...): {', '.join(map(repr, strangers))} "
+            f"{'is' if len(strangers) == 1 else 'are'} not in the graph of "
+            f"outputs. Pass only inputs the outputs depend on (remove the others "
+            f"from inputs; extra keys in the batch dicts are ignored anyway)."
+        )
     needed = [
         v
         for v in graph_inputs(eg.outputs)
@@ -247,7 +258,7 @@ def estimate(
     """
     outs = as_variables(outputs, "estimate")
     eg = export(outs)
-    inputs = _check_inputs(inputs, eg)
+    inputs = _check_inputs(inputs, eg, outs)
     fn = pytensor.function(
         inputs, list(eg.outputs), mode=mode, on_unused_input="ignore"
     )

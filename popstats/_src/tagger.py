@@ -77,7 +77,7 @@ def bn_statistic(var: Any, label: str | None = None) -> Variable:
     >>> import popstats
     >>> x = pt.matrix("x")
     >>> mean = popstats.bn_statistic(x.mean(axis=0), label="mean")
-    >>> mean.owner.op
+    >>> print(mean.owner.op)
     BNStat{mean}
     >>> popstats.is_statistic(mean)
     True
