@@ -50,7 +50,9 @@ def test_rebuild_without_additions_gives_an_equal_op(options):
         assert getattr(new_node.op, attr) == getattr(node.op, attr)
 
 
-@pytest.mark.filterwarnings("ignore:Scan return signature will change:DeprecationWarning")
+@pytest.mark.filterwarnings(
+    "ignore:Scan return signature will change:DeprecationWarning"
+)
 def test_additions_keep_original_outputs_and_order():
     """A sequence, a non-sequence and a nit_sot output, with an untraced state."""
     x = pt.matrix("x")
@@ -60,7 +62,7 @@ def test_additions_keep_original_outputs_and_order():
         next_rng, noise = pt.random.normal(size=xt.shape, rng=rng, return_next_rng=True)
         return [h + xt, noise.sum()], {rng: next_rng}
 
-    (acc, noise), updates = pytensor.scan(
+    (acc, _noise), _updates = pytensor.scan(
         step,
         sequences=[x],
         outputs_info=[pt.zeros_like(x[0]), None],

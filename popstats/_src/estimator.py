@@ -10,17 +10,16 @@ update, so memory does not grow with the number of batches.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytensor
+from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs
-from pytensor.compile.sharedvalue import SharedVariable
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.exporter import EstimationGraph, Site, as_variables, export
+from popstats._src.exporter import EstimationGraph, Site, as_variables, export_checked
 from popstats._src.statistics import PopulationStatistics, Statistic
 
 __all__ = ["estimate"]
@@ -257,7 +256,7 @@ def estimate(
     array([2., 2.])
     """
     outs = as_variables(outputs, "estimate")
-    eg = export(outs)
+    eg = export_checked(outs, "estimate")
     inputs = _check_inputs(inputs, eg, outs)
     fn = pytensor.function(
         inputs, list(eg.outputs), mode=mode, on_unused_input="ignore"

@@ -20,7 +20,7 @@ from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.scan_surgery import ScanEdit
 from popstats._src.walk import LoopStep, SiteId, transform
 
-__all__ = ["EstimationGraph", "Site", "export", "as_variables"]
+__all__ = ["EstimationGraph", "Site", "as_variables", "export", "export_checked"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class EstimationGraph:
 
 
 class _ExportLevel:
-    def __init__(self) -> None:
+    def __init__(self, call: str) -> None:
+        self.call = call  # the public call, named in errors
         self.found: list[tuple[SiteId, Variable, Variable]] = []
 
     def statistic(self, var: Variable, site: SiteId) -> None:
@@ -80,8 +81,9 @@ class _ExportLevel:
         self, node: Apply, inputs: list[Variable], path: tuple[LoopStep, ...]
     ) -> list[Variable]:
         edit = ScanEdit(node, inputs)
-        inner = _ExportLevel()
-        edit.set_inner_outputs(transform(edit.inner_inputs, edit.inner_outputs, inner, path))
+        inner = _ExportLevel(self.call)
+        inner_outputs = transform(edit.inner_inputs, edit.inner_outputs, inner, path)
+        edit.set_inner_outputs(inner_outputs)
         for _, var, _ in inner.found:
             edit.add_nit_sot(var)
         replaced, added = edit.build()
@@ -96,7 +98,8 @@ def as_variables(outputs: object, call: str) -> list[Variable]:
     if not isinstance(seq, list | tuple) or not seq:
         raise PopstatsError(
             f"{call}(outputs=...): expected a PyTensor variable or a non-empty "
-            f"list/tuple of them, got {describe_value(outputs)}."
+            f"list/tuple of them, got {describe_value(outputs)}. Pass the "
+            f"symbolic output(s) of the model, e.g. outputs=y or [y, loss]."
         )
     for i, var in enumerate(seq):
         if not isinstance(var, Variable):
@@ -120,7 +123,7 @@ def _name_sites(found: Sequence[tuple[SiteId, Variable, Variable]]) -> list[Site
     return sites
 
 
-def _no_statistics_error(outputs: Sequence[Variable]) -> PopstatsError:
+def _no_statistics_error(outputs: Sequence[Variable], call: str) -> PopstatsError:
     has_scan = any(isinstance(n.op, Scan) for n in toposort(outputs))
     hint = (
         " The graph has Scan loops: PyTensor >= 3.1 freezes their inner graphs "
@@ -131,7 +134,8 @@ def _no_statistics_error(outputs: Sequence[Variable]) -> PopstatsError:
         else ""
     )
     return PopstatsError(
-        "outputs: no batch statistic found. Mark each statistic with "
+        f"{call}(outputs=...): no batch statistic found in the graph of "
+        f"{describe_value([str(v) for v in outputs])}. Mark each statistic with "
         "popstats.bn_statistic(var, label=...) (or set var.tag.bn_statistic = "
         "True) and build the outputs from the marked variables." + hint
     )
@@ -166,11 +170,15 @@ def export(outputs: Variable | Sequence[Variable]) -> EstimationGraph:
     >>> [site.name for site in eg.sites]
     ['mean']
     """
-    outs = as_variables(outputs, "export")
-    level = _ExportLevel()
-    transform((), outs, level)
+    return export_checked(as_variables(outputs, "export"), "export")
+
+
+def export_checked(outputs: Sequence[Variable], call: str) -> EstimationGraph:
+    """:func:`export` of checked outputs; errors name the public ``call``."""
+    level = _ExportLevel(call)
+    transform((), outputs, level)
     if not level.found:
-        raise _no_statistics_error(outs)
+        raise _no_statistics_error(outputs, call)
     return EstimationGraph(
         tuple(var for _, var, _ in level.found), tuple(_name_sites(level.found))
     )

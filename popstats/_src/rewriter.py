@@ -32,6 +32,8 @@ __all__ = ["population_variables", "rewrite"]
 class _RewriteLevel:
     """One graph level; lends each statistic's value to the level below."""
 
+    call = "rewrite"  # named in errors
+
     def __init__(
         self,
         stats: PopulationStatistics,
@@ -71,7 +73,7 @@ class _RewriteLevel:
         expected = stat.value.shape[stat.depth :]
         static = var.type.shape
         if len(static) != len(expected) or any(
-            s is not None and s != e for s, e in zip(static, expected)
+            s is not None and s != e for s, e in zip(static, expected, strict=True)
         ):
             raise PopstatsError(
                 f"rewrite(stats=...): statistic {stat.name!r} has shape {static} "

@@ -27,8 +27,14 @@ __all__ = ["ScanEdit", "inner_graph_nodes", "is_gradient_scan"]
 
 
 def is_gradient_scan(op: Scan) -> bool:
-    """A Scan built by ``pytensor.grad``: it has mit_mot states."""
-    return op.info.n_mit_mot > 0
+    """A Scan built by ``pytensor.grad`` (or ``Rop``).
+
+    The gradient of a recurrent loop has mit_mot states; that of a
+    feed-forward loop has none, but PyTensor names it ``grad_of_<name>``
+    (``rop_of_<name>`` for Rop), and ``pytensor.scan`` always names loops.
+    """
+    name = op.name or ""
+    return op.info.n_mit_mot > 0 or name.startswith(("grad_of_", "rop_of_"))
 
 
 def inner_graph_nodes(op: Scan) -> Sequence[Apply]:

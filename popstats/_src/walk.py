@@ -66,6 +66,8 @@ class SiteId:
 
 
 class Visitor(Protocol):
+    call: str  # the public call (e.g. "export"), named in errors
+
     def statistic(self, var: Variable, site: SiteId) -> Variable | None:
         """Called with the (new) marked variable; return a replacement or None."""
 
@@ -88,11 +90,11 @@ def contains_statistics(op: object) -> bool:
     )
 
 
-def _check_gradient_scan(node: Apply) -> None:
+def _check_gradient_scan(node: Apply, call: str) -> None:
     if is_gradient_scan(node.op):
         raise PopstatsError(
-            f"outputs: the graph contains the gradient of a loop (Scan "
-            f"{node.op.name!r} with mit_mot states, made by pytensor.grad) "
+            f"{call}(outputs=...): the graph contains the gradient of a loop (Scan "
+            f"{node.op.name!r}, made by pytensor.grad) "
             f"whose loop holds batch statistics. A gradient loop holds copies "
             f"of the forward statistics and runs in reverse, so it cannot be "
             f"estimated or rewritten. Pass the forward outputs, and take "
@@ -118,16 +120,15 @@ def transform(
         new_inputs = [memo.get(v, v) for v in node.inputs]
         op = node.op
         if isinstance(op, Scan) and contains_statistics(op):
-            _check_gradient_scan(node)
+            _check_gradient_scan(node, visitor.call)
             step = LoopStep(op.name or "scan", scan_seen[op])
             scan_seen[op] += 1
             new_outputs = visitor.scan(node, new_inputs, (*path, step))
         elif isinstance(op, OpFromGraph) and contains_statistics(op):
-            body = clone_replace(
-                list(op.fgraph.outputs), dict(zip(op.fgraph.inputs, new_inputs))
-            )
+            givens = dict(zip(op.fgraph.inputs, new_inputs, strict=True))
+            body = clone_replace(list(op.fgraph.outputs), givens)
             new_outputs = transform(new_inputs, body, visitor, path)
-        elif any(n is not o for n, o in zip(new_inputs, node.inputs)):
+        elif any(n is not o for n, o in zip(new_inputs, node.inputs, strict=True)):
             new_outputs = node.clone_with_new_inputs(new_inputs).outputs
         else:
             new_outputs = node.outputs
