@@ -33,17 +33,37 @@ class _RunningMean:
         self.mean: np.ndarray | None = None
         self.count: np.ndarray | None = None
         self.n_batches = 0
+        # Per value shape: the cells it updates and the weights' shape, so
+        # that a batch shaped like the one before costs only the arithmetic.
+        self._shape: tuple[int, ...] | None = None
+        self._cells: tuple = ()
+        self._weight_shape: tuple[int, ...] = ()
 
     def update(self, value: np.ndarray, batch_index: int) -> None:
-        site, depth = self.site, self.site.depth
         value = np.asarray(value)
-        if not np.all(np.isfinite(value)):
+        if not np.isfinite(value).all():
+            site = self.site
             raise PopstatsError(
                 f"estimate(batches=...): statistic {site.name!r} (in {site.where}) "
                 f"is not finite in batch {batch_index}. Check that batch for "
                 f"NaN/inf inputs or empty reductions (a mean over zero elements)."
             )
-        steps, stat_shape = value.shape[:depth], value.shape[depth:]
+        if value.shape != self._shape:
+            self._fit(value.shape, batch_index)
+        if self.count.ndim == 0:  # outside loops: one count, a plain scalar weight
+            self.count += 1
+            self.mean += (value - self.mean) * (1.0 / int(self.count))
+        else:
+            count = self.count[self._cells]
+            count += 1
+            mean = self.mean[self._cells]
+            mean += (value - mean) * (1.0 / count.reshape(self._weight_shape))
+        self.n_batches += 1
+
+    def _fit(self, shape: tuple[int, ...], batch_index: int) -> None:
+        """Check a new value shape; grow the time axes to it; cache cells."""
+        site, depth = self.site, self.site.depth
+        steps, stat_shape = shape[:depth], shape[depth:]
         if self.mean is None:
             self.mean = np.zeros(steps + stat_shape, dtype=np.float64)
             self.count = np.zeros(steps, dtype=np.int64)
@@ -59,13 +79,9 @@ class _RunningMean:
         if grown != self.count.shape:
             self.mean = _grow(self.mean, grown + stat_shape)
             self.count = _grow(self.count, grown)
-        cells = (*(slice(0, n) for n in steps), Ellipsis)  # views, even 0-d
-        count = self.count[cells]
-        count += 1
-        mean = self.mean[cells]
-        weight = 1.0 / count.reshape(count.shape + (1,) * len(stat_shape))
-        mean += (value - mean) * weight
-        self.n_batches += 1
+        self._shape = shape
+        self._cells = (*(slice(0, n) for n in steps), Ellipsis)  # views, even 0-d
+        self._weight_shape = steps + (1,) * len(stat_shape)
 
     def finalize(self) -> Statistic:
         site = self.site

@@ -1,16 +1,19 @@
 """Tagger: mark a variable as a batch statistic.
 
 The mark is an identity ``Op`` (:class:`BNStat`) whose props carry a unique
-key and the label. PyTensor >= 3.1 freezes Scan inner graphs, dropping
-``.tag`` and ``.name`` of inner variables and interning structurally equal
-nodes; an op with a unique key in its props survives all of that. Being a
-:class:`~pytensor.compile.ops.ViewOp`, it is removed by the
-``canonicalize`` rewrites (before elemwise fusion), so it costs nothing at
-run time, and its gradient is the identity.
+key, the label, and optionally the statistic's role and group. PyTensor >=
+3.1 freezes Scan inner graphs, dropping ``.tag`` and ``.name`` of inner
+variables and interning structurally equal nodes; an op with a unique key in
+its props survives all of that. A second, optional input carries the number
+of elements the statistic reduces over (``count``), so that it travels with
+the statistic through loops. The mark's gradient is the identity (the count
+is disconnected), and a rewrite registered in ``canonicalize`` (which runs
+before elemwise fusion, in every mode including ``FAST_COMPILE``) removes it,
+so a compiled graph with marks is the graph without them.
 
 The original Theano tool's convention, ``var.tag.bn_statistic = True`` with
-an optional ``var.tag.bn_label``, is recognised by :func:`is_statistic`
-wherever PyTensor keeps tags.
+an optional ``var.tag.bn_label`` (and ``bn_role``, ``bn_group``), is
+recognised by :func:`is_statistic` wherever PyTensor keeps tags.
 """
 
 from __future__ import annotations
@@ -18,32 +21,91 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pytensor.compile.ops import ViewOp
-from pytensor.graph.basic import Variable
+import pytensor.tensor as pt
+from pytensor.gradient import disconnected_type
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.op import Op
+from pytensor.graph.rewriting.basic import node_rewriter
+from pytensor.tensor.rewriting.basic import (
+    register_canonicalize,
+    register_infer_shape,
+    register_useless,
+)
 
 from popstats._src.errors import PopstatsError, describe_value
 
-__all__ = ["BNStat", "bn_statistic", "is_statistic", "statistic_key", "statistic_label"]
+__all__ = [
+    "ROLES",
+    "BNStat",
+    "bn_statistic",
+    "is_statistic",
+    "statistic_count",
+    "statistic_group",
+    "statistic_key",
+    "statistic_label",
+    "statistic_role",
+]
+
+ROLES = ("mean", "var", "std")
 
 
-class BNStat(ViewOp):
-    """Identity op marking its input as a batch statistic.
+class BNStat(Op):
+    """Identity op marking its first input as a batch statistic.
 
-    ``key`` is unique per :func:`bn_statistic` call; ``label`` is the
-    user-facing name. Both are props, so two marks never merge.
+    ``key`` is unique per :func:`bn_statistic` call, so two marks never
+    merge; ``label`` is the user-facing name; ``role`` (``"mean"``,
+    ``"var"``, ``"std"`` or None) and ``group`` pair a mean with its
+    variance. The optional second input is the element count.
     """
 
-    __props__ = ("key", "label")
+    __props__ = ("key", "label", "role", "group")
+    view_map = {0: [0]}  # noqa: RUF012 - PyTensor's Op attribute
 
-    def __init__(self, key: str, label: str):
+    def __init__(self, key: str, label: str, role: str | None = None,
+                 group: str | None = None):
         self.key = key
         self.label = label
+        self.role = role
+        self.group = group
+
+    def make_node(self, x: Variable, *count: Variable) -> Apply:
+        x = pt.as_tensor_variable(x)
+        return Apply(self, [x, *map(pt.as_tensor_variable, count)], [x.type()])
+
+    def perform(self, node: Apply, inputs: list, output_storage: list) -> None:
+        output_storage[0][0] = inputs[0]
+
+    def infer_shape(self, *args: Any) -> list:
+        # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3.
+        return [args[-1][0]]
+
+    def connection_pattern(self, node: Apply) -> list[list[bool]]:
+        return [[True]] + [[False]] * (len(node.inputs) - 1)
+
+    def pullback(self, inputs: list, outputs: list, output_grads: list) -> list:
+        return [output_grads[0]] + [disconnected_type() for _ in inputs[1:]]
 
     def __str__(self) -> str:
         return f"BNStat{{{self.label}}}"
 
 
-def bn_statistic(var: Any, label: str | None = None) -> Variable:
+@register_infer_shape
+@register_canonicalize("fast_compile")
+@register_useless("fast_compile")
+@node_rewriter([BNStat])
+def remove_bn_statistic(fgraph: Any, node: Apply) -> list[Variable]:
+    """Compile-time removal of the mark: the statistic itself remains."""
+    return [node.inputs[0]]
+
+
+def bn_statistic(
+    var: Any,
+    label: str | None = None,
+    *,
+    role: str | None = None,
+    group: str | None = None,
+    count: Any = None,
+) -> Variable:
     """Mark ``var`` as a batch statistic and return the marked variable.
 
     Use the returned variable in place of ``var`` (downstream computations
@@ -60,6 +122,17 @@ def bn_statistic(var: Any, label: str | None = None) -> Variable:
         that holds the population value. Defaults to ``var.name`` or
         ``"bn_stat"``. Labels shown by popstats are made unique by suffixes
         when several statistics share one.
+    role : {"mean", "var", "std"}, optional
+        What the statistic is. Estimators that treat moments specially
+        (``"pooled"``, ``"unbiased"``, ``"ema"``) use it; without a role a
+        statistic is averaged.
+    group : str, optional
+        Ties a ``"mean"`` to the ``"var"`` or ``"std"`` of the same
+        normalization (needed by the ``"pooled"`` estimator).
+    count : int or scalar TensorVariable, optional
+        Number of elements the batch statistic reduces over (e.g. the batch
+        size, or the number of unmasked positions). Needed by the
+        ``"weighted"``, ``"pooled"`` and ``"unbiased"`` estimators.
 
     Returns
     -------
@@ -69,7 +142,8 @@ def bn_statistic(var: Any, label: str | None = None) -> Variable:
     Raises
     ------
     PopstatsError
-        If ``var`` is not a PyTensor variable or ``label`` is not a string.
+        If ``var`` is not a PyTensor variable or is already marked, or an
+        option has a wrong type or value.
 
     Examples
     --------
@@ -81,12 +155,19 @@ def bn_statistic(var: Any, label: str | None = None) -> Variable:
     BNStat{mean}
     >>> popstats.is_statistic(mean)
     True
+    >>> var = popstats.bn_statistic(x.var(axis=0), label="var", role="var",
+    ...                             group="bn1", count=x.shape[0])
     """
     if not isinstance(var, Variable):
         raise PopstatsError(
             f"bn_statistic(var=...): expected a PyTensor variable, got "
             f"{describe_value(var)}. Mark the symbolic statistic, e.g. "
             f"bn_statistic(x.mean(axis=0), label='mean')."
+        )
+    if var.owner is not None and isinstance(var.owner.op, BNStat):
+        raise PopstatsError(
+            f"bn_statistic(var=...): {var} is already marked (label "
+            f"{var.owner.op.label!r}). Mark each statistic once."
         )
     if label is None:
         label = var.name or "bn_stat"
@@ -95,9 +176,47 @@ def bn_statistic(var: Any, label: str | None = None) -> Variable:
             f"bn_statistic(label=...): expected a non-empty string, got "
             f"{describe_value(label)}. Pass e.g. label='layer1.mean'."
         )
-    marked = BNStat(uuid.uuid4().hex, label)(var)
+    if role is not None and role not in ROLES:
+        raise PopstatsError(
+            f"bn_statistic(role=...): unknown role {role!r}; allowed: "
+            f"{', '.join(map(repr, ROLES))} or None."
+        )
+    if group is not None and (not isinstance(group, str) or not group):
+        raise PopstatsError(
+            f"bn_statistic(group=...): expected a non-empty string, got "
+            f"{describe_value(group)}. Give the mean and the variance of one "
+            f"normalization the same group, e.g. group='layer1'."
+        )
+    extra = []
+    if count is not None:
+        extra = [_check_count(count)]
+    marked = BNStat(uuid.uuid4().hex, label, role, group)(var, *extra)
     marked.name = var.name
     return marked
+
+
+def _check_count(count: Any) -> Variable:
+    if isinstance(count, bool) or (
+        isinstance(count, int | float) and not count > 0
+    ):
+        raise PopstatsError(
+            f"bn_statistic(count=...): expected a positive number of elements, "
+            f"got {describe_value(count)}."
+        )
+    try:
+        count = pt.as_tensor_variable(count)
+    except (TypeError, ValueError, NotImplementedError):
+        raise PopstatsError(
+            f"bn_statistic(count=...): expected an int or a scalar tensor, got "
+            f"{describe_value(count)}."
+        ) from None
+    if count.ndim != 0:
+        raise PopstatsError(
+            f"bn_statistic(count=...): expected a scalar (the number of elements "
+            f"reduced over), got a {count.ndim}-d tensor. Sum it, e.g. "
+            f"count=mask.sum()."
+        )
+    return count
 
 
 def is_statistic(var: Variable) -> bool:
@@ -116,6 +235,30 @@ def statistic_label(var: Variable) -> str:
         return owner.op.label
     label = getattr(var.tag, "bn_label", None) or var.name or "bn_stat"
     return str(label)
+
+
+def statistic_role(var: Variable) -> str | None:
+    """The role of a marked variable (op prop or ``tag.bn_role``)."""
+    owner = var.owner
+    if owner is not None and isinstance(owner.op, BNStat):
+        return owner.op.role
+    return getattr(var.tag, "bn_role", None)
+
+
+def statistic_group(var: Variable) -> str | None:
+    """The group of a marked variable (op prop or ``tag.bn_group``)."""
+    owner = var.owner
+    if owner is not None and isinstance(owner.op, BNStat):
+        return owner.op.group
+    return getattr(var.tag, "bn_group", None)
+
+
+def statistic_count(var: Variable) -> Variable | None:
+    """The element count given to :func:`bn_statistic`, if any."""
+    owner = var.owner
+    if owner is not None and isinstance(owner.op, BNStat) and len(owner.inputs) > 1:
+        return owner.inputs[1]
+    return None
 
 
 def statistic_key(var: Variable) -> str:

@@ -1,0 +1,1 @@
+"""Private implementation modules of popstats; the public API is ``popstats``."""
