@@ -6,17 +6,21 @@ The pipeline, one public verb per stage:
 2. exporter -- :func:`export` makes every statistic (inside nested Scans
    too) an output of an estimation graph;
 3. estimator -- :func:`estimate` runs it over batches into
-   :class:`PopulationStatistics`;
-4. rewriter -- :func:`rewrite` replaces the statistics by population values.
+   :class:`PopulationStatistics` (:class:`Estimation` for the pass itself:
+   ``init`` / ``update`` / ``merge`` / ``finalize``, checkpoints);
+4. rewriter -- :func:`rewrite` replaces the statistics by population values
+   (:func:`bind` puts other values into a rewritten graph).
 
 :func:`get_inference_graph` runs 3 and 4 in one call.
 """
 
 from popstats._src.api import get_inference_graph
 from popstats._src.errors import PopstatsError
-from popstats._src.estimator import estimate
+from popstats._src.estimator import Estimation, EstimationState, estimate
+from popstats._src.estimators import Estimator
 from popstats._src.exporter import EstimationGraph, Site, export
-from popstats._src.rewriter import population_variables, rewrite
+from popstats._src.persistence import load, load_state
+from popstats._src.rewriter import bind, population_variables, rewrite
 from popstats._src.statistics import PopulationStatistics, Statistic
 from popstats._src.tagger import BNStat, bn_statistic, is_statistic
 
@@ -24,16 +28,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BNStat",
+    "Estimation",
     "EstimationGraph",
+    "EstimationState",
+    "Estimator",
     "PopstatsError",
     "PopulationStatistics",
     "Site",
     "Statistic",
+    "bind",
     "bn_statistic",
     "estimate",
     "export",
     "get_inference_graph",
     "is_statistic",
+    "load",
+    "load_state",
     "population_variables",
     "rewrite",
 ]

@@ -1,114 +1,66 @@
-"""Estimator: run the estimation graph over batches, average per time step.
+"""Estimator: run the estimation graph over batches into population values.
 
-The default estimate is the original tool's: the plain average of each
-statistic over batches. For a statistic inside loops the average is taken
-per time step over the batches that reached that step (coverage-aware), for
-every time axis. Accumulation is streaming, in float64, with a running-mean
-update, so memory does not grow with the number of batches.
+:class:`Estimation` compiles the estimation graph once and keeps, per
+statistic, the state of its estimator (see ``estimators.py``): streaming,
+float64, memory independent of the number of batches. In the style of
+Optax, ``init`` / ``update`` / ``merge`` / ``finalize`` work on an
+:class:`EstimationState`, which can be saved mid-pass and resumed.
+
+Inside loops the estimate is per time step, over the batches that reached
+each step (coverage); cells no batch reached are filled from the nearest
+covered earlier step (:func:`fill_uncovered`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytensor
-from pytensor.compile.sharedvalue import SharedVariable
-from pytensor.graph.basic import Constant, Variable
-from pytensor.graph.traversal import graph_inputs
+from pytensor.graph.basic import Variable
 
+from popstats._src import estimators as est
+from popstats._src.batches import batch_values, check_inputs, iterate
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.exporter import EstimationGraph, Site, as_variables, export_checked
+from popstats._src.exporter import Site, as_variables, export_checked
 from popstats._src.statistics import PopulationStatistics, Statistic
 
-__all__ = ["estimate"]
+__all__ = ["Estimation", "EstimationState", "estimate", "fill_uncovered"]
+
+log = logging.getLogger("popstats")
 
 
-class _RunningMean:
-    """Per-step running mean of one statistic, growing with the longest run."""
+@dataclass(frozen=True, eq=False)
+class EstimationState:
+    """The accumulators of an estimation pass.
 
-    def __init__(self, site: Site):
-        self.site = site
-        self.mean: np.ndarray | None = None
-        self.count: np.ndarray | None = None
-        self.n_batches = 0
-        # Per value shape: the cells it updates and the weights' shape, so
-        # that a batch shaped like the one before costs only the arithmetic.
-        self._shape: tuple[int, ...] | None = None
-        self._cells: tuple = ()
-        self._weight_shape: tuple[int, ...] = ()
+    Attributes
+    ----------
+    names : tuple of str
+        The statistics, in the order of :attr:`Estimation.sites`.
+    states : tuple of dict
+        Per statistic, its estimator's arrays (empty before the first batch).
+        :meth:`Estimation.update` updates them in place.
+    n_batches : int
+        Batches seen.
+    """
 
-    def update(self, value: np.ndarray, batch_index: int) -> None:
-        value = np.asarray(value)
-        if not np.isfinite(value).all():
-            site = self.site
-            raise PopstatsError(
-                f"estimate(batches=...): statistic {site.name!r} (in {site.where}) "
-                f"is not finite in batch {batch_index}. Check that batch for "
-                f"NaN/inf inputs or empty reductions (a mean over zero elements)."
-            )
-        if value.shape != self._shape:
-            self._fit(value.shape, batch_index)
-        if self.count.ndim == 0:  # outside loops: one count, a plain scalar weight
-            self.count += 1
-            self.mean += (value - self.mean) * (1.0 / int(self.count))
-        else:
-            count = self.count[self._cells]
-            count += 1
-            mean = self.mean[self._cells]
-            mean += (value - mean) * (1.0 / count.reshape(self._weight_shape))
-        self.n_batches += 1
+    names: tuple[str, ...]
+    states: tuple[dict[str, np.ndarray], ...]
+    n_batches: int = 0
 
-    def _fit(self, shape: tuple[int, ...], batch_index: int) -> None:
-        """Check a new value shape; grow the time axes to it; cache cells."""
-        site, depth = self.site, self.site.depth
-        steps, stat_shape = shape[:depth], shape[depth:]
-        if self.mean is None:
-            self.mean = np.zeros(steps + stat_shape, dtype=np.float64)
-            self.count = np.zeros(steps, dtype=np.int64)
-        elif self.mean.shape[depth:] != stat_shape:
-            raise PopstatsError(
-                f"estimate(batches=...): statistic {site.name!r} (in {site.where}) "
-                f"has shape {stat_shape} in batch {batch_index} but "
-                f"{self.mean.shape[depth:]} in earlier batches. A population "
-                f"statistic needs the same shape in every batch (apart from time "
-                f"axes): check that feature sizes do not depend on the batch."
-            )
-        grown = tuple(max(a, b) for a, b in zip(self.count.shape, steps, strict=True))
-        if grown != self.count.shape:
-            self.mean = _grow(self.mean, grown + stat_shape)
-            self.count = _grow(self.count, grown)
-        self._shape = shape
-        self._cells = (*(slice(0, n) for n in steps), Ellipsis)  # views, even 0-d
-        self._weight_shape = steps + (1,) * len(stat_shape)
+    def save(self, path: str | os.PathLike) -> None:
+        """Save to ``.npz`` (atomically); see :func:`popstats.load_state`."""
+        from popstats._src.persistence import save_state
 
-    def finalize(self) -> Statistic:
-        site = self.site
-        if self.count is None or self.count.size == 0 or not self.count.any():
-            raise PopstatsError(
-                f"estimate(batches=...): statistic {site.name!r} (in {site.where}) "
-                f"was never computed: every batch ran its loop for zero steps. "
-                f"Give batches with non-empty sequences."
-            )
-        value = _fill_uncovered(self.mean, self.count)
-        return Statistic(
-            name=site.name,
-            label=site.label,
-            site=site,
-            value=value,
-            coverage=self.count.copy(),
-            n_batches=self.n_batches,
-        )
+        save_state(self, path)
 
 
-def _grow(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    out = np.zeros(shape, dtype=array.dtype)
-    out[tuple(slice(0, n) for n in array.shape)] = array
-    return out
-
-
-def _fill_uncovered(mean: np.ndarray, count: np.ndarray) -> np.ndarray:
+def fill_uncovered(value: np.ndarray, coverage: np.ndarray) -> np.ndarray:
     """Fill cells no batch reached from the nearest covered earlier step.
 
     Along the innermost time axis first, then outwards: a cell (t1, t2)
@@ -116,12 +68,12 @@ def _fill_uncovered(mean: np.ndarray, count: np.ndarray) -> np.ndarray:
     at all takes the row before it. This is the clamping rule of recurrent
     batch normalization (repeat the last step) applied per axis.
     """
-    value = mean.copy()
-    covered = count > 0
-    for axis in reversed(range(count.ndim)):
+    value = value.copy()
+    covered = coverage > 0
+    for axis in reversed(range(coverage.ndim)):
         if covered.all():
             break
-        for t in range(1, count.shape[axis]):
+        for t in range(1, coverage.shape[axis]):
             here = (slice(None),) * axis + (t,)
             before = (slice(None),) * axis + (t - 1,)
             holes = ~covered[here]
@@ -131,105 +83,330 @@ def _fill_uncovered(mean: np.ndarray, count: np.ndarray) -> np.ndarray:
     return value
 
 
-def _input_names(inputs: Sequence[Variable]) -> dict[str, int]:
-    names: dict[str, int] = {}
-    for i, var in enumerate(inputs):
-        if var.name is not None:
-            names.setdefault(var.name, i)
-    return names
+class Estimation:
+    """An estimation pass over a graph, compiled once.
 
+    Parameters
+    ----------
+    inputs, outputs
+        As for :func:`estimate`.
+    estimator : str, Estimator or dict, default "mean"
+        ``"mean"``, ``"weighted"``, ``"pooled"``, ``"unbiased"``, ``"ema"``,
+        an :class:`~popstats.Estimator`, or a dict from label pattern
+        (``fnmatch``) to those; first match wins, unmatched use ``"mean"``.
+    time : "step", "pooled", tuple or dict, default "step"
+        Per-step statistics inside loops, or one value for all steps; see
+        :func:`~popstats.export`.
+    max_steps : int, optional
+        Keep at most this many steps per time axis; later steps are not
+        estimated and, at inference, use the last kept one.
+    mode : str or Mode, optional
+        Compilation mode of the estimation function.
 
-def _check_inputs(
-    inputs: object, eg: EstimationGraph, outputs: Sequence[Variable]
-) -> list[Variable]:
-    if isinstance(inputs, Variable):
-        inputs = [inputs]
-    if not isinstance(inputs, list | tuple):
-        raise PopstatsError(
-            f"estimate(inputs=...): expected a list of input variables, got "
-            f"{describe_value(inputs)}."
+    Examples
+    --------
+    Two halves of the data, estimated apart and merged, give the estimate of
+    all of it:
+
+    >>> import numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> n = x.shape[0]
+    >>> m = popstats.bn_statistic(x.mean(0), "m", role="mean", group="g", count=n)
+    >>> v = popstats.bn_statistic(x.var(0), "v", role="var", group="g", count=n)
+    >>> run = popstats.Estimation([x], (x - m) / pt.sqrt(v + 1e-5), estimator="pooled")
+    >>> data = np.random.default_rng(0).normal(size=(100, 3))
+    >>> a = run.run([{"x": data[:30]}, {"x": data[30:45]}])
+    >>> b = run.run([{"x": data[45:]}])
+    >>> stats = run.finalize(run.merge(a, b))
+    >>> np.allclose(stats["v"].value, data.var(0), rtol=1e-10)
+    True
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[Variable],
+        outputs: Variable | Sequence[Variable],
+        *,
+        estimator: object = "mean",
+        time: object = "step",
+        max_steps: int | None = None,
+        mode: str | pytensor.compile.Mode | None = None,
+        call: str = "Estimation",
+    ):
+        outs = as_variables(outputs, call)
+        graph = export_checked(outs, call, time)
+        self.call = call
+        self.sites: tuple[Site, ...] = graph.sites
+        self.inputs = check_inputs(inputs, graph, outs, call)
+        self.estimators = tuple(
+            est.resolve_estimator(estimator, s.name, s.label, call) for s in self.sites
         )
-    for i, var in enumerate(inputs):
-        if not isinstance(var, Variable):
+        if max_steps is not None and (
+            isinstance(max_steps, bool) or not isinstance(max_steps, int)
+            or max_steps < 1
+        ):
             raise PopstatsError(
-                f"estimate(inputs=...): element {i} is {describe_value(var)}, not "
-                f"a PyTensor variable. Pass the symbolic inputs, e.g. [x, mask]."
+                f"{call}(max_steps=...): expected a positive int or None, got "
+                f"{describe_value(max_steps)}."
             )
-        if var.owner is not None or isinstance(var, Constant | SharedVariable):
+        self.max_steps = max_steps
+        self.partners = tuple(self._partner(i) for i in range(len(self.sites)))
+        self._check_counts()
+        flat, self._slots = [], []
+        for trio in zip(graph.outputs, graph.counts, graph.weights, strict=True):
+            slot = []
+            for var in trio:
+                slot.append(None if var is None else len(flat))
+                if var is not None:
+                    flat.append(var)
+            self._slots.append(tuple(slot))
+        self._fn = pytensor.function(
+            self.inputs, flat, mode=mode, on_unused_input="ignore"
+        )
+
+    def _partner(self, i: int) -> int | None:
+        site, estimator = self.sites[i], self.estimators[i]
+        if estimator.name != "pooled":
+            return None
+        if site.role not in ("mean", "var", "std"):
             raise PopstatsError(
-                f"estimate(inputs=...): {var} is not a free input of the graph "
-                f"(it is computed, constant or shared). Pass the root variables "
-                f"the batches provide values for."
+                f"{self.call}(estimator=...): 'pooled' needs to know what "
+                f"statistic {site.name!r} is, but it has no role. Mark it with "
+                f"bn_statistic(..., role='mean'|'var'|'std', group=...), or "
+                f"choose another estimator for it, e.g. "
+                f"estimator={{{site.label!r}: 'mean', '*': 'pooled'}}."
             )
-    in_graph = set(graph_inputs(outputs))
-    strangers = [str(v) for v in inputs if v not in in_graph]
-    if strangers:
-        raise PopstatsError(
-            f"estimate(inputs=...): {', '.join(map(repr, strangers))} "
-            f"{'is' if len(strangers) == 1 else 'are'} not in the graph of "
-            f"outputs. Pass only inputs the outputs depend on (remove the others "
-            f"from inputs; extra keys in the batch dicts are ignored anyway)."
-        )
-    needed = [
-        v
-        for v in graph_inputs(eg.outputs)
-        if v.owner is None and not isinstance(v, Constant | SharedVariable)
-    ]
-    missing = [v for v in needed if v not in inputs]
-    if missing:
-        raise PopstatsError(
-            f"estimate(inputs=...): the statistics depend on "
-            f"{', '.join(repr(str(v)) for v in missing)}, which "
-            f"{'is' if len(missing) == 1 else 'are'} not in inputs "
-            f"{[str(v) for v in inputs]}. Add "
-            f"{'it' if len(missing) == 1 else 'them'} to inputs."
-        )
-    return list(inputs)
+        if site.role == "mean":
+            return None
+        partners = [
+            j
+            for j, other in enumerate(self.sites)
+            if other.role == "mean"
+            and site.group is not None
+            and other.group == site.group
+            and other.id.path == site.id.path
+        ]
+        if len(partners) != 1:
+            problem = "no" if not partners else f"{len(partners)}"
+            raise PopstatsError(
+                f"{self.call}(estimator=...): 'pooled' combines the {site.role} "
+                f"{site.name!r} with its paired mean, but {problem} statistic with "
+                f"role='mean' and group={site.group!r} is in the same loop. Give "
+                f"the mean and the {site.role} the same group (bn_statistic(..., "
+                f"group='layer1')), or choose another estimator for {site.name!r}."
+            )
+        if self.sites[partners[0]].time != site.time:
+            raise PopstatsError(
+                f"{self.call}(time=...): {site.name!r} and its mean "
+                f"{self.sites[partners[0]].name!r} must use the same time modes "
+                f"for 'pooled'; got {site.time} and {self.sites[partners[0]].time}."
+            )
+        return partners[0]
+
+    def _check_counts(self) -> None:
+        for site, estimator in zip(self.sites, self.estimators, strict=True):
+            needs = estimator.name in ("weighted", "pooled") or (
+                estimator.name == "unbiased" and site.role in ("var", "std")
+            )
+            if needs and not site.counted:
+                raise PopstatsError(
+                    f"{self.call}(estimator=...): {estimator.name!r} needs the "
+                    f"number of elements behind statistic {site.name!r}, which "
+                    f"has none. Pass count=... to bn_statistic (e.g. "
+                    f"count=x.shape[0]), or choose another estimator for it."
+                )
+
+    def init(self) -> EstimationState:
+        """An empty state."""
+        names = tuple(s.name for s in self.sites)
+        return EstimationState(names, ({},) * len(names))
+
+    def update(self, state: EstimationState, batch: Any) -> EstimationState:
+        """Run one batch and add its statistics; returns the new state."""
+        index = state.n_batches
+        values = batch_values(batch, self.inputs, index, self.call)
+        try:
+            results = self._fn(*values)
+        except Exception as exc:
+            nested = [s.name for s in self.sites if s.time_axes >= 2]
+            if not nested:
+                raise
+            raise _nested_run_error(exc, nested, index, self.call) from exc
+        per_site = [
+            tuple(None if k is None else results[k] for k in slot)
+            for slot in self._slots
+        ]
+        states = list(state.states)
+        for i, (value, count, weight) in enumerate(per_site):
+            partner = self.partners[i]
+            mean = None if partner is None else self._cap(per_site[partner][0], i)
+            states[i] = self._add(i, states[i], value, count, weight, mean, index)
+        return EstimationState(state.names, tuple(states), index + 1)
+
+    def _cap(self, array: np.ndarray | None, i: int) -> np.ndarray | None:
+        if array is None or self.max_steps is None:
+            return array
+        axes = self.sites[i].time_axes
+        return array[(slice(0, self.max_steps),) * axes]
+
+    def _add(self, i, state, value, count, weight, mean, index):
+        site, estimator = self.sites[i], self.estimators[i]
+        axes = site.time_axes
+        value = self._cap(np.asarray(value), i)
+        count = self._cap(None if count is None else np.asarray(count, "float64"), i)
+        weight = self._cap(weight, i)
+        if not np.isfinite(value).all():
+            raise PopstatsError(
+                f"{self.call}(batches=...): statistic {site.name!r} (in "
+                f"{site.where}) is not finite in batch {index}. Check that batch "
+                f"for NaN/inf inputs or empty reductions (a mean over zero elements)."
+            )
+        if count is not None and not (count > 0).all():
+            raise PopstatsError(
+                f"{self.call}(batches=...): the count of statistic {site.name!r} "
+                f"is {count.min():g} in batch {index}; counts are numbers of "
+                f"elements and must be positive. Check the count given to "
+                f"bn_statistic (e.g. a mask sum over an empty batch)."
+            )
+        if estimator.name == "unbiased" and site.role in ("var", "std") and not (
+            count > 1
+        ).all():
+            raise PopstatsError(
+                f"{self.call}(batches=...): 'unbiased' scales {site.name!r} by "
+                f"m/(m-1), but its count is {count.min():g} in batch {index}. Use "
+                f"batches of at least 2 elements, or another estimator."
+            )
+        steps, shape = value.shape[:axes], value.shape[axes:]
+        if not state:
+            state = est.init(estimator, site.role, shape, axes)
+        elif state["n"].shape != steps:
+            known = next(a for k, a in state.items() if k in ("mean", "acc"))
+            if known.shape[axes:] != shape:
+                raise _shape_error(self.call, site, shape, known.shape[axes:], index)
+        if state["n"].shape != steps:
+            state = est.grow(state, steps)
+        else:
+            known = next(a for k, a in state.items() if k in ("mean", "acc"))
+            if known.shape[axes:] != shape:
+                raise _shape_error(self.call, site, shape, known.shape[axes:], index)
+        return est.update(estimator, site.role, state, value, count, weight, mean)
+
+    def run(
+        self,
+        batches: Iterable[Any],
+        state: EstimationState | None = None,
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 100,
+    ) -> EstimationState:
+        """Update over ``batches``; optionally checkpoint and resume.
+
+        With ``checkpoint``, the state is saved there every
+        ``checkpoint_every`` batches and at the end. If the file exists when
+        the run starts, the run resumes from it: the batches it already
+        counts are skipped (not computed), so pass the same sequence of
+        batches again; the result equals an uninterrupted run.
+        """
+        from popstats._src.persistence import load_state
+
+        if state is None:
+            state = self.init()
+            if checkpoint is not None and os.path.exists(checkpoint):
+                state = self._check_state(load_state(checkpoint), "checkpoint")
+        skip = state.n_batches
+        for position, batch in enumerate(iterate(batches, self.call)):
+            if position < skip and checkpoint is not None:
+                continue
+            state = self.update(state, batch)
+            if checkpoint is not None and state.n_batches % checkpoint_every == 0:
+                state.save(checkpoint)
+        if checkpoint is not None:
+            state.save(checkpoint)
+        return state
+
+    def _check_state(self, state: EstimationState, what: str) -> EstimationState:
+        if state.names != tuple(s.name for s in self.sites):
+            raise PopstatsError(
+                f"{self.call}({what}=...): the saved state holds statistics "
+                f"{list(state.names)} but this graph has "
+                f"{[s.name for s in self.sites]}. Resume with the same graph, or "
+                f"delete the checkpoint to start over."
+            )
+        return state
+
+    def merge(self, a: EstimationState, b: EstimationState) -> EstimationState:
+        """The state over the batches of ``a`` and ``b`` together (exact)."""
+        self._check_state(a, "merge")
+        self._check_state(b, "merge")
+        states = []
+        for i, (sa, sb) in enumerate(zip(a.states, b.states, strict=True)):
+            if not sa or not sb:
+                states.append({k: v.copy() for k, v in (sa or sb).items()})
+                continue
+            site = self.sites[i]
+            shape_a = next(v for k, v in sa.items() if k in ("mean", "acc")).shape
+            shape_b = next(v for k, v in sb.items() if k in ("mean", "acc")).shape
+            axes = site.time_axes
+            if shape_a[axes:] != shape_b[axes:]:
+                raise _shape_error("merge", site, shape_b[axes:], shape_a[axes:], 0)
+            states.append(est.merge(self.estimators[i], site.role, sa, sb))
+        return EstimationState(a.names, tuple(states), a.n_batches + b.n_batches)
+
+    def finalize(self, state: EstimationState) -> PopulationStatistics:
+        """The population statistics of a state."""
+        self._check_state(state, "state")
+        if state.n_batches == 0:
+            raise PopstatsError(
+                f"{self.call}(batches=...): no batches. Pass a non-empty iterable "
+                f"of training batches (a generator that was already consumed is "
+                f"empty)."
+            )
+        stats = []
+        for site, estimator, arrays in zip(
+            self.sites, self.estimators, state.states, strict=True
+        ):
+            coverage = arrays["n"]
+            if coverage.size == 0 or not coverage.any():
+                raise PopstatsError(
+                    f"{self.call}(batches=...): statistic {site.name!r} (in "
+                    f"{site.where}) was never computed: every batch ran its loop "
+                    f"for zero steps. Give batches with non-empty sequences."
+                )
+            value = fill_uncovered(est.finalize(estimator, site.role, arrays), coverage)
+            stats.append(
+                Statistic(site.name, site.label, site, value, coverage.copy(),
+                          int(coverage.max()), estimator)
+            )
+        result = PopulationStatistics(tuple(stats))
+        for stat in result.values():
+            if stat.uncovered_steps or stat.thin_steps:
+                log.warning(
+                    "statistic %r: %d step(s) never reached (filled from earlier "
+                    "steps), %d reached by under 10%% of the batches",
+                    stat.name, stat.uncovered_steps, stat.thin_steps,
+                )
+        return result
 
 
-def _batch_values(batch: Any, inputs: Sequence[Variable], index: int) -> list:
-    if isinstance(batch, Mapping):
-        names = _input_names(inputs)
-        values: list = [None] * len(inputs)
-        found = [False] * len(inputs)
-        for key, value in batch.items():
-            pos = names.get(key) if isinstance(key, str) else None
-            if pos is None and isinstance(key, Variable):
-                pos = next((i for i, v in enumerate(inputs) if v is key), None)
-            if pos is not None:
-                values[pos], found[pos] = value, True
-        lacking = [str(inputs[i]) for i, ok in enumerate(found) if not ok]
-        if lacking:
-            raise PopstatsError(
-                f"estimate(batches=...): batch {index} lacks "
-                f"{', '.join(map(repr, lacking))}; it has keys "
-                f"{sorted(map(str, batch))}. Key each batch by input name (or "
-                f"input variable), one entry per input."
-            )
-        return values
-    if isinstance(batch, list | tuple):
-        if len(batch) != len(inputs):
-            raise PopstatsError(
-                f"estimate(batches=...): batch {index} has {len(batch)} values but "
-                f"there are {len(inputs)} inputs {[str(v) for v in inputs]}. Give "
-                f"one value per input, in the order of inputs, or a dict."
-            )
-        return list(batch)
-    raise PopstatsError(
-        f"estimate(batches=...): batch {index} is {describe_value(batch)}; "
-        f"expected a dict keyed by input name or variable, or a tuple/list in "
-        f"the order of inputs."
+def _shape_error(call, site, shape, known, index) -> PopstatsError:
+    return PopstatsError(
+        f"{call}(batches=...): statistic {site.name!r} (in {site.where}) has "
+        f"shape {shape} in batch {index} but {known} in earlier batches. A "
+        f"population statistic needs the same shape in every batch (apart from "
+        f"time axes): check that feature sizes do not depend on the batch."
     )
 
 
-def _iterate(batches: Any) -> Iterator:
-    if isinstance(batches, Mapping) or not isinstance(batches, Iterable):
-        raise PopstatsError(
-            f"estimate(batches=...): expected an iterable of batches (a list or a "
-            f"generator of dicts), got {describe_value(batches)}. Wrap a single "
-            f"batch in a list: batches=[batch]."
-        )
-    return iter(batches)
+def _nested_run_error(exc: Exception, nested: list[str], index: int,
+                      call: str) -> PopstatsError:
+    return PopstatsError(
+        f"{call}(batches=...): running the estimation graph failed on batch "
+        f"{index} ({type(exc).__name__}: {exc}). The graph has statistics in "
+        f"nested loops ({', '.join(nested)}): if an inner loop's length varies "
+        f"between outer steps, its per-step statistics cannot be stacked into "
+        f"one array. Pool the inner loop over time (time=('step', 'pooled')), "
+        f"or pad the inner sequences to one length within each batch."
+    )
 
 
 def estimate(
@@ -237,7 +414,12 @@ def estimate(
     outputs: Variable | Sequence[Variable],
     batches: Iterable[Any],
     *,
+    estimator: object = "mean",
+    time: object = "step",
+    max_steps: int | None = None,
     mode: str | pytensor.compile.Mode | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
 ) -> PopulationStatistics:
     """Estimate population statistics over ``batches``.
 
@@ -252,14 +434,18 @@ def estimate(
         Any iterable (a one-shot generator is fine), each batch a dict keyed
         by input name or input variable, or a tuple/list in the order of
         ``inputs``.
-    mode : str or Mode, optional
-        PyTensor compilation mode for the estimation function.
+    estimator, time, max_steps, mode
+        See :class:`Estimation`. The default is the original tool's estimate:
+        the plain average over batches, per time step inside loops.
+    checkpoint, checkpoint_every
+        Save the pass's state every so many batches and resume from it; see
+        :meth:`Estimation.run`.
 
     Returns
     -------
     PopulationStatistics
-        Per statistic: the average over batches (per time step, over the
-        batches that reached the step), coverage counts, number of batches.
+        Per statistic: the population value (per time step, over the batches
+        that reached the step), coverage counts, number of batches.
 
     Examples
     --------
@@ -271,38 +457,9 @@ def estimate(
     >>> stats["mean"].value
     array([2., 2.])
     """
-    outs = as_variables(outputs, "estimate")
-    eg = export_checked(outs, "estimate")
-    inputs = _check_inputs(inputs, eg, outs)
-    fn = pytensor.function(
-        inputs, list(eg.outputs), mode=mode, on_unused_input="ignore"
+    run = Estimation(
+        inputs, outputs, estimator=estimator, time=time, max_steps=max_steps,
+        mode=mode, call="estimate",
     )
-    accumulators = [_RunningMean(site) for site in eg.sites]
-    n = 0
-    for n, batch in enumerate(_iterate(batches), start=1):
-        values = _batch_values(batch, inputs, n - 1)
-        try:
-            results = fn(*values)
-        except Exception as exc:
-            nested = [site.name for site in eg.sites if site.depth >= 2]
-            if not nested:
-                raise
-            raise _nested_run_error(exc, nested, n - 1) from exc
-        for acc, value in zip(accumulators, results, strict=True):
-            acc.update(value, n - 1)
-    if n == 0:
-        raise PopstatsError(
-            "estimate(batches=...): no batches. Pass a non-empty iterable of "
-            "training batches (a generator that was already consumed is empty)."
-        )
-    return PopulationStatistics(tuple(acc.finalize() for acc in accumulators))
-
-
-def _nested_run_error(exc: Exception, nested: list[str], index: int) -> PopstatsError:
-    return PopstatsError(
-        f"estimate(batches=...): running the estimation graph failed on batch "
-        f"{index} ({type(exc).__name__}: {exc}). The graph has statistics in "
-        f"nested loops ({', '.join(nested)}): if an inner loop's length varies "
-        f"between outer steps, its per-step statistics cannot be stacked into "
-        f"one array. Pad the inner sequences to one length within each batch."
-    )
+    state = run.run(batches, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    return run.finalize(state)

@@ -3,24 +3,43 @@
 Statistics in the outer graph are outputs as they are. A statistic inside a
 Scan becomes an extra ``nit_sot`` output of a rebuilt Scan, recursively: a
 statistic two loops deep comes out with two leading time axes (outer steps,
-inner steps). The user's graph is not modified.
+inner steps). Its element count, when given, travels along the same way.
+
+With ``time="pooled"`` for a loop level, the steps of that loop are combined
+inside the enclosing graph, right after the loop, so the statistic loses
+that time axis (see :func:`pool_steps`). Combining inside the enclosing step
+is what makes a nested loop whose inner length varies between outer steps
+estimable. The user's graph is not modified.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
+import pytensor.tensor as pt
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.scan_surgery import ScanEdit
+from popstats._src.tagger import statistic_count, statistic_group, statistic_role
 from popstats._src.walk import LoopStep, SiteId, transform
 
-__all__ = ["EstimationGraph", "Site", "as_variables", "export", "export_checked"]
+__all__ = [
+    "TIME_MODES",
+    "EstimationGraph",
+    "Site",
+    "as_variables",
+    "export",
+    "export_checked",
+    "resolve_time",
+]
+
+TIME_MODES = ("step", "pooled")
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,13 @@ class Site:
         Static shape of the statistic itself (without time axes).
     dtype : str
         Its dtype.
+    role, group : str or None
+        As given to :func:`~popstats.bn_statistic`.
+    counted : bool
+        Whether an element count was given.
+    time : tuple of str
+        Per enclosing loop, outermost first: ``"step"`` (one value per step)
+        or ``"pooled"`` (one value for all steps of that loop).
     """
 
     name: str
@@ -48,11 +74,24 @@ class Site:
     id: SiteId
     shape: tuple[int | None, ...]
     dtype: str
+    role: str | None = None
+    group: str | None = None
+    counted: bool = False
+    time: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if len(self.time) != self.id.depth:
+            object.__setattr__(self, "time", ("step",) * self.id.depth)
 
     @property
     def depth(self) -> int:
-        """Number of enclosing loops, i.e. of leading time axes."""
+        """Number of enclosing loops."""
         return self.id.depth
+
+    @property
+    def time_axes(self) -> int:
+        """Number of leading time axes of its value (loops not pooled)."""
+        return self.time.count("step")
 
     @property
     def where(self) -> str:
@@ -62,33 +101,166 @@ class Site:
 
 @dataclass(frozen=True)
 class EstimationGraph:
-    """The exporter's result: one output per site, time axes first."""
+    """The exporter's result, one entry per site.
+
+    ``outputs[i]`` is the statistic of ``sites[i]`` with one leading axis per
+    loop level not pooled; ``counts[i]`` its element count (same time axes,
+    None when not given); ``weights[i]`` the number of steps pooled into each
+    value (None when no loop level is pooled).
+    """
 
     outputs: tuple[Variable, ...]
     sites: tuple[Site, ...]
+    counts: tuple[Variable | None, ...] = ()
+    weights: tuple[Variable | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.outputs)
+        if len(self.counts) != n:
+            object.__setattr__(self, "counts", (None,) * n)
+        if len(self.weights) != n:
+            object.__setattr__(self, "weights", (None,) * n)
+
+
+@dataclass
+class _Found:
+    """A statistic as seen from one graph level, during the export pass."""
+
+    site: SiteId
+    stat: Variable  # the marked variable where it is computed
+    value: Variable
+    count: Variable | None
+    weight: Variable | None
+    time: list[str]  # per loop level from this level inwards, filled outwards
+
+
+def check_time(spec: object, call: str) -> None:
+    """Raise unless ``spec`` is a valid ``time`` argument."""
+    if isinstance(spec, Mapping):
+        for pattern, value in spec.items():
+            if not isinstance(pattern, str) or isinstance(value, Mapping):
+                raise PopstatsError(
+                    f"{call}(time=...): a dict maps label patterns (str) to a "
+                    f"time mode or a tuple of them; got {pattern!r}: "
+                    f"{describe_value(value)}."
+                )
+            check_time(value, call)
+        return
+    modes = spec if isinstance(spec, list | tuple) else (spec,)
+    for mode in modes:
+        if mode not in TIME_MODES:
+            raise PopstatsError(
+                f"{call}(time=...): unknown time mode {describe_value(mode)}; "
+                f"allowed: 'step', 'pooled', a tuple of them by loop level "
+                f"(outermost first), or a dict from label pattern to those."
+            )
+
+
+def resolve_time(spec: object, label: str, depth: int) -> tuple[str, ...]:
+    """Per loop level (outermost first) ``"step"`` or ``"pooled"``.
+
+    ``spec`` (checked by :func:`check_time`) is a mode for all levels, a
+    sequence of modes by level (levels past its end use ``"step"``), or a
+    mapping from label pattern to either (first match wins; unmatched
+    statistics use ``"step"``).
+    """
+    if isinstance(spec, Mapping):
+        for pattern, value in spec.items():
+            if fnmatchcase(label, pattern):
+                return resolve_time(value, label, depth)
+        return ("step",) * depth
+    if isinstance(spec, str):
+        return (spec,) * depth
+    return (*spec[:depth], *(("step",) * (depth - len(spec))))
+
+
+def pool_steps(found: _Found, partner: _Found | None) -> None:
+    """Combine the leading (step) axis of ``found`` into one value, in place.
+
+    With an element count, values are weighted by it; a variance (or std)
+    whose paired mean is available combines exactly, as the variance of all
+    the elements of all steps: sum_t c_t (var_t + (mean_t - mean)^2) / sum_t c_t.
+    Without a count each step weighs the same. ``weight`` becomes the number
+    of steps combined (times those already combined inside).
+    """
+    value, count = found.value, found.count
+    weight = found.weight if found.weight is not None else pt.ones_like(
+        value[(slice(None),) + (0,) * (value.ndim - 1)], dtype="float64"
+    )
+    w = count.astype("float64") if count is not None else weight
+    total = w.sum(axis=0)
+    expand = (slice(None),) + (None,) * (value.ndim - 1)
+    role = statistic_role(found.stat)
+    if role in ("var", "std") and partner is not None and count is not None:
+        means = partner.value
+        grand = (means * w[expand]).sum(axis=0) / total
+        variance = value if role == "var" else value**2
+        spread = variance + (means - grand) ** 2
+        pooled = (spread * w[expand]).sum(axis=0) / total
+        found.value = pooled if role == "var" else pt.sqrt(pooled)
+    else:
+        found.value = (value * w[expand]).sum(axis=0) / total
+    found.value = found.value.astype(value.dtype)
+    found.count = count.sum(axis=0) if count is not None else None
+    found.weight = weight.sum(axis=0)
 
 
 class _ExportLevel:
-    def __init__(self, call: str) -> None:
+    def __init__(self, call: str, time: object) -> None:
         self.call = call  # the public call, named in errors
-        self.found: list[tuple[SiteId, Variable, Variable]] = []
+        self.time = time
+        self.found: list[_Found] = []
 
     def statistic(self, var: Variable, site: SiteId) -> None:
-        self.found.append((site, var, var))
+        count = statistic_count(var)
+        self.found.append(_Found(site, var, var, count, None, []))
         return None
 
     def scan(
         self, node: Apply, inputs: list[Variable], path: tuple[LoopStep, ...]
     ) -> list[Variable]:
         edit = ScanEdit(node, inputs)
-        inner = _ExportLevel(self.call)
+        inner = _ExportLevel(self.call, self.time)
         inner_outputs = transform(edit.inner_inputs, edit.inner_outputs, inner, path)
         edit.set_inner_outputs(inner_outputs)
-        for _, var, _ in inner.found:
-            edit.add_nit_sot(var)
+        slots = []
+        for found in inner.found:
+            row = []
+            for var in (found.value, found.count, found.weight):
+                row.append(var is not None)
+                if var is not None:
+                    edit.add_nit_sot(var)
+            slots.append(row)
         replaced, added = edit.build()
-        for (site, _, stat), out in zip(inner.found, added, strict=True):
-            self.found.append((site, out, stat))
+        stacked = iter(added)
+        for found, row in zip(inner.found, slots, strict=True):
+            found.value, found.count, found.weight = (
+                next(stacked) if present else None for present in row
+            )
+        level = len(path) - 1
+        for found in inner.found:
+            modes = resolve_time(self.time, found.site.label, found.site.depth)
+            found.time.insert(0, modes[level])
+        by_group = {
+            (f.site.path, statistic_group(f.stat)): f
+            for f in inner.found
+            if statistic_role(f.stat) == "mean" and statistic_group(f.stat)
+        }
+        pooled = [f for f in inner.found if f.time[0] == "pooled"]
+        partners = {
+            id(f): by_group.get((f.site.path, statistic_group(f.stat)))
+            for f in pooled
+        }
+        # Means first are not needed: each pooling reads the stacked partner,
+        # so compute every new value before replacing any.
+        originals = {id(f): (f.value, f.count, f.weight) for f in pooled}
+        for f in pooled:
+            partner = partners[id(f)]
+            if partner is not None and id(partner) in originals:
+                partner = _Found(partner.site, partner.stat,
+                                 *originals[id(partner)], partner.time)
+            pool_steps(f, partner)
+        self.found.extend(inner.found)
         return replaced
 
 
@@ -110,16 +282,29 @@ def as_variables(outputs: object, call: str) -> list[Variable]:
     return list(seq)
 
 
-def _name_sites(found: Sequence[tuple[SiteId, Variable, Variable]]) -> list[Site]:
-    counts = Counter(site.label for site, _, _ in found)
+def _name_sites(found: Sequence[_Found]) -> list[Site]:
+    counts = Counter(f.site.label for f in found)
     seen: Counter = Counter()
     sites = []
-    for site, _, stat in found:
-        name = site.label
-        if counts[name] > 1:
-            name = f"{site.label}#{seen[site.label]}"
-            seen[site.label] += 1
-        sites.append(Site(name, site.label, site, tuple(stat.type.shape), stat.dtype))
+    for f in found:
+        label = f.site.label
+        name = label
+        if counts[label] > 1:
+            name = f"{label}#{seen[label]}"
+            seen[label] += 1
+        sites.append(
+            Site(
+                name,
+                label,
+                f.site,
+                tuple(f.stat.type.shape),
+                f.stat.dtype,
+                role=statistic_role(f.stat),
+                group=statistic_group(f.stat),
+                counted=f.count is not None,
+                time=tuple(f.time),
+            )
+        )
     return sites
 
 
@@ -141,19 +326,25 @@ def _no_statistics_error(outputs: Sequence[Variable], call: str) -> PopstatsErro
     )
 
 
-def export(outputs: Variable | Sequence[Variable]) -> EstimationGraph:
+def export(
+    outputs: Variable | Sequence[Variable], *, time: object = "step"
+) -> EstimationGraph:
     """Build the estimation graph: every statistic as an output.
 
     Parameters
     ----------
     outputs : Variable or sequence of Variable
         Outputs of the training graph (e.g. the loss or the predictions).
+    time : "step", "pooled", tuple or dict, default "step"
+        For statistics inside loops: one value per step (``"step"``) or one
+        for all steps (``"pooled"``); a tuple gives the mode per loop level,
+        outermost first; a dict maps label patterns to either.
 
     Returns
     -------
     EstimationGraph
         ``outputs[i]`` holds ``sites[i]``, with one leading axis per
-        enclosing loop (outermost first).
+        enclosing loop that is not pooled (outermost first).
 
     Raises
     ------
@@ -170,15 +361,22 @@ def export(outputs: Variable | Sequence[Variable]) -> EstimationGraph:
     >>> [site.name for site in eg.sites]
     ['mean']
     """
-    return export_checked(as_variables(outputs, "export"), "export")
+    return export_checked(as_variables(outputs, "export"), "export", time)
 
 
-def export_checked(outputs: Sequence[Variable], call: str) -> EstimationGraph:
+def export_checked(
+    outputs: Sequence[Variable], call: str, time: object = "step"
+) -> EstimationGraph:
     """:func:`export` of checked outputs; errors name the public ``call``."""
-    level = _ExportLevel(call)
+    check_time(time, call)
+    level = _ExportLevel(call, time)
     transform((), outputs, level)
     if not level.found:
         raise _no_statistics_error(outputs, call)
+    found = level.found
     return EstimationGraph(
-        tuple(var for _, var, _ in level.found), tuple(_name_sites(level.found))
+        tuple(f.value for f in found),
+        tuple(_name_sites(found)),
+        tuple(f.count for f in found),
+        tuple(f.weight for f in found),
     )

@@ -19,6 +19,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
+from pytensor.raise_op import CheckAndRaise
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.exporter import as_variables
@@ -26,7 +27,7 @@ from popstats._src.scan_surgery import ScanEdit
 from popstats._src.statistics import PopulationStatistics, Statistic
 from popstats._src.walk import LoopStep, SiteId, transform
 
-__all__ = ["population_variables", "rewrite"]
+__all__ = ["bind", "population_array", "population_variables", "rewrite"]
 
 
 class _RewriteLevel:
@@ -36,13 +37,17 @@ class _RewriteLevel:
 
     def __init__(
         self,
-        stats: PopulationStatistics,
+        sets: Sequence[PopulationStatistics],
+        select: Variable | None,
         parent: _RewriteLevel | None = None,
         step: Variable | None = None,
+        level: int = -1,
     ):
-        self.stats = stats
+        self.sets = sets
+        self.select = select
         self.parent = parent
         self.step = step
+        self.level = level  # index of this loop among the enclosing ones
         self.values: dict[str, Variable] = {}
         self.non_seqs: list[tuple[Variable, Variable]] = []
 
@@ -51,25 +56,23 @@ class _RewriteLevel:
         if stat.name in self.values:
             return self.values[stat.name]
         if self.parent is None:
-            value = _shared_for(stat)
+            value = _root_value(stat, self.sets, self.select)
         else:
             outer = self.parent.value(stat)
             inner = outer.type()
             inner.name = outer.name
             self.non_seqs.append((outer, inner))
-            value = inner[pt.minimum(self.step, inner.shape[0] - 1)]
+            if stat.site.time[self.level] == "pooled":
+                value = inner  # one value for every step of this loop
+            else:
+                value = inner[pt.minimum(self.step, inner.shape[0] - 1)]
         self.values[stat.name] = value
         return value
 
     def statistic(self, var: Variable, site: SiteId) -> Variable:
-        stat = self.stats.lookup(site)
-        if stat is None:
-            raise PopstatsError(
-                f"rewrite(stats=...): the graph has statistic {site.label!r} (in "
-                f"{site.where}) but stats has no value for it; stats holds "
-                f"{sorted(self.stats)}. Estimate on outputs that include this "
-                f"statistic (popstats.estimate(inputs, outputs, batches))."
-            )
+        stat = _lookup(self.sets[0], site, 0)
+        for k, other in enumerate(self.sets[1:], start=1):
+            _lookup(other, site, k)
         expected = stat.value.shape[stat.depth :]
         static = var.type.shape
         if len(static) != len(expected) or any(
@@ -90,7 +93,9 @@ class _RewriteLevel:
     ) -> list[Variable]:
         edit = ScanEdit(node, inputs)
         step = pt.scalar(f"{node.op.name}_step", dtype="int64")
-        inner = _RewriteLevel(self.stats, parent=self, step=step)
+        inner = _RewriteLevel(
+            self.sets, self.select, parent=self, step=step, level=len(path) - 1
+        )
         edit.set_inner_outputs(
             transform(edit.inner_inputs, edit.inner_outputs, inner, path)
         )
@@ -101,22 +106,97 @@ class _RewriteLevel:
         return replaced
 
 
-def _shared_for(stat: Statistic) -> Variable:
+def _lookup(stats: PopulationStatistics, site: SiteId, index: int) -> Statistic:
+    stat = stats.lookup(site)
+    if stat is None:
+        which = "stats" if index == 0 else f"stats[{index}]"
+        raise PopstatsError(
+            f"rewrite(stats=...): the graph has statistic {site.label!r} (in "
+            f"{site.where}) but {which} has no value for it; it holds "
+            f"{sorted(stats)}. Estimate on outputs that include this statistic "
+            f"(popstats.estimate(inputs, outputs, batches))."
+        )
+    return stat
+
+
+def population_array(stats: Sequence[Statistic], stacked: bool) -> np.ndarray:
+    """One statistic's value, or its values in several sets stacked first.
+
+    Sets estimated over runs of different lengths are padded to the longest
+    by repeating their last step, which is what indexing with clamping would
+    read anyway.
+    """
+    site = stats[0].site
+    values = [np.asarray(s.value, dtype=site.dtype) for s in stats]
+    if not stacked:
+        return values[0]
+    axes = stats[0].depth
+    longest = tuple(max(v.shape[a] for v in values) for a in range(axes))
+    padded = [
+        np.pad(
+            v,
+            [(0, n - v.shape[a]) for a, n in enumerate(longest)]
+            + [(0, 0)] * (v.ndim - axes),
+            mode="edge",
+        )
+        for v in values
+    ]
+    return np.stack(padded)
+
+
+def _root_value(
+    stat: Statistic, sets: Sequence[PopulationStatistics], select: Variable | None
+) -> Variable:
     site = stat.site
-    value = np.asarray(stat.value, dtype=site.dtype)
-    shape = (None,) * site.depth + tuple(site.shape)
+    stacked = select is not None
+    group = [stat] + [other.lookup(site.id) for other in sets[1:]]
+    value = population_array(group, stacked)
+    shape = (None,) * (stat.depth + stacked) + tuple(site.shape)
     var = pytensor.shared(value, name=stat.name, shape=shape)
     var.tag.popstats_statistic = stat.name
-    return var
+    var.tag.popstats_site = site.id
+    var.tag.popstats_stacked = stacked
+    if not stacked:
+        return var
+    n_sets = var.shape[0]
+    checked = _set_index_check(select, (select >= 0) & (select < n_sets))
+    return var[checked]
 
 
-@overload
-def rewrite(outputs: Variable, stats: PopulationStatistics) -> Variable: ...
+def _set_index_check(select: Variable, in_range: Variable) -> Variable:
+    check = CheckAndRaise(
+        PopstatsError,
+        "rewrite(select=...): the statistic set index is out of range at run "
+        "time; it must be in [0, number of sets). (The JAX backend cannot "
+        "raise here and clamps the index instead.)",
+    )
+    return check(select, in_range)
+
+
+def _check_select(select: object, n_sets: int) -> Variable:
+    if not isinstance(select, Variable) or select.ndim != 0 or not (
+        select.dtype.startswith(("int", "uint"))
+    ):
+        raise PopstatsError(
+            f"rewrite(select=...): expected a symbolic integer scalar, e.g. "
+            f"pt.iscalar('stats_set'), to choose among the {n_sets} sets; got "
+            f"{describe_value(select)}."
+        )
+    return select
+
+
 @overload
 def rewrite(
-    outputs: Sequence[Variable], stats: PopulationStatistics
+    outputs: Variable, stats: PopulationStatistics | Sequence[PopulationStatistics],
+    *, select: Variable | None = ...,
+) -> Variable: ...
+@overload
+def rewrite(
+    outputs: Sequence[Variable],
+    stats: PopulationStatistics | Sequence[PopulationStatistics],
+    *, select: Variable | None = ...,
 ) -> list[Variable]: ...
-def rewrite(outputs, stats):
+def rewrite(outputs, stats, *, select=None):
     """Replace every marked statistic in ``outputs`` by its population value.
 
     Parameters
@@ -124,15 +204,22 @@ def rewrite(outputs, stats):
     outputs : Variable or sequence of Variable
         Graph to rewrite: the training graph, or any graph holding the
         statistics ``stats`` was estimated for.
-    stats : PopulationStatistics
-        From :func:`~popstats.estimate`.
+    stats : PopulationStatistics or sequence of them
+        From :func:`~popstats.estimate`. Several sets (per task, domain or
+        data source) need ``select``.
+    select : integer scalar Variable, optional
+        With several sets: a new input of the inference graph choosing the
+        set (0-based) at run time; an index out of range raises
+        :class:`~popstats.PopstatsError` when the function runs (except on
+        JAX, which cannot raise inside a compiled function).
 
     Returns
     -------
     Variable or list of Variable
         The inference outputs, in the structure given. Population values are
         shared variables named after the statistics (see
-        :func:`population_variables`); the user's graph is not modified.
+        :func:`population_variables`; rebind others with :func:`bind`); the
+        user's graph is not modified.
 
     Examples
     --------
@@ -143,17 +230,106 @@ def rewrite(outputs, stats):
     >>> y_inf = popstats.rewrite(y, stats)
     >>> pytensor.function([x], y_inf)(np.zeros((1, 2)))
     array([[-1., -1.]])
+
+    Two statistic sets, chosen by an input:
+
+    >>> other = popstats.estimate([x], y, [{"x": np.full((3, 2), 5.0)}])
+    >>> k = pt.iscalar("k")
+    >>> y_sets = popstats.rewrite(y, [stats, other], select=k)
+    >>> pytensor.function([x, k], y_sets)(np.zeros((1, 2)), 1)
+    array([[-5., -5.]])
     """
-    if not isinstance(stats, PopulationStatistics):
-        raise PopstatsError(
-            f"rewrite(stats=...): expected PopulationStatistics from "
-            f"popstats.estimate(), got {describe_value(stats)}."
-        )
+    sets = _check_stats(stats, select)
+    if select is not None:
+        select = _check_select(select, len(sets))
     outs = as_variables(outputs, "rewrite")
-    new = transform((), outs, _RewriteLevel(stats))
+    new = transform((), outs, _RewriteLevel(sets, select))
     if isinstance(outputs, Variable):
         return new[0]
     return type(outputs)(new) if isinstance(outputs, tuple) else new
+
+
+def _check_stats(stats: object, select: object) -> list[PopulationStatistics]:
+    sets = [stats] if isinstance(stats, PopulationStatistics) else stats
+    if not isinstance(sets, list | tuple) or not sets or not all(
+        isinstance(s, PopulationStatistics) for s in sets
+    ):
+        raise PopstatsError(
+            f"rewrite(stats=...): expected PopulationStatistics from "
+            f"popstats.estimate(), or a non-empty list of them with select=...; "
+            f"got {describe_value(stats)}."
+        )
+    if len(sets) > 1 and select is None:
+        raise PopstatsError(
+            f"rewrite(select=...): {len(sets)} statistic sets were given but no "
+            f"select; pass select=pt.iscalar('stats_set') to choose one at run "
+            f"time, or pass a single PopulationStatistics."
+        )
+    return list(sets)
+
+
+def bind(
+    outputs: Variable | Sequence[Variable],
+    stats: PopulationStatistics | Sequence[PopulationStatistics],
+) -> None:
+    """Put other population values into an inference graph, in place.
+
+    Sets the shared variables of a graph made by :func:`rewrite` (or loaded
+    statistics onto a graph built earlier) without rebuilding or
+    recompiling. A graph built with ``select`` takes a list of sets (their
+    number may change); the others take one :class:`PopulationStatistics`.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> y_inf = popstats.rewrite(y, popstats.estimate([x], y, [{"x": np.ones((3, 2))}]))
+    >>> f = pytensor.function([x], y_inf)
+    >>> popstats.bind(y_inf, popstats.estimate([x], y, [{"x": np.full((2, 2), 4.0)}]))
+    >>> f(np.zeros((1, 2)))
+    array([[-4., -4.]])
+    """
+    found = population_variables(outputs)
+    if not found:
+        raise PopstatsError(
+            "bind(outputs=...): the graph holds no population variables; bind "
+            "onto outputs returned by popstats.rewrite or get_inference_graph."
+        )
+    sets = [stats] if isinstance(stats, PopulationStatistics) else stats
+    _check_stats(sets, select=0)
+    for name, var in found.items():
+        stacked = bool(getattr(var.tag, "popstats_stacked", False))
+        if stacked == isinstance(stats, PopulationStatistics):
+            wanted = "a list of PopulationStatistics" if stacked else "one"
+            raise PopstatsError(
+                f"bind(stats=...): the graph was built "
+                f"{'with' if stacked else 'without'} select=..., so pass {wanted} "
+                f"(got {describe_value(stats)})."
+            )
+        site_id = getattr(var.tag, "popstats_site", None)
+        group = []
+        for k, one in enumerate(sets):
+            stat = one.lookup(site_id) if site_id is not None else None
+            if stat is None:
+                stat = one.get(name)
+            if stat is None:
+                raise PopstatsError(
+                    f"bind(stats=...): the graph uses statistic {name!r} but "
+                    f"{'stats' if len(sets) == 1 else f'stats[{k}]'} has no value "
+                    f"for it; it holds {sorted(one)}."
+                )
+            group.append(stat)
+        value = population_array(group, stacked)
+        want = var.type.shape
+        if value.ndim != len(want) or any(
+            w is not None and w != v for w, v in zip(want, value.shape, strict=True)
+        ):
+            raise PopstatsError(
+                f"bind(stats=...): statistic {name!r} has shape {value.shape} in "
+                f"stats but the graph holds shape {want}. Estimate on this graph."
+            )
+        var.set_value(value)
 
 
 def population_variables(outputs: Variable | Sequence[Variable]) -> dict[str, Variable]:

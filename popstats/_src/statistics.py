@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from popstats._src.errors import PopstatsError
+from popstats._src.estimators import Estimator
 from popstats._src.exporter import Site
 from popstats._src.walk import SiteId
 
 __all__ = ["PopulationStatistics", "Statistic"]
+
+_MEAN = Estimator("mean")  # frozen, safe to share
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,12 +29,15 @@ class Statistic:
     site : Site
         Where the statistic was found.
     value : numpy.ndarray
-        float64; leading axes are time steps (one per enclosing loop).
+        float64; leading axes are time steps (one per enclosing loop whose
+        time is not pooled, outermost first).
     coverage : numpy.ndarray
         int64, shape ``value.shape[:depth]``: how many batches reached each
         step (for a statistic outside loops, a 0-d array: the batch count).
     n_batches : int
         Batches that contributed.
+    estimator : Estimator
+        How the value was estimated.
     """
 
     name: str
@@ -39,10 +46,23 @@ class Statistic:
     value: np.ndarray
     coverage: np.ndarray
     n_batches: int
+    estimator: Estimator = _MEAN
 
     @property
     def depth(self) -> int:
-        return self.site.depth
+        """Number of time axes of :attr:`value`."""
+        return self.site.time_axes
+
+    @property
+    def uncovered_steps(self) -> int:
+        """Cells of the per-step table that no batch reached (filled)."""
+        return int((self.coverage == 0).sum())
+
+    @property
+    def thin_steps(self) -> int:
+        """Cells reached by fewer than 10% of the batches (but some)."""
+        reached = self.coverage[self.coverage > 0]
+        return int((reached < 0.1 * self.n_batches).sum())
 
     @property
     def steps(self) -> tuple[int, ...]:
@@ -95,10 +115,26 @@ class PopulationStatistics(Mapping[str, Statistic]):
                 found = candidates[0]
         return found
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Save to a ``.npz`` file (no pickle); see :func:`popstats.load`.
+
+        The file is written to a temporary name and renamed, so an
+        interrupted save leaves any earlier file intact.
+        """
+        from popstats._src.persistence import save_statistics
+
+        save_statistics(self, path)
+
     def __repr__(self) -> str:
-        rows = [
-            f"  {s.name!r}: shape {s.value.shape[s.depth:]}, steps {s.steps}, "
-            f"in {s.site.where}, {s.n_batches} batches"
-            for s in self._by_name.values()
-        ]
+        rows = []
+        for s in self._by_name.values():
+            row = (
+                f"  {s.name!r}: shape {s.value.shape[s.depth:]}, steps {s.steps}, "
+                f"in {s.site.where}, {s.n_batches} batches"
+            )
+            if s.estimator.name != "mean":
+                row += f", {s.estimator.name}"
+            if s.uncovered_steps:
+                row += f", {s.uncovered_steps} steps never reached"
+            rows.append(row)
         return "PopulationStatistics(\n" + "\n".join(rows) + "\n)"

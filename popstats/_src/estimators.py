@@ -1,0 +1,256 @@
+"""Estimators: small accumulators with ``init`` / ``update`` / ``merge`` / ``finalize``.
+
+Each estimator turns a stream of per-batch statistics into a population
+value, cell by cell (a cell is one time step, or one ``(t1, t2)`` pair for a
+statistic two loops deep). Its state is a dict of float64/int64 arrays whose
+leading axes are the time steps seen so far; :func:`grow` widens a state when
+a longer run arrives. ``merge(a, b)`` of two states over disjoint data equals
+the state over all of it, so partial passes combine exactly.
+
+Per batch and cell an update receives the statistic ``value``, the number of
+elements it reduced over (``count``, when known), the number of time steps
+pooled into it (``weight``, 1 unless time is pooled) and, for the pooled
+variance, the paired batch ``mean``.
+
+References: the parallel variance combination of Chan, Golub & LeVeque
+(1979); the inference rule of Ioffe & Szegedy (2015), Var[x] =
+m/(m-1) E[sigma_B^2]; PyTorch's running averages (momentum 0.1, running mean
+starting at 0 and variance at 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import numpy as np
+
+from popstats._src.errors import PopstatsError, describe_value
+
+__all__ = ["ESTIMATORS", "ROLES", "Estimator", "resolve_estimator"]
+
+ESTIMATORS = ("mean", "weighted", "pooled", "unbiased", "ema")
+ROLES = ("mean", "var", "std")
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """An estimator and its options.
+
+    Parameters
+    ----------
+    name : {"mean", "weighted", "pooled", "unbiased", "ema"}
+        ``"mean"``: the equal-weight average over batches (the original
+        tool's, PyTorch's ``momentum=None``). ``"weighted"``: weighted by each
+        batch's element count. ``"pooled"``: the exact moments of all data
+        seen, from paired mean and variance (or std). ``"unbiased"``:
+        variances scaled by m/(m-1) before averaging. ``"ema"``: the running
+        average ``v <- (1 - momentum) v + momentum x`` of PyTorch, Lasagne and
+        Keras (Keras' ``momentum=0.99`` is ``momentum=0.01`` here).
+    momentum : float, optional
+        For ``"ema"`` only, in (0, 1]; default 0.1.
+
+    Examples
+    --------
+    >>> from popstats import Estimator
+    >>> Estimator("ema", momentum=0.01)
+    Estimator(name='ema', momentum=0.01)
+    """
+
+    name: str
+    momentum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ESTIMATORS:
+            raise PopstatsError(
+                f"Estimator(name=...): unknown estimator {self.name!r}; allowed: "
+                f"{', '.join(map(repr, ESTIMATORS))}."
+            )
+        if self.name == "ema":
+            momentum = 0.1 if self.momentum is None else self.momentum
+            if not isinstance(momentum, int | float) or not 0 < momentum <= 1:
+                raise PopstatsError(
+                    f"Estimator(momentum=...): expected a number in (0, 1], got "
+                    f"{describe_value(self.momentum)}. PyTorch's default is 0.1 "
+                    f"(Keras' momentum=0.99 is 0.01 here)."
+                )
+            object.__setattr__(self, "momentum", float(momentum))
+        elif self.momentum is not None:
+            raise PopstatsError(
+                f"Estimator(momentum=...): only 'ema' takes a momentum; got "
+                f"momentum={self.momentum!r} for {self.name!r}."
+            )
+
+    @property
+    def needs_count(self) -> bool:
+        return self.name in ("weighted", "pooled", "unbiased")
+
+
+def as_estimator(spec: object, call: str) -> Estimator:
+    if isinstance(spec, Estimator):
+        return spec
+    if isinstance(spec, str):
+        return Estimator(spec)
+    raise PopstatsError(
+        f"{call}(estimator=...): expected a name ({', '.join(map(repr, ESTIMATORS))}), "
+        f"an Estimator, or a dict from label pattern to those; got "
+        f"{describe_value(spec)}."
+    )
+
+
+def resolve_estimator(spec: object, name: str, label: str, call: str) -> Estimator:
+    """The estimator for one statistic: ``spec`` itself, or its first match.
+
+    A mapping is searched in order for a pattern (``fnmatch`` style, e.g.
+    ``"lstm.*"``) matching the statistic's name or label; ``"*"`` is the
+    catch-all, and without one unmatched statistics use ``"mean"``.
+    """
+    if isinstance(spec, Mapping):
+        for pattern, value in spec.items():
+            if not isinstance(pattern, str):
+                raise PopstatsError(
+                    f"{call}(estimator=...): keys are label patterns (str); got "
+                    f"{describe_value(pattern)}."
+                )
+            if fnmatchcase(name, pattern) or fnmatchcase(label, pattern):
+                return as_estimator(value, call)
+        return Estimator("mean")
+    return as_estimator(spec, call)
+
+
+# -- state arrays -----------------------------------------------------------
+
+# Fields with the statistic's own shape after the time axes; the others are
+# per cell. "n" (batches per cell) is the coverage, in every state.
+_VALUE_FIELDS = frozenset({"mean", "m2", "acc"})
+
+
+def _fields(estimator: Estimator, role: str | None) -> tuple[str, ...]:
+    if estimator.name == "ema":
+        return ("n", "decay", "acc")
+    if estimator.name == "pooled" and role in ("var", "std"):
+        return ("n", "w", "mean", "m2")
+    return ("n", "w", "mean")
+
+
+def init(estimator: Estimator, role: str | None, shape: tuple[int, ...],
+         depth: int) -> State:
+    """An empty state for a statistic of ``shape`` inside ``depth`` loops."""
+    steps = (0,) * depth
+    state: State = {}
+    for field in _fields(estimator, role):
+        if field == "n":
+            state[field] = np.zeros(steps, dtype=np.int64)
+        elif field in _VALUE_FIELDS:
+            state[field] = np.zeros(steps + shape, dtype=np.float64)
+        else:
+            state[field] = np.ones(steps) if field == "decay" else np.zeros(steps)
+    return state
+
+
+def steps_of(state: State) -> tuple[int, ...]:
+    return state["n"].shape
+
+
+def grow(state: State, steps: tuple[int, ...]) -> State:
+    """Widen every array of ``state`` to at least ``steps`` time steps."""
+    have = steps_of(state)
+    new = tuple(max(a, b) for a, b in zip(have, steps, strict=True))
+    if new == have:
+        return state
+    grown: State = {}
+    for field, array in state.items():
+        shape = new + array.shape[len(have) :]
+        fill = 1.0 if field == "decay" else 0
+        out = np.full(shape, fill, dtype=array.dtype)
+        out[tuple(slice(0, n) for n in array.shape)] = array
+        grown[field] = out
+    return grown
+
+
+def _expand(cell_array: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Broadcast a per-cell array against a value with the statistic's shape."""
+    return cell_array.reshape(cell_array.shape + (1,) * (value.ndim - cell_array.ndim))
+
+
+def update(
+    estimator: Estimator,
+    role: str | None,
+    state: State,
+    value: np.ndarray,
+    count: np.ndarray | None,
+    weight: np.ndarray | None,
+    mean: np.ndarray | None,
+) -> State:
+    """Add one batch; arrays cover the batch's cells (``value.shape[:depth]``).
+
+    ``state`` must already be grown to the batch's steps; it is updated in
+    place and returned.
+    """
+    depth = state["n"].ndim
+    cells = (*(slice(0, n) for n in value.shape[:depth]), Ellipsis)
+    view = {field: array[cells] for field, array in state.items()}
+    view["n"] += 1
+    name = estimator.name
+    if name == "ema":
+        m = estimator.momentum
+        view["acc"] *= 1.0 - m
+        view["acc"] += m * value
+        view["decay"] *= 1.0 - m
+        return state
+    if name == "unbiased" and role in ("var", "std"):
+        variance = value if role == "var" else value**2
+        value = variance * _expand(count / (count - 1.0), value)
+    if name in ("weighted", "pooled"):
+        w = count
+    else:
+        w = np.ones(value.shape[:depth]) if weight is None else weight
+    w_total = view["w"] + w
+    safe = np.where(w_total > 0, w_total, 1.0)
+    if name == "pooled" and role in ("var", "std"):
+        variance = value if role == "var" else value**2
+        delta = mean - view["mean"]
+        view["m2"] += _expand(w, value) * variance + delta**2 * _expand(
+            view["w"] * w / safe, value
+        )
+        view["mean"] += delta * _expand(w / safe, value)
+    else:
+        view["mean"] += (value - view["mean"]) * _expand(w / safe, value)
+    view["w"][...] = w_total
+    return state
+
+
+def merge(estimator: Estimator, role: str | None, a: State, b: State) -> State:
+    """The state over the data of ``a`` and then ``b`` (exact)."""
+    steps = tuple(max(x, y) for x, y in zip(steps_of(a), steps_of(b), strict=True))
+    a, b = grow(a, steps), grow(b, steps)
+    out = {"n": a["n"] + b["n"]}
+    if estimator.name == "ema":
+        out["decay"] = a["decay"] * b["decay"]
+        out["acc"] = a["acc"] * _expand(b["decay"], a["acc"]) + b["acc"]
+        return out
+    w = a["w"] + b["w"]
+    frac = np.divide(b["w"], w, out=np.zeros_like(w), where=w > 0)
+    delta = b["mean"] - a["mean"]
+    out["w"] = w
+    out["mean"] = a["mean"] + delta * _expand(frac, delta)
+    if "m2" in a:
+        out["m2"] = a["m2"] + b["m2"] + delta**2 * _expand(a["w"] * frac, delta)
+    return out
+
+
+def finalize(estimator: Estimator, role: str | None, state: State) -> np.ndarray:
+    """The population value per cell (cells no batch reached are left as 0)."""
+    if estimator.name == "ema":
+        start = 1.0 if role in ("var", "std") else 0.0
+        return state["acc"] + start * _expand(state["decay"], state["acc"])
+    if "m2" in state:
+        w = state["w"]
+        variance = state["m2"] / _expand(np.where(w > 0, w, 1.0), state["m2"])
+        return variance if role == "var" else np.sqrt(variance)
+    if estimator.name == "unbiased" and role == "std":
+        return np.sqrt(state["mean"])
+    return state["mean"].copy()

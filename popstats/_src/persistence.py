@@ -1,0 +1,219 @@
+"""Saving and loading population statistics and estimation states (``.npz``).
+
+The format (version 1) is a NumPy ``.npz`` archive, read without pickle:
+
+``popstats_format``
+    ``"popstats.statistics"`` or ``"popstats.state"``.
+``format_version``
+    ``1``.
+``meta``
+    JSON text: ``{"statistics": [...], "n_batches": int}`` with, per
+    statistic, ``name``, ``label``, ``key``, ``occurrence``, ``path`` (the
+    loops as ``[name, occurrence]`` pairs, outermost first), ``shape``
+    (static shape, ``null`` where unknown), ``dtype``, ``role``, ``group``,
+    ``counted``, ``time`` (per loop: ``"step"`` or ``"pooled"``),
+    ``estimator`` (``{"name": ..., "momentum": ...}``) and ``n_batches``.
+``value/<i>``, ``coverage/<i>``
+    For statistics: the population value (float64, time axes first) and the
+    batches per step.
+``state/<i>/<field>``
+    For states: the estimator's arrays of statistic ``i``.
+
+Files are written to a temporary name in the same folder and renamed, so an
+interrupted save never leaves a half-written file in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimator import EstimationState
+from popstats._src.estimators import Estimator
+from popstats._src.exporter import Site
+from popstats._src.statistics import PopulationStatistics, Statistic
+from popstats._src.walk import LoopStep, SiteId
+
+__all__ = ["FORMAT_VERSION", "load", "load_state", "save_state", "save_statistics"]
+
+FORMAT_VERSION = 1
+_STATS, _STATE = "popstats.statistics", "popstats.state"
+
+
+def _site_meta(site: Site, estimator: Estimator, n_batches: int) -> dict[str, Any]:
+    return {
+        "name": site.name,
+        "label": site.label,
+        "key": site.id.key,
+        "occurrence": site.id.occurrence,
+        "path": [[step.name, step.occurrence] for step in site.id.path],
+        "shape": list(site.shape),
+        "dtype": site.dtype,
+        "role": site.role,
+        "group": site.group,
+        "counted": site.counted,
+        "time": list(site.time),
+        "estimator": {"name": estimator.name, "momentum": estimator.momentum},
+        "n_batches": n_batches,
+    }
+
+
+def _site_from_meta(meta: dict[str, Any]) -> tuple[Site, Estimator, int]:
+    path = tuple(LoopStep(str(name), int(occ)) for name, occ in meta["path"])
+    site_id = SiteId(path, str(meta["key"]), int(meta["occurrence"]), meta["label"])
+    site = Site(
+        meta["name"],
+        meta["label"],
+        site_id,
+        tuple(None if s is None else int(s) for s in meta["shape"]),
+        meta["dtype"],
+        role=meta["role"],
+        group=meta["group"],
+        counted=bool(meta["counted"]),
+        time=tuple(meta["time"]),
+    )
+    spec = meta["estimator"]
+    return site, Estimator(spec["name"], spec["momentum"]), int(meta["n_batches"])
+
+
+def _write(path: str | os.PathLike, kind: str, meta: dict, arrays: dict) -> None:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    payload = {
+        "popstats_format": np.array(kind),
+        "format_version": np.array(FORMAT_VERSION),
+        "meta": np.array(json.dumps(meta)),
+        **arrays,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".popstats-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_statistics(stats: PopulationStatistics, path: str | os.PathLike) -> None:
+    """Write ``stats`` to ``path`` (format above)."""
+    metas, arrays = [], {}
+    for i, stat in enumerate(stats.values()):
+        metas.append(_site_meta(stat.site, stat.estimator, stat.n_batches))
+        arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
+        arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
+    _write(path, _STATS, {"statistics": metas}, arrays)
+
+
+def save_state(state: EstimationState, path: str | os.PathLike) -> None:
+    """Write an estimation state to ``path`` (format above)."""
+    arrays = {
+        f"state/{i}/{field}": array
+        for i, fields in enumerate(state.states)
+        for field, array in fields.items()
+    }
+    meta = {"names": list(state.names), "n_batches": state.n_batches}
+    _write(path, _STATE, meta, arrays)
+
+
+def _read(path: str | os.PathLike, kind: str, call: str) -> tuple[dict, Any]:
+    if not isinstance(path, str | os.PathLike):
+        raise PopstatsError(
+            f"{call}(path=...): expected a file path, got {describe_value(path)}."
+        )
+    if not os.path.isfile(path):
+        raise PopstatsError(
+            f"{call}(path=...): no file at {os.fspath(path)!r}. Check the path "
+            f"(files are written by PopulationStatistics.save / "
+            f"EstimationState.save)."
+        )
+    try:
+        archive = np.load(path, allow_pickle=False)
+        fmt = str(archive["popstats_format"])
+        version = int(archive["format_version"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise PopstatsError(
+            f"{call}(path=...): {os.fspath(path)!r} is not a popstats file or is "
+            f"corrupted ({type(exc).__name__}: {exc}). Save it again."
+        ) from None
+    if version != FORMAT_VERSION:
+        raise PopstatsError(
+            f"{call}(path=...): {os.fspath(path)!r} has format version {version}; "
+            f"this popstats reads version {FORMAT_VERSION}. Use the popstats "
+            f"release that wrote it, or estimate again."
+        )
+    if fmt != kind:
+        raise PopstatsError(
+            f"{call}(path=...): {os.fspath(path)!r} holds {fmt!r}, not {kind!r}. "
+            f"Use popstats.load for statistics and popstats.load_state for "
+            f"estimation states."
+        )
+    try:
+        meta = json.loads(str(archive["meta"]))
+    except (KeyError, ValueError) as exc:
+        raise PopstatsError(
+            f"{call}(path=...): {os.fspath(path)!r} is corrupted (its metadata "
+            f"cannot be read: {exc}). Save it again."
+        ) from None
+    return meta, archive
+
+
+def load(path: str | os.PathLike) -> PopulationStatistics:
+    """Load population statistics saved by :meth:`PopulationStatistics.save`.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> stats = popstats.estimate([x], y, [{"x": np.ones((3, 2))}])
+    >>> path = os.path.join(tempfile.mkdtemp(), "stats.npz")
+    >>> stats.save(path)
+    >>> popstats.load(path)["mean"].value
+    array([1., 1.])
+    """
+    meta, archive = _read(path, _STATS, "load")
+    stats = []
+    try:
+        for i, entry in enumerate(meta["statistics"]):
+            site, estimator, n_batches = _site_from_meta(entry)
+            value = np.array(archive[f"value/{i}"], dtype=np.float64)
+            coverage = np.array(archive[f"coverage/{i}"], dtype=np.int64)
+            if coverage.shape != value.shape[: site.time_axes]:
+                raise ValueError(f"coverage of {site.name!r} does not fit its value")
+            stats.append(
+                Statistic(site.name, site.label, site, value, coverage, n_batches,
+                          estimator)
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PopstatsError(
+            f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "
+            f"{exc}). Save it again."
+        ) from None
+    return PopulationStatistics(tuple(stats))
+
+
+def load_state(path: str | os.PathLike) -> EstimationState:
+    """Load an estimation state saved by :meth:`EstimationState.save`."""
+    meta, archive = _read(path, _STATE, "load_state")
+    try:
+        names = tuple(str(n) for n in meta["names"])
+        states: list[dict[str, np.ndarray]] = [{} for _ in names]
+        for key in archive.files:
+            if key.startswith("state/"):
+                _, index, field = key.split("/")
+                states[int(index)][field] = np.array(archive[key])
+        n_batches = int(meta["n_batches"])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise PopstatsError(
+            f"load_state(path=...): {os.fspath(path)!r} is corrupted "
+            f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
+        ) from None
+    return EstimationState(names, tuple(states), n_batches)
