@@ -1,0 +1,499 @@
+"""Sequential digits with a recurrent batch-normalized LSTM, then popstats.
+
+The model is the BN-LSTM of Cooijmans et al. 2016, "Recurrent Batch
+Normalization", written in plain PyTensor:
+
+    i, f, o, g = BN(W_h h[t-1]; gamma_h) + BN(W_x x[t]; gamma_x) + b
+    c[t] = sigmoid(f) * c[t-1] + sigmoid(i) * tanh(g)
+    h[t] = sigmoid(o) * tanh(BN(c[t]; gamma_c, beta_c))
+
+with separate statistics per time step (the batch mean and variance are
+computed inside the ``scan`` step and marked with ``popstats.bn_statistic``)
+and every gamma initialised to 0.1, as in the paper.
+
+The data are scikit-learn's 8x8 digits (shipped with scikit-learn, no
+download), read one row per step (8 steps of 8 pixels) or, with
+``--pixels``, one pixel per step (64 steps). Every training batch is followed
+by a random number (0 to ``--train-pad``) of blank steps, and the class is
+read out after the last one, so the network learns to hold a digit in memory
+over blank input. That makes a longer-sequence test meaningful: at test time
+we append more blank steps than any training sequence had, and population
+statistics beyond the last trained step are those of that step (clamped), the
+rule of the paper.
+
+After training, ``popstats.get_inference_graph`` estimates the population
+statistics over the training data and rewrites the graph; the script prints
+test accuracy with batch and population statistics at batch sizes 256 and 1.
+
+Run::
+
+    python examples/bn_lstm_digits.py         # full setting: about a minute of
+                                              # training on 2 cores
+    python examples/bn_lstm_digits.py --fast  # a few seconds (used by the tests)
+
+Compilation comes on top. With PyTensor's default backend (Numba) the first
+run compiles the training loop for several minutes; later runs load it from
+Numba's cache. ``--mode FAST_COMPILE`` starts sooner but trains more slowly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.tensor.special import log_softmax, softmax
+
+try:
+    import popstats
+except ImportError:  # running from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import popstats
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "output"
+EPS = 1e-5
+EVAL_BATCH = 256
+FLOATX = pytensor.config.floatX
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+
+def load_data(pixels: bool, seed: int, fast: bool):
+    """Digits as time-major sequences ``(steps, examples, features)`` in [0, 1]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(FLOATX)  # (n, 8, 8)
+    labels = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=0.2, random_state=seed, stratify=labels
+    )
+    if fast:
+        x_train, y_train = x_train[:512], y_train[:512]
+    n_features = 1 if pixels else 8
+
+    def to_sequences(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), -1, n_features)  # (n, steps, features)
+        return np.ascontiguousarray(x.transpose(1, 0, 2))
+
+    return to_sequences(x_train), y_train, to_sequences(x_test), y_test
+
+
+def pad_blank(x: np.ndarray, n_blank: int) -> np.ndarray:
+    """Append ``n_blank`` all-zero steps to time-major sequences ``x``."""
+    if n_blank == 0:
+        return x
+    blank = np.zeros((n_blank, *x.shape[1:]), dtype=x.dtype)
+    return np.concatenate([x, blank], axis=0)
+
+
+def training_batches(x, y, batch_size, max_pad, rng):
+    """One epoch of shuffled batches, each with 0..max_pad blank steps appended."""
+    order = rng.permutation(x.shape[1])
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        n_blank = int(rng.integers(0, max_pad + 1))
+        yield pad_blank(x[:, idx], n_blank), y[idx]
+
+
+# ----------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------
+
+
+def init_params(n_in: int, n_hidden: int, rng: np.random.Generator) -> dict:
+    def orthogonal(n):
+        q, r = np.linalg.qr(rng.normal(size=(n, n)))
+        return q * np.sign(np.diag(r))
+
+    h4 = 4 * n_hidden
+    bias = np.zeros(h4)
+    bias[n_hidden : 2 * n_hidden] = 1.0  # forget gate (order i, f, o, g)
+    limit = np.sqrt(6.0 / (n_in + h4))
+    values = {
+        "W_x": rng.uniform(-limit, limit, size=(n_in, h4)),
+        "W_h": np.concatenate([orthogonal(n_hidden) for _ in range(4)], axis=1),
+        "b": bias,
+        # Cooijmans et al. initialise every gamma to 0.1; the BN shifts of the
+        # gate pre-activations are left out (b plays that role).
+        "gamma_x": np.full(h4, 0.1),
+        "gamma_h": np.full(h4, 0.1),
+        "gamma_c": np.full(n_hidden, 0.1),
+        "beta_c": np.zeros(n_hidden),
+        "W_out": rng.normal(scale=1.0 / np.sqrt(n_hidden), size=(n_hidden, 10)),
+        "b_out": np.zeros(10),
+    }
+    return {k: pytensor.shared(v.astype(FLOATX), name=k) for k, v in values.items()}
+
+
+def batch_norm(a, gamma, label, beta=None):
+    """Normalize ``a`` (batch, units) with its batch statistics, marked for popstats."""
+    mean = popstats.bn_statistic(a.mean(axis=0), label=f"{label}.mean")
+    var = popstats.bn_statistic(a.var(axis=0), label=f"{label}.var")
+    out = gamma * (a - mean) / pt.sqrt(var + EPS)
+    return out if beta is None else out + beta
+
+
+def build_model(params: dict, n_hidden: int):
+    """Symbolic input ``x`` (steps, batch, features) and class logits."""
+    x = pt.tensor3("x", dtype=FLOATX)
+    p = params
+    # The input projections of all steps in one product, outside the loop; the
+    # batch statistics are still those of each step, computed inside it.
+    x_proj = pt.dot(x, p["W_x"])  # (steps, batch, 4 * n_hidden)
+
+    def step(xw_t, h, c, W_h, b, gamma_x, gamma_h, gamma_c, beta_c):
+        pre = (
+            batch_norm(pt.dot(h, W_h), gamma_h, "bn_h")
+            + batch_norm(xw_t, gamma_x, "bn_x")
+            + b
+        )
+        i, f, o, g = (pre[:, k * n_hidden : (k + 1) * n_hidden] for k in range(4))
+        c_new = pt.sigmoid(f) * c + pt.sigmoid(i) * pt.tanh(g)
+        h_new = pt.sigmoid(o) * pt.tanh(batch_norm(c_new, gamma_c, "bn_c", beta_c))
+        return h_new, c_new
+
+    zeros = pt.zeros((x.shape[1], n_hidden), dtype=FLOATX)
+    names = ["W_h", "b", "gamma_x", "gamma_h", "gamma_c", "beta_c"]
+    hs, _cs = pytensor.scan(
+        step,
+        sequences=[x_proj],
+        outputs_info=[zeros, zeros],
+        non_sequences=[p[n] for n in names],
+        return_updates=False,
+    )
+    logits = pt.dot(hs[-1], p["W_out"]) + p["b_out"]
+    return x, logits
+
+
+def adam_updates(loss, params, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Plain Adam (Kingma & Ba 2015).
+
+    Hand-written to keep the example dependency-free; issue 4 will consider a
+    maintained optimizer library instead.
+    """
+    grads = pytensor.grad(loss, params)
+    t = pytensor.shared(np.asarray(0.0, dtype=FLOATX), name="adam_t")
+    t_new = t + 1
+    updates = [(t, t_new)]
+    scale = lr * pt.sqrt(1 - b2**t_new) / (1 - b1**t_new)
+    for param, grad in zip(params, grads, strict=True):
+        zeros = np.zeros_like(param.get_value())
+        m = pytensor.shared(zeros, name=f"{param.name}_m")
+        v = pytensor.shared(zeros.copy(), name=f"{param.name}_v")
+        m_new = b1 * m + (1 - b1) * grad
+        v_new = b2 * v + (1 - b2) * grad**2
+        updates += [(m, m_new), (v, v_new)]
+        updates.append((param, param - scale * m_new / (pt.sqrt(v_new) + eps)))
+    return updates
+
+
+# ----------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------
+
+
+def predict(fn, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class predictions and probabilities, ``batch_size`` examples per call."""
+    probs = [fn(x[:, s : s + batch_size]) for s in range(0, x.shape[1], batch_size)]
+    probs = np.concatenate(probs, axis=0)
+    return probs.argmax(axis=1), probs
+
+
+def describe_coverage(stat) -> str:
+    """How many estimation batches reached each step of a per-step statistic."""
+    coverage, n = stat.coverage, stat.n_batches
+    text = f"estimated over {n} training batches for {len(coverage)} steps"
+    if coverage.min() == n:
+        return text + " (every batch reaches every step)"
+    first_short = int(np.argmin(coverage == n))
+    return (
+        f"{text} (every batch reaches steps 0-{first_short - 1}, fewer reach "
+        f"the later ones: {coverage[-1]} the last)"
+    )
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("statistics", "batch size", "steps", "accuracy")
+    body = [
+        (r["statistics"], str(r["batch_size"]), str(r["steps"]), f"{r['accuracy']:.4f}")
+        for r in rows
+    ]
+    widths = [max(len(line[k]) for line in [head, *body]) for k in range(4)]
+    rule = "  ".join("-" * w for w in widths)
+    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append(rule)
+    for line in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def write_outputs(directory: Path, rows: list[dict], summary: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "bn_lstm_digits.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(directory / "bn_lstm_digits.json", "w") as f:
+        json.dump({**summary, "rows": rows}, f, indent=2)
+
+
+# ----------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="tiny setting (a few seconds of training on a subset)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="LSTM units (default 100; 24 with --fast)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default 10; 6 with --fast)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam step size (default 2e-3; 1e-2 with --fast)",
+    )
+    parser.add_argument(
+        "--pixels",
+        action="store_true",
+        help="one pixel per step (64 steps) instead of one row (8); "
+        "about 8 times slower",
+    )
+    parser.add_argument(
+        "--train-pad",
+        type=int,
+        default=None,
+        help="max blank steps appended in training (default: 4 "
+        "rows' worth: 4, or 32 with --pixels)",
+    )
+    parser.add_argument(
+        "--test-pad",
+        type=int,
+        default=None,
+        help="blank steps appended for the longer-sequence test "
+        "(default: 12 rows' worth: 12, or 96 with --pixels)",
+    )
+    parser.add_argument(
+        "--mode",
+        default=None,
+        help="PyTensor compilation mode (default: PyTensor's "
+        "default, Numba). On a cold compilation cache "
+        "FAST_COMPILE or CVM start much sooner",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help=f"folder for the results table (default {DEFAULT_OUTPUT})",
+    )
+    args = parser.parse_args(argv)
+    unit = 8 if args.pixels else 1
+    defaults = {
+        "hidden": 24 if args.fast else 100,
+        "epochs": 6 if args.fast else 10,
+        "lr": 1e-2 if args.fast else 2e-3,
+        "train_pad": 4 * unit,
+        "test_pad": 12 * unit,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.test_pad <= args.train_pad:
+        parser.error("--test-pad must exceed --train-pad (that is the point)")
+    return args
+
+
+def main(argv=None) -> dict:
+    """Train, estimate population statistics, evaluate; return the results."""
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    x_train, y_train, x_test, y_test = load_data(args.pixels, args.seed, args.fast)
+    n_steps, _, n_in = x_train.shape
+    print(
+        f"digits: {x_train.shape[1]} train / {x_test.shape[1]} test, "
+        f"{n_steps} steps of {n_in} feature(s); BN-LSTM with {args.hidden} units; "
+        f"{args.train_pad} max blank steps appended in training"
+    )
+
+    # -- model, training graph ------------------------------------------------
+    params = init_params(n_in, args.hidden, rng)
+    mode = args.mode
+    x, logits = build_model(params, args.hidden)
+    y = pt.vector("y", dtype="int64")
+    loss = -log_softmax(logits, axis=1)[pt.arange(y.shape[0]), y].mean()
+    accuracy = pt.eq(logits.argmax(axis=1), y).mean()
+    probs = softmax(logits, axis=1)
+    updates = adam_updates(loss, list(params.values()), args.lr)
+
+    t0 = time.perf_counter()
+    train_fn = pytensor.function([x, y], [loss, accuracy], updates=updates, mode=mode)
+    batch_fn = pytensor.function([x], probs, mode=mode)  # batch statistics
+    print(
+        f"compiled training and evaluation functions in {time.perf_counter() - t0:.1f}s"
+    )
+
+    # -- training -------------------------------------------------------------
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.perf_counter()
+        losses, accs, sizes = [], [], []
+        for xb, yb in training_batches(
+            x_train, y_train, args.batch_size, args.train_pad, rng
+        ):
+            batch_loss, batch_acc = train_fn(xb, yb)
+            losses.append(batch_loss)
+            accs.append(batch_acc)
+            sizes.append(len(yb))
+        train_loss = np.average(losses, weights=sizes)
+        train_acc = np.average(accs, weights=sizes)
+        print(
+            f"epoch {epoch}/{args.epochs}: loss {train_loss:.4f}, train accuracy "
+            f"{train_acc:.4f} (batch statistics), {time.perf_counter() - t0:.1f}s"
+        )
+
+    # -- population statistics ------------------------------------------------
+    # One pass over the training data, batches as in training (same size and
+    # the same random blank tails), keyed by input name.
+    def estimation_batches():
+        for xb, _yb in training_batches(
+            x_train, y_train, args.batch_size, args.train_pad, rng
+        ):
+            yield {"x": xb}
+
+    t0 = time.perf_counter()
+    probs_pop, stats = popstats.get_inference_graph(
+        [x], probs, estimation_batches(), mode=mode, return_stats=True
+    )
+    pop_fn = pytensor.function([x], probs_pop, mode=mode)
+    trained_steps = max(s.value.shape[0] for s in stats.values())
+    print(
+        f"population statistics {', '.join(sorted(stats))}: "
+        f"{describe_coverage(stats['bn_x.mean'])}; "
+        f"{time.perf_counter() - t0:.1f}s with compilation"
+    )
+
+    # -- evaluation -----------------------------------------------------------
+    long_steps = n_steps + args.test_pad
+    x_long = pad_blank(x_test, args.test_pad)
+    plan = [  # (key, statistics, function, batch size, inputs)
+        ("batch_256", "batch", batch_fn, EVAL_BATCH, x_test),
+        ("batch_1", "batch", batch_fn, 1, x_test),
+        ("population_256", "population", pop_fn, EVAL_BATCH, x_test),
+        ("population_1", "population", pop_fn, 1, x_test),
+        ("batch_256_long", "batch", batch_fn, EVAL_BATCH, x_long),
+        ("population_256_long", "population", pop_fn, EVAL_BATCH, x_long),
+        ("population_1_long", "population", pop_fn, 1, x_long),
+    ]
+    rows, predictions, probabilities = [], {}, {}
+    for key, kind, fn, bs, xs in plan:
+        pred, prob = predict(fn, xs, bs)
+        predictions[key], probabilities[key] = pred, prob
+        rows.append(
+            {
+                "row": key,
+                "statistics": kind,
+                "batch_size": bs,
+                "steps": xs.shape[0],
+                "accuracy": float(np.mean(pred == y_test)),
+            }
+        )
+
+    same = bool(
+        np.array_equal(predictions["population_1"], predictions["population_256"])
+    )
+    same_long = bool(
+        np.array_equal(
+            predictions["population_1_long"], predictions["population_256_long"]
+        )
+    )
+    max_diff = float(
+        np.abs(probabilities["population_1"] - probabilities["population_256"]).max()
+    )
+    n_batch1_classes = len(np.unique(predictions["batch_1"]))
+
+    print()
+    print(f"Test accuracy ({x_test.shape[1]} digits):")
+    print(format_table(rows))
+    print(
+        f"* Population statistics: predictions at batch size 1 and {EVAL_BATCH} are "
+        f"{'identical' if same else 'DIFFERENT'} (max probability difference "
+        f"{max_diff:.1e}); each example is normalized independently of its batch."
+    )
+    print(
+        f"* Batch statistics at batch size 1: a single example is its own batch "
+        f"mean and has variance 0, so every normalized value is 0 (plus its "
+        f"shift): the network ignores its input ({n_batch1_classes} distinct "
+        f"prediction(s) over all test digits)."
+    )
+    print(
+        f"* {long_steps} steps: the test digits followed by {args.test_pad} blank "
+        f"steps, longer than any training sequence ({n_steps} digit steps + at most "
+        f"{args.train_pad} blank ones). Statistics were estimated for "
+        f"{trained_steps} steps; popstats uses those of step "
+        f"{trained_steps - 1} (a blank step) for every later one, the clamping "
+        f"rule of Cooijmans et al. 2016. Predictions at batch size 1 and "
+        f"{EVAL_BATCH} are {'identical' if same_long else 'DIFFERENT'} there too. "
+        f"Batch statistics over {EVAL_BATCH} test digits at each step are shown "
+        f"for comparison (they need a large batch of test data)."
+    )
+
+    elapsed = time.perf_counter() - t_start
+    summary = {
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        },
+        "pytensor_version": pytensor.__version__,
+        "trained_steps": trained_steps,
+        "population_predictions_identical": same,
+        "population_predictions_identical_long": same_long,
+        "population_max_probability_difference": max_diff,
+        "seconds": round(elapsed, 1),
+    }
+    write_outputs(args.output, rows, summary)
+    print(
+        f"\nresults written to {args.output} (bn_lstm_digits.csv, bn_lstm_digits.json)"
+    )
+    print(f"total time {elapsed:.1f}s")
+    return {
+        "rows": rows,
+        "predictions": predictions,
+        "probabilities": probabilities,
+        "labels": y_test,
+        "inputs": {"test": x_test, "test_long": x_long},
+        "params": {name: var.get_value() for name, var in params.items()},
+        "stats": {name: stat.value for name, stat in stats.items()},
+        "summary": summary,
+        "output": args.output,
+    }
+
+
+if __name__ == "__main__":
+    main()
