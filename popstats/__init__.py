@@ -14,11 +14,13 @@ The pipeline, one public verb per stage:
 :func:`get_inference_graph` runs 3 and 4 in one call.
 """
 
+from popstats import nn as nn
 from popstats._src.api import get_inference_graph
 from popstats._src.errors import PopstatsError
 from popstats._src.estimator import Estimation, EstimationState, estimate
 from popstats._src.estimators import Estimator
 from popstats._src.exporter import EstimationGraph, Site, export
+from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
 from popstats._src.persistence import load, load_state
 from popstats._src.rewriter import bind, population_variables, rewrite
 from popstats._src.statistics import PopulationStatistics, Statistic
@@ -38,6 +40,10 @@ __all__ = [
     "Statistic",
     "bind",
     "bn_statistic",
+    "describe",
+    "describe_rewrite",
+    "draw",
+    "draw_rewrite",
     "estimate",
     "export",
     "get_inference_graph",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,61 +25,13 @@ from pytensor.graph.basic import Variable
 from popstats._src import estimators as est
 from popstats._src.batches import batch_values, check_inputs, iterate
 from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimators import EstimationState, fill_uncovered
 from popstats._src.exporter import Site, as_variables, export_checked
 from popstats._src.statistics import PopulationStatistics, Statistic
 
 __all__ = ["Estimation", "EstimationState", "estimate", "fill_uncovered"]
 
 log = logging.getLogger("popstats")
-
-
-@dataclass(frozen=True, eq=False)
-class EstimationState:
-    """The accumulators of an estimation pass.
-
-    Attributes
-    ----------
-    names : tuple of str
-        The statistics, in the order of :attr:`Estimation.sites`.
-    states : tuple of dict
-        Per statistic, its estimator's arrays (empty before the first batch).
-        :meth:`Estimation.update` updates them in place.
-    n_batches : int
-        Batches seen.
-    """
-
-    names: tuple[str, ...]
-    states: tuple[dict[str, np.ndarray], ...]
-    n_batches: int = 0
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Save to ``.npz`` (atomically); see :func:`popstats.load_state`."""
-        from popstats._src.persistence import save_state
-
-        save_state(self, path)
-
-
-def fill_uncovered(value: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """Fill cells no batch reached from the nearest covered earlier step.
-
-    Along the innermost time axis first, then outwards: a cell (t1, t2)
-    takes (t1, t2') for the largest covered t2' < t2; a row no batch reached
-    at all takes the row before it. This is the clamping rule of recurrent
-    batch normalization (repeat the last step) applied per axis.
-    """
-    value = value.copy()
-    covered = coverage > 0
-    for axis in reversed(range(coverage.ndim)):
-        if covered.all():
-            break
-        for t in range(1, coverage.shape[axis]):
-            here = (slice(None),) * axis + (t,)
-            before = (slice(None),) * axis + (t - 1,)
-            holes = ~covered[here]
-            if holes.any():
-                value[here][holes] = value[before][holes]
-                covered[here] |= covered[before]
-    return value
 
 
 class Estimation:
@@ -96,7 +47,9 @@ class Estimation:
         (``fnmatch``) to those; first match wins, unmatched use ``"mean"``.
     time : "step", "pooled", tuple or dict, default "step"
         Per-step statistics inside loops, or one value for all steps; see
-        :func:`~popstats.export`.
+        :func:`~popstats.export`. Pooled over steps, ``"mean"`` and ``"ema"``
+        count every (batch, step) once; the estimators that use counts weigh
+        each step by its count (``"pooled"``: the exact moments of all steps).
     max_steps : int, optional
         Keep at most this many steps per time axis; later steps are not
         estimated and, at inference, use the last kept one.
@@ -141,6 +94,15 @@ class Estimation:
         self.estimators = tuple(
             est.resolve_estimator(estimator, s.name, s.label, call) for s in self.sites
         )
+        # Pooling steps in the graph weighs them by count only for estimators
+        # that use counts; for the others every (batch, step) counts once.
+        unweighted = frozenset(
+            s.id
+            for s, e in zip(self.sites, self.estimators, strict=True)
+            if s.counted and "pooled" in s.time and not _uses_count(e, s.role)
+        )
+        if unweighted:
+            graph = export_checked(outs, call, time, unweighted)
         if max_steps is not None and (
             isinstance(max_steps, bool) or not isinstance(max_steps, int)
             or max_steps < 1
@@ -205,10 +167,7 @@ class Estimation:
 
     def _check_counts(self) -> None:
         for site, estimator in zip(self.sites, self.estimators, strict=True):
-            needs = estimator.name in ("weighted", "pooled") or (
-                estimator.name == "unbiased" and site.role in ("var", "std")
-            )
-            if needs and not site.counted:
+            if _uses_count(estimator, site.role) and not site.counted:
                 raise PopstatsError(
                     f"{self.call}(estimator=...): {estimator.name!r} needs the "
                     f"number of elements behind statistic {site.name!r}, which "
@@ -298,6 +257,7 @@ class Estimation:
         *,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 100,
+        progress: bool | str = "auto",
     ) -> EstimationState:
         """Update over ``batches``; optionally checkpoint and resume.
 
@@ -306,15 +266,23 @@ class Estimation:
         the run starts, the run resumes from it: the batches it already
         counts are skipped (not computed), so pass the same sequence of
         batches again; the result equals an uninterrupted run.
+
+        ``progress`` shows a tqdm bar (batches, rate, and time left when
+        ``batches`` has a ``len``): True, False, or ``"auto"`` (only when
+        stderr is a terminal). Without tqdm (``pip install
+        popstats[progress]``) there is no bar.
         """
+        from popstats._src.inspection.progress import check_progress, progress_bar
         from popstats._src.persistence import load_state
 
+        show = check_progress(progress, self.call)
         if state is None:
             state = self.init()
             if checkpoint is not None and os.path.exists(checkpoint):
                 state = self._check_state(load_state(checkpoint), "checkpoint")
         skip = state.n_batches
-        for position, batch in enumerate(iterate(batches, self.call)):
+        stream = progress_bar(iterate(batches, self.call), batches, show)
+        for position, batch in enumerate(stream):
             if position < skip and checkpoint is not None:
                 continue
             state = self.update(state, batch)
@@ -388,6 +356,13 @@ class Estimation:
         return result
 
 
+def _uses_count(estimator: est.Estimator, role: str | None) -> bool:
+    """Whether ``estimator`` weighs or scales a statistic by its count."""
+    return estimator.name in ("weighted", "pooled") or (
+        estimator.name == "unbiased" and role in ("var", "std")
+    )
+
+
 def _shape_error(call, site, shape, known, index) -> PopstatsError:
     return PopstatsError(
         f"{call}(batches=...): statistic {site.name!r} (in {site.where}) has "
@@ -420,6 +395,7 @@ def estimate(
     mode: str | pytensor.compile.Mode | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
+    progress: bool | str = "auto",
 ) -> PopulationStatistics:
     """Estimate population statistics over ``batches``.
 
@@ -440,6 +416,8 @@ def estimate(
     checkpoint, checkpoint_every
         Save the pass's state every so many batches and resume from it; see
         :meth:`Estimation.run`.
+    progress : bool or "auto", default "auto"
+        Show a progress bar (needs tqdm); ``"auto"``: only on a terminal.
 
     Returns
     -------
@@ -461,5 +439,6 @@ def estimate(
         inputs, outputs, estimator=estimator, time=time, max_steps=max_steps,
         mode=mode, call="estimate",
     )
-    state = run.run(batches, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    state = run.run(batches, checkpoint=checkpoint,
+                    checkpoint_every=checkpoint_every, progress=progress)
     return run.finalize(state)

@@ -20,6 +20,7 @@ starting at 0 and variance at 1).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -28,7 +29,14 @@ import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
 
-__all__ = ["ESTIMATORS", "ROLES", "Estimator", "resolve_estimator"]
+__all__ = [
+    "ESTIMATORS",
+    "ROLES",
+    "EstimationState",
+    "Estimator",
+    "fill_uncovered",
+    "resolve_estimator",
+]
 
 ESTIMATORS = ("mean", "weighted", "pooled", "unbiased", "ema")
 ROLES = ("mean", "var", "std")
@@ -71,7 +79,11 @@ class Estimator:
             )
         if self.name == "ema":
             momentum = 0.1 if self.momentum is None else self.momentum
-            if not isinstance(momentum, int | float) or not 0 < momentum <= 1:
+            if (
+                isinstance(momentum, bool)
+                or not isinstance(momentum, int | float)
+                or not 0 < momentum <= 1
+            ):
                 raise PopstatsError(
                     f"Estimator(momentum=...): expected a number in (0, 1], got "
                     f"{describe_value(self.momentum)}. PyTorch's default is 0.1 "
@@ -93,6 +105,11 @@ def as_estimator(spec: object, call: str) -> Estimator:
     if isinstance(spec, Estimator):
         return spec
     if isinstance(spec, str):
+        if spec not in ESTIMATORS:
+            raise PopstatsError(
+                f"{call}(estimator=...): unknown estimator {spec!r}; allowed: "
+                f"{', '.join(map(repr, ESTIMATORS))}."
+            )
         return Estimator(spec)
     raise PopstatsError(
         f"{call}(estimator=...): expected a name ({', '.join(map(repr, ESTIMATORS))}), "
@@ -254,3 +271,52 @@ def finalize(estimator: Estimator, role: str | None, state: State) -> np.ndarray
     if estimator.name == "unbiased" and role == "std":
         return np.sqrt(state["mean"])
     return state["mean"].copy()
+
+
+@dataclass(frozen=True, eq=False)
+class EstimationState:
+    """The accumulators of an estimation pass.
+
+    Attributes
+    ----------
+    names : tuple of str
+        The statistics, in the order of :attr:`Estimation.sites`.
+    states : tuple of dict
+        Per statistic, its estimator's arrays (empty before the first batch).
+        :meth:`Estimation.update` updates them in place.
+    n_batches : int
+        Batches seen.
+    """
+
+    names: tuple[str, ...]
+    states: tuple[dict[str, np.ndarray], ...]
+    n_batches: int = 0
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save to ``.npz`` (atomically); see :func:`popstats.load_state`."""
+        from popstats._src.persistence import save_state
+
+        save_state(self, path)
+
+
+def fill_uncovered(value: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """Fill cells no batch reached from the nearest covered earlier step.
+
+    Along the innermost time axis first, then outwards: a cell (t1, t2)
+    takes (t1, t2') for the largest covered t2' < t2; a row no batch reached
+    at all takes the row before it. This is the clamping rule of recurrent
+    batch normalization (repeat the last step) applied per axis.
+    """
+    value = value.copy()
+    covered = coverage > 0
+    for axis in reversed(range(coverage.ndim)):
+        if covered.all():
+            break
+        for t in range(1, coverage.shape[axis]):
+            here = (slice(None),) * axis + (t,)
+            before = (slice(None),) * axis + (t - 1,)
+            holes = ~covered[here]
+            if holes.any():
+                value[here][holes] = value[before][holes]
+                covered[here] |= covered[before]
+    return value

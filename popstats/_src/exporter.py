@@ -106,13 +106,16 @@ class EstimationGraph:
     ``outputs[i]`` is the statistic of ``sites[i]`` with one leading axis per
     loop level not pooled; ``counts[i]`` its element count (same time axes,
     None when not given); ``weights[i]`` the number of steps pooled into each
-    value (None when no loop level is pooled).
+    value (None when no loop level is pooled). ``replaced`` holds the
+    exported graph's versions of the outputs given to :func:`export`: they
+    share its rebuilt loops, so a function computing both runs each loop once.
     """
 
     outputs: tuple[Variable, ...]
     sites: tuple[Site, ...]
     counts: tuple[Variable | None, ...] = ()
     weights: tuple[Variable | None, ...] = ()
+    replaced: tuple[Variable, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.outputs)
@@ -174,41 +177,49 @@ def resolve_time(spec: object, label: str, depth: int) -> tuple[str, ...]:
     return (*spec[:depth], *(("step",) * (depth - len(spec))))
 
 
-def pool_steps(found: _Found, partner: _Found | None) -> None:
+def pool_steps(found: _Found, partner: _Found | None, by_count: bool = True) -> None:
     """Combine the leading (step) axis of ``found`` into one value, in place.
 
-    With an element count, values are weighted by it; a variance (or std)
-    whose paired mean is available combines exactly, as the variance of all
-    the elements of all steps: sum_t c_t (var_t + (mean_t - mean)^2) / sum_t c_t.
-    Without a count each step weighs the same. ``weight`` becomes the number
-    of steps combined (times those already combined inside).
+    With an element count (and ``by_count``), values are weighted by it; a
+    variance (or std) whose paired mean is available combines exactly, as the
+    variance of all the elements of all steps: sum_t c_t (var_t + (mean_t -
+    mean)^2) / sum_t c_t. Without a count, or for an estimator that ignores
+    counts (``by_count=False``), each step weighs the same. ``weight``
+    becomes the number of steps combined (times those already combined
+    inside).
     """
     value, count = found.value, found.count
     weight = found.weight if found.weight is not None else pt.ones_like(
         value[(slice(None),) + (0,) * (value.ndim - 1)], dtype="float64"
     )
-    w = count.astype("float64") if count is not None else weight
+    counted = count is not None and by_count
+    w = count.astype("float64") if counted else weight
     total = w.sum(axis=0)
-    expand = (slice(None),) + (None,) * (value.ndim - 1)
+    # ``w`` has time axes only (a count may keep inner step axes): align it
+    # with the value's leading axes.
+    expand = (Ellipsis,) + (None,) * (value.ndim - w.ndim)
     role = statistic_role(found.stat)
-    if role in ("var", "std") and partner is not None and count is not None:
+    if role in ("var", "std") and partner is not None and counted:
         means = partner.value
-        grand = (means * w[expand]).sum(axis=0) / total
+        grand = (means * w[expand]).sum(axis=0) / total[expand]
         variance = value if role == "var" else value**2
         spread = variance + (means - grand) ** 2
-        pooled = (spread * w[expand]).sum(axis=0) / total
+        pooled = (spread * w[expand]).sum(axis=0) / total[expand]
         found.value = pooled if role == "var" else pt.sqrt(pooled)
     else:
-        found.value = (value * w[expand]).sum(axis=0) / total
+        found.value = (value * w[expand]).sum(axis=0) / total[expand]
     found.value = found.value.astype(value.dtype)
     found.count = count.sum(axis=0) if count is not None else None
     found.weight = weight.sum(axis=0)
 
 
 class _ExportLevel:
-    def __init__(self, call: str, time: object) -> None:
+    def __init__(
+        self, call: str, time: object, unweighted: frozenset[SiteId] = frozenset()
+    ) -> None:
         self.call = call  # the public call, named in errors
         self.time = time
+        self.unweighted = unweighted  # sites pooled over steps without counts
         self.found: list[_Found] = []
 
     def statistic(self, var: Variable, site: SiteId) -> None:
@@ -220,7 +231,7 @@ class _ExportLevel:
         self, node: Apply, inputs: list[Variable], path: tuple[LoopStep, ...]
     ) -> list[Variable]:
         edit = ScanEdit(node, inputs)
-        inner = _ExportLevel(self.call, self.time)
+        inner = _ExportLevel(self.call, self.time, self.unweighted)
         inner_outputs = transform(edit.inner_inputs, edit.inner_outputs, inner, path)
         edit.set_inner_outputs(inner_outputs)
         slots = []
@@ -259,7 +270,7 @@ class _ExportLevel:
             if partner is not None and id(partner) in originals:
                 partner = _Found(partner.site, partner.stat,
                                  *originals[id(partner)], partner.time)
-            pool_steps(f, partner)
+            pool_steps(f, partner, by_count=f.site not in self.unweighted)
         self.found.extend(inner.found)
         return replaced
 
@@ -365,12 +376,19 @@ def export(
 
 
 def export_checked(
-    outputs: Sequence[Variable], call: str, time: object = "step"
+    outputs: Sequence[Variable],
+    call: str,
+    time: object = "step",
+    unweighted: frozenset[SiteId] = frozenset(),
 ) -> EstimationGraph:
-    """:func:`export` of checked outputs; errors name the public ``call``."""
+    """:func:`export` of checked outputs; errors name the public ``call``.
+
+    Sites in ``unweighted`` (their estimator ignores counts) are pooled over
+    time with every step weighing the same, even when they have a count.
+    """
     check_time(time, call)
-    level = _ExportLevel(call, time)
-    transform((), outputs, level)
+    level = _ExportLevel(call, time, unweighted)
+    replaced = transform((), outputs, level)
     if not level.found:
         raise _no_statistics_error(outputs, call)
     found = level.found
@@ -379,4 +397,5 @@ def export_checked(
         tuple(_name_sites(found)),
         tuple(f.count for f in found),
         tuple(f.weight for f in found),
+        tuple(replaced),
     )

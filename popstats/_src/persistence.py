@@ -29,6 +29,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,12 @@ __all__ = ["FORMAT_VERSION", "load", "load_state", "save_state", "save_statistic
 
 FORMAT_VERSION = 1
 _STATS, _STATE = "popstats.statistics", "popstats.state"
+#: what reading a damaged or foreign file can raise (zipfile: NotImplementedError
+#: for unknown flags, RuntimeError for "encrypted" members)
+_UNREADABLE = (
+    OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+    zlib.error, NotImplementedError, RuntimeError,
+)
 
 
 def _site_meta(site: Site, estimator: Estimator, n_batches: int) -> dict[str, Any]:
@@ -123,7 +130,10 @@ def save_state(state: EstimationState, path: str | os.PathLike) -> None:
     _write(path, _STATE, meta, arrays)
 
 
-def _read(path: str | os.PathLike, kind: str, call: str) -> tuple[dict, Any]:
+def _read(
+    path: str | os.PathLike, kind: str, call: str
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The metadata and all arrays of a file (read at once, file closed)."""
     if not isinstance(path, str | os.PathLike):
         raise PopstatsError(
             f"{call}(path=...): expected a file path, got {describe_value(path)}."
@@ -135,10 +145,16 @@ def _read(path: str | os.PathLike, kind: str, call: str) -> tuple[dict, Any]:
             f"EstimationState.save)."
         )
     try:
-        archive = np.load(path, allow_pickle=False)
-        fmt = str(archive["popstats_format"])
-        version = int(archive["format_version"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        # our own handle: np.load leaves it open when the archive is damaged
+        with open(path, "rb") as handle:
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with archive:
+                arrays = {key: archive[key] for key in archive.files}
+        fmt = str(arrays["popstats_format"])
+        version = int(arrays["format_version"])
+    except _UNREADABLE as exc:
         raise PopstatsError(
             f"{call}(path=...): {os.fspath(path)!r} is not a popstats file or is "
             f"corrupted ({type(exc).__name__}: {exc}). Save it again."
@@ -156,13 +172,13 @@ def _read(path: str | os.PathLike, kind: str, call: str) -> tuple[dict, Any]:
             f"estimation states."
         )
     try:
-        meta = json.loads(str(archive["meta"]))
+        meta = json.loads(str(arrays["meta"]))
     except (KeyError, ValueError) as exc:
         raise PopstatsError(
             f"{call}(path=...): {os.fspath(path)!r} is corrupted (its metadata "
             f"cannot be read: {exc}). Save it again."
         ) from None
-    return meta, archive
+    return meta, arrays
 
 
 def load(path: str | os.PathLike) -> PopulationStatistics:
@@ -192,7 +208,7 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
                 Statistic(site.name, site.label, site, value, coverage, n_batches,
                           estimator)
             )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
             f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "
             f"{exc}). Save it again."
@@ -206,12 +222,12 @@ def load_state(path: str | os.PathLike) -> EstimationState:
     try:
         names = tuple(str(n) for n in meta["names"])
         states: list[dict[str, np.ndarray]] = [{} for _ in names]
-        for key in archive.files:
+        for key, array in archive.items():
             if key.startswith("state/"):
                 _, index, field = key.split("/")
-                states[int(index)][field] = np.array(archive[key])
+                states[int(index)][field] = array
         n_batches = int(meta["n_batches"])
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
             f"load_state(path=...): {os.fspath(path)!r} is corrupted "
             f"({type(exc).__name__}: {exc}). Delete it and start the pass again."

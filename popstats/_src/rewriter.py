@@ -119,7 +119,9 @@ def _lookup(stats: PopulationStatistics, site: SiteId, index: int) -> Statistic:
     return stat
 
 
-def population_array(stats: Sequence[Statistic], stacked: bool) -> np.ndarray:
+def population_array(
+    stats: Sequence[Statistic], stacked: bool, call: str = "rewrite"
+) -> np.ndarray:
     """One statistic's value, or its values in several sets stacked first.
 
     Sets estimated over runs of different lengths are padded to the longest
@@ -131,6 +133,16 @@ def population_array(stats: Sequence[Statistic], stacked: bool) -> np.ndarray:
     if not stacked:
         return values[0]
     axes = stats[0].depth
+    want = values[0].shape[axes:]
+    for k, (other, value) in enumerate(zip(stats, values, strict=True)):
+        shape = value.shape[other.depth :]
+        if other.site.time != site.time or shape != want:
+            raise PopstatsError(
+                f"{call}(stats=...): statistic {stats[0].name!r} has time modes "
+                f"{site.time} and shape {want} in stats[0] but {other.site.time} "
+                f"and {shape} in stats[{k}]. Sets chosen by select must be "
+                f"estimated for the same statistics with the same time=... ."
+            )
     longest = tuple(max(v.shape[a] for v in values) for a in range(axes))
     padded = [
         np.pad(
@@ -168,7 +180,7 @@ def _set_index_check(select: Variable, in_range: Variable) -> Variable:
         PopstatsError,
         "rewrite(select=...): the statistic set index is out of range at run "
         "time; it must be in [0, number of sets). (The JAX backend cannot "
-        "raise here and clamps the index instead.)",
+        "raise here: it clamps a too-large index and wraps a negative one.)",
     )
     return check(select, in_range)
 
@@ -211,7 +223,8 @@ def rewrite(outputs, stats, *, select=None):
         With several sets: a new input of the inference graph choosing the
         set (0-based) at run time; an index out of range raises
         :class:`~popstats.PopstatsError` when the function runs (except on
-        JAX, which cannot raise inside a compiled function).
+        JAX, which cannot raise inside a compiled function: it clamps a
+        too-large index and wraps a negative one).
 
     Returns
     -------
@@ -320,7 +333,7 @@ def bind(
                     f"for it; it holds {sorted(one)}."
                 )
             group.append(stat)
-        value = population_array(group, stacked)
+        value = population_array(group, stacked, "bind")
         want = var.type.shape
         if value.ndim != len(want) or any(
             w is not None and w != v for w, v in zip(want, value.shape, strict=True)

@@ -125,6 +125,25 @@ class PopulationStatistics(Mapping[str, Statistic]):
 
         save_statistics(self, path)
 
+    def plot(self, name: str, *, units: int = 8):
+        """A matplotlib Figure of one statistic (``pip install popstats[plot]``).
+
+        See :func:`popstats._src.inspection.plots.plot_statistic`.
+        """
+        from popstats._src.inspection.plots import plot
+
+        return plot(self, name, units=units)
+
+    def report(self, path: str | os.PathLike, *, title: str = "popstats report",
+               plots: bool = True) -> str:
+        """Write a self-contained HTML report; return its path.
+
+        See :func:`popstats._src.inspection.report.write_report`.
+        """
+        from popstats._src.inspection.report import write_report
+
+        return write_report(self, path, title=title, plots=plots)
+
     def __repr__(self) -> str:
         rows = []
         for s in self._by_name.values():

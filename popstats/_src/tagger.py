@@ -242,7 +242,13 @@ def statistic_role(var: Variable) -> str | None:
     owner = var.owner
     if owner is not None and isinstance(owner.op, BNStat):
         return owner.op.role
-    return getattr(var.tag, "bn_role", None)
+    role = getattr(var.tag, "bn_role", None)
+    if role is not None and role not in ROLES:
+        raise PopstatsError(
+            f"var.tag.bn_role: unknown role {role!r} on {var}; allowed: "
+            f"{', '.join(map(repr, ROLES))} or None."
+        )
+    return role
 
 
 def statistic_group(var: Variable) -> str | None:

@@ -1,0 +1,36 @@
+"""pytest settings for every collected item (tests, docstrings, README, docs).
+
+PyTensor looks for a BLAS library the first time a C-backed mode needs it and
+warns when there is none (as on these machines); warnings are errors here, so
+the lookup happens once, quietly, before anything is collected.
+
+Doctests (docstrings, README.rst, docs/*.rst) compile their examples in
+``FAST_COMPILE`` unless ``POPSTATS_DOCTEST_MODE`` names another mode: they
+check values, and backends are compared against each other in
+``tests/test_backends.py``; a cold Numba cache would otherwise cost minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytensor
+import pytest
+from _pytest.doctest import DoctestItem
+
+
+def pytest_configure(config):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _ = pytensor.config.blas__ldflags
+
+
+@pytest.fixture(autouse=True)
+def _doctest_mode(request):
+    if not isinstance(request.node, DoctestItem):
+        yield
+        return
+    mode = os.environ.get("POPSTATS_DOCTEST_MODE", "FAST_COMPILE")
+    with pytensor.config.change_flags(mode=mode):
+        yield

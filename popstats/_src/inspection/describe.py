@@ -1,0 +1,289 @@
+"""Tables of the statistics of a graph, and of what a rewrite changed."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+from pytensor.compile.builders import OpFromGraph
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.traversal import toposort
+from pytensor.scan.op import Scan
+
+from popstats._src.exporter import as_variables, export_checked
+from popstats._src.rewriter import population_variables
+from popstats._src.tagger import BNStat, is_statistic, statistic_label
+
+__all__ = [
+    "Description",
+    "RewriteDescription",
+    "StatisticRecord",
+    "describe",
+    "describe_rewrite",
+    "walk_nodes",
+]
+
+_COLUMNS = ("name", "label", "role", "where", "depth", "time", "shape", "dtype",
+            "counted")
+
+
+@dataclass(frozen=True)
+class StatisticRecord:
+    """One statistic of a graph, as :func:`describe` lists it.
+
+    Attributes
+    ----------
+    name, label, role, group : str or None
+        As in :class:`~popstats.Site`.
+    where : str
+        The chain of Scans holding it by name, e.g. ``"outer/inner"``
+        (``"<graph>"`` outside loops).
+    depth : int
+        Number of enclosing loops.
+    time : tuple of str
+        Per enclosing loop, ``"step"`` or ``"pooled"``.
+    shape : tuple
+        Static shape of the statistic (None for unknown lengths).
+    dtype : str
+        Its dtype.
+    counted : bool
+        Whether an element count was given.
+    """
+
+    name: str
+    label: str
+    role: str | None
+    group: str | None
+    where: str
+    depth: int
+    time: tuple[str, ...]
+    shape: tuple[int | None, ...]
+    dtype: str
+    counted: bool
+
+    @property
+    def time_axes(self) -> int:
+        """Leading time axes of its estimated value (loops not pooled)."""
+        return self.time.count("step")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+        return ",".join(value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain text table with aligned columns."""
+    cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An HTML table (escaped cells)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Description(Sequence[StatisticRecord]):
+    """The statistics of a graph: a sequence of :class:`StatisticRecord`.
+
+    ``str()`` gives a text table, ``_repr_html_`` an HTML one (notebooks),
+    :meth:`to_dicts` plain dicts for programs.
+    """
+
+    def __init__(self, records: Sequence[StatisticRecord]):
+        self.records = tuple(records)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, str):
+            for record in self.records:
+                if record.name == index:
+                    return record
+            from popstats._src.inspection import unknown_label
+
+            raise unknown_label("describe(...)[name]", index,
+                                [r.name for r in self.records])
+        return self.records[index]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def to_dicts(self) -> list[dict[str, object]]:
+        """The records as a list of dicts (one per statistic)."""
+        return [asdict(r) for r in self.records]
+
+    def _rows(self) -> list[list[object]]:
+        return [[getattr(r, c) for c in _COLUMNS] for r in self.records]
+
+    def __str__(self) -> str:
+        return text_table(_COLUMNS, self._rows())
+
+    def __repr__(self) -> str:
+        return f"<Description of {len(self)} statistic(s)>\n{self}"
+
+    def _repr_html_(self) -> str:
+        return html_table(_COLUMNS, self._rows())
+
+
+def describe(outputs: Variable | Sequence[Variable], *, time: object = "step"
+             ) -> Description:
+    """Every batch statistic of a graph, with where it lives.
+
+    Parameters
+    ----------
+    outputs : Variable or sequence of Variable
+        Outputs of the training graph.
+    time : "step", "pooled", tuple or dict, default "step"
+        As for :func:`~popstats.export` (sets the ``time`` column).
+
+    Returns
+    -------
+    Description
+        One :class:`StatisticRecord` per statistic, in graph order;
+        printable as a table.
+
+    Examples
+    --------
+    >>> import pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> m = popstats.bn_statistic(x.mean(0), "m", role="mean", count=x.shape[0])
+    >>> table = popstats.describe(x - m)
+    >>> print(table)
+    name  label  role  where    depth  time  shape    dtype    counted
+    ----  -----  ----  -------  -----  ----  -------  -------  -------
+    m     m      mean  <graph>  0      -     (None,)  float64  yes
+    >>> table["m"].counted, table.to_dicts()[0]["where"]
+    (True, '<graph>')
+    """
+    outs = as_variables(outputs, "describe")
+    sites = export_checked(outs, "describe", time).sites
+    return Description(
+        StatisticRecord(s.name, s.label, s.role, s.group, s.where, s.depth,
+                        s.time, s.shape, s.dtype, s.counted)
+        for s in sites
+    )
+
+
+def walk_nodes(outputs: Sequence[Variable], path: tuple[str, ...] = ()
+               ) -> Iterator[tuple[tuple[str, ...], Apply]]:
+    """Every apply node with the chain of Scan names above it, recursively."""
+    for node in toposort(list(outputs)):
+        yield path, node
+        op = node.op
+        if isinstance(op, Scan):
+            yield from walk_nodes(op.fgraph.outputs, (*path, op.name or "scan"))
+        elif isinstance(op, OpFromGraph):
+            yield from walk_nodes(op.fgraph.outputs, path)
+
+
+def leftover_statistics(outputs: Sequence[Variable]) -> list[str]:
+    """Marked statistics (op or tag) anywhere in a graph, as ``where: label``."""
+    found = []
+    for path, node in walk_nodes(outputs):
+        for out in node.outputs:
+            if isinstance(node.op, BNStat) or is_statistic(out):
+                found.append(f"{'/'.join(path) or '<graph>'}: {statistic_label(out)}")
+    return found
+
+
+def _scans(outputs: Sequence[Variable]) -> list[tuple[str, Scan]]:
+    return [("/".join((*p, n.op.name or "scan")), n.op)
+            for p, n in walk_nodes(outputs) if isinstance(n.op, Scan)]
+
+
+@dataclass(frozen=True)
+class RewriteDescription:
+    """What :func:`~popstats.rewrite` changed in a graph.
+
+    Attributes
+    ----------
+    replaced : dict
+        Statistic name to the name of the population variable replacing it
+        (None when the statistic was not replaced).
+    rebuilt : tuple of str
+        Scans (``"outer/inner"``) of the original graph rebuilt by the rewrite.
+    kept : tuple of str
+        Scans left as they were (they hold no statistic).
+    leftover : tuple of str
+        Batch statistics still in the rewritten graph, at any depth; empty
+        when the rewrite is complete.
+    """
+
+    replaced: dict[str, str | None]
+    rebuilt: tuple[str, ...]
+    kept: tuple[str, ...]
+    leftover: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Every statistic replaced and none left."""
+        return not self.leftover and None not in self.replaced.values()
+
+    def __str__(self) -> str:
+        rows = [[name, var or "NOT REPLACED"] for name, var in self.replaced.items()]
+        lines = [text_table(("statistic", "population variable"), rows)]
+        lines.append(f"Scans rebuilt: {', '.join(self.rebuilt) or 'none'}")
+        lines.append(f"Scans kept: {', '.join(self.kept) or 'none'}")
+        if self.leftover:
+            lines.append(f"Batch statistics left: {', '.join(self.leftover)}")
+        else:
+            lines.append("No batch statistic left.")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + html.escape(str(self)) + "</pre>"
+
+
+def describe_rewrite(original: Variable | Sequence[Variable],
+                     inference: Variable | Sequence[Variable]) -> RewriteDescription:
+    """Compare a training graph with its rewritten (inference) version.
+
+    Parameters
+    ----------
+    original : Variable or sequence of Variable
+        Outputs of the training graph given to :func:`~popstats.rewrite`.
+    inference : Variable or sequence of Variable
+        What :func:`~popstats.rewrite` returned.
+
+    Returns
+    -------
+    RewriteDescription
+        Which statistics were replaced by which population variables, which
+        Scans were rebuilt, and the batch statistics left (none if complete).
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> y_inf = popstats.rewrite(y, popstats.estimate([x], y, [{"x": np.ones((3, 2))}]))
+    >>> change = popstats.describe_rewrite(y, y_inf)
+    >>> change.replaced, change.ok
+    ({'mean': 'mean'}, True)
+    """
+    before = as_variables(original, "describe_rewrite")
+    after = as_variables(inference, "describe_rewrite")
+    sites = export_checked(before, "describe_rewrite").sites
+    pop = population_variables(after)
+    replaced = {s.name: (pop[s.name].name or s.name) if s.name in pop else None
+                for s in sites}
+    after_ops = {id(op) for _, op in _scans(after)}
+    rebuilt, kept = [], []
+    for where, op in _scans(before):
+        (kept if id(op) in after_ops else rebuilt).append(where)
+    return RewriteDescription(replaced, tuple(rebuilt), tuple(kept),
+                              tuple(leftover_statistics(after)))

@@ -1,0 +1,189 @@
+"""A self-contained HTML report on population statistics."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.inspection.describe import html_table
+from popstats._src.statistics import Statistic
+
+__all__ = ["find_warnings", "summary_rows", "write_report"]
+
+#: A variance below this (a std below its square root) is reported as near zero.
+NEAR_ZERO_VAR = 1e-8
+
+SUMMARY_COLUMNS = ("name", "label", "role", "where", "shape", "steps", "batches",
+                   "estimator", "min", "mean", "max")
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; background: #fff; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: left; }
+th { background: #e8eef7; }
+li.warning { color: #a40; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+"""
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def summary_rows(stats: Mapping[str, Statistic]) -> list[list[object]]:
+    """One row per statistic, in :data:`SUMMARY_COLUMNS` order."""
+    rows = []
+    for s in stats.values():
+        finite = s.value[np.isfinite(s.value)]
+        lo, mid, hi = ((_fmt(finite.min()), _fmt(finite.mean()), _fmt(finite.max()))
+                       if finite.size else ("-", "-", "-"))
+        rows.append([s.name, s.label, s.site.role, s.site.where,
+                     tuple(s.value.shape[s.depth:]), s.steps or "-", s.n_batches,
+                     s.estimator.name, lo, mid, hi])
+    return rows
+
+
+def find_warnings(stats: Mapping[str, Statistic]) -> list[str]:
+    """Problems worth a look, one sentence each.
+
+    Steps reached by under 10% of the batches (thin coverage), steps no
+    batch reached, variances (role ``"var"``) below ``1e-8`` or standard
+    deviations (role ``"std"``) below ``1e-4`` (normalizing by them blows
+    values up), and non-finite values.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor.tensor as pt, popstats
+    >>> from popstats._src.inspection.report import find_warnings
+    >>> x = pt.matrix("x")
+    >>> v = popstats.bn_statistic(x.var(axis=0), label="v", role="var")
+    >>> stats = popstats.estimate([x], x / v, [{"x": np.ones((3, 2))}])
+    >>> find_warnings(stats)
+    ["'v' (in <graph>): 2 of 2 variance values are near zero (< 1e-08)."]
+    """
+    found = []
+    for s in stats.values():
+        at = f"{s.name!r} (in {s.site.where})"
+        if s.thin_steps:
+            found.append(f"{at}: {s.thin_steps} step(s) reached by under 10% of "
+                         f"the {s.n_batches} batches (thin coverage).")
+        if s.uncovered_steps:
+            found.append(f"{at}: {s.uncovered_steps} step(s) never reached "
+                         f"(filled from earlier steps).")
+        bad = int((~np.isfinite(s.value)).sum())
+        if bad:
+            found.append(f"{at}: {bad} non-finite value(s).")
+        if s.site.role in ("var", "std"):
+            limit = NEAR_ZERO_VAR if s.site.role == "var" else NEAR_ZERO_VAR**0.5
+            small = int((np.abs(s.value[np.isfinite(s.value)]) < limit).sum())
+            if small:
+                kind = "variance" if s.site.role == "var" else "std"
+                found.append(f"{at}: {small} of {s.value.size} {kind} values are "
+                             f"near zero (< {limit:g}).")
+    return found
+
+
+def _png(fig) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _coverage_rows(stats: Mapping[str, Statistic]) -> list[list[object]]:
+    rows = []
+    for s in stats.values():
+        if s.depth == 0:
+            continue
+        reached = s.coverage[s.coverage > 0]
+        rows.append([s.name, s.steps, s.n_batches, int(reached.min()),
+                     int(s.coverage.max()), s.thin_steps, s.uncovered_steps])
+    return rows
+
+
+def render_report(stats: Mapping[str, Statistic], *, title: str = "popstats report",
+                  plots: bool = True) -> str:
+    """The HTML text of the report (see :func:`write_report`)."""
+    from popstats._src.inspection.plots import plot_statistic
+
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{len(stats)} statistic(s); written "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.</p>",
+        "<h2>Summary</h2>", html_table(SUMMARY_COLUMNS, summary_rows(stats)),
+        "<h2>Coverage</h2>",
+    ]
+    coverage = _coverage_rows(stats)
+    if coverage:
+        parts.append(html_table(("name", "steps", "batches", "fewest batches at a "
+                                 "reached step", "most", "thin steps",
+                                 "never reached"), coverage))
+    else:
+        parts.append("<p>No statistic inside a loop: every batch covers every "
+                     "statistic.</p>")
+    parts.append("<h2>Warnings</h2>")
+    warnings = find_warnings(stats)
+    if warnings:
+        parts.append("<ul>" + "".join(f'<li class="warning">{html.escape(w)}</li>'
+                                      for w in warnings) + "</ul>")
+    else:
+        parts.append("<p>No warnings.</p>")
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for s in stats.values():
+            fig = plot_statistic(s)
+            parts.append(f'<h3>{html.escape(s.name)}</h3><img alt="plot of '
+                         f'{html.escape(s.name)}" src="data:image/png;base64,'
+                         f'{_png(fig)}">')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
+                 title: str = "popstats report", plots: bool = True) -> str:
+    """Write one self-contained HTML file about ``stats``; return its path.
+
+    It holds the summary table, the coverage of statistics inside loops,
+    warnings (see :func:`find_warnings`) and, with ``plots``, a plot per
+    statistic embedded as a PNG (needs matplotlib: ``pip install
+    popstats[plot]``).
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> stats = popstats.estimate([x], y, [{"x": np.eye(3)}])
+    >>> path = stats.report(os.path.join(tempfile.mkdtemp(), "r.html"), plots=False)
+    >>> with open(path) as f:
+    ...     "<h2>Summary</h2>" in f.read()
+    True
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise PopstatsError(
+            f"report(path=...): expected a file path, got {describe_value(path)}."
+        )
+    if plots:
+        from popstats._src.inspection import require
+
+        require("matplotlib", "report(plots=True)")
+    text = render_report(stats, title=title, plots=plots)
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise PopstatsError(
+            f"report(path=...): cannot write {os.fspath(path)!r} ({exc})."
+        ) from None
+    return os.fspath(path)

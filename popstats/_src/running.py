@@ -1,0 +1,211 @@
+"""Running averages of batch statistics, updated while training.
+
+:func:`running_average_updates` is what Lasagne, Blocks and PyTorch users
+do: keep ``v <- (1 - momentum) v + momentum x`` per statistic (per step inside
+loops) in shared variables updated by the training function. The result's
+:meth:`RunningAverages.as_statistics` makes them a
+:class:`~popstats.PopulationStatistics` for :func:`~popstats.rewrite`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.graph.basic import Variable
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimator import fill_uncovered
+from popstats._src.estimators import Estimator
+from popstats._src.exporter import Site, export
+from popstats._src.statistics import PopulationStatistics, Statistic
+
+__all__ = ["RunningAverages", "running_average_updates"]
+
+
+class RunningAverages:
+    """Running averages of the statistics of a training graph.
+
+    Made by :func:`running_average_updates`. ``variables[name]`` is the
+    shared running value of statistic ``name`` (shape ``(max_steps,) * depth
+    + shape``), ``coverage[name]`` how many batches reached each step, and
+    ``n_batches`` the number of updates applied.
+    """
+
+    def __init__(self, sites: Sequence[Site], variables: dict, coverage: dict,
+                 n_batches: Any, momentum: float, max_steps: int | None):
+        self.sites = tuple(sites)
+        self.variables = variables
+        self.coverage = coverage
+        self.n_batches = n_batches
+        self.momentum = momentum
+        self.max_steps = max_steps
+
+    def reset(self) -> None:
+        """Back to the initial state (means 0, variances 1, no batches)."""
+        for site in self.sites:
+            var = self.variables[site.name]
+            var.set_value(np.full_like(var.get_value(), _initial(site)))
+            cov = self.coverage[site.name]
+            cov.set_value(np.zeros_like(cov.get_value()))
+        self.n_batches.set_value(np.int64(0))
+
+    def as_statistics(self) -> PopulationStatistics:
+        """The running values as population statistics (estimator ``"ema"``).
+
+        Per-step values are cut to the steps some batch reached (steps no
+        batch reached in between are filled from earlier ones), so
+        :func:`~popstats.rewrite` clamps longer sequences to the last one.
+        """
+        n = int(self.n_batches.get_value())
+        if n == 0:
+            raise PopstatsError(
+                "RunningAverages.as_statistics(): no update was applied yet. Run "
+                "the training function compiled with the updates first."
+            )
+        out = []
+        for site in self.sites:
+            value = np.asarray(self.variables[site.name].get_value(), np.float64)
+            cov = np.asarray(self.coverage[site.name].get_value(), np.int64)
+            depth = site.time_axes
+            if depth:
+                extent = tuple(_extent(cov, k) for k in range(depth))
+                cut = tuple(slice(0, e) for e in extent)
+                value, cov = fill_uncovered(value[cut], cov[cut]), cov[cut].copy()
+            else:
+                cov = np.asarray(n, np.int64)
+            out.append(Statistic(site.name, site.label, site, value, cov, n,
+                                 Estimator("ema", self.momentum)))
+        return PopulationStatistics(tuple(out))
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.name for s in self.sites)
+        return (f"RunningAverages([{names}], momentum={self.momentum}, "
+                f"max_steps={self.max_steps})")
+
+
+def _extent(coverage: np.ndarray, axis: int) -> int:
+    """One past the last step along ``axis`` that some batch reached."""
+    others = tuple(j for j in range(coverage.ndim) if j != axis)
+    return int(np.nonzero(coverage.any(axis=others))[0].max()) + 1
+
+
+def _initial(site: Site) -> float:
+    return 1.0 if site.role in ("var", "std") else 0.0
+
+
+def running_average_updates(
+    outputs: Any, momentum: float = 0.1, max_steps: int | None = None
+) -> tuple:
+    """Updates keeping running averages of every statistic while training.
+
+    The running average of PyTorch, Lasagne and Blocks: means start at 0,
+    variances (and stds) at 1, and each training call applies
+    ``v <- (1 - momentum) * v + momentum * batch_value``. Inside loops there
+    is one running value per time step, for the first ``max_steps`` steps;
+    a call updates only the steps its batch reached (later ones are ignored).
+
+    Parameters
+    ----------
+    outputs : Variable or sequence of Variable
+        Outputs of the training graph (the loss, say), holding statistics
+        marked with :func:`~popstats.bn_statistic` (e.g. by :func:`batch_norm`).
+    momentum : float, default 0.1
+        In (0, 1]. Keras' ``momentum=0.99`` is ``0.01`` here.
+    max_steps : int, optional
+        Number of per-step running values per loop; required when a
+        statistic is inside a Scan.
+
+    Returns
+    -------
+    (new_outputs, updates, running)
+        ``new_outputs``: the outputs rebuilt in the graph that also computes
+        the statistics (same structure as ``outputs``); compile them with
+        ``updates`` (a dict for ``pytensor.function(updates=...)``) so each
+        loop runs once. ``running``: a :class:`RunningAverages`.
+
+    Raises
+    ------
+    PopstatsError
+        For a bad ``momentum`` or ``max_steps``, statistics inside loops
+        without ``max_steps``, or statistics of unknown static shape.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor, pytensor.tensor as pt, popstats
+    >>> from popstats import nn
+    >>> x = pt.tensor("x", shape=(None, 1))
+    >>> bn = nn.batch_norm(x, axes=0, label="fc")
+    >>> y, updates, running = nn.running_average_updates(bn.output, momentum=0.5)
+    >>> train = pytensor.function([x], y, updates=updates)
+    >>> _ = train(np.array([[2.0], [4.0]]))
+    >>> running.variables["fc.mean"].get_value().tolist()
+    [1.5]
+    >>> running.variables["fc.var"].get_value().tolist()
+    [1.0]
+    >>> stats = running.as_statistics()
+    >>> infer = pytensor.function([x], popstats.rewrite(bn.output, stats))
+    """
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, int | float | np.floating)
+        or not 0 < momentum <= 1
+    ):
+        raise PopstatsError(
+            f"running_average_updates(momentum=...): expected a number in (0, 1], "
+            f"got {describe_value(momentum)}. PyTorch's default is 0.1."
+        )
+    if max_steps is not None and (
+        isinstance(max_steps, bool)
+        or not isinstance(max_steps, int | np.integer)
+        or max_steps < 1
+    ):
+        raise PopstatsError(
+            f"running_average_updates(max_steps=...): expected a positive int or "
+            f"None, got {describe_value(max_steps)}. Pass the longest sequence "
+            f"length to keep per-step averages for, e.g. max_steps=100."
+        )
+    single = isinstance(outputs, Variable)
+    eg = export(outputs)
+    momentum = float(momentum)
+    n_batches = pytensor.shared(np.int64(0), name="running.n_batches")
+    updates: dict = {n_batches: n_batches + 1}
+    variables, coverage = {}, {}
+    for site, stat in zip(eg.sites, eg.outputs, strict=True):
+        depth = site.time_axes
+        if depth and max_steps is None:
+            raise PopstatsError(
+                f"running_average_updates(max_steps=None): statistic {site.name!r} "
+                f"is inside {site.where}, so it has one value per step. Pass "
+                f"max_steps (the longest sequence to keep averages for)."
+            )
+        if None in site.shape:
+            raise PopstatsError(
+                f"running_average_updates(outputs=...): statistic {site.name!r} has "
+                f"no static shape ({site.shape}). Give the normalized input a "
+                f"static shape on the kept axes, e.g. pt.tensor(shape=(None, 64))."
+            )
+        shape = (max_steps,) * depth + tuple(site.shape)
+        run = pytensor.shared(np.full(shape, _initial(site), site.dtype),
+                              name=f"running.{site.name}", shape=shape)
+        cov = pytensor.shared(np.zeros(shape[:depth], np.int64),
+                              name=f"running.{site.name}.coverage", shape=shape[:depth])
+        if depth:
+            cut = tuple(slice(0, pt.minimum(stat.shape[k], max_steps))
+                        for k in range(depth))
+            old = run[cut]
+            new = (1 - momentum) * old + momentum * stat[cut]
+            updates[run] = pt.set_subtensor(old, pt.cast(new, run.dtype))
+            updates[cov] = pt.inc_subtensor(cov[cut], 1)
+        else:
+            new = (1 - momentum) * run + momentum * stat
+            updates[run] = pt.cast(new, run.dtype)
+            updates[cov] = cov + 1
+        variables[site.name], coverage[site.name] = run, cov
+    running = RunningAverages(eg.sites, variables, coverage, n_batches,
+                              momentum, max_steps)
+    new_outputs = eg.replaced[0] if single else list(eg.replaced)
+    return new_outputs, updates, running
