@@ -21,9 +21,31 @@ we append more blank steps than any training sequence had, and population
 statistics beyond the last trained step are those of that step (clamped), the
 rule of the paper.
 
-After training, ``popstats.get_inference_graph`` estimates the population
-statistics over the training data and rewrites the graph; the script prints
-test accuracy with batch and population statistics at batch sizes 256 and 1.
+The training function also keeps running averages of every statistic (per
+step), as Lasagne, Blocks and PyTorch do
+(``popstats.nn.running_average_updates``, momentum 0.1): they are updated by
+the same call that trains, so the loop runs once per batch. After training,
+``popstats.estimate`` estimates the population statistics in one pass over
+the training data and ``popstats.rewrite`` puts them in the graph; the
+script prints test accuracy with batch statistics, population statistics and
+running averages at batch sizes 256 and 1, on the test digits and on the
+longer sequences.
+
+With tqdm installed (``pip install popstats[progress]``) a progress bar
+follows the training batches of each epoch and the estimation pass, on a
+terminal only; the per-epoch lines are printed either way. The results go to
+the folder ``--output`` (default ``examples/output``): the table as
+``bn_lstm_digits.csv`` and ``bn_lstm_digits.json``, an HTML report of the
+population statistics (``bn_lstm_digits_report.html``) and, with matplotlib
+(``pip install popstats[plot]``), a figure of the population and running
+average of ``bn_x.mean`` per step (``bn_lstm_digits_bn_x_mean.png``); the
+script prints the folder and file names.
+
+The optimizer is a hand-written Adam of about ten lines. The maintained
+alternative working on PyTensor shared variables is PyMC's
+``pymc.variational.updates`` (Lasagne's update rules); it would bring all of
+PyMC (ArviZ, xarray, pandas, ...) for those ten lines, so the example does
+without it.
 
 Run::
 
@@ -63,6 +85,8 @@ except ImportError:  # running from a source checkout without installing
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "output"
 EPS = 1e-5
 EVAL_BATCH = 256
+RUNNING_MOMENTUM = 0.1
+REPORT_TITLE = "BN-LSTM digits: population statistics"
 FLOATX = pytensor.config.floatX
 
 
@@ -110,6 +134,16 @@ def training_batches(x, y, batch_size, max_pad, rng):
         yield pad_blank(x[:, idx], n_blank), y[idx]
 
 
+def progress(items, total: int, desc: str):
+    """``items`` with a tqdm bar when tqdm is installed and stderr a terminal."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    # disable=None: no bar when stderr is not a terminal (pipes, tests).
+    return tqdm(items, total=total, desc=desc, unit="batch", leave=False, disable=None)
+
+
 # ----------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------
@@ -137,13 +171,18 @@ def init_params(n_in: int, n_hidden: int, rng: np.random.Generator) -> dict:
         "W_out": rng.normal(scale=1.0 / np.sqrt(n_hidden), size=(n_hidden, 10)),
         "b_out": np.zeros(10),
     }
-    return {k: pytensor.shared(v.astype(FLOATX), name=k) for k, v in values.items()}
+    # Static shapes: the running averages need the statistics' shapes.
+    return {
+        k: pytensor.shared(v.astype(FLOATX), name=k, shape=v.shape)
+        for k, v in values.items()
+    }
 
 
 def batch_norm(a, gamma, label, beta=None):
     """Normalize ``a`` (batch, units) with its batch statistics, marked for popstats."""
-    mean = popstats.bn_statistic(a.mean(axis=0), label=f"{label}.mean")
-    var = popstats.bn_statistic(a.var(axis=0), label=f"{label}.var")
+    mean = popstats.bn_statistic(a.mean(axis=0), label=f"{label}.mean", role="mean")
+    # The role makes the running average of a variance start at 1.
+    var = popstats.bn_statistic(a.var(axis=0), label=f"{label}.var", role="var")
     out = gamma * (a - mean) / pt.sqrt(var + EPS)
     return out if beta is None else out + beta
 
@@ -183,8 +222,10 @@ def build_model(params: dict, n_hidden: int):
 def adam_updates(loss, params, lr, b1=0.9, b2=0.999, eps=1e-8):
     """Plain Adam (Kingma & Ba 2015).
 
-    Hand-written to keep the example dependency-free; issue 4 will consider a
-    maintained optimizer library instead.
+    Hand-written on purpose. The maintained library with update rules on
+    PyTensor shared variables is PyMC (``pymc.variational.updates.adam``,
+    from Lasagne), but it would add PyMC and its dependencies (ArviZ, xarray,
+    pandas, ...) to this example for about ten lines.
     """
     grads = pytensor.grad(loss, params)
     t = pytensor.shared(np.asarray(0.0, dtype=FLOATX), name="adam_t")
@@ -243,7 +284,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(directory: Path, rows: list[dict], summary: dict) -> None:
+def write_outputs(directory: Path, rows: list[dict], summary: dict) -> list[str]:
+    """The table as CSV and JSON (with the summary); return the file names."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "bn_lstm_digits.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -251,6 +293,35 @@ def write_outputs(directory: Path, rows: list[dict], summary: dict) -> None:
         writer.writerows(rows)
     with open(directory / "bn_lstm_digits.json", "w") as f:
         json.dump({**summary, "rows": rows}, f, indent=2)
+    return ["bn_lstm_digits.csv", "bn_lstm_digits.json"]
+
+
+def write_figures(directory: Path, stats, running_stats) -> list[str]:
+    """An HTML report of the population statistics and, with matplotlib, a
+    PNG of ``bn_x.mean`` per step (population and running average); return
+    the file names."""
+    report = "bn_lstm_digits_report.html"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        stats.report(directory / report, title=REPORT_TITLE, plots=False)
+        return [report]
+    stats.report(directory / report, title=REPORT_TITLE)
+    figure = "bn_lstm_digits_bn_x_mean.png"
+    fig = stats.plot("bn_x.mean")
+    ax = fig.axes[0]
+    # The running averages of the same units, dashed, for comparison.
+    running = running_stats["bn_x.mean"].value
+    steps = np.arange(running.shape[0])
+    for line in list(ax.get_lines()):
+        name = str(line.get_label())
+        if name.startswith("unit "):
+            unit = int(name.split()[1])
+            ax.plot(steps, running[:, unit], "--", color=line.get_color(), lw=1)
+    ax.plot([], [], "k--", lw=1, label="running averages")
+    ax.legend(fontsize="x-small", ncols=3)
+    fig.savefig(directory / figure, dpi=100)
+    return [report, figure]
 
 
 # ----------------------------------------------------------------------------
@@ -315,7 +386,8 @@ def parse_args(argv):
         "--output",
         type=Path,
         default=DEFAULT_OUTPUT,
-        help=f"folder for the results table (default {DEFAULT_OUTPUT})",
+        help=f"folder for the results table (CSV, JSON) and figures (HTML report, "
+        f"PNG with matplotlib); default {DEFAULT_OUTPUT}",
     )
     args = parser.parse_args(argv)
     unit = 8 if args.pixels else 1
@@ -355,22 +427,39 @@ def main(argv=None) -> dict:
     loss = -log_softmax(logits, axis=1)[pt.arange(y.shape[0]), y].mean()
     accuracy = pt.eq(logits.argmax(axis=1), y).mean()
     probs = softmax(logits, axis=1)
-    updates = adam_updates(loss, list(params.values()), args.lr)
+    # Running averages of every statistic, one per step for the longest
+    # training sequence. `loss` and `accuracy` come back rebuilt in the graph
+    # that also outputs the statistics, and the Adam updates are taken from
+    # that graph, so each training call runs the loop (and its gradient) once.
+    max_train_steps = n_steps + args.train_pad
+    (train_loss_var, train_acc_var), running_updates, running = (
+        popstats.nn.running_average_updates(
+            [loss, accuracy], momentum=RUNNING_MOMENTUM, max_steps=max_train_steps
+        )
+    )
+    updates = adam_updates(train_loss_var, list(params.values()), args.lr)
+    updates += list(running_updates.items())
 
     t0 = time.perf_counter()
-    train_fn = pytensor.function([x, y], [loss, accuracy], updates=updates, mode=mode)
+    train_fn = pytensor.function(
+        [x, y], [train_loss_var, train_acc_var], updates=updates, mode=mode
+    )
     batch_fn = pytensor.function([x], probs, mode=mode)  # batch statistics
     print(
         f"compiled training and evaluation functions in {time.perf_counter() - t0:.1f}s"
     )
 
     # -- training -------------------------------------------------------------
+    n_train_batches = -(-x_train.shape[1] // args.batch_size)
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         losses, accs, sizes = [], [], []
-        for xb, yb in training_batches(
-            x_train, y_train, args.batch_size, args.train_pad, rng
-        ):
+        batches = progress(
+            training_batches(x_train, y_train, args.batch_size, args.train_pad, rng),
+            total=n_train_batches,
+            desc=f"epoch {epoch}/{args.epochs}",
+        )
+        for xb, yb in batches:
             batch_loss, batch_acc = train_fn(xb, yb)
             losses.append(batch_loss)
             accs.append(batch_acc)
@@ -384,23 +473,30 @@ def main(argv=None) -> dict:
 
     # -- population statistics ------------------------------------------------
     # One pass over the training data, batches as in training (same size and
-    # the same random blank tails), keyed by input name.
-    def estimation_batches():
+    # the same random blank tails), keyed by input name. A list, so that the
+    # progress bar (on a terminal, with tqdm) knows the total.
+    estimation_batches = [
+        {"x": xb}
         for xb, _yb in training_batches(
             x_train, y_train, args.batch_size, args.train_pad, rng
-        ):
-            yield {"x": xb}
-
+        )
+    ]
     t0 = time.perf_counter()
-    probs_pop, stats = popstats.get_inference_graph(
-        [x], probs, estimation_batches(), mode=mode, return_stats=True
+    stats = popstats.estimate(
+        [x], probs, estimation_batches, mode=mode, progress="auto"
     )
-    pop_fn = pytensor.function([x], probs_pop, mode=mode)
+    pop_fn = pytensor.function([x], popstats.rewrite(probs, stats), mode=mode)
     trained_steps = max(s.value.shape[0] for s in stats.values())
     print(
         f"population statistics {', '.join(sorted(stats))}: "
         f"{describe_coverage(stats['bn_x.mean'])}; "
         f"{time.perf_counter() - t0:.1f}s with compilation"
+    )
+    # The running averages as statistics: per step, cut to the steps some
+    # training batch reached (longer sequences use the last one).
+    running_stats = running.as_statistics()
+    running_fn = pytensor.function(
+        [x], popstats.rewrite(probs, running_stats), mode=mode
     )
 
     # -- evaluation -----------------------------------------------------------
@@ -411,9 +507,13 @@ def main(argv=None) -> dict:
         ("batch_1", "batch", batch_fn, 1, x_test),
         ("population_256", "population", pop_fn, EVAL_BATCH, x_test),
         ("population_1", "population", pop_fn, 1, x_test),
+        ("running_256", "running averages", running_fn, EVAL_BATCH, x_test),
+        ("running_1", "running averages", running_fn, 1, x_test),
         ("batch_256_long", "batch", batch_fn, EVAL_BATCH, x_long),
         ("population_256_long", "population", pop_fn, EVAL_BATCH, x_long),
         ("population_1_long", "population", pop_fn, 1, x_long),
+        ("running_256_long", "running averages", running_fn, EVAL_BATCH, x_long),
+        ("running_1_long", "running averages", running_fn, 1, x_long),
     ]
     rows, predictions, probabilities = [], {}, {}
     for key, kind, fn, bs, xs in plan:
@@ -440,6 +540,10 @@ def main(argv=None) -> dict:
     max_diff = float(
         np.abs(probabilities["population_1"] - probabilities["population_256"]).max()
     )
+    same_running = all(
+        np.array_equal(predictions[f"running_1{s}"], predictions[f"running_256{s}"])
+        for s in ("", "_long")
+    )
     n_batch1_classes = len(np.unique(predictions["batch_1"]))
 
     print()
@@ -449,6 +553,14 @@ def main(argv=None) -> dict:
         f"* Population statistics: predictions at batch size 1 and {EVAL_BATCH} are "
         f"{'identical' if same else 'DIFFERENT'} (max probability difference "
         f"{max_diff:.1e}); each example is normalized independently of its batch."
+    )
+    print(
+        f"* Running averages (momentum {RUNNING_MOMENTUM}, updated by every "
+        f"training call over {running_stats['bn_x.mean'].value.shape[0]} steps): "
+        f"predictions at batch size 1 and {EVAL_BATCH} are "
+        f"{'identical' if same_running else 'DIFFERENT'}. They average "
+        f"statistics of parameters that changed during training (mostly the "
+        f"last batches'), where the estimation pass uses the final parameters."
     )
     print(
         f"* Batch statistics at batch size 1: a single example is its own batch "
@@ -478,12 +590,13 @@ def main(argv=None) -> dict:
         "population_predictions_identical": same,
         "population_predictions_identical_long": same_long,
         "population_max_probability_difference": max_diff,
+        "running_predictions_identical": bool(same_running),
+        "running_momentum": RUNNING_MOMENTUM,
         "seconds": round(elapsed, 1),
     }
-    write_outputs(args.output, rows, summary)
-    print(
-        f"\nresults written to {args.output} (bn_lstm_digits.csv, bn_lstm_digits.json)"
-    )
+    files = write_outputs(args.output, rows, summary)
+    files += write_figures(args.output, stats, running_stats)
+    print(f"\nresults written to {args.output}: {', '.join(files)}")
     print(f"total time {elapsed:.1f}s")
     return {
         "rows": rows,
@@ -493,8 +606,10 @@ def main(argv=None) -> dict:
         "inputs": {"test": x_test, "test_long": x_long},
         "params": {name: var.get_value() for name, var in params.items()},
         "stats": {name: stat.value for name, stat in stats.items()},
+        "running_stats": {name: st.value for name, st in running_stats.items()},
         "summary": summary,
         "output": args.output,
+        "files": files,
     }
 
 

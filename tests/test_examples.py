@@ -5,7 +5,8 @@ and its results are checked against what recurrent batch normalization
 implies, independently of popstats: a NumPy forward pass of the BN-LSTM with
 the estimated population statistics (clamped past the last estimated step)
 must give the script's probabilities, predictions with population statistics
-must not depend on the batch size, and with batch statistics at batch size 1
+(and with the running averages kept while training) must not depend on the
+batch size, and with batch statistics at batch size 1
 every normalized value is the BN shift, so all predictions are one class.
 
 The example compiles with ``POPSTATS_TEST_MODE`` (FAST_COMPILE by default,
@@ -33,9 +34,13 @@ ROWS = {
     "batch_1": ("batch", 1, 8),
     "population_256": ("population", 256, 8),
     "population_1": ("population", 1, 8),
+    "running_256": ("running averages", 256, 8),
+    "running_1": ("running averages", 1, 8),
     "batch_256_long": ("batch", 256, 20),
     "population_256_long": ("population", 256, 20),
     "population_1_long": ("population", 1, 20),
+    "running_256_long": ("running averages", 256, 20),
+    "running_1_long": ("running averages", 1, 20),
 }
 
 
@@ -132,19 +137,39 @@ def test_outputs_written(example):
         assert float(written["accuracy"]) == pytest.approx(row["accuracy"])
 
 
-def test_population_predictions_do_not_depend_on_batch_size(example):
+@pytest.mark.parametrize("kind", ["population", "running"])
+def test_inference_predictions_do_not_depend_on_batch_size(example, kind):
     _, result, _ = example
     pred, prob = result["predictions"], result["probabilities"]
     for suffix in ("", "_long"):
         np.testing.assert_array_equal(
-            pred[f"population_1{suffix}"], pred[f"population_256{suffix}"]
+            pred[f"{kind}_1{suffix}"], pred[f"{kind}_256{suffix}"]
         )
         np.testing.assert_allclose(
-            prob[f"population_1{suffix}"],
-            prob[f"population_256{suffix}"],
+            prob[f"{kind}_1{suffix}"],
+            prob[f"{kind}_256{suffix}"],
             rtol=1e-9,
             atol=1e-12,
         )
+
+
+def test_figures_written(example):
+    _, result, out = example
+    report = out / "bn_lstm_digits_report.html"
+    assert report.is_file()
+    html = report.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")
+    for name in result["stats"]:
+        assert name in html
+    png = out / "bn_lstm_digits_bn_x_mean.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not png.exists()
+        assert result["files"][-1] == report.name
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert result["files"][-2:] == [report.name, png.name]
 
 
 def test_batch_statistics_fail_at_batch_size_1(example):
@@ -186,6 +211,21 @@ def test_probabilities_match_numpy_bn_lstm(example):
         rtol=1e-6,
         atol=1e-9,
     )
+    # Running averages: kept for every step some training batch reached (the
+    # longest training sequence), clamped beyond like the population values.
+    running = result["running_stats"]
+    assert sorted(running) == sorted(stats)
+    assert running["bn_x.mean"].shape[0] == trained
+    for name, value in running.items():
+        assert value.shape == stats[name].shape
+        assert np.all(np.isfinite(value))
+    for suffix, xs in (("", x), ("_long", x_long)):
+        np.testing.assert_allclose(
+            bn_lstm_reference(p, xs, eps, running),
+            prob[f"running_256{suffix}"],
+            rtol=1e-6,
+            atol=1e-9,
+        )
     # Batch statistics over the first evaluation batch of 256 test digits.
     np.testing.assert_allclose(
         bn_lstm_reference(p, x[:, :256], eps),

@@ -218,6 +218,13 @@ def update(
         view["acc"] += m * value
         view["decay"] *= 1.0 - m
         return state
+    if name == "mean" and weight is None:
+        # Unit weights: w_total == w + 1 > 0. Same arithmetic as below (so the
+        # same result, bit for bit) without building weights per batch: this
+        # runs per statistic and batch and dominated estimate()'s own cost.
+        view["w"] += 1.0
+        view["mean"] += (value - view["mean"]) * _expand(1.0 / view["w"], value)
+        return state
     if name == "unbiased" and role in ("var", "std"):
         variance = value if role == "var" else value**2
         value = variance * _expand(count / (count - 1.0), value)

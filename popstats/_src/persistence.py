@@ -102,11 +102,18 @@ def _write(path: str | os.PathLike, kind: str, meta: dict, arrays: dict) -> None
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **payload)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_statistics(stats: PopulationStatistics, path: str | os.PathLike) -> None:
