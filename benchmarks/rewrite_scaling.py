@@ -133,14 +133,20 @@ def main() -> None:
     if hi > lo:
         print(f"Growth {hi} vs {lo} layers ({hi / lo:.0f}x the layers; "
               f"linear would be {hi / lo:.0f}x):\n")
+        growth = {k: results[hi][k] / results[lo][k]
+                  for k in ("rewrite", "clone", "clone_replace", "export")}
         print(C.table(
-            ["", "rewrite", "clone", "clone_replace", "export"],
+            ["", "rewrite", "clone", "clone_replace", "export",
+             "rewrite growth / clone growth"],
             [[
                 f"{hi}/{lo} layers",
-                *(C.fmt_ratio(results[hi][k] / results[lo][k])
-                  for k in ("rewrite", "clone", "clone_replace", "export")),
+                *(C.fmt_ratio(g) for g in growth.values()),
+                C.fmt_ratio(growth["rewrite"] / growth["clone"]),
             ]],
         ))
+        print("\n(The last column divides out what the machine does to both at "
+              "each size -- caches, clock speed, load -- and is the steadier "
+              "measure of popstats' own scaling.)")
         print()
     big = results[hi]
     print(
