@@ -8,6 +8,7 @@ popstats itself.
 from __future__ import annotations
 
 import numpy as np
+import pytensor.tensor as pt
 import pytest
 from conftest import CASES, MODE, build_case
 from reference import reference_estimate
@@ -175,3 +176,44 @@ def test_reference_estimate_fills_outwards_when_a_row_is_empty():
     value, coverage = reference_estimate([a, b], depth=2)
     np.testing.assert_array_equal(coverage, [[1, 1], [0, 0], [0, 0]])
     np.testing.assert_array_equal(value, np.ones((3, 2, 1)))
+
+
+def test_plain_statistics_share_one_buffer_without_changing_results():
+    """Statistics outside loops with the plain mean are updated together after
+    the first batch; results, errors and resumed states are unchanged."""
+    x = pt.matrix("x")
+    a = popstats.bn_statistic(x.mean(0), "a")
+    b = popstats.bn_statistic((x**2).max(0), "b")
+    y = (x - a) * b
+    rng = np.random.default_rng(3)
+    data = [rng.normal(size=(5, 3)) for _ in range(6)]
+    run = popstats.Estimation([x], y, mode="FAST_COMPILE")
+    state = run.run([{"x": d} for d in data[:3]])
+    assert run._flat is not None  # the shared buffer is in use
+    state = run.run([{"x": d} for d in data[3:]], state)
+    stats = run.finalize(state)
+    np.testing.assert_array_equal(
+        stats["a"].value, _running_mean([d.mean(0) for d in data])
+    )
+    np.testing.assert_array_equal(
+        stats["b"].value, _running_mean([(d**2).max(0) for d in data])
+    )
+    # a merged state (not linked to the buffer) continues correctly
+    merged = run.merge(run.run([{"x": data[0]}]), run.run([{"x": data[1]}]))
+    merged = run.update(merged, {"x": data[2]})
+    np.testing.assert_allclose(
+        run.finalize(merged)["a"].value, np.mean([d.mean(0) for d in data[:3]], 0)
+    )
+    # errors still name the statistic and the batch
+    bad = [{"x": data[0]}, {"x": data[1]}, {"x": np.full((5, 3), np.nan)}]
+    with pytest.raises(popstats.PopstatsError, match=r"'b'.*batch 2|'a'.*batch 2"):
+        run.run(bad)
+    with pytest.raises(popstats.PopstatsError, match="shape"):
+        run.run([{"x": data[0]}, {"x": data[1]}, {"x": np.ones((5, 4))}])
+
+
+def _running_mean(values):
+    mean = np.zeros_like(values[0])
+    for k, v in enumerate(values, start=1):
+        mean += (v - mean) * (1.0 / np.float64(k))
+    return mean

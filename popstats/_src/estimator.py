@@ -125,6 +125,18 @@ class Estimation:
         self._fn = pytensor.function(
             self.inputs, flat, mode=mode, on_unused_input="ignore"
         )
+        # Statistics outside loops with the plain mean and no count: updated
+        # together (see _add_plain).
+        self._plain = tuple(
+            i
+            for i, (site, estimator) in enumerate(
+                zip(self.sites, self.estimators, strict=True)
+            )
+            if site.time_axes == 0
+            and estimator.name == "mean"
+            and self._slots[i][1:] == (None, None)  # no count to check, no weight
+        )
+        self._flat: tuple | None = None
 
     def _partner(self, i: int) -> int | None:
         site, estimator = self.sites[i], self.estimators[i]
@@ -196,11 +208,65 @@ class Estimation:
             for slot in self._slots
         ]
         states = list(state.states)
+        done = self._add_plain(states, per_site)
         for i, (value, count, weight) in enumerate(per_site):
+            if i in done:
+                continue
             partner = self.partners[i]
             mean = None if partner is None else self._cap(per_site[partner][0], i)
             states[i] = self._add(i, states[i], value, count, weight, mean, index)
+        if self._plain and not done:
+            self._link_plain(states)
         return EstimationState(state.names, tuple(states), index + 1)
+
+    def _add_plain(self, states: list, per_site: list) -> frozenset[int]:
+        """Update every plain-mean statistic outside loops in one go.
+
+        Statistics outside loops estimated with ``"mean"`` share one flat
+        float64 buffer (their state arrays are views into it), so a batch
+        costs a few NumPy calls instead of several per statistic. Returns the
+        indices handled; none when the states are not linked to the buffer
+        (first batch, a loaded or merged state) or anything needs the checks
+        of the per-statistic path (a non-finite value, a changed shape).
+        """
+        flat = self._flat
+        plain = self._plain
+        if flat is None or not all(
+            states[i].get("mean") is view
+            for i, view in zip(plain, flat[0], strict=True)
+        ):
+            return frozenset()
+        values = [np.asarray(per_site[i][0]) for i in plain]
+        if any(v.shape != shape for v, shape in zip(values, flat[4], strict=True)):
+            return frozenset()
+        joined = np.concatenate([v.ravel() for v in values])
+        if not np.isfinite(joined).all():
+            return frozenset()
+        _, mean, n, w, _, sizes = flat
+        n += 1
+        w += 1.0
+        mean += (joined - mean) * np.repeat(1.0 / w, sizes)
+        return frozenset(plain)
+
+    def _link_plain(self, states: list) -> None:
+        """Point the plain statistics' state arrays into one flat buffer."""
+        plain = self._plain
+        arrays = [states[i] for i in plain]
+        if any(not arrays_i for arrays_i in arrays):
+            return
+        shapes = tuple(a["mean"].shape for a in arrays)
+        sizes = np.array([int(np.prod(shape)) for shape in shapes])
+        mean = np.concatenate([a["mean"].ravel() for a in arrays])
+        n = np.array([int(a["n"]) for a in arrays], dtype=np.int64)
+        w = np.array([float(a["w"]) for a in arrays], dtype=np.float64)
+        views, start = [], 0
+        for j, (a, shape, size) in enumerate(zip(arrays, shapes, sizes, strict=True)):
+            a["mean"] = mean[start : start + size].reshape(shape)
+            a["n"] = n[j : j + 1].reshape(())
+            a["w"] = w[j : j + 1].reshape(())
+            views.append(a["mean"])
+            start += size
+        self._flat = (tuple(views), mean, n, w, shapes, sizes)
 
     def _cap(self, array: np.ndarray | None, i: int) -> np.ndarray | None:
         if array is None or self.max_steps is None:
