@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -703,3 +704,22 @@ def pipeline():
 
 def population_of(stats) -> dict:
     return {name: stat.value for name, stat in stats.items()}
+
+
+# --------------------------------------------------------------------------
+# helpers shared by the test modules
+
+
+@contextmanager
+def fails(*parts: str):
+    """Expect a PopstatsError whose message contains every part."""
+    with pytest.raises(popstats.PopstatsError) as info:
+        yield info
+    message = str(info.value)
+    for part in parts:
+        assert part in message, f"{part!r} not in message: {message}"
+
+
+def scan(fn, **kwargs):
+    """``pytensor.scan`` with the new return convention (no updates)."""
+    return pytensor.scan(fn, return_updates=False, **kwargs)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from contextlib import contextmanager
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE
+from conftest import MODE, fails, scan
 
 import popstats
 from popstats import Estimator
@@ -28,20 +27,6 @@ from popstats._src import estimators as est
 
 EPS = 1e-3
 F = 2  # features of every statistic here
-
-
-@contextmanager
-def fails(*parts: str):
-    """Expect a PopstatsError whose message contains every part."""
-    with pytest.raises(popstats.PopstatsError) as info:
-        yield info
-    message = str(info.value)
-    for part in parts:
-        assert part in message, f"{part!r} not in message: {message}"
-
-
-def scan(fn, **kwargs):
-    return pytensor.scan(fn, return_updates=False, **kwargs)
 
 
 # --------------------------------------------------------------------------
