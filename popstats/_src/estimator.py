@@ -304,16 +304,10 @@ class Estimation:
         steps, shape = value.shape[:axes], value.shape[axes:]
         if not state:
             state = est.init(estimator, site.role, shape, axes)
-        elif state["n"].shape != steps:
-            known = next(a for k, a in state.items() if k in ("mean", "acc"))
-            if known.shape[axes:] != shape:
-                raise _shape_error(self.call, site, shape, known.shape[axes:], index)
+        elif _stat_shape(state, axes) != shape:
+            raise _shape_error(self.call, site, shape, _stat_shape(state, axes), index)
         if state["n"].shape != steps:
             state = est.grow(state, steps)
-        else:
-            known = next(a for k, a in state.items() if k in ("mean", "acc"))
-            if known.shape[axes:] != shape:
-                raise _shape_error(self.call, site, shape, known.shape[axes:], index)
         return est.update(estimator, site.role, state, value, count, weight, mean)
 
     def run(
@@ -378,11 +372,10 @@ class Estimation:
                 states.append({k: v.copy() for k, v in (sa or sb).items()})
                 continue
             site = self.sites[i]
-            shape_a = next(v for k, v in sa.items() if k in ("mean", "acc")).shape
-            shape_b = next(v for k, v in sb.items() if k in ("mean", "acc")).shape
-            axes = site.time_axes
-            if shape_a[axes:] != shape_b[axes:]:
-                raise _shape_error("merge", site, shape_b[axes:], shape_a[axes:], 0)
+            shape_a = _stat_shape(sa, site.time_axes)
+            shape_b = _stat_shape(sb, site.time_axes)
+            if shape_a != shape_b:
+                raise _shape_error("merge", site, shape_b, shape_a, 0)
             states.append(est.merge(self.estimators[i], site.role, sa, sb))
         return EstimationState(a.names, tuple(states), a.n_batches + b.n_batches)
 
@@ -420,6 +413,12 @@ class Estimation:
                     stat.name, stat.uncovered_steps, stat.thin_steps,
                 )
         return result
+
+
+def _stat_shape(state: dict[str, np.ndarray], axes: int) -> tuple[int, ...]:
+    """The statistic's own shape in an estimator state (after its time axes)."""
+    value = state["acc"] if "acc" in state else state["mean"]
+    return value.shape[axes:]
 
 
 def _uses_count(estimator: est.Estimator, role: str | None) -> bool:

@@ -262,8 +262,8 @@ class _ExportLevel:
             id(f): by_group.get((f.site.path, statistic_group(f.stat)))
             for f in pooled
         }
-        # Means first are not needed: each pooling reads the stacked partner,
-        # so compute every new value before replacing any.
+        # A pooled variance reads its partner mean still stacked over steps:
+        # keep the stacked values of every pooled statistic before pooling.
         originals = {id(f): (f.value, f.count, f.weight) for f in pooled}
         for f in pooled:
             partner = partners[id(f)]
