@@ -287,10 +287,30 @@ def test_several_sets_need_select(ff):
 
 def test_a_set_missing_a_statistic(ff):
     model, sets = ff
-    other = FF()  # same labels, other statistics (other keys)
-    foreign = popstats.estimate([other.x], other.y, FF.batches(0, 0.0), mode=MODE)
-    with fails("rewrite(stats=...)", "stats[1] has no value", "'ff.mean'"):
+    other = pt.matrix("x")
+    foreign = popstats.estimate(
+        [other], other - popstats.bn_statistic(other.mean(0), "something.else"),
+        FF.batches(0, 0.0), mode=MODE,
+    )
+    with fails("rewrite(stats=...)", "has no value in stats[1]", "'ff.mean'",
+               "'something.else'"):
         popstats.rewrite(model.y, [sets[0], foreign], select=pt.iscalar("k"))
+
+
+def test_a_set_from_another_build_of_the_same_model(ff):
+    """Another build (new marker keys) of the same code: its values apply."""
+    model, sets = ff
+    other = FF()
+    assert other.y is not model.y
+    rebuilt = popstats.estimate([other.x], other.y, FF.batches(0, 0.0), mode=MODE)
+    k = pt.iscalar("k")
+    fn = pytensor.function([model.x, k], popstats.rewrite(model.y, [sets[0], rebuilt],
+                                                          select=k), mode=MODE)
+    expected = pytensor.function(
+        [other.x], popstats.rewrite(other.y, rebuilt), mode=MODE
+    )
+    x = FF.batches(0, 0.0)[0]["x"]
+    np.testing.assert_allclose(fn(x, 1), expected(x), rtol=1e-12)
 
 
 def test_sets_with_different_time_modes(rnn):
@@ -336,5 +356,5 @@ def test_bind_needs_the_structure_the_graph_was_built_with(ff):
     popstats.bind(without, foreign)
     with fails("bind(stats=...)", "'ff.", "has no value", "something.else"):
         popstats.bind(without, renamed)
-    with fails("bind(stats=...)", "stats[1]", "has no value"):
+    with fails("bind(stats=...)", "has no value in stats[1]"):
         popstats.bind(with_select, [sets[0], renamed])

@@ -50,12 +50,16 @@ class Site:
     ----------
     name : str
         Unique within the graph: the label, or ``label#k`` (k = 0, 1, ...,
-        in graph order) when several statistics share a label, e.g. when the
-        same Scan op is applied at two places.
+        in graph order, skipping names that are labels) when several
+        statistics share a label, e.g. when the same layer is applied at two
+        places. A handle for tables and ``stats[name]``; statistics are
+        matched across graphs and processes by :attr:`id`.
     label : str
         The label given to :func:`~popstats.bn_statistic` (or ``tag.bn_label``).
     id : SiteId
-        Identity used to match the statistic across passes and graphs.
+        Identity used to match the statistic across graphs and processes:
+        the chain of enclosing loops, the label and a structural
+        fingerprint (see :doc:`/names`).
     shape : tuple of int or None
         Static shape of the statistic itself (without time axes).
     dtype : str
@@ -293,16 +297,57 @@ def as_variables(outputs: object, call: str) -> list[Variable]:
     return list(seq)
 
 
+def _unique(found: Sequence[_Found], call: str) -> list[_Found]:
+    """One entry per statistic; refuse applications that cannot be told apart.
+
+    The same marked computation reached twice with the same inputs (e.g. an
+    ``OpFromGraph`` applied twice to one variable) is one statistic: its
+    value is the same. Reached with inputs that differ only by unnamed
+    variables or large constants, the applications have the same identity
+    but compute different values: which is which could not be recognised in
+    another process or another graph, so popstats refuses.
+    """
+    seen: dict[SiteId, _Found] = {}
+    kept = []
+    for f in found:
+        first = seen.get(f.site)
+        if first is None:
+            seen[f.site] = f
+            kept.append(f)
+        elif first.site.instance != f.site.instance:
+            raise PopstatsError(
+                f"{call}(outputs=...): statistic {f.site.label!r} (in "
+                f"{f.site.where}) is computed at two places that popstats cannot "
+                f"tell apart: the same marked computation applied to inputs that "
+                f"differ only by unnamed variables or by the values of large "
+                f"constants. Its estimate could go to the wrong application. Name "
+                f"the inputs and weights they differ by (pt.matrix('x2'), "
+                f"pytensor.shared(..., name='W2')), or give each application its "
+                f"own label (bn_statistic(..., label='branch2.mean'))."
+            )
+    return kept
+
+
 def _name_sites(found: Sequence[_Found]) -> list[Site]:
+    """Names: the label, or ``label#k`` (graph order) when a label repeats.
+
+    A generated ``label#k`` never takes a name that is another statistic's
+    label: ``k`` skips it.
+    """
     counts = Counter(f.site.label for f in found)
-    seen: Counter = Counter()
+    taken = set(counts)
+    next_index: Counter = Counter()
     sites = []
     for f in found:
         label = f.site.label
         name = label
         if counts[label] > 1:
-            name = f"{label}#{seen[label]}"
-            seen[label] += 1
+            while True:
+                name = f"{label}#{next_index[label]}"
+                next_index[label] += 1
+                if name not in taken:
+                    break
+            taken.add(name)
         sites.append(
             Site(
                 name,
@@ -391,7 +436,7 @@ def export_checked(
     replaced = transform((), outputs, level)
     if not level.found:
         raise _no_statistics_error(outputs, call)
-    found = level.found
+    found = _unique(level.found, call)
     return EstimationGraph(
         tuple(f.value for f in found),
         tuple(_name_sites(found)),

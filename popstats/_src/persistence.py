@@ -1,15 +1,19 @@
 """Saving and loading population statistics and estimation states (``.npz``).
 
-The format (version 1) is a NumPy ``.npz`` archive, read without pickle:
+The format (version 2) is a NumPy ``.npz`` archive, read without pickle:
 
 ``popstats_format``
     ``"popstats.statistics"`` or ``"popstats.state"``.
 ``format_version``
-    ``1``.
+    ``2`` for statistics (version 1 identified statistics by random
+    per-build keys, which cannot be matched in another process: such files
+    are refused), ``1`` for states (matched by statistic name).
 ``meta``
     JSON text: ``{"statistics": [...], "n_batches": int}`` with, per
-    statistic, ``name``, ``label``, ``key``, ``occurrence``, ``path`` (the
-    loops as ``[name, occurrence]`` pairs, outermost first), ``shape``
+    statistic, ``name``, ``label``, ``fingerprint`` (where it is computed,
+    see ``identity.py``), ``path`` (the enclosing loops as ``[name,
+    fingerprint]`` pairs, outermost first), ``key`` (informative only),
+    ``shape``
     (static shape, ``null`` where unknown), ``dtype``, ``role``, ``group``,
     ``counted``, ``time`` (per loop: ``"step"`` or ``"pooled"``),
     ``estimator`` (``{"name": ..., "momentum": ...}``) and ``n_batches``.
@@ -43,8 +47,9 @@ from popstats._src.walk import LoopStep, SiteId
 
 __all__ = ["FORMAT_VERSION", "load", "load_state", "save_state", "save_statistics"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # of statistics files
 _STATS, _STATE = "popstats.statistics", "popstats.state"
+_VERSIONS = {_STATS: FORMAT_VERSION, _STATE: 1}
 #: what reading a damaged or foreign file can raise (zipfile: NotImplementedError
 #: for unknown flags, RuntimeError for "encrypted" members)
 _UNREADABLE = (
@@ -57,9 +62,9 @@ def _site_meta(site: Site, estimator: Estimator, n_batches: int) -> dict[str, An
     return {
         "name": site.name,
         "label": site.label,
+        "fingerprint": site.id.fingerprint,
+        "path": [[step.name, step.fingerprint] for step in site.id.path],
         "key": site.id.key,
-        "occurrence": site.id.occurrence,
-        "path": [[step.name, step.occurrence] for step in site.id.path],
         "shape": list(site.shape),
         "dtype": site.dtype,
         "role": site.role,
@@ -72,8 +77,9 @@ def _site_meta(site: Site, estimator: Estimator, n_batches: int) -> dict[str, An
 
 
 def _site_from_meta(meta: dict[str, Any]) -> tuple[Site, Estimator, int]:
-    path = tuple(LoopStep(str(name), int(occ)) for name, occ in meta["path"])
-    site_id = SiteId(path, str(meta["key"]), int(meta["occurrence"]), meta["label"])
+    path = tuple(LoopStep(str(name), str(fp)) for name, fp in meta["path"])
+    site_id = SiteId(path, str(meta["label"]), str(meta["fingerprint"]),
+                     str(meta.get("key", "")))
     site = Site(
         meta["name"],
         meta["label"],
@@ -94,7 +100,7 @@ def _write(path: str | os.PathLike, kind: str, meta: dict, arrays: dict) -> None
     folder = os.path.dirname(os.path.abspath(path))
     payload = {
         "popstats_format": np.array(kind),
-        "format_version": np.array(FORMAT_VERSION),
+        "format_version": np.array(_VERSIONS[kind]),
         "meta": np.array(json.dumps(meta)),
         **arrays,
     }
@@ -166,10 +172,18 @@ def _read(
             f"{call}(path=...): {os.fspath(path)!r} is not a popstats file or is "
             f"corrupted ({type(exc).__name__}: {exc}). Save it again."
         ) from None
-    if version != FORMAT_VERSION:
+    wanted = _VERSIONS.get(fmt)
+    if fmt == _STATS and version == 1:
+        raise PopstatsError(
+            f"{call}(path=...): {os.fspath(path)!r} has format version 1, which "
+            f"identified statistics by keys that are new in every process, so its "
+            f"values cannot be matched with a graph built here. Estimate again "
+            f"and save (this popstats writes version {wanted})."
+        )
+    if wanted is not None and version != wanted:
         raise PopstatsError(
             f"{call}(path=...): {os.fspath(path)!r} has format version {version}; "
-            f"this popstats reads version {FORMAT_VERSION}. Use the popstats "
+            f"this popstats reads version {wanted}. Use the popstats "
             f"release that wrote it, or estimate again."
         )
     if fmt != kind:

@@ -23,6 +23,7 @@ from pytensor.raise_op import CheckAndRaise
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.exporter import as_variables
+from popstats._src.matching import Matcher, check_match
 from popstats._src.scan_surgery import ScanEdit
 from popstats._src.statistics import PopulationStatistics, Statistic
 from popstats._src.walk import LoopStep, SiteId, transform
@@ -37,13 +38,13 @@ class _RewriteLevel:
 
     def __init__(
         self,
-        sets: Sequence[PopulationStatistics],
+        matcher: Matcher,
         select: Variable | None,
         parent: _RewriteLevel | None = None,
         step: Variable | None = None,
         level: int = -1,
     ):
-        self.sets = sets
+        self.matcher = matcher
         self.select = select
         self.parent = parent
         self.step = step
@@ -51,14 +52,19 @@ class _RewriteLevel:
         self.values: dict[str, Variable] = {}
         self.non_seqs: list[tuple[Variable, Variable]] = []
 
-    def value(self, stat: Statistic) -> Variable:
-        """The population value at this level (remaining time axes first)."""
+    def value(self, group: list[Statistic], site: SiteId) -> Variable:
+        """The population value at this level (remaining time axes first).
+
+        ``group`` holds the statistic's value in each set; ``site`` is the
+        graph's statistic it replaces.
+        """
+        stat = group[0]
         if stat.name in self.values:
             return self.values[stat.name]
         if self.parent is None:
-            value = _root_value(stat, self.sets, self.select)
+            value = _root_value(group, self.select, site)
         else:
-            outer = self.parent.value(stat)
+            outer = self.parent.value(group, site)
             inner = outer.type()
             inner.name = outer.name
             self.non_seqs.append((outer, inner))
@@ -69,10 +75,11 @@ class _RewriteLevel:
         self.values[stat.name] = value
         return value
 
-    def statistic(self, var: Variable, site: SiteId) -> Variable:
-        stat = _lookup(self.sets[0], site, 0)
-        for k, other in enumerate(self.sets[1:], start=1):
-            _lookup(other, site, k)
+    def statistic(self, var: Variable, site: SiteId) -> Variable | None:
+        group = self.matcher.find(site)
+        if group is None:
+            return None  # reported by Matcher.check after the pass
+        stat = group[0]
         expected = stat.value.shape[stat.depth :]
         static = var.type.shape
         if len(static) != len(expected) or any(
@@ -83,7 +90,7 @@ class _RewriteLevel:
                 f"in the graph but {expected} in stats. Estimate again on this "
                 f"graph."
             )
-        value = self.value(stat)
+        value = self.value(group, site)
         if value.dtype != var.dtype:
             value = value.astype(var.dtype)
         return var.type.filter_variable(value)
@@ -94,7 +101,7 @@ class _RewriteLevel:
         edit = ScanEdit(node, inputs)
         step = pt.scalar(f"{node.op.name}_step", dtype="int64")
         inner = _RewriteLevel(
-            self.sets, self.select, parent=self, step=step, level=len(path) - 1
+            self.matcher, self.select, parent=self, step=step, level=len(path) - 1
         )
         edit.set_inner_outputs(
             transform(edit.inner_inputs, edit.inner_outputs, inner, path)
@@ -104,19 +111,6 @@ class _RewriteLevel:
             edit.add_non_sequence(outer_value, inner_value)
         replaced, _ = edit.build()
         return replaced
-
-
-def _lookup(stats: PopulationStatistics, site: SiteId, index: int) -> Statistic:
-    stat = stats.lookup(site)
-    if stat is None:
-        which = "stats" if index == 0 else f"stats[{index}]"
-        raise PopstatsError(
-            f"rewrite(stats=...): the graph has statistic {site.label!r} (in "
-            f"{site.where}) but {which} has no value for it; it holds "
-            f"{sorted(stats)}. Estimate on outputs that include this statistic "
-            f"(popstats.estimate(inputs, outputs, batches))."
-        )
-    return stat
 
 
 def population_array(
@@ -157,16 +151,16 @@ def population_array(
 
 
 def _root_value(
-    stat: Statistic, sets: Sequence[PopulationStatistics], select: Variable | None
+    group: list[Statistic], select: Variable | None, site_id: SiteId
 ) -> Variable:
+    stat = group[0]
     site = stat.site
     stacked = select is not None
-    group = [stat] + [other.lookup(site.id) for other in sets[1:]]
     value = population_array(group, stacked)
     shape = (None,) * (stat.depth + stacked) + tuple(site.shape)
     var = pytensor.shared(value, name=stat.name, shape=shape)
     var.tag.popstats_statistic = stat.name
-    var.tag.popstats_site = site.id
+    var.tag.popstats_site = site_id  # the graph's statistic (what bind matches)
     var.tag.popstats_stacked = stacked
     if not stacked:
         return var
@@ -200,15 +194,15 @@ def _check_select(select: object, n_sets: int) -> Variable:
 @overload
 def rewrite(
     outputs: Variable, stats: PopulationStatistics | Sequence[PopulationStatistics],
-    *, select: Variable | None = ...,
+    *, select: Variable | None = ..., match: str = ...,
 ) -> Variable: ...
 @overload
 def rewrite(
     outputs: Sequence[Variable],
     stats: PopulationStatistics | Sequence[PopulationStatistics],
-    *, select: Variable | None = ...,
+    *, select: Variable | None = ..., match: str = ...,
 ) -> list[Variable]: ...
-def rewrite(outputs, stats, *, select=None):
+def rewrite(outputs, stats, *, select=None, match="structure"):
     """Replace every marked statistic in ``outputs`` by its population value.
 
     Parameters
@@ -225,6 +219,12 @@ def rewrite(outputs, stats, *, select=None):
         :class:`~popstats.PopstatsError` when the function runs (except on
         JAX, which cannot raise inside a compiled function: it clamps a
         too-large index and wraps a negative one).
+    match : {"structure", "name"}, default "structure"
+        How a statistic of the graph finds its value (see :doc:`/names`):
+        by label, enclosing loops and a fingerprint of where it is computed
+        (so each application of a reused layer gets its own value, in any
+        process that builds the same model), or by label and loops alone
+        (when the model changed upstream but the values still apply).
 
     Returns
     -------
@@ -255,8 +255,10 @@ def rewrite(outputs, stats, *, select=None):
     sets = _check_stats(stats, select)
     if select is not None:
         select = _check_select(select, len(sets))
+    matcher = Matcher(sets, check_match(match, "rewrite"), "rewrite")
     outs = as_variables(outputs, "rewrite")
-    new = transform((), outs, _RewriteLevel(sets, select))
+    new = transform((), outs, _RewriteLevel(matcher, select))
+    matcher.check()
     if isinstance(outputs, Variable):
         return new[0]
     return type(outputs)(new) if isinstance(outputs, tuple) else new
@@ -284,13 +286,18 @@ def _check_stats(stats: object, select: object) -> list[PopulationStatistics]:
 def bind(
     outputs: Variable | Sequence[Variable],
     stats: PopulationStatistics | Sequence[PopulationStatistics],
+    *,
+    match: str = "structure",
 ) -> None:
     """Put other population values into an inference graph, in place.
 
     Sets the shared variables of a graph made by :func:`rewrite` (or loaded
-    statistics onto a graph built earlier) without rebuilding or
-    recompiling. A graph built with ``select`` takes a list of sets (their
-    number may change); the others take one :class:`PopulationStatistics`.
+    statistics onto a graph built earlier, in this process or another)
+    without rebuilding or recompiling. A graph built with ``select`` takes a
+    list of sets (their number may change); the others take one
+    :class:`PopulationStatistics`. Values are matched with the graph's
+    statistics as in :func:`rewrite` (``match``); if any statistic has no
+    value, or a value does not fit, nothing is changed.
 
     Examples
     --------
@@ -311,6 +318,8 @@ def bind(
         )
     sets = [stats] if isinstance(stats, PopulationStatistics) else stats
     _check_stats(sets, select=0)
+    matcher = Matcher(sets, check_match(match, "bind"), "bind")
+    planned = []
     for name, var in found.items():
         stacked = bool(getattr(var.tag, "popstats_stacked", False))
         if stacked == isinstance(stats, PopulationStatistics):
@@ -320,19 +329,12 @@ def bind(
                 f"{'with' if stacked else 'without'} select=..., so pass {wanted} "
                 f"(got {describe_value(stats)})."
             )
-        site_id = getattr(var.tag, "popstats_site", None)
-        group = []
-        for k, one in enumerate(sets):
-            stat = one.lookup(site_id) if site_id is not None else None
-            if stat is None:
-                stat = one.get(name)
-            if stat is None:
-                raise PopstatsError(
-                    f"bind(stats=...): the graph uses statistic {name!r} but "
-                    f"{'stats' if len(sets) == 1 else f'stats[{k}]'} has no value "
-                    f"for it; it holds {sorted(one)}."
-                )
-            group.append(stat)
+        group = matcher.find(var.tag.popstats_site)
+        if group is not None:
+            planned.append((name, var, stacked, group))
+    matcher.check()
+    values = []
+    for name, var, stacked, group in planned:
         value = population_array(group, stacked, "bind")
         want = var.type.shape
         if value.ndim != len(want) or any(
@@ -342,6 +344,8 @@ def bind(
                 f"bind(stats=...): statistic {name!r} has shape {value.shape} in "
                 f"stats but the graph holds shape {want}. Estimate on this graph."
             )
+        values.append((var, value))
+    for var, value in values:
         var.set_value(value)
 
 

@@ -81,9 +81,9 @@ class PopulationStatistics(Mapping[str, Statistic]):
     def __init__(self, statistics: tuple[Statistic, ...]):
         self._by_name = {s.name: s for s in statistics}
         self._by_id: dict[SiteId, Statistic] = {s.site.id: s for s in statistics}
-        self._by_key: dict[str, list[Statistic]] = {}
+        self._by_base: dict[tuple, list[Statistic]] = {}
         for s in statistics:
-            self._by_key.setdefault(s.site.id.key, []).append(s)
+            self._by_base.setdefault((s.site.id.chain, s.label), []).append(s)
 
     def __getitem__(self, name: str) -> Statistic:
         try:
@@ -106,14 +106,24 @@ class PopulationStatistics(Mapping[str, Statistic]):
     def __len__(self) -> int:
         return len(self._by_name)
 
-    def lookup(self, site: SiteId) -> Statistic | None:
-        """The statistic for a site: same place, else the same unique key."""
+    def lookup(self, site: SiteId, match: str = "structure") -> Statistic | None:
+        """The statistic estimated for ``site``, or None.
+
+        ``match="structure"``: the same identity (loops, label and the
+        structural fingerprint of where it is computed; see
+        :doc:`/names`). ``match="name"`` also accepts the only statistic
+        with the same loops and label when the fingerprints differ.
+        """
         found = self._by_id.get(site)
-        if found is None:
-            candidates = self._by_key.get(site.key, [])
+        if found is None and match == "name":
+            candidates = self.named_like(site)
             if len(candidates) == 1:
                 found = candidates[0]
         return found
+
+    def named_like(self, site: SiteId) -> list[Statistic]:
+        """The statistics with the loops and label of ``site``."""
+        return list(self._by_base.get((site.chain, site.label), ()))
 
     def save(self, path: str | os.PathLike) -> None:
         """Save to a ``.npz`` file (no pickle); see :func:`popstats.load`.

@@ -6,20 +6,22 @@ hands two events to a :class:`Visitor`: a marked statistic, and a Scan whose
 inner graph contains statistics. The exporter and the rewriter are two
 visitors; the recursion into a Scan is the visitor's choice (it builds a
 :class:`~popstats._src.scan_surgery.ScanEdit` and calls :func:`transform` on
-its inner graph). An ``OpFromGraph`` holding statistics is inlined and its
-body visited in place.
+its inner graph). An ``OpFromGraph`` holding statistics is inlined: its body,
+applied to the node's own inputs, is visited at the same level, once per
+application.
 
 Sites are identified by a :class:`SiteId`: the chain of Scans leading to the
-statistic (each by name and occurrence of that op at its level, so one op
-applied twice gives two sites), the marker's key, and the occurrence of that
-key at its level. Two passes over the same graph produce the same ids.
+statistic (each by name and the fingerprint of its application), the label,
+and the statistic's fingerprint at its level (see ``identity.py``). None of
+these depends on object identity, on the marker's random key, or on which
+other outputs are in the graph being walked: the same statistic of the same
+model code has the same id in every process and in every subset of outputs.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pytensor.compile.builders import OpFromGraph
@@ -29,6 +31,7 @@ from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
 from popstats._src.errors import PopstatsError
+from popstats._src.identity import Fingerprints, digest
 from popstats._src.scan_surgery import inner_graph_nodes, is_gradient_scan
 from popstats._src.tagger import BNStat, is_statistic, statistic_key, statistic_label
 
@@ -37,23 +40,38 @@ __all__ = ["LoopStep", "SiteId", "Visitor", "contains_statistics", "transform"]
 
 @dataclass(frozen=True)
 class LoopStep:
-    """One Scan on the way to a statistic: its name and occurrence index."""
+    """One Scan on the way to a statistic.
+
+    ``name`` is the Scan's name; ``fingerprint`` the stable hash of its
+    application (its op, inner graph included, and its outer inputs), which
+    tells two applications of one Scan op apart. ``instance`` is in-process
+    only (not compared, not saved).
+    """
 
     name: str
-    occurrence: int
+    fingerprint: str = ""
+    instance: str = field(default="", compare=False, repr=False)
 
     def __str__(self) -> str:
-        return self.name if self.occurrence == 0 else f"{self.name}#{self.occurrence}"
+        return self.name
 
 
 @dataclass(frozen=True)
 class SiteId:
-    """Where a statistic is: loops from outermost in, key, occurrence."""
+    """What a statistic is, the same in every process that builds the model.
+
+    Compared on ``path`` (loops from outermost in), ``label`` and
+    ``fingerprint`` (the stable hash of the statistic at its level). ``key``
+    (the marker's random key) and ``instance`` (an in-process hash that
+    tells apart computations differing only by unnamed variables) are kept
+    for diagnostics and are not compared.
+    """
 
     path: tuple[LoopStep, ...]
-    key: str
-    occurrence: int
     label: str
+    fingerprint: str = ""
+    key: str = field(default="", compare=False)
+    instance: str = field(default="", compare=False, repr=False)
 
     @property
     def depth(self) -> int:
@@ -63,6 +81,16 @@ class SiteId:
     def where(self) -> str:
         """The chain of loops, e.g. ``"outer/inner"``, or ``"<graph>"``."""
         return "/".join(map(str, self.path)) or "<graph>"
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The names of the enclosing loops, outermost first."""
+        return tuple(step.name for step in self.path)
+
+    @property
+    def qualified(self) -> str:
+        """Loop names and label, e.g. ``"outer/inner/bn.mean"``."""
+        return "/".join((*self.chain, self.label))
 
 
 class Visitor(Protocol):
@@ -102,6 +130,76 @@ def _check_gradient_scan(node: Apply, call: str) -> None:
         )
 
 
+def inline_body(op: OpFromGraph, inputs: Sequence[Variable]) -> list[Variable]:
+    """A fresh copy of an ``OpFromGraph``'s outputs applied to ``inputs``.
+
+    PyTensor >= 3.1 freezes the op's graph (frozen nodes cannot be cloned
+    with new inputs): it is unfrozen first.
+    """
+    fgraph = op.fgraph
+    unfreeze = getattr(fgraph, "unfreeze", None)
+    if unfreeze is not None:
+        fgraph = unfreeze()
+    givens = dict(zip(fgraph.inputs, inputs, strict=True))
+    return clone_replace(list(fgraph.outputs), givens)
+
+
+class _Level:
+    """The state of one graph level during :func:`transform`."""
+
+    def __init__(
+        self, inputs: Sequence[Variable], visitor: Visitor, path: tuple[LoopStep, ...]
+    ):
+        self.visitor = visitor
+        self.path = path
+        self.prints = Fingerprints(inputs)
+        self.memo: dict[Variable, Variable] = {}
+        self.done: set[Apply] = set()
+        self.outer = digest(*(step.instance for step in path))
+
+    def visit(self, outputs: Sequence[Variable]) -> None:
+        for node in toposort(list(outputs)):
+            if node not in self.done:
+                self.done.add(node)
+                self.apply(node)
+
+    def apply(self, node: Apply) -> None:
+        op = node.op
+        if isinstance(op, OpFromGraph) and contains_statistics(op):
+            # Inline: the body, on the node's own (old) inputs, is visited here
+            # like any other part of this level, once per application.
+            body = inline_body(op, node.inputs)
+            self.visit(body)
+            for old, inner in zip(node.outputs, body, strict=True):
+                self.prints.alias(old, inner)
+                self.memo[old] = self.memo.get(inner, inner)
+            return
+        stable, instance = self.prints.node(node)
+        new_inputs = [self.memo.get(v, v) for v in node.inputs]
+        if isinstance(op, Scan) and contains_statistics(op):
+            _check_gradient_scan(node, self.visitor.call)
+            step = LoopStep(op.name or "scan", stable, digest(self.outer, instance))
+            new_outputs = self.visitor.scan(node, new_inputs, (*self.path, step))
+        elif any(n is not o for n, o in zip(new_inputs, node.inputs, strict=True)):
+            new_outputs = node.clone_with_new_inputs(new_inputs).outputs
+        else:
+            new_outputs = node.outputs
+        for old, new in zip(node.outputs, new_outputs, strict=True):
+            if is_statistic(old):
+                site = SiteId(
+                    self.path,
+                    statistic_label(old),
+                    self.prints.stable(old),
+                    statistic_key(old),
+                    digest(self.outer, self.prints.instance(old)),
+                )
+                replacement = self.visitor.statistic(new, site)
+                if replacement is not None:
+                    new = replacement
+            if new is not old:
+                self.memo[old] = new
+
+
 def transform(
     inputs: Sequence[Variable],
     outputs: Sequence[Variable],
@@ -110,36 +208,11 @@ def transform(
 ) -> list[Variable]:
     """Visit one graph level; return the new outputs (same order).
 
-    Nodes that neither hold statistics nor depend on a change are kept as
-    they are; the rest are cloned once. The input graph is not modified.
+    ``inputs`` are the level's inputs (an inner graph's, hashed by
+    position; empty for the outer graph). Nodes that neither hold
+    statistics nor depend on a change are kept as they are; the rest are
+    cloned once. The input graph is not modified.
     """
-    memo: dict[Variable, Variable] = {}
-    scan_seen: Counter = Counter()
-    key_seen: Counter = Counter()
-    for node in toposort(outputs, blockers=inputs):
-        new_inputs = [memo.get(v, v) for v in node.inputs]
-        op = node.op
-        if isinstance(op, Scan) and contains_statistics(op):
-            _check_gradient_scan(node, visitor.call)
-            step = LoopStep(op.name or "scan", scan_seen[op])
-            scan_seen[op] += 1
-            new_outputs = visitor.scan(node, new_inputs, (*path, step))
-        elif isinstance(op, OpFromGraph) and contains_statistics(op):
-            givens = dict(zip(op.fgraph.inputs, new_inputs, strict=True))
-            body = clone_replace(list(op.fgraph.outputs), givens)
-            new_outputs = transform(new_inputs, body, visitor, path)
-        elif any(n is not o for n, o in zip(new_inputs, node.inputs, strict=True)):
-            new_outputs = node.clone_with_new_inputs(new_inputs).outputs
-        else:
-            new_outputs = node.outputs
-        for old, new in zip(node.outputs, new_outputs, strict=True):
-            if is_statistic(old):
-                key = statistic_key(old)
-                site = SiteId(path, key, key_seen[key], statistic_label(old))
-                key_seen[key] += 1
-                replacement = visitor.statistic(new, site)
-                if replacement is not None:
-                    new = replacement
-            if new is not old:
-                memo[old] = new
-    return [memo.get(v, v) for v in outputs]
+    level = _Level(inputs, visitor, path)
+    level.visit(outputs)
+    return [level.memo.get(v, v) for v in outputs]

@@ -11,7 +11,8 @@ from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
-from popstats._src.exporter import as_variables, export_checked
+from popstats._src.exporter import Site, as_variables, export_checked
+from popstats._src.identity import digest
 from popstats._src.rewriter import population_variables
 from popstats._src.tagger import BNStat, is_statistic, statistic_label
 
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 _COLUMNS = ("name", "label", "role", "where", "depth", "time", "shape", "dtype",
-            "counted")
+            "counted", "fingerprint")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class StatisticRecord:
         Its dtype.
     counted : bool
         Whether an element count was given.
+    fingerprint : str
+        The first 8 hex digits of the structural fingerprint of where it is
+        computed (loops included): two applications of one layer share
+        name stem and label but not this (see :doc:`/names`).
     """
 
     name: str
@@ -61,6 +66,7 @@ class StatisticRecord:
     shape: tuple[int | None, ...]
     dtype: str
     counted: bool
+    fingerprint: str = ""
 
     @property
     def time_axes(self) -> int:
@@ -126,17 +132,24 @@ class Description(Sequence[StatisticRecord]):
         """The records as a list of dicts (one per statistic)."""
         return [asdict(r) for r in self.records]
 
+    def _columns(self) -> tuple[str, ...]:
+        """The columns shown: the fingerprint only when a label repeats."""
+        labels = [r.label for r in self.records]
+        if len(set(labels)) < len(labels):
+            return _COLUMNS
+        return _COLUMNS[:-1]
+
     def _rows(self) -> list[list[object]]:
-        return [[getattr(r, c) for c in _COLUMNS] for r in self.records]
+        return [[getattr(r, c) for c in self._columns()] for r in self.records]
 
     def __str__(self) -> str:
-        return text_table(_COLUMNS, self._rows())
+        return text_table(self._columns(), self._rows())
 
     def __repr__(self) -> str:
         return f"<Description of {len(self)} statistic(s)>\n{self}"
 
     def _repr_html_(self) -> str:
-        return html_table(_COLUMNS, self._rows())
+        return html_table(self._columns(), self._rows())
 
 
 def describe(outputs: Variable | Sequence[Variable], *, time: object = "step"
@@ -173,9 +186,15 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step"
     sites = export_checked(outs, "describe", time).sites
     return Description(
         StatisticRecord(s.name, s.label, s.role, s.group, s.where, s.depth,
-                        s.time, s.shape, s.dtype, s.counted)
+                        s.time, s.shape, s.dtype, s.counted, _short(s))
         for s in sites
     )
+
+
+def _short(site: Site) -> str:
+    """A short fingerprint of a site: its own and its loops' together."""
+    full = digest(*(step.fingerprint for step in site.id.path), site.id.fingerprint)
+    return full[:8]
 
 
 def walk_nodes(outputs: Sequence[Variable], path: tuple[str, ...] = ()
