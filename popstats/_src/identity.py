@@ -52,11 +52,8 @@ _ADDRESS = re.compile(r"\s*at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
 
 def digest(*parts: str) -> str:
     """A short, process-independent hash of some strings."""
-    h = hashlib.blake2b(digest_size=10)
-    for part in parts:
-        h.update(part.encode("utf-8", "backslashreplace"))
-        h.update(b"\x1f")
-    return h.hexdigest()
+    data = "\x1f".join(parts).encode("utf-8", "backslashreplace")
+    return hashlib.blake2b(data, digest_size=10).hexdigest()
 
 
 def _constant_token(var: Constant) -> str:
@@ -80,6 +77,15 @@ def op_token(op: object, ops: dict) -> str:
     cached = ops.get(id(op))
     if cached is not None:
         return cached[1]
+    by_props = not isinstance(op, Scan | OpFromGraph | BNStat)
+    if by_props:  # equal ops (same props) have the same description
+        try:
+            token = ops.get(op)
+        except TypeError:  # an unhashable op
+            by_props, token = False, None
+        if token is not None:
+            ops[id(op)] = (op, token)
+            return token
     if isinstance(op, BNStat):
         token = digest("BNStat", op.label, str(op.role))
     elif isinstance(op, Scan | OpFromGraph):
@@ -96,6 +102,8 @@ def op_token(op: object, ops: dict) -> str:
         name = f"{cls.__module__}.{cls.__qualname__}"
         token = digest(name, _ADDRESS.sub("", repr(op)))
     ops[id(op)] = (op, token)  # the op is kept alive while its id is a key
+    if by_props:
+        ops[op] = token
     return token
 
 
@@ -108,8 +116,8 @@ class Fingerprints:
         The level's inputs, hashed by position (an inner graph's inputs);
         empty for the outer graph, whose roots are hashed by what they are.
     ops : dict
-        Cache of op descriptions (``id(op) -> (op, token)``), shared by all
-        levels of one pass.
+        Cache of op descriptions (``id(op) -> (op, token)``, and ``op ->
+        token`` for ops compared by props), shared by all levels of one pass.
     """
 
     def __init__(self, inputs: Sequence[Variable] = (), ops: dict | None = None):
@@ -145,12 +153,21 @@ class Fingerprints:
     def node(self, node: Apply) -> tuple[str, str]:
         """Hash the outputs of ``node``; return the node's (stable, instance)."""
         op = op_token(node.op, self.ops)
-        stable = [self.stable(v) for v in node.inputs]
-        instance = [self.instance(v) for v in node.inputs]
-        for i, out in enumerate(node.outputs):
-            self._stable[out] = digest(op, str(i), *stable)
-            self._instance[out] = digest(op, str(i), *instance)
-        return digest(op, *stable), digest(op, *instance)
+        known_stable, known_instance = self._stable, self._instance
+        for v in node.inputs:
+            if v not in known_stable:
+                self._root(v)
+        stable = digest(op, *[known_stable[v] for v in node.inputs])
+        instance = digest(op, *[known_instance[v] for v in node.inputs])
+        outputs = node.outputs
+        if len(outputs) == 1:
+            self._stable[outputs[0]] = stable
+            self._instance[outputs[0]] = instance
+        else:
+            for i, out in enumerate(outputs):
+                self._stable[out] = digest(stable, str(i))
+                self._instance[out] = digest(instance, str(i))
+        return stable, instance
 
     def alias(self, var: Variable, same_as: Variable) -> None:
         """``var`` computes what ``same_as`` computes (an inlined body)."""
