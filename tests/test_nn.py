@@ -352,3 +352,44 @@ def test_running_average_graph_errors():
     _, _, running = nn.running_average_updates(nn.batch_norm(z, axes=0).output)
     with err(r"as_statistics\(\).*no update"):
         running.as_statistics()
+
+
+@pytest.mark.parametrize("time", ["step", "pooled"])
+def test_fully_masked_trailing_steps_are_not_reached(time):
+    """Fixed-length padding: steps where the mask leaves nothing are skipped."""
+    x, mask = pt.tensor3("x"), pt.matrix("mask")  # (time, batch, feat), (time, batch)
+    gamma, beta = nn.bn_params(2, "rnn")
+
+    def step(xt, mt, g, b):
+        return nn.batch_norm(xt, axes=0, gamma=g, beta=b, mask=mt, label="rnn").output
+
+    y = pytensor.scan(step, sequences=[x, mask], non_sequences=[gamma, beta],
+                      return_updates=False)
+    rng = np.random.default_rng(3)
+    lengths = [(2, 3), (4, 1)]  # real lengths of each sequence, padded to 5 steps
+    batches = []
+    for lens in lengths:
+        m = np.zeros((5, len(lens)))
+        for j, n in enumerate(lens):
+            m[:n, j] = 1.0
+        batches.append({"x": rng.normal(2.0, 3.0, (5, len(lens), 2)), "mask": m})
+    stats = popstats.estimate([x, mask], y, batches, time=time, mode=MODE)
+    mean = stats["rnn.mean"]
+    # NumPy: per step, the masked mean of each batch that has a real element
+    per_step = [[] for _ in range(5)]
+    all_rows = []
+    for b in batches:
+        for t in range(5):
+            rows = b["x"][t][b["mask"][t] > 0]
+            if len(rows):
+                per_step[t].append(rows.mean(0))
+                all_rows.append(rows.mean(0))
+    if time == "step":
+        np.testing.assert_array_equal(mean.coverage, [len(p) for p in per_step])
+        for t in range(4):
+            np.testing.assert_allclose(mean.value[t], np.mean(per_step[t], 0))
+        np.testing.assert_allclose(mean.value[4], mean.value[3])  # filled
+    else:
+        # "mean" pooled over time: every reached (batch, step) weighs the same
+        np.testing.assert_allclose(mean.value, np.mean(all_rows, 0))
+    assert np.isfinite(stats["rnn.var"].value).all()

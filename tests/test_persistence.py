@@ -481,8 +481,14 @@ def test_failed_save_leaves_the_existing_file_untouched(saved, monkeypatch, kind
         raise error
 
     monkeypatch.setattr(np, "savez", failing_savez)
-    with pytest.raises(type(error)):
+    # an OSError becomes a PopstatsError naming the user's path (cause chained)
+    expected = popstats.PopstatsError if isinstance(error, OSError) else type(error)
+    with pytest.raises(expected) as info:
         obj.save(path)
+    if isinstance(error, OSError):
+        assert str(path) in str(info.value) and "disk full" in str(info.value)
+        assert ".popstats-" not in str(info.value)
+        assert info.value.__cause__ is error
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(os.listdir(path.parent)) == folder  # no temporary file left
@@ -491,7 +497,7 @@ def test_failed_save_leaves_the_existing_file_untouched(saved, monkeypatch, kind
     # a failed first save leaves nothing at all
     fresh = path.parent / "fresh.npz"
     monkeypatch.setattr(np, "savez", failing_savez)
-    with pytest.raises(type(error)):
+    with pytest.raises(expected):
         obj.save(fresh)
     monkeypatch.undo()
     assert not fresh.exists()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, overload
 
 import pytensor
 from pytensor.graph.basic import Variable
 
-from popstats._src.estimator import estimate
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimator import estimate_as
 from popstats._src.exporter import as_variables
 from popstats._src.rewriter import rewrite
 
@@ -21,7 +23,14 @@ def get_inference_graph(
     outputs: Variable,
     batches: Iterable[Any],
     *,
+    estimator: object = ...,
+    time: object = ...,
+    max_steps: int | None = ...,
     mode: str | pytensor.compile.Mode | None = ...,
+    dtypes: str = ...,
+    checkpoint: str | os.PathLike | None = ...,
+    checkpoint_every: int = ...,
+    progress: bool | str = ...,
     return_stats: bool = ...,
 ) -> Variable: ...
 @overload
@@ -30,32 +39,50 @@ def get_inference_graph(
     outputs: Sequence[Variable],
     batches: Iterable[Any],
     *,
+    estimator: object = ...,
+    time: object = ...,
+    max_steps: int | None = ...,
     mode: str | pytensor.compile.Mode | None = ...,
+    dtypes: str = ...,
+    checkpoint: str | os.PathLike | None = ...,
+    checkpoint_every: int = ...,
+    progress: bool | str = ...,
     return_stats: bool = ...,
-) -> list[Variable]: ...
-def get_inference_graph(inputs, outputs, batches, *, mode=None, return_stats=False):
+) -> Sequence[Variable]: ...
+def get_inference_graph(
+    inputs, outputs, batches, *, estimator="mean", time="step", max_steps=None,
+    mode=None, dtypes="convert", checkpoint=None, checkpoint_every=100,
+    progress="auto", return_stats=False,
+):
     """Estimate population statistics over ``batches`` and rewrite ``outputs``.
 
-    Equivalent to ``rewrite(outputs, estimate(inputs, outputs, batches))``.
+    Equivalent to ``rewrite(outputs, estimate(inputs, outputs, batches,
+    **options))``; errors name ``get_inference_graph``.
 
     Parameters
     ----------
     inputs : sequence of Variable
         The graph's free inputs, which the batches give values for.
     outputs : Variable or sequence of Variable
-        The training graph's outputs (built from marked statistics).
+        The training graph's outputs (built from marked statistics); a list,
+        tuple or namedtuple keeps its structure.
     batches : iterable
         Training batches: dicts keyed by input name (or input variable), or
         tuples/lists in the order of ``inputs``. Any iterable, including a
         one-shot generator; it is consumed once.
-    mode : str or Mode, optional
-        PyTensor compilation mode for the estimation pass.
+    estimator, time, max_steps, mode, dtypes, checkpoint, checkpoint_every, progress
+        As for :func:`~popstats.estimate`: the estimator (``"mean"``,
+        ``"weighted"``, ``"pooled"``, ``"unbiased"``, ``"ema"``, an
+        :class:`~popstats.Estimator` or a dict by label pattern), per-step or
+        pooled statistics in loops, a cap on steps, the compilation mode of
+        the estimation pass, the dtype policy for batch values,
+        checkpointing and a progress bar.
     return_stats : bool, default False
         Also return the :class:`~popstats.PopulationStatistics`.
 
     Returns
     -------
-    Variable or list of Variable
+    Variable or sequence of Variable
         The inference outputs, in the structure of ``outputs``; with
         ``return_stats=True``, a pair ``(outputs, stats)``.
 
@@ -73,8 +100,17 @@ def get_inference_graph(inputs, outputs, batches, *, mode=None, return_stats=Fal
     >>> np.round(out, 1)  # one example, normalized with population statistics
     array([[0., 1.]])
     """
-    outs = as_variables(outputs, "get_inference_graph")
-    stats = estimate(inputs, outs, batches, mode=mode)
+    call = "get_inference_graph"
+    if not isinstance(return_stats, bool):
+        raise PopstatsError(
+            f"{call}(return_stats=...): expected True or False, got "
+            f"{describe_value(return_stats)}."
+        )
+    outs = as_variables(outputs, call)
+    stats = estimate_as(
+        call, inputs, outs, batches, estimator=estimator, time=time,
+        max_steps=max_steps, mode=mode, dtypes=dtypes, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, progress=progress,
+    )
     result = rewrite(outputs, stats)
     return (result, stats) if return_stats else result
-

@@ -1,10 +1,23 @@
-"""Batches and inputs: what the estimator is fed, checked with clear errors."""
+"""Batches and inputs: what the estimator is fed, checked with clear errors.
+
+Each value a batch gives an input is checked against the input's type: a
+number array (not strings or objects), the input's number of dimensions and
+its static sizes. Its dtype is converted when nothing that matters is lost
+(``dtypes="convert"``, the default, as PyTorch and JAX users expect):
+booleans to numbers; integers to another integer type when every value is
+in range, or to a float type that holds them exactly; finite floats to
+another float type (a narrower one rounds, as a float32 model does) unless a
+value overflows it. Everything else (floats to integers, complex numbers,
+overflow) is refused naming the input, the batch, both dtypes and the fix.
+``dtypes="strict"`` refuses any dtype other than the input's.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs
@@ -12,7 +25,101 @@ from pytensor.graph.traversal import graph_inputs
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.exporter import EstimationGraph
 
-__all__ = ["batch_values", "check_inputs", "iterate"]
+__all__ = ["DTYPE_POLICIES", "batch_values", "check_dtypes", "check_inputs",
+           "describe_batch", "iterate"]
+
+DTYPE_POLICIES = ("convert", "strict")
+
+
+def check_dtypes(policy: object, call: str) -> str:
+    """Raise unless ``policy`` is a valid ``dtypes`` argument."""
+    if policy not in DTYPE_POLICIES:
+        raise PopstatsError(
+            f"{call}(dtypes=...): expected 'convert' (convert batch values to "
+            f"the inputs' dtypes when nothing that matters is lost) or 'strict' "
+            f"(refuse any other dtype), got {describe_value(policy)}."
+        )
+    return policy  # type: ignore[return-value]
+
+
+def _lossless(array: np.ndarray, target: np.dtype) -> np.ndarray | None:
+    """``array`` as ``target`` if that loses nothing that matters, else None."""
+    kind, want = array.dtype.kind, target.kind
+    if kind == "b" and want in "biuf":
+        return array.astype(target)
+    if kind in "iu" and want in "iu":
+        info = np.iinfo(target)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            return None
+        return array.astype(target)
+    if kind in "iu" and want == "f":
+        exact = 2 ** (np.finfo(target).nmant + 1)
+        if array.size and np.abs(array.astype(np.float64)).max() > exact:
+            return None
+        return array.astype(target)
+    if kind == "f" and want == "f":
+        with np.errstate(over="ignore"):
+            converted = array.astype(target)
+        if not np.array_equal(np.isfinite(converted), np.isfinite(array)):
+            return None  # a finite value overflows the target
+        return converted
+    return None
+
+
+def _convert(value: Any, var: Variable, index: int, call: str, policy: str) -> Any:
+    """``value`` checked (and converted) for input ``var`` of batch ``index``."""
+    where = f"{call}(batches=...): batch {index} gives input {str(var)!r}"
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise PopstatsError(
+            f"{where} a value NumPy cannot make an array of "
+            f"({type(exc).__name__}: {exc}); expected a {var.ndim}-d array of "
+            f"{var.dtype}."
+        ) from exc
+    want = np.dtype(var.dtype)
+    if array.dtype.kind not in "biufc":
+        raise PopstatsError(
+            f"{where} an array of dtype {array.dtype} ({describe_value(value)}); "
+            f"expected numbers ({want}). Convert the data to numbers first."
+        )
+    if array.ndim != var.ndim:
+        raise PopstatsError(
+            f"{where} a {array.ndim}-d array of shape {array.shape}; {str(var)!r} "
+            f"is {var.ndim}-d (static shape {var.type.shape}). Give each input "
+            f"an array with its number of dimensions (e.g. a batch axis)."
+        )
+    static = var.type.shape
+    if any(s is not None and s != n for s, n in zip(static, array.shape, strict=True)):
+        raise PopstatsError(
+            f"{where} shape {array.shape}, but its static shape is {static} "
+            f"(None: any size)."
+        )
+    if array.dtype == want:
+        return array
+    converted = None if policy == "strict" else _lossless(array, want)
+    if converted is None:
+        why = (
+            "dtypes='strict' refuses any other dtype"
+            if policy == "strict"
+            else "converting would lose values (out of range, fractions, "
+            "overflow or complex parts)"
+        )
+        raise PopstatsError(
+            f"{where} dtype {array.dtype}, but the input is {want}: {why}. "
+            f"Convert the data yourself (e.g. value.astype('{want}')) or build "
+            f"the input with the data's dtype."
+        )
+    return converted
+
+
+def describe_batch(values: Sequence[Any], inputs: Sequence[Variable]) -> str:
+    """``name: shape dtype`` of every value of a batch, for error messages."""
+    parts = []
+    for var, value in zip(inputs, values, strict=True):
+        array = np.asarray(value)
+        parts.append(f"{str(var)!r}: shape {array.shape} {array.dtype}")
+    return ", ".join(parts)
 
 
 def _input_names(inputs: Sequence[Variable]) -> dict[str, int]:
@@ -75,8 +182,21 @@ def check_inputs(
 
 
 def batch_values(
-    batch: Any, inputs: Sequence[Variable], index: int, call: str = "estimate"
+    batch: Any,
+    inputs: Sequence[Variable],
+    index: int,
+    call: str = "estimate",
+    dtypes: str = "convert",
 ) -> list:
+    """The values of one batch, in the order of ``inputs``, checked."""
+    values = _raw_values(batch, inputs, index, call)
+    return [
+        _convert(value, var, index, call, dtypes)
+        for value, var in zip(values, inputs, strict=True)
+    ]
+
+
+def _raw_values(batch: Any, inputs: Sequence[Variable], index: int, call: str) -> list:
     if isinstance(batch, Mapping):
         names = _input_names(inputs)
         values: list = [None] * len(inputs)
@@ -100,7 +220,7 @@ def batch_values(
         if len(batch) != len(inputs):
             raise PopstatsError(
                 f"{call}(batches=...): batch {index} has {len(batch)} values but "
-                f"there are {len(inputs)} inputs {[str(v) for v in inputs]}. Give "
+                f"inputs has {len(inputs)}: {[str(v) for v in inputs]}. Give "
                 f"one value per input, in the order of inputs, or a dict."
             )
         return list(batch)

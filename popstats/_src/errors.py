@@ -15,7 +15,7 @@ class PopstatsError(ValueError):
 
 def describe_value(value: object, limit: int = 60) -> str:
     """A short ``repr`` of ``value`` for error messages."""
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, whatever the repr
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"{text} ({type(value).__name__})"

@@ -23,13 +23,19 @@ import pytensor
 from pytensor.graph.basic import Variable
 
 from popstats._src import estimators as est
-from popstats._src.batches import batch_values, check_inputs, iterate
+from popstats._src.batches import (
+    batch_values,
+    check_dtypes,
+    check_inputs,
+    describe_batch,
+    iterate,
+)
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimators import EstimationState, fill_uncovered
 from popstats._src.exporter import Site, as_variables, export_checked
 from popstats._src.statistics import PopulationStatistics, Statistic
 
-__all__ = ["Estimation", "EstimationState", "estimate", "fill_uncovered"]
+__all__ = ["Estimation", "EstimationState", "estimate", "estimate_as", "fill_uncovered"]
 
 log = logging.getLogger("popstats")
 
@@ -55,6 +61,15 @@ class Estimation:
         estimated and, at inference, use the last kept one.
     mode : str or Mode, optional
         Compilation mode of the estimation function.
+    dtypes : {"convert", "strict"}, default "convert"
+        Batch values of another dtype than their input's are converted when
+        nothing that matters is lost (integers in range, finite floats; see
+        ``batches.py``), otherwise refused; ``"strict"`` refuses any other
+        dtype.
+
+    States are values: :meth:`update`, :meth:`run` and :meth:`merge` return
+    new states and never change the ones they are given (``run`` copies a
+    given state once, then updates its own copy batch by batch).
 
     Examples
     --------
@@ -84,9 +99,11 @@ class Estimation:
         time: object = "step",
         max_steps: int | None = None,
         mode: str | pytensor.compile.Mode | None = None,
+        dtypes: str = "convert",
         call: str = "Estimation",
     ):
         outs = as_variables(outputs, call)
+        self.dtypes = check_dtypes(dtypes, call)
         graph = export_checked(outs, call, time)
         self.call = call
         self.sites: tuple[Site, ...] = graph.sites
@@ -137,6 +154,20 @@ class Estimation:
             and self._slots[i][1:] == (None, None)  # no count to check, no weight
         )
         self._flat: tuple | None = None
+
+    def _run_error(self, exc: Exception, values: list, index: int) -> PopstatsError:
+        """The error of a batch the compiled graph failed on (cause chained)."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = (
+            f"{self.call}(batches=...): running the estimation graph failed on "
+            f"batch {index} ({type(exc).__name__}: {first}). The batch has "
+            f"{describe_batch(values, self.inputs)}. Check that its shapes fit "
+            f"the model (the cause is shown above this error)."
+        )
+        nested = [s.name for s in self.sites if s.time_axes >= 2]
+        if nested:
+            message += _nested_hint(nested)
+        return PopstatsError(message)
 
     def _partner(self, i: int) -> int | None:
         site, estimator = self.sites[i], self.estimators[i]
@@ -193,16 +224,21 @@ class Estimation:
         return EstimationState(names, ({},) * len(names))
 
     def update(self, state: EstimationState, batch: Any) -> EstimationState:
-        """Run one batch and add its statistics; returns the new state."""
+        """Run one batch and add its statistics; returns a new state.
+
+        ``state`` is not changed (its arrays are copied first; :meth:`run`
+        copies once per pass instead).
+        """
+        return self._step(_copy(state), batch)
+
+    def _step(self, state: EstimationState, batch: Any) -> EstimationState:
+        """:meth:`update` on a state this pass owns (updated in place)."""
         index = state.n_batches
-        values = batch_values(batch, self.inputs, index, self.call)
+        values = batch_values(batch, self.inputs, index, self.call, self.dtypes)
         try:
             results = self._fn(*values)
         except Exception as exc:
-            nested = [s.name for s in self.sites if s.time_axes >= 2]
-            if not nested:
-                raise
-            raise _nested_run_error(exc, nested, index, self.call) from exc
+            raise self._run_error(exc, values, index) from exc
         per_site = [
             tuple(None if k is None else results[k] for k in slot)
             for slot in self._slots
@@ -280,26 +316,34 @@ class Estimation:
         value = self._cap(np.asarray(value), i)
         count = self._cap(None if count is None else np.asarray(count, "float64"), i)
         weight = self._cap(weight, i)
-        if not np.isfinite(value).all():
-            raise PopstatsError(
-                f"{self.call}(batches=...): statistic {site.name!r} (in "
-                f"{site.where}) is not finite in batch {index}. Check that batch "
-                f"for NaN/inf inputs or empty reductions (a mean over zero elements)."
-            )
-        if count is not None and not (count > 0).all():
+        if count is not None and not (np.isfinite(count) & (count >= 0)).all():
             raise PopstatsError(
                 f"{self.call}(batches=...): the count of statistic {site.name!r} "
                 f"is {count.min():g} in batch {index}; counts are numbers of "
-                f"elements and must be positive. Check the count given to "
-                f"bn_statistic (e.g. a mask sum over an empty batch)."
+                f"elements and must be finite and not negative. Check the count "
+                f"given to bn_statistic."
             )
-        if estimator.name == "unbiased" and site.role in ("var", "std") and not (
-            count > 1
+        finite = np.isfinite(value)
+        if count is not None:  # cells with count 0 are not reached: ignored
+            finite |= ~est.expand(count > 0, value)
+        if not finite.all():
+            raise PopstatsError(
+                f"{self.call}(batches=...): statistic {site.name!r} (in "
+                f"{site.where}) is not finite in batch {index}. Check that batch "
+                f"for NaN/inf inputs or empty reductions (a mean over zero "
+                f"elements; give bn_statistic a count, e.g. the mask's sum, so "
+                f"that steps with no element count as not reached)."
+            )
+        scaled = estimator.name == "unbiased" or getattr(estimator, "unbiased", False)
+        if scaled and site.role in ("var", "std") and not (
+            (count > 1) | (count == 0)
         ).all():
             raise PopstatsError(
-                f"{self.call}(batches=...): 'unbiased' scales {site.name!r} by "
-                f"m/(m-1), but its count is {count.min():g} in batch {index}. Use "
-                f"batches of at least 2 elements, or another estimator."
+                f"{self.call}(batches=...): {estimator.name!r} (unbiased) scales "
+                f"{site.name!r} by "
+                f"m/(m-1), but its count is {count[count > 0].min():g} in batch "
+                f"{index}. Use batches of at least 2 elements, or another "
+                f"estimator."
             )
         steps, shape = value.shape[:axes], value.shape[axes:]
         if not state:
@@ -333,39 +377,62 @@ class Estimation:
         popstats[progress]``) there is no bar.
         """
         from popstats._src.inspection.progress import check_progress, progress_bar
-        from popstats._src.persistence import load_state
+        from popstats._src.persistence import check_target, load_state, save_state
 
         show = check_progress(progress, self.call)
+        where = f"{self.call}(checkpoint=...)"
+        if checkpoint is not None:
+            checkpoint = check_target(checkpoint, where)
         if state is None:
             state = self.init()
             if checkpoint is not None and os.path.exists(checkpoint):
-                state = self._check_state(load_state(checkpoint), "checkpoint")
+                state = self._check_state(
+                    load_state(checkpoint), where,
+                    "Resume with the same graph, or delete the checkpoint to "
+                    "start over.",
+                )
+        else:
+            state = _copy(self._check_state(
+                state, self._method("run", "state"),
+                "Pass a state made by an Estimation of the same graph.",
+            ))
         skip = state.n_batches
         stream = progress_bar(iterate(batches, self.call), batches, show)
         for position, batch in enumerate(stream):
             if position < skip and checkpoint is not None:
                 continue
-            state = self.update(state, batch)
+            state = self._step(state, batch)
             if checkpoint is not None and state.n_batches % checkpoint_every == 0:
-                state.save(checkpoint)
+                save_state(state, checkpoint, where)
         if checkpoint is not None:
-            state.save(checkpoint)
+            save_state(state, checkpoint, where)
         return state
 
-    def _check_state(self, state: EstimationState, what: str) -> EstimationState:
+    def _method(self, name: str, argument: str) -> str:
+        """How errors name a method's argument: ``Estimation.run(state=...)``."""
+        if self.call == "Estimation":
+            return f"Estimation.{name}({argument}=...)"
+        return f"{self.call}({argument}=...)"
+
+    def _check_state(self, state: object, where: str, fix: str) -> EstimationState:
+        if not isinstance(state, EstimationState):
+            raise PopstatsError(
+                f"{where}: expected an EstimationState (from Estimation.init, run, "
+                f"update or merge, or popstats.load_state), got "
+                f"{describe_value(state)}."
+            )
         if state.names != tuple(s.name for s in self.sites):
             raise PopstatsError(
-                f"{self.call}({what}=...): the saved state holds statistics "
-                f"{list(state.names)} but this graph has "
-                f"{[s.name for s in self.sites]}. Resume with the same graph, or "
-                f"delete the checkpoint to start over."
+                f"{where}: the state holds statistics {list(state.names)} but "
+                f"this graph has {[s.name for s in self.sites]}. {fix}"
             )
         return state
 
     def merge(self, a: EstimationState, b: EstimationState) -> EstimationState:
         """The state over the batches of ``a`` and ``b`` together (exact)."""
-        self._check_state(a, "merge")
-        self._check_state(b, "merge")
+        fix = "Merge states made by Estimations of the same graph."
+        self._check_state(a, "Estimation.merge(a=...)", fix)
+        self._check_state(b, "Estimation.merge(b=...)", fix)
         states = []
         for i, (sa, sb) in enumerate(zip(a.states, b.states, strict=True)):
             if not sa or not sb:
@@ -375,13 +442,21 @@ class Estimation:
             shape_a = _stat_shape(sa, site.time_axes)
             shape_b = _stat_shape(sb, site.time_axes)
             if shape_a != shape_b:
-                raise _shape_error("merge", site, shape_b, shape_a, 0)
+                raise PopstatsError(
+                    f"Estimation.merge(b=...): statistic {site.name!r} (in "
+                    f"{site.where}) has shape {shape_b} in b but {shape_a} in a. "
+                    f"States of one statistic must come from batches with the same "
+                    f"feature sizes; merge states of the same model and data."
+                )
             states.append(est.merge(self.estimators[i], site.role, sa, sb))
         return EstimationState(a.names, tuple(states), a.n_batches + b.n_batches)
 
     def finalize(self, state: EstimationState) -> PopulationStatistics:
         """The population statistics of a state."""
-        self._check_state(state, "state")
+        self._check_state(
+            state, self._method("finalize", "state"),
+            "Finalize a state made by an Estimation of the same graph.",
+        )
         if state.n_batches == 0:
             raise PopstatsError(
                 f"{self.call}(batches=...): no batches. Pass a non-empty iterable "
@@ -397,7 +472,8 @@ class Estimation:
                 raise PopstatsError(
                     f"{self.call}(batches=...): statistic {site.name!r} (in "
                     f"{site.where}) was never computed: every batch ran its loop "
-                    f"for zero steps. Give batches with non-empty sequences."
+                    f"for zero steps, or its count was 0 (a mask left no "
+                    f"element). Give batches with non-empty sequences."
                 )
             value = fill_uncovered(est.finalize(estimator, site.role, arrays), coverage)
             stats.append(
@@ -415,6 +491,12 @@ class Estimation:
         return result
 
 
+def _copy(state: EstimationState) -> EstimationState:
+    """A state with arrays of its own."""
+    states = tuple({k: v.copy() for k, v in fields.items()} for fields in state.states)
+    return EstimationState(state.names, states, state.n_batches)
+
+
 def _stat_shape(state: dict[str, np.ndarray], axes: int) -> tuple[int, ...]:
     """The statistic's own shape in an estimator state (after its time axes)."""
     value = state["acc"] if "acc" in state else state["mean"]
@@ -424,7 +506,8 @@ def _stat_shape(state: dict[str, np.ndarray], axes: int) -> tuple[int, ...]:
 def _uses_count(estimator: est.Estimator, role: str | None) -> bool:
     """Whether ``estimator`` weighs or scales a statistic by its count."""
     return estimator.name in ("weighted", "pooled") or (
-        estimator.name == "unbiased" and role in ("var", "std")
+        role in ("var", "std")
+        and (estimator.name == "unbiased" or estimator.unbiased)  # ema, m/(m-1)
     )
 
 
@@ -437,15 +520,13 @@ def _shape_error(call, site, shape, known, index) -> PopstatsError:
     )
 
 
-def _nested_run_error(exc: Exception, nested: list[str], index: int,
-                      call: str) -> PopstatsError:
-    return PopstatsError(
-        f"{call}(batches=...): running the estimation graph failed on batch "
-        f"{index} ({type(exc).__name__}: {exc}). The graph has statistics in "
-        f"nested loops ({', '.join(nested)}): if an inner loop's length varies "
-        f"between outer steps, its per-step statistics cannot be stacked into "
-        f"one array. Pool the inner loop over time (time=('step', 'pooled')), "
-        f"or pad the inner sequences to one length within each batch."
+def _nested_hint(nested: list[str]) -> str:
+    return (
+        f" The graph has statistics in nested loops ({', '.join(nested)}): if "
+        f"an inner loop's length varies between outer steps, its per-step "
+        f"statistics cannot be stacked into one array. Pool the inner loop over "
+        f"time (time=('step', 'pooled')), or pad the inner sequences to one "
+        f"length within each batch."
     )
 
 
@@ -458,6 +539,7 @@ def estimate(
     time: object = "step",
     max_steps: int | None = None,
     mode: str | pytensor.compile.Mode | None = None,
+    dtypes: str = "convert",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     progress: bool | str = "auto",
@@ -475,9 +557,25 @@ def estimate(
         Any iterable (a one-shot generator is fine), each batch a dict keyed
         by input name or input variable, or a tuple/list in the order of
         ``inputs``.
-    estimator, time, max_steps, mode
-        See :class:`Estimation`. The default is the original tool's estimate:
-        the plain average over batches, per time step inside loops.
+    estimator : str, Estimator or dict, default "mean"
+        ``"mean"`` (the plain average over batches, the original tool's),
+        ``"weighted"`` (by element count), ``"pooled"`` (exact moments of all
+        data, fvcore's PreciseBN), ``"unbiased"`` (variances times m/(m-1),
+        PyTorch's ``update_bn``), ``"ema"`` (running average), an
+        :class:`~popstats.Estimator` with options, or a dict from label
+        pattern to those. See :doc:`/estimators` for which peer each equals.
+    time : "step", "pooled", tuple or dict, default "step"
+        Inside loops: one value per time step (``"step"``) or one for all
+        steps (``"pooled"``); a tuple gives the mode per loop level
+        (outermost first), a dict maps label patterns to either.
+    max_steps : int, optional
+        Keep at most this many steps per time axis; later steps reuse the
+        last kept one at inference.
+    mode : str or Mode, optional
+        Compilation mode of the estimation function.
+    dtypes : {"convert", "strict"}, default "convert"
+        Convert batch values to the inputs' dtypes when nothing that matters
+        is lost, or refuse any other dtype; see :class:`Estimation`.
     checkpoint, checkpoint_every
         Save the pass's state every so many batches and resume from it; see
         :meth:`Estimation.run`.
@@ -490,6 +588,13 @@ def estimate(
         Per statistic: the population value (per time step, over the batches
         that reached the step), coverage counts, number of batches.
 
+    Raises
+    ------
+    PopstatsError
+        For arguments popstats cannot use, batches that do not fit the
+        inputs, and any failure while running a batch (naming the batch and
+        the shapes and dtypes of its values; the cause is chained).
+
     Examples
     --------
     >>> import numpy as np, pytensor.tensor as pt, popstats
@@ -500,10 +605,26 @@ def estimate(
     >>> stats["mean"].value
     array([2., 2.])
     """
-    run = Estimation(
-        inputs, outputs, estimator=estimator, time=time, max_steps=max_steps,
-        mode=mode, call="estimate",
+    return estimate_as(
+        "estimate", inputs, outputs, batches, estimator=estimator, time=time,
+        max_steps=max_steps, mode=mode, dtypes=dtypes, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, progress=progress,
     )
+
+
+def estimate_as(
+    call: str,
+    inputs: Sequence[Variable],
+    outputs: Variable | Sequence[Variable],
+    batches: Iterable[Any],
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    progress: bool | str = "auto",
+    **options: Any,
+) -> PopulationStatistics:
+    """:func:`estimate` whose errors name the public ``call``."""
+    run = Estimation(inputs, outputs, call=call, **options)
     state = run.run(batches, checkpoint=checkpoint,
                     checkpoint_every=checkpoint_every, progress=progress)
     return run.finalize(state)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from fnmatch import fnmatchcase
 
 import numpy as np
@@ -44,32 +45,53 @@ ROLES = ("mean", "var", "std")
 State = dict[str, np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Estimator:
     """An estimator and its options.
+
+    Which peer each estimator equals, exactly and for which statistic, is
+    tabulated in ``docs/estimators.rst`` ("Which peer each estimator equals").
 
     Parameters
     ----------
     name : {"mean", "weighted", "pooled", "unbiased", "ema"}
         ``"mean"``: the equal-weight average over batches (the original
-        tool's, PyTorch's ``momentum=None``). ``"weighted"``: weighted by each
-        batch's element count. ``"pooled"``: the exact moments of all data
-        seen, from paired mean and variance (or std). ``"unbiased"``:
-        variances scaled by m/(m-1) before averaging. ``"ema"``: the running
-        average ``v <- (1 - momentum) v + momentum x`` of PyTorch, Lasagne and
-        Keras (Keras' ``momentum=0.99`` is ``momentum=0.01`` here).
+        ``popstats.py``); for means this is PyTorch's ``update_bn`` (BatchNorm
+        with ``momentum=None``), for variances it is not (that averages
+        unbiased variances: ``"unbiased"``). ``"weighted"``: weighted by each
+        batch's element count (for means, fvcore PreciseBN's). ``"pooled"``:
+        the exact moments of all data seen, from paired mean and variance (or
+        std); for means and variances fvcore PreciseBN's ``update_bn_stats``.
+        ``"unbiased"``: variances scaled by m/(m-1) before an equal-weight
+        average; for means and variances PyTorch's ``update_bn``. ``"ema"``:
+        the running average ``v <- (1 - momentum) v + momentum x`` from 0 for
+        means and 1 for variances and stds; of the biased batch variance,
+        Keras' and Flax's moving averages (their ``momentum=0.99`` is
+        ``momentum=0.01`` here), and with ``unbiased=True`` PyTorch's
+        BatchNorm ``running_mean`` and ``running_var``.
     momentum : float, optional
         For ``"ema"`` only, in (0, 1]; default 0.1.
+    unbiased : bool, default False
+        For ``"ema"`` only (keyword): average each batch's variance times
+        ``m / (m - 1)``, ``m`` its ``count``, as PyTorch's ``running_var``
+        does; a ``std`` is averaged as ``sqrt(m / (m - 1))`` times the batch
+        std (the square root of the scaled variance, per batch). Means and
+        statistics without a role are averaged as they are. Needs the
+        ``count`` of every variance and std, and batches of at least 2
+        elements.
 
     Examples
     --------
     >>> from popstats import Estimator
     >>> Estimator("ema", momentum=0.01)
     Estimator(name='ema', momentum=0.01)
+    >>> Estimator("ema", unbiased=True)   # PyTorch's BatchNorm running averages
+    Estimator(name='ema', momentum=0.1, unbiased=True)
     """
 
     name: str
     momentum: float | None = None
+    unbiased: bool = dataclass_field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.name not in ESTIMATORS:
@@ -95,10 +117,30 @@ class Estimator:
                 f"Estimator(momentum=...): only 'ema' takes a momentum; got "
                 f"momentum={self.momentum!r} for {self.name!r}."
             )
+        if not isinstance(self.unbiased, bool | np.bool_):
+            raise PopstatsError(
+                f"Estimator(unbiased=...): expected True or False, got "
+                f"{describe_value(self.unbiased)}. unbiased=True averages each "
+                f"batch's variance times m/(m-1), as PyTorch's running_var does; "
+                f"False (the default) the biased variance, as Keras and Flax do."
+            )
+        object.__setattr__(self, "unbiased", bool(self.unbiased))
+        if self.unbiased and self.name != "ema":
+            raise PopstatsError(
+                f"Estimator(unbiased=...): only 'ema' takes unbiased; got "
+                f"unbiased=True for {self.name!r}. For the equal-weight average of "
+                f"unbiased batch variances (PyTorch's update_bn) use "
+                f"Estimator('unbiased'); for the exact variance of all data, "
+                f"Estimator('pooled')."
+            )
+
+    def __repr__(self) -> str:
+        extra = ", unbiased=True" if self.unbiased else ""
+        return f"Estimator(name={self.name!r}, momentum={self.momentum!r}{extra})"
 
     @property
     def needs_count(self) -> bool:
-        return self.name in ("weighted", "pooled", "unbiased")
+        return self.name in ("weighted", "pooled", "unbiased") or self.unbiased
 
 
 def as_estimator(spec: object, call: str) -> Estimator:
@@ -193,6 +235,9 @@ def _expand(cell_array: np.ndarray, value: np.ndarray) -> np.ndarray:
     return cell_array.reshape(cell_array.shape + (1,) * (value.ndim - cell_array.ndim))
 
 
+expand = _expand
+
+
 def update(
     estimator: Estimator,
     role: str | None,
@@ -205,20 +250,34 @@ def update(
     """Add one batch; arrays cover the batch's cells (``value.shape[:depth]``).
 
     ``state`` must already be grown to the batch's steps; it is updated in
-    place and returned.
+    place and returned. A cell whose ``count`` is 0 (a step where a mask
+    left no element) is not reached: it changes nothing, not even coverage.
     """
     depth = state["n"].ndim
     cells = (*(slice(0, n) for n in value.shape[:depth]), Ellipsis)
     view = {field: array[cells] for field, array in state.items()}
-    view["n"] += 1
+    reached = None
+    if count is not None and not (count > 0).all():
+        reached = count > 0
+        value = np.where(_expand(reached, value), value, 0.0)
+        if mean is not None:
+            mean = np.where(_expand(reached, mean), mean, 0.0)
+        count = np.where(reached, count, 0.0)
+    view["n"] += 1 if reached is None else reached
     name = estimator.name
     if name == "ema":
+        if estimator.unbiased and role in ("var", "std"):
+            value = _bessel(value, count, role)
         m = estimator.momentum
+        decay_m = m
+        if count is not None and not (count > 0).all():
+            decay_m = np.where(count > 0, m, 0.0)  # cells not reached: unchanged
+            m = _expand(decay_m, value)
         view["acc"] *= 1.0 - m
         view["acc"] += m * value
-        view["decay"] *= 1.0 - m
+        view["decay"] *= 1.0 - decay_m
         return state
-    if name == "mean" and weight is None:
+    if reached is None and name == "mean" and weight is None:
         # Unit weights: w_total == w + 1 > 0. Same arithmetic as below (so the
         # same result, bit for bit) without building weights per batch: this
         # runs per statistic and batch and dominated estimate()'s own cost.
@@ -227,11 +286,14 @@ def update(
         return state
     if name == "unbiased" and role in ("var", "std"):
         variance = value if role == "var" else value**2
-        value = variance * _expand(count / (count - 1.0), value)
+        safe_count = np.where(count > 1, count, 2.0)  # cells not reached: unused
+        value = variance * _expand(safe_count / (safe_count - 1.0), value)
     if name in ("weighted", "pooled"):
         w = count
     else:
         w = np.ones(value.shape[:depth]) if weight is None else weight
+        if reached is not None:
+            w = w * reached
     w_total = view["w"] + w
     safe = np.where(w_total > 0, w_total, 1.0)
     if name == "pooled" and role in ("var", "std"):
@@ -245,6 +307,24 @@ def update(
         view["mean"] += (value - view["mean"]) * _expand(w / safe, value)
     view["w"][...] = w_total
     return state
+
+
+def _bessel(value: np.ndarray, count: np.ndarray | None, role: str) -> np.ndarray:
+    """A batch variance times m/(m-1), a std times its square root (``ema``).
+
+    Cells with count 0 (not reached) are left as they are.
+    """
+    if count is None or not (count[count > 0] > 1).all():
+        got = "no count" if count is None else f"count {count[count > 0].min():g}"
+        raise PopstatsError(
+            f"Estimator('ema', unbiased=True): a batch {role} is scaled by "
+            f"m/(m-1) (m its count), but a batch has {got}. Give the statistic "
+            f"its count (bn_statistic(..., count=...)) and batches of at least "
+            f"2 elements, or use unbiased=False."
+        )
+    m = np.where(count > 1, count, 2.0)
+    factor = m / (m - 1.0)
+    return value * _expand(factor if role == "var" else np.sqrt(factor), value)
 
 
 def merge(estimator: Estimator, role: str | None, a: State, b: State) -> State:
@@ -290,7 +370,9 @@ class EstimationState:
         The statistics, in the order of :attr:`Estimation.sites`.
     states : tuple of dict
         Per statistic, its estimator's arrays (empty before the first batch).
-        :meth:`Estimation.update` updates them in place.
+        A state is a value: :class:`~popstats.Estimation` never changes the
+        arrays of a state it is given (``update``, ``run`` and ``merge``
+        return new states).
     n_batches : int
         Batches seen.
     """

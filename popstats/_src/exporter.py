@@ -37,6 +37,7 @@ __all__ = [
     "export",
     "export_checked",
     "resolve_time",
+    "restructure",
 ]
 
 TIME_MODES = ("step", "pooled")
@@ -196,6 +197,14 @@ def pool_steps(found: _Found, partner: _Found | None, by_count: bool = True) -> 
     weight = found.weight if found.weight is not None else pt.ones_like(
         value[(slice(None),) + (0,) * (value.ndim - 1)], dtype="float64"
     )
+    live = None
+    if count is not None:
+        # A step whose count is 0 (a mask left no element; its value is 0/0)
+        # is not reached: it weighs nothing, and its value is not read.
+        live = count > 0
+        value = pt.switch(_align(live, value), value, pt.zeros_like(value))
+        if weight.ndim == live.ndim:
+            weight = weight * live
     counted = count is not None and by_count
     w = count.astype("float64") if counted else weight
     total = w.sum(axis=0)
@@ -205,6 +214,8 @@ def pool_steps(found: _Found, partner: _Found | None, by_count: bool = True) -> 
     role = statistic_role(found.stat)
     if role in ("var", "std") and partner is not None and counted:
         means = partner.value
+        if live is not None:
+            means = pt.switch(_align(live, means), means, pt.zeros_like(means))
         grand = (means * w[expand]).sum(axis=0) / total[expand]
         variance = value if role == "var" else value**2
         spread = variance + (means - grand) ** 2
@@ -212,9 +223,14 @@ def pool_steps(found: _Found, partner: _Found | None, by_count: bool = True) -> 
         found.value = pooled if role == "var" else pt.sqrt(pooled)
     else:
         found.value = (value * w[expand]).sum(axis=0) / total[expand]
-    found.value = found.value.astype(value.dtype)
+    found.value = found.value.astype(found.stat.dtype)
     found.count = count.sum(axis=0) if count is not None else None
     found.weight = weight.sum(axis=0)
+
+
+def _align(cells: Variable, value: Variable) -> Variable:
+    """A per-cell array with trailing axes added to broadcast against ``value``."""
+    return cells[(Ellipsis,) + (None,) * (value.ndim - cells.ndim)]
 
 
 class _ExportLevel:
@@ -280,21 +296,46 @@ class _ExportLevel:
 
 
 def as_variables(outputs: object, call: str) -> list[Variable]:
-    """Check ``outputs`` is a variable or a sequence of them; return a list."""
+    """Check ``outputs`` is a variable or a sequence of them; return a list.
+
+    A list, tuple or namedtuple is accepted (see :func:`restructure`).
+    """
     seq = [outputs] if isinstance(outputs, Variable) else outputs
     if not isinstance(seq, list | tuple) or not seq:
+        hint = (
+            " A dict is not accepted: pass list(d.values()) and rebuild the dict "
+            "from the result."
+            if isinstance(outputs, Mapping)
+            else ""
+        )
         raise PopstatsError(
             f"{call}(outputs=...): expected a PyTensor variable or a non-empty "
-            f"list/tuple of them, got {describe_value(outputs)}. Pass the "
-            f"symbolic output(s) of the model, e.g. outputs=y or [y, loss]."
+            f"list, tuple or namedtuple of them, got {describe_value(outputs)}. "
+            f"Pass the symbolic output(s) of the model, e.g. outputs=y or "
+            f"[y, loss].{hint}"
         )
     for i, var in enumerate(seq):
         if not isinstance(var, Variable):
             raise PopstatsError(
                 f"{call}(outputs=...): element {i} is {describe_value(var)}, not "
-                f"a PyTensor variable. Pass the symbolic outputs of the model."
+                f"a PyTensor variable. Pass the symbolic outputs of the model "
+                f"(nested lists are not accepted: flatten them)."
             )
     return list(seq)
+
+
+def restructure(outputs: object, new: Sequence[Variable]) -> object:
+    """``new`` in the structure of ``outputs`` (checked by :func:`as_variables`).
+
+    A variable gives a variable; a namedtuple the same namedtuple type; any
+    other tuple a tuple; a list a list.
+    """
+    if isinstance(outputs, Variable):
+        return new[0]
+    if isinstance(outputs, tuple):
+        make = getattr(type(outputs), "_make", None)
+        return make(new) if make is not None else tuple(new)
+    return list(new)
 
 
 def _unique(found: Sequence[_Found], call: str) -> list[_Found]:

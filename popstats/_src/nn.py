@@ -28,7 +28,9 @@ class BatchNorm(NamedTuple):
     Attributes
     ----------
     output : TensorVariable
-        The normalized, scaled and shifted input (same shape as ``x``).
+        The normalized, scaled and shifted input (same shape as ``x``, and
+        same dtype for a float ``x`` whatever ``floatX`` is; parameters of
+        a wider dtype upcast it, as PyTensor does).
     mean, var : TensorVariable
         The marked batch mean and biased variance, shaped like the axes of
         ``x`` that are not reduced.
@@ -212,14 +214,17 @@ def batch_norm(
         Inside a Scan step create them outside with :func:`bn_params` and
         pass them as ``non_sequences``.
     epsilon : float, default 1e-5
-        Added to the variance; must be >= 0.
+        Added to the variance; must be >= 0. It takes the statistics'
+        dtype, so a float32 ``x`` stays float32 under ``floatX="float64"``.
     mask : TensorVariable, optional
         1 for real positions, 0 for padding: shaped like ``x`` over ``axes``
         (e.g. ``(time, batch)`` for ``x`` of ``(time, batch, features)`` and
         ``axes=(0, 1)``), or with ``x.ndim`` axes and size 1 on the others.
         Padded positions are excluded from the statistics and the count; the
-        output is still computed there. A batch with no unmasked position
-        gives NaN statistics.
+        output is still computed there. A batch (or a step of a loop) with
+        no unmasked position gives NaN batch statistics with a count of 0;
+        popstats' estimation counts it as not reached (coverage 0), so
+        sequences padded at the end estimate their real steps only.
     label : str, default "bn"
         Prefix of the statistic and parameter names; give each layer its own.
 
@@ -306,8 +311,11 @@ def batch_norm(
                         count=count)
     var = bn_statistic(raw_var, f"{label}.var", role="var", group=group,
                        count=count)
+    # epsilon in the statistics' dtype: a Python float is a floatX constant,
+    # which would upcast a float32 graph under floatX="float64"
+    eps = pt.constant(np.asarray(epsilon, dtype=var.dtype))
     output = (x - mean.dimshuffle(pattern)) * (
-        gamma_b / pt.sqrt(var.dimshuffle(pattern) + epsilon)
+        gamma_b / pt.sqrt(var.dimshuffle(pattern) + eps)
     ) + beta_b
     return BatchNorm(output, mean, var, gamma, beta, tuple(params))
 

@@ -16,7 +16,8 @@ The format (version 2) is a NumPy ``.npz`` archive, read without pickle:
     ``shape``
     (static shape, ``null`` where unknown), ``dtype``, ``role``, ``group``,
     ``counted``, ``time`` (per loop: ``"step"`` or ``"pooled"``),
-    ``estimator`` (``{"name": ..., "momentum": ...}``) and ``n_batches``.
+    ``estimator`` (``{"name": ..., "momentum": ..., "unbiased": ...}``;
+    ``unbiased`` absent in older files, read as false) and ``n_batches``.
 ``value/<i>``, ``coverage/<i>``
     For statistics: the population value (float64, time axes first) and the
     batches per step.
@@ -45,7 +46,14 @@ from popstats._src.exporter import Site
 from popstats._src.statistics import PopulationStatistics, Statistic
 from popstats._src.walk import LoopStep, SiteId
 
-__all__ = ["FORMAT_VERSION", "load", "load_state", "save_state", "save_statistics"]
+__all__ = [
+    "FORMAT_VERSION",
+    "check_target",
+    "load",
+    "load_state",
+    "save_state",
+    "save_statistics",
+]
 
 FORMAT_VERSION = 2  # of statistics files
 _STATS, _STATE = "popstats.statistics", "popstats.state"
@@ -71,7 +79,8 @@ def _site_meta(site: Site, estimator: Estimator, n_batches: int) -> dict[str, An
         "group": site.group,
         "counted": site.counted,
         "time": list(site.time),
-        "estimator": {"name": estimator.name, "momentum": estimator.momentum},
+        "estimator": {"name": estimator.name, "momentum": estimator.momentum,
+                      "unbiased": estimator.unbiased},
         "n_batches": n_batches,
     }
 
@@ -92,11 +101,39 @@ def _site_from_meta(meta: dict[str, Any]) -> tuple[Site, Estimator, int]:
         time=tuple(meta["time"]),
     )
     spec = meta["estimator"]
-    return site, Estimator(spec["name"], spec["momentum"]), int(meta["n_batches"])
+    estimator = Estimator(spec["name"], spec["momentum"],
+                          unbiased=bool(spec.get("unbiased", False)))
+    return site, estimator, int(meta["n_batches"])
 
 
-def _write(path: str | os.PathLike, kind: str, meta: dict, arrays: dict) -> None:
+def check_target(path: object, where: str) -> str:
+    """The path to write, or a PopstatsError naming what is wrong with it.
+
+    ``where`` names the call and argument, e.g. ``"estimate(checkpoint=...)"``.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise PopstatsError(
+            f"{where}: expected a file path, got {describe_value(path)}."
+        )
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise PopstatsError(
+            f"{where}: {path!r} is a folder. Give a file path in it, e.g. "
+            f"{os.path.join(path, 'stats.npz')!r}."
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise PopstatsError(
+            f"{where}: cannot write {path!r}: its folder {folder!r} does "
+            f"not exist. Create it first (os.makedirs(folder, exist_ok=True))."
+        )
+    return path
+
+
+def _write(
+    path: str | os.PathLike, kind: str, meta: dict, arrays: dict, where: str
+) -> None:
+    path = check_target(path, where)
     folder = os.path.dirname(os.path.abspath(path))
     payload = {
         "popstats_format": np.array(kind),
@@ -104,15 +141,26 @@ def _write(path: str | os.PathLike, kind: str, meta: dict, arrays: dict) -> None
         "meta": np.array(json.dumps(meta)),
         **arrays,
     }
-    fd, tmp = tempfile.mkstemp(prefix=".popstats-", suffix=".npz", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".popstats-", suffix=".npz", dir=folder)
+    except OSError as exc:
+        raise PopstatsError(
+            f"{where}: cannot write {path!r}: {exc.strerror or exc} in "
+            f"its folder {folder!r}. Choose a folder you can write to."
+        ) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **payload)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise PopstatsError(
+                f"{where}: cannot write {path!r}: {exc.strerror or exc}. "
+                f"Check the free space and permissions of {folder!r}."
+            ) from exc
         raise
 
 
@@ -122,17 +170,25 @@ def _umask() -> int:
     return mask
 
 
-def save_statistics(stats: PopulationStatistics, path: str | os.PathLike) -> None:
+def save_statistics(
+    stats: PopulationStatistics,
+    path: str | os.PathLike,
+    where: str = "PopulationStatistics.save(path=...)",
+) -> None:
     """Write ``stats`` to ``path`` (format above)."""
     metas, arrays = [], {}
     for i, stat in enumerate(stats.values()):
         metas.append(_site_meta(stat.site, stat.estimator, stat.n_batches))
         arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
         arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
-    _write(path, _STATS, {"statistics": metas}, arrays)
+    _write(path, _STATS, {"statistics": metas}, arrays, where)
 
 
-def save_state(state: EstimationState, path: str | os.PathLike) -> None:
+def save_state(
+    state: EstimationState,
+    path: str | os.PathLike,
+    where: str = "EstimationState.save(path=...)",
+) -> None:
     """Write an estimation state to ``path`` (format above)."""
     arrays = {
         f"state/{i}/{field}": array
@@ -140,7 +196,7 @@ def save_state(state: EstimationState, path: str | os.PathLike) -> None:
         for field, array in fields.items()
     }
     meta = {"names": list(state.names), "n_batches": state.n_batches}
-    _write(path, _STATE, meta, arrays)
+    _write(path, _STATE, meta, arrays, where)
 
 
 def _read(

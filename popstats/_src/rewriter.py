@@ -22,7 +22,7 @@ from pytensor.graph.traversal import toposort
 from pytensor.raise_op import CheckAndRaise
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.exporter import as_variables
+from popstats._src.exporter import as_variables, restructure
 from popstats._src.matching import Matcher, check_match
 from popstats._src.scan_surgery import ScanEdit
 from popstats._src.statistics import PopulationStatistics, Statistic
@@ -259,9 +259,7 @@ def rewrite(outputs, stats, *, select=None, match="structure"):
     outs = as_variables(outputs, "rewrite")
     new = transform((), outs, _RewriteLevel(matcher, select))
     matcher.check()
-    if isinstance(outputs, Variable):
-        return new[0]
-    return type(outputs)(new) if isinstance(outputs, tuple) else new
+    return restructure(outputs, new)
 
 
 def _check_stats(stats: object, select: object) -> list[PopulationStatistics]:
@@ -337,14 +335,22 @@ def bind(
     for name, var, stacked, group in planned:
         value = population_array(group, stacked, "bind")
         want = var.type.shape
+        # the statistic's own axes (after time axes and the set axis) must be
+        # those of the value in place: a different size, or a 1 that would
+        # broadcast, is a value estimated for another graph
+        own = len(group[0].site.shape)
+        held = var.get_value(borrow=True).shape
         if value.ndim != len(want) or any(
             w is not None and w != v for w, v in zip(want, value.shape, strict=True)
-        ):
+        ) or (own and value.shape[-own:] != held[-own:]):
             raise PopstatsError(
                 f"bind(stats=...): statistic {name!r} has shape {value.shape} in "
-                f"stats but the graph holds shape {want}. Estimate on this graph."
+                f"stats (statistic shape {value.shape[value.ndim - own:]}), but "
+                f"the graph holds shape {held} (statistic shape "
+                f"{held[len(held) - own:]}). These values were estimated for "
+                f"another graph; estimate on this one."
             )
-        values.append((var, value))
+        values.append((var, value.astype(var.dtype)))
     for var, value in values:
         var.set_value(value)
 

@@ -1,0 +1,1405 @@
+"""The error catalog: one scenario per place popstats raises, and the page.
+
+``tests/test_error_catalog.py`` runs every scenario here, records the
+message and where it was raised, checks that every raise site of
+``popstats/`` is reached, and compares :func:`render_page` of the results
+with ``docs/errors.rst`` (``POPSTATS_REGENERATE_DOCS=1`` rewrites it).
+
+Raise sites
+-----------
+:func:`scan_sites` parses ``popstats/`` with :mod:`ast`. It counts:
+
+1. every ``raise PopstatsError(...)`` statement: one site each;
+2. every ``raise helper(...)`` where ``helper`` builds and returns the error
+   (a function with a ``return PopstatsError(...)``: ``_run_error``,
+   ``_shape_error``, ``_no_statistics_error``, ``_shared_error``,
+   ``_missing_error``, ``unknown_label``): one site per ``raise`` statement,
+   since that is the frame the traceback shows (a helper raised from two
+   places counts twice; the helper's own ``return`` is not a site);
+3. every ``CheckAndRaise(PopstatsError, message)`` (``rewriter.py``): the Op
+   raises inside the compiled function, where no popstats frame is on the
+   stack, so such a site is recognised by its message.
+
+``except PopstatsError`` (the command line catches and prints) and bare
+``raise`` statements are not sites.
+
+Scenarios
+---------
+A scenario is a small function registered with :func:`scenario`; its body
+is shown on the page, so it is the exact code that raises. It runs with
+``mode="FAST_COMPILE"`` and ``floatX="float64"`` as PyTensor defaults, in an
+empty working directory of its own (paths in messages are relative to it;
+an absolute path to it is written ``/path/to/cwd``). A scenario that takes a
+``monkeypatch`` argument gets pytest's (to hide an optional package, say).
+A command-line scenario (``cli=True``) runs ``popstats_cli``: the command
+catches the error and prints it; the catalog records the exception being
+handled when it prints.
+"""
+
+# The scenarios unpack the shared models whole (x, y, stats = estimated()),
+# which reads better on the page than picking the parts each one uses.
+# ruff: noqa: RUF059
+
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import os
+import re
+import sys
+import tempfile
+import textwrap
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.graph.replace import clone_replace
+
+import popstats
+from popstats import nn
+from popstats._src.inspection import cli, render
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "popstats"
+PAGE = ROOT / "docs" / "errors.rst"
+REGENERATE = "POPSTATS_REGENERATE_DOCS"
+#: How an absolute path to a scenario's working directory is written.
+CWD = "/path/to/cwd"
+
+#: What the page's examples assume (checked to run by the tests).
+PREAMBLE = """\
+import os
+import sys
+import tempfile
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.graph.replace import clone_replace
+import popstats
+from popstats import nn
+from popstats._src.inspection import cli, render
+"""
+
+#: Sites no scenario reaches from the public API, keyed by (file, function,
+#: a piece of the message source), with the reason. Keep it short and true.
+UNREACHABLE: dict[tuple[str, str, str], str] = {
+    # Estimation checks counts per batch (naming call, statistic and batch)
+    # before the estimator scales a variance; the check in _bessel guards
+    # direct calls of the private estimators.update.
+    ("popstats/_src/estimators.py", "_bessel", "Estimator('ema', unbiased=True)"): (
+        "estimators.update is private; Estimation checks the counts first"
+    ),
+    # PopulationStatistics.plot passes one of its own Statistic objects to
+    # plot_statistic; the check guards direct calls of the private function.
+    ("popstats/_src/inspection/plots.py", "plot_statistic", "plot_statistic(stat="): (
+        "plot_statistic is private; PopulationStatistics.plot always passes "
+        "a Statistic"
+    ),
+}
+
+#: Messages that do not start with ``call(...)``, by scenario, with why.
+NO_CALL_PREFIX: dict[str, str] = {
+    "tag_role_unknown": "a tag set by hand has no call; it names the tag",
+    "statistics_unknown_name": "indexing: names PopulationStatistics[...]",
+    "optional_package_missing": "names the feature ('drawing') and the package",
+}
+
+CALL_PREFIX = re.compile(r"^[A-Za-z_][\w.]*\([^()]*\)")
+
+#: Page sections, in order: (title, files under popstats/_src/).
+SECTIONS: list[tuple[str, tuple[str, ...]]] = [
+    ("Marking statistics: ``bn_statistic``", ("tagger.py",)),
+    ("Finding statistics: ``export``", ("exporter.py", "walk.py")),
+    (
+        "Estimating: ``estimate``, ``Estimation``, ``Estimator``",
+        ("estimator.py", "estimators.py", "api.py", "inspection/progress.py"),
+    ),
+    ("Batches and inputs", ("batches.py",)),
+    ("Rewriting: ``rewrite``, ``bind``", ("rewriter.py", "matching.py")),
+    ("Statistics, saving and loading", ("statistics.py", "persistence.py")),
+    (
+        "Inspection and the ``popstats`` command",
+        (
+            "inspection/__init__.py",
+            "inspection/describe.py",
+            "inspection/drawing.py",
+            "inspection/plots.py",
+            "inspection/report.py",
+            "inspection/cli.py",
+        ),
+    ),
+    ("Layers and running averages: ``popstats.nn``", ("nn.py", "running.py")),
+]
+
+
+# --------------------------------------------------------------------------
+# Raise sites
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place in ``popstats/`` that raises a PopstatsError."""
+
+    file: str  # relative to the repository root
+    line: int
+    end: int
+    function: str  # qualified name of the enclosing function
+    kind: str  # "raise", "raise built" or "check"
+    source: str  # the message (or the helper call), as written
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} ({self.function}, {self.kind})"
+
+    def matches(self, key: tuple[str, str, str]) -> bool:
+        file, function, piece = key
+        return self.file == file and self.function == function and piece in self.source
+
+
+def _called_name(call: ast.Call) -> str | None:
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+def _builders(trees: dict[str, ast.Module]) -> set[str]:
+    """Names of functions that return a ``PopstatsError(...)`` they build."""
+    names = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for sub in ast.walk(node):
+                    if (
+                        isinstance(sub, ast.Return)
+                        and isinstance(sub.value, ast.Call)
+                        and _called_name(sub.value) == "PopstatsError"
+                    ):
+                        names.add(node.name)
+    return names
+
+
+class _SiteFinder(ast.NodeVisitor):
+    def __init__(self, file: str, text: str, builders: set[str]):
+        self.file, self.text, self.builders = file, text, builders
+        self.scope: list[str] = []
+        self.sites: list[Site] = []
+
+    def _nested(self, node: ast.AST) -> None:
+        self.scope.append(node.name)  # type: ignore[attr-defined]
+        self.generic_visit(node)
+        self.scope.pop()
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _nested
+
+    def _add(self, node: ast.AST, kind: str, shown: ast.AST) -> None:
+        source = " ".join((ast.get_source_segment(self.text, shown) or "").split())
+        self.sites.append(
+            Site(self.file, node.lineno, node.end_lineno or node.lineno,
+                 ".".join(self.scope) or "<module>", kind, source)
+        )
+
+    def visit_Raise(self, node: ast.Raise) -> None:
+        exc = node.exc
+        if isinstance(exc, ast.Call):
+            name = _called_name(exc)
+            if name == "PopstatsError":
+                self._add(node, "raise", exc.args[0] if exc.args else exc)
+            elif name in self.builders:
+                self._add(node, "raise built", exc)
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if (
+            _called_name(node) == "CheckAndRaise"
+            and node.args
+            and _called_name_of(node.args[0]) == "PopstatsError"
+        ):
+            self._add(node, "check", node.args[1] if len(node.args) > 1 else node)
+        self.generic_visit(node)
+
+
+def _called_name_of(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def scan_sites() -> tuple[list[Site], set[str]]:
+    """Every raise site of ``popstats/`` and the names of the error builders."""
+    texts = {
+        path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8")
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+    trees = {file: ast.parse(text, file) for file, text in texts.items()}
+    builders = _builders(trees)
+    sites = []
+    for file, tree in trees.items():
+        finder = _SiteFinder(file, texts[file], builders)
+        finder.visit(tree)
+        sites += finder.sites
+    return sorted(sites, key=lambda s: (s.file, s.line)), builders
+
+
+def check_message(source: str) -> str | None:
+    """The message of a ``check`` site's source (a string literal), if any."""
+    try:
+        value = ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+# --------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    fn: Callable
+    cli: bool = False
+
+
+SCENARIOS: list[Scenario] = []
+
+
+def scenario(title: str, *, cli: bool = False) -> Callable:
+    """Register a scenario under ``title`` (the page's heading for it)."""
+
+    def register(fn: Callable) -> Callable:
+        SCENARIOS.append(Scenario(fn.__name__, title, fn, cli))
+        return fn
+
+    return register
+
+
+# -- models and data the scenarios share (shown on the page) ---------------
+
+
+def data(rows=3, cols=2):
+    """A fixed batch of ``rows`` examples with ``cols`` features."""
+    return np.arange(rows * cols, dtype="float64").reshape(rows, cols)
+
+
+def layer(name="x"):
+    """A batch-normalized layer; its statistics are labelled mean and var."""
+    x = pt.matrix(name)
+    mean = popstats.bn_statistic(x.mean(axis=0), label="mean")
+    var = popstats.bn_statistic(x.var(axis=0), label="var")
+    return x, (x - mean) / pt.sqrt(var + 1e-5)
+
+
+def estimated(cols=2):
+    """``layer()`` and its statistics, estimated on two batches."""
+    x, y = layer()
+    stats = popstats.estimate([x], y, [{"x": data(3, cols)}, {"x": data(2, cols)}])
+    return x, y, stats
+
+
+def recurrent(counted=False):
+    """A recurrent loop (Scan ``rnn``) normalizing its state at every step."""
+    xs = pt.tensor3("xs")  # (time, batch, features)
+
+    def step(x_t, h):
+        a = x_t + h
+        n = a.shape[0] if counted else None
+        mean = popstats.bn_statistic(a.mean(axis=0), label="step.mean",
+                                     role="mean", group="step", count=n)
+        var = popstats.bn_statistic(a.var(axis=0), label="step.var",
+                                    role="var", group="step", count=n)
+        return (a - mean) / pt.sqrt(var + 1e-5)
+
+    hs = pytensor.scan(step, sequences=[xs], outputs_info=[pt.zeros(xs.shape[1:])],
+                       name="rnn", return_updates=False)
+    return xs, hs
+
+
+def popstats_file(path, kind="popstats.statistics", version=2, meta="{}"):
+    """Write an .npz file with popstats' header (to show what loading checks)."""
+    np.savez(path, popstats_format=np.array(kind),
+             format_version=np.array(version), meta=np.array(meta))
+
+
+def popstats_cli(*args):
+    """Run the ``popstats`` command line with ``args``; its exit status."""
+    return cli.main(list(args))
+
+
+HELPERS = (data, layer, estimated, recurrent, popstats_file, popstats_cli)
+
+
+# -- tagger -------------------------------------------------------------------
+
+
+@scenario("The statistic is not a PyTensor variable")
+def bn_statistic_not_a_variable():
+    popstats.bn_statistic(np.zeros(3), label="mean")
+
+
+@scenario("A statistic marked twice")
+def bn_statistic_marked_twice():
+    x = pt.matrix("x")
+    mean = popstats.bn_statistic(x.mean(axis=0), label="mean")
+    popstats.bn_statistic(mean, label="mean")
+
+
+@scenario("An empty label")
+def bn_statistic_empty_label():
+    x = pt.matrix("x")
+    popstats.bn_statistic(x.mean(axis=0), label="")
+
+
+@scenario("An unknown role")
+def bn_statistic_unknown_role():
+    x = pt.matrix("x")
+    popstats.bn_statistic(x.var(axis=0), label="var", role="variance")
+
+
+@scenario("A group that is not a string")
+def bn_statistic_bad_group():
+    x = pt.matrix("x")
+    popstats.bn_statistic(x.var(axis=0), label="var", role="var", group=1)
+
+
+@scenario("A count that is not positive")
+def bn_statistic_count_not_positive():
+    x = pt.matrix("x")
+    popstats.bn_statistic(x.mean(axis=0), label="mean", count=0)
+
+
+@scenario("A count that is not a number")
+def bn_statistic_count_not_a_number():
+    x = pt.matrix("x")
+    popstats.bn_statistic(x.mean(axis=0), label="mean", count="rows")
+
+
+@scenario("A count that is not a scalar")
+def bn_statistic_count_not_scalar():
+    x = pt.matrix("x")
+    popstats.bn_statistic(x.mean(axis=0), label="mean", count=x.shape)
+
+
+@scenario("An unknown role in a tag")
+def tag_role_unknown():
+    x = pt.matrix("x")
+    mean = x.mean(axis=0)
+    mean.name = "mean"
+    mean.tag.bn_statistic = True  # the original tool's convention
+    mean.tag.bn_role = "average"
+    popstats.export(x - mean)
+
+
+# -- exporter -----------------------------------------------------------------
+
+
+@scenario("Outputs given as a dict")
+def export_outputs_dict():
+    x, y = layer()
+    popstats.export({"y": y})
+
+
+@scenario("An output that is not a variable")
+def export_output_not_a_variable():
+    x, y = layer()
+    popstats.export([y, 1.0])
+
+
+@scenario("No statistic in the graph")
+def export_no_statistic():
+    x = pt.matrix("x")
+    popstats.export(x * 2)
+
+
+@scenario("No statistic in a graph with loops")
+def export_no_statistic_in_loops():
+    xs = pt.tensor3("xs")
+    hs = pytensor.scan(lambda x_t: x_t - x_t.mean(axis=0), sequences=[xs],
+                       name="rnn", return_updates=False)
+    popstats.export(hs)
+
+
+@scenario("An unknown time mode")
+def export_unknown_time_mode():
+    xs, hs = recurrent()
+    popstats.export(hs, time="steps")
+
+
+@scenario("A ``time`` dict keyed by something else than label patterns")
+def export_time_dict_bad_key():
+    xs, hs = recurrent()
+    popstats.export(hs, time={0: "pooled"})
+
+
+@scenario("Two applications popstats cannot tell apart")
+def export_indistinguishable_applications():
+    u, v = pt.matrix(), pt.matrix()  # unnamed inputs
+    branch = u - popstats.bn_statistic(u.mean(axis=0), label="bn")
+    other = clone_replace(branch, {u: v})
+    popstats.export([branch, other])
+
+
+@scenario("The gradient of a loop among the outputs")
+def export_gradient_of_a_loop():
+    xs, hs = recurrent()
+    grad = pytensor.grad(hs.sum(), xs)
+    popstats.export([hs, grad])
+
+
+# -- estimator ----------------------------------------------------------------
+
+
+@scenario("``max_steps`` that is not a positive int")
+def estimate_bad_max_steps():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], max_steps=0)
+
+
+@scenario("The pooled estimator on a statistic without a role")
+def estimate_pooled_without_role():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], estimator="pooled")
+
+
+@scenario("The pooled estimator on a variance without its mean")
+def estimate_pooled_without_mean():
+    x = pt.matrix("x")
+    n = x.shape[0]
+    mean = popstats.bn_statistic(x.mean(axis=0), label="mean", role="mean",
+                                 group="layer1", count=n)
+    var = popstats.bn_statistic(x.var(axis=0), label="var", role="var",
+                                group="layer2", count=n)
+    y = (x - mean) / pt.sqrt(var + 1e-5)
+    popstats.estimate([x], y, [{"x": data()}], estimator="pooled")
+
+
+@scenario("The pooled estimator with other time modes for a mean and its variance")
+def estimate_pooled_time_modes_differ():
+    xs, hs = recurrent(counted=True)
+    popstats.estimate([xs], hs, [{"xs": np.ones((4, 3, 2))}], estimator="pooled",
+                      time={"step.var": "pooled"})
+
+
+@scenario("An estimator that needs counts, on a statistic without one")
+def estimate_weighted_without_count():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], estimator="weighted")
+
+
+@scenario("A negative count")
+def estimate_negative_count():
+    x = pt.matrix("x")
+    mean = popstats.bn_statistic(x.mean(axis=0), label="mean",
+                                 count=x.shape[0] - 5)
+    popstats.estimate([x], x - mean, [{"x": data(rows=3)}])
+
+
+@scenario("A statistic that is not finite")
+def estimate_not_finite():
+    x, y = layer()
+    batch = data()
+    batch[0, 0] = np.nan
+    popstats.estimate([x], y, [{"x": data()}, {"x": batch}])
+
+
+@scenario("The unbiased estimator on a batch of one element")
+def estimate_unbiased_count_one():
+    x = pt.tensor("x", shape=(None, 2))
+    y = nn.batch_norm(x, axes=0, label="bn").output
+    popstats.estimate([x], y, [{"x": data(rows=1)}], estimator="unbiased")
+
+
+@scenario("Resuming with a state of another graph")
+def estimation_state_of_another_graph():
+    x, y = layer()
+    z = pt.matrix("z")
+    other = popstats.Estimation([z], z - popstats.bn_statistic(z.mean(axis=0), "m"))
+    state = other.run([{"z": data()}])
+    popstats.Estimation([x], y).run([{"x": data()}], state=state)
+
+
+@scenario("A state that is not an EstimationState")
+def estimation_state_not_a_state():
+    x, y = layer()
+    popstats.Estimation([x], y).run([{"x": data()}], state={"m": 1.0})
+
+
+@scenario("No batches")
+def estimate_no_batches():
+    x, y = layer()
+    popstats.estimate([x], y, [])
+
+
+@scenario("A statistic no batch computed")
+def estimate_never_computed():
+    xs, hs = recurrent()
+    popstats.estimate([xs], hs, [{"xs": np.zeros((0, 3, 2))}])  # 0 time steps
+
+
+@scenario("Running a batch fails")
+def estimate_run_fails():
+    x = pt.matrix("x")
+    w = pytensor.shared(np.ones((3, 2)), name="W")
+    h = pt.dot(x, w)
+    y = h - popstats.bn_statistic(h.mean(axis=0), label="h.mean")
+    popstats.estimate([x], y, [{"x": data(rows=4, cols=5)}])
+
+
+@scenario("An inner loop whose length varies between outer steps")
+def estimate_inner_length_varies():
+    xs = pt.tensor4("xs")  # (outer time, inner time, batch, features)
+
+    def inner(x_t):
+        return x_t - popstats.bn_statistic(x_t.mean(axis=0), label="inner.mean")
+
+    def outer(x_t, t):  # outer step t loops over the first t + 1 inner steps
+        hs = pytensor.scan(inner, sequences=[x_t[: t + 1]], name="inner",
+                           return_updates=False)
+        return hs.sum(axis=0)
+
+    ys = pytensor.scan(outer, sequences=[xs, pt.arange(xs.shape[0])], name="outer",
+                       return_updates=False)
+    popstats.estimate([xs], ys, [{"xs": np.ones((2, 3, 4, 5))}])
+
+
+@scenario("A statistic whose shape changes between batches")
+def estimate_shape_changes():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data(cols=2)}, {"x": data(cols=3)}])
+
+
+@scenario("Merging states of statistics of different shapes")
+def estimation_merge_shapes_differ():
+    x, y = layer()
+    run = popstats.Estimation([x], y)
+    a = run.run([{"x": data(cols=2)}])
+    b = run.run([{"x": data(cols=3)}])
+    run.merge(a, b)
+
+
+@scenario("An unbiased running average over a batch of one element")
+def estimate_ema_unbiased_count_one():
+    x = pt.tensor("x", shape=(None, 2))
+    y = nn.batch_norm(x, axes=0, label="bn").output
+    popstats.estimate([x], y, [{"x": data(rows=1)}],
+                      estimator=popstats.Estimator("ema", unbiased=True))
+
+
+@scenario("An unknown estimator name")
+def estimator_unknown_name():
+    popstats.Estimator("median")
+
+
+@scenario("A momentum out of range")
+def estimator_momentum_out_of_range():
+    popstats.Estimator("ema", momentum=1.5)
+
+
+@scenario("A momentum for an estimator that takes none")
+def estimator_momentum_not_ema():
+    popstats.Estimator("mean", momentum=0.1)
+
+
+@scenario("``unbiased`` that is not True or False")
+def estimator_unbiased_not_bool():
+    popstats.Estimator("ema", unbiased="yes")
+
+
+@scenario("``unbiased`` for an estimator that takes none")
+def estimator_unbiased_not_ema():
+    popstats.Estimator("pooled", unbiased=True)
+
+
+@scenario("An unknown estimator given to ``estimate``")
+def estimate_unknown_estimator():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], estimator="median")
+
+
+@scenario("An estimator of the wrong type")
+def estimate_estimator_wrong_type():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], estimator=0.1)
+
+
+@scenario("An ``estimator`` dict keyed by something else than label patterns")
+def estimate_estimator_dict_bad_key():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], estimator={0: "pooled"})
+
+
+@scenario("``return_stats`` that is not True or False")
+def get_inference_graph_bad_return_stats():
+    x, y = layer()
+    popstats.get_inference_graph([x], y, [{"x": data()}], return_stats="yes")
+
+
+@scenario("``progress`` that is not True, False or ``'auto'``")
+def estimate_bad_progress():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], progress="yes")
+
+
+# -- batches ------------------------------------------------------------------
+
+
+@scenario("An unknown dtype policy")
+def estimate_unknown_dtypes():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], dtypes="cast")
+
+
+@scenario("A value NumPy cannot make an array of")
+def batch_value_ragged():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": [[1.0, 2.0], [3.0]]}])
+
+
+@scenario("A value that is not numbers")
+def batch_value_strings():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": np.array([["a", "b"]])}])
+
+
+@scenario("A value with the wrong number of dimensions")
+def batch_value_wrong_ndim():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": np.zeros(2)}])
+
+
+@scenario("A value that does not fit the input's static shape")
+def batch_value_static_shape():
+    x = pt.tensor("x", shape=(None, 2))
+    y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    popstats.estimate([x], y, [{"x": data(cols=3)}])
+
+
+@scenario("A value whose dtype cannot be converted without loss")
+def batch_value_lossy_dtype():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data() + 1j}])
+
+
+@scenario("A value of another dtype with ``dtypes='strict'``")
+def batch_value_strict_dtype():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data().astype("int64")}], dtypes="strict")
+
+
+@scenario("``inputs`` that is not a list")
+def estimate_inputs_not_a_list():
+    x, y = layer()
+    popstats.estimate("x", y, [{"x": data()}])
+
+
+@scenario("An input that is not a variable")
+def estimate_input_not_a_variable():
+    x, y = layer()
+    popstats.estimate([x, "s"], y, [{"x": data()}])
+
+
+@scenario("An input that is not a free input")
+def estimate_input_shared():
+    x, y = layer()
+    w = pytensor.shared(np.ones(2), name="W")
+    popstats.estimate([x, w], y * w, [{"x": data()}])
+
+
+@scenario("An input the outputs do not depend on")
+def estimate_input_not_in_graph():
+    x, y = layer()
+    z = pt.matrix("z")
+    popstats.estimate([x, z], y, [{"x": data(), "z": data()}])
+
+
+@scenario("An input missing from inputs")
+def estimate_input_missing():
+    x = pt.matrix("x")
+    s = pt.vector("s")
+    h = x * s
+    y = h - popstats.bn_statistic(h.mean(axis=0), label="mean")
+    popstats.estimate([x], y, [{"x": data(), "s": np.ones(2)}])
+
+
+@scenario("A batch without a value for an input")
+def batch_lacks_input():
+    x, y = layer()
+    popstats.estimate([x], y, [{"X": data()}])
+
+
+@scenario("A tuple batch with the wrong number of values")
+def batch_tuple_wrong_length():
+    x, y = layer()
+    popstats.estimate([x], y, [(data(), data())])
+
+
+@scenario("A batch that is neither a dict nor a tuple")
+def batch_not_dict_or_tuple():
+    x, y = layer()
+    popstats.estimate([x], y, [data()])
+
+
+@scenario("``batches`` that is a single batch")
+def estimate_batches_single_dict():
+    x, y = layer()
+    popstats.estimate([x], y, {"x": data()})
+
+
+# -- rewriter -----------------------------------------------------------------
+
+
+@scenario("``stats`` that are not ``PopulationStatistics``")
+def rewrite_stats_wrong_type():
+    x, y = layer()
+    popstats.rewrite(y, {"mean": np.zeros(2), "var": np.ones(2)})
+
+
+@scenario("Several statistic sets without ``select``")
+def rewrite_sets_without_select():
+    x, y, stats = estimated()
+    popstats.rewrite(y, [stats, stats])
+
+
+@scenario("``select`` that is not a symbolic integer")
+def rewrite_select_not_symbolic():
+    x, y, stats = estimated()
+    popstats.rewrite(y, [stats, stats], select=0)
+
+
+@scenario("An unknown match mode")
+def rewrite_unknown_match():
+    x, y, stats = estimated()
+    popstats.rewrite(y, stats, match="label")
+
+
+@scenario("A statistic of another shape in the graph than in ``stats``")
+def rewrite_shape_differs():
+    x, y, stats = estimated(cols=2)
+    x3 = pt.tensor("x", shape=(None, 3))
+    mean = popstats.bn_statistic(x3.mean(axis=0), label="mean")
+    var = popstats.bn_statistic(x3.var(axis=0), label="var")
+    popstats.rewrite((x3 - mean) / pt.sqrt(var + 1e-5), stats, match="name")
+
+
+@scenario("Statistic sets that do not fit together")
+def rewrite_sets_differ():
+    x, y = layer()
+    narrow = popstats.estimate([x], y, [{"x": data(cols=2)}])
+    wide = popstats.estimate([x], y, [{"x": data(cols=3)}])
+    popstats.rewrite(y, [narrow, wide], select=pt.iscalar("k"))
+
+
+@scenario("A statistic set index out of range, at run time")
+def rewrite_select_out_of_range():
+    x, y, stats = estimated()
+    k = pt.iscalar("k")
+    predict = pytensor.function([x, k], popstats.rewrite(y, [stats, stats], select=k))
+    predict(data(), 2)
+
+
+@scenario("Binding onto a graph without population variables")
+def bind_training_graph():
+    x, y, stats = estimated()
+    popstats.bind(y, stats)
+
+
+@scenario("Binding a list of sets onto a graph built without ``select``")
+def bind_list_without_select():
+    x, y, stats = estimated()
+    y_inf = popstats.rewrite(y, stats)
+    popstats.bind(y_inf, [stats])
+
+
+@scenario("Binding values of another shape")
+def bind_shape_differs():
+    x, y, stats = estimated(cols=2)
+    y_inf = popstats.rewrite(y, stats)
+    wide = popstats.estimate([x], y, [{"x": data(cols=3)}])
+    popstats.bind(y_inf, wide)
+
+
+@scenario("Statistics of the graph without a value in ``stats``")
+def rewrite_missing_statistics():
+    x, y, stats = estimated()
+    mean = popstats.bn_statistic(x.mean(axis=0), label="bn1.mean")
+    var = popstats.bn_statistic(x.var(axis=0), label="bn1.var")
+    popstats.rewrite((x - mean) / pt.sqrt(var + 1e-5), stats)
+
+
+@scenario("One value for a statistic computed at two places")
+def rewrite_one_value_two_places():
+    def branch(x):
+        return x - popstats.bn_statistic(x.mean(axis=0), label="bn")
+
+    x1, x2 = pt.matrix("x1"), pt.matrix("x2")
+    stats = popstats.estimate([x1], branch(x1), [{"x1": data()}])
+    popstats.rewrite([branch(x1), branch(x2)], stats, match="name")
+
+
+# -- statistics and persistence -----------------------------------------------
+
+
+@scenario("An unknown statistic name")
+def statistics_unknown_name():
+    x, y, stats = estimated()
+    stats["maen"]
+
+
+@scenario("Saving to something that is not a path")
+def save_not_a_path():
+    x, y, stats = estimated()
+    stats.save(1)
+
+
+@scenario("Saving to a folder")
+def save_to_folder():
+    x, y, stats = estimated()
+    os.mkdir("out")
+    stats.save("out")
+
+
+@scenario("Saving into a folder that does not exist")
+def save_folder_missing():
+    x, y, stats = estimated()
+    stats.save("missing/stats.npz")
+
+
+@scenario("Saving into a folder one cannot write to")
+def save_folder_not_writable(monkeypatch):
+    x, y, stats = estimated()
+
+    def refuse(*args, **kwargs):  # what the system says in a read-only folder
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    stats.save("stats.npz")
+
+
+@scenario("Saving fails after writing")
+def save_rename_fails():
+    x, y, stats = estimated()
+    stats.save("s" * 252 + ".npz")  # a file name longer than 255 bytes
+
+
+@scenario("Loading from something that is not a path")
+def load_not_a_path():
+    popstats.load(1)
+
+
+@scenario("Loading a file that does not exist")
+def load_missing_file():
+    popstats.load("stats.npz")
+
+
+@scenario("Loading a file that is not popstats'")
+def load_foreign_file():
+    np.savez("weights.npz", W=np.ones(3))
+    popstats.load("weights.npz")
+
+
+@scenario("Loading a file of format version 1")
+def load_version_1():
+    popstats_file("stats.npz", version=1)
+    popstats.load("stats.npz")
+
+
+@scenario("Loading a file of an unknown format version")
+def load_unknown_version():
+    popstats_file("stats.npz", version=3)
+    popstats.load("stats.npz")
+
+
+@scenario("Loading an estimation state as statistics")
+def load_state_as_statistics():
+    x, y = layer()
+    popstats.Estimation([x], y).run([{"x": data()}]).save("state.npz")
+    popstats.load("state.npz")
+
+
+@scenario("Loading a file whose metadata cannot be read")
+def load_bad_metadata():
+    popstats_file("stats.npz", meta="not json")
+    popstats.load("stats.npz")
+
+
+@scenario("Loading statistics from a damaged file")
+def load_damaged():
+    popstats_file("stats.npz", meta='{"n_batches": 2}')
+    popstats.load("stats.npz")
+
+
+@scenario("Loading an estimation state from a damaged file")
+def load_state_damaged():
+    popstats_file("state.npz", kind="popstats.state", version=1, meta="{}")
+    popstats.load_state("state.npz")
+
+
+# -- inspection and the command line --------------------------------------------
+
+
+@scenario("An optional package that is not installed")
+def optional_package_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "graphviz", None)  # as if not installed
+    x, y = layer()
+    popstats.draw(y)
+
+
+@scenario("``max_nodes`` that is not a non-negative int")
+def draw_bad_max_nodes():
+    x, y = layer()
+    popstats.draw(y, max_nodes=-1)
+
+
+@scenario("Rendering a drawing without Graphviz's ``dot`` program")
+def render_without_dot(monkeypatch):
+    x, y = layer()
+    drawing = popstats.draw(y)
+    monkeypatch.setenv("PATH", "")  # no `dot` to be found
+    render(drawing, "graph.svg")
+
+
+@scenario("Plotting with ``units`` that is not a positive int")
+def plot_bad_units():
+    x, y, stats = estimated()
+    stats.plot("mean", units=0)
+
+
+@scenario("Plotting an unknown statistic")
+def plot_unknown_name():
+    x, y, stats = estimated()
+    stats.plot("maen")
+
+
+@scenario("Describing an unknown statistic")
+def describe_unknown_name():
+    x, y = layer()
+    popstats.describe(y)["maen"]
+
+
+@scenario("A report path that is not a path")
+def report_not_a_path():
+    x, y, stats = estimated()
+    stats.report(1)
+
+
+@scenario("The command line: a report it cannot write", cli=True)
+def cli_report_cannot_write():
+    x, y, stats = estimated()
+    stats.save("stats.npz")
+    popstats_cli("report", "stats.npz", "-o", "missing/report.html", "--no-plots")
+
+
+@scenario("The command line: a statistics file that does not exist", cli=True)
+def cli_summary_missing_file():
+    popstats_cli("summary", "stats.npz")
+
+
+# -- nn -----------------------------------------------------------------------
+
+
+@scenario("``batch_norm`` of something that is not a tensor variable")
+def batch_norm_not_a_variable():
+    nn.batch_norm(np.ones((4, 2)), axes=0)
+
+
+@scenario("``axes`` that are not ints")
+def batch_norm_axes_not_ints():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=None)
+
+
+@scenario("An axis out of range")
+def batch_norm_axis_out_of_range():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=2)
+
+
+@scenario("Duplicated axes")
+def batch_norm_duplicated_axes():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=(0, -2))
+
+
+@scenario("Every axis reduced")
+def batch_norm_all_axes():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=(0, 1))
+
+
+@scenario("An empty label for a layer")
+def batch_norm_empty_label():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=0, label="")
+
+
+@scenario("Parameters of a shape that is not positive ints")
+def bn_params_bad_shape():
+    nn.bn_params((64, 0), label="layer1")
+
+
+@scenario("A negative epsilon")
+def batch_norm_negative_epsilon():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=0, epsilon=-1e-5)
+
+
+@scenario("Parameters to create for an input without static shape")
+def batch_norm_no_static_shape():
+    x = pt.matrix("x")
+    nn.batch_norm(x, axes=0)
+
+
+@scenario("A scale of the wrong shape")
+def batch_norm_bad_gamma():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=0, gamma=pt.tensor3("gamma"), beta=pt.vector("beta"))
+
+
+@scenario("A mask that is not a tensor")
+def batch_norm_mask_not_a_tensor():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=0, mask="all")
+
+
+@scenario("A mask that varies over the kept axes")
+def batch_norm_mask_varies_over_kept_axes():
+    x = pt.tensor("x", shape=(None, 2))
+    nn.batch_norm(x, axes=0, mask=pt.matrix("mask"))
+
+
+@scenario("A mask with the wrong number of dimensions")
+def batch_norm_mask_wrong_ndim():
+    x = pt.tensor("x", shape=(None, None, 2))  # (time, batch, features)
+    nn.batch_norm(x, axes=(0, 1), mask=pt.vector("mask"))
+
+
+@scenario("A mask that does not broadcast against x")
+def batch_norm_mask_does_not_broadcast():
+    x = pt.tensor("x", shape=(4, 2))
+    nn.batch_norm(x, axes=0, mask=pt.tensor("mask", shape=(5,)))
+
+
+@scenario("A running-average momentum out of range")
+def running_momentum_out_of_range():
+    x = pt.tensor("x", shape=(None, 2))
+    bn = nn.batch_norm(x, axes=0)
+    nn.running_average_updates(bn.output, momentum=0)
+
+
+@scenario("Running averages with ``max_steps`` that is not a positive int")
+def running_bad_max_steps():
+    x = pt.tensor("x", shape=(None, 2))
+    bn = nn.batch_norm(x, axes=0)
+    nn.running_average_updates(bn.output, max_steps=0)
+
+
+@scenario("Running averages with ``unbiased`` that is not True or False")
+def running_unbiased_not_bool():
+    x = pt.tensor("x", shape=(None, 2))
+    bn = nn.batch_norm(x, axes=0)
+    nn.running_average_updates(bn.output, unbiased="yes")
+
+
+@scenario("Unbiased running averages of a variance without a count")
+def running_unbiased_without_count():
+    x = pt.tensor("x", shape=(None, 2))
+    var = popstats.bn_statistic(x.var(axis=0), label="var", role="var")
+    nn.running_average_updates(x / pt.sqrt(var + 1e-5), unbiased=True)
+
+
+@scenario("Running averages of a statistic in a loop without ``max_steps``")
+def running_loop_without_max_steps():
+    xs, hs = recurrent()
+    nn.running_average_updates(hs)
+
+
+@scenario("Running averages of a statistic without static shape")
+def running_no_static_shape():
+    x, y = layer()
+    nn.running_average_updates(y)
+
+
+@scenario("Running averages read before any update")
+def running_as_statistics_too_early():
+    x = pt.tensor("x", shape=(None, 2))
+    bn = nn.batch_norm(x, axes=0)
+    y, updates, running = nn.running_average_updates(bn.output)
+    running.as_statistics()
+
+
+@scenario("Unbiased running averages after a batch of one element")
+def running_as_statistics_not_finite():
+    x = pt.tensor("x", shape=(None, 2))
+    bn = nn.batch_norm(x, axes=0)
+    y, updates, running = nn.running_average_updates(bn.output, unbiased=True)
+    train = pytensor.function([x], y, updates=updates)
+    train(data(rows=1))  # m/(m-1) with m = 1
+    running.as_statistics()
+
+
+# --------------------------------------------------------------------------
+# Running the scenarios
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """What a scenario raised and where."""
+
+    scenario: Scenario
+    exc: BaseException | None = None
+    message: str = ""
+    file: str | None = None  # where it was raised, relative to the root
+    line: int | None = None
+    function: str | None = None
+    cli_args: tuple[str, ...] | None = None
+    cli_status: int | None = None
+    cli_output: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _raise_frame(exc: BaseException) -> tuple[str, int, str] | None:
+    """(file, line, function) of the last popstats frame of the traceback."""
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        path = Path(frame.f_code.co_filename).resolve()
+        if path.is_relative_to(PACKAGE):
+            name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+            found = (path.relative_to(ROOT).as_posix(), line, name)
+    return found
+
+
+def _normalize(message: str, workdir: Path) -> str:
+    for form in {str(workdir), os.path.realpath(workdir)}:
+        message = message.replace(form, CWD)
+    return message
+
+
+def run_scenario(item: Scenario, workdir: Path) -> Result:
+    """Run one scenario in ``workdir`` (made the working directory)."""
+    result = Result(item)
+    caught: dict[str, object] = {}
+
+    def cli_print(*args: object, file: object = None, **kwargs: object) -> None:
+        handled = sys.exc_info()[1]
+        if handled is not None:
+            caught["exc"] = handled
+            caught["text"] = " ".join(map(str, args))
+            caught["stderr"] = file is sys.stderr
+
+    with pytest.MonkeyPatch.context() as mp, pytensor.config.change_flags(
+        mode="FAST_COMPILE", floatX="float64"
+    ):
+        mp.chdir(workdir)
+        calls: list[tuple[tuple[str, ...], int]] = []
+        if item.cli:
+            main = cli.main
+
+            def recording_main(argv: list[str]) -> int:
+                status = main(argv)
+                calls.append((tuple(argv), status))
+                return status
+
+            mp.setattr(cli, "print", cli_print, raising=False)
+            mp.setattr(cli, "main", recording_main)
+        kwargs = {}
+        if "monkeypatch" in inspect.signature(item.fn).parameters:
+            kwargs["monkeypatch"] = mp
+        try:
+            item.fn(**kwargs)
+        except Exception as exc:
+            result.exc = exc
+        else:
+            if item.cli:
+                result.exc = caught.get("exc")  # type: ignore[assignment]
+                if calls:
+                    result.cli_args, result.cli_status = calls[-1]
+                if "text" in caught:
+                    result.cli_output = _normalize(str(caught["text"]), workdir)
+                    if not caught["stderr"]:
+                        result.notes.append("the command printed the error to stdout")
+    if result.exc is not None:
+        result.message = _normalize(str(result.exc), workdir)
+        where = _raise_frame(result.exc)
+        if where is not None:
+            result.file, result.line, result.function = where
+    return result
+
+
+def attribute_checks(results: list[Result], sites: list[Site]) -> None:
+    """Give errors raised by a ``check`` site (no popstats frame) that site."""
+    for result in results:
+        if result.exc is None or result.file is not None:
+            continue
+        for site in sites:
+            if site.kind == "check" and check_message(site.source) == result.message:
+                result.file, result.line, result.function = (
+                    site.file, site.line, site.function
+                )
+
+
+def site_of(result: Result, sites: list[Site]) -> Site | None:
+    """The raise site a result came from."""
+    for site in sites:
+        if site.file == result.file and site.line <= (result.line or 0) <= site.end:
+            return site
+    return None
+
+
+def run_all(workdirs: Callable[[str], Path]) -> list[Result]:
+    """Run every scenario, each in ``workdirs(name)`` (a new empty folder)."""
+    results = [run_scenario(s, workdirs(s.name)) for s in SCENARIOS]
+    sites, _ = scan_sites()
+    attribute_checks(results, sites)
+    return results
+
+
+# --------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------
+
+
+def _body(fn: Callable) -> str:
+    """The source of a scenario's body (without the def line and decorator)."""
+    source = textwrap.dedent(inspect.getsource(fn))
+    tree = ast.parse(source)
+    func = tree.body[0]
+    assert isinstance(func, ast.FunctionDef)
+    lines = source.splitlines()
+    start = func.body[0].lineno - 1
+    return textwrap.dedent("\n".join(lines[start : func.end_lineno])).strip("\n")
+
+
+def _indent(text: str, prefix: str = "    ") -> list[str]:
+    return [prefix + line if line.strip() else "" for line in text.splitlines()]
+
+
+def _heading(title: str, char: str) -> list[str]:
+    return [title, char * len(title), ""]
+
+
+def section_of(file: str | None, cli: bool = False) -> str | None:
+    """The page section of an error raised in ``file`` (command line: its own)."""
+    if file is None:
+        return None
+    inner = "inspection/cli.py" if cli else file.removeprefix("popstats/_src/")
+    for title, files in SECTIONS:
+        if inner in files:
+            return title
+    return None
+
+
+def _entry(result: Result) -> list[str]:
+    item = result.scenario
+    lines = _heading(item.title, "~")
+    lines += [
+        f"Raised in ``{result.function}`` (``{result.file}``) by:",
+        "",
+        ".. code-block:: python",
+        "",
+        *_indent(_body(item.fn)),
+        "",
+    ]
+    if item.cli and result.cli_args is not None:
+        lines += [
+            f"On the command line (exit status {result.cli_status}):",
+            "",
+            ".. code-block:: console",
+            "",
+            "    $ popstats " + " ".join(result.cli_args),
+            *_indent(result.cli_output or ""),
+            "",
+        ]
+    else:
+        lines += ["The message::", "", *_indent(result.message), ""]
+    return lines
+
+
+INTRO = """\
+Every error popstats raises is a :class:`popstats.PopstatsError`, a
+``ValueError``. Its message names the call and the argument, what was
+received, what is allowed and how to fix it. This page lists every place in
+popstats that raises one, with the code that gets there and the message it
+gives, word for word (the same on every supported PyTensor version).
+
+The page is generated by ``tests/test_error_catalog.py`` from the scenarios
+in ``tests/error_catalog.py``, and the test fails when the page and the
+code disagree; rewrite it with
+``POPSTATS_REGENERATE_DOCS=1 python -m pytest tests/test_error_catalog.py``.
+The examples run with ``pytensor.config.floatX = "float64"`` and
+``mode="FAST_COMPILE"``, each in an empty working directory (an absolute
+path to it is written ``{cwd}``).
+"""
+
+
+def render_page(results: list[Result]) -> str:
+    """The text of ``docs/errors.rst`` for these results."""
+    lines = [
+        ".. Generated by tests/test_error_catalog.py from tests/error_catalog.py;",
+        f"   do not edit. Rewrite it with {REGENERATE}=1 python -m pytest "
+        "tests/test_error_catalog.py",
+        "",
+        *_heading("Errors", "="),
+        *INTRO.format(cwd=CWD).splitlines(),
+        "",
+    ]
+    if UNREACHABLE:
+        lines += [
+            "Not shown, as the public API cannot reach them: "
+            + "; ".join(
+                f"``{function}`` in ``{file}`` ({reason})"
+                for (file, function, _), reason in UNREACHABLE.items()
+            )
+            + ".",
+            "",
+        ]
+    lines += [
+        *_heading("What the examples use", "-"),
+        ".. code-block:: python",
+        "",
+        *_indent(PREAMBLE.rstrip("\n")),
+        "",
+    ]
+    for helper in HELPERS:
+        lines += _indent(textwrap.dedent(inspect.getsource(helper)).rstrip("\n"))
+        lines.append("")
+    for title, _ in SECTIONS:
+        entries = [r for r in results
+                   if section_of(r.file, r.scenario.cli) == title]
+        if not entries:
+            continue
+        lines += _heading(title, "-")
+        for result in entries:
+            lines += _entry(result)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def page_diff(old: str, new: str, limit: int = 60) -> str:
+    diff = list(
+        difflib.unified_diff(
+            old.splitlines(), new.splitlines(), "docs/errors.rst", "generated",
+            lineterm="",
+        )
+    )
+    if len(diff) > limit:
+        diff = [*diff[:limit], f"... ({len(diff) - limit} more lines)"]
+    return "\n".join(diff)
+
+
+def run_preamble() -> None:
+    """Run :data:`PREAMBLE` (what the page says the examples import)."""
+    exec(PREAMBLE, {})
