@@ -801,6 +801,21 @@ def rewrite_sets_differ():
     popstats.rewrite(y, [narrow, wide], select=pt.iscalar("k"))
 
 
+@scenario("Statistic sets estimated with other time modes")
+def rewrite_sets_time_modes_differ():
+    x, y = recurrent()
+    batches = [{"xs": data(3, 2).reshape(3, 1, 2) + np.arange(2.0)}]
+    per_step = popstats.estimate([x], y, batches)
+    pooled = popstats.estimate([x], y, batches, time="pooled")
+    popstats.rewrite(y, [per_step, pooled], select=pt.iscalar("k"))
+
+
+@scenario("A report file that cannot be written")
+def report_name_too_long():
+    x, y, stats = estimated()
+    stats.report("r" * 300 + ".html", plots=False)
+
+
 @scenario("A statistic set index out of range, at run time")
 def rewrite_select_out_of_range():
     x, y, stats = estimated()

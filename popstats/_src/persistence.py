@@ -106,7 +106,7 @@ def _site_from_meta(meta: dict[str, Any]) -> tuple[Site, Estimator, int]:
     return site, estimator, int(meta["n_batches"])
 
 
-def check_target(path: object, where: str) -> str:
+def check_target(path: object, where: str, example: str = "stats.npz") -> str:
     """The path to write, or a PopstatsError naming what is wrong with it.
 
     ``where`` names the call and argument, e.g. ``"estimate(checkpoint=...)"``.
@@ -119,7 +119,7 @@ def check_target(path: object, where: str) -> str:
     if os.path.isdir(path):
         raise PopstatsError(
             f"{where}: {path!r} is a folder. Give a file path in it, e.g. "
-            f"{os.path.join(path, 'stats.npz')!r}."
+            f"{os.path.join(path, example)!r}."
         )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -158,8 +158,8 @@ def _write(
             os.unlink(tmp)
         if isinstance(exc, OSError):
             raise PopstatsError(
-                f"{where}: cannot write {path!r}: {exc.strerror or exc}. "
-                f"Check the free space and permissions of {folder!r}."
+                f"{where}: cannot write {path!r}: {exc.strerror or exc}. Choose "
+                f"another name or folder (check its free space and permissions)."
             ) from exc
         raise
 

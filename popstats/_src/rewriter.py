@@ -130,12 +130,18 @@ def population_array(
     want = values[0].shape[axes:]
     for k, (other, value) in enumerate(zip(stats, values, strict=True)):
         shape = value.shape[other.depth :]
-        if other.site.time != site.time or shape != want:
+        if other.site.time != site.time:
             raise PopstatsError(
                 f"{call}(stats=...): statistic {stats[0].name!r} has time modes "
                 f"{site.time} and shape {want} in stats[0] but {other.site.time} "
                 f"and {shape} in stats[{k}]. Sets chosen by select must be "
-                f"estimated for the same statistics with the same time=... ."
+                f"estimated with the same time=... (and max_steps)."
+            )
+        if shape != want:
+            raise PopstatsError(
+                f"{call}(stats=...): statistic {stats[0].name!r} has shape {want} "
+                f"in stats[0] but {shape} in stats[{k}]. Sets chosen by select "
+                f"must be estimated on graphs of the same feature sizes."
             )
     longest = tuple(max(v.shape[a] for v in values) for a in range(axes))
     padded = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -88,9 +89,12 @@ class PopulationStatistics(Mapping[str, Statistic]):
     def __getitem__(self, name: str) -> Statistic:
         try:
             return self._by_name[name]
-        except KeyError:
+        except (KeyError, TypeError):
+            close = difflib.get_close_matches(str(name), list(self._by_name), n=3,
+                                              cutoff=0.5)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise PopstatsError(
-                f"PopulationStatistics[{name!r}]: no such statistic; known: "
+                f"PopulationStatistics[{name!r}]: no such statistic.{hint} Known: "
                 f"{sorted(self._by_name)}."
             ) from None
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError
 from popstats._src.inspection.describe import html_table
 from popstats._src.statistics import Statistic
 
@@ -170,10 +170,9 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
     ...     "<h2>Summary</h2>" in f.read()
     True
     """
-    if not isinstance(path, str | os.PathLike):
-        raise PopstatsError(
-            f"report(path=...): expected a file path, got {describe_value(path)}."
-        )
+    from popstats._src.persistence import check_target
+
+    path = check_target(path, "report(path=...)", "report.html")
     if plots:
         from popstats._src.inspection import require
 
@@ -184,6 +183,7 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
             handle.write(text)
     except OSError as exc:
         raise PopstatsError(
-            f"report(path=...): cannot write {os.fspath(path)!r} ({exc})."
-        ) from None
-    return os.fspath(path)
+            f"report(path=...): cannot write {path!r}: {exc.strerror or exc}. "
+            f"Choose another name or folder (check its permissions)."
+        ) from exc
+    return path
