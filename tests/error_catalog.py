@@ -135,6 +135,7 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("Layers and running averages: ``popstats.nn``", ("nn.py", "running.py")),
+    ("Options given by name (``match=``, ``dtypes=``)", ("errors.py",)),
 ]
 
 

@@ -22,7 +22,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.exporter import EstimationGraph
 
 __all__ = ["DTYPE_POLICIES", "batch_values", "check_dtypes", "check_inputs",
@@ -33,13 +33,11 @@ DTYPE_POLICIES = ("convert", "strict")
 
 def check_dtypes(policy: object, call: str) -> str:
     """Raise unless ``policy`` is a valid ``dtypes`` argument."""
-    if policy not in DTYPE_POLICIES:
-        raise PopstatsError(
-            f"{call}(dtypes=...): expected 'convert' (convert batch values to "
-            f"the inputs' dtypes when nothing that matters is lost) or 'strict' "
-            f"(refuse any other dtype), got {describe_value(policy)}."
-        )
-    return policy  # type: ignore[return-value]
+    return check_choice(policy, {
+        "convert": "convert batch values to the inputs' dtypes when nothing "
+        "that matters is lost",
+        "strict": "refuse any other dtype",
+    }, f"{call}(dtypes=...)")
 
 
 def _lossless(array: np.ndarray, target: np.dtype) -> np.ndarray | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PopstatsError"]
+__all__ = ["PopstatsError", "check_choice", "describe_value"]
 
 
 class PopstatsError(ValueError):
@@ -19,3 +19,14 @@ def describe_value(value: object, limit: int = 60) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"{text} ({type(value).__name__})"
+
+
+def check_choice(value: object, choices: dict[str, str], where: str) -> str:
+    """``value`` if it is one of ``choices`` (option -> meaning), else raise.
+
+    ``where`` names the call and argument, e.g. ``"rewrite(match=...)"``.
+    """
+    if isinstance(value, str) and value in choices:
+        return value
+    allowed = " or ".join(f"{k!r} ({meaning})" for k, meaning in choices.items())
+    raise PopstatsError(f"{where}: expected {allowed}, got {describe_value(value)}.")

@@ -15,24 +15,21 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_choice
 from popstats._src.statistics import PopulationStatistics, Statistic
 from popstats._src.walk import SiteId
 
 __all__ = ["MATCH_MODES", "Matcher", "check_match"]
 
-MATCH_MODES = ("structure", "name")
+MATCH_MODES = ("structure", "name")  # see check_match
 
 
 def check_match(match: object, call: str) -> str:
     """Raise unless ``match`` is a valid ``match`` argument."""
-    if match not in MATCH_MODES:
-        raise PopstatsError(
-            f"{call}(match=...): expected 'structure' (the default: the same "
-            f"label, loops and place in the graph) or 'name' (label and loops "
-            f"only), got {describe_value(match)}."
-        )
-    return match  # type: ignore[return-value]
+    return check_choice(match, {
+        "structure": "the default: the same label, loops and place in the graph",
+        "name": "label and loops only",
+    }, f"{call}(match=...)")
 
 
 class Matcher:
