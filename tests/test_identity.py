@@ -264,3 +264,69 @@ def test_rewrite_error_lists_all_missing_with_close_names():
                "'layer1.var'", "closest without a statistic: 'l1.mean'",
                "'l1.var'", "label"):
         popstats.rewrite(build(["layer1.mean", "layer1.var"]), stats)
+
+
+# ----------------------------------------------- found by generated models
+
+
+def _one_mark_layer(label="m", weights=False):
+    xi = pt.matrix()
+    if weights:
+        wi = pt.matrix()
+        h = pt.dot(xi, wi)
+        return OpFromGraph([xi, wi], [h - popstats.bn_statistic(h.mean(0), label)])
+    return OpFromGraph([xi], [xi - popstats.bn_statistic(xi.mean(0), label)])
+
+
+def test_opfromgraph_applied_once():
+    """Crashed on PyTensor >= 3.1 (frozen graph, no clone_with_new_inputs)."""
+    x = pt.matrix("x")
+    y = _one_mark_layer()(x)
+    stats = popstats.estimate([x], y, [{"x": np.ones((3, 2))}], mode=MODE)
+    fn = pytensor.function([x], popstats.rewrite(y, stats), mode=MODE)
+    np.testing.assert_allclose(fn(np.zeros((1, 2))), [[-1.0, -1.0]])
+
+
+def test_opfromgraph_side_by_side_with_other_weights():
+    layer = _one_mark_layer(weights=True)
+    x = pt.matrix("x")
+    w1 = pytensor.shared(np.eye(2), name="w1")
+    w2 = pytensor.shared(2 * np.eye(2), name="w2")
+    y = layer(x, w1) + layer(x, w2)
+    stats = popstats.estimate([x], y, [{"x": np.ones((3, 2))}], mode=MODE)
+    assert sorted(s.value.tolist() for s in stats.values()) == [[1.0, 1.0], [2.0, 2.0]]
+    fn = pytensor.function([x], popstats.rewrite(y, stats), mode=MODE)
+    np.testing.assert_allclose(fn(np.ones((1, 2))), [[0.0, 0.0]])
+
+
+def test_opfromgraph_in_sequence_and_after_a_mark_counts_each_once():
+    layer = _one_mark_layer("inner", weights=True)
+    x = pt.matrix("x")
+    w = pytensor.shared(np.eye(2), name="w")
+    twice = layer(layer(x, w), w)
+    assert len(popstats.export(twice).sites) == 2
+    after = layer(x - popstats.bn_statistic(x.mean(0), "outer"), w)
+    assert sorted(s.name for s in popstats.export(after).sites) == ["inner", "outer"]
+
+
+def test_random_stream_in_a_loop_gives_each_statistic_once():
+    """Scan clones the update graph: two equal inner marks, one statistic."""
+    import warnings
+
+    from pytensor.tensor.random.utils import RandomStream
+
+    x = pt.tensor3("x")
+
+    def step(xt):
+        h = xt - popstats.bn_statistic(xt.mean(0), label="m")
+        return h * srng.binomial(1, 1.0, size=h.shape)
+
+    with warnings.catch_warnings():  # RandomStream and scan's updates: deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        srng = RandomStream(0)
+        hs, _ = pytensor.scan(step, sequences=[x], return_updates=True)
+    data = np.arange(12.0).reshape(2, 3, 2)
+    stats = popstats.estimate([x], hs, [{"x": data}], mode=MODE)
+    assert list(stats) == ["m"]
+    np.testing.assert_allclose(stats["m"].value, data.mean(1))
