@@ -393,3 +393,28 @@ def test_fully_masked_trailing_steps_are_not_reached(time):
         # "mean" pooled over time: every reached (batch, step) weighs the same
         np.testing.assert_allclose(mean.value, np.mean(all_rows, 0))
     assert np.isfinite(stats["rnn.var"].value).all()
+
+
+def test_running_averages_skip_fully_masked_steps():
+    """A step where the mask leaves nothing keeps its running value."""
+    x, mask = pt.tensor3("x"), pt.matrix("mask")
+    gamma, beta = nn.bn_params(2, "rnn")
+
+    def step(xt, mt, g, b):
+        return nn.batch_norm(xt, axes=0, gamma=g, beta=b, mask=mt, label="rnn").output
+
+    y = pytensor.scan(step, sequences=[x, mask], non_sequences=[gamma, beta],
+                      return_updates=False)
+    _, updates, running = nn.running_average_updates(y, momentum=0.5, max_steps=3)
+    train = pytensor.function([x, mask], [], updates=updates, mode=MODE)
+    rng = np.random.default_rng(4)
+    data = rng.normal(1.0, 2.0, (3, 2, 2))
+    m = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # step 2 fully padded
+    train(data, m)
+    stats = running.as_statistics()
+    mean = stats["rnn.mean"]
+    np.testing.assert_array_equal(mean.coverage, [1, 1])  # step 2 never reached
+    np.testing.assert_allclose(mean.value[0], 0.5 * data[0].mean(0))
+    np.testing.assert_allclose(mean.value[1], 0.5 * data[1, 0])
+    assert np.isfinite(stats["rnn.var"].value).all()
+    np.testing.assert_allclose(running.variables["rnn.mean"].get_value()[2], 0.0)

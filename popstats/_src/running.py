@@ -116,6 +116,11 @@ def _initial(site: Site) -> float:
     return 1.0 if site.role in ("var", "std") else 0.0
 
 
+def _cells(reached: Any, value: Any) -> Any:
+    """A per-cell condition with axes added to broadcast against ``value``."""
+    return reached[(Ellipsis,) + (None,) * (value.ndim - reached.ndim)]
+
+
 def _bessel(stat: Any, count: Any, role: str) -> Any:
     """A batch variance times m/(m-1), a std times its square root, symbolically.
 
@@ -271,17 +276,28 @@ def running_average_updates(
                               name=f"running.{site.name}", shape=shape)
         cov = pytensor.shared(np.zeros(shape[:depth], np.int64),
                               name=f"running.{site.name}.coverage", shape=shape[:depth])
+        # a cell whose count is 0 (a mask left no element) is not reached:
+        # its running value and coverage stay as they are
         if depth:
             cut = tuple(slice(0, pt.minimum(stat.shape[k], max_steps))
                         for k in range(depth))
             old = run[cut]
             new = (1 - momentum) * old + momentum * stat[cut]
+            reached = pt.ones(old.shape[:depth], dtype="bool")
+            if count is not None:
+                reached = pt.gt(count[cut], 0)
+            new = pt.switch(_cells(reached, new), new, old)
             updates[run] = pt.set_subtensor(old, pt.cast(new, run.dtype))
-            updates[cov] = pt.inc_subtensor(cov[cut], 1)
+            updates[cov] = pt.inc_subtensor(cov[cut], pt.cast(reached, "int64"))
         else:
             new = (1 - momentum) * run + momentum * stat
+            step = 1
+            if count is not None:
+                reached = pt.gt(count, 0)
+                new = pt.switch(reached, new, run)
+                step = pt.cast(reached, "int64")
             updates[run] = pt.cast(new, run.dtype)
-            updates[cov] = cov + 1
+            updates[cov] = cov + step
         variables[site.name], coverage[site.name] = run, cov
     running = RunningAverages(eg.sites, variables, coverage, n_batches,
                               momentum, max_steps, unbiased)
