@@ -28,16 +28,17 @@ from popstats._src.exporter import EstimationGraph
 __all__ = ["DTYPE_POLICIES", "batch_values", "check_dtypes", "check_inputs",
            "describe_batch", "iterate"]
 
-DTYPE_POLICIES = ("convert", "strict")
+#: the ``dtypes`` options of estimate, and what each means
+DTYPE_POLICIES = {
+    "convert": "convert batch values to the inputs' dtypes when nothing that "
+    "matters is lost",
+    "strict": "refuse any other dtype",
+}
 
 
 def check_dtypes(policy: object, call: str) -> str:
     """Raise unless ``policy`` is a valid ``dtypes`` argument."""
-    return check_choice(policy, {
-        "convert": "convert batch values to the inputs' dtypes when nothing "
-        "that matters is lost",
-        "strict": "refuse any other dtype",
-    }, f"{call}(dtypes=...)")
+    return check_choice(policy, DTYPE_POLICIES, f"{call}(dtypes=...)")
 
 
 def _lossless(array: np.ndarray, target: np.dtype) -> np.ndarray | None:

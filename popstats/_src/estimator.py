@@ -334,8 +334,7 @@ class Estimation:
                 f"elements; give bn_statistic a count, e.g. the mask's sum, so "
                 f"that steps with no element count as not reached)."
             )
-        scaled = estimator.name == "unbiased" or getattr(estimator, "unbiased", False)
-        if scaled and site.role in ("var", "std") and not (
+        if _bessel_corrected(estimator, site.role) and not (
             (count > 1) | (count == 0)
         ).all():
             raise PopstatsError(
@@ -503,11 +502,17 @@ def _stat_shape(state: dict[str, np.ndarray], axes: int) -> tuple[int, ...]:
     return value.shape[axes:]
 
 
+def _bessel_corrected(estimator: est.Estimator, role: str | None) -> bool:
+    """Whether ``estimator`` scales a variance (or std) by m/(m-1)."""
+    return role in ("var", "std") and (
+        estimator.name == "unbiased" or estimator.unbiased  # ema, unbiased=True
+    )
+
+
 def _uses_count(estimator: est.Estimator, role: str | None) -> bool:
     """Whether ``estimator`` weighs or scales a statistic by its count."""
-    return estimator.name in ("weighted", "pooled") or (
-        role in ("var", "std")
-        and (estimator.name == "unbiased" or estimator.unbiased)  # ema, m/(m-1)
+    return estimator.name in ("weighted", "pooled") or _bessel_corrected(
+        estimator, role
     )
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "ROLES",
     "EstimationState",
     "Estimator",
+    "expand",
     "fill_uncovered",
     "resolve_estimator",
 ]
@@ -230,12 +231,10 @@ def grow(state: State, steps: tuple[int, ...]) -> State:
     return grown
 
 
-def _expand(cell_array: np.ndarray, value: np.ndarray) -> np.ndarray:
+def expand(cell_array: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Broadcast a per-cell array against a value with the statistic's shape."""
     return cell_array.reshape(cell_array.shape + (1,) * (value.ndim - cell_array.ndim))
 
-
-expand = _expand
 
 
 def update(
@@ -259,9 +258,9 @@ def update(
     reached = None
     if count is not None and not (count > 0).all():
         reached = count > 0
-        value = np.where(_expand(reached, value), value, 0.0)
+        value = np.where(expand(reached, value), value, 0.0)
         if mean is not None:
-            mean = np.where(_expand(reached, mean), mean, 0.0)
+            mean = np.where(expand(reached, mean), mean, 0.0)
         count = np.where(reached, count, 0.0)
     view["n"] += 1 if reached is None else reached
     name = estimator.name
@@ -272,7 +271,7 @@ def update(
         decay_m = m
         if count is not None and not (count > 0).all():
             decay_m = np.where(count > 0, m, 0.0)  # cells not reached: unchanged
-            m = _expand(decay_m, value)
+            m = expand(decay_m, value)
         view["acc"] *= 1.0 - m
         view["acc"] += m * value
         view["decay"] *= 1.0 - decay_m
@@ -282,12 +281,12 @@ def update(
         # same result, bit for bit) without building weights per batch: this
         # runs per statistic and batch and dominated estimate()'s own cost.
         view["w"] += 1.0
-        view["mean"] += (value - view["mean"]) * _expand(1.0 / view["w"], value)
+        view["mean"] += (value - view["mean"]) * expand(1.0 / view["w"], value)
         return state
     if name == "unbiased" and role in ("var", "std"):
         variance = value if role == "var" else value**2
         safe_count = np.where(count > 1, count, 2.0)  # cells not reached: unused
-        value = variance * _expand(safe_count / (safe_count - 1.0), value)
+        value = variance * expand(safe_count / (safe_count - 1.0), value)
     if name in ("weighted", "pooled"):
         w = count
     else:
@@ -299,12 +298,12 @@ def update(
     if name == "pooled" and role in ("var", "std"):
         variance = value if role == "var" else value**2
         delta = mean - view["mean"]
-        view["m2"] += _expand(w, value) * variance + delta**2 * _expand(
+        view["m2"] += expand(w, value) * variance + delta**2 * expand(
             view["w"] * w / safe, value
         )
-        view["mean"] += delta * _expand(w / safe, value)
+        view["mean"] += delta * expand(w / safe, value)
     else:
-        view["mean"] += (value - view["mean"]) * _expand(w / safe, value)
+        view["mean"] += (value - view["mean"]) * expand(w / safe, value)
     view["w"][...] = w_total
     return state
 
@@ -324,7 +323,7 @@ def _bessel(value: np.ndarray, count: np.ndarray | None, role: str) -> np.ndarra
         )
     m = np.where(count > 1, count, 2.0)
     factor = m / (m - 1.0)
-    return value * _expand(factor if role == "var" else np.sqrt(factor), value)
+    return value * expand(factor if role == "var" else np.sqrt(factor), value)
 
 
 def merge(estimator: Estimator, role: str | None, a: State, b: State) -> State:
@@ -334,15 +333,15 @@ def merge(estimator: Estimator, role: str | None, a: State, b: State) -> State:
     out = {"n": a["n"] + b["n"]}
     if estimator.name == "ema":
         out["decay"] = a["decay"] * b["decay"]
-        out["acc"] = a["acc"] * _expand(b["decay"], a["acc"]) + b["acc"]
+        out["acc"] = a["acc"] * expand(b["decay"], a["acc"]) + b["acc"]
         return out
     w = a["w"] + b["w"]
     frac = np.divide(b["w"], w, out=np.zeros_like(w), where=w > 0)
     delta = b["mean"] - a["mean"]
     out["w"] = w
-    out["mean"] = a["mean"] + delta * _expand(frac, delta)
+    out["mean"] = a["mean"] + delta * expand(frac, delta)
     if "m2" in a:
-        out["m2"] = a["m2"] + b["m2"] + delta**2 * _expand(a["w"] * frac, delta)
+        out["m2"] = a["m2"] + b["m2"] + delta**2 * expand(a["w"] * frac, delta)
     return out
 
 
@@ -350,10 +349,10 @@ def finalize(estimator: Estimator, role: str | None, state: State) -> np.ndarray
     """The population value per cell (cells no batch reached are left as 0)."""
     if estimator.name == "ema":
         start = 1.0 if role in ("var", "std") else 0.0
-        return state["acc"] + start * _expand(state["decay"], state["acc"])
+        return state["acc"] + start * expand(state["decay"], state["acc"])
     if "m2" in state:
         w = state["w"]
-        variance = state["m2"] / _expand(np.where(w > 0, w, 1.0), state["m2"])
+        variance = state["m2"] / expand(np.where(w > 0, w, 1.0), state["m2"])
         return variance if role == "var" else np.sqrt(variance)
     if estimator.name == "unbiased" and role == "std":
         return np.sqrt(state["mean"])

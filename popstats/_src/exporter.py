@@ -33,6 +33,7 @@ __all__ = [
     "TIME_MODES",
     "EstimationGraph",
     "Site",
+    "align_cells",
     "as_variables",
     "export",
     "export_checked",
@@ -202,7 +203,7 @@ def pool_steps(found: _Found, partner: _Found | None, by_count: bool = True) -> 
         # A step whose count is 0 (a mask left no element; its value is 0/0)
         # is not reached: it weighs nothing, and its value is not read.
         live = count > 0
-        value = pt.switch(_align(live, value), value, pt.zeros_like(value))
+        value = pt.switch(align_cells(live, value), value, pt.zeros_like(value))
         if weight.ndim == live.ndim:
             weight = weight * live
     counted = count is not None and by_count
@@ -215,7 +216,7 @@ def pool_steps(found: _Found, partner: _Found | None, by_count: bool = True) -> 
     if role in ("var", "std") and partner is not None and counted:
         means = partner.value
         if live is not None:
-            means = pt.switch(_align(live, means), means, pt.zeros_like(means))
+            means = pt.switch(align_cells(live, means), means, pt.zeros_like(means))
         grand = (means * w[expand]).sum(axis=0) / total[expand]
         variance = value if role == "var" else value**2
         spread = variance + (means - grand) ** 2
@@ -228,7 +229,7 @@ def pool_steps(found: _Found, partner: _Found | None, by_count: bool = True) -> 
     found.weight = weight.sum(axis=0)
 
 
-def _align(cells: Variable, value: Variable) -> Variable:
+def align_cells(cells: Variable, value: Variable) -> Variable:
     """A per-cell array with trailing axes added to broadcast against ``value``."""
     return cells[(Ellipsis,) + (None,) * (value.ndim - cells.ndim)]
 

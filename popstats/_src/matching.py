@@ -21,15 +21,16 @@ from popstats._src.walk import SiteId
 
 __all__ = ["MATCH_MODES", "Matcher", "check_match"]
 
-MATCH_MODES = ("structure", "name")  # see check_match
+#: the ``match`` options of rewrite and bind, and what each means
+MATCH_MODES = {
+    "structure": "the default: the same label, loops and place in the graph",
+    "name": "label and loops only",
+}
 
 
 def check_match(match: object, call: str) -> str:
     """Raise unless ``match`` is a valid ``match`` argument."""
-    return check_choice(match, {
-        "structure": "the default: the same label, loops and place in the graph",
-        "name": "label and loops only",
-    }, f"{call}(match=...)")
+    return check_choice(match, MATCH_MODES, f"{call}(match=...)")
 
 
 class Matcher:

@@ -22,7 +22,7 @@ from pytensor.graph.basic import Variable
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimator import fill_uncovered
 from popstats._src.estimators import Estimator
-from popstats._src.exporter import Site, export
+from popstats._src.exporter import Site, align_cells, export
 from popstats._src.statistics import PopulationStatistics, Statistic
 
 __all__ = ["RunningAverages", "running_average_updates"]
@@ -114,11 +114,6 @@ def _extent(coverage: np.ndarray, axis: int) -> int:
 
 def _initial(site: Site) -> float:
     return 1.0 if site.role in ("var", "std") else 0.0
-
-
-def _cells(reached: Any, value: Any) -> Any:
-    """A per-cell condition with axes added to broadcast against ``value``."""
-    return reached[(Ellipsis,) + (None,) * (value.ndim - reached.ndim)]
 
 
 def _bessel(stat: Any, count: Any, role: str) -> Any:
@@ -286,7 +281,7 @@ def running_average_updates(
             reached = pt.ones(old.shape[:depth], dtype="bool")
             if count is not None:
                 reached = pt.gt(count[cut], 0)
-            new = pt.switch(_cells(reached, new), new, old)
+            new = pt.switch(align_cells(reached, new), new, old)
             updates[run] = pt.set_subtensor(old, pt.cast(new, run.dtype))
             updates[cov] = pt.inc_subtensor(cov[cut], pt.cast(reached, "int64"))
         else:
