@@ -118,7 +118,8 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("Finding statistics: ``export``", ("exporter.py", "walk.py")),
     (
         "Estimating: ``estimate``, ``Estimation``, ``Estimator``",
-        ("estimator.py", "estimators.py", "api.py", "inspection/progress.py"),
+        ("estimator.py", "estimators.py", "state.py", "checkpoint.py", "api.py",
+         "inspection/progress.py"),
     ),
     ("Batches and inputs", ("batches.py",)),
     ("Rewriting: ``rewrite``, ``bind``", ("rewriter.py", "matching.py")),
@@ -328,7 +329,7 @@ def recurrent(counted=False):
     return xs, hs
 
 
-def popstats_file(path, kind="popstats.statistics", version=2, meta="{}"):
+def popstats_file(path, kind="popstats.statistics", version=3, meta="{}"):
     """Write an .npz file with popstats' header (to show what loading checks)."""
     np.savez(path, popstats_format=np.array(kind),
              format_version=np.array(version), meta=np.array(meta))
@@ -486,11 +487,18 @@ def estimate_pooled_without_mean():
     popstats.estimate([x], y, [{"x": data()}], estimator="pooled")
 
 
+@scenario("A variance pooled over time without its mean")
+def export_pooled_variance_without_its_mean():
+    xs, hs = recurrent(counted=True)
+    popstats.estimate([xs], hs, [{"xs": np.ones((4, 3, 2))}],
+                      time={"step.var": "pooled"})
+
+
 @scenario("The pooled estimator with other time modes for a mean and its variance")
 def estimate_pooled_time_modes_differ():
     xs, hs = recurrent(counted=True)
     popstats.estimate([xs], hs, [{"xs": np.ones((4, 3, 2))}], estimator="pooled",
-                      time={"step.var": "pooled"})
+                      time={"step.mean": "pooled"})
 
 
 @scenario("An estimator that needs counts, on a statistic without one")
@@ -811,6 +819,14 @@ def rewrite_sets_time_modes_differ():
     popstats.rewrite(y, [per_step, pooled], select=pt.iscalar("k"))
 
 
+@scenario("Binding statistics estimated with other time modes")
+def bind_time_modes_differ():
+    x, y = recurrent()
+    batches = [{"xs": data(3, 2).reshape(3, 1, 2) + np.arange(2.0)}]
+    y_inf = popstats.rewrite(y, popstats.estimate([x], y, batches))
+    popstats.bind(y_inf, popstats.estimate([x], y, batches, time="pooled"))
+
+
 @scenario("A report file that cannot be written")
 def report_name_too_long():
     x, y, stats = estimated()
@@ -909,6 +925,61 @@ def save_rename_fails():
     stats.save("s" * 252 + ".npz")  # a file name longer than 255 bytes
 
 
+@scenario("A checkpoint of another estimation pass")
+def resume_other_options():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="pass.npz")
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="pass.npz",
+                      estimator="ema")
+
+
+@scenario("Resuming with fewer batches than the checkpoint counts")
+def resume_fewer_batches():
+    x, y = layer()
+    batches = [{"x": data()}, {"x": data() + 1.0}]
+    popstats.estimate([x], y, batches, checkpoint="pass.npz")
+    popstats.estimate([x], y, batches[:1], checkpoint="pass.npz")
+
+
+@scenario("A saved state where a checkpoint is expected")
+def resume_from_a_saved_state():
+    x, y = layer()
+    run = popstats.Estimation([x], y)
+    run.run([{"x": data()}]).save("state.npz")
+    run.run([{"x": data()}], checkpoint="state.npz")
+
+
+@scenario("Resuming a checkpoint from another starting state")
+def resume_other_start():
+    x, y = layer()
+    run = popstats.Estimation([x], y)
+    first = run.run([{"x": data()}])
+    run.run([{"x": data()}], state=first, checkpoint="pass.npz")
+    run.run([{"x": data()}], checkpoint="pass.npz")  # without state=first
+
+
+@scenario("``checkpoint_every`` that is not a positive int")
+def checkpoint_every_zero():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="pass.npz",
+                      checkpoint_every=0)
+
+
+@scenario("A state whose arrays do not fit its statistics")
+def state_arrays_do_not_fit():
+    x, y = layer()
+    run = popstats.Estimation([x], y)
+    state = run.run([{"x": data()}])
+    run.finalize(popstats.EstimationState(state.spec, ({"n": np.zeros(3)}, {}), 1))
+
+
+@scenario("A state with arrays for another number of statistics")
+def state_arrays_missing():
+    x, y = layer()
+    run = popstats.Estimation([x], y)
+    run.finalize(popstats.EstimationState(run.init().spec, (), 0))
+
+
 @scenario("Loading from something that is not a path")
 def load_not_a_path():
     popstats.load(1)
@@ -931,9 +1002,21 @@ def load_version_1():
     popstats.load("stats.npz")
 
 
+@scenario("Loading a statistics file of format version 2")
+def load_version_2():
+    popstats_file("stats.npz", version=2)
+    popstats.load("stats.npz")
+
+
+@scenario("Loading an estimation state of format version 1")
+def load_state_version_1():
+    popstats_file("state.npz", kind="popstats.state", version=1)
+    popstats.load_state("state.npz")
+
+
 @scenario("Loading a file of an unknown format version")
 def load_unknown_version():
-    popstats_file("stats.npz", version=3)
+    popstats_file("stats.npz", version=4)
     popstats.load("stats.npz")
 
 
@@ -958,7 +1041,7 @@ def load_damaged():
 
 @scenario("Loading an estimation state from a damaged file")
 def load_state_damaged():
-    popstats_file("state.npz", kind="popstats.state", version=1, meta="{}")
+    popstats_file("state.npz", kind="popstats.state", version=2, meta="{}")
     popstats.load_state("state.npz")
 
 

@@ -194,16 +194,24 @@ def test_ema_starts_at_zero_for_means_and_one_for_variances():
         np.testing.assert_allclose(got, (1 - m) * start + m * STAT[role](x))
 
 
-def test_mean_accumulator_weighs_by_pooled_steps():
-    # with time pooled, a batch's value stands for `weight` (batch, step) pairs
-    estimator = Estimator("mean")
-    state = est.init(estimator, "mean", (F,), 0)
-    values = [np.array([1.0, 2.0]), np.array([4.0, -1.0])]
-    for value, weight in zip(values, (3.0, 1.0), strict=True):
-        est.update(estimator, "mean", state, value, None, np.array(weight), None)
-    np.testing.assert_allclose(
-        est.finalize(estimator, "mean", state), (3 * values[0] + values[1]) / 4
-    )
+@pytest.mark.parametrize("name", ["mean", "weighted", "unbiased", "pooled", "ema"])
+def test_a_cell_not_reached_changes_nothing(name):
+    # two steps; the second batch reaches only step 0: step 1 is as after batch 1
+    estimator = Estimator(name)
+    role = "var" if name != "mean" else "mean"
+    state = est.init(estimator, role, (F,), 1)
+    state = est.grow(state, (2,))
+    first = np.array([[1.0, 2.0], [3.0, 4.0]])
+    count = np.array([4.0, 5.0])
+    mean = np.zeros((2, F))
+    est.update(estimator, role, state, first, count, None, mean)
+    after_one = {k: v.copy() for k, v in state.items()}
+    second = np.array([[5.0, 6.0], [np.nan, np.nan]])  # not read
+    est.update(estimator, role, state, second, np.array([4.0, 0.0]),
+               np.array([True, False]), np.zeros((2, F)))
+    for field, array in state.items():
+        np.testing.assert_array_equal(array[1], after_one[field][1])
+    np.testing.assert_array_equal(state["n"], [2, 1])
 
 
 # --------------------------------------------------------------------------
@@ -458,22 +466,60 @@ def test_finalize_of_an_empty_state():
 # --------------------------------------------------------------------------
 
 
-def test_time_pooled_mean_counts_every_batch_step_once():
+def time_pooled_reference(which, role, cells, momentum=0.1):
+    """Rule of time pooling: each batch's statistic over all its steps (the
+    statistic of its elements of every step: for a mean, variance or std
+    with its paired mean, that of the concatenated elements; for other
+    statistics the count-weighted average of the steps' values), combined
+    over batches as the estimator combines batches."""
+    if role is not None:
+        return reference(which, role, [np.concatenate(c) for c in cells], momentum)
+    joint = [np.average([STAT[None](e) for e in c], axis=0,
+                        weights=[len(e) for e in c]) for c in cells]
+    counts = [sum(len(e) for e in c) for c in cells]
+    if which == "weighted":
+        return np.average(joint, axis=0, weights=counts)
+    if which == "ema":
+        v = np.zeros(F)
+        for value in joint:
+            v = (1 - momentum) * v + momentum * value
+        return v
+    return np.mean(joint, axis=0)
+
+
+@pytest.mark.parametrize("which", ["mean", "weighted", "unbiased", "ema"])
+def test_time_pooled_statistics_are_those_of_each_batch_over_its_steps(which):
     inputs, hs = masked_model()
     batches = masked_batches()
-    stats = popstats.estimate(inputs, hs, batches, time="pooled", mode=MODE)
+    cells = [[masked_elements(b, t) for t in range(len(b["x"]))] for b in batches]
+    spec = Estimator("ema", momentum=0.2) if which == "ema" else which
+    stats = popstats.estimate(inputs, hs, batches, estimator=spec, time="pooled",
+                              mode=MODE)
     for name, role in MASKED_ROLES.items():
-        per_step = [
-            STAT[role](masked_elements(b, t))
-            for b in batches
-            for t in range(len(b["x"]))
-        ]
         stat = stats[name]
         assert stat.value.shape == (F,)
         assert stat.coverage.shape == ()
         assert int(stat.coverage) == len(batches)
-        # not the count-weighted average: every reached (batch, step) once
-        np.testing.assert_allclose(stat.value, np.mean(per_step, axis=0), rtol=1e-10)
+        want = time_pooled_reference(which, role, cells, 0.2)
+        np.testing.assert_allclose(stat.value, want, rtol=1e-10)
+    # between-step spread is in every estimator's variance: not the plain
+    # average of the steps' variances
+    per_step = np.mean([e.var(0) for c in cells for e in c], axis=0)
+    assert not np.allclose(stats["s.var"].value, per_step, rtol=1e-2)
+
+
+def test_time_pooled_unbiased_is_mean_times_m_over_m_minus_1():
+    # equal elements per batch (M = 3 steps x 4 rows): the documented factor
+    inputs, hs = masked_model()
+    rng = np.random.default_rng(3)
+    shift = 3.0 * np.arange(3)[:, None, None]  # steps far apart
+    batches = [{"x": rng.normal(size=(3, 4, F)) + shift, "mask": np.ones((3, 4))}
+               for _ in range(5)]
+    mean = popstats.estimate(inputs, hs, batches, time="pooled", mode=MODE)
+    unbiased = popstats.estimate(inputs, hs, batches, estimator="unbiased",
+                                 time="pooled", mode=MODE)
+    np.testing.assert_allclose(unbiased["s.var"].value,
+                               mean["s.var"].value * 12 / 11, rtol=1e-12)
 
 
 def test_time_pooled_pooled_is_exact_over_all_steps():
@@ -488,31 +534,6 @@ def test_time_pooled_pooled_is_exact_over_all_steps():
     )
     np.testing.assert_allclose(stats["s.mean"].value, data.mean(0), rtol=1e-10)
     np.testing.assert_allclose(stats["s.var"].value, data.var(0), rtol=1e-10)
-
-
-def test_time_pooled_weighted_and_ema():
-    inputs, hs = masked_model()
-    batches = masked_batches()
-    cells = [[masked_elements(b, t) for t in range(len(b["x"]))] for b in batches]
-    stats = popstats.estimate(
-        inputs, hs, batches, estimator="weighted", time="pooled", mode=MODE
-    )
-    # weighted by count: each element once
-    flat = [e for batch in cells for e in batch]
-    want = np.average([e.max(0) for e in flat], axis=0, weights=[len(e) for e in flat])
-    np.testing.assert_allclose(stats["s.max"].value, want, rtol=1e-10)
-    np.testing.assert_allclose(
-        stats["s.mean"].value, np.concatenate(flat).mean(0), rtol=1e-10
-    )
-    # ema: one update per batch, with the batch's steps averaged
-    stats = popstats.estimate(
-        inputs, hs, batches, estimator=Estimator("ema", momentum=0.2),
-        time="pooled", mode=MODE,
-    )
-    v = np.zeros(F)
-    for batch in cells:
-        v = 0.8 * v + 0.2 * np.mean([e.mean(0) for e in batch], axis=0)
-    np.testing.assert_allclose(stats["s.mean"].value, v, rtol=1e-10)
 
 
 def test_rewrite_of_time_pooled_statistics_uses_one_value_at_every_step():
@@ -586,9 +607,6 @@ def test_time_per_loop_level_in_nested_loops():
         return [np.concatenate([x[t1, t2] for t1, t2 in select(x)]) for x in xs
                 if list(select(x))]
 
-    def per_cell_means(select):
-        return [x[t1, t2].mean(0) for x in xs for t1, t2 in select(x)]
-
     def every(x):
         return [(a, b) for a in range(x.shape[0]) for b in range(x.shape[1])]
 
@@ -605,10 +623,12 @@ def test_time_per_loop_level_in_nested_loops():
             def at(x, t1=t1):
                 return [(t1, b) for b in range(x.shape[1])] if x.shape[0] > t1 else []
             if est_spec == "mean":
-                want = np.mean(per_cell_means(at), axis=0)
+                # each batch's statistic over its inner steps, averaged
+                joint = [np.concatenate([x[c] for c in at(x)]) for x in xs if at(x)]
+                want = np.mean([e.mean(0) for e in joint], axis=0)
                 np.testing.assert_allclose(stats["in.mean"].value[t1], want,
                                            rtol=1e-10)
-                want = np.mean([x[c].var(0) for x in xs for c in at(x)], axis=0)
+                want = np.mean([e.var(0) for e in joint], axis=0)
                 np.testing.assert_allclose(stats["in.var"].value[t1], want,
                                            rtol=1e-10)
             else:
@@ -634,16 +654,20 @@ def test_time_per_loop_level_in_nested_loops():
         data = np.concatenate(cells(at))
         np.testing.assert_allclose(stats["in.mean"].value[t2], data.mean(0), rtol=1e-10)
         np.testing.assert_allclose(stats["in.var"].value[t2], data.var(0), rtol=1e-10)
-    outs = [x[t1].mean((0, 1)) for x in xs for t1 in range(x.shape[0])]
+    # out.mean has no count: each batch's outer steps weigh the same
+    outs = [np.mean([x[t1].mean((0, 1)) for t1 in range(x.shape[0])], 0) for x in xs]
     np.testing.assert_allclose(stats["out.mean"].value, np.mean(outs, 0), rtol=1e-10)
 
     # both pooled
     stats = popstats.estimate(inputs, hs, batches, time="pooled", estimator="mean",
                               mode=MODE)
     assert stats["in.mean"].value.shape == (F,)
-    want = np.mean(per_cell_means(every), axis=0)
+    # per batch, the statistic of all its elements (every outer and inner
+    # step), then the plain average over batches
+    joint = [x.reshape(-1, F) for x in xs]
+    want = np.mean([e.mean(0) for e in joint], axis=0)
     np.testing.assert_allclose(stats["in.mean"].value, want, rtol=1e-10)
-    want = np.mean([x[a, b].var(0) for x in xs for a, b in every(x)], axis=0)
+    want = np.mean([e.var(0) for e in joint], axis=0)
     np.testing.assert_allclose(stats["in.var"].value, want, rtol=1e-10)
 
 
@@ -681,14 +705,14 @@ def test_inner_length_varying_between_outer_steps_with_inner_time_pooled():
         )
         np.testing.assert_array_equal(stats["in.mean"].coverage, [3, 3, 2])
         for t1 in range(3):
-            rows = [
-                b["data"][t1, t2]
+            per_batch = [
+                np.concatenate([b["data"][t1, t2] for t2 in range(b["lengths"][t1])])
                 for b in batches if len(b["lengths"]) > t1
-                for t2 in range(b["lengths"][t1])
             ]
-            if spec == "mean":  # every (batch, inner step) once
-                want_m = np.mean([r.mean(0) for r in rows], axis=0)
-                want_v = np.mean([r.var(0) for r in rows], axis=0)
+            rows = per_batch
+            if spec == "mean":  # each batch over its inner steps, then averaged
+                want_m = np.mean([r.mean(0) for r in per_batch], axis=0)
+                want_v = np.mean([r.var(0) for r in per_batch], axis=0)
             else:
                 rows = np.concatenate(rows)
                 want_m, want_v = rows.mean(0), rows.var(0)

@@ -196,7 +196,7 @@ def test_saved_file_is_plain_npz_without_pickle(tmp_path):
     stats.save(path)
     with np.load(path, allow_pickle=False) as archive:
         assert str(archive["popstats_format"]) == "popstats.statistics"
-        assert int(archive["format_version"]) == 2
+        assert int(archive["format_version"]) == 3
         assert all(archive[k].dtype != object for k in archive.files)
     assert popstats.load(path)["ff.var"].estimator == Estimator("ema", momentum=0.5)
 
@@ -340,15 +340,22 @@ def _rewrite_npz(src, dst, **changes):
 def test_other_format_version(saved, tmp_path):
     _, stats_path, state_path = saved
     future = tmp_path / "future.npz"
-    _rewrite_npz(stats_path, future, format_version=np.array(3))
-    with fails("load(path=...)", "future.npz", "format version 3", "version 2"):
+    _rewrite_npz(stats_path, future, format_version=np.array(4))
+    with fails("load(path=...)", "future.npz", "format version 4", "version 3"):
         popstats.load(future)
     _rewrite_npz(stats_path, future, format_version=np.array(1))
     with fails("load(path=...)", "format version 1", "new in every process",
                "Estimate again"):
         popstats.load(future)
+    _rewrite_npz(stats_path, future, format_version=np.array(2))
+    with fails("load(path=...)", "format version 2", "max_steps", "Estimate again"):
+        popstats.load(future)
     _rewrite_npz(state_path, future, format_version=np.array(0))
-    with fails("load_state(path=...)", "format version 0", "version 1"):
+    with fails("load_state(path=...)", "format version 0", "version 2"):
+        popstats.load_state(future)
+    _rewrite_npz(state_path, future, format_version=np.array(1))
+    with fails("load_state(path=...)", "format version 1", "estimator, time modes "
+               "and max_steps", "run the pass again"):
         popstats.load_state(future)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,14 @@ from popstats._src.batches import (
     iterate,
 )
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimators import EstimationState, fill_uncovered
-from popstats._src.exporter import Site, as_variables, export_checked
+from popstats._src.estimators import fill_uncovered
+from popstats._src.exporter import Site, as_variables, check_patterns, export_checked
+from popstats._src.state import (
+    EstimationState,
+    PassSpec,
+    StatisticSpec,
+    spec_differences,
+)
 from popstats._src.statistics import PopulationStatistics, Statistic
 
 __all__ = ["Estimation", "EstimationState", "estimate", "estimate_as", "fill_uncovered"]
@@ -53,12 +59,18 @@ class Estimation:
         (``fnmatch``) to those; first match wins, unmatched use ``"mean"``.
     time : "step", "pooled", tuple or dict, default "step"
         Per-step statistics inside loops, or one value for all steps; see
-        :func:`~popstats.export`. Pooled over steps, ``"mean"`` and ``"ema"``
-        count every (batch, step) once; the estimators that use counts weigh
-        each step by its count (``"pooled"``: the exact moments of all steps).
+        :func:`~popstats.export`; a dict's patterns match names or labels.
+        Pooled over a loop's steps, each batch's statistic is that of all
+        its elements over those steps (steps weighed by ``count`` when
+        given, else equally; a variance with its paired mean exactly, the
+        between-step spread included), and every estimator combines these
+        per-batch values as it combines batches: so ``"unbiased"`` is
+        ``"mean"`` times M/(M-1), M the elements per batch (see
+        :doc:`/estimators`).
     max_steps : int, optional
         Keep at most this many steps per time axis; later steps are not
-        estimated and, at inference, use the last kept one.
+        estimated and, at inference, use the last kept one. Pooled loops
+        combine all their steps.
     mode : str or Mode, optional
         Compilation mode of the estimation function.
     dtypes : {"convert", "strict"}, default "convert"
@@ -69,7 +81,11 @@ class Estimation:
 
     States are values: :meth:`update`, :meth:`run` and :meth:`merge` return
     new states and never change the ones they are given (``run`` copies a
-    given state once, then updates its own copy batch by batch).
+    given state once, then updates its own copy batch by batch). A state
+    carries the :class:`~popstats._src.state.PassSpec` of the pass that made
+    it (statistics, time modes, estimators, ``max_steps``); resuming,
+    merging and finalizing refuse states of another spec, naming what
+    differs.
 
     Examples
     --------
@@ -104,22 +120,6 @@ class Estimation:
     ):
         outs = as_variables(outputs, call)
         self.dtypes = check_dtypes(dtypes, call)
-        graph = export_checked(outs, call, time)
-        self.call = call
-        self.sites: tuple[Site, ...] = graph.sites
-        self.inputs = check_inputs(inputs, graph, outs, call)
-        self.estimators = tuple(
-            est.resolve_estimator(estimator, s.name, s.label, call) for s in self.sites
-        )
-        # Pooling steps in the graph weighs them by count only for estimators
-        # that use counts; for the others every (batch, step) counts once.
-        unweighted = frozenset(
-            s.id
-            for s, e in zip(self.sites, self.estimators, strict=True)
-            if s.counted and "pooled" in s.time and not _uses_count(e, s.role)
-        )
-        if unweighted:
-            graph = export_checked(outs, call, time, unweighted)
         if max_steps is not None and (
             isinstance(max_steps, bool) or not isinstance(max_steps, int)
             or max_steps < 1
@@ -128,7 +128,28 @@ class Estimation:
                 f"{call}(max_steps=...): expected a positive int or None, got "
                 f"{describe_value(max_steps)}."
             )
+        est.check_estimator_spec(estimator, call)
+        graph = export_checked(outs, call, time)
+        self.call = call
+        self.sites: tuple[Site, ...] = graph.sites
+        self.inputs = check_inputs(inputs, graph, outs, call)
+        if isinstance(estimator, Mapping):
+            check_patterns(estimator, self.sites, call, "estimator")
+        self.estimators = tuple(
+            est.resolve_estimator(estimator, s.name, s.label, call) for s in self.sites
+        )
         self.max_steps = max_steps
+        self.spec = PassSpec(
+            tuple(
+                StatisticSpec(
+                    s.name, s.label,
+                    tuple((step.name, step.fingerprint) for step in s.id.path),
+                    s.id.fingerprint, s.role, s.time, e,
+                )
+                for s, e in zip(self.sites, self.estimators, strict=True)
+            ),
+            max_steps,
+        )
         self.partners = tuple(self._partner(i) for i in range(len(self.sites)))
         self._check_counts()
         flat, self._slots = [], []
@@ -220,8 +241,7 @@ class Estimation:
 
     def init(self) -> EstimationState:
         """An empty state."""
-        names = tuple(s.name for s in self.sites)
-        return EstimationState(names, ({},) * len(names))
+        return EstimationState(self.spec, ({},) * len(self.sites))
 
     def update(self, state: EstimationState, batch: Any) -> EstimationState:
         """Run one batch and add its statistics; returns a new state.
@@ -229,6 +249,11 @@ class Estimation:
         ``state`` is not changed (its arrays are copied first; :meth:`run`
         copies once per pass instead).
         """
+        state = self._check_state(
+            state, self._method("update", "state"),
+            "Pass a state made by this Estimation (or one of the same graph and "
+            "options).",
+        )
         return self._step(_copy(state), batch)
 
     def _step(self, state: EstimationState, batch: Any) -> EstimationState:
@@ -253,7 +278,7 @@ class Estimation:
             states[i] = self._add(i, states[i], value, count, weight, mean, index)
         if self._plain and not done:
             self._link_plain(states)
-        return EstimationState(state.names, tuple(states), index + 1)
+        return EstimationState(state.spec, tuple(states), index + 1)
 
     def _add_plain(self, states: list, per_site: list) -> frozenset[int]:
         """Update every plain-mean statistic outside loops in one go.
@@ -315,7 +340,7 @@ class Estimation:
         axes = site.time_axes
         value = self._cap(np.asarray(value), i)
         count = self._cap(None if count is None else np.asarray(count, "float64"), i)
-        weight = self._cap(weight, i)
+        weight = self._cap(None if weight is None else np.asarray(weight), i)
         if count is not None and not (np.isfinite(count) & (count >= 0)).all():
             raise PopstatsError(
                 f"{self.call}(batches=...): the count of statistic {site.name!r} "
@@ -323,9 +348,13 @@ class Estimation:
                 f"elements and must be finite and not negative. Check the count "
                 f"given to bn_statistic."
             )
+        # cells with count 0, or pooled loops that ran no step: not reached
+        reached = None if count is None else count > 0
+        if weight is not None:
+            reached = weight > 0 if reached is None else reached & (weight > 0)
         finite = np.isfinite(value)
-        if count is not None:  # cells with count 0 are not reached: ignored
-            finite |= ~est.expand(count > 0, value)
+        if reached is not None:
+            finite |= ~est.expand(reached, value)
         if not finite.all():
             raise PopstatsError(
                 f"{self.call}(batches=...): statistic {site.name!r} (in "
@@ -335,7 +364,7 @@ class Estimation:
                 f"that steps with no element count as not reached)."
             )
         if _bessel_corrected(estimator, site.role) and not (
-            (count > 1) | (count == 0)
+            (count > 1) | ~reached
         ).all():
             raise PopstatsError(
                 f"{self.call}(batches=...): {estimator.name!r} (unbiased) scales "
@@ -351,7 +380,7 @@ class Estimation:
             raise _shape_error(self.call, site, shape, _stat_shape(state, axes), index)
         if state["n"].shape != steps:
             state = est.grow(state, steps)
-        return est.update(estimator, site.role, state, value, count, weight, mean)
+        return est.update(estimator, site.role, state, value, count, reached, mean)
 
     def run(
         self,
@@ -365,46 +394,53 @@ class Estimation:
         """Update over ``batches``; optionally checkpoint and resume.
 
         With ``checkpoint``, the state is saved there every
-        ``checkpoint_every`` batches and at the end. If the file exists when
-        the run starts, the run resumes from it: the batches it already
-        counts are skipped (not computed), so pass the same sequence of
-        batches again; the result equals an uninterrupted run.
+        ``checkpoint_every`` batches of this run and at its end. If the file
+        exists when the run starts, the run resumes from it: call ``run``
+        again as it was first called (the same batches, the same ``state``);
+        the batches the checkpoint counts are skipped, not computed, and the
+        result equals an uninterrupted run. A checkpoint of another graph or
+        other options, of a run from another starting state, or with more
+        batches than are given again is refused (:doc:`/estimators`,
+        "Checkpoints").
 
         ``progress`` shows a tqdm bar (batches, rate, and time left when
         ``batches`` has a ``len``): True, False, or ``"auto"`` (only when
         stderr is a terminal). Without tqdm (``pip install
         popstats[progress]``) there is no bar.
         """
+        from popstats._src.checkpoint import check_every, open_checkpoint
         from popstats._src.inspection.progress import check_progress, progress_bar
-        from popstats._src.persistence import check_target, load_state, save_state
 
         show = check_progress(progress, self.call)
-        where = f"{self.call}(checkpoint=...)"
-        if checkpoint is not None:
-            checkpoint = check_target(checkpoint, where)
-        if state is None:
-            state = self.init()
-            if checkpoint is not None and os.path.exists(checkpoint):
-                state = self._check_state(
-                    load_state(checkpoint), where,
-                    "Resume with the same graph, or delete the checkpoint to "
-                    "start over.",
-                )
-        else:
-            state = _copy(self._check_state(
+        given = None
+        if state is not None:
+            given = self._check_state(
                 state, self._method("run", "state"),
-                "Pass a state made by an Estimation of the same graph.",
-            ))
-        skip = state.n_batches
+                "Pass a state made by an Estimation of the same graph and options.",
+            )
+        saver = None
+        if checkpoint is None:
+            check_every(checkpoint_every, self._method("run", "checkpoint_every"))
+            state = self.init() if given is None else given
+        else:
+            saver, state = open_checkpoint(
+                checkpoint, checkpoint_every, given, self.init(), self._check_state,
+                self._method("run", "checkpoint"),
+            )
+        state = _copy(state)
+        skip = 0 if saver is None else saver.skip
+        consumed = 0
         stream = progress_bar(iterate(batches, self.call), batches, show)
         for position, batch in enumerate(stream):
-            if position < skip and checkpoint is not None:
+            consumed = position + 1
+            if position < skip:
                 continue
             state = self._step(state, batch)
-            if checkpoint is not None and state.n_batches % checkpoint_every == 0:
-                save_state(state, checkpoint, where)
-        if checkpoint is not None:
-            save_state(state, checkpoint, where)
+            if saver is not None:
+                saver.saved_after(state)
+        if saver is not None:
+            saver.check_consumed(consumed)
+            saver.save(state)
         return state
 
     def _method(self, name: str, argument: str) -> str:
@@ -414,24 +450,42 @@ class Estimation:
         return f"{self.call}({argument}=...)"
 
     def _check_state(self, state: object, where: str, fix: str) -> EstimationState:
+        """``state`` if it is a state of this pass (same spec), else raise."""
         if not isinstance(state, EstimationState):
             raise PopstatsError(
                 f"{where}: expected an EstimationState (from Estimation.init, run, "
                 f"update or merge, or popstats.load_state), got "
                 f"{describe_value(state)}."
             )
-        if state.names != tuple(s.name for s in self.sites):
+        differences = spec_differences(state.spec, self.spec)
+        if differences:
             raise PopstatsError(
-                f"{where}: the state holds statistics {list(state.names)} but "
-                f"this graph has {[s.name for s in self.sites]}. {fix}"
+                f"{where}: the state was made by another estimation pass: "
+                f"{'; '.join(differences)}. Its arrays would be read as this "
+                f"pass's and give wrong numbers. {fix}"
             )
+        if len(state.states) != len(self.sites):
+            raise PopstatsError(
+                f"{where}: the state holds {len(state.states)} statistics' "
+                f"arrays for {len(self.sites)} statistics; it is damaged. {fix}"
+            )
+        for site, estimator, arrays in zip(
+            self.sites, self.estimators, state.states, strict=True
+        ):
+            if arrays and not _fits(arrays, site, estimator):
+                raise PopstatsError(
+                    f"{where}: the arrays of statistic {site.name!r} in the state "
+                    f"({_describe_arrays(arrays)}) do not fit a {estimator.name!r} "
+                    f"state of shape {site.shape} with {site.time_axes} time "
+                    f"axes; the state is damaged. {fix}"
+                )
         return state
 
     def merge(self, a: EstimationState, b: EstimationState) -> EstimationState:
         """The state over the batches of ``a`` and ``b`` together (exact)."""
-        fix = "Merge states made by Estimations of the same graph."
-        self._check_state(a, "Estimation.merge(a=...)", fix)
-        self._check_state(b, "Estimation.merge(b=...)", fix)
+        fix = "Merge states made by Estimations of the same graph and options."
+        self._check_state(a, self._method("merge", "a"), fix)
+        self._check_state(b, self._method("merge", "b"), fix)
         states = []
         for i, (sa, sb) in enumerate(zip(a.states, b.states, strict=True)):
             if not sa or not sb:
@@ -448,7 +502,7 @@ class Estimation:
                     f"feature sizes; merge states of the same model and data."
                 )
             states.append(est.merge(self.estimators[i], site.role, sa, sb))
-        return EstimationState(a.names, tuple(states), a.n_batches + b.n_batches)
+        return EstimationState(a.spec, tuple(states), a.n_batches + b.n_batches)
 
     def finalize(self, state: EstimationState) -> PopulationStatistics:
         """The population statistics of a state."""
@@ -477,7 +531,7 @@ class Estimation:
             value = fill_uncovered(est.finalize(estimator, site.role, arrays), coverage)
             stats.append(
                 Statistic(site.name, site.label, site, value, coverage.copy(),
-                          int(coverage.max()), estimator)
+                          int(coverage.max()), estimator, self.max_steps)
             )
         result = PopulationStatistics(tuple(stats))
         for stat in result.values():
@@ -492,8 +546,38 @@ class Estimation:
 
 def _copy(state: EstimationState) -> EstimationState:
     """A state with arrays of its own."""
-    states = tuple({k: v.copy() for k, v in fields.items()} for fields in state.states)
-    return EstimationState(state.names, states, state.n_batches)
+    states = tuple(
+        {k: np.array(v, copy=True) for k, v in fields.items()}
+        for fields in state.states
+    )
+    return EstimationState(state.spec, states, state.n_batches)
+
+
+def _fits(arrays: dict[str, np.ndarray], site: Site, estimator: est.Estimator) -> bool:
+    """Whether a statistic's state arrays are those of its estimator and shape."""
+    if set(arrays) != set(est.fields(estimator, site.role)):
+        return False
+    axes = site.time_axes
+    steps = np.shape(arrays["n"])
+    if len(steps) != axes:
+        return False
+    for field, array in arrays.items():
+        shape = np.shape(array)
+        if shape[:axes] != steps:
+            return False
+        if field in ("mean", "m2", "acc"):
+            own = shape[axes:]
+            if len(own) != len(site.shape) or any(
+                s is not None and s != o for s, o in zip(site.shape, own, strict=True)
+            ):
+                return False
+        elif len(shape) != axes:
+            return False
+    return True
+
+
+def _describe_arrays(arrays: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {np.shape(v)}" for k, v in sorted(arrays.items()))
 
 
 def _stat_shape(state: dict[str, np.ndarray], axes: int) -> tuple[int, ...]:
@@ -571,8 +655,10 @@ def estimate(
         pattern to those. See :doc:`/estimators` for which peer each equals.
     time : "step", "pooled", tuple or dict, default "step"
         Inside loops: one value per time step (``"step"``) or one for all
-        steps (``"pooled"``); a tuple gives the mode per loop level
-        (outermost first), a dict maps label patterns to either.
+        steps (``"pooled"``: each batch's statistic over all its steps, then
+        combined over batches by the estimator; see :doc:`/estimators`); a
+        tuple gives the mode per loop level (outermost first), a dict maps
+        name or label patterns to either.
     max_steps : int, optional
         Keep at most this many steps per time axis; later steps reuse the
         last kept one at inference.
@@ -628,7 +714,18 @@ def estimate_as(
     progress: bool | str = "auto",
     **options: Any,
 ) -> PopulationStatistics:
-    """:func:`estimate` whose errors name the public ``call``."""
+    """:func:`estimate` whose errors name the public ``call``.
+
+    The run's options are checked before the graph is exported or compiled.
+    """
+    from popstats._src.checkpoint import check_every
+    from popstats._src.inspection.progress import check_progress
+    from popstats._src.persistence import check_target
+
+    check_progress(progress, call)
+    check_every(checkpoint_every, f"{call}(checkpoint_every=...)")
+    if checkpoint is not None:
+        check_target(checkpoint, f"{call}(checkpoint=...)")
     run = Estimation(inputs, outputs, call=call, **options)
     state = run.run(batches, checkpoint=checkpoint,
                     checkpoint_every=checkpoint_every, progress=progress)

@@ -8,9 +8,11 @@ a longer run arrives. ``merge(a, b)`` of two states over disjoint data equals
 the state over all of it, so partial passes combine exactly.
 
 Per batch and cell an update receives the statistic ``value``, the number of
-elements it reduced over (``count``, when known), the number of time steps
-pooled into it (``weight``, 1 unless time is pooled) and, for the pooled
-variance, the paired batch ``mean``.
+elements it reduced over (``count``, when known), which cells the batch
+reached and, for the pooled variance, the paired batch ``mean``. Under time
+pooling a batch's steps arrive already combined into one value per batch
+(see ``exporter.pool_steps``), so every estimator sees one value per batch
+and cell either way.
 
 References: the parallel variance combination of Chan, Golub & LeVeque
 (1979); the inference rule of Ioffe & Szegedy (2015), Var[x] =
@@ -20,7 +22,6 @@ starting at 0 and variance at 1).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -33,9 +34,10 @@ from popstats._src.errors import PopstatsError, describe_value
 __all__ = [
     "ESTIMATORS",
     "ROLES",
-    "EstimationState",
     "Estimator",
+    "check_estimator_spec",
     "expand",
+    "fields",
     "fill_uncovered",
     "resolve_estimator",
 ]
@@ -161,13 +163,8 @@ def as_estimator(spec: object, call: str) -> Estimator:
     )
 
 
-def resolve_estimator(spec: object, name: str, label: str, call: str) -> Estimator:
-    """The estimator for one statistic: ``spec`` itself, or its first match.
-
-    A mapping is searched in order for a pattern (``fnmatch`` style, e.g.
-    ``"lstm.*"``) matching the statistic's name or label; ``"*"`` is the
-    catch-all, and without one unmatched statistics use ``"mean"``.
-    """
+def check_estimator_spec(spec: object, call: str) -> None:
+    """Raise unless ``spec`` is a valid ``estimator=`` argument (no graph needed)."""
     if isinstance(spec, Mapping):
         for pattern, value in spec.items():
             if not isinstance(pattern, str):
@@ -175,6 +172,20 @@ def resolve_estimator(spec: object, name: str, label: str, call: str) -> Estimat
                     f"{call}(estimator=...): keys are label patterns (str); got "
                     f"{describe_value(pattern)}."
                 )
+            as_estimator(value, call)
+    else:
+        as_estimator(spec, call)
+
+
+def resolve_estimator(spec: object, name: str, label: str, call: str) -> Estimator:
+    """The estimator for one statistic: ``spec`` itself, or its first match.
+
+    A mapping is searched in order for a pattern (``fnmatch`` style, e.g.
+    ``"lstm.*"``) matching the statistic's name or label; ``"*"`` is the
+    catch-all, and without one unmatched statistics use ``"mean"``.
+    """
+    if isinstance(spec, Mapping):  # checked by check_estimator_spec
+        for pattern, value in spec.items():
             if fnmatchcase(name, pattern) or fnmatchcase(label, pattern):
                 return as_estimator(value, call)
         return Estimator("mean")
@@ -188,7 +199,8 @@ def resolve_estimator(spec: object, name: str, label: str, call: str) -> Estimat
 _VALUE_FIELDS = frozenset({"mean", "m2", "acc"})
 
 
-def _fields(estimator: Estimator, role: str | None) -> tuple[str, ...]:
+def fields(estimator: Estimator, role: str | None) -> tuple[str, ...]:
+    """The names of the arrays in a state of ``estimator`` for ``role``."""
     if estimator.name == "ema":
         return ("n", "decay", "acc")
     if estimator.name == "pooled" and role in ("var", "std"):
@@ -201,7 +213,7 @@ def init(estimator: Estimator, role: str | None, shape: tuple[int, ...],
     """An empty state for a statistic of ``shape`` inside ``depth`` loops."""
     steps = (0,) * depth
     state: State = {}
-    for field in _fields(estimator, role):
+    for field in fields(estimator, role):
         if field == "n":
             state[field] = np.zeros(steps, dtype=np.int64)
         elif field in _VALUE_FIELDS:
@@ -243,25 +255,30 @@ def update(
     state: State,
     value: np.ndarray,
     count: np.ndarray | None,
-    weight: np.ndarray | None,
+    reached: np.ndarray | None,
     mean: np.ndarray | None,
 ) -> State:
     """Add one batch; arrays cover the batch's cells (``value.shape[:depth]``).
 
     ``state`` must already be grown to the batch's steps; it is updated in
-    place and returned. A cell whose ``count`` is 0 (a step where a mask
-    left no element) is not reached: it changes nothing, not even coverage.
+    place and returned. ``reached`` (None: all) marks the cells the batch
+    reached; a cell it did not reach (a step where a mask left no element,
+    count 0, or a pooled loop that ran no step) changes nothing, not even
+    coverage. Every reached cell counts as one batch: with equal weight for
+    ``"mean"``, ``"unbiased"`` and ``"ema"``, by its ``count`` for
+    ``"weighted"`` and ``"pooled"``.
     """
     depth = state["n"].ndim
     cells = (*(slice(0, n) for n in value.shape[:depth]), Ellipsis)
     view = {field: array[cells] for field, array in state.items()}
-    reached = None
-    if count is not None and not (count > 0).all():
-        reached = count > 0
+    if reached is not None and reached.all():
+        reached = None
+    if reached is not None:
         value = np.where(expand(reached, value), value, 0.0)
         if mean is not None:
             mean = np.where(expand(reached, mean), mean, 0.0)
-        count = np.where(reached, count, 0.0)
+        if count is not None:
+            count = np.where(reached, count, 0.0)
     view["n"] += 1 if reached is None else reached
     name = estimator.name
     if name == "ema":
@@ -269,14 +286,14 @@ def update(
             value = _bessel(value, count, role)
         m = estimator.momentum
         decay_m = m
-        if count is not None and not (count > 0).all():
-            decay_m = np.where(count > 0, m, 0.0)  # cells not reached: unchanged
+        if reached is not None:
+            decay_m = np.where(reached, m, 0.0)  # cells not reached: unchanged
             m = expand(decay_m, value)
         view["acc"] *= 1.0 - m
         view["acc"] += m * value
         view["decay"] *= 1.0 - decay_m
         return state
-    if reached is None and name == "mean" and weight is None:
+    if reached is None and name == "mean":
         # Unit weights: w_total == w + 1 > 0. Same arithmetic as below (so the
         # same result, bit for bit) without building weights per batch: this
         # runs per statistic and batch and dominated estimate()'s own cost.
@@ -290,9 +307,7 @@ def update(
     if name in ("weighted", "pooled"):
         w = count
     else:
-        w = np.ones(value.shape[:depth]) if weight is None else weight
-        if reached is not None:
-            w = w * reached
+        w = np.ones(value.shape[:depth]) if reached is None else reached * 1.0
     w_total = view["w"] + w
     safe = np.where(w_total > 0, w_total, 1.0)
     if name == "pooled" and role in ("var", "std"):
@@ -327,14 +342,18 @@ def _bessel(value: np.ndarray, count: np.ndarray | None, role: str) -> np.ndarra
 
 
 def merge(estimator: Estimator, role: str | None, a: State, b: State) -> State:
-    """The state over the data of ``a`` and then ``b`` (exact)."""
+    """The state over the data of ``a`` and then ``b`` (exact).
+
+    Every field is an array, 0-d ones included (NumPy arithmetic on 0-d
+    arrays gives scalars, which later in-place updates would not reach).
+    """
     steps = tuple(max(x, y) for x, y in zip(steps_of(a), steps_of(b), strict=True))
     a, b = grow(a, steps), grow(b, steps)
     out = {"n": a["n"] + b["n"]}
     if estimator.name == "ema":
         out["decay"] = a["decay"] * b["decay"]
         out["acc"] = a["acc"] * expand(b["decay"], a["acc"]) + b["acc"]
-        return out
+        return {k: np.asarray(v) for k, v in out.items()}
     w = a["w"] + b["w"]
     frac = np.divide(b["w"], w, out=np.zeros_like(w), where=w > 0)
     delta = b["mean"] - a["mean"]
@@ -342,7 +361,7 @@ def merge(estimator: Estimator, role: str | None, a: State, b: State) -> State:
     out["mean"] = a["mean"] + delta * expand(frac, delta)
     if "m2" in a:
         out["m2"] = a["m2"] + b["m2"] + delta**2 * expand(a["w"] * frac, delta)
-    return out
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def finalize(estimator: Estimator, role: str | None, state: State) -> np.ndarray:
@@ -357,34 +376,6 @@ def finalize(estimator: Estimator, role: str | None, state: State) -> np.ndarray
     if estimator.name == "unbiased" and role == "std":
         return np.sqrt(state["mean"])
     return state["mean"].copy()
-
-
-@dataclass(frozen=True, eq=False)
-class EstimationState:
-    """The accumulators of an estimation pass.
-
-    Attributes
-    ----------
-    names : tuple of str
-        The statistics, in the order of :attr:`Estimation.sites`.
-    states : tuple of dict
-        Per statistic, its estimator's arrays (empty before the first batch).
-        A state is a value: :class:`~popstats.Estimation` never changes the
-        arrays of a state it is given (``update``, ``run`` and ``merge``
-        return new states).
-    n_batches : int
-        Batches seen.
-    """
-
-    names: tuple[str, ...]
-    states: tuple[dict[str, np.ndarray], ...]
-    n_batches: int = 0
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Save to ``.npz`` (atomically); see :func:`popstats.load_state`."""
-        from popstats._src.persistence import save_state
-
-        save_state(self, path)
 
 
 def fill_uncovered(value: np.ndarray, coverage: np.ndarray) -> np.ndarray:

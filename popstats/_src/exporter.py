@@ -14,11 +14,13 @@ estimable. The user's graph is not modified.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
@@ -29,12 +31,15 @@ from popstats._src.scan_surgery import ScanEdit
 from popstats._src.tagger import statistic_count, statistic_group, statistic_role
 from popstats._src.walk import LoopStep, SiteId, transform
 
+log = logging.getLogger("popstats")
+
 __all__ = [
     "TIME_MODES",
     "EstimationGraph",
     "Site",
     "align_cells",
     "as_variables",
+    "check_patterns",
     "export",
     "export_checked",
     "resolve_time",
@@ -165,17 +170,22 @@ def check_time(spec: object, call: str) -> None:
             )
 
 
-def resolve_time(spec: object, label: str, depth: int) -> tuple[str, ...]:
+def resolve_time(
+    spec: object, label: str, depth: int, name: str | None = None
+) -> tuple[str, ...]:
     """Per loop level (outermost first) ``"step"`` or ``"pooled"``.
 
     ``spec`` (checked by :func:`check_time`) is a mode for all levels, a
     sequence of modes by level (levels past its end use ``"step"``), or a
-    mapping from label pattern to either (first match wins; unmatched
-    statistics use ``"step"``).
+    mapping from pattern to either: the first pattern (``fnmatch``) matching
+    the statistic's name or label wins, as for ``estimator=``; unmatched
+    statistics use ``"step"``.
     """
     if isinstance(spec, Mapping):
         for pattern, value in spec.items():
-            if fnmatchcase(label, pattern):
+            if fnmatchcase(label, pattern) or (
+                name is not None and fnmatchcase(name, pattern)
+            ):
                 return resolve_time(value, label, depth)
         return ("step",) * depth
     if isinstance(spec, str):
@@ -183,50 +193,63 @@ def resolve_time(spec: object, label: str, depth: int) -> tuple[str, ...]:
     return (*spec[:depth], *(("step",) * (depth - len(spec))))
 
 
-def pool_steps(found: _Found, partner: _Found | None, by_count: bool = True) -> None:
+def pool_steps(found: _Found, partner: _Found | None, call: str = "export") -> None:
     """Combine the leading (step) axis of ``found`` into one value, in place.
 
-    With an element count (and ``by_count``), values are weighted by it; a
-    variance (or std) whose paired mean is available combines exactly, as the
-    variance of all the elements of all steps: sum_t c_t (var_t + (mean_t -
-    mean)^2) / sum_t c_t. Without a count, or for an estimator that ignores
-    counts (``by_count=False``), each step weighs the same. ``weight``
-    becomes the number of steps combined (times those already combined
-    inside).
+    The batch's statistic over all the steps of the loop, as if normalized
+    over batch and time together (sequence-wise batch normalization, Laurent
+    et al. 2016): steps weigh by their element ``count`` when given, else
+    equally (a step holding several inner steps pooled already weighs by
+    their number); a variance (or std) whose paired mean is in the same loop
+    combines exactly, as the variance of all the elements of all steps,
+    sum_t w_t (var_t + (mean_t - mean)^2) / sum_t w_t, and a std through
+    its variance. Steps with count 0 are not reached and weigh nothing.
+    ``count`` becomes the elements of all steps, ``weight`` the number of
+    steps combined per remaining cell (0: the batch reached none).
     """
     value, count = found.value, found.count
-    weight = found.weight if found.weight is not None else pt.ones_like(
-        value[(slice(None),) + (0,) * (value.ndim - 1)], dtype="float64"
-    )
+    cells = 1 + found.time[1:].count("step")  # this axis and inner step axes
+    weight = found.weight
+    if weight is None:
+        weight = pt.alloc(np.float64(1.0), *(value.shape[i] for i in range(cells)))
     live = None
     if count is not None:
         # A step whose count is 0 (a mask left no element; its value is 0/0)
         # is not reached: it weighs nothing, and its value is not read.
         live = count > 0
         value = pt.switch(align_cells(live, value), value, pt.zeros_like(value))
-        if weight.ndim == live.ndim:
-            weight = weight * live
-    counted = count is not None and by_count
-    w = count.astype("float64") if counted else weight
+        weight = weight * live
+    w = count.astype("float64") if count is not None else weight
     total = w.sum(axis=0)
-    # ``w`` has time axes only (a count may keep inner step axes): align it
-    # with the value's leading axes.
-    expand = (Ellipsis,) + (None,) * (value.ndim - w.ndim)
+    safe = pt.switch(total > 0, total, 1.0)  # cells reached by no step: 0
     role = statistic_role(found.stat)
-    if role in ("var", "std") and partner is not None and counted:
+    if role in ("var", "std") and partner is not None:
+        if list(partner.time) != list(found.time):
+            raise PopstatsError(
+                f"{call}(time=...): the {role} {found.site.label!r} is pooled over "
+                f"time with its paired mean {partner.site.label!r} (group "
+                f"{statistic_group(found.stat)!r}), so they need the same time "
+                f"modes; got {tuple(found.time)} and {tuple(partner.time)}. Give "
+                f"both the same mode per loop level in time=...."
+            )
         means = partner.value
         if live is not None:
             means = pt.switch(align_cells(live, means), means, pt.zeros_like(means))
-        grand = (means * w[expand]).sum(axis=0) / total[expand]
+        grand = _weighted_mean(means, w, safe)
         variance = value if role == "var" else value**2
-        spread = variance + (means - grand) ** 2
-        pooled = (spread * w[expand]).sum(axis=0) / total[expand]
+        pooled = _weighted_mean(variance + (means - grand) ** 2, w, safe)
         found.value = pooled if role == "var" else pt.sqrt(pooled)
     else:
-        found.value = (value * w[expand]).sum(axis=0) / total[expand]
+        found.value = _weighted_mean(value, w, safe)
     found.value = found.value.astype(found.stat.dtype)
     found.count = count.sum(axis=0) if count is not None else None
     found.weight = weight.sum(axis=0)
+
+
+def _weighted_mean(value: Variable, w: Variable, total: Variable) -> Variable:
+    """sum_t w_t value_t / total over the leading axis (cells aligned)."""
+    summed = (value * align_cells(w, value)).sum(axis=0)
+    return summed / align_cells(total, summed)
 
 
 def align_cells(cells: Variable, value: Variable) -> Variable:
@@ -236,11 +259,11 @@ def align_cells(cells: Variable, value: Variable) -> Variable:
 
 class _ExportLevel:
     def __init__(
-        self, call: str, time: object, unweighted: frozenset[SiteId] = frozenset()
+        self, call: str, time: object, names: Mapping[SiteId, str] | None = None
     ) -> None:
         self.call = call  # the public call, named in errors
         self.time = time
-        self.unweighted = unweighted  # sites pooled over steps without counts
+        self.names = names or {}  # statistic names, for time patterns
         self.found: list[_Found] = []
 
     def statistic(self, var: Variable, site: SiteId) -> None:
@@ -252,7 +275,7 @@ class _ExportLevel:
         self, node: Apply, inputs: list[Variable], path: tuple[LoopStep, ...]
     ) -> list[Variable]:
         edit = ScanEdit(node, inputs)
-        inner = _ExportLevel(self.call, self.time, self.unweighted)
+        inner = _ExportLevel(self.call, self.time, self.names)
         inner_outputs = transform(edit.inner_inputs, edit.inner_outputs, inner, path)
         edit.set_inner_outputs(inner_outputs)
         slots = []
@@ -271,7 +294,8 @@ class _ExportLevel:
             )
         level = len(path) - 1
         for found in inner.found:
-            modes = resolve_time(self.time, found.site.label, found.site.depth)
+            modes = resolve_time(self.time, found.site.label, found.site.depth,
+                                 self.names.get(found.site))
             found.time.insert(0, modes[level])
         by_group = {
             (f.site.path, statistic_group(f.stat)): f
@@ -291,7 +315,7 @@ class _ExportLevel:
             if partner is not None and id(partner) in originals:
                 partner = _Found(partner.site, partner.stat,
                                  *originals[id(partner)], partner.time)
-            pool_steps(f, partner, by_count=f.site not in self.unweighted)
+            pool_steps(f, partner, self.call)
         self.found.extend(inner.found)
         return replaced
 
@@ -436,7 +460,7 @@ def export(
     time : "step", "pooled", tuple or dict, default "step"
         For statistics inside loops: one value per step (``"step"``) or one
         for all steps (``"pooled"``); a tuple gives the mode per loop level,
-        outermost first; a dict maps label patterns to either.
+        outermost first; a dict maps name or label patterns to either.
 
     Returns
     -------
@@ -463,18 +487,21 @@ def export(
 
 
 def export_checked(
-    outputs: Sequence[Variable],
-    call: str,
-    time: object = "step",
-    unweighted: frozenset[SiteId] = frozenset(),
+    outputs: Sequence[Variable], call: str, time: object = "step"
 ) -> EstimationGraph:
     """:func:`export` of checked outputs; errors name the public ``call``.
 
-    Sites in ``unweighted`` (their estimator ignores counts) are pooled over
-    time with every step weighing the same, even when they have a count.
+    A ``time`` dict may name statistics (``"bn.var#1"``): names are known
+    only once every statistic is found, so the graph is first exported with
+    every loop per step to learn them.
     """
     check_time(time, call)
-    level = _ExportLevel(call, time, unweighted)
+    names = None
+    if isinstance(time, Mapping):
+        first = export_checked(outputs, call)
+        names = {site.id: site.name for site in first.sites}
+        check_patterns(time, first.sites, call, "time")
+    level = _ExportLevel(call, time, names)
     replaced = transform((), outputs, level)
     if not level.found:
         raise _no_statistics_error(outputs, call)
@@ -486,3 +513,28 @@ def export_checked(
         tuple(f.weight for f in found),
         tuple(replaced),
     )
+
+
+def check_patterns(
+    spec: Mapping, sites: Sequence[Site], call: str, argument: str
+) -> list[str]:
+    """Log a warning for each pattern of a dict option that matches nothing.
+
+    A pattern of ``time=`` or ``estimator=`` that matches no statistic's name
+    or label is a typo, or meant for another graph (one dict may serve
+    several models); its statistics get the default. Returns the patterns.
+    """
+    unmatched = [
+        pattern for pattern in spec
+        if isinstance(pattern, str) and not any(
+            fnmatchcase(s.name, pattern) or fnmatchcase(s.label, pattern)
+            for s in sites
+        )
+    ]
+    for pattern in unmatched:
+        log.warning(
+            "%s(%s=...): the pattern %r matches no statistic of this graph "
+            "(names: %s); patterns (fnmatch) match names or labels",
+            call, argument, pattern, ", ".join(sorted(s.name for s in sites)),
+        )
+    return unmatched

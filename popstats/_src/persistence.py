@@ -1,72 +1,103 @@
 """Saving and loading population statistics and estimation states (``.npz``).
 
-The format (version 2) is a NumPy ``.npz`` archive, read without pickle:
+The format is a NumPy ``.npz`` archive, read without pickle:
 
 ``popstats_format``
     ``"popstats.statistics"`` or ``"popstats.state"``.
 ``format_version``
-    ``2`` for statistics (version 1 identified statistics by random
-    per-build keys, which cannot be matched in another process: such files
-    are refused), ``1`` for states (matched by statistic name).
+    ``3`` for statistics, ``2`` for states. Older files are refused, with
+    the reason: statistics of version 1 were identified by random per-build
+    keys, which cannot be matched in another process; version 2 did not
+    record ``max_steps``; states of version 1 did not record the estimator,
+    time modes or ``max_steps`` their arrays were made with.
 ``meta``
-    JSON text: ``{"statistics": [...], "n_batches": int}`` with, per
+    JSON text. For statistics: ``{"statistics": [...]}`` with, per
     statistic, ``name``, ``label``, ``fingerprint`` (where it is computed,
     see ``identity.py``), ``path`` (the enclosing loops as ``[name,
     fingerprint]`` pairs, outermost first), ``key`` (informative only),
-    ``shape``
-    (static shape, ``null`` where unknown), ``dtype``, ``role``, ``group``,
-    ``counted``, ``time`` (per loop: ``"step"`` or ``"pooled"``),
-    ``estimator`` (``{"name": ..., "momentum": ..., "unbiased": ...}``;
-    ``unbiased`` absent in older files, read as false) and ``n_batches``.
+    ``shape`` (static shape, ``null`` where unknown), ``dtype``, ``role``,
+    ``group``, ``counted``, ``time`` (per loop: ``"step"`` or ``"pooled"``),
+    ``estimator`` (``{"name": ..., "momentum": ..., "unbiased": ...}``),
+    ``max_steps`` and ``n_batches``. For states: ``{"spec": ..., "n_batches":
+    int, "checkpoint": null or {"start_batches": int, "start_digest": str}}``
+    where ``spec`` is the :class:`~popstats._src.state.PassSpec` (per
+    statistic its identity, role, time modes and estimator; ``max_steps``)
+    and ``checkpoint``, for a file written by ``Estimation.run(checkpoint=
+    ...)``, the state the run started from (its batch count and
+    :func:`~popstats._src.state.state_digest`).
 ``value/<i>``, ``coverage/<i>``
     For statistics: the population value (float64, time axes first) and the
     batches per step.
 ``state/<i>/<field>``
     For states: the estimator's arrays of statistic ``i``.
 
-Files are written to a temporary name in the same folder and renamed, so an
-interrupted save never leaves a half-written file in place.
+Files are written to a temporary file in the same folder (named
+``.<file name, first 100 characters>.<host>-<pid>.<random>.popstats-tmp``)
+and renamed, so an interrupted save never leaves a half-written file in
+place. A process killed while saving leaves its temporary file; the next
+save to the same path (or run with that checkpoint) on the same host
+removes it, once its process has ended.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
+import tokenize
 import zipfile
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimator import EstimationState
 from popstats._src.estimators import Estimator
 from popstats._src.exporter import Site
+from popstats._src.state import EstimationState, PassSpec
 from popstats._src.statistics import PopulationStatistics, Statistic
 from popstats._src.walk import LoopStep, SiteId
 
 __all__ = [
     "FORMAT_VERSION",
+    "STATE_FORMAT_VERSION",
+    "Checkpoint",
     "check_target",
     "load",
+    "load_checkpoint",
     "load_state",
+    "remove_stale_temporaries",
     "save_state",
     "save_statistics",
 ]
 
-FORMAT_VERSION = 2  # of statistics files
+FORMAT_VERSION = 3  # of statistics files
+STATE_FORMAT_VERSION = 2
 _STATS, _STATE = "popstats.statistics", "popstats.state"
-_VERSIONS = {_STATS: FORMAT_VERSION, _STATE: 1}
+_VERSIONS = {_STATS: FORMAT_VERSION, _STATE: STATE_FORMAT_VERSION}
+_OLD = {
+    (_STATS, 1): "identified statistics by keys that are new in every process, "
+    "so its values cannot be matched with a graph built here",
+    (_STATS, 2): "does not record the max_steps its values were estimated with",
+    (_STATE, 1): "does not record the estimator, time modes and max_steps its "
+    "arrays were made with, so they cannot be checked against this pass",
+}
+_TMP_SUFFIX = ".popstats-tmp"
 #: what reading a damaged or foreign file can raise (zipfile: NotImplementedError
-#: for unknown flags, RuntimeError for "encrypted" members)
+#: for unknown flags, RuntimeError for "encrypted" members; a garbled array
+#: header: SyntaxError, or tokenize's TokenError on Python 3.12)
 _UNREADABLE = (
     OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
-    zlib.error, NotImplementedError, RuntimeError,
+    zlib.error, NotImplementedError, RuntimeError, SyntaxError, tokenize.TokenError,
 )
 
 
-def _site_meta(site: Site, estimator: Estimator, n_batches: int) -> dict[str, Any]:
+def _site_meta(
+    site: Site, estimator: Estimator, n_batches: int, max_steps: int | None
+) -> dict[str, Any]:
     return {
         "name": site.name,
         "label": site.label,
@@ -81,11 +112,14 @@ def _site_meta(site: Site, estimator: Estimator, n_batches: int) -> dict[str, An
         "time": list(site.time),
         "estimator": {"name": estimator.name, "momentum": estimator.momentum,
                       "unbiased": estimator.unbiased},
+        "max_steps": max_steps,
         "n_batches": n_batches,
     }
 
 
-def _site_from_meta(meta: dict[str, Any]) -> tuple[Site, Estimator, int]:
+def _site_from_meta(
+    meta: dict[str, Any],
+) -> tuple[Site, Estimator, int, int | None]:
     path = tuple(LoopStep(str(name), str(fp)) for name, fp in meta["path"])
     site_id = SiteId(path, str(meta["label"]), str(meta["fingerprint"]),
                      str(meta.get("key", "")))
@@ -102,8 +136,9 @@ def _site_from_meta(meta: dict[str, Any]) -> tuple[Site, Estimator, int]:
     )
     spec = meta["estimator"]
     estimator = Estimator(spec["name"], spec["momentum"],
-                          unbiased=bool(spec.get("unbiased", False)))
-    return site, estimator, int(meta["n_batches"])
+                          unbiased=bool(spec["unbiased"]))
+    cap = meta["max_steps"]
+    return site, estimator, int(meta["n_batches"]), None if cap is None else int(cap)
 
 
 def check_target(path: object, where: str, example: str = "stats.npz") -> str:
@@ -142,7 +177,10 @@ def _write(
         **arrays,
     }
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".popstats-", suffix=".npz", dir=folder)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f"{_tmp_prefix(path)}{_writer()}.", suffix=_TMP_SUFFIX, dir=folder
+        )
     except OSError as exc:
         raise PopstatsError(
             f"{where}: cannot write {path!r}: {exc.strerror or exc} in "
@@ -164,6 +202,62 @@ def _write(
         raise
 
 
+def _tmp_prefix(path: str) -> str:
+    """The start of the temporary files' names for ``path`` (kept short)."""
+    return f".{os.path.basename(path)[:100]}."
+
+
+def _writer() -> str:
+    """This process, as temporary names record it: ``host-pid``."""
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _gone(writer: str) -> bool:
+    """Whether ``writer`` (``host-pid``) is a process of this host that ended."""
+    host, _, pid = writer.rpartition("-")
+    if host != _writer().rpartition("-")[0] or not pid.isdigit():
+        return False  # another machine's (a shared folder): not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    return False
+
+
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Delete temporary files that killed saves to ``path`` left behind.
+
+    A temporary file is named ``.<file>.<host>-<pid>.<random>.popstats-tmp``;
+    one whose writer was a process of this host that has ended is stale (a
+    process killed while saving). Temporary files of running processes and
+    of other hosts are left alone. Called before every save and when a run
+    with a checkpoint starts. Returns the paths removed.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = _tmp_prefix(path)
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(_TMP_SUFFIX)):
+            continue
+        writer = entry[len(prefix) :].split(".", 1)[0]
+        if not _gone(writer):
+            continue
+        stale = os.path.join(folder, entry)
+        try:
+            os.unlink(stale)
+        except OSError:
+            continue
+        removed.append(stale)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -178,16 +272,30 @@ def save_statistics(
     """Write ``stats`` to ``path`` (format above)."""
     metas, arrays = [], {}
     for i, stat in enumerate(stats.values()):
-        metas.append(_site_meta(stat.site, stat.estimator, stat.n_batches))
+        metas.append(_site_meta(stat.site, stat.estimator, stat.n_batches,
+                                stat.max_steps))
         arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
         arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
     _write(path, _STATS, {"statistics": metas}, arrays, where)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a checkpointed run started: the state it was given.
+
+    ``start_batches`` batches and :func:`~popstats._src.state.state_digest`
+    ``start_digest``; a run from nothing starts at 0 batches.
+    """
+
+    start_batches: int
+    start_digest: str
 
 
 def save_state(
     state: EstimationState,
     path: str | os.PathLike,
     where: str = "EstimationState.save(path=...)",
+    checkpoint: Checkpoint | None = None,
 ) -> None:
     """Write an estimation state to ``path`` (format above)."""
     arrays = {
@@ -195,7 +303,14 @@ def save_state(
         for i, fields in enumerate(state.states)
         for field, array in fields.items()
     }
-    meta = {"names": list(state.names), "n_batches": state.n_batches}
+    meta = {
+        "spec": state.spec.to_json(),
+        "n_batches": state.n_batches,
+        "checkpoint": None if checkpoint is None else {
+            "start_batches": checkpoint.start_batches,
+            "start_digest": checkpoint.start_digest,
+        },
+    }
     _write(path, _STATE, meta, arrays, where)
 
 
@@ -229,12 +344,13 @@ def _read(
             f"corrupted ({type(exc).__name__}: {exc}). Save it again."
         ) from None
     wanted = _VERSIONS.get(fmt)
-    if fmt == _STATS and version == 1:
+    if (fmt, version) in _OLD:
+        again = "Estimate again and save" if fmt == _STATS else (
+            "Delete it and run the pass again")
         raise PopstatsError(
-            f"{call}(path=...): {os.fspath(path)!r} has format version 1, which "
-            f"identified statistics by keys that are new in every process, so its "
-            f"values cannot be matched with a graph built here. Estimate again "
-            f"and save (this popstats writes version {wanted})."
+            f"{call}(path=...): {os.fspath(path)!r} has format version {version}, "
+            f"which {_OLD[fmt, version]}. {again} (this popstats writes version "
+            f"{wanted})."
         )
     if wanted is not None and version != wanted:
         raise PopstatsError(
@@ -276,37 +392,54 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
     stats = []
     try:
         for i, entry in enumerate(meta["statistics"]):
-            site, estimator, n_batches = _site_from_meta(entry)
+            site, estimator, n_batches, max_steps = _site_from_meta(entry)
             value = np.array(archive[f"value/{i}"], dtype=np.float64)
             coverage = np.array(archive[f"coverage/{i}"], dtype=np.int64)
             if coverage.shape != value.shape[: site.time_axes]:
                 raise ValueError(f"coverage of {site.name!r} does not fit its value")
             stats.append(
                 Statistic(site.name, site.label, site, value, coverage, n_batches,
-                          estimator)
+                          estimator, max_steps)
             )
+        # names and identities index the result: they must be hashable
+        return PopulationStatistics(tuple(stats))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
             f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "
             f"{exc}). Save it again."
         ) from None
-    return PopulationStatistics(tuple(stats))
 
 
 def load_state(path: str | os.PathLike) -> EstimationState:
-    """Load an estimation state saved by :meth:`EstimationState.save`."""
-    meta, archive = _read(path, _STATE, "load_state")
+    """Load an estimation state saved by :meth:`EstimationState.save`.
+
+    Also reads a checkpoint written by ``Estimation.run(checkpoint=...)``;
+    to resume a checkpointed run, pass the checkpoint to ``run`` again
+    instead.
+    """
+    return load_checkpoint(path, "load_state")[0]
+
+
+def load_checkpoint(
+    path: str | os.PathLike, call: str = "load_state"
+) -> tuple[EstimationState, Checkpoint | None]:
+    """A state and, for a checkpoint of ``Estimation.run``, where it started."""
+    meta, archive = _read(path, _STATE, call)
     try:
-        names = tuple(str(n) for n in meta["names"])
-        states: list[dict[str, np.ndarray]] = [{} for _ in names]
+        spec = PassSpec.from_json(meta["spec"])
+        states: list[dict[str, np.ndarray]] = [{} for _ in spec.statistics]
         for key, array in archive.items():
             if key.startswith("state/"):
                 _, index, field = key.split("/")
                 states[int(index)][field] = array
         n_batches = int(meta["n_batches"])
+        start = meta["checkpoint"]
+        checkpoint = None if start is None else Checkpoint(
+            int(start["start_batches"]), str(start["start_digest"])
+        )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
-            f"load_state(path=...): {os.fspath(path)!r} is corrupted "
+            f"{call}(path=...): {os.fspath(path)!r} is corrupted "
             f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
         ) from None
-    return EstimationState(names, tuple(states), n_batches)
+    return EstimationState(spec, tuple(states), n_batches), checkpoint

@@ -168,6 +168,7 @@ def _root_value(
     var.tag.popstats_statistic = stat.name
     var.tag.popstats_site = site_id  # the graph's statistic (what bind matches)
     var.tag.popstats_stacked = stacked
+    var.tag.popstats_time = site.time  # how the graph indexes its time axes
     if not stacked:
         return var
     n_sets = var.shape[0]
@@ -339,6 +340,18 @@ def bind(
     matcher.check()
     values = []
     for name, var, stacked, group in planned:
+        built = getattr(var.tag, "popstats_time", None)
+        for k, stat in enumerate(group):
+            if stat.site.time != built:
+                where = "stats" if not stacked else f"stats[{k}]"
+                raise PopstatsError(
+                    f"bind(stats=...): statistic {name!r} was estimated with time "
+                    f"modes {stat.site.time} in {where}, but the graph was built "
+                    f"for {built} (per loop level, outermost first): its time "
+                    f"axes would be indexed as the wrong loops' steps. Estimate "
+                    f"with the graph's time=..., or rewrite the graph again with "
+                    f"these statistics."
+                )
         value = population_array(group, stacked, "bind")
         want = var.type.shape
         # the statistic's own axes (after time axes and the set axis) must be

@@ -39,6 +39,8 @@ class Statistic:
         Batches that contributed.
     estimator : Estimator
         How the value was estimated.
+    max_steps : int or None
+        The ``max_steps`` of the estimation pass (None: every step kept).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Statistic:
     coverage: np.ndarray
     n_batches: int
     estimator: Estimator = _MEAN
+    max_steps: int | None = None
 
     @property
     def depth(self) -> int:

@@ -40,8 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines too) made one space."""
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 error)."""
+    """Run the command line; returns the exit status (0 ok, 2 error).
+
+    Errors are printed as one line on stderr, ``popstats: error: ...``,
+    never as a traceback: a damaged file that :func:`~popstats.load` still
+    reads is named with what went wrong.
+    """
     from popstats._src.inspection.describe import text_table
     from popstats._src.inspection.report import (
         SUMMARY_COLUMNS,
@@ -64,7 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for warning in find_warnings(stats):
                 print(f"warning: {warning}")
     except PopstatsError as exc:
-        print(f"popstats: error: {exc}", file=sys.stderr)
+        print(f"popstats: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a damaged file that load accepts, or a bug
+        what = _one_line(f"{type(exc).__name__}: {exc}")
+        print(f"popstats: error: {args.command} of {args.stats!r} failed ({what}). "
+              f"The file may be damaged: save the statistics again; if "
+              f"PopulationStatistics.save wrote it as it is, please report this "
+              f"as a popstats bug.", file=sys.stderr)
         return 2
     return 0
 

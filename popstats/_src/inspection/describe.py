@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
@@ -22,6 +23,10 @@ __all__ = [
     "StatisticRecord",
     "describe",
     "describe_rewrite",
+    "display_width",
+    "escape_text",
+    "html_table",
+    "text_table",
     "walk_nodes",
 ]
 
@@ -74,29 +79,73 @@ class StatisticRecord:
         return self.time.count("step")
 
 
+def escape_text(text: object) -> str:
+    """``str(text)`` on one line: control and other unprintable characters escaped.
+
+    Each character :meth:`str.isprintable` rejects (newline, tab, escape,
+    line separators, direction overrides, ...) is written as :func:`repr`
+    writes it (``\\n``, ``\\t``, ``\\x1b``, ``\\u2028``); everything else is
+    kept, backslashes included.
+
+    Examples
+    --------
+    >>> print(escape_text("a\\nb\\tc"))
+    a\\nb\\tc
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def display_width(text: str) -> int:
+    """Terminal columns that printable ``text`` takes.
+
+    Wide East Asian characters take two, combining marks none, others one.
+    """
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-        return ",".join(value) or "-"
+        return escape_text(",".join(value)) or "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return escape_text(value)
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain text table with aligned columns."""
-    cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+    """A plain text table with aligned columns, one line per row.
+
+    Cells are escaped with :func:`escape_text` (a label holding a newline
+    shows ``\\n``) and padded by their :func:`display_width`.
+
+    Examples
+    --------
+    >>> print(text_table(("name", "n"), [["a\\nb", 1], ["c", 22]]))
+    name  n
+    ----  --
+    a\\nb  1
+    c     22
+    """
+    cells = [[escape_text(h) for h in header]] + [[_cell(v) for v in row]
+                                                   for row in rows]
+    widths = [max(display_width(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c + " " * (w - display_width(c))
+                       for c, w in zip(r, widths, strict=True)).rstrip()
              for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An HTML table (escaped cells)."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    """An HTML table (cells escaped as in :func:`text_table`, then for HTML)."""
+    head = "".join(f"<th>{html.escape(escape_text(h))}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
         for row in rows
@@ -255,10 +304,12 @@ class RewriteDescription:
     def __str__(self) -> str:
         rows = [[name, var or "NOT REPLACED"] for name, var in self.replaced.items()]
         lines = [text_table(("statistic", "population variable"), rows)]
-        lines.append(f"Scans rebuilt: {', '.join(self.rebuilt) or 'none'}")
-        lines.append(f"Scans kept: {', '.join(self.kept) or 'none'}")
+        for title, items in (("Scans rebuilt", self.rebuilt),
+                             ("Scans kept", self.kept)):
+            lines.append(f"{title}: {escape_text(', '.join(items)) or 'none'}")
         if self.leftover:
-            lines.append(f"Batch statistics left: {', '.join(self.leftover)}")
+            lines.append(f"Batch statistics left: "
+                         f"{escape_text(', '.join(self.leftover))}")
         else:
             lines.append("No batch statistic left.")
         return "\n".join(lines)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.inspection.describe import escape_text
 from popstats._src.statistics import Statistic
 
 __all__ = ["plot", "plot_statistic"]
@@ -35,8 +36,147 @@ def _integer_ticks(*axes, both: bool = False) -> None:
 
 
 def _units(value: np.ndarray, axes: int) -> np.ndarray:
-    """The value with its time axes first and one axis of units."""
-    return value.reshape(*value.shape[:axes], -1)
+    """The value with its time axes first and one axis of units (maybe empty)."""
+    return value.reshape(*value.shape[:axes], int(np.prod(value.shape[axes:])))
+
+
+def _check_units(units: object, call: str) -> int:
+    """``units`` as an int if it is a positive integer, else a PopstatsError."""
+    if (isinstance(units, bool) or not isinstance(units, int | np.integer)
+            or units < 1):
+        raise PopstatsError(
+            f"{call}(units=...): expected a positive int (how many units to draw "
+            f"over time), got {describe_value(units)}. Pass e.g. units=8."
+        )
+    return int(units)
+
+
+def _title(ax, text: str) -> None:
+    """Set a title as plain text (a ``$`` in a label is no math)."""
+    ax.set_title(text, parse_math=False)
+
+
+def _note(ax, text: str) -> None:
+    """Write ``text`` in the middle of an empty panel (no ticks)."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center",
+            wrap=True, color="tab:red", parse_math=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _name(stat: Statistic) -> str:
+    return escape_text(stat.name)
+
+
+def _where(stat: Statistic) -> str:
+    return escape_text(stat.site.where)
+
+
+def _unit_shape(stat: Statistic) -> tuple[int, ...]:
+    return tuple(stat.value.shape[stat.depth:])
+
+
+def _no_units(stat: Statistic) -> str:
+    return (f"no units to show: the statistic has shape {_unit_shape(stat)} "
+            f"(no element)")
+
+
+def _no_steps(stat: Statistic) -> str:
+    return f"no steps to show: its time axes have lengths {stat.steps}"
+
+
+def _histogram(ax, stat: Statistic) -> None:
+    """Histogram of the finite values of a statistic outside loops."""
+    values = stat.value.ravel()
+    finite = values[np.isfinite(values)]
+    title = f"{_name(stat)}: {values.size} values ({_where(stat)})"
+    if finite.size < values.size:
+        title += f", {values.size - finite.size} not finite"
+    if not stat.coverage.any():
+        title += "; no batch computed it"
+    _title(ax, title)
+    if values.size == 0:
+        _note(ax, _no_units(stat))
+        return
+    if finite.size == 0:
+        _note(ax, f"no finite value to show: all {values.size} are NaN or infinite")
+        return
+    ax.hist(finite, bins=min(30, finite.size), color="tab:blue")
+    ax.set_xlabel("value")
+    ax.set_ylabel("units")
+
+
+def _over_time(ax, cov, stat: Statistic, units: int) -> None:
+    """Up to ``units`` units over the steps of one loop, coverage underneath."""
+    where = _where(stat)
+    series = _units(stat.value, 1)
+    steps = np.arange(series.shape[0])
+    total = series.shape[1]
+    if total == 0:
+        _title(ax, f"{_name(stat)}: 0 units over time ({where})")
+        _note(ax, _no_units(stat))
+    elif steps.size == 0:
+        _title(ax, f"{_name(stat)}: {total} units over time ({where})")
+        _note(ax, _no_steps(stat))
+    else:
+        pick = np.unique(np.linspace(0, total - 1, min(units, total)).round()
+                         .astype(int))
+        for j in pick:
+            ax.plot(steps, series[:, j], label=f"unit {j}")
+        _title(ax, f"{_name(stat)}: {len(pick)} of {total} units over "
+                   f"time ({where})")
+        ax.set_ylabel("value")
+        if len(pick) <= 10:
+            ax.legend(fontsize="small", ncols=2)
+        _integer_ticks(ax)
+    _title(cov, "coverage")
+    if steps.size == 0:
+        _note(cov, _no_steps(stat))
+        return
+    cov.bar(steps, stat.coverage, color="tab:gray")
+    cov.axhline(0.1 * stat.n_batches, color="tab:red", lw=1, ls="--",
+                label="10% of batches")
+    cov.set_xlabel("step")
+    cov.set_ylabel("batches")
+    cov.set_ylim(0, max(1, int(stat.coverage.max()), stat.n_batches) * 1.05)
+    if not stat.coverage.any():
+        _title(cov, f"coverage: no batch reached any of the {steps.size} steps")
+    cov.legend(fontsize="small")
+    _integer_ticks(cov)
+
+
+def _heat_maps(fig, ax, cov, stat: Statistic) -> None:
+    """Mean over units and coverage over the first two time axes."""
+    where = _where(stat)
+    _title(ax, f"{_name(stat)}: mean over units ({where})")
+    _title(cov, f"coverage (batches) ({where})")
+    if 0 in stat.coverage.shape:
+        _note(ax, _no_steps(stat))
+        _note(cov, _no_steps(stat))
+        return
+    coverage = stat.coverage
+    while coverage.ndim > 2:  # deeper loops: sum the inner time axes
+        coverage = coverage.sum(axis=-1)
+    # coverage colours from 0 batches (all-zero coverage too)
+    panels = [(cov, coverage, {"vmin": 0, "vmax": max(1, int(coverage.max()))})]
+    values = _units(stat.value, stat.depth)
+    if values.shape[-1] == 0:
+        _note(ax, _no_units(stat))
+    else:
+        mean = values.mean(axis=-1)
+        while mean.ndim > 2:  # deeper loops: average the inner time axes too
+            mean = mean.mean(axis=-1)
+        panels.insert(0, (ax, mean, {}))
+    for target, data, scale in panels:
+        image = target.imshow(data, aspect="auto", origin="lower",
+                              interpolation="nearest", **scale)
+        fig.colorbar(image, ax=target)
+        target.set_xlabel("inner step")
+        target.set_ylabel("outer step")
+        _integer_ticks(target, both=True)
+    if not stat.coverage.any():
+        _title(cov, f"coverage: no batch reached any of the "
+                    f"{stat.coverage.size} steps ({where})")
 
 
 def plot_statistic(stat: Statistic, *, units: int = 8):
@@ -47,6 +187,11 @@ def plot_statistic(stat: Statistic, *, units: int = 8):
     with the coverage (batches that reached each step) underneath. Per step
     of two or more loops: heat maps over the first two time axes of the
     mean over units and of the coverage.
+
+    A statistic with nothing to draw in a panel (no units, e.g. of shape
+    ``(0,)``; no steps; no finite value) gets a note saying so in that
+    panel instead, so that a report on many statistics still renders.
+    Non-finite values are left out of histograms (the title counts them).
 
     Parameters
     ----------
@@ -62,7 +207,8 @@ def plot_statistic(stat: Statistic, *, units: int = 8):
     Raises
     ------
     PopstatsError
-        If matplotlib is missing (``pip install popstats[plot]``).
+        If matplotlib is missing (``pip install popstats[plot]``), or
+        ``units`` is not a positive int.
 
     Examples
     --------
@@ -79,62 +225,25 @@ def plot_statistic(stat: Statistic, *, units: int = 8):
             f"plot_statistic(stat=...): expected a popstats Statistic, got "
             f"{describe_value(stat)}."
         )
-    if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-        raise PopstatsError(
-            f"plot(units=...): expected a positive int, got {describe_value(units)}."
-        )
-    axes = stat.depth
-    where = stat.site.where
-    if axes == 0:
+    units = _check_units(units, "plot_statistic")
+    if stat.depth == 0:
         fig, (ax,) = _figure(1, "plotting")
-        values = stat.value.ravel()
-        ax.hist(values, bins=min(30, max(1, values.size)), color="tab:blue")
-        ax.set_title(f"{stat.name}: {values.size} values ({where})")
-        ax.set_xlabel("value")
-        ax.set_ylabel("units")
-        return fig
-    if axes == 1:
-        fig, (ax, cov) = _figure(2, "plotting")
-        series = _units(stat.value, 1)
-        pick = np.unique(np.linspace(0, series.shape[1] - 1, units).round().astype(int))
-        steps = np.arange(series.shape[0])
-        for j in pick:
-            ax.plot(steps, series[:, j], label=f"unit {j}")
-        ax.set_title(f"{stat.name}: {len(pick)} of {series.shape[1]} units over "
-                     f"time ({where})")
-        ax.set_ylabel("value")
-        if len(pick) <= 10:
-            ax.legend(fontsize="small", ncols=2)
-        cov.bar(steps, stat.coverage, color="tab:gray")
-        cov.axhline(0.1 * stat.n_batches, color="tab:red", lw=1, ls="--",
-                    label="10% of batches")
-        cov.set_xlabel("step")
-        cov.set_ylabel("batches")
-        cov.set_title("coverage")
-        cov.legend(fontsize="small")
-        _integer_ticks(ax, cov)
+        _histogram(ax, stat)
         return fig
     fig, (ax, cov) = _figure(2, "plotting")
-    mean = _units(stat.value, 2).mean(axis=-1)
-    while mean.ndim > 2:  # deeper loops: average the inner time axes too
-        mean = mean.mean(axis=-1)
-    coverage = stat.coverage
-    while coverage.ndim > 2:
-        coverage = coverage.sum(axis=-1)
-    for target, data, title in ((ax, mean, f"{stat.name}: mean over units"),
-                                (cov, coverage, "coverage (batches)")):
-        image = target.imshow(data, aspect="auto", origin="lower",
-                              interpolation="nearest")
-        fig.colorbar(image, ax=target)
-        target.set_title(f"{title} ({where})")
-        target.set_xlabel("inner step")
-        target.set_ylabel("outer step")
-    _integer_ticks(ax, cov, both=True)
+    if stat.depth == 1:
+        _over_time(ax, cov, stat, units)
+    else:
+        _heat_maps(fig, ax, cov, stat)
     return fig
 
 
 def plot(stats: Mapping[str, Statistic], name: str, *, units: int = 8):
-    """:func:`plot_statistic` of ``stats[name]``, with a helpful unknown-name error."""
+    """:func:`plot_statistic` of ``stats[name]``, with a helpful unknown-name error.
+
+    ``units`` is checked first, as ``PopulationStatistics.plot(units=...)``.
+    """
+    units = _check_units(units, "PopulationStatistics.plot")
     if name not in stats:
         from popstats._src.inspection import unknown_label
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from popstats._src.errors import PopstatsError
-from popstats._src.inspection.describe import html_table
+from popstats._src.inspection.describe import escape_text, html_table
 from popstats._src.statistics import Statistic
 
 __all__ = ["find_warnings", "summary_rows", "write_report"]
@@ -54,9 +54,11 @@ def find_warnings(stats: Mapping[str, Statistic]) -> list[str]:
     """Problems worth a look, one sentence each.
 
     Steps reached by under 10% of the batches (thin coverage), steps no
-    batch reached, variances (role ``"var"``) below ``1e-8`` or standard
-    deviations (role ``"std"``) below ``1e-4`` (normalizing by them blows
-    values up), and non-finite values.
+    batch reached (statistics no batch reached at all too: a file can hold
+    them, though :func:`~popstats.estimate` refuses to make them),
+    variances (role ``"var"``) below ``1e-8`` or standard deviations (role
+    ``"std"``) below ``1e-4`` (normalizing by them blows values up), and
+    non-finite values.
 
     Examples
     --------
@@ -70,11 +72,18 @@ def find_warnings(stats: Mapping[str, Statistic]) -> list[str]:
     """
     found = []
     for s in stats.values():
-        at = f"{s.name!r} (in {s.site.where})"
+        at = f"{s.name!r} (in {escape_text(s.site.where)})"
         if s.thin_steps:
             found.append(f"{at}: {s.thin_steps} step(s) reached by under 10% of "
                          f"the {s.n_batches} batches (thin coverage).")
-        if s.uncovered_steps:
+        if s.depth == 0 and s.uncovered_steps:
+            found.append(f"{at}: no batch computed it (coverage 0); its values "
+                         f"were not estimated from any batch.")
+        elif s.uncovered_steps and s.uncovered_steps == s.coverage.size:
+            found.append(f"{at}: all {s.uncovered_steps} step(s) never reached (no "
+                         f"batch reached any); its values were not estimated "
+                         f"from any batch.")
+        elif s.uncovered_steps:
             found.append(f"{at}: {s.uncovered_steps} step(s) never reached "
                          f"(filled from earlier steps).")
         bad = int((~np.isfinite(s.value)).sum())
@@ -105,8 +114,10 @@ def _coverage_rows(stats: Mapping[str, Statistic]) -> list[list[object]]:
         if s.depth == 0:
             continue
         reached = s.coverage[s.coverage > 0]
-        rows.append([s.name, s.steps, s.n_batches, int(reached.min()),
-                     int(s.coverage.max()), s.thin_steps, s.uncovered_steps])
+        rows.append([s.name, s.steps, s.n_batches,
+                     int(reached.min()) if reached.size else "-",
+                     int(reached.max()) if reached.size else "-",
+                     s.thin_steps, s.uncovered_steps])
     return rows
 
 
@@ -142,10 +153,9 @@ def render_report(stats: Mapping[str, Statistic], *, title: str = "popstats repo
     if plots:
         parts.append("<h2>Plots</h2>")
         for s in stats.values():
-            fig = plot_statistic(s)
-            parts.append(f'<h3>{html.escape(s.name)}</h3><img alt="plot of '
-                         f'{html.escape(s.name)}" src="data:image/png;base64,'
-                         f'{_png(fig)}">')
+            name = html.escape(escape_text(s.name))
+            parts.append(f'<h3>{name}</h3><img alt="plot of {name}" '
+                         f'src="data:image/png;base64,{_png(plot_statistic(s))}">')
     parts.append("</body></html>")
     return "\n".join(parts)
 
