@@ -15,15 +15,15 @@ The pipeline, one public verb per stage:
 """
 
 from popstats import nn as nn
-from popstats._src.api import get_inference_graph
+from popstats._src.api import estimate, get_inference_graph
 from popstats._src.errors import PopstatsError
-from popstats._src.estimator import Estimation, EstimationState, estimate
+from popstats._src.estimator import Estimation
 from popstats._src.estimators import Estimator
 from popstats._src.exporter import EstimationGraph, Site, export
 from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
-from popstats._src.persistence import load, load_state
 from popstats._src.rewriter import bind, population_variables, rewrite
-from popstats._src.statistics import PopulationStatistics, Statistic
+from popstats._src.state import EstimationState, load_state
+from popstats._src.statistics import PopulationStatistics, Statistic, load
 from popstats._src.tagger import BNStat, bn_statistic, is_statistic
 
 __version__ = "0.1.0"

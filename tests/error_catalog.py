@@ -115,19 +115,20 @@ CALL_PREFIX = re.compile(r"^[A-Za-z_][\w.]*\([^()]*\)")
 #: Page sections, in order: (title, files under popstats/_src/).
 SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("Marking statistics: ``bn_statistic``", ("tagger.py",)),
-    ("Finding statistics: ``export``", ("exporter.py", "walk.py")),
+    ("Finding statistics: ``export``", ("exporter.py", "pooling.py", "walk.py")),
     (
         "Estimating: ``estimate``, ``Estimation``, ``Estimator``",
-        ("estimator.py", "estimators.py", "state.py", "checkpoint.py", "api.py",
-         "inspection/progress.py"),
+        ("estimator.py", "estimators.py", "accumulate.py", "checkpoint.py",
+         "api.py", "inspection/progress.py"),
     ),
     ("Batches and inputs", ("batches.py",)),
     ("Rewriting: ``rewrite``, ``bind``", ("rewriter.py", "matching.py")),
-    ("Statistics, saving and loading", ("statistics.py", "persistence.py")),
+    ("Statistics, saving and loading", ("statistics.py", "state.py", "persistence.py")),
     (
         "Inspection and the ``popstats`` command",
         (
             "inspection/__init__.py",
+            "inspection/optional.py",
             "inspection/describe.py",
             "inspection/drawing.py",
             "inspection/plots.py",

@@ -189,7 +189,7 @@ def test_plain_statistics_share_one_buffer_without_changing_results():
     data = [rng.normal(size=(5, 3)) for _ in range(6)]
     run = popstats.Estimation([x], y, mode="FAST_COMPILE")
     state = run.run([{"x": d} for d in data[:3]])
-    assert run._flat is not None  # the shared buffer is in use
+    assert run._host._flat is not None  # the shared buffer is in use
     state = run.run([{"x": d} for d in data[3:]], state)
     stats = run.finalize(state)
     np.testing.assert_array_equal(

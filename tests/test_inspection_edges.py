@@ -244,9 +244,9 @@ def test_cli_unexpected_failure_is_one_line(uncovered_file, monkeypatch, capsys)
     def broken(path):
         raise RuntimeError("something\nunexpected")
 
-    from popstats._src import persistence
+    from popstats._src import statistics
 
-    monkeypatch.setattr(persistence, "load", broken)
+    monkeypatch.setattr(statistics, "load", broken)
     status = cli.main(["summary", str(uncovered_file)])
     err = capsys.readouterr().err
     assert status == 2

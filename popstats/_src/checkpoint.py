@@ -15,14 +15,14 @@ import os
 from dataclasses import dataclass
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.persistence import (
+from popstats._src.persistence import check_target, remove_stale_temporaries
+from popstats._src.state import (
     Checkpoint,
-    check_target,
+    EstimationState,
     load_checkpoint,
-    remove_stale_temporaries,
     save_state,
+    state_digest,
 )
-from popstats._src.state import EstimationState, state_digest
 
 __all__ = ["CheckpointedRun", "check_every", "open_checkpoint"]
 

@@ -18,11 +18,17 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pytensor
 from pytensor.graph.basic import Variable
 
 from popstats._src import estimators as est
+from popstats._src.accumulate import (
+    HostAccumulator,
+    copy_state,
+    describe_arrays,
+    fits,
+    stat_shape,
+)
 from popstats._src.batches import (
     batch_values,
     check_dtypes,
@@ -32,7 +38,8 @@ from popstats._src.batches import (
 )
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimators import fill_uncovered
-from popstats._src.exporter import Site, as_variables, check_patterns, export_checked
+from popstats._src.exporter import Site, as_variables, export_checked
+from popstats._src.pooling import check_patterns
 from popstats._src.state import (
     EstimationState,
     PassSpec,
@@ -41,7 +48,7 @@ from popstats._src.state import (
 )
 from popstats._src.statistics import PopulationStatistics, Statistic
 
-__all__ = ["Estimation", "EstimationState", "estimate", "estimate_as", "fill_uncovered"]
+__all__ = ["Estimation", "EstimationState", "fill_uncovered"]
 
 log = logging.getLogger("popstats")
 
@@ -163,18 +170,8 @@ class Estimation:
         self._fn = pytensor.function(
             self.inputs, flat, mode=mode, on_unused_input="ignore"
         )
-        # Statistics outside loops with the plain mean and no count: updated
-        # together (see _add_plain).
-        self._plain = tuple(
-            i
-            for i, (site, estimator) in enumerate(
-                zip(self.sites, self.estimators, strict=True)
-            )
-            if site.time_axes == 0
-            and estimator.name == "mean"
-            and self._slots[i][1:] == (None, None)  # no count to check, no weight
-        )
-        self._flat: tuple | None = None
+        self._host = HostAccumulator(self.sites, self.estimators, self.partners,
+                                     self._slots, max_steps, call)
 
     def _run_error(self, exc: Exception, values: list, index: int) -> PopstatsError:
         """The error of a batch the compiled graph failed on (cause chained)."""
@@ -231,7 +228,7 @@ class Estimation:
 
     def _check_counts(self) -> None:
         for site, estimator in zip(self.sites, self.estimators, strict=True):
-            if _uses_count(estimator, site.role) and not site.counted:
+            if est.uses_count(estimator, site.role) and not site.counted:
                 raise PopstatsError(
                     f"{self.call}(estimator=...): {estimator.name!r} needs the "
                     f"number of elements behind statistic {site.name!r}, which "
@@ -254,7 +251,7 @@ class Estimation:
             "Pass a state made by this Estimation (or one of the same graph and "
             "options).",
         )
-        return self._step(_copy(state), batch)
+        return self._step(copy_state(state), batch)
 
     def _step(self, state: EstimationState, batch: Any) -> EstimationState:
         """:meth:`update` on a state this pass owns (updated in place)."""
@@ -268,119 +265,8 @@ class Estimation:
             tuple(None if k is None else results[k] for k in slot)
             for slot in self._slots
         ]
-        states = list(state.states)
-        done = self._add_plain(states, per_site)
-        for i, (value, count, weight) in enumerate(per_site):
-            if i in done:
-                continue
-            partner = self.partners[i]
-            mean = None if partner is None else self._cap(per_site[partner][0], i)
-            states[i] = self._add(i, states[i], value, count, weight, mean, index)
-        if self._plain and not done:
-            self._link_plain(states)
+        states = self._host.add(list(state.states), per_site, index)
         return EstimationState(state.spec, tuple(states), index + 1)
-
-    def _add_plain(self, states: list, per_site: list) -> frozenset[int]:
-        """Update every plain-mean statistic outside loops in one go.
-
-        Statistics outside loops estimated with ``"mean"`` share one flat
-        float64 buffer (their state arrays are views into it), so a batch
-        costs a few NumPy calls instead of several per statistic. Returns the
-        indices handled; none when the states are not linked to the buffer
-        (first batch, a loaded or merged state) or anything needs the checks
-        of the per-statistic path (a non-finite value, a changed shape).
-        """
-        flat = self._flat
-        plain = self._plain
-        if flat is None or not all(
-            states[i].get("mean") is view
-            for i, view in zip(plain, flat[0], strict=True)
-        ):
-            return frozenset()
-        values = [np.asarray(per_site[i][0]) for i in plain]
-        if any(v.shape != shape for v, shape in zip(values, flat[4], strict=True)):
-            return frozenset()
-        joined = np.concatenate([v.ravel() for v in values])
-        if not np.isfinite(joined).all():
-            return frozenset()
-        _, mean, n, w, _, sizes = flat
-        n += 1
-        w += 1.0
-        mean += (joined - mean) * np.repeat(1.0 / w, sizes)
-        return frozenset(plain)
-
-    def _link_plain(self, states: list) -> None:
-        """Point the plain statistics' state arrays into one flat buffer."""
-        plain = self._plain
-        arrays = [states[i] for i in plain]
-        if any(not arrays_i for arrays_i in arrays):
-            return
-        shapes = tuple(a["mean"].shape for a in arrays)
-        sizes = np.array([int(np.prod(shape)) for shape in shapes])
-        mean = np.concatenate([a["mean"].ravel() for a in arrays])
-        n = np.array([int(a["n"]) for a in arrays], dtype=np.int64)
-        w = np.array([float(a["w"]) for a in arrays], dtype=np.float64)
-        views, start = [], 0
-        for j, (a, shape, size) in enumerate(zip(arrays, shapes, sizes, strict=True)):
-            a["mean"] = mean[start : start + size].reshape(shape)
-            a["n"] = n[j : j + 1].reshape(())
-            a["w"] = w[j : j + 1].reshape(())
-            views.append(a["mean"])
-            start += size
-        self._flat = (tuple(views), mean, n, w, shapes, sizes)
-
-    def _cap(self, array: np.ndarray | None, i: int) -> np.ndarray | None:
-        if array is None or self.max_steps is None:
-            return array
-        axes = self.sites[i].time_axes
-        return array[(slice(0, self.max_steps),) * axes]
-
-    def _add(self, i, state, value, count, weight, mean, index):
-        site, estimator = self.sites[i], self.estimators[i]
-        axes = site.time_axes
-        value = self._cap(np.asarray(value), i)
-        count = self._cap(None if count is None else np.asarray(count, "float64"), i)
-        weight = self._cap(None if weight is None else np.asarray(weight), i)
-        if count is not None and not (np.isfinite(count) & (count >= 0)).all():
-            raise PopstatsError(
-                f"{self.call}(batches=...): the count of statistic {site.name!r} "
-                f"is {count.min():g} in batch {index}; counts are numbers of "
-                f"elements and must be finite and not negative. Check the count "
-                f"given to bn_statistic."
-            )
-        # cells with count 0, or pooled loops that ran no step: not reached
-        reached = None if count is None else count > 0
-        if weight is not None:
-            reached = weight > 0 if reached is None else reached & (weight > 0)
-        finite = np.isfinite(value)
-        if reached is not None:
-            finite |= ~est.expand(reached, value)
-        if not finite.all():
-            raise PopstatsError(
-                f"{self.call}(batches=...): statistic {site.name!r} (in "
-                f"{site.where}) is not finite in batch {index}. Check that batch "
-                f"for NaN/inf inputs or empty reductions (a mean over zero "
-                f"elements; give bn_statistic a count, e.g. the mask's sum, so "
-                f"that steps with no element count as not reached)."
-            )
-        if _bessel_corrected(estimator, site.role) and not (
-            (count > 1) | ~reached
-        ).all():
-            raise PopstatsError(
-                f"{self.call}(batches=...): {estimator.name!r} (unbiased) scales "
-                f"{site.name!r} by "
-                f"m/(m-1), but its count is {count[count > 0].min():g} in batch "
-                f"{index}. Use batches of at least 2 elements, or another "
-                f"estimator."
-            )
-        steps, shape = value.shape[:axes], value.shape[axes:]
-        if not state:
-            state = est.init(estimator, site.role, shape, axes)
-        elif _stat_shape(state, axes) != shape:
-            raise _shape_error(self.call, site, shape, _stat_shape(state, axes), index)
-        if state["n"].shape != steps:
-            state = est.grow(state, steps)
-        return est.update(estimator, site.role, state, value, count, reached, mean)
 
     def run(
         self,
@@ -427,7 +313,7 @@ class Estimation:
                 checkpoint, checkpoint_every, given, self.init(), self._check_state,
                 self._method("run", "checkpoint"),
             )
-        state = _copy(state)
+        state = copy_state(state)
         skip = 0 if saver is None else saver.skip
         consumed = 0
         stream = progress_bar(iterate(batches, self.call), batches, show)
@@ -472,10 +358,10 @@ class Estimation:
         for site, estimator, arrays in zip(
             self.sites, self.estimators, state.states, strict=True
         ):
-            if arrays and not _fits(arrays, site, estimator):
+            if arrays and not fits(arrays, site, estimator):
                 raise PopstatsError(
                     f"{where}: the arrays of statistic {site.name!r} in the state "
-                    f"({_describe_arrays(arrays)}) do not fit a {estimator.name!r} "
+                    f"({describe_arrays(arrays)}) do not fit a {estimator.name!r} "
                     f"state of shape {site.shape} with {site.time_axes} time "
                     f"axes; the state is damaged. {fix}"
                 )
@@ -492,8 +378,8 @@ class Estimation:
                 states.append({k: v.copy() for k, v in (sa or sb).items()})
                 continue
             site = self.sites[i]
-            shape_a = _stat_shape(sa, site.time_axes)
-            shape_b = _stat_shape(sb, site.time_axes)
+            shape_a = stat_shape(sa, site.time_axes)
+            shape_b = stat_shape(sb, site.time_axes)
             if shape_a != shape_b:
                 raise PopstatsError(
                     f"Estimation.merge(b=...): statistic {site.name!r} (in "
@@ -544,70 +430,6 @@ class Estimation:
         return result
 
 
-def _copy(state: EstimationState) -> EstimationState:
-    """A state with arrays of its own."""
-    states = tuple(
-        {k: np.array(v, copy=True) for k, v in fields.items()}
-        for fields in state.states
-    )
-    return EstimationState(state.spec, states, state.n_batches)
-
-
-def _fits(arrays: dict[str, np.ndarray], site: Site, estimator: est.Estimator) -> bool:
-    """Whether a statistic's state arrays are those of its estimator and shape."""
-    if set(arrays) != set(est.fields(estimator, site.role)):
-        return False
-    axes = site.time_axes
-    steps = np.shape(arrays["n"])
-    if len(steps) != axes:
-        return False
-    for field, array in arrays.items():
-        shape = np.shape(array)
-        if shape[:axes] != steps:
-            return False
-        if field in ("mean", "m2", "acc"):
-            own = shape[axes:]
-            if len(own) != len(site.shape) or any(
-                s is not None and s != o for s, o in zip(site.shape, own, strict=True)
-            ):
-                return False
-        elif len(shape) != axes:
-            return False
-    return True
-
-
-def _describe_arrays(arrays: dict[str, np.ndarray]) -> str:
-    return ", ".join(f"{k} {np.shape(v)}" for k, v in sorted(arrays.items()))
-
-
-def _stat_shape(state: dict[str, np.ndarray], axes: int) -> tuple[int, ...]:
-    """The statistic's own shape in an estimator state (after its time axes)."""
-    value = state["acc"] if "acc" in state else state["mean"]
-    return value.shape[axes:]
-
-
-def _bessel_corrected(estimator: est.Estimator, role: str | None) -> bool:
-    """Whether ``estimator`` scales a variance (or std) by m/(m-1)."""
-    return role in ("var", "std") and (
-        estimator.name == "unbiased" or estimator.unbiased  # ema, unbiased=True
-    )
-
-
-def _uses_count(estimator: est.Estimator, role: str | None) -> bool:
-    """Whether ``estimator`` weighs or scales a statistic by its count."""
-    return estimator.name in ("weighted", "pooled") or _bessel_corrected(
-        estimator, role
-    )
-
-
-def _shape_error(call, site, shape, known, index) -> PopstatsError:
-    return PopstatsError(
-        f"{call}(batches=...): statistic {site.name!r} (in {site.where}) has "
-        f"shape {shape} in batch {index} but {known} in earlier batches. A "
-        f"population statistic needs the same shape in every batch (apart from "
-        f"time axes): check that feature sizes do not depend on the batch."
-    )
-
 
 def _nested_hint(nested: list[str]) -> str:
     return (
@@ -617,116 +439,3 @@ def _nested_hint(nested: list[str]) -> str:
         f"time (time=('step', 'pooled')), or pad the inner sequences to one "
         f"length within each batch."
     )
-
-
-def estimate(
-    inputs: Sequence[Variable],
-    outputs: Variable | Sequence[Variable],
-    batches: Iterable[Any],
-    *,
-    estimator: object = "mean",
-    time: object = "step",
-    max_steps: int | None = None,
-    mode: str | pytensor.compile.Mode | None = None,
-    dtypes: str = "convert",
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 100,
-    progress: bool | str = "auto",
-) -> PopulationStatistics:
-    """Estimate population statistics over ``batches``.
-
-    Parameters
-    ----------
-    inputs : sequence of Variable
-        The graph's free inputs (those the batches provide).
-    outputs : Variable or sequence of Variable
-        Outputs of the training graph; every marked statistic they depend on
-        is estimated.
-    batches : iterable
-        Any iterable (a one-shot generator is fine), each batch a dict keyed
-        by input name or input variable, or a tuple/list in the order of
-        ``inputs``.
-    estimator : str, Estimator or dict, default "mean"
-        ``"mean"`` (the plain average over batches, the original tool's),
-        ``"weighted"`` (by element count), ``"pooled"`` (exact moments of all
-        data, fvcore's PreciseBN), ``"unbiased"`` (variances times m/(m-1),
-        PyTorch's ``update_bn``), ``"ema"`` (running average), an
-        :class:`~popstats.Estimator` with options, or a dict from label
-        pattern to those. See :doc:`/estimators` for which peer each equals.
-    time : "step", "pooled", tuple or dict, default "step"
-        Inside loops: one value per time step (``"step"``) or one for all
-        steps (``"pooled"``: each batch's statistic over all its steps, then
-        combined over batches by the estimator; see :doc:`/estimators`); a
-        tuple gives the mode per loop level (outermost first), a dict maps
-        name or label patterns to either.
-    max_steps : int, optional
-        Keep at most this many steps per time axis; later steps reuse the
-        last kept one at inference.
-    mode : str or Mode, optional
-        Compilation mode of the estimation function.
-    dtypes : {"convert", "strict"}, default "convert"
-        Convert batch values to the inputs' dtypes when nothing that matters
-        is lost, or refuse any other dtype; see :class:`Estimation`.
-    checkpoint, checkpoint_every
-        Save the pass's state every so many batches and resume from it; see
-        :meth:`Estimation.run`.
-    progress : bool or "auto", default "auto"
-        Show a progress bar (needs tqdm); ``"auto"``: only on a terminal.
-
-    Returns
-    -------
-    PopulationStatistics
-        Per statistic: the population value (per time step, over the batches
-        that reached the step), coverage counts, number of batches.
-
-    Raises
-    ------
-    PopstatsError
-        For arguments popstats cannot use, batches that do not fit the
-        inputs, and any failure while running a batch (naming the batch and
-        the shapes and dtypes of its values; the cause is chained).
-
-    Examples
-    --------
-    >>> import numpy as np, pytensor.tensor as pt, popstats
-    >>> x = pt.matrix("x")
-    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
-    >>> batches = [{"x": np.full((4, 2), 1.0)}, {"x": np.full((2, 2), 3.0)}]
-    >>> stats = popstats.estimate([x], y, batches)
-    >>> stats["mean"].value
-    array([2., 2.])
-    """
-    return estimate_as(
-        "estimate", inputs, outputs, batches, estimator=estimator, time=time,
-        max_steps=max_steps, mode=mode, dtypes=dtypes, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, progress=progress,
-    )
-
-
-def estimate_as(
-    call: str,
-    inputs: Sequence[Variable],
-    outputs: Variable | Sequence[Variable],
-    batches: Iterable[Any],
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 100,
-    progress: bool | str = "auto",
-    **options: Any,
-) -> PopulationStatistics:
-    """:func:`estimate` whose errors name the public ``call``.
-
-    The run's options are checked before the graph is exported or compiled.
-    """
-    from popstats._src.checkpoint import check_every
-    from popstats._src.inspection.progress import check_progress
-    from popstats._src.persistence import check_target
-
-    check_progress(progress, call)
-    check_every(checkpoint_every, f"{call}(checkpoint_every=...)")
-    if checkpoint is not None:
-        check_target(checkpoint, f"{call}(checkpoint=...)")
-    run = Estimation(inputs, outputs, call=call, **options)
-    state = run.run(batches, checkpoint=checkpoint,
-                    checkpoint_every=checkpoint_every, progress=progress)
-    return run.finalize(state)

@@ -11,7 +11,7 @@ Per batch and cell an update receives the statistic ``value``, the number of
 elements it reduced over (``count``, when known), which cells the batch
 reached and, for the pooled variance, the paired batch ``mean``. Under time
 pooling a batch's steps arrive already combined into one value per batch
-(see ``exporter.pool_steps``), so every estimator sees one value per batch
+(see ``pooling.pool_steps``), so every estimator sees one value per batch
 and cell either way.
 
 References: the parallel variance combination of Chan, Golub & LeVeque
@@ -35,11 +35,13 @@ __all__ = [
     "ESTIMATORS",
     "ROLES",
     "Estimator",
+    "bessel_corrected",
     "check_estimator_spec",
     "expand",
     "fields",
     "fill_uncovered",
     "resolve_estimator",
+    "uses_count",
 ]
 
 ESTIMATORS = ("mean", "weighted", "pooled", "unbiased", "ema")
@@ -190,6 +192,20 @@ def resolve_estimator(spec: object, name: str, label: str, call: str) -> Estimat
                 return as_estimator(value, call)
         return Estimator("mean")
     return as_estimator(spec, call)
+
+
+def bessel_corrected(estimator: Estimator, role: str | None) -> bool:
+    """Whether ``estimator`` scales a variance (or std) by m/(m-1)."""
+    return role in ("var", "std") and (
+        estimator.name == "unbiased" or estimator.unbiased  # ema, unbiased=True
+    )
+
+
+def uses_count(estimator: Estimator, role: str | None) -> bool:
+    """Whether ``estimator`` weighs or scales a statistic by its count."""
+    return estimator.name in ("weighted", "pooled") or bessel_corrected(
+        estimator, role
+    )
 
 
 # -- state arrays -----------------------------------------------------------

@@ -49,34 +49,26 @@ import tempfile
 import tokenize
 import zipfile
 import zlib
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimators import Estimator
-from popstats._src.exporter import Site
-from popstats._src.state import EstimationState, PassSpec
-from popstats._src.statistics import PopulationStatistics, Statistic
-from popstats._src.walk import LoopStep, SiteId
 
 __all__ = [
     "FORMAT_VERSION",
+    "STATE",
     "STATE_FORMAT_VERSION",
-    "Checkpoint",
+    "STATISTICS",
     "check_target",
-    "load",
-    "load_checkpoint",
-    "load_state",
+    "read",
     "remove_stale_temporaries",
-    "save_state",
-    "save_statistics",
+    "write",
 ]
 
 FORMAT_VERSION = 3  # of statistics files
 STATE_FORMAT_VERSION = 2
-_STATS, _STATE = "popstats.statistics", "popstats.state"
+STATISTICS, STATE = "popstats.statistics", "popstats.state"
+_STATS, _STATE = STATISTICS, STATE
 _VERSIONS = {_STATS: FORMAT_VERSION, _STATE: STATE_FORMAT_VERSION}
 _OLD = {
     (_STATS, 1): "identified statistics by keys that are new in every process, "
@@ -93,52 +85,6 @@ _UNREADABLE = (
     OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
     zlib.error, NotImplementedError, RuntimeError, SyntaxError, tokenize.TokenError,
 )
-
-
-def _site_meta(
-    site: Site, estimator: Estimator, n_batches: int, max_steps: int | None
-) -> dict[str, Any]:
-    return {
-        "name": site.name,
-        "label": site.label,
-        "fingerprint": site.id.fingerprint,
-        "path": [[step.name, step.fingerprint] for step in site.id.path],
-        "key": site.id.key,
-        "shape": list(site.shape),
-        "dtype": site.dtype,
-        "role": site.role,
-        "group": site.group,
-        "counted": site.counted,
-        "time": list(site.time),
-        "estimator": {"name": estimator.name, "momentum": estimator.momentum,
-                      "unbiased": estimator.unbiased},
-        "max_steps": max_steps,
-        "n_batches": n_batches,
-    }
-
-
-def _site_from_meta(
-    meta: dict[str, Any],
-) -> tuple[Site, Estimator, int, int | None]:
-    path = tuple(LoopStep(str(name), str(fp)) for name, fp in meta["path"])
-    site_id = SiteId(path, str(meta["label"]), str(meta["fingerprint"]),
-                     str(meta.get("key", "")))
-    site = Site(
-        meta["name"],
-        meta["label"],
-        site_id,
-        tuple(None if s is None else int(s) for s in meta["shape"]),
-        meta["dtype"],
-        role=meta["role"],
-        group=meta["group"],
-        counted=bool(meta["counted"]),
-        time=tuple(meta["time"]),
-    )
-    spec = meta["estimator"]
-    estimator = Estimator(spec["name"], spec["momentum"],
-                          unbiased=bool(spec["unbiased"]))
-    cap = meta["max_steps"]
-    return site, estimator, int(meta["n_batches"]), None if cap is None else int(cap)
 
 
 def check_target(path: object, where: str, example: str = "stats.npz") -> str:
@@ -165,7 +111,7 @@ def check_target(path: object, where: str, example: str = "stats.npz") -> str:
     return path
 
 
-def _write(
+def write(
     path: str | os.PathLike, kind: str, meta: dict, arrays: dict, where: str
 ) -> None:
     path = check_target(path, where)
@@ -264,57 +210,7 @@ def _umask() -> int:
     return mask
 
 
-def save_statistics(
-    stats: PopulationStatistics,
-    path: str | os.PathLike,
-    where: str = "PopulationStatistics.save(path=...)",
-) -> None:
-    """Write ``stats`` to ``path`` (format above)."""
-    metas, arrays = [], {}
-    for i, stat in enumerate(stats.values()):
-        metas.append(_site_meta(stat.site, stat.estimator, stat.n_batches,
-                                stat.max_steps))
-        arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
-        arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
-    _write(path, _STATS, {"statistics": metas}, arrays, where)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where a checkpointed run started: the state it was given.
-
-    ``start_batches`` batches and :func:`~popstats._src.state.state_digest`
-    ``start_digest``; a run from nothing starts at 0 batches.
-    """
-
-    start_batches: int
-    start_digest: str
-
-
-def save_state(
-    state: EstimationState,
-    path: str | os.PathLike,
-    where: str = "EstimationState.save(path=...)",
-    checkpoint: Checkpoint | None = None,
-) -> None:
-    """Write an estimation state to ``path`` (format above)."""
-    arrays = {
-        f"state/{i}/{field}": array
-        for i, fields in enumerate(state.states)
-        for field, array in fields.items()
-    }
-    meta = {
-        "spec": state.spec.to_json(),
-        "n_batches": state.n_batches,
-        "checkpoint": None if checkpoint is None else {
-            "start_batches": checkpoint.start_batches,
-            "start_digest": checkpoint.start_digest,
-        },
-    }
-    _write(path, _STATE, meta, arrays, where)
-
-
-def _read(
+def read(
     path: str | os.PathLike, kind: str, call: str
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """The metadata and all arrays of a file (read at once, file closed)."""
@@ -372,74 +268,3 @@ def _read(
             f"cannot be read: {exc}). Save it again."
         ) from None
     return meta, arrays
-
-
-def load(path: str | os.PathLike) -> PopulationStatistics:
-    """Load population statistics saved by :meth:`PopulationStatistics.save`.
-
-    Examples
-    --------
-    >>> import os, tempfile, numpy as np, pytensor.tensor as pt, popstats
-    >>> x = pt.matrix("x")
-    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
-    >>> stats = popstats.estimate([x], y, [{"x": np.ones((3, 2))}])
-    >>> path = os.path.join(tempfile.mkdtemp(), "stats.npz")
-    >>> stats.save(path)
-    >>> popstats.load(path)["mean"].value
-    array([1., 1.])
-    """
-    meta, archive = _read(path, _STATS, "load")
-    stats = []
-    try:
-        for i, entry in enumerate(meta["statistics"]):
-            site, estimator, n_batches, max_steps = _site_from_meta(entry)
-            value = np.array(archive[f"value/{i}"], dtype=np.float64)
-            coverage = np.array(archive[f"coverage/{i}"], dtype=np.int64)
-            if coverage.shape != value.shape[: site.time_axes]:
-                raise ValueError(f"coverage of {site.name!r} does not fit its value")
-            stats.append(
-                Statistic(site.name, site.label, site, value, coverage, n_batches,
-                          estimator, max_steps)
-            )
-        # names and identities index the result: they must be hashable
-        return PopulationStatistics(tuple(stats))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise PopstatsError(
-            f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "
-            f"{exc}). Save it again."
-        ) from None
-
-
-def load_state(path: str | os.PathLike) -> EstimationState:
-    """Load an estimation state saved by :meth:`EstimationState.save`.
-
-    Also reads a checkpoint written by ``Estimation.run(checkpoint=...)``;
-    to resume a checkpointed run, pass the checkpoint to ``run`` again
-    instead.
-    """
-    return load_checkpoint(path, "load_state")[0]
-
-
-def load_checkpoint(
-    path: str | os.PathLike, call: str = "load_state"
-) -> tuple[EstimationState, Checkpoint | None]:
-    """A state and, for a checkpoint of ``Estimation.run``, where it started."""
-    meta, archive = _read(path, _STATE, call)
-    try:
-        spec = PassSpec.from_json(meta["spec"])
-        states: list[dict[str, np.ndarray]] = [{} for _ in spec.statistics]
-        for key, array in archive.items():
-            if key.startswith("state/"):
-                _, index, field = key.split("/")
-                states[int(index)][field] = array
-        n_batches = int(meta["n_batches"])
-        start = meta["checkpoint"]
-        checkpoint = None if start is None else Checkpoint(
-            int(start["start_batches"]), str(start["start_digest"])
-        )
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise PopstatsError(
-            f"{call}(path=...): {os.fspath(path)!r} is corrupted "
-            f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
-        ) from None
-    return EstimationState(spec, tuple(states), n_batches), checkpoint

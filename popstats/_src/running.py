@@ -20,9 +20,9 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimator import fill_uncovered
-from popstats._src.estimators import Estimator
-from popstats._src.exporter import Site, align_cells, export
+from popstats._src.estimators import Estimator, fill_uncovered
+from popstats._src.exporter import Site, export
+from popstats._src.pooling import align_cells
 from popstats._src.statistics import PopulationStatistics, Statistic
 
 __all__ = ["RunningAverages", "running_average_updates"]

@@ -19,10 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from popstats._src.errors import PopstatsError
 from popstats._src.estimators import Estimator
+from popstats._src.persistence import STATE, read, write
 
-__all__ = ["EstimationState", "PassSpec", "StatisticSpec", "spec_differences",
-           "state_digest"]
+__all__ = [
+    "Checkpoint",
+    "EstimationState",
+    "PassSpec",
+    "StatisticSpec",
+    "load_checkpoint",
+    "load_state",
+    "save_state",
+    "spec_differences",
+    "state_digest",
+]
 
 
 @dataclass(frozen=True)
@@ -179,8 +190,6 @@ class EstimationState:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save to ``.npz`` (atomically); see :func:`popstats.load_state`."""
-        from popstats._src.persistence import save_state
-
         save_state(self, path)
 
 
@@ -197,3 +206,73 @@ def state_digest(state: EstimationState) -> str:
             h.update(f"|{key}|{array.dtype.str}|{array.shape}|".encode())
             h.update(array.tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a checkpointed run started: the state it was given.
+
+    ``start_batches`` batches and :func:`~popstats._src.state.state_digest`
+    ``start_digest``; a run from nothing starts at 0 batches.
+    """
+
+    start_batches: int
+    start_digest: str
+
+
+def save_state(
+    state: EstimationState,
+    path: str | os.PathLike,
+    where: str = "EstimationState.save(path=...)",
+    checkpoint: Checkpoint | None = None,
+) -> None:
+    """Write an estimation state to ``path`` (format above)."""
+    arrays = {
+        f"state/{i}/{field}": array
+        for i, fields in enumerate(state.states)
+        for field, array in fields.items()
+    }
+    meta = {
+        "spec": state.spec.to_json(),
+        "n_batches": state.n_batches,
+        "checkpoint": None if checkpoint is None else {
+            "start_batches": checkpoint.start_batches,
+            "start_digest": checkpoint.start_digest,
+        },
+    }
+    write(path, STATE, meta, arrays, where)
+
+
+def load_state(path: str | os.PathLike) -> EstimationState:
+    """Load an estimation state saved by :meth:`EstimationState.save`.
+
+    Also reads a checkpoint written by ``Estimation.run(checkpoint=...)``;
+    to resume a checkpointed run, pass the checkpoint to ``run`` again
+    instead.
+    """
+    return load_checkpoint(path, "load_state")[0]
+
+
+def load_checkpoint(
+    path: str | os.PathLike, call: str = "load_state"
+) -> tuple[EstimationState, Checkpoint | None]:
+    """A state and, for a checkpoint of ``Estimation.run``, where it started."""
+    meta, archive = read(path, STATE, call)
+    try:
+        spec = PassSpec.from_json(meta["spec"])
+        states: list[dict[str, np.ndarray]] = [{} for _ in spec.statistics]
+        for key, array in archive.items():
+            if key.startswith("state/"):
+                _, index, field = key.split("/")
+                states[int(index)][field] = array
+        n_batches = int(meta["n_batches"])
+        start = meta["checkpoint"]
+        checkpoint = None if start is None else Checkpoint(
+            int(start["start_batches"]), str(start["start_digest"])
+        )
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise PopstatsError(
+            f"{call}(path=...): {os.fspath(path)!r} is corrupted "
+            f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
+        ) from None
+    return EstimationState(spec, tuple(states), n_batches), checkpoint

@@ -1,4 +1,9 @@
-"""The record passed from the estimator to the rewriter."""
+"""The record passed from the estimator to the rewriter, and its file.
+
+:class:`PopulationStatistics` maps names to :class:`Statistic` records;
+:func:`save_statistics` and :func:`load` write and read them (the layout of
+the file is documented in ``persistence.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,17 @@ import difflib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimators import Estimator
 from popstats._src.exporter import Site
-from popstats._src.walk import SiteId
+from popstats._src.persistence import STATISTICS, read, write
+from popstats._src.walk import LoopStep, SiteId
 
-__all__ = ["PopulationStatistics", "Statistic"]
+__all__ = ["PopulationStatistics", "Statistic", "load", "save_statistics"]
 
 _MEAN = Estimator("mean")  # frozen, safe to share
 
@@ -138,8 +145,6 @@ class PopulationStatistics(Mapping[str, Statistic]):
         The file is written to a temporary name and renamed, so an
         interrupted save leaves any earlier file intact.
         """
-        from popstats._src.persistence import save_statistics
-
         save_statistics(self, path)
 
     def plot(self, name: str, *, units: int = 8):
@@ -174,3 +179,100 @@ class PopulationStatistics(Mapping[str, Statistic]):
                 row += f", {s.uncovered_steps} steps never reached"
             rows.append(row)
         return "PopulationStatistics(\n" + "\n".join(rows) + "\n)"
+
+
+def _site_meta(
+    site: Site, estimator: Estimator, n_batches: int, max_steps: int | None
+) -> dict[str, Any]:
+    return {
+        "name": site.name,
+        "label": site.label,
+        "fingerprint": site.id.fingerprint,
+        "path": [[step.name, step.fingerprint] for step in site.id.path],
+        "key": site.id.key,
+        "shape": list(site.shape),
+        "dtype": site.dtype,
+        "role": site.role,
+        "group": site.group,
+        "counted": site.counted,
+        "time": list(site.time),
+        "estimator": {"name": estimator.name, "momentum": estimator.momentum,
+                      "unbiased": estimator.unbiased},
+        "max_steps": max_steps,
+        "n_batches": n_batches,
+    }
+
+
+def _site_from_meta(
+    meta: dict[str, Any],
+) -> tuple[Site, Estimator, int, int | None]:
+    path = tuple(LoopStep(str(name), str(fp)) for name, fp in meta["path"])
+    site_id = SiteId(path, str(meta["label"]), str(meta["fingerprint"]),
+                     str(meta.get("key", "")))
+    site = Site(
+        meta["name"],
+        meta["label"],
+        site_id,
+        tuple(None if s is None else int(s) for s in meta["shape"]),
+        meta["dtype"],
+        role=meta["role"],
+        group=meta["group"],
+        counted=bool(meta["counted"]),
+        time=tuple(meta["time"]),
+    )
+    spec = meta["estimator"]
+    estimator = Estimator(spec["name"], spec["momentum"],
+                          unbiased=bool(spec["unbiased"]))
+    cap = meta["max_steps"]
+    return site, estimator, int(meta["n_batches"]), None if cap is None else int(cap)
+
+
+def save_statistics(
+    stats: PopulationStatistics,
+    path: str | os.PathLike,
+    where: str = "PopulationStatistics.save(path=...)",
+) -> None:
+    """Write ``stats`` to ``path`` (format above)."""
+    metas, arrays = [], {}
+    for i, stat in enumerate(stats.values()):
+        metas.append(_site_meta(stat.site, stat.estimator, stat.n_batches,
+                                stat.max_steps))
+        arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
+        arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
+    write(path, STATISTICS, {"statistics": metas}, arrays, where)
+
+
+def load(path: str | os.PathLike) -> PopulationStatistics:
+    """Load population statistics saved by :meth:`PopulationStatistics.save`.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> stats = popstats.estimate([x], y, [{"x": np.ones((3, 2))}])
+    >>> path = os.path.join(tempfile.mkdtemp(), "stats.npz")
+    >>> stats.save(path)
+    >>> popstats.load(path)["mean"].value
+    array([1., 1.])
+    """
+    meta, archive = read(path, STATISTICS, "load")
+    stats = []
+    try:
+        for i, entry in enumerate(meta["statistics"]):
+            site, estimator, n_batches, max_steps = _site_from_meta(entry)
+            value = np.array(archive[f"value/{i}"], dtype=np.float64)
+            coverage = np.array(archive[f"coverage/{i}"], dtype=np.int64)
+            if coverage.shape != value.shape[: site.time_axes]:
+                raise ValueError(f"coverage of {site.name!r} does not fit its value")
+            stats.append(
+                Statistic(site.name, site.label, site, value, coverage, n_batches,
+                          estimator, max_steps)
+            )
+        # names and identities index the result: they must be hashable
+        return PopulationStatistics(tuple(stats))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise PopstatsError(
+            f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "
+            f"{exc}). Save it again."
+        ) from None

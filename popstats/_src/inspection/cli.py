@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary_rows,
         write_report,
     )
-    from popstats._src.persistence import load
+    from popstats._src.statistics import load
 
     args = _parser().parse_args(argv)
     try:

@@ -168,7 +168,7 @@ class Description(Sequence[StatisticRecord]):
             for record in self.records:
                 if record.name == index:
                     return record
-            from popstats._src.inspection import unknown_label
+            from popstats._src.inspection.optional import unknown_label
 
             raise unknown_label("describe(...)[name]", index,
                                 [r.name for r in self.records])

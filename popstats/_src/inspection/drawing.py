@@ -33,7 +33,7 @@ POPULATION = {"style": "filled", "fillcolor": "palegreen"}
 
 
 def _graphviz():
-    from popstats._src.inspection import require
+    from popstats._src.inspection.optional import require
 
     return require("graphviz", "drawing")
 

@@ -18,7 +18,7 @@ __all__ = ["plot", "plot_statistic"]
 
 
 def _figure(rows: int, what: str):
-    from popstats._src.inspection import require
+    from popstats._src.inspection.optional import require
 
     figure_module = require("matplotlib.figure", what)
     fig = figure_module.Figure(figsize=(6.4, 2.4 + 2.2 * rows), layout="constrained")
@@ -245,7 +245,7 @@ def plot(stats: Mapping[str, Statistic], name: str, *, units: int = 8):
     """
     units = _check_units(units, "PopulationStatistics.plot")
     if name not in stats:
-        from popstats._src.inspection import unknown_label
+        from popstats._src.inspection.optional import unknown_label
 
         raise unknown_label(f"plot({name!r})", str(name), list(stats))
     return plot_statistic(stats[name], units=units)

@@ -184,7 +184,7 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
 
     path = check_target(path, "report(path=...)", "report.html")
     if plots:
-        from popstats._src.inspection import require
+        from popstats._src.inspection.optional import require
 
         require("matplotlib", "report(plots=True)")
     text = render_report(stats, title=title, plots=plots)

@@ -1,0 +1,679 @@
+"""popstats against its peers: a plain forward pass and PyTorch, side by side.
+
+Per model, on the same weights, the same N batches (the same float32 NumPy
+arrays; PyTorch gets zero-copy views of them) and the same number of
+threads, three candidates do the job of estimating the population statistics
+of the batch-normalized layers, or the part of it that is the floor:
+
+* **popstats**: ``popstats.Estimation(inputs, outputs, mode=...)`` compiled
+  once (not timed), then per repeat ``run.finalize(run.run(batches,
+  progress=False))`` -- the default ``"mean"`` estimator (equal-weight
+  average of the batch statistics), per time step inside loops
+  (``time="step"``). Only the statistics are computed: layers after the
+  last one are pruned from its graph.
+* **forward**: the same training graph (batch statistics, marked -- markers
+  compile away) compiled with ``pytensor.function(inputs, outputs,
+  mode=...)`` and called on the same N batches. No statistics are kept: the
+  floor an estimation pass is measured against.
+* **PyTorch** (if installed; the columns read "n/a" otherwise), the same job
+  as people write it there, under ``torch.no_grad``:
+
+  - ``mlp``: 784-1024x3-10 (Linear, BatchNorm1d, ReLU per hidden layer),
+    batch 256; ``torch.optim.swa_utils.update_bn(loader, model)`` over the
+    batches (it resets the running statistics and sets ``momentum=None``: a
+    cumulative average of the batch means and of the *unbiased* batch
+    variances).
+  - ``conv``: 28x28x1 input, batch 128: conv3x3(1->16, padding 1)-BN-ReLU,
+    conv3x3(16->32, padding 1)-BN-ReLU, global average pool, Linear(32->10);
+    ``update_bn``. PyTensor 3.x has no conv2d op: there the convolution is a
+    matrix product over patches (im2col: the 9 shifted slices of the
+    zero-padded NHWC input stacked along the channel axis, times a
+    (9*C_in, C_out) weight, PyTorch's (C_out, C_in, 3, 3) weight transposed
+    to match). BN statistics per channel over (batch, H, W). PyTensor takes
+    the NCHW array PyTorch takes and transposes it in the graph.
+  - ``rnn``: recurrent batch normalization (Cooijmans et al. 2016), 50
+    steps, batch 64, 32 inputs -> 128 hidden, ``h = tanh(BN_t(x_t Wx) +
+    BN_t(h Wh))`` with per-step statistics (``_common.RNN``, a
+    ``pytensor.scan`` marked with ``popstats.bn_statistic``): 2 (mean, var)
+    pairs per step. PyTorch: a hand-written eager loop over the steps doing
+    the same forward math step by step (``x_t @ Wx`` inside the loop, as
+    BN-LSTM implementations do) and keeping each step's batch mean and
+    biased batch variance (``torch.var_mean``) in a float32 buffer per
+    batch, added once per batch to **float64** sums (torch tensors), as
+    popstats accumulates in float64; divided by N at the end.
+  - ``lstm``: the same setup with a BN-LSTM cell (Cooijmans et al.): BN on
+    ``x_t Wx`` and ``h Wh`` (4*hidden wide each) and on the cell state,
+    ``h = o * tanh(BN_t(c))``: 3 (mean, var) pairs per step. PyTorch: the
+    eager loop.
+
+Method: every candidate is called once untimed first (Numba and JAX compile
+on the first call, PyTorch warms up), then timed ``--repeats`` times,
+interleaved (popstats, forward, PyTorch, popstats, ...) so that load changes
+of a shared machine hit all alike; each timing is one pass over all N
+batches. Tables give ms per batch (best of the repeats) and ratios of the
+best and of the median times. By default the clock is the CPU time of the
+process with every library (BLAS, OpenMP, Numba, XLA, PyTorch intra-op) on
+one thread -- steady on a loaded machine; ``--threads N`` sets all of them
+to N (and the clock to wall time unless ``--clock`` says otherwise).
+
+Every figure is checked to be of equal work, once per model and mode, on
+the untimed first calls (the "max rel. diff" columns, max |a - b| / max |b|
+over all elements of all statistics, resp. outputs):
+
+* forward: the PyTensor forward output against PyTorch's on one batch
+  (train mode, batch statistics);
+* statistics: every popstats statistic against PyTorch's (``running_mean``;
+  ``running_var`` against popstats' biased variance times m/(m-1), m the
+  elements per channel and batch; the eager loops' per-step averages).
+
+Both should be ~1e-6 (float32 rounding); anything above ~1e-4 means the two
+sides do not compute the same thing and the timings do not compare.
+
+Targets (never asserted): popstats / forward <= 1.05x per batch; popstats
+speed vs PyTorch (PyTorch time / popstats time, >1 means popstats faster)
+>= 1.0x on ``mlp`` and ``conv``, >= 1.3x on ``rnn`` and ``lstm``.
+
+Usage::
+
+    python benchmarks/peers.py --quick        # tiny sizes, seconds per mode
+    python benchmarks/peers.py                # default, CVM, JAX (if installed)
+    python benchmarks/peers.py --modes default --repeats 3 --models mlp,rnn
+    python benchmarks/peers.py --check        # only the equal-work checks
+    python benchmarks/peers.py --threads 2    # every library on 2 threads
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _preset_environment(argv: list[str]) -> None:
+    """Set threads and floatX before ``_common`` loads NumPy and PyTensor.
+
+    ``--threads N`` overrides the one-thread default of ``_common`` for
+    OpenBLAS/OpenMP/MKL, Numba and XLA (they read it at load time). floatX
+    float32 keeps Python constants (``eps``) from upcasting the float32
+    graphs to float64.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--threads", type=int)
+    threads = pre.parse_known_args(argv)[0].threads
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit("--threads must be >= 1")
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMBA_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        multi = "true" if threads > 1 else "false"
+        os.environ["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen={multi} "
+                                   f"intra_op_parallelism_threads={threads}")
+    flags = os.environ.get("PYTENSOR_FLAGS", "")
+    os.environ["PYTENSOR_FLAGS"] = ",".join(f for f in (flags, "floatX=float32") if f)
+
+
+_preset_environment(sys.argv[1:])
+
+import _common as C  # noqa: E402
+import numpy as np  # noqa: E402
+import pytensor  # noqa: E402
+import pytensor.tensor as pt  # noqa: E402
+
+import popstats  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # the PyTorch columns read "n/a"
+    torch = None
+
+F32 = "float32"
+EPS = C.EPS  # 1e-5, PyTorch BatchNorm's default too
+THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
+MODELS = ("mlp", "conv", "rnn", "lstm")
+
+
+def _setup_torch() -> None:
+    if torch is None:
+        return
+    torch.set_num_threads(THREADS)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (parallel work has started)
+        pass
+
+
+def rel_diff(a, b) -> float:
+    """max |a - b| / max |b| (one figure for a whole array)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _shared(value: np.ndarray, name: str):
+    return pytensor.shared(value, name=name, shape=value.shape)
+
+
+def _mark(mean, var, label: str, mark: bool):
+    if mark:
+        mean = popstats.bn_statistic(mean, label=f"{label}.mean")
+        var = popstats.bn_statistic(var, label=f"{label}.var")
+    return mean, var
+
+
+def _t(a: np.ndarray):
+    """A float32 torch tensor of a copy of ``a`` (weights)."""
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).copy())
+
+
+# --------------------------------------------------------------------------
+# models: one set of float32 NumPy weights, a PyTensor graph and a PyTorch
+# counterpart of it
+
+
+class Mlp:
+    """784-1024x3-10: ``_common.MLP`` (Linear-BN-ReLU) plus a Linear output."""
+
+    def __init__(self, n_in: int, width: int, layers: int, batch: int, n_out=10):
+        self.net = C.MLP(layers, width, n_in=n_in)
+        rng = np.random.default_rng(2)
+        self.W_out = (rng.standard_normal((width, n_out)) / np.sqrt(width)).astype(F32)
+        self.b_out = (rng.standard_normal(n_out) * 0.1).astype(F32)
+        self.batch = batch
+        self.desc = f"MLP {n_in}-{width}x{layers}-{n_out}, batch {batch}"
+
+    def graph(self):
+        x = self.net.input()
+        h = self.net.build(x)
+        return x, pt.dot(h, _shared(self.W_out, "W_out")) + _shared(self.b_out, "b_out")
+
+    def batches(self, n: int) -> list[np.ndarray]:
+        return [b["x"] for b in self.net.batches(n, self.batch)]
+
+    def elements(self, label: str) -> int:
+        return self.batch
+
+    def torch_model(self):
+        layers = []
+        for W, b, gamma, beta in self.net.params:
+            W = W.get_value()
+            lin = torch.nn.Linear(*W.shape)
+            lin.weight.data = _t(W.T)
+            lin.bias.data = _t(b.get_value())
+            bn = torch.nn.BatchNorm1d(W.shape[1], eps=EPS)
+            bn.weight.data, bn.bias.data = _t(gamma.get_value()), _t(beta.get_value())
+            layers += [lin, bn, torch.nn.ReLU()]
+        out = torch.nn.Linear(*self.W_out.shape)
+        out.weight.data, out.bias.data = _t(self.W_out.T), _t(self.b_out)
+        return _BNModel(torch.nn.Sequential(*layers, out), "layer")
+
+
+def _conv3x3(h, w: np.ndarray, size: int):
+    """3x3 convolution, padding 1, of NHWC ``h`` as im2col and one matmul.
+
+    ``w`` is PyTorch's (C_out, C_in, 3, 3) weight; row ``(3 i + j) C_in + c``
+    of the (9 C_in, C_out) matrix is ``w[:, c, i, j]``, matching the order in
+    which the shifted slices are stacked.
+    """
+    c_out, c_in = w.shape[:2]
+    wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(9 * c_in, c_out))
+    n = h.shape[0]
+    padded = pt.zeros((n, size + 2, size + 2, c_in), dtype=F32)
+    padded = pt.set_subtensor(padded[:, 1:-1, 1:-1, :], h)
+    patches = pt.concatenate(
+        [padded[:, i:i + size, j:j + size, :] for i in range(3) for j in range(3)],
+        axis=3,
+    )
+    out = pt.dot(patches.reshape((-1, 9 * c_in)), _shared(wmat, "Wconv"))
+    return out.reshape((n, size, size, c_out))
+
+
+class ConvNet:
+    """conv3x3-BN-ReLU x2, global average pool, Linear; NCHW input."""
+
+    def __init__(self, size: int, channels: tuple[int, ...], batch: int, n_out=10):
+        rng = np.random.default_rng(0)
+        self.size, self.batch = size, batch
+        self.convs = []
+        c_in = 1
+        for c in channels:
+            w = (rng.standard_normal((c, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(F32)
+            gamma = (1.0 + 0.1 * rng.standard_normal(c)).astype(F32)
+            beta = (0.1 * rng.standard_normal(c)).astype(F32)
+            self.convs.append((w, gamma, beta))
+            c_in = c
+        self.W_out = (rng.standard_normal((c_in, n_out)) / np.sqrt(c_in)).astype(F32)
+        self.b_out = (0.1 * rng.standard_normal(n_out)).astype(F32)
+        chans = "-".join(str(c) for c in channels)
+        self.desc = (f"conv {size}x{size}x1, 3x3 convs {chans}, GAP, {n_out} out, "
+                     f"batch {batch}")
+
+    def graph(self, mark: bool = True):
+        s = self.size
+        x = pt.tensor("x", shape=(None, 1, s, s), dtype=F32)
+        h = x.dimshuffle(0, 2, 3, 1)  # NCHW -> NHWC
+        for i, (w, gamma, beta) in enumerate(self.convs):
+            h = _conv3x3(h, w, s)
+            mean, var = _mark(h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2)),
+                              f"conv{i}", mark)
+            h = (h - mean) / pt.sqrt(var + EPS) * _shared(gamma, f"gamma{i}")
+            h = pt.maximum(h + _shared(beta, f"beta{i}"), 0.0)
+        pooled = h.mean(axis=(1, 2))
+        return x, pt.dot(pooled, _shared(self.W_out, "W_out")) + _shared(self.b_out, "b_out")
+
+    def batches(self, n: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(1)
+        s = self.size
+        return [rng.standard_normal((self.batch, 1, s, s)).astype(F32) for _ in range(n)]
+
+    def elements(self, label: str) -> int:
+        return self.batch * self.size * self.size
+
+    def torch_model(self):
+        layers = []
+        for w, gamma, beta in self.convs:
+            conv = torch.nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias=False)
+            conv.weight.data = _t(w)
+            bn = torch.nn.BatchNorm2d(w.shape[0], eps=EPS)
+            bn.weight.data, bn.bias.data = _t(gamma), _t(beta)
+            layers += [conv, bn, torch.nn.ReLU()]
+        out = torch.nn.Linear(*self.W_out.shape)
+        out.weight.data, out.bias.data = _t(self.W_out.T), _t(self.b_out)
+        model = torch.nn.Sequential(
+            *layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), out
+        )
+        return _BNModel(model, "conv")
+
+
+class _BNModel:
+    """A ``torch.nn`` model whose statistics ``update_bn`` estimates."""
+
+    def __init__(self, model, prefix: str):
+        self.model = model
+        self.bns = [m for m in model.modules()
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self.prefix = prefix
+
+    def forward(self, x):
+        self.model.train()
+        with torch.no_grad():
+            return self.model(x).numpy()
+
+    def estimate(self, loader) -> None:
+        torch.optim.swa_utils.update_bn(loader, self.model)  # under no_grad
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """``{label: value}``; variances are update_bn's unbiased ones."""
+        out = {}
+        for i, bn in enumerate(self.bns):
+            out[f"{self.prefix}{i}.mean"] = bn.running_mean.numpy().copy()
+            out[f"{self.prefix}{i}.var"] = bn.running_var.numpy().copy()
+        return out
+
+
+class Rnn:
+    """``_common.RNN`` (BN-RNN in a Scan, per-step statistics)."""
+
+    labels = ("input", "recurrent")
+
+    def __init__(self, n_in: int, hidden: int, steps: int, batch: int):
+        self.net = C.RNN(n_in, hidden)
+        self.steps, self.batch = steps, batch
+        self.desc = f"BN-RNN {n_in}->{hidden}, {steps} steps, batch {batch}"
+
+    def graph(self):
+        x = self.net.input()
+        return x, self.net.build(x)
+
+    def batches(self, n: int) -> list[np.ndarray]:
+        return [b["x"] for b in self.net.batches(n, self.steps, self.batch)]
+
+    def elements(self, label: str) -> int:
+        return self.batch
+
+    def torch_model(self):
+        n = self.net
+        return _EagerLoop(self, [_t(p.get_value()) for p in (n.Wx, n.Wh, n.gx, n.gh)])
+
+    @staticmethod
+    def torch_step(x_t, state, params, stats):
+        Wx, Wh, gx, gh = params
+        (h,) = state
+        a = x_t @ Wx
+        r = h @ Wh
+        va, ma = torch.var_mean(a, dim=0, correction=0)
+        vr, mr = torch.var_mean(r, dim=0, correction=0)
+        stats[0], stats[1], stats[2], stats[3] = ma, va, mr, vr
+        h = torch.tanh((a - ma) / torch.sqrt(va + EPS) * gx
+                       + (r - mr) / torch.sqrt(vr + EPS) * gh)
+        return h, (h,)
+
+    def initial_state(self, batch: int):
+        return (torch.zeros((batch, self.net.hidden)),)
+
+
+class Lstm:
+    """BN-LSTM (Cooijmans et al. 2016) in a Scan: BN on x Wx, h Wh and c."""
+
+    labels = ("input", "recurrent", "cell")
+
+    def __init__(self, n_in: int, hidden: int, steps: int, batch: int):
+        rng = np.random.default_rng(0)
+        self.n_in, self.hidden, self.steps, self.batch = n_in, hidden, steps, batch
+        H = hidden
+        self.params = {
+            "Wx": (rng.standard_normal((n_in, 4 * H)) / np.sqrt(n_in)).astype(F32),
+            "Wh": (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(F32),
+            # Cooijmans et al.: gamma 0.1, beta 0 (and a forget-gate bias)
+            "gx": np.full(4 * H, 0.1, dtype=F32),
+            "gh": np.full(4 * H, 0.1, dtype=F32),
+            "b": np.concatenate([np.zeros(H), np.ones(H), np.zeros(2 * H)]).astype(F32),
+            "gc": np.full(H, 0.1, dtype=F32),
+            "bc": np.zeros(H, dtype=F32),
+        }
+        self.desc = f"BN-LSTM {n_in}->{hidden}, {steps} steps, batch {batch}"
+
+    def graph(self, mark: bool = True):
+        H = self.hidden
+        x = pt.tensor3("x", shape=(None, None, self.n_in), dtype=F32)
+
+        def norm(a, gamma, label):
+            mean, var = _mark(a.mean(axis=0), a.var(axis=0), label, mark)
+            return (a - mean) / pt.sqrt(var + EPS) * gamma
+
+        def step(x_t, h_prev, c_prev, Wx, Wh, gx, gh, b, gc, bc):
+            gates = (norm(pt.dot(x_t, Wx), gx, "input")
+                     + norm(pt.dot(h_prev, Wh), gh, "recurrent") + b)
+            i = pt.sigmoid(gates[:, :H])
+            f = pt.sigmoid(gates[:, H:2 * H])
+            o = pt.sigmoid(gates[:, 2 * H:3 * H])
+            g = pt.tanh(gates[:, 3 * H:])
+            c = f * c_prev + i * g
+            h = o * pt.tanh(norm(c, gc, "cell") + bc)
+            return h, c
+
+        zeros = pt.zeros((x.shape[1], H), dtype=F32)
+        hs, _ = pytensor.scan(
+            step,
+            sequences=[x],
+            outputs_info=[zeros, zeros],
+            non_sequences=[_shared(v, k) for k, v in self.params.items()],
+            name="lstm",
+            strict=True,
+            return_updates=False,
+        )
+        return x, hs
+
+    def batches(self, n: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(1)
+        shape = (self.steps, self.batch, self.n_in)
+        return [rng.standard_normal(shape).astype(F32) for _ in range(n)]
+
+    def elements(self, label: str) -> int:
+        return self.batch
+
+    def torch_model(self):
+        return _EagerLoop(self, [_t(v) for v in self.params.values()])
+
+    def torch_step(self, x_t, state, params, stats):
+        Wx, Wh, gx, gh, b, gc, bc = params
+        h, c = state
+        a = x_t @ Wx
+        r = h @ Wh
+        va, ma = torch.var_mean(a, dim=0, correction=0)
+        vr, mr = torch.var_mean(r, dim=0, correction=0)
+        gates = ((a - ma) / torch.sqrt(va + EPS) * gx
+                 + (r - mr) / torch.sqrt(vr + EPS) * gh + b)
+        i, f, o, g = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        vc, mc = torch.var_mean(c, dim=0, correction=0)
+        h = torch.sigmoid(o) * torch.tanh((c - mc) / torch.sqrt(vc + EPS) * gc + bc)
+        stats[0], stats[1], stats[2], stats[3], stats[4], stats[5] = (
+            ma, va, mr, vr, mc, vc)
+        return h, (h, c)
+
+    def initial_state(self, batch: int):
+        z = torch.zeros((batch, self.hidden))
+        return (z, z)
+
+
+class _EagerLoop:
+    """PyTorch eager loop over the steps, per-step statistics averaged.
+
+    Each step's batch mean and biased batch variance go into a float32
+    buffer (2 rows per BN, steps x width) per batch; once per batch the
+    buffers are added to float64 sums; the result is sums / N batches --
+    popstats' ``"mean"`` estimator with ``time="step"``.
+    """
+
+    def __init__(self, model, params):
+        self.model, self.params = model, params
+        self.sums: list | None = None
+
+    def _run(self, x, keep: bool):
+        steps, batch = x.shape[0], x.shape[1]
+        state = self.model.initial_state(batch)
+        n_stats = 2 * len(self.model.labels)
+        buffers = None
+        outs = []
+        for t in range(steps):
+            stats: list = [None] * n_stats
+            h, state = self.model.torch_step(x[t], state, self.params, stats)
+            if buffers is None:
+                buffers = [torch.empty((steps, s.shape[0])) for s in stats]
+            for buf, s in zip(buffers, stats, strict=True):
+                buf[t] = s
+            if keep:
+                outs.append(h)
+        return buffers, outs
+
+    def forward(self, x):
+        with torch.no_grad():
+            return torch.stack(self._run(x, keep=True)[1]).numpy()
+
+    def estimate(self, loader) -> None:
+        with torch.no_grad():
+            sums = None
+            for x in loader:
+                buffers = self._run(x, keep=False)[0]
+                if sums is None:
+                    sums = [b.to(torch.float64) for b in buffers]
+                else:
+                    for acc, b in zip(sums, buffers, strict=True):
+                        acc += b  # float32 into float64 sums
+            self.sums = [s / len(loader) for s in sums]
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        out = {}
+        for k, label in enumerate(self.model.labels):
+            out[f"{label}.mean"] = self.sums[2 * k].numpy()
+            out[f"{label}.var"] = self.sums[2 * k + 1].numpy()
+        return out
+
+
+def make_model(name: str, args):
+    if name == "mlp":
+        return Mlp(args.mlp_in, args.mlp_width, args.mlp_layers, args.mlp_batch)
+    if name == "conv":
+        return ConvNet(args.conv_size, tuple(C.parse_ints(args.conv_channels)),
+                       args.conv_batch)
+    cls = Rnn if name == "rnn" else Lstm
+    return cls(args.rnn_in, args.rnn_hidden, args.rnn_steps, args.rnn_batch)
+
+
+# --------------------------------------------------------------------------
+# measurement
+
+
+def check_stats(model, stats: popstats.PopulationStatistics, reference: dict) -> float:
+    """Max relative difference of every popstats statistic to PyTorch's."""
+    worst = 0.0
+    for label, ref in reference.items():
+        value = stats[label].value
+        if isinstance(model, Mlp | ConvNet) and label.endswith(".var"):
+            m = model.elements(label)
+            value = value * m / (m - 1)  # update_bn keeps unbiased variances
+        worst = max(worst, rel_diff(value, ref))
+    if len(reference) != len(stats):
+        raise RuntimeError(f"{len(stats)} popstats statistics, {len(reference)} "
+                           f"PyTorch ones: not the same job")
+    return worst
+
+
+def measure(name: str, args, mode) -> dict:
+    model = make_model(name, args)
+    x, out = model.graph()
+    arrays = model.batches(args.batches)
+    batches = [{"x": a} for a in arrays]
+    statistics = popstats.export(out).outputs
+    dtypes = {v.dtype for v in (*statistics, out)}
+    if dtypes != {F32}:
+        raise RuntimeError(f"{name}: graph dtypes {dtypes}, expected float32 only")
+
+    run = popstats.Estimation([x], out, mode=mode)
+    fn = pytensor.function([x], out, mode=mode)
+
+    def pop():
+        return run.finalize(run.run(batches, progress=False))
+
+    def forward():
+        for batch in batches:
+            fn(**batch)
+
+    candidates = [pop, forward]
+    result = {"desc": model.desc, "n_stats": len(run.sites)}
+    stats = pop()  # untimed first calls: JIT, warm-up, and the checks
+    forward()
+    y = fn(arrays[0])
+    if torch is not None:
+        peer = model.torch_model()
+        loader = [torch.from_numpy(a) for a in arrays]  # zero-copy views
+
+        def torch_job():
+            peer.estimate(loader)
+
+        candidates.append(torch_job)
+        result["forward_diff"] = rel_diff(y, peer.forward(loader[0]))
+        torch_job()
+        result["stats_diff"] = check_stats(model, stats, peer.statistics())
+    if args.check:
+        return result
+
+    times = C.interleaved(candidates, args.repeats)
+    n = len(batches)
+    result["best"] = [C.best(t) / n for t in times]
+    result["median"] = [C.median(t) / n for t in times]
+    return result
+
+
+def _fmt_diff(r: dict, key: str) -> str:
+    return f"{r[key]:.1e}" if key in r else "n/a"
+
+
+def print_table(rows: list[dict], args, mode) -> None:
+    torch_line = (f"PyTorch {torch.__version__}, {torch.get_num_threads()} intra-op "
+                  f"thread(s)" if torch is not None else
+                  "PyTorch not installed: its columns read n/a")
+    if args.check:
+        print(C.heading("equal-work checks: max rel. diff to PyTorch "
+                        "(max |a - b| / max |b|)", mode))
+        print(f"{torch_line}; BLAS/Numba/XLA threads {THREADS}\n")
+        print(C.table(
+            ["model", "statistics", "forward output", "statistics"],
+            [[r["desc"], r["n_stats"], _fmt_diff(r, "forward_diff"),
+              _fmt_diff(r, "stats_diff")] for r in rows],
+        ))
+        print()
+        return
+    print(C.heading(
+        f"popstats vs forward pass vs PyTorch, per batch (N={args.batches} "
+        f"batches, best of {args.repeats}, interleaved; compile excluded)",
+        mode,
+    ))
+    print(f"{torch_line}; BLAS/Numba/XLA threads {THREADS}\n")
+    table_rows = []
+    for r in rows:
+        pb, fb = r["best"][0], r["best"][1]
+        pm, fm = r["median"][0], r["median"][1]
+        row = [r["desc"], r["n_stats"], C.fmt_s(pb), C.fmt_s(fb),
+               C.fmt_ratio(pb / fb), C.fmt_ratio(pm / fm)]
+        if len(r["best"]) > 2:
+            tb, tm = r["best"][2], r["median"][2]
+            row += [C.fmt_s(tb), C.fmt_ratio(tb / pb), C.fmt_ratio(tm / pm)]
+        else:
+            row += ["n/a"] * 3
+        row += [_fmt_diff(r, "forward_diff"), _fmt_diff(r, "stats_diff")]
+        table_rows.append(row)
+    print(C.table(
+        ["model", "statistics", "popstats / batch", "forward / batch",
+         "popstats / forward (best)", "(median)", "PyTorch / batch",
+         "popstats speed vs PyTorch (best)", "(median)",
+         "max rel. diff forward", "max rel. diff statistics"],
+        table_rows,
+    ))
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, of {','.join(MODELS)}")
+    parser.add_argument("--modes", default="default,CVM,JAX", type=C.parse_modes,
+                        help="PyTensor modes (JAX only if installed)")
+    parser.add_argument("--batches", default=20, type=int, help="N batches")
+    parser.add_argument("--repeats", default=5, type=int, help="timings per candidate")
+    parser.add_argument("--threads", default=None, type=int,
+                        help="threads of every library (default 1, or "
+                             "OMP_NUM_THREADS when set)")
+    parser.add_argument("--check", action="store_true",
+                        help="only the equal-work checks, no timing")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, 3 batches, 2 repeats")
+    parser.add_argument("--mlp-in", default=784, type=int)
+    parser.add_argument("--mlp-width", default=1024, type=int)
+    parser.add_argument("--mlp-layers", default=3, type=int)
+    parser.add_argument("--mlp-batch", default=256, type=int)
+    parser.add_argument("--conv-size", default=28, type=int, help="H = W")
+    parser.add_argument("--conv-channels", default="16,32")
+    parser.add_argument("--conv-batch", default=128, type=int)
+    parser.add_argument("--rnn-in", default=32, type=int, help="rnn and lstm")
+    parser.add_argument("--rnn-hidden", default=128, type=int)
+    parser.add_argument("--rnn-steps", default=50, type=int)
+    parser.add_argument("--rnn-batch", default=64, type=int)
+    C.add_clock_argument(parser, "cpu")
+    parser.set_defaults(clock=None)
+    args = parser.parse_args()
+    if args.clock is None:
+        args.clock = "cpu" if THREADS == 1 else "wall"
+    C.set_clock(args.clock)
+    if args.quick:
+        args.batches, args.repeats = 3, 2
+        args.mlp_in, args.mlp_width, args.mlp_batch = 32, 32, 16
+        args.conv_size, args.conv_channels, args.conv_batch = 8, "4,8", 8
+        args.rnn_in, args.rnn_hidden, args.rnn_steps, args.rnn_batch = 4, 8, 5, 8
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {MODELS}")
+    if pytensor.config.floatX != F32:
+        parser.error(f"floatX is {pytensor.config.floatX}; PYTENSOR_FLAGS must "
+                     f"not set floatX (the models are float32)")
+    _setup_torch()
+
+    started = time.perf_counter()
+    for mode in args.modes:
+        print(f"(measuring mode {C.mode_label(mode)} ...)", file=sys.stderr)
+        rows = [measure(m, args, mode) for m in models]
+        print_table(rows, args, mode)
+    if not args.check:
+        print("Targets: popstats / forward <= 1.05x; popstats speed vs PyTorch "
+              "(PyTorch time / popstats time) >= 1.0x on MLP and conv net, "
+              ">= 1.3x on BN-RNN and BN-LSTM.")
+        if torch is None:
+            print("PyTorch is not installed in this environment: no PyTorch "
+                  "figures (pip install torch).")
+    print(f"\nTotal wall time of this script: {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
