@@ -27,6 +27,7 @@ Usage::
     python benchmarks/estimation_cost.py            # full sizes, default + CVM
     python benchmarks/estimation_cost.py --quick    # tiny sizes, seconds
     python benchmarks/estimation_cost.py --modes default --batches 100
+    python benchmarks/estimation_cost.py --accumulate host,graph   # where to add up
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ class _Stamped:
             yield batch
 
 
-def run_estimate(x, out, batches, mode):
+def run_estimate(x, out, batches, mode, accumulate="host"):
     """(export + compile + first batch, batches 2..N) of one estimate call."""
     stamped = _Stamped(batches)
     t0 = C.now()
-    popstats.estimate([x], out, stamped, mode=mode)
+    popstats.estimate([x], out, stamped, mode=mode, accumulate=accumulate)
     t1 = C.now()
     return stamped.second - t0, t1 - stamped.second
 
@@ -77,7 +78,7 @@ def run_forward(fn, batches):
     return C.now() - t0
 
 
-def measure(model: str, args, mode) -> dict:
+def measure(model: str, args, mode, accumulate: str = "host") -> dict:
     if model == "mlp":
         net = C.MLP(args.mlp_layers, args.mlp_width)
         x = net.input()
@@ -101,7 +102,8 @@ def measure(model: str, args, mode) -> dict:
 
     est_times, fwd_times, compile_times = [], [], []
     for _ in range(args.repeats):
-        c, t = C.time_call(lambda: run_estimate(x, out, batches, mode))[1]
+        c, t = C.time_call(
+            lambda: run_estimate(x, out, batches, mode, accumulate))[1]
         compile_times.append(c)
         est_times.append(t)
         fwd_times.append(C.time_call(lambda: run_forward(fn, batches))[1])
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--rnn-steps", default=50, type=int)
     parser.add_argument("--repeats", default=5, type=int, help="best of k")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, k=2")
+    parser.add_argument("--accumulate", default="host",
+                        help="comma list of estimate(accumulate=...): host, graph")
     C.add_clock_argument(parser, "cpu")
     args = parser.parse_args()
     C.set_clock(args.clock)
@@ -141,16 +145,18 @@ def main() -> None:
     for mode in args.modes:
         rows = []
         for model in args.models.split(","):
-            r = measure(model.strip(), args, mode)
-            rows.append([
-                r["desc"],
-                r["n_stats"],
-                C.fmt_s(r["estimate"]),
-                C.fmt_s(r["forward"]),
-                C.fmt_ratio(r["estimate"] / r["forward"]),
-                C.fmt_ratio(r["median"][0] / r["median"][1]),
-                f"{C.fmt_s(r['compile'][0])} / {C.fmt_s(r['compile'][1])}",
-            ])
+            for accumulate in args.accumulate.split(","):
+                r = measure(model.strip(), args, mode, accumulate.strip())
+                rows.append([
+                    r["desc"],
+                    accumulate.strip(),
+                    r["n_stats"],
+                    C.fmt_s(r["estimate"]),
+                    C.fmt_s(r["forward"]),
+                    C.fmt_ratio(r["estimate"] / r["forward"]),
+                    C.fmt_ratio(r["median"][0] / r["median"][1]),
+                    f"{C.fmt_s(r['compile'][0])} / {C.fmt_s(r['compile'][1])}",
+                ])
         print(C.heading(
             f"estimation pass vs plain forward pass, per batch (batches 2..N of "
             f"N={args.batches}, best of {args.repeats}; compile excluded)",
@@ -158,7 +164,8 @@ def main() -> None:
         ))
         print(C.table(
             [
-                "model", "statistics", "estimate / batch", "forward / batch",
+                "model", "accumulate", "statistics", "estimate / batch",
+                "forward / batch",
                 "ratio (best)", "ratio (median)",
                 "compile + first batch: estimate / forward",
             ],

@@ -66,11 +66,13 @@ def model():
     return [x, mask], h + outer
 
 
-def estimation(config, mode: str = "FAST_COMPILE") -> popstats.Estimation:
+def estimation(config, mode: str = "FAST_COMPILE",
+               accumulate: str = "host") -> popstats.Estimation:
     estimator, time, max_steps = config
     inputs, outputs = model()
     return popstats.Estimation(inputs, outputs, estimator=estimator_spec(estimator),
-                               time=time, max_steps=max_steps, mode=mode)
+                               time=time, max_steps=max_steps, mode=mode,
+                               accumulate=accumulate)
 
 
 def make_batches(seed: int, n: int) -> list[dict]:

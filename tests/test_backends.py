@@ -132,6 +132,31 @@ def test_loops_inference(runs, mode):
     _check_inference(case, infer, reference)
 
 
+@pytest.mark.parametrize("mode", [*MODES, pytest.param("PYTORCH", id="PYTORCH")])
+def test_graph_accumulation_equals_host_accumulation(runs, mode):
+    """The estimators' updates inside the compiled function give what NumPy's
+    on the host give, per statistic and step, counts exactly."""
+    _needs(mode)
+    kind = "ff" if mode == "PYTORCH" else "zoo"
+    case, stats, _, _ = runs(kind, mode)
+    estimation = popstats.Estimation(case.inputs, case.outputs, mode=mode,
+                                     accumulate="graph")
+    host = popstats.Estimation(case.inputs, case.outputs, mode=mode)
+    assert estimation.accumulate == "graph" and host.accumulate == "host"
+    graph_state = estimation.run(case.batches, progress=False)
+    host_state = host.run(case.batches, progress=False)
+    for name, a, b in zip(graph_state.names, graph_state.states, host_state.states,
+                          strict=True):
+        assert set(a) == set(b), name
+        for field in a:
+            assert a[field].shape == b[field].shape, (name, field)
+            np.testing.assert_allclose(a[field], b[field], rtol=1e-12, atol=1e-14,
+                                       err_msg=f"{name}.{field}")
+    got = estimation.finalize(graph_state)
+    for name in stats:
+        np.testing.assert_array_equal(got[name].coverage, stats[name].coverage)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_markers_vanish_at_compile_time(mode):
     """Compiling the training graph removes every BNStat (inner graphs too).

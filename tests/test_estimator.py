@@ -187,7 +187,7 @@ def test_plain_statistics_share_one_buffer_without_changing_results():
     y = (x - a) * b
     rng = np.random.default_rng(3)
     data = [rng.normal(size=(5, 3)) for _ in range(6)]
-    run = popstats.Estimation([x], y, mode="FAST_COMPILE")
+    run = popstats.Estimation([x], y, mode="FAST_COMPILE", accumulate="host")
     state = run.run([{"x": d} for d in data[:3]])
     assert run._host._flat is not None  # the shared buffer is in use
     state = run.run([{"x": d} for d in data[3:]], state)

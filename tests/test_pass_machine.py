@@ -1,7 +1,8 @@
 """Split, interrupted and resumed passes equal one uninterrupted pass.
 
 Property-based (hypothesis). :class:`PassMachine` (stateful) builds a pass
-out of random steps over random batches: runs continuing the state, single
+out of random steps over random batches (the state accumulated in the
+compiled graph or on the host, drawn too): runs continuing the state, single
 updates, checkpointed runs interrupted at a random batch and resumed, save
 and load of the state, and merges of separately estimated parts (as a
 chain or a small tree). After every step the state must give what one
@@ -57,11 +58,12 @@ WORKER = Path(__file__).with_name("pass_worker.py")
 _RUNS: dict = {}
 
 
-def estimation(config) -> popstats.Estimation:
-    """One compiled pass per config for the whole session."""
-    if config not in _RUNS:
-        _RUNS[config] = pass_models.estimation(config, MODE)
-    return _RUNS[config]
+def estimation(config, accumulate: str = "host") -> popstats.Estimation:
+    """One compiled pass per config and accumulation for the whole session."""
+    key = (config, accumulate)
+    if key not in _RUNS:
+        _RUNS[key] = pass_models.estimation(config, MODE, accumulate)
+    return _RUNS[key]
 
 
 class Interrupted(Exception):
@@ -94,10 +96,12 @@ class PassMachine(RuleBasedStateMachine):
         config=st.sampled_from(pass_models.CONFIGS),
         n=st.integers(3, 9),
         seed=st.integers(0, 2**16),
+        accumulate=st.sampled_from(["graph", "host"]),
     )
-    def setup(self, config, n, seed):
+    def setup(self, config, n, seed, accumulate):
         self.config = config
-        self.run = estimation(config)
+        self.accumulate = accumulate
+        self.run = estimation(config, accumulate)
         self.batches = pass_models.make_batches(seed, n)
         self.position = 0
         self.state = self.run.init()
@@ -176,7 +180,7 @@ class PassMachine(RuleBasedStateMachine):
     def other_pass_is_refused(self, other):
         if other == self.config:
             return
-        run = estimation(other)
+        run = estimation(other, self.accumulate)
         with pytest.raises(popstats.PopstatsError, match="another estimation pass"):
             run.merge(run.init(), self.state)
         with pytest.raises(popstats.PopstatsError, match="another estimation pass"):

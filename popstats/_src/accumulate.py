@@ -176,6 +176,10 @@ class HostAccumulator:
                 f"estimator."
             )
         steps, shape = value.shape[:axes], value.shape[axes:]
+        if 0 in steps:
+            # A loop of zero steps reaches no cell; PyTensor may give its
+            # stacked outputs a shape unlike their static one: not read.
+            return state
         if not state:
             state = est.init(estimator, site.role, shape, axes)
         elif stat_shape(state, axes) != shape:

@@ -28,6 +28,7 @@ def estimate(
     max_steps: int | None = None,
     mode: str | pytensor.compile.Mode | None = None,
     dtypes: str = "convert",
+    accumulate: str = "host",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     progress: bool | str = "auto",
@@ -66,6 +67,11 @@ def estimate(
     dtypes : {"convert", "strict"}, default "convert"
         Convert batch values to the inputs' dtypes when nothing that matters
         is lost, or refuse any other dtype; see :class:`Estimation`.
+    accumulate : {"host", "graph"}, default "host"
+        Where the batches are added up: in NumPy after each call, or in the
+        compiled function (float64 accumulators in shared variables; a batch
+        is one call, nothing copied back); the results are the same. See
+        :class:`Estimation`.
     checkpoint, checkpoint_every
         Save the pass's state every so many batches and resume from it; see
         :meth:`Estimation.run`.
@@ -97,8 +103,8 @@ def estimate(
     """
     return estimate_as(
         "estimate", inputs, outputs, batches, estimator=estimator, time=time,
-        max_steps=max_steps, mode=mode, dtypes=dtypes, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, progress=progress,
+        max_steps=max_steps, mode=mode, dtypes=dtypes, accumulate=accumulate,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
     )
 
 
@@ -142,6 +148,7 @@ def get_inference_graph(
     max_steps: int | None = ...,
     mode: str | pytensor.compile.Mode | None = ...,
     dtypes: str = ...,
+    accumulate: str = ...,
     checkpoint: str | os.PathLike | None = ...,
     checkpoint_every: int = ...,
     progress: bool | str = ...,
@@ -158,6 +165,7 @@ def get_inference_graph(
     max_steps: int | None = ...,
     mode: str | pytensor.compile.Mode | None = ...,
     dtypes: str = ...,
+    accumulate: str = ...,
     checkpoint: str | os.PathLike | None = ...,
     checkpoint_every: int = ...,
     progress: bool | str = ...,
@@ -165,8 +173,8 @@ def get_inference_graph(
 ) -> Sequence[Variable]: ...
 def get_inference_graph(
     inputs, outputs, batches, *, estimator="mean", time="step", max_steps=None,
-    mode=None, dtypes="convert", checkpoint=None, checkpoint_every=100,
-    progress="auto", return_stats=False,
+    mode=None, dtypes="convert", accumulate="host", checkpoint=None,
+    checkpoint_every=100, progress="auto", return_stats=False,
 ):
     """Estimate population statistics over ``batches`` and rewrite ``outputs``.
 
@@ -184,13 +192,14 @@ def get_inference_graph(
         Training batches: dicts keyed by input name (or input variable), or
         tuples/lists in the order of ``inputs``. Any iterable, including a
         one-shot generator; it is consumed once.
-    estimator, time, max_steps, mode, dtypes, checkpoint, checkpoint_every, progress
-        As for :func:`~popstats.estimate`: the estimator (``"mean"``,
+    estimator, time, max_steps, mode, dtypes, accumulate, checkpoint, progress
+        As for :func:`~popstats.estimate` (and ``checkpoint_every``): the
+        estimator (``"mean"``,
         ``"weighted"``, ``"pooled"``, ``"unbiased"``, ``"ema"``, an
         :class:`~popstats.Estimator` or a dict by label pattern), per-step or
         pooled statistics in loops, a cap on steps, the compilation mode of
-        the estimation pass, the dtype policy for batch values,
-        checkpointing and a progress bar.
+        the estimation pass, the dtype policy for batch values, where
+        batches are added up, checkpointing and a progress bar.
     return_stats : bool, default False
         Also return the :class:`~popstats.PopulationStatistics`.
 
@@ -223,8 +232,8 @@ def get_inference_graph(
     outs = as_variables(outputs, call)
     stats = estimate_as(
         call, inputs, outs, batches, estimator=estimator, time=time,
-        max_steps=max_steps, mode=mode, dtypes=dtypes, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, progress=progress,
+        max_steps=max_steps, mode=mode, dtypes=dtypes, accumulate=accumulate,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
     )
     result = rewrite(outputs, stats)
     return (result, stats) if return_stats else result

@@ -51,10 +51,10 @@ class CheckpointedRun:
     skip: int
     where: str
 
-    def saved_after(self, state: EstimationState) -> None:
-        """Save ``state`` if this run's batch count is a multiple of ``every``."""
-        if (state.n_batches - self.start.start_batches) % self.every == 0:
-            self.save(state)
+    def due(self, n_batches: int) -> bool:
+        """Whether to save after the state counts ``n_batches``: every
+        ``every`` batches of this run."""
+        return (n_batches - self.start.start_batches) % self.every == 0
 
     def save(self, state: EstimationState) -> None:
         save_state(state, self.path, self.where, self.start)

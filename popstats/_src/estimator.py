@@ -18,17 +18,18 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pytensor
 from pytensor.graph.basic import Variable
 
 from popstats._src import estimators as est
 from popstats._src.accumulate import (
     HostAccumulator,
-    copy_state,
     describe_arrays,
     fits,
     stat_shape,
 )
+from popstats._src.accumulate_graph import GraphAccumulator
 from popstats._src.batches import (
     batch_values,
     check_dtypes,
@@ -36,9 +37,11 @@ from popstats._src.batches import (
     describe_batch,
     iterate,
 )
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.estimators import fill_uncovered
 from popstats._src.exporter import Site, as_variables, export_checked
+from popstats._src.partners import check_counts, find_partners
+from popstats._src.passes import GraphPass, HostPass
 from popstats._src.pooling import check_patterns
 from popstats._src.state import (
     EstimationState,
@@ -48,7 +51,23 @@ from popstats._src.state import (
 )
 from popstats._src.statistics import PopulationStatistics, Statistic
 
-__all__ = ["Estimation", "EstimationState", "fill_uncovered"]
+__all__ = ["ACCUMULATE", "Estimation", "EstimationState", "fill_uncovered"]
+
+#: where an estimation pass adds up its batches (option -> meaning)
+ACCUMULATE = {
+    "graph": "in the compiled function, float64 accumulators in shared variables",
+    "host": "in NumPy after each batch",
+}
+
+
+def _lacks_float64(mode: object) -> bool:
+    """Whether ``mode`` computes float64 as float32 (JAX without x64)."""
+    linker = pytensor.compile.mode.get_mode(mode).linker
+    if type(linker).__name__ != "JAXLinker":
+        return False
+    import jax
+
+    return not jax.config.jax_enable_x64
 
 log = logging.getLogger("popstats")
 
@@ -85,6 +104,23 @@ class Estimation:
         nothing that matters is lost (integers in range, finite floats; see
         ``batches.py``), otherwise refused; ``"strict"`` refuses any other
         dtype.
+    accumulate : {"host", "graph"}, default "host"
+        ``"host"``: the function returns the statistics and NumPy adds them
+        (float64). ``"graph"``: the compiled function adds each batch's
+        statistics to
+        float64 accumulators it keeps in shared variables (``n``, ``w``,
+        ``mean``, ...; see ``accumulate_graph.py``), so a batch costs one
+        call whatever the number of statistics and no statistic is copied
+        back per batch; the state is read once per run (and per checkpoint).
+        Both give the same numbers (the same formulas in the same order). On
+        CPU, ``"host"`` is as fast or faster (measured:
+        ``benchmarks/estimation_cost.py --accumulate``); ``"graph"`` is for
+        devices, where each statistic copied back per batch costs a
+        transfer.
+        JAX without 64-bit floats (``floatX="float32"``) would accumulate in
+        float32: there ``"graph"`` falls back to ``"host"``; the attribute
+        :attr:`accumulate` says which is used. One Estimation runs one pass
+        at a time (its accumulators hold it).
 
     States are values: :meth:`update`, :meth:`run` and :meth:`merge` return
     new states and never change the ones they are given (``run`` copies a
@@ -123,10 +159,12 @@ class Estimation:
         max_steps: int | None = None,
         mode: str | pytensor.compile.Mode | None = None,
         dtypes: str = "convert",
+        accumulate: str = "host",
         call: str = "Estimation",
     ):
         outs = as_variables(outputs, call)
         self.dtypes = check_dtypes(dtypes, call)
+        accumulate = check_choice(accumulate, ACCUMULATE, f"{call}(accumulate=...)")
         if max_steps is not None and (
             isinstance(max_steps, bool) or not isinstance(max_steps, int)
             or max_steps < 1
@@ -157,8 +195,8 @@ class Estimation:
             ),
             max_steps,
         )
-        self.partners = tuple(self._partner(i) for i in range(len(self.sites)))
-        self._check_counts()
+        self.partners = find_partners(self.sites, self.estimators, call)
+        check_counts(self.sites, self.estimators, call)
         flat, self._slots = [], []
         for trio in zip(graph.outputs, graph.counts, graph.weights, strict=True):
             slot = []
@@ -167,11 +205,33 @@ class Estimation:
                 if var is not None:
                     flat.append(var)
             self._slots.append(tuple(slot))
-        self._fn = pytensor.function(
-            self.inputs, flat, mode=mode, on_unused_input="ignore"
-        )
+        self._flat_outputs, self._mode = flat, mode
+        self._fn = None
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
                                      self._slots, max_steps, call)
+        self._graph = None
+        if accumulate == "graph" and not _lacks_float64(mode):
+            trios = zip(graph.outputs, graph.counts, graph.weights, strict=True)
+            self._graph = GraphAccumulator(self.sites, self.estimators,
+                                           self.partners, list(trios), max_steps)
+            self._gfn = pytensor.function(
+                self.inputs, self._graph.checks, updates=self._graph.updates,
+                mode=mode, on_unused_input="ignore",
+            )
+        else:
+            self._host_fn()
+        #: "graph" or "host": where this pass accumulates
+        self.accumulate = "host" if self._graph is None else "graph"
+        self._busy = False
+
+    def _host_fn(self):
+        """The function returning the statistics of a batch (compiled once)."""
+        if self._fn is None:
+            self._fn = pytensor.function(
+                self.inputs, self._flat_outputs, mode=self._mode,
+                on_unused_input="ignore",
+            )
+        return self._fn
 
     def _run_error(self, exc: Exception, values: list, index: int) -> PopstatsError:
         """The error of a batch the compiled graph failed on (cause chained)."""
@@ -186,55 +246,6 @@ class Estimation:
         if nested:
             message += _nested_hint(nested)
         return PopstatsError(message)
-
-    def _partner(self, i: int) -> int | None:
-        site, estimator = self.sites[i], self.estimators[i]
-        if estimator.name != "pooled":
-            return None
-        if site.role not in ("mean", "var", "std"):
-            raise PopstatsError(
-                f"{self.call}(estimator=...): 'pooled' needs to know what "
-                f"statistic {site.name!r} is, but it has no role. Mark it with "
-                f"bn_statistic(..., role='mean'|'var'|'std', group=...), or "
-                f"choose another estimator for it, e.g. "
-                f"estimator={{{site.label!r}: 'mean', '*': 'pooled'}}."
-            )
-        if site.role == "mean":
-            return None
-        partners = [
-            j
-            for j, other in enumerate(self.sites)
-            if other.role == "mean"
-            and site.group is not None
-            and other.group == site.group
-            and other.id.path == site.id.path
-        ]
-        if len(partners) != 1:
-            problem = "no" if not partners else f"{len(partners)}"
-            raise PopstatsError(
-                f"{self.call}(estimator=...): 'pooled' combines the {site.role} "
-                f"{site.name!r} with its paired mean, but {problem} statistic with "
-                f"role='mean' and group={site.group!r} is in the same loop. Give "
-                f"the mean and the {site.role} the same group (bn_statistic(..., "
-                f"group='layer1')), or choose another estimator for {site.name!r}."
-            )
-        if self.sites[partners[0]].time != site.time:
-            raise PopstatsError(
-                f"{self.call}(time=...): {site.name!r} and its mean "
-                f"{self.sites[partners[0]].name!r} must use the same time modes "
-                f"for 'pooled'; got {site.time} and {self.sites[partners[0]].time}."
-            )
-        return partners[0]
-
-    def _check_counts(self) -> None:
-        for site, estimator in zip(self.sites, self.estimators, strict=True):
-            if est.uses_count(estimator, site.role) and not site.counted:
-                raise PopstatsError(
-                    f"{self.call}(estimator=...): {estimator.name!r} needs the "
-                    f"number of elements behind statistic {site.name!r}, which "
-                    f"has none. Pass count=... to bn_statistic (e.g. "
-                    f"count=x.shape[0]), or choose another estimator for it."
-                )
 
     def init(self) -> EstimationState:
         """An empty state."""
@@ -251,22 +262,26 @@ class Estimation:
             "Pass a state made by this Estimation (or one of the same graph and "
             "options).",
         )
-        return self._step(copy_state(state), batch)
+        return self._pass(state).run([batch], self)
 
-    def _step(self, state: EstimationState, batch: Any) -> EstimationState:
-        """:meth:`update` on a state this pass owns (updated in place)."""
-        index = state.n_batches
-        values = batch_values(batch, self.inputs, index, self.call, self.dtypes)
+    def _values(self, batch: Any, index: int) -> list:
+        """A batch's values, checked and converted for the inputs."""
+        return batch_values(batch, self.inputs, index, self.call, self.dtypes)
+
+    def _statistics(self, values: list, index: int) -> list:
+        """Per statistic (value, count, weight) of a batch, on the host."""
         try:
-            results = self._fn(*values)
+            results = self._host_fn()(*values)
         except Exception as exc:
             raise self._run_error(exc, values, index) from exc
-        per_site = [
-            tuple(None if k is None else results[k] for k in slot)
-            for slot in self._slots
-        ]
-        states = self._host.add(list(state.states), per_site, index)
-        return EstimationState(state.spec, tuple(states), index + 1)
+        return [tuple(None if k is None else results[k] for k in slot)
+                for slot in self._slots]
+
+    def _pass(self, state: EstimationState) -> GraphPass | HostPass:
+        """A run from ``state``: in the graph's accumulators, or on the host."""
+        if self._graph is not None:
+            return GraphPass(self, state)
+        return HostPass(self, state)
 
     def run(
         self,
@@ -313,20 +328,10 @@ class Estimation:
                 checkpoint, checkpoint_every, given, self.init(), self._check_state,
                 self._method("run", "checkpoint"),
             )
-        state = copy_state(state)
         skip = 0 if saver is None else saver.skip
-        consumed = 0
         stream = progress_bar(iterate(batches, self.call), batches, show)
-        for position, batch in enumerate(stream):
-            consumed = position + 1
-            if position < skip:
-                continue
-            state = self._step(state, batch)
-            if saver is not None:
-                saver.saved_after(state)
-        if saver is not None:
-            saver.check_consumed(consumed)
-            saver.save(state)
+        work = self._pass(state)
+        state = work.run(stream, self, skip, saver)
         return state
 
     def _method(self, name: str, argument: str) -> str:
@@ -406,7 +411,7 @@ class Estimation:
         for site, estimator, arrays in zip(
             self.sites, self.estimators, state.states, strict=True
         ):
-            coverage = arrays["n"]
+            coverage = arrays.get("n", np.zeros(0, np.int64))
             if coverage.size == 0 or not coverage.any():
                 raise PopstatsError(
                     f"{self.call}(batches=...): statistic {site.name!r} (in "
