@@ -508,6 +508,22 @@ def estimate_pooled_time_modes_differ():
                       time={"step.mean": "pooled"})
 
 
+@scenario("The pooled estimator with a layer applied twice under one group")
+def estimate_pooled_group_applied_twice():
+    x = pt.matrix("x")
+    n = x.shape[0]
+
+    def layer(a):
+        mean = popstats.bn_statistic(a.mean(axis=0), label="mean", role="mean",
+                                     group="layer", count=n)
+        var = popstats.bn_statistic(a.var(axis=0), label="var", role="var",
+                                    group="layer", count=n)
+        return (a - mean) / pt.sqrt(var + 1e-5)
+
+    y = layer(x) + layer(2.0 * x)
+    popstats.estimate([x], y, [{"x": data()}], estimator="pooled")
+
+
 @scenario("An estimator that needs counts, on a statistic without one")
 def estimate_weighted_without_count():
     x, y = layer()
@@ -976,6 +992,65 @@ def estimation_reentered():
         yield {"x": data()}
 
     run.run(batches())
+
+
+@scenario("Resuming a checkpoint after the model's weights changed")
+def resume_other_parameters():
+    x = pt.matrix("x")
+    W = pytensor.shared(np.eye(2), name="W")
+    y = popstats.bn_statistic((x @ W).mean(axis=0), label="mean")
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="pass.npz")
+    W.set_value(2.0 * np.eye(2))
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="pass.npz")
+
+
+@scenario("A mode PyTensor does not know")
+def estimate_unknown_mode():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], mode="FAST")
+
+
+@scenario("Finalizing a state that counts no batch")
+def finalize_empty_state():
+    x, y = layer()
+    run = popstats.Estimation([x], y)
+    run.finalize(run.init())
+
+
+@scenario("A variance pooled over time without a paired mean")
+def export_pooled_variance_without_group():
+    xs = pt.tensor3("xs")
+    hs = pytensor.scan(
+        lambda x_t: popstats.bn_statistic(x_t.var(axis=0), label="v", role="var"),
+        sequences=[xs], return_updates=False,
+    )
+    popstats.estimate([xs], hs, [{"xs": np.ones((4, 3, 2))}], time="pooled")
+
+
+@scenario("An empty checkpoint path")
+def checkpoint_empty_path():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="")
+
+
+@scenario("A checkpoint path under a file")
+def checkpoint_under_a_file():
+    x, y = layer()
+    open("notes.txt", "w").close()
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="notes.txt/pass.npz")
+
+
+@scenario("A checkpoint in a folder one cannot write to")
+def checkpoint_folder_not_writable(monkeypatch):
+    x, y = layer()
+    monkeypatch.setattr(os, "access", lambda *args: False)  # a read-only folder
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="pass.npz")
+
+
+@scenario("Loading a folder")
+def load_a_folder():
+    os.mkdir("stats")
+    popstats.load("stats")
 
 
 @scenario("``checkpoint_every`` that is not a positive int")

@@ -166,3 +166,32 @@ def test_jax_without_float64_falls_back_to_the_host():
     run = popstats.Estimation([x], y, mode="JAX", accumulate="graph")
     assert run.accumulate == ("graph" if before else "host")
     assert pytensor.config.floatX == "float64"
+
+
+def test_a_run_reaching_no_cell_continues_and_merges():
+    # a shard of zero-length sequences: the graph's state stays empty, as the
+    # host's, so that it merges and continues (before: "damaged" / shapes)
+    xs = pt.tensor3("xs")
+
+    def step(x_t, h):
+        a = x_t + h
+        n = a.shape[0]
+        mean = popstats.bn_statistic(a.mean(0), "m", role="mean", group="g", count=n)
+        var = popstats.bn_statistic(a.var(0), "v", role="var", group="g", count=n)
+        return (a - mean) / pt.sqrt(var + 1e-5)
+
+    hs = pytensor.scan(step, sequences=[xs], outputs_info=[pt.zeros(xs.shape[1:])],
+                       return_updates=False)
+    rng = np.random.default_rng(1)
+    empty = {"xs": np.zeros((0, 3, 2))}
+    full = [{"xs": rng.normal(size=(t, 3, 2))} for t in (4, 2)]
+    for time in ("step", "pooled"):
+        results = []
+        for accumulate in ("graph", "host"):
+            run = popstats.Estimation([xs], hs, time=time, mode=MODE,
+                                      accumulate=accumulate)
+            nothing = run.run([empty, empty], progress=False)
+            assert nothing.states == ({}, {})
+            merged = run.merge(nothing, run.run(full[:1], progress=False))
+            results.append(run.run([empty, full[1]], merged, progress=False))
+        assert_same_state(*results)

@@ -457,7 +457,7 @@ def test_estimation_merge_equals_one_pass(spec):
 def test_finalize_of_an_empty_state():
     inputs, y = ff_model()
     run = popstats.Estimation(inputs, y, mode=MODE)
-    with fails("Estimation(batches=...)", "no batches"):
+    with fails("Estimation.finalize(state=...)", "counts no batches"):
         run.finalize(run.init())
 
 

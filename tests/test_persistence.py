@@ -375,8 +375,8 @@ def test_missing_file_and_bad_path(tmp_path):
         popstats.load_state(missing)
     with fails("load(path=...)", "expected a file path", "3"):
         popstats.load(3)
-    with fails("load(path=...)", "no file at"):
-        popstats.load(tmp_path)  # a folder
+    with fails("load(path=...)", "is a folder, not a popstats file"):
+        popstats.load(tmp_path)
 
 
 def test_files_that_are_not_popstats_files(tmp_path):

@@ -338,18 +338,18 @@ def test_loaded_statistics_keep_their_time_modes_and_max_steps(tmp_path):
 # --------------------------------------------------------------------------
 
 
-def twice():
+def twice(groups=("bn0", "bn1")):
     """One layer applied at two places: names bn.mean#0, bn.mean#1, ..."""
     x = pt.tensor3("x")
 
-    def layer(v):
+    def layer(v, group):
         n = v.shape[0]
-        m = mark(v.mean(0), "bn.mean", "mean", "bn", n)
-        s = mark(v.var(0), "bn.var", "var", "bn", n)
+        m = mark(v.mean(0), "bn.mean", "mean", group, n)
+        s = mark(v.var(0), "bn.var", "var", group, n)
         return (v - m) / pt.sqrt(s + EPS)
 
     def step(xt, h):
-        return h + layer(xt) + layer(2.0 * xt + 1.0)
+        return h + layer(xt, groups[0]) + layer(2.0 * xt + 1.0, groups[1])
 
     return [x], scan(step, sequences=[x], outputs_info=[pt.zeros_like(x[0])])
 
@@ -372,6 +372,26 @@ def test_time_patterns_match_names():
     np.testing.assert_allclose(stats["bn.var#0"].value[0],
                                np.mean([other(d["x"][0]).var(0) for d in data], 0),
                                rtol=1e-12)
+
+
+def test_a_variance_pooled_without_its_own_mean_is_refused():
+    # one group for two applications: which mean is this variance's? (before:
+    # the last one found, silently, 49.7 instead of 187.8)
+    inputs, y = twice(groups=("bn", "bn"))
+    with fails("estimate(time=...)", "the var 'bn.var' is pooled over time",
+               "shares group 'bn' with 2 means", "its own group"):
+        popstats.estimate(inputs, y, untouched(), time="pooled", mode=MODE)
+    with fails("estimate(time=...)", "shares group 'bn' with 2 means"):
+        popstats.estimate(inputs, y, untouched(), time={"bn.*#0": "pooled"},
+                          mode=MODE)
+    # no group: the steps' variances could only be averaged (before: silently)
+    x = pt.tensor3("x")
+    v = scan(lambda xt: mark(xt.var(0), "v", "var"), sequences=[x])
+    with fails("estimate(time=...)", "the var 'v' is pooled", "has no group",
+               "role='mean' and the same group"):
+        popstats.estimate([x], v, untouched(), time="pooled", mode=MODE)
+    # per step, both are fine
+    popstats.estimate(inputs, y, batches()[:2], mode=MODE)
 
 
 def test_unmatched_patterns_are_logged(caplog):
@@ -508,3 +528,81 @@ def test_update_after_merge_counts_statistics_outside_loops():
         want = run.finalize(run.run(data))
         assert int(got["m"].coverage) == 4
         np.testing.assert_allclose(got["m"].value, want["m"].value, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# Found by trying the features as a new user
+# --------------------------------------------------------------------------
+
+
+def test_a_checkpoint_of_other_weights_is_refused(tmp_path, caplog):
+    # before: a finished checkpoint returned the old weights' statistics
+    x = pt.matrix("x")
+    W = pytensor.shared(np.eye(F), name="W")
+    y = x @ W - mark((x @ W).mean(0), "m")
+    data = [{"x": np.ones((4, F))}] * 3
+    path = tmp_path / "c.npz"
+    popstats.estimate([x], y, data, checkpoint=path, mode=MODE)
+    with caplog.at_level(logging.INFO, logger="popstats"):
+        again = popstats.estimate([x], y, data, checkpoint=path, mode=MODE)
+    assert "resuming from" in caplog.text and "skipping them" in caplog.text
+    np.testing.assert_array_equal(again["m"].value, [1.0, 1.0])
+    W.set_value(5.0 * np.eye(F))
+    with fails("estimate(checkpoint=...)", "the model's parameters",
+               "other weights", "delete the checkpoint"):
+        popstats.estimate([x], y, untouched(), checkpoint=path, mode=MODE)
+    path.unlink()
+    np.testing.assert_array_equal(
+        popstats.estimate([x], y, data, checkpoint=path, mode=MODE)["m"].value,
+        [5.0, 5.0])
+
+
+def test_numpy_integers_are_accepted_as_options(tmp_path):
+    inputs, y = rnn()
+    data = batches()
+    want = popstats.estimate(inputs, y, data, max_steps=3, mode=MODE)
+    got = popstats.estimate(inputs, y, data, max_steps=np.int64(3), mode=MODE,
+                            checkpoint=tmp_path / "c.npz",
+                            checkpoint_every=np.int32(2))
+    same(want, got)
+    assert got["bn.mean"].max_steps == 3 and type(got["bn.mean"].max_steps) is int
+    assert popstats.Estimator("ema", np.float32(0.25)).momentum == 0.25
+
+
+def test_errors_name_the_method_and_argument(tmp_path):
+    inputs, y = rnn()
+    run = popstats.Estimation(inputs, y, mode=MODE)
+    with fails("Estimation.finalize(state=...)", "counts no batches"):
+        run.finalize(run.init())
+    with fails("Estimation.run(progress=...)"):
+        run.run(untouched(), progress=2)
+    graph = popstats.rewrite(y, run.finalize(run.run(batches()[:1])))
+    with fails("bind(stats=...)", "popstats.load(path)"):
+        popstats.bind(graph, "stats.npz")
+    with fails("bind(outputs=...)"):
+        popstats.bind(None, run.finalize(run.run(batches()[:1])))
+    (tmp_path / "bad.npz").write_text("not an archive")
+    with fails("estimate(checkpoint=...)", "bad.npz", "not a popstats file",
+               "not a NumPy .npz archive", "Delete it"):
+        popstats.estimate(inputs, y, untouched(), checkpoint=tmp_path / "bad.npz",
+                          mode=MODE)
+    with fails("Estimation(mode=...)", "does not know the mode 'FAST'"):
+        popstats.Estimation(inputs, y, mode="FAST")
+
+
+def test_loading_a_checkpoint_as_a_state_warns(tmp_path, caplog):
+    # continuing it with the batches it counts would count them twice
+    inputs, y = rnn()
+    path = tmp_path / "c.npz"
+    popstats.estimate(inputs, y, batches()[:2], checkpoint=path, mode=MODE)
+    with caplog.at_level(logging.WARNING, logger="popstats"):
+        state = popstats.load_state(path)
+    assert state.n_batches == 2
+    assert "is a checkpoint of Estimation.run that counts 2 batch(es)" in caplog.text
+    assert "count them twice" in caplog.text
+    caplog.clear()
+    run = popstats.Estimation(inputs, y, mode=MODE)
+    run.run(batches()[:1]).save(tmp_path / "s.npz")
+    with caplog.at_level(logging.WARNING, logger="popstats"):
+        popstats.load_state(tmp_path / "s.npz")
+    assert caplog.text == ""

@@ -154,6 +154,8 @@ class HostAccumulator:
         reached = None if count is None else count > 0
         if weight is not None:
             reached = weight > 0 if reached is None else reached & (weight > 0)
+        if reached is not None and not reached.any():
+            return state  # no cell reached (its shape may not be the real one)
         finite = np.isfinite(value)
         if reached is not None:
             finite |= ~est.expand(reached, value)

@@ -74,9 +74,11 @@ class _Cells:
         self.cells = [pt.maximum(n.shape[j], steps[j]) for j in range(axes)]
         self.axes = axes
 
-    def pad(self, array: Variable, fill: float = 0.0) -> Variable:
-        """A batch array (cells first) padded to the grown cells."""
-        own = [array.shape[j] for j in range(self.axes, array.ndim)]
+    def pad(self, array: Variable, fill: float = 0.0, own=None) -> Variable:
+        """A batch array (cells first) padded to the grown cells (and to
+        ``own`` trailing sizes, default its own)."""
+        if own is None:
+            own = [array.shape[j] for j in range(self.axes, array.ndim)]
         return _fit(array, [*self.cells, *own], fill)
 
     def cell(self, array: Variable, like: Variable) -> Variable:
@@ -156,18 +158,23 @@ class GraphAccumulator:
                 ok = ok & pt.all((c.count > 1) | ~c.reached)
         value_field = old["acc"] if "acc" in old else old["mean"]
         empty = pt.eq(value_field.size, 0)
-        same = pt.all(pt.eq(pt.stack([value_field.shape[j] for j in range(
-            axes, value.ndim)] or [0]), pt.stack(c.own or [0])))
-        ok = ok & (empty | same)
+        known = [value_field.shape[j] for j in range(axes, value.ndim)]
+        same = pt.all(pt.eq(pt.stack(known or [0]), pt.stack(c.own or [0])))
+        anywhere = pt.any(c.reached)
+        ok = ok & (empty | same | ~anywhere)
+        # a batch that reaches no cell keeps the shape known so far (its own
+        # may not be the statistic's: a loop of zero steps)
+        own = [pt.switch(anywhere | empty, b, k) for b, k in
+               zip(c.own, known, strict=True)]
         # grown state and padded batch
-        shape = [*c.cells, *c.own]
+        shape = [*c.cells, *own]
         grown = {
             k: _fit(v, shape if k in _VALUE_FIELDS else c.cells,
                     1.0 if k == "decay" else 0)
             for k, v in old.items()
         }
         live = reached
-        value = c.pad(value) if axes else value
+        value = c.pad(value, own=own) if axes else _fit(value, own, 0.0)
         value = pt.switch(c.cell(live, value), value, 0.0)
         count = None
         if c.count is not None:
@@ -175,7 +182,8 @@ class GraphAccumulator:
             count = pt.switch(live, count, 0.0)
         mean = None
         if partner_mean is not None:
-            mean = c.pad(partner_mean) if axes else partner_mean
+            mean = (c.pad(partner_mean, own=own) if axes
+                    else _fit(partner_mean, own, 0.0))
             mean = pt.switch(c.cell(live, mean), mean, 0.0)
         new = {"n": grown["n"] + live.astype("int64")}
         name = estimator.name
@@ -241,5 +249,9 @@ class GraphAccumulator:
         for fields in self.shared:
             arrays = {k: np.array(v.get_value(borrow=True), copy=True)
                       for k, v in fields.items()}
-            states.append({} if n_batches == 0 else arrays)
+            value = arrays["acc"] if "acc" in arrays else arrays["mean"]
+            # never reached: every axis still 0, as before the first batch
+            # (the host keeps such a state empty too)
+            untouched = value.size == 0 and not any(value.shape)
+            states.append({} if n_batches == 0 or untouched else arrays)
         return EstimationState(spec, tuple(states), n_batches)

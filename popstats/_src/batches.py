@@ -26,7 +26,7 @@ from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.exporter import EstimationGraph
 
 __all__ = ["DTYPE_POLICIES", "batch_values", "check_dtypes", "check_inputs",
-           "describe_batch", "iterate"]
+           "describe_batch", "iterate", "run_error"]
 
 #: the ``dtypes`` options of estimate, and what each means
 DTYPE_POLICIES = {
@@ -238,3 +238,25 @@ def iterate(batches: Any, call: str = "estimate") -> Iterator:
             f"batch in a list: batches=[batch]."
         )
     return iter(batches)
+
+
+def run_error(call: str, exc: Exception, values: list, index: int,
+              inputs: Sequence[Variable], sites: Sequence) -> PopstatsError:
+    """The error of a batch the compiled graph failed on (chain the cause)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    message = (
+        f"{call}(batches=...): running the estimation graph failed on "
+        f"batch {index} ({type(exc).__name__}: {first}). The batch has "
+        f"{describe_batch(values, inputs)}. Check that its shapes fit "
+        f"the model (the cause is shown above this error)."
+    )
+    nested = [s.name for s in sites if s.time_axes >= 2]
+    if nested:
+        message += (
+            f" The graph has statistics in nested loops ({', '.join(nested)}): "
+            f"if an inner loop's length varies between outer steps, its "
+            f"per-step statistics cannot be stacked into one array. Pool the "
+            f"inner loop over time (time=('step', 'pooled')), or pad the inner "
+            f"sequences to one length within each batch."
+        )
+    return PopstatsError(message)

@@ -11,8 +11,11 @@ that the batches covered what the checkpoint already counts.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+
+import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.persistence import check_target, remove_stale_temporaries
@@ -26,15 +29,18 @@ from popstats._src.state import (
 
 __all__ = ["CheckpointedRun", "check_every", "open_checkpoint"]
 
+log = logging.getLogger("popstats")
+
 
 def check_every(every: object, where: str) -> int:
     """``checkpoint_every`` if it is a positive int, else a PopstatsError."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if (isinstance(every, bool | np.bool_) or not isinstance(every, int | np.integer)
+            or every < 1):
         raise PopstatsError(
             f"{where}: expected a positive int (save every so many batches), got "
             f"{describe_value(every)}."
         )
-    return every
+    return int(every)
 
 
 @dataclass
@@ -78,20 +84,23 @@ def open_checkpoint(
     empty: EstimationState,
     check_state,
     where: str,
+    parameters: str = "",
 ) -> tuple[CheckpointedRun, EstimationState]:
     """The checkpoint of a run and the state to continue from.
 
     ``given`` is the ``state=`` of the run (None: from ``empty``);
-    ``check_state(state, where, fix)`` checks a state belongs to this pass.
+    ``check_state(state, where, fix)`` checks a state belongs to this pass;
+    ``parameters`` is the digest of the model's shared variables now.
     """
     every = check_every(every, where.replace("checkpoint=", "checkpoint_every="))
     path = check_target(path, where)
     start_state = empty if given is None else given
-    start = Checkpoint(start_state.n_batches, state_digest(start_state))
+    start = Checkpoint(start_state.n_batches, state_digest(start_state),
+                       parameters)
     if not os.path.exists(path):
         remove_stale_temporaries(path)
         return CheckpointedRun(path, every, start, 0, where), start_state
-    saved, began = load_checkpoint(path, where.split("(")[0])
+    saved, began = load_checkpoint(path, where.split("(")[0], where)
     if began is None:
         raise PopstatsError(
             f"{where}: {path!r} holds a state saved with EstimationState.save, "
@@ -102,10 +111,21 @@ def open_checkpoint(
         )
     check_state(saved, where, "Resume with the same graph and options, or delete "
                 "the checkpoint to start over.")
-    if began != start:
+    if (began.start_batches, began.start_digest) != (start.start_batches,
+                                                      start.start_digest):
         raise PopstatsError(_start_error(where, path, began, given, saved))
+    if began.parameters != parameters:
+        raise PopstatsError(
+            f"{where}: the model's parameters (its shared variables' values or "
+            f"shapes) are not those the checkpoint {path!r} was made with: its "
+            f"batches were computed with other weights, and resuming would mix "
+            f"them. Restore the weights of that run, or delete the checkpoint "
+            f"to start over."
+        )
     remove_stale_temporaries(path)
     skip = saved.n_batches - began.start_batches
+    log.info("%s: resuming from %r, which counts %d batch(es) of this run: "
+             "skipping them", where, path, skip)
     return CheckpointedRun(path, every, start, skip, where), saved
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pytensor
 from pytensor.graph.basic import Variable
+from pytensor.graph.traversal import graph_inputs
+from pytensor.tensor.sharedvar import TensorSharedVariable
 
 from popstats._src import estimators as est
 from popstats._src.accumulate import (
@@ -34,8 +36,8 @@ from popstats._src.batches import (
     batch_values,
     check_dtypes,
     check_inputs,
-    describe_batch,
     iterate,
+    run_error,
 )
 from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.estimators import fill_uncovered
@@ -47,6 +49,7 @@ from popstats._src.state import (
     EstimationState,
     PassSpec,
     StatisticSpec,
+    parameters_digest,
     spec_differences,
 )
 from popstats._src.statistics import PopulationStatistics, Statistic
@@ -166,13 +169,22 @@ class Estimation:
         self.dtypes = check_dtypes(dtypes, call)
         accumulate = check_choice(accumulate, ACCUMULATE, f"{call}(accumulate=...)")
         if max_steps is not None and (
-            isinstance(max_steps, bool) or not isinstance(max_steps, int)
-            or max_steps < 1
+            isinstance(max_steps, bool | np.bool_)
+            or not isinstance(max_steps, int | np.integer) or max_steps < 1
         ):
             raise PopstatsError(
                 f"{call}(max_steps=...): expected a positive int or None, got "
                 f"{describe_value(max_steps)}."
             )
+        max_steps = None if max_steps is None else int(max_steps)
+        try:
+            pytensor.compile.mode.get_mode(mode)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise PopstatsError(
+                f"{call}(mode=...): PyTensor does not know the mode "
+                f"{describe_value(mode)} ({exc}). Use None (the default), "
+                f"'FAST_COMPILE', 'CVM', 'NUMBA', 'JAX', 'PYTORCH' or a Mode."
+            ) from exc
         est.check_estimator_spec(estimator, call)
         graph = export_checked(outs, call, time)
         self.call = call
@@ -206,6 +218,9 @@ class Estimation:
                     flat.append(var)
             self._slots.append(tuple(slot))
         self._flat_outputs, self._mode = flat, mode
+        #: the model's parameters: a checkpoint records their digest
+        self._shared = [v for v in graph_inputs(flat)
+                        if isinstance(v, TensorSharedVariable)]
         self._fn = None
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
                                      self._slots, max_steps, call)
@@ -233,20 +248,6 @@ class Estimation:
             )
         return self._fn
 
-    def _run_error(self, exc: Exception, values: list, index: int) -> PopstatsError:
-        """The error of a batch the compiled graph failed on (cause chained)."""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        message = (
-            f"{self.call}(batches=...): running the estimation graph failed on "
-            f"batch {index} ({type(exc).__name__}: {first}). The batch has "
-            f"{describe_batch(values, self.inputs)}. Check that its shapes fit "
-            f"the model (the cause is shown above this error)."
-        )
-        nested = [s.name for s in self.sites if s.time_axes >= 2]
-        if nested:
-            message += _nested_hint(nested)
-        return PopstatsError(message)
-
     def init(self) -> EstimationState:
         """An empty state."""
         return EstimationState(self.spec, ({},) * len(self.sites))
@@ -273,7 +274,8 @@ class Estimation:
         try:
             results = self._host_fn()(*values)
         except Exception as exc:
-            raise self._run_error(exc, values, index) from exc
+            raise run_error(self.call, exc, values, index, self.inputs,
+                            self.sites) from exc
         return [tuple(None if k is None else results[k] for k in slot)
                 for slot in self._slots]
 
@@ -302,7 +304,7 @@ class Estimation:
         result equals an uninterrupted run. A checkpoint of another graph or
         other options, of a run from another starting state, or with more
         batches than are given again is refused (:doc:`/estimators`,
-        "Checkpoints").
+        "States and checkpoints").
 
         ``progress`` shows a tqdm bar (batches, rate, and time left when
         ``batches`` has a ``len``): True, False, or ``"auto"`` (only when
@@ -312,7 +314,8 @@ class Estimation:
         from popstats._src.checkpoint import check_every, open_checkpoint
         from popstats._src.inspection.progress import check_progress, progress_bar
 
-        show = check_progress(progress, self.call)
+        show = check_progress(progress, self._method("run", "progress")[:-len(
+            "(progress=...)")])
         given = None
         if state is not None:
             given = self._check_state(
@@ -326,7 +329,7 @@ class Estimation:
         else:
             saver, state = open_checkpoint(
                 checkpoint, checkpoint_every, given, self.init(), self._check_state,
-                self._method("run", "checkpoint"),
+                self._method("run", "checkpoint"), parameters_digest(self._shared),
             )
         skip = 0 if saver is None else saver.skip
         stream = progress_bar(iterate(batches, self.call), batches, show)
@@ -402,6 +405,12 @@ class Estimation:
             "Finalize a state made by an Estimation of the same graph.",
         )
         if state.n_batches == 0:
+            if self.call == "Estimation":  # the pass's own API: a state given
+                raise PopstatsError(
+                    "Estimation.finalize(state=...): the state counts no "
+                    "batches. Add batches first (Estimation.run or update; a "
+                    "generator that was already consumed is empty)."
+                )
             raise PopstatsError(
                 f"{self.call}(batches=...): no batches. Pass a non-empty iterable "
                 f"of training batches (a generator that was already consumed is "
@@ -433,14 +442,3 @@ class Estimation:
                     stat.name, stat.uncovered_steps, stat.thin_steps,
                 )
         return result
-
-
-
-def _nested_hint(nested: list[str]) -> str:
-    return (
-        f" The graph has statistics in nested loops ({', '.join(nested)}): if "
-        f"an inner loop's length varies between outer steps, its per-step "
-        f"statistics cannot be stacked into one array. Pool the inner loop over "
-        f"time (time=('step', 'pooled')), or pad the inner sequences to one "
-        f"length within each batch."
-    )

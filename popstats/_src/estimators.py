@@ -107,8 +107,8 @@ class Estimator:
         if self.name == "ema":
             momentum = 0.1 if self.momentum is None else self.momentum
             if (
-                isinstance(momentum, bool)
-                or not isinstance(momentum, int | float)
+                isinstance(momentum, bool | np.bool_)
+                or not isinstance(momentum, int | float | np.integer | np.floating)
                 or not 0 < momentum <= 1
             ):
                 raise PopstatsError(

@@ -174,16 +174,14 @@ class _ExportLevel:
             modes = resolve_time(self.time, found.site.label, found.site.depth,
                                  self.names.get(found.site))
             found.time.insert(0, modes[level])
-        by_group = {
-            (f.site.path, statistic_group(f.stat)): f
-            for f in inner.found
-            if statistic_role(f.stat) == "mean" and statistic_group(f.stat)
-        }
+        # the means by (loop path, group); one computation reached twice is one
+        by_group: dict[tuple, dict] = {}
+        for f in inner.found:
+            if statistic_role(f.stat) == "mean" and statistic_group(f.stat):
+                key = (f.site.path, statistic_group(f.stat))
+                by_group.setdefault(key, {}).setdefault(f.site, f)
         pooled = [f for f in inner.found if f.time[0] == "pooled"]
-        partners = {
-            id(f): by_group.get((f.site.path, statistic_group(f.stat)))
-            for f in pooled
-        }
+        partners = {id(f): _pooling_partner(f, by_group, self.call) for f in pooled}
         # A pooled variance reads its partner mean still stacked over steps:
         # keep the stacked values of every pooled statistic before pooling.
         originals = {id(f): (f.value, f.count, f.weight) for f in pooled}
@@ -195,6 +193,42 @@ class _ExportLevel:
             pool_steps(f, partner, self.call)
         self.found.extend(inner.found)
         return replaced
+
+
+def _pooling_partner(f: Found, by_group: dict, call: str) -> Found | None:
+    """The mean a variance (or std) pooled over time combines with.
+
+    Exactly one mean of its group in its loop, or a PopstatsError: without
+    it the steps' variances could only be averaged, which is not the
+    variance of the batch over its steps (the documented meaning), and with
+    several (a layer applied twice under one group) popstats cannot tell
+    which is this application's.
+    """
+    role = statistic_role(f.stat)
+    if role not in ("var", "std"):
+        return None
+    group = statistic_group(f.stat)
+    means = list(by_group.get((f.site.path, group), {}).values()) if group else []
+    if len(means) == 1:
+        return means[0]
+    if not means:
+        problem = ("has no group" if not group else
+                   f"has no statistic with role='mean' and group={group!r} "
+                   f"in its loop")
+        fix = (f"mark its mean with role='mean' and the same group "
+               f"(bn_statistic(..., role='mean', group='layer1')), or keep it "
+               f"per step (time={{{f.site.label!r}: 'step'}})")
+    else:
+        problem = (f"shares group {group!r} with {len(means)} means in its loop "
+                   f"(a layer applied {len(means)} times under one group)")
+        fix = ("give each application its own group (popstats.nn.batch_norm "
+               "does), or keep these statistics per step")
+    raise PopstatsError(
+        f"{call}(time=...): the {role} {f.site.label!r} is pooled over time, "
+        f"which combines each step's {role} with its paired mean (the "
+        f"{role} of the batch over all its steps), but it {problem}. To pool "
+        f"it, {fix}."
+    )
 
 
 def as_variables(outputs: object, call: str) -> list[Variable]:

@@ -45,14 +45,24 @@ def _partner(sites, estimators, i: int, call: str) -> int | None:
         and other.group == site.group
         and other.id.path == site.id.path
     ]
-    if len(partners) != 1:
-        problem = "no" if not partners else f"{len(partners)}"
+    where = "loop" if site.id.path else "graph (outside loops)"
+    if not partners:
         raise PopstatsError(
             f"{call}(estimator=...): 'pooled' combines the {site.role} "
-            f"{site.name!r} with its paired mean, but {problem} statistic with "
-            f"role='mean' and group={site.group!r} is in the same loop. Give "
+            f"{site.name!r} with its paired mean, but no statistic with "
+            f"role='mean' and group={site.group!r} is in the same {where}. Give "
             f"the mean and the {site.role} the same group (bn_statistic(..., "
             f"group='layer1')), or choose another estimator for {site.name!r}."
+        )
+    if len(partners) > 1:
+        raise PopstatsError(
+            f"{call}(estimator=...): 'pooled' combines the {site.role} "
+            f"{site.name!r} with its paired mean, but {len(partners)} "
+            f"statistics with role='mean' share group={site.group!r} in the "
+            f"same {where} (a layer applied {len(partners)} times under one "
+            f"group), so which is its own is unknown. Give each application its "
+            f"own group (popstats.nn.batch_norm does), or choose another "
+            f"estimator for {site.name!r}."
         )
     if sites[partners[0]].time != site.time:
         raise PopstatsError(

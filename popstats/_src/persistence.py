@@ -97,16 +97,30 @@ def check_target(path: object, where: str, example: str = "stats.npz") -> str:
             f"{where}: expected a file path, got {describe_value(path)}."
         )
     path = os.fspath(path)
+    if not path:
+        raise PopstatsError(
+            f"{where}: the path is empty. Give a file path, e.g. {example!r}."
+        )
     if os.path.isdir(path):
         raise PopstatsError(
             f"{where}: {path!r} is a folder. Give a file path in it, e.g. "
             f"{os.path.join(path, example)!r}."
         )
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise PopstatsError(
+            f"{where}: cannot write {path!r}: {folder!r} is a file, not a "
+            f"folder. Choose a path in a folder."
+        )
     if not os.path.isdir(folder):
         raise PopstatsError(
             f"{where}: cannot write {path!r}: its folder {folder!r} does "
             f"not exist. Create it first (os.makedirs(folder, exist_ok=True))."
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PopstatsError(
+            f"{where}: cannot write {path!r}: its folder {folder!r} is not "
+            f"writable. Choose a folder you can write to."
         )
     return path
 
@@ -211,16 +225,30 @@ def _umask() -> int:
 
 
 def read(
-    path: str | os.PathLike, kind: str, call: str
+    path: str | os.PathLike, kind: str, call: str, where: str | None = None
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """The metadata and all arrays of a file (read at once, file closed)."""
+    """The metadata and all arrays of a file (read at once, file closed).
+
+    Errors start with ``where`` (default ``"{call}(path=...)"``), e.g.
+    ``"estimate(checkpoint=...)"`` for a checkpoint; the fix they give for
+    a damaged file is ``again``-style: save again, or for a checkpoint,
+    delete it.
+    """
+    at = where or f"{call}(path=...)"
+    again = ("Delete it (or choose another checkpoint path) to start over"
+             if where else "Save it again")
     if not isinstance(path, str | os.PathLike):
         raise PopstatsError(
-            f"{call}(path=...): expected a file path, got {describe_value(path)}."
+            f"{at}: expected a file path, got {describe_value(path)}."
+        )
+    if os.path.isdir(path):
+        raise PopstatsError(
+            f"{at}: {os.fspath(path)!r} is a folder, not a popstats file. Give "
+            f"the path of a file in it."
         )
     if not os.path.isfile(path):
         raise PopstatsError(
-            f"{call}(path=...): no file at {os.fspath(path)!r}. Check the path "
+            f"{at}: no file at {os.fspath(path)!r}. Check the path "
             f"(files are written by PopulationStatistics.save / "
             f"EstimationState.save)."
         )
@@ -236,27 +264,27 @@ def read(
         version = int(arrays["format_version"])
     except _UNREADABLE as exc:
         raise PopstatsError(
-            f"{call}(path=...): {os.fspath(path)!r} is not a popstats file or is "
-            f"corrupted ({type(exc).__name__}: {exc}). Save it again."
+            f"{at}: {os.fspath(path)!r} is not a popstats file or is "
+            f"corrupted ({type(exc).__name__}: {_first_line(exc)}). {again}."
         ) from None
     wanted = _VERSIONS.get(fmt)
     if (fmt, version) in _OLD:
         again = "Estimate again and save" if fmt == _STATS else (
             "Delete it and run the pass again")
         raise PopstatsError(
-            f"{call}(path=...): {os.fspath(path)!r} has format version {version}, "
+            f"{at}: {os.fspath(path)!r} has format version {version}, "
             f"which {_OLD[fmt, version]}. {again} (this popstats writes version "
             f"{wanted})."
         )
     if wanted is not None and version != wanted:
         raise PopstatsError(
-            f"{call}(path=...): {os.fspath(path)!r} has format version {version}; "
+            f"{at}: {os.fspath(path)!r} has format version {version}; "
             f"this popstats reads version {wanted}. Use the popstats "
             f"release that wrote it, or estimate again."
         )
     if fmt != kind:
         raise PopstatsError(
-            f"{call}(path=...): {os.fspath(path)!r} holds {fmt!r}, not {kind!r}. "
+            f"{at}: {os.fspath(path)!r} holds {fmt!r}, not {kind!r}. "
             f"Use popstats.load for statistics and popstats.load_state for "
             f"estimation states."
         )
@@ -264,7 +292,19 @@ def read(
         meta = json.loads(str(arrays["meta"]))
     except (KeyError, ValueError) as exc:
         raise PopstatsError(
-            f"{call}(path=...): {os.fspath(path)!r} is corrupted (its metadata "
-            f"cannot be read: {exc}). Save it again."
+            f"{at}: {os.fspath(path)!r} is corrupted (its metadata "
+            f"cannot be read: {exc}). {again}."
         ) from None
     return meta, arrays
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (NumPy appends advice).
+
+    NumPy reads a file that is not an archive as a pickle and advises
+    ``allow_pickle``, which popstats never does: say what the file is not.
+    """
+    text = str(exc).strip()
+    if "allow_pickle" in text:
+        return "not a NumPy .npz archive"
+    return text.splitlines()[0] if text else type(exc).__name__

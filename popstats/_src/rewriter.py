@@ -269,15 +269,19 @@ def rewrite(outputs, stats, *, select=None, match="structure"):
     return restructure(outputs, new)
 
 
-def _check_stats(stats: object, select: object) -> list[PopulationStatistics]:
+def _check_stats(
+    stats: object, select: object, call: str = "rewrite"
+) -> list[PopulationStatistics]:
     sets = [stats] if isinstance(stats, PopulationStatistics) else stats
     if not isinstance(sets, list | tuple) or not sets or not all(
         isinstance(s, PopulationStatistics) for s in sets
     ):
+        hint = (" (a file path: read it with popstats.load(path) first)"
+                if isinstance(stats, str) else "")
         raise PopstatsError(
-            f"rewrite(stats=...): expected PopulationStatistics from "
-            f"popstats.estimate(), or a non-empty list of them with select=...; "
-            f"got {describe_value(stats)}."
+            f"{call}(stats=...): expected PopulationStatistics from "
+            f"popstats.estimate() or popstats.load(), or a non-empty list of "
+            f"them with select=...; got {describe_value(stats)}{hint}."
         )
     if len(sets) > 1 and select is None:
         raise PopstatsError(
@@ -315,14 +319,14 @@ def bind(
     >>> f(np.zeros((1, 2)))
     array([[-4., -4.]])
     """
-    found = population_variables(outputs)
+    found = _population_variables(outputs, "bind")
     if not found:
         raise PopstatsError(
             "bind(outputs=...): the graph holds no population variables; bind "
             "onto outputs returned by popstats.rewrite or get_inference_graph."
         )
     sets = [stats] if isinstance(stats, PopulationStatistics) else stats
-    _check_stats(sets, select=0)
+    _check_stats(sets, select=0, call="bind")
     matcher = Matcher(sets, check_match(match, "bind"), "bind")
     planned = []
     for name, var in found.items():
@@ -389,7 +393,11 @@ def population_variables(outputs: Variable | Sequence[Variable]) -> dict[str, Va
     >>> popstats.population_variables(y_inf)["mean"].get_value()
     array([1., 1.])
     """
-    outs = as_variables(outputs, "population_variables")
+    return _population_variables(outputs, "population_variables")
+
+
+def _population_variables(outputs: object, call: str) -> dict[str, Variable]:
+    outs = as_variables(outputs, call)
     found: dict[str, Variable] = {}
     stack = list(outs)
     for node in toposort(stack):

@@ -13,7 +13,9 @@ naming what differs, when they are not the same pass: the arrays of a
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,8 @@ from popstats._src.errors import PopstatsError
 from popstats._src.estimators import Estimator
 from popstats._src.persistence import STATE, read, write
 
+log = logging.getLogger("popstats")
+
 __all__ = [
     "Checkpoint",
     "EstimationState",
@@ -30,6 +34,7 @@ __all__ = [
     "StatisticSpec",
     "load_checkpoint",
     "load_state",
+    "parameters_digest",
     "save_state",
     "spec_differences",
     "state_digest",
@@ -193,6 +198,16 @@ class EstimationState:
         save_state(self, path)
 
 
+def parameters_digest(shared: Sequence) -> str:
+    """A hash of shared variables' names, dtypes, shapes and values."""
+    h = hashlib.blake2b(digest_size=16)
+    for var in shared:
+        array = np.ascontiguousarray(var.get_value(borrow=True))
+        h.update(f"|{var.name}|{array.dtype.str}|{array.shape}|".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
 def state_digest(state: EstimationState) -> str:
     """A hash of everything in ``state`` (spec, batch count, every array)."""
     import json
@@ -214,10 +229,13 @@ class Checkpoint:
 
     ``start_batches`` batches and :func:`~popstats._src.state.state_digest`
     ``start_digest``; a run from nothing starts at 0 batches.
+    ``parameters``: :func:`parameters_digest` of the model's shared
+    variables when the run started (the statistics depend on them).
     """
 
     start_batches: int
     start_digest: str
+    parameters: str = ""
 
 
 def save_state(
@@ -238,6 +256,7 @@ def save_state(
         "checkpoint": None if checkpoint is None else {
             "start_batches": checkpoint.start_batches,
             "start_digest": checkpoint.start_digest,
+            "parameters": checkpoint.parameters,
         },
     }
     write(path, STATE, meta, arrays, where)
@@ -248,16 +267,29 @@ def load_state(path: str | os.PathLike) -> EstimationState:
 
     Also reads a checkpoint written by ``Estimation.run(checkpoint=...)``;
     to resume a checkpointed run, pass the checkpoint to ``run`` again
-    instead.
+    instead (a warning on the ``popstats`` logger says so: continuing this
+    state with the batches it already counts would count them twice).
     """
-    return load_checkpoint(path, "load_state")[0]
+    state, checkpoint = load_checkpoint(path, "load_state")
+    if checkpoint is not None:
+        log.warning(
+            "load_state(path=...): %r is a checkpoint of Estimation.run that "
+            "counts %d batch(es); to resume that run, pass it as "
+            "run(batches, checkpoint=path) instead. Continuing this state with "
+            "the batches it already counts would count them twice.",
+            os.fspath(path), state.n_batches,
+        )
+    return state
 
 
 def load_checkpoint(
-    path: str | os.PathLike, call: str = "load_state"
+    path: str | os.PathLike, call: str = "load_state", where: str | None = None
 ) -> tuple[EstimationState, Checkpoint | None]:
-    """A state and, for a checkpoint of ``Estimation.run``, where it started."""
-    meta, archive = read(path, STATE, call)
+    """A state and, for a checkpoint of ``Estimation.run``, where it started.
+
+    ``where`` names the argument in errors (``"estimate(checkpoint=...)"``).
+    """
+    meta, archive = read(path, STATE, call, where)
     try:
         spec = PassSpec.from_json(meta["spec"])
         states: list[dict[str, np.ndarray]] = [{} for _ in spec.statistics]
@@ -268,11 +300,12 @@ def load_checkpoint(
         n_batches = int(meta["n_batches"])
         start = meta["checkpoint"]
         checkpoint = None if start is None else Checkpoint(
-            int(start["start_batches"]), str(start["start_digest"])
+            int(start["start_batches"]), str(start["start_digest"]),
+            str(start["parameters"]),
         )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
-            f"{call}(path=...): {os.fspath(path)!r} is corrupted "
+            f"{where or call + '(path=...)'}: {os.fspath(path)!r} is corrupted "
             f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
         ) from None
     return EstimationState(spec, tuple(states), n_batches), checkpoint
