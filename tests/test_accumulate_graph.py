@@ -92,7 +92,8 @@ def test_errors_read_as_on_the_host():
     assert_same_state(graph.run(good, progress=False), host.run(good, progress=False))
 
 
-def test_a_loop_of_zero_steps_is_added_on_the_host():
+def zero_step_model():
+    """A loop whose initial state does not index the input: 0 steps run."""
     xs = pt.tensor3("xs")
 
     def step(x_t, h):
@@ -104,6 +105,11 @@ def test_a_loop_of_zero_steps_is_added_on_the_host():
 
     hs = pytensor.scan(step, sequences=[xs], outputs_info=[pt.zeros(xs.shape[1:])],
                        return_updates=False)
+    return xs, hs
+
+
+def test_a_loop_of_zero_steps_is_added_on_the_host():
+    xs, hs = zero_step_model()
     rng = np.random.default_rng(0)
     batches = [{"xs": np.zeros((0, 3, 2))}, {"xs": rng.normal(size=(4, 3, 2))},
                {"xs": np.zeros((0, 3, 2))}, {"xs": rng.normal(size=(2, 3, 2))}]
@@ -171,17 +177,7 @@ def test_jax_without_float64_falls_back_to_the_host():
 def test_a_run_reaching_no_cell_continues_and_merges():
     # a shard of zero-length sequences: the graph's state stays empty, as the
     # host's, so that it merges and continues (before: "damaged" / shapes)
-    xs = pt.tensor3("xs")
-
-    def step(x_t, h):
-        a = x_t + h
-        n = a.shape[0]
-        mean = popstats.bn_statistic(a.mean(0), "m", role="mean", group="g", count=n)
-        var = popstats.bn_statistic(a.var(0), "v", role="var", group="g", count=n)
-        return (a - mean) / pt.sqrt(var + 1e-5)
-
-    hs = pytensor.scan(step, sequences=[xs], outputs_info=[pt.zeros(xs.shape[1:])],
-                       return_updates=False)
+    xs, hs = zero_step_model()
     rng = np.random.default_rng(1)
     empty = {"xs": np.zeros((0, 3, 2))}
     full = [{"xs": rng.normal(size=(t, 3, 2))} for t in (4, 2)]
