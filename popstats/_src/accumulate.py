@@ -203,7 +203,7 @@ def fits(arrays: dict[str, np.ndarray], site: Site, estimator: est.Estimator) ->
         shape = np.shape(array)
         if shape[:axes] != steps:
             return False
-        if field in ("mean", "m2", "acc"):
+        if field in est.VALUE_FIELDS:
             own = shape[axes:]
             if len(own) != len(site.shape) or any(
                 s is not None and s != o for s, o in zip(site.shape, own, strict=True)

@@ -29,12 +29,10 @@ from pytensor.graph.basic import Variable
 
 from popstats._src import estimators as est
 from popstats._src.exporter import Site
+from popstats._src.pooling import align_cells
 from popstats._src.state import EstimationState
 
 __all__ = ["GraphAccumulator"]
-
-_VALUE_FIELDS = ("mean", "m2", "acc")
-
 
 def _fit(array: Variable, shape: Sequence[Variable], fill: float) -> Variable:
     """``array`` in the corner of a ``fill``-ed array of ``shape`` (cropped)."""
@@ -81,10 +79,6 @@ class _Cells:
             own = [array.shape[j] for j in range(self.axes, array.ndim)]
         return _fit(array, [*self.cells, *own], fill)
 
-    def cell(self, array: Variable, like: Variable) -> Variable:
-        """A per-cell array with trailing axes to broadcast against ``like``."""
-        return array[(Ellipsis,) + (None,) * (like.ndim - array.ndim)]
-
 
 class GraphAccumulator:
     """Estimator states in shared variables, updated by the compiled pass.
@@ -128,7 +122,7 @@ class GraphAccumulator:
             new, ok = self._update(site, estimator, self.shared[i], cells[i], mean)
             self.updates.extend((self.shared[i][k], new[k]) for k in new)
             checks.append(ok)
-        self.checks = pt.stack(checks).astype("int8") if checks else pt.zeros(0)
+        self.checks = pt.stack(checks).astype("int8")
 
     @staticmethod
     def _fields(site: Site, estimator: est.Estimator, ndim: int) -> dict:
@@ -136,7 +130,7 @@ class GraphAccumulator:
         names = est.fields(estimator, site.role)
         out = {}
         for field in names:
-            width = ndim if field in _VALUE_FIELDS else axes
+            width = ndim if field in est.VALUE_FIELDS else axes
             dtype = "int64" if field == "n" else "float64"
             out[field] = pytensor.shared(
                 _empty(field, width, dtype), name=f"{site.name}.{field}",
@@ -147,10 +141,10 @@ class GraphAccumulator:
     def _update(self, site, estimator, old, c: _Cells, partner_mean):
         """The new fields of one statistic, and whether its checks pass."""
         role, axes = site.role, site.time_axes
-        reached = c.pad(c.reached, False) if axes else c.reached
+        live = c.pad(c.reached, False) if axes else c.reached
         value = c.value
         # checks (on the batch's own cells)
-        r = c.cell(c.reached, value)
+        r = align_cells(c.reached, value)
         ok = pt.all(pt.isfinite(value) | ~r)
         if c.count is not None:
             ok = ok & pt.all(pt.isfinite(c.count) & (c.count >= 0))
@@ -169,13 +163,12 @@ class GraphAccumulator:
         # grown state and padded batch
         shape = [*c.cells, *own]
         grown = {
-            k: _fit(v, shape if k in _VALUE_FIELDS else c.cells,
+            k: _fit(v, shape if k in est.VALUE_FIELDS else c.cells,
                     1.0 if k == "decay" else 0)
             for k, v in old.items()
         }
-        live = reached
         value = c.pad(value, own=own) if axes else _fit(value, own, 0.0)
-        value = pt.switch(c.cell(live, value), value, 0.0)
+        value = pt.switch(align_cells(live, value), value, 0.0)
         count = None
         if c.count is not None:
             count = c.pad(c.count) if axes else c.count
@@ -184,7 +177,7 @@ class GraphAccumulator:
         if partner_mean is not None:
             mean = (c.pad(partner_mean, own=own) if axes
                     else _fit(partner_mean, own, 0.0))
-            mean = pt.switch(c.cell(live, mean), mean, 0.0)
+            mean = pt.switch(align_cells(live, mean), mean, 0.0)
         new = {"n": grown["n"] + live.astype("int64")}
         name = estimator.name
         if name == "ema":
@@ -192,16 +185,16 @@ class GraphAccumulator:
                 m = pt.switch(count > 1, count, 2.0)
                 factor = m / (m - 1.0)
                 scale = factor if role == "var" else pt.sqrt(factor)
-                value = value * c.cell(scale, value)
+                value = value * align_cells(scale, value)
             decay_m = pt.switch(live, estimator.momentum, 0.0)
-            m = c.cell(decay_m, value)
+            m = align_cells(decay_m, value)
             new["acc"] = grown["acc"] * (1.0 - m) + m * value
             new["decay"] = grown["decay"] * (1.0 - decay_m)
             return new, ok
         if name == "unbiased" and role in ("var", "std"):
             variance = value if role == "var" else value**2
             safe_count = pt.switch(count > 1, count, 2.0)
-            value = variance * c.cell(safe_count / (safe_count - 1.0), value)
+            value = variance * align_cells(safe_count / (safe_count - 1.0), value)
         w = count if name in ("weighted", "pooled") else live.astype("float64")
         w_total = grown["w"] + w
         safe = pt.switch(w_total > 0, w_total, 1.0)
@@ -209,12 +202,12 @@ class GraphAccumulator:
             variance = value if role == "var" else value**2
             delta = mean - grown["mean"]
             new["m2"] = grown["m2"] + (
-                c.cell(w, value) * variance
-                + delta**2 * c.cell(grown["w"] * w / safe, value)
+                align_cells(w, value) * variance
+                + delta**2 * align_cells(grown["w"] * w / safe, value)
             )
-            new["mean"] = grown["mean"] + delta * c.cell(w / safe, value)
+            new["mean"] = grown["mean"] + delta * align_cells(w / safe, value)
         else:
-            new["mean"] = grown["mean"] + (value - grown["mean"]) * c.cell(
+            new["mean"] = grown["mean"] + (value - grown["mean"]) * align_cells(
                 w / safe, value
             )
         new["w"] = w_total

@@ -34,6 +34,7 @@ from popstats._src.errors import PopstatsError, describe_value
 __all__ = [
     "ESTIMATORS",
     "ROLES",
+    "VALUE_FIELDS",
     "Estimator",
     "bessel_corrected",
     "check_estimator_spec",
@@ -212,7 +213,7 @@ def uses_count(estimator: Estimator, role: str | None) -> bool:
 
 # Fields with the statistic's own shape after the time axes; the others are
 # per cell. "n" (batches per cell) is the coverage, in every state.
-_VALUE_FIELDS = frozenset({"mean", "m2", "acc"})
+VALUE_FIELDS = frozenset({"mean", "m2", "acc"})
 
 
 def fields(estimator: Estimator, role: str | None) -> tuple[str, ...]:
@@ -232,7 +233,7 @@ def init(estimator: Estimator, role: str | None, shape: tuple[int, ...],
     for field in fields(estimator, role):
         if field == "n":
             state[field] = np.zeros(steps, dtype=np.int64)
-        elif field in _VALUE_FIELDS:
+        elif field in VALUE_FIELDS:
             state[field] = np.zeros(steps + shape, dtype=np.float64)
         else:
             state[field] = np.ones(steps) if field == "decay" else np.zeros(steps)

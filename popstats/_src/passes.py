@@ -120,8 +120,8 @@ class GraphPass(_Pass):
         """Add one batch on the host, to the state read from the graph."""
         owner = self.owner
         per_site = owner._statistics(values, self.n)
-        current = self.state()
-        states = owner._host.add(list(copy_state(current).states), per_site, self.n)
+        current = self.state()  # read from the graph: arrays of its own
+        states = owner._host.add(list(current.states), per_site, self.n)
         self.n += 1
         owner._graph.load(EstimationState(current.spec, tuple(states), self.n))
         self.own = owner._graph.own_shapes()
