@@ -71,6 +71,10 @@ def main() -> None:
     )
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--mode", default="CVM", help="PyTensor mode (default CVM)")
+    parser.add_argument("--accumulate", default="host", choices=("host", "graph"),
+                        help="where the pass adds up its batches (default host); "
+                        "in JAX mode, 'graph' keeps the state in device arrays, "
+                        "which tracemalloc does not see: their number is fixed")
     parser.add_argument(
         "--quick", action="store_true", help="1000 batches, 2 estimators"
     )
@@ -78,6 +82,7 @@ def main() -> None:
     many = 1000 if args.quick else args.batches
     estimators = ("mean", "pooled") if args.quick else ESTIMATORS
     print(heading("Peak memory of an estimation pass (tracemalloc)", args.mode))
+    print(f"accumulate={args.accumulate!r}")
     rows = []
     for model_name, build in (
         ("recurrent", recurrent_model),
@@ -85,7 +90,8 @@ def main() -> None:
     ):
         inputs, out, make = build(args.width)
         for name in estimators:
-            run = popstats.Estimation(inputs, out, estimator=name, mode=args.mode)
+            run = popstats.Estimation(inputs, out, estimator=name, mode=args.mode,
+                                      accumulate=args.accumulate)
             peak_bytes(run, make, 3)  # warm-up: first-call allocations
             small = peak_bytes(run, make, 10)
             large = peak_bytes(run, make, many)

@@ -549,8 +549,10 @@ def measure(name: str, args, mode) -> dict:
         return run.finalize(run.run(batches, progress=False))
 
     def forward():
+        # np.asarray waits for the result: JAX returns before it computes
+        # (asynchronous dispatch), so its forward pass would not be timed
         for batch in batches:
-            fn(**batch)
+            np.asarray(fn(**batch))
 
     candidates = [pop, forward]
     result = {"desc": model.desc, "n_stats": len(run.sites)}

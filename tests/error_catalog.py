@@ -103,7 +103,7 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
     ),
     # A batch failing the checks of graph accumulation is run again through
     # the host checks, which raise the specific error first.
-    ("popstats/_src/passes.py", "GraphPass._explain", "failed the estimation"): (
+    ("popstats/_src/passes.py", "explain", "failed the estimation"): (
         "the host checks run on the same batch raise first"
     ),
 }

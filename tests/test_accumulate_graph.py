@@ -155,7 +155,7 @@ def test_unknown_accumulate_is_refused():
         popstats.Estimation([x], y, accumulate="gpu")
 
 
-def test_jax_without_float64_falls_back_to_the_host():
+def test_jax_accumulates_on_the_device_in_float32_without_float64():
     jax = pytest.importorskip("jax")
     # PyTensor sets JAX's 64-bit floats from floatX when its JAX backend loads
     import pytensor.link.jax.dispatch
@@ -166,11 +166,11 @@ def test_jax_without_float64_falls_back_to_the_host():
     try:
         jax.config.update("jax_enable_x64", False)
         run = popstats.Estimation([x], y, mode="JAX", accumulate="graph")
-        assert run.accumulate == "host"
+        assert run.accumulate == "graph" and run._device.dtype == "float32"
     finally:
         jax.config.update("jax_enable_x64", before)
     run = popstats.Estimation([x], y, mode="JAX", accumulate="graph")
-    assert run.accumulate == ("graph" if before else "host")
+    assert run._device.dtype == ("float64" if before else "float32")
     assert pytensor.config.floatX == "float64"
 
 

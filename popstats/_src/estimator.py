@@ -39,6 +39,7 @@ from popstats._src.batches import (
     iterate,
     run_error,
 )
+from popstats._src.device_pass import DeviceFunction, DevicePass, is_jax
 from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.estimators import fill_uncovered
 from popstats._src.exporter import Site, as_variables, export_checked
@@ -62,15 +63,6 @@ ACCUMULATE = {
     "host": "in NumPy after each batch",
 }
 
-
-def _lacks_float64(mode: object) -> bool:
-    """Whether ``mode`` computes float64 as float32 (JAX without x64)."""
-    linker = pytensor.compile.mode.get_mode(mode).linker
-    if type(linker).__name__ != "JAXLinker":
-        return False
-    import jax
-
-    return not jax.config.jax_enable_x64
 
 log = logging.getLogger("popstats")
 
@@ -110,20 +102,22 @@ class Estimation:
     accumulate : {"host", "graph"}, default "host"
         ``"host"``: the function returns the statistics and NumPy adds them
         (float64). ``"graph"``: the compiled function adds each batch's
-        statistics to
-        float64 accumulators it keeps in shared variables (``n``, ``w``,
-        ``mean``, ...; see ``accumulate_graph.py``), so a batch costs one
-        call whatever the number of statistics and no statistic is copied
-        back per batch; the state is read once per run (and per checkpoint).
-        Both give the same numbers (the same formulas in the same order). On
-        CPU, ``"host"`` is as fast or faster (measured:
+        statistics to float64 accumulators it keeps in shared variables
+        (``accumulate_graph.py``), so a batch costs one call whatever the
+        number of statistics and no statistic is copied back per batch; the
+        state is read once per run (and per checkpoint). Both give the same
+        numbers. On CPU, ``"host"`` is as fast or faster (measured:
         ``benchmarks/estimation_cost.py --accumulate``); ``"graph"`` is for
         devices, where each statistic copied back per batch costs a
-        transfer.
-        JAX without 64-bit floats (``floatX="float32"``) would accumulate in
-        float32: there ``"graph"`` falls back to ``"host"``; the attribute
-        :attr:`accumulate` says which is used. One Estimation runs one pass
-        at a time (its accumulators hold it).
+        transfer. In JAX mode, ``"graph"`` keeps the accumulators and the
+        model's parameters on the device for the whole pass (parameters
+        taken when the pass starts); without JAX's 64-bit floats
+        (``floatX="float32"``) the accumulators are float32, folded into
+        float64 on the host every 16 batches, which keeps their error near
+        float32 rounding over any number of batches (see
+        :doc:`/pytensor-versions`, "Estimation in each backend"). The
+        attribute :attr:`accumulate` says which is used. One Estimation runs
+        one shared-variable graph pass at a time (its accumulators hold it).
 
     States are values: :meth:`update`, :meth:`run` and :meth:`merge` return
     new states and never change the ones they are given (``run`` copies a
@@ -224,19 +218,27 @@ class Estimation:
         self._fn = None
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
                                      self._slots, max_steps, call)
-        self._graph = None
-        if accumulate == "graph" and not _lacks_float64(mode):
-            trios = zip(graph.outputs, graph.counts, graph.weights, strict=True)
-            self._graph = GraphAccumulator(self.sites, self.estimators,
-                                           self.partners, list(trios), max_steps)
-            self._gfn = pytensor.function(
-                self.inputs, self._graph.checks, updates=self._graph.updates,
-                mode=mode, on_unused_input="ignore",
-            )
+        self._graph = self._device = None
+        if accumulate == "graph":
+            trios = list(zip(graph.outputs, graph.counts, graph.weights, strict=True))
+            if is_jax(mode):
+                try:
+                    self._device = DeviceFunction(self, mode)
+                    self._fn = self._device.function
+                except TypeError:  # pragma: no cover - another JAX linker layout
+                    self._host_fn()
+            if self._device is None and self._fn is None:
+                self._graph = GraphAccumulator(self.sites, self.estimators,
+                                               self.partners, trios, max_steps)
+                self._gfn = pytensor.function(
+                    self.inputs, self._graph.checks, updates=self._graph.updates,
+                    mode=mode, on_unused_input="ignore",
+                )
         else:
             self._host_fn()
         #: "graph" or "host": where this pass accumulates
-        self.accumulate = "host" if self._graph is None else "graph"
+        self.accumulate = ("host" if self._graph is None and self._device is None
+                           else "graph")
         self._busy = False
 
     def _host_fn(self):
@@ -276,11 +278,15 @@ class Estimation:
         except Exception as exc:
             raise run_error(self.call, exc, values, index, self.inputs,
                             self.sites) from exc
-        return [tuple(None if k is None else results[k] for k in slot)
+        # NumPy arrays (JAX returns its own): the host updates in place, and
+        # an in-place NumPy operation with a JAX operand updates nothing
+        return [tuple(None if k is None else np.asarray(results[k]) for k in slot)
                 for slot in self._slots]
 
-    def _pass(self, state: EstimationState) -> GraphPass | HostPass:
+    def _pass(self, state: EstimationState) -> DevicePass | GraphPass | HostPass:
         """A run from ``state``: in the graph's accumulators, or on the host."""
+        if self._device is not None:
+            return DevicePass(self, state)
         if self._graph is not None:
             return GraphPass(self, state)
         return HostPass(self, state)

@@ -20,7 +20,7 @@ from popstats._src.accumulate import copy_state
 from popstats._src.errors import PopstatsError
 from popstats._src.state import EstimationState
 
-__all__ = ["GraphPass", "HostPass"]
+__all__ = ["GraphPass", "HostPass", "explain"]
 
 
 class _Pass:
@@ -127,23 +127,28 @@ class GraphPass(_Pass):
         self.own = owner._graph.own_shapes()
 
     def _explain(self, values: list) -> None:
-        """Raise the error the host checks give for a batch that failed here."""
-        owner = self.owner
-        states = [
-            {} if own is None else est.init(estimator, site.role, own, site.time_axes)
-            for site, estimator, own in zip(owner.sites, owner.estimators, self.own,
-                                            strict=True)
-        ]
-        owner._host.add(states, owner._statistics(values, self.n), self.n)
-        raise PopstatsError(  # pragma: no cover - the host checks raise first
-            f"{owner.call}(batches=...): batch {self.n} failed the estimation "
-            f"graph's checks (values finite, counts valid, shapes as earlier "
-            f"batches). Run it with Estimation(..., accumulate='host') to see "
-            f"which statistic."
-        )
+        explain(self.owner, values, self.own, self.n)
 
     def state(self) -> EstimationState:
         return self.owner._graph.read(self.owner.spec, self.n)
 
     def close(self) -> None:
         self.owner._busy = False
+
+
+def explain(owner: Any, values: list, own: list, index: int) -> None:
+    """Raise the error the host checks give for batch ``index``, which failed
+    the checks of a graph pass (``own``: per statistic its shape so far)."""
+    states = [
+        {} if shape is None else est.init(estimator, site.role, shape,
+                                          site.time_axes)
+        for site, estimator, shape in zip(owner.sites, owner.estimators, own,
+                                          strict=True)
+    ]
+    owner._host.add(states, owner._statistics(values, index), index)
+    raise PopstatsError(  # pragma: no cover - the host checks raise first
+        f"{owner.call}(batches=...): batch {index} failed the estimation "
+        f"graph's checks (values finite, counts valid, shapes as earlier "
+        f"batches). Run it with Estimation(..., accumulate='host') to see "
+        f"which statistic."
+    )
