@@ -11,11 +11,14 @@ The pipeline, one public verb per stage:
 4. rewriter -- :func:`rewrite` replaces the statistics by population values
    (:func:`bind` puts other values into a rewritten graph).
 
-:func:`get_inference_graph` runs 3 and 4 in one call.
+:func:`get_inference_graph` runs 3 and 4 in one call; :func:`drift` compares
+new data with population statistics, per layer and step.
 """
 
 from popstats import nn as nn
 from popstats._src.api import estimate, get_inference_graph
+from popstats._src.drift import drift
+from popstats._src.drift_record import Drift, StatisticDrift
 from popstats._src.errors import PopstatsError
 from popstats._src.estimator import Estimation
 from popstats._src.estimators import Estimator
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BNStat",
+    "Drift",
     "Estimation",
     "EstimationGraph",
     "EstimationState",
@@ -38,12 +42,14 @@ __all__ = [
     "PopulationStatistics",
     "Site",
     "Statistic",
+    "StatisticDrift",
     "bind",
     "bn_statistic",
     "describe",
     "describe_rewrite",
     "draw",
     "draw_rewrite",
+    "drift",
     "estimate",
     "export",
     "get_inference_graph",

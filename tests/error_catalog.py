@@ -103,6 +103,10 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
     ),
     # A batch failing the checks of graph accumulation is run again through
     # the host checks, which raise the specific error first.
+    ("popstats/_src/drift.py", "_estimation", "could not rebuild the pass"): (
+        "a safety net: the estimators and time modes are given per name, so "
+        "the rebuilt pass has those of stats"
+    ),
     ("popstats/_src/passes.py", "explain", "failed the estimation"): (
         "the host checks run on the same batch raise first"
     ),
@@ -112,6 +116,7 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
 NO_CALL_PREFIX: dict[str, str] = {
     "tag_role_unknown": "a tag set by hand has no call; it names the tag",
     "statistics_unknown_name": "indexing: names PopulationStatistics[...]",
+    "drift_unknown_record": "indexing: names Drift[...]",
     "optional_package_missing": "names the feature ('drawing') and the package",
 }
 
@@ -143,6 +148,7 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("Layers and running averages: ``popstats.nn``", ("nn.py", "running.py")),
+    ("Drift: ``drift``", ("drift.py", "drift_record.py", "inspection/drift_report.py")),
     ("Options given by name (``match=``, ``dtypes=``)", ("errors.py",)),
 ]
 
@@ -311,6 +317,15 @@ def layer(name="x"):
     return x, (x - mean) / pt.sqrt(var + 1e-5)
 
 
+def paired_layer(name="x"):
+    """A layer whose mean and variance form a pair (roles and one group)."""
+    x = pt.matrix(name)
+    mean = popstats.bn_statistic(x.mean(axis=0), label="mean", role="mean",
+                                 group="bn")
+    var = popstats.bn_statistic(x.var(axis=0), label="var", role="var", group="bn")
+    return x, (x - mean) / pt.sqrt(var + 1e-5)
+
+
 def estimated(cols=2):
     """``layer()`` and its statistics, estimated on two batches."""
     x, y = layer()
@@ -347,7 +362,8 @@ def popstats_cli(*args):
     return cli.main(list(args))
 
 
-HELPERS = (data, layer, estimated, recurrent, popstats_file, popstats_cli)
+HELPERS = (data, layer, estimated, recurrent, popstats_file, popstats_cli,
+           paired_layer)
 
 
 # -- tagger -------------------------------------------------------------------
@@ -1341,6 +1357,73 @@ def running_as_statistics_not_finite():
     train = pytensor.function([x], y, updates=updates)
     train(data(rows=1))  # m/(m-1) with m = 1
     running.as_statistics()
+
+
+# -- drift ---------------------------------------------------------------------
+
+
+@scenario("Drift of something that is not population statistics")
+def drift_stats_not_statistics():
+    x, y = paired_layer()
+    popstats.drift({"mean": np.zeros(2)}, [x], y, [{"x": data()}])
+
+
+@scenario("Drift against statistics of another graph")
+def drift_stats_of_another_graph():
+    x, y, stats = estimated()
+    z = pt.matrix("z")
+    other = z - popstats.bn_statistic(z.mean(axis=0), label="other.mean")
+    popstats.drift(stats, [z], other, [{"z": data()}])
+
+
+@scenario("Drift against statistics of passes with different ``max_steps``")
+def drift_mixed_max_steps():
+    xs, hs = recurrent()
+    batches = [{"xs": np.ones((3, 2, 2))}, {"xs": np.zeros((2, 2, 2))}]
+    capped = popstats.estimate([xs], hs, batches, max_steps=2)
+    full = popstats.estimate([xs], hs, batches)
+    mixed = popstats.PopulationStatistics((capped["step.mean"], full["step.var"]))
+    popstats.drift(mixed, [xs], hs, batches)
+
+
+@scenario("Drift with a negative ``eps``")
+def drift_eps_negative():
+    x, y = paired_layer()
+    stats = popstats.estimate([x], y, [{"x": data()}])
+    popstats.drift(stats, [x], y, [{"x": data()}], eps=-1e-5)
+
+
+@scenario("A divergence asked for a statistic outside a mean/variance pair")
+def drift_divergence_unpaired():
+    x, y, stats = estimated()  # layer(): mean and var without roles
+    popstats.drift(stats, [x], y, [{"x": data()}], compare="divergence")
+
+
+@scenario("Drift with ``worst`` not a positive int")
+def drift_worst_not_positive():
+    x, y, stats = estimated()
+    popstats.drift(stats, [x], y, [{"x": data()}], worst=0)
+
+
+@scenario("A drift record that does not exist")
+def drift_unknown_record():
+    x, y, stats = estimated()
+    moved = popstats.drift(stats, [x], y, [{"x": data()}])
+    moved["men"]
+
+
+@scenario("A drift report with a title that is not text")
+def drift_report_title():
+    x, y, stats = estimated()
+    moved = popstats.drift(stats, [x], y, [{"x": data()}])
+    moved.report("drift.html", title=1)
+
+
+@scenario("A drift report whose file name is too long for the system")
+def drift_report_name_too_long():
+    x, y, stats = estimated()
+    moved = popstats.drift(stats, [x], y, [{"x": data()}])
+    moved.report("r" * 300 + ".html")
 
 
 # --------------------------------------------------------------------------

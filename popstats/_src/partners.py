@@ -14,13 +14,27 @@ from popstats._src.errors import PopstatsError
 from popstats._src.estimators import Estimator, uses_count
 from popstats._src.exporter import Site
 
-__all__ = ["check_counts", "find_partners"]
+__all__ = ["check_counts", "find_partners", "paired_means"]
 
 
 def find_partners(sites: Sequence[Site], estimators: Sequence[Estimator],
                   call: str) -> tuple[int | None, ...]:
     """Per statistic, the index of the mean paired with it for ``"pooled"``."""
     return tuple(_partner(sites, estimators, i, call) for i in range(len(sites)))
+
+
+def paired_means(sites: Sequence[Site], i: int) -> list[int]:
+    """The statistics that may be the mean of ``sites[i]``: role ``"mean"``,
+    the same ``group`` (not None), in the same loop (one is a pair)."""
+    site = sites[i]
+    return [
+        j
+        for j, other in enumerate(sites)
+        if other.role == "mean"
+        and site.group is not None
+        and other.group == site.group
+        and other.id.path == site.id.path
+    ]
 
 
 def _partner(sites, estimators, i: int, call: str) -> int | None:
@@ -37,14 +51,7 @@ def _partner(sites, estimators, i: int, call: str) -> int | None:
         )
     if site.role == "mean":
         return None
-    partners = [
-        j
-        for j, other in enumerate(sites)
-        if other.role == "mean"
-        and site.group is not None
-        and other.group == site.group
-        and other.id.path == site.id.path
-    ]
+    partners = paired_means(sites, i)
     where = "loop" if site.id.path else "graph (outside loops)"
     if not partners:
         raise PopstatsError(
