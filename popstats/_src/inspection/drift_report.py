@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError
 from popstats._src.inspection.describe import escape_text, html_table
-from popstats._src.inspection.report import _STYLE, _png
+from popstats._src.inspection.report import _STYLE, _png, write_page
 
 __all__ = ["plot_drift", "write_drift_report"]
 
@@ -103,14 +102,4 @@ def write_drift_report(drift: Any, path: str | os.PathLike, title: str) -> str:
 
     path = check_target(path, "Drift.report(path=...)", "drift.html")
     require("matplotlib", "Drift.report")
-    text = render_drift_report(drift, title)
-    try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise PopstatsError(
-            f"Drift.report(path=...): cannot write {path!r}: "
-            f"{exc.strerror or exc}. Choose another name or folder (check its "
-            f"permissions)."
-        ) from exc
-    return path
+    return write_page(path, render_drift_report(drift, title), "Drift.report")

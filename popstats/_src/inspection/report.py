@@ -15,7 +15,7 @@ from popstats._src.errors import PopstatsError
 from popstats._src.inspection.describe import escape_text, html_table
 from popstats._src.statistics import Statistic
 
-__all__ = ["find_warnings", "summary_rows", "write_report"]
+__all__ = ["find_warnings", "summary_rows", "write_page", "write_report"]
 
 #: A variance below this (a std below its square root) is reported as near zero.
 NEAR_ZERO_VAR = 1e-8
@@ -187,13 +187,18 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
         from popstats._src.inspection.optional import require
 
         require("matplotlib", "report(plots=True)")
-    text = render_report(stats, title=title, plots=plots)
+    return write_page(path, render_report(stats, title=title, plots=plots),
+                      "report")
+
+
+def write_page(path: str, text: str, call: str) -> str:
+    """Write an HTML page to ``path`` (checked by ``check_target``)."""
     try:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as exc:
         raise PopstatsError(
-            f"report(path=...): cannot write {path!r}: {exc.strerror or exc}. "
+            f"{call}(path=...): cannot write {path!r}: {exc.strerror or exc}. "
             f"Choose another name or folder (check its permissions)."
         ) from exc
     return path
