@@ -32,7 +32,17 @@ from popstats._src.exporter import Site
 from popstats._src.pooling import align_cells
 from popstats._src.state import EstimationState
 
-__all__ = ["GraphAccumulator"]
+__all__ = ["GraphAccumulator", "lacks_float64"]
+
+
+def lacks_float64(mode: object) -> bool:
+    """Whether ``mode`` computes float64 as float32 (JAX without x64)."""
+    linker = pytensor.compile.mode.get_mode(mode).linker
+    if type(linker).__name__ != "JAXLinker":
+        return False
+    import jax
+
+    return not jax.config.jax_enable_x64
 
 def _fit(array: Variable, shape: Sequence[Variable], fill: float) -> Variable:
     """``array`` in the corner of a ``fill``-ed array of ``shape`` (cropped)."""

@@ -31,7 +31,7 @@ from popstats._src.accumulate import (
     fits,
     stat_shape,
 )
-from popstats._src.accumulate_graph import GraphAccumulator
+from popstats._src.accumulate_graph import GraphAccumulator, lacks_float64
 from popstats._src.batches import (
     batch_values,
     check_dtypes,
@@ -39,7 +39,7 @@ from popstats._src.batches import (
     iterate,
     run_error,
 )
-from popstats._src.errors import PopstatsError, check_choice, describe_value
+from popstats._src.errors import PopstatsError, check_bool, check_choice, describe_value
 from popstats._src.estimators import fill_uncovered
 from popstats._src.exporter import Site, as_variables, export_checked
 from popstats._src.partners import check_counts, find_partners
@@ -61,16 +61,6 @@ ACCUMULATE = {
     "graph": "in the compiled function, float64 accumulators in shared variables",
     "host": "in NumPy after each batch",
 }
-
-
-def _lacks_float64(mode: object) -> bool:
-    """Whether ``mode`` computes float64 as float32 (JAX without x64)."""
-    linker = pytensor.compile.mode.get_mode(mode).linker
-    if type(linker).__name__ != "JAXLinker":
-        return False
-    import jax
-
-    return not jax.config.jax_enable_x64
 
 log = logging.getLogger("popstats")
 
@@ -124,6 +114,10 @@ class Estimation:
         float32: there ``"graph"`` falls back to ``"host"``; the attribute
         :attr:`accumulate` says which is used. One Estimation runs one pass
         at a time (its accumulators hold it).
+    compile_now : bool, default True
+        Compile the estimation function now; False defers it to the first
+        batch, for a process that only merges and finalizes states (the
+        client of :mod:`popstats.dask`, whose workers run the batches).
 
     States are values: :meth:`update`, :meth:`run` and :meth:`merge` return
     new states and never change the ones they are given (``run`` copies a
@@ -163,10 +157,12 @@ class Estimation:
         mode: str | pytensor.compile.Mode | None = None,
         dtypes: str = "convert",
         accumulate: str = "host",
+        compile_now: bool = True,
         call: str = "Estimation",
     ):
         outs = as_variables(outputs, call)
         self.dtypes = check_dtypes(dtypes, call)
+        compile_now = check_bool(compile_now, f"{call}(compile_now=...)")
         accumulate = check_choice(accumulate, ACCUMULATE, f"{call}(accumulate=...)")
         if max_steps is not None and (
             isinstance(max_steps, bool | np.bool_)
@@ -221,23 +217,32 @@ class Estimation:
         #: the model's parameters: a checkpoint records their digest
         self._shared = [v for v in graph_inputs(flat)
                         if isinstance(v, TensorSharedVariable)]
-        self._fn = None
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
                                      self._slots, max_steps, call)
-        self._graph = None
-        if accumulate == "graph" and not _lacks_float64(mode):
+        self._fn = self._graph = self._gfn = None
+        if accumulate == "graph" and not lacks_float64(mode):
             trios = zip(graph.outputs, graph.counts, graph.weights, strict=True)
             self._graph = GraphAccumulator(self.sites, self.estimators,
                                            self.partners, list(trios), max_steps)
-            self._gfn = pytensor.function(
-                self.inputs, self._graph.checks, updates=self._graph.updates,
-                mode=mode, on_unused_input="ignore",
-            )
-        else:
-            self._host_fn()
         #: "graph" or "host": where this pass accumulates
         self.accumulate = "host" if self._graph is None else "graph"
         self._busy = False
+        if compile_now:
+            self._compile()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the estimation function is compiled (see ``compile_now``)."""
+        return (self._fn if self._graph is None else self._gfn) is not None
+
+    def _compile(self) -> None:
+        """Compile the function this pass runs its batches with (once)."""
+        if self._graph is None:
+            self._host_fn()
+        elif self._gfn is None:
+            self._gfn = pytensor.function(self.inputs, self._graph.checks,
+                                          updates=self._graph.updates,
+                                          mode=self._mode, on_unused_input="ignore")
 
     def _host_fn(self):
         """The function returning the statistics of a batch (compiled once)."""
@@ -281,6 +286,7 @@ class Estimation:
 
     def _pass(self, state: EstimationState) -> GraphPass | HostPass:
         """A run from ``state``: in the graph's accumulators, or on the host."""
+        self._compile()
         if self._graph is not None:
             return GraphPass(self, state)
         return HostPass(self, state)
