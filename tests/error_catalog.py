@@ -62,6 +62,7 @@ import pytest
 from pytensor.graph.replace import clone_replace
 
 import popstats
+import popstats.dask
 from popstats import nn
 from popstats._src.inspection import cli, render
 
@@ -82,6 +83,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.replace import clone_replace
 import popstats
+import popstats.dask
 from popstats import nn
 from popstats._src.inspection import cli, render
 """
@@ -143,7 +145,11 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("Layers and running averages: ``popstats.nn``", ("nn.py", "running.py")),
-    ("Options given by name (``match=``, ``dtypes=``)", ("errors.py",)),
+    (
+        "Estimating on a cluster: ``popstats.dask``",
+        ("dask_api.py", "cluster.py", "cluster_tasks.py"),
+    ),
+    ("Options given by name (``match=``, ``dtypes=``, flags)", ("errors.py",)),
 ]
 
 
@@ -347,7 +353,15 @@ def popstats_cli(*args):
     return cli.main(list(args))
 
 
-HELPERS = (data, layer, estimated, recurrent, popstats_file, popstats_cli)
+def cluster():
+    """A Dask client of a cluster inside this process (one worker thread)."""
+    from distributed import Client
+
+    return Client(processes=False, n_workers=1, threads_per_worker=1,
+                  dashboard_address=":0")
+
+
+HELPERS = (data, layer, estimated, recurrent, popstats_file, popstats_cli, cluster)
 
 
 # -- tagger -------------------------------------------------------------------
@@ -1343,6 +1357,102 @@ def running_as_statistics_not_finite():
     running.as_statistics()
 
 
+# -- popstats.dask ---------------------------------------------------------------
+
+
+@scenario("Estimating on a cluster without a Dask client")
+def dask_no_client():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]])
+
+
+@scenario("A client that is not a ``distributed.Client``")
+def dask_client_not_a_client():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]],
+                           client="tcp://127.0.0.1:8786")
+
+
+@scenario("Partitions that are neither a bag nor a sequence of loaders")
+def dask_partitions_not_loaders():
+    x, y = layer()
+    popstats.dask.estimate([x], y, "data/part-*.npz")
+
+
+@scenario("A partition that is data, not a loader")
+def dask_partition_is_data():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [[{"x": data()}]])
+
+
+@scenario("No partitions")
+def dask_no_partitions():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [])
+
+
+@scenario("``split_every`` below 2")
+def dask_split_every_too_small():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]], split_every=1)
+
+
+@scenario("A graph that cannot be pickled for the workers")
+def dask_graph_not_picklable():
+    import threading
+
+    x, y = layer()
+    x.tag.lock = threading.Lock()  # something that does not pickle
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]])
+
+
+@scenario("A partition whose loader fails on the worker")
+def dask_partition_fails():
+    x, y = layer()
+
+    def load():  # runs on a worker
+        raise OSError("cannot read part-1.npz")
+
+    with cluster() as client:
+        popstats.dask.estimate([x], y, [lambda: [{"x": data()}], load], client=client)
+
+
+@scenario("Partitions whose statistics have different shapes")
+def dask_partitions_do_not_combine():
+    x, y = layer()
+    with cluster() as client:
+        popstats.dask.estimate([x], y, [lambda: [{"x": data(cols=2)}],
+                                        lambda: [{"x": data(cols=3)}]], client=client)
+
+
+@scenario("Groups that are not a dict")
+def dask_groups_not_a_dict():
+    x, y = layer()
+    popstats.dask.estimate_groups([x], y, ["day/part-*.npz", "night/part-*.npz"])
+
+
+@scenario("States for groups that are not among the groups")
+def dask_states_of_unknown_groups():
+    x, y = layer()
+    state = popstats.Estimation([x], y).init()
+    popstats.dask.estimate_groups([x], y, {"day": [lambda: [{"x": data()}]]},
+                                  states={"nigth": state})
+
+
+@scenario("A group whose partitions hold no batch")
+def dask_group_without_batches():
+    x, y = layer()
+    groups = {"day": [lambda: [{"x": data()}]], "night": [lambda: []]}
+    with cluster() as client:
+        popstats.dask.estimate_groups([x], y, groups, client=client)
+
+
+@scenario("A flag that is not True or False")
+def flag_not_a_bool():
+    x, y = layer()
+    popstats.Estimation([x], y, compile_now="no")
+
+
 # --------------------------------------------------------------------------
 # Running the scenarios
 # --------------------------------------------------------------------------
@@ -1371,6 +1481,10 @@ def _raise_frame(exc: BaseException) -> tuple[str, int, str] | None:
         path = Path(frame.f_code.co_filename).resolve()
         if path.is_relative_to(PACKAGE):
             name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+            if name == "<module>" != frame.f_code.co_name:
+                # a frame rebuilt by tblib (a Dask worker's traceback on the
+                # client) keeps only co_name
+                name = frame.f_code.co_name
             found = (path.relative_to(ROOT).as_posix(), line, name)
     return found
 
