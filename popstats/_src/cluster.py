@@ -48,7 +48,7 @@ from popstats._src.inspection.progress import check_progress, progress_bar
 from popstats._src.state import EstimationState, parameters_digest
 from popstats._src.statistics import PopulationStatistics
 
-__all__ = ["finalize_groups", "group_text", "run_pass"]
+__all__ = ["Plan", "finalize_groups", "group_text", "plan_pass", "run_pass"]
 
 _LOADERS = (
     "a dask.bag.Bag whose elements are batches, or a sequence of partitions, "
@@ -193,25 +193,44 @@ def _cause(future: Future) -> BaseException:
     return cause if traceback is None else cause.with_traceback(traceback)
 
 
-def run_pass(
+class Plan:
+    """The Dask graph of a pass, before it is submitted.
+
+    Attributes
+    ----------
+    run : Estimation
+        The client's (uncompiled) Estimation, to finalize states with.
+    payload : GraphPayload
+        The pickled graph and options (one node every task depends on).
+    partitions : list of Delayed
+        One task per partition, all groups in order.
+    labels : list of (group key, index)
+        Which partition each task is.
+    finals : dict
+        Group key to the Delayed of its final state.
+    """
+
+    def __init__(self, run: Estimation, payload: GraphPayload) -> None:
+        self.run, self.payload = run, payload
+        self.partitions: list[Delayed] = []
+        self.labels: list[tuple[Hashable, int]] = []
+        self.finals: dict[Hashable, Delayed] = {}
+
+
+def plan_pass(
     call: str,
     inputs: Any,
     outputs: Any,
     groups: dict[Hashable, object],
     states: dict[Hashable, object],
-    *,
-    client: object,
     split_every: object,
-    progress: object,
     options: dict[str, Any],
-) -> tuple[Estimation, dict[Hashable, EstimationState]]:
-    """Run the pass of every group on the cluster; the final state of each.
+) -> Plan:
+    """Check everything and build the Dask graph of a pass (nothing runs).
 
     ``groups`` maps a key (None for :func:`estimate`) to its partitions,
-    ``states`` a key to a state to continue. Returns the client's
-    (uncompiled) Estimation, to finalize the states with.
+    ``states`` a key to a state to continue.
     """
-    show = check_progress(progress, call)
     split_every = _check_split_every(split_every, call)
     if options.get("mode") is None:  # the workers compile in this process's mode
         options = {**options, "mode": pytensor.config.mode}
@@ -226,12 +245,10 @@ def run_pass(
     }
     sources = {key: _sources(parts, call, group_text(key))
                for key, parts in groups.items()}
-    payload = _payload(run, outputs, options, call)
-    client = _client(client, call)
-    graph = dask.delayed(payload, name=f"popstats-graph-{payload.token}",
+    plan = Plan(run, _payload(run, outputs, options, call))
+    graph = dask.delayed(plan.payload, name=f"popstats-graph-{plan.payload.token}",
                          traverse=False)
     tag = uuid.uuid4().hex[:12]
-    parts, labels, finals = [], [], []
     for g, (key, group) in enumerate(sources.items()):
         nodes = []
         if key in given:
@@ -240,19 +257,28 @@ def run_pass(
         for i, source in enumerate(group):
             task = dask.delayed(run_partition, pure=True)(
                 graph, source, dask_key_name=f"popstats-partition-{g}-{i}-{tag}")
-            parts.append(task)
-            labels.append((key, i))
+            plan.partitions.append(task)
+            plan.labels.append((key, i))
             nodes.append((task, (i, i + 1)))
-        finals.append(_reduce(nodes, graph, split_every, group_text(key),
-                              f"{g}-{tag}"))
-    futures = client.compute([*parts, *finals])
-    partitions, results = futures[: len(parts)], futures[len(parts) :]
+        plan.finals[key] = _reduce(nodes, graph, split_every, group_text(key),
+                                   f"{g}-{tag}")
+    return plan
+
+
+def run_pass(call: str, plan: Plan, client: object,
+             progress: object) -> dict[Hashable, EstimationState]:
+    """Run a planned pass on the cluster; the final state of each group."""
+    show = check_progress(progress, call)
+    client = _client(client, call)
+    futures = client.compute([*plan.partitions, *plan.finals.values()])
+    n = len(plan.partitions)
+    partitions, results = futures[:n], futures[n:]
     position = {future.key: n for n, future in enumerate(partitions)}
     try:
         done = as_completed(partitions, loop=client.loop)
         for future in progress_bar(done, partitions, show, unit="partition"):
             if future.status == "error":
-                key, index = labels[position[future.key]]
+                key, index = plan.labels[position[future.key]]
                 cause = _cause(future)
                 raise PopstatsError(
                     f"{call}(partitions=...): partition {index}{group_text(key)} "
@@ -265,7 +291,7 @@ def run_pass(
     except BaseException:
         client.cancel(futures)
         raise
-    return run, dict(zip(sources, final, strict=True))
+    return dict(zip(plan.finals, final, strict=True))
 
 
 def finalize_groups(

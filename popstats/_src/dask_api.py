@@ -8,8 +8,9 @@ from typing import Any
 import pytensor
 from pytensor.graph.basic import Variable
 
-from popstats._src.cluster import finalize_groups, run_pass
+from popstats._src.cluster import finalize_groups, plan_pass, run_pass
 from popstats._src.errors import PopstatsError, check_bool, describe_value
+from popstats._src.inspection.progress import check_progress
 from popstats._src.state import EstimationState
 from popstats._src.statistics import PopulationStatistics
 
@@ -41,7 +42,8 @@ def estimate(
     statistics, not on the data) comes back, merged with the others by a
     tree reduction. The result equals :func:`popstats.estimate` over the
     same batches in the same order: coverage and batch counts exactly,
-    values to rounding (the merges add in another order; 1e-12 relative).
+    values to rounding (merges add in another order; see
+    :doc:`/distributed`).
 
     Parameters
     ----------
@@ -132,14 +134,15 @@ def estimate(
     """
     call = "popstats.dask.estimate"
     return_state = check_bool(return_state, f"{call}(return_state=...)")
-    run, states = run_pass(
+    check_progress(progress, call)
+    plan = plan_pass(
         call, inputs, outputs, {None: partitions},
-        {} if state is None else {None: state}, client=client,
-        split_every=split_every, progress=progress,
-        options=dict(estimator=estimator, time=time, max_steps=max_steps,
-                     mode=mode, dtypes=dtypes, accumulate=accumulate),
+        {} if state is None else {None: state}, split_every,
+        dict(estimator=estimator, time=time, max_steps=max_steps, mode=mode,
+             dtypes=dtypes, accumulate=accumulate),
     )
-    stats = finalize_groups(call, run, states)[None]
+    states = run_pass(call, plan, client, progress)
+    stats = finalize_groups(call, plan.run, states)[None]
     return (stats, states[None]) if return_state else stats
 
 
@@ -239,11 +242,12 @@ def estimate_groups(
             f"{call}(states=...): expected a dict from group key (of groups) to "
             f"a state to continue that group's pass, got {got}."
         )
-    run, finals = run_pass(
-        call, inputs, outputs, dict(groups), dict(states), client=client,
-        split_every=split_every, progress=progress,
-        options=dict(estimator=estimator, time=time, max_steps=max_steps,
-                     mode=mode, dtypes=dtypes, accumulate=accumulate),
+    check_progress(progress, call)
+    plan = plan_pass(
+        call, inputs, outputs, dict(groups), dict(states), split_every,
+        dict(estimator=estimator, time=time, max_steps=max_steps, mode=mode,
+             dtypes=dtypes, accumulate=accumulate),
     )
-    stats = finalize_groups(call, run, finals)
+    finals = run_pass(call, plan, client, progress)
+    stats = finalize_groups(call, plan.run, finals)
     return (stats, finals) if return_states else stats
