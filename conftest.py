@@ -12,12 +12,20 @@ check values, and backends are compared against each other in
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
 import pytensor
 import pytest
 from _pytest.doctest import DoctestItem
+
+#: popstats.dask and the modules behind it import Dask (the ``dask`` extra):
+#: without it their doctests are not collected (tests/test_dask.py skips).
+collect_ignore = []
+if importlib.util.find_spec("distributed") is None:
+    collect_ignore += ["popstats/dask.py", "popstats/_src/cluster.py",
+                       "popstats/_src/dask_api.py"]
 
 
 def pytest_configure(config):

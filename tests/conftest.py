@@ -723,3 +723,33 @@ def fails(*parts: str):
 def scan(fn, **kwargs):
     """``pytensor.scan`` with the new return convention (no updates)."""
     return pytensor.scan(fn, return_updates=False, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# one Dask cluster for every test that needs one (the ``dask`` extra)
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A client of one ``LocalCluster``: 2 worker processes, 1 thread each.
+
+    Started on first use, shared by every test of the session (start-up
+    and each worker's first compile of a graph cost seconds), closed at the
+    end. Not the default client: code under test gets it passed. Worker
+    processes are spawned with this process's ``sys.path``, so they import
+    popstats and the test helpers (``dask_loaders``) from the same place.
+    """
+    import logging
+
+    pytest.importorskip("dask.bag")
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

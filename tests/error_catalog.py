@@ -65,6 +65,16 @@ import popstats
 from popstats import nn
 from popstats._src.inspection import cli, render
 
+try:  # the popstats.dask scenarios need the dask extra (CI installs it)
+    import popstats.dask
+except ImportError:  # pragma: no cover
+    HAVE_DASK = False
+else:
+    HAVE_DASK = True
+#: where the raise sites only popstats.dask reaches are
+DASK_FILES = frozenset({"popstats/_src/cluster.py", "popstats/_src/cluster_tasks.py",
+                        "popstats/_src/dask_api.py"})
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "popstats"
 PAGE = ROOT / "docs" / "errors.rst"
@@ -82,6 +92,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.replace import clone_replace
 import popstats
+import popstats.dask
 from popstats import nn
 from popstats._src.inspection import cli, render
 """
@@ -129,7 +140,7 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     (
         "Estimating: ``estimate``, ``Estimation``, ``Estimator``",
         ("estimator.py", "estimators.py", "partners.py", "accumulate.py", "passes.py",
-         "accumulate_graph.py", "checkpoint.py",
+         "accumulate_graph.py", "checkpoint.py", "options.py",
          "api.py", "inspection/progress.py"),
     ),
     ("Batches and inputs", ("batches.py",)),
@@ -149,7 +160,11 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("Layers and running averages: ``popstats.nn``", ("nn.py", "running.py")),
     ("Drift: ``drift``", ("drift.py", "drift_record.py", "inspection/drift_report.py")),
-    ("Options given by name (``match=``, ``dtypes=``)", ("errors.py",)),
+    (
+        "Estimating on a cluster: ``popstats.dask``",
+        ("dask_api.py", "cluster.py", "cluster_tasks.py"),
+    ),
+    ("Options given by name (``match=``, ``dtypes=``, flags)", ("errors.py",)),
 ]
 
 
@@ -286,16 +301,17 @@ class Scenario:
     title: str
     fn: Callable
     cli: bool = False
+    dask: bool = False  # needs the dask extra
 
 
 SCENARIOS: list[Scenario] = []
 
 
-def scenario(title: str, *, cli: bool = False) -> Callable:
+def scenario(title: str, *, cli: bool = False, dask: bool = False) -> Callable:
     """Register a scenario under ``title`` (the page's heading for it)."""
 
     def register(fn: Callable) -> Callable:
-        SCENARIOS.append(Scenario(fn.__name__, title, fn, cli))
+        SCENARIOS.append(Scenario(fn.__name__, title, fn, cli, dask))
         return fn
 
     return register
@@ -362,8 +378,16 @@ def popstats_cli(*args):
     return cli.main(list(args))
 
 
+def cluster():
+    """A Dask client of a cluster inside this process (one worker thread)."""
+    from distributed import Client
+
+    return Client(processes=False, n_workers=1, threads_per_worker=1,
+                  dashboard_address=":0")
+
+
 HELPERS = (data, layer, estimated, recurrent, popstats_file, popstats_cli,
-           paired_layer)
+           paired_layer, cluster)
 
 
 # -- tagger -------------------------------------------------------------------
@@ -1424,6 +1448,100 @@ def drift_report_name_too_long():
     x, y, stats = estimated()
     moved = popstats.drift(stats, [x], y, [{"x": data()}])
     moved.report("r" * 300 + ".html")
+# -- popstats.dask ---------------------------------------------------------------
+
+
+@scenario("Estimating on a cluster without a Dask client", dask=True)
+def dask_no_client():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]])
+
+
+@scenario("A client that is not a ``distributed.Client``", dask=True)
+def dask_client_not_a_client():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]],
+                           client="tcp://127.0.0.1:8786")
+
+
+@scenario("Partitions that are neither a bag nor a sequence of loaders", dask=True)
+def dask_partitions_not_loaders():
+    x, y = layer()
+    popstats.dask.estimate([x], y, "data/part-*.npz")
+
+
+@scenario("A partition that is data, not a loader", dask=True)
+def dask_partition_is_data():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [[{"x": data()}]])
+
+
+@scenario("No partitions", dask=True)
+def dask_no_partitions():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [])
+
+
+@scenario("``split_every`` below 2", dask=True)
+def dask_split_every_too_small():
+    x, y = layer()
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]], split_every=1)
+
+
+@scenario("A graph that cannot be pickled for the workers", dask=True)
+def dask_graph_not_picklable():
+    import threading
+
+    x, y = layer()
+    x.tag.lock = threading.Lock()  # something that does not pickle
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]])
+
+
+@scenario("A partition whose loader fails on the worker", dask=True)
+def dask_partition_fails():
+    x, y = layer()
+
+    def load():  # runs on a worker
+        raise OSError("cannot read part-1.npz")
+
+    with cluster() as client:
+        popstats.dask.estimate([x], y, [lambda: [{"x": data()}], load], client=client)
+
+
+@scenario("Partitions whose statistics have different shapes", dask=True)
+def dask_partitions_do_not_combine():
+    x, y = layer()
+    with cluster() as client:
+        popstats.dask.estimate([x], y, [lambda: [{"x": data(cols=2)}],
+                                        lambda: [{"x": data(cols=3)}]], client=client)
+
+
+@scenario("Groups that are not a dict", dask=True)
+def dask_groups_not_a_dict():
+    x, y = layer()
+    popstats.dask.estimate_groups([x], y, ["day/part-*.npz", "night/part-*.npz"])
+
+
+@scenario("States for groups that are not among the groups", dask=True)
+def dask_states_of_unknown_groups():
+    x, y = layer()
+    state = popstats.Estimation([x], y).init()
+    popstats.dask.estimate_groups([x], y, {"day": [lambda: [{"x": data()}]]},
+                                  states={"nigth": state})
+
+
+@scenario("A group whose partitions hold no batch", dask=True)
+def dask_group_without_batches():
+    x, y = layer()
+    groups = {"day": [lambda: [{"x": data()}]], "night": [lambda: []]}
+    with cluster() as client:
+        popstats.dask.estimate_groups([x], y, groups, client=client)
+
+
+@scenario("A flag that is not True or False")
+def flag_not_a_bool():
+    x, y = layer()
+    popstats.Estimation([x], y, compile_now="no")
 
 
 # --------------------------------------------------------------------------
@@ -1454,6 +1572,10 @@ def _raise_frame(exc: BaseException) -> tuple[str, int, str] | None:
         path = Path(frame.f_code.co_filename).resolve()
         if path.is_relative_to(PACKAGE):
             name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+            if name == "<module>" != frame.f_code.co_name:
+                # a frame rebuilt by tblib (a Dask worker's traceback on the
+                # client) keeps only co_name
+                name = frame.f_code.co_name
             found = (path.relative_to(ROOT).as_posix(), line, name)
     return found
 
@@ -1537,7 +1659,8 @@ def site_of(result: Result, sites: list[Site]) -> Site | None:
 
 def run_all(workdirs: Callable[[str], Path]) -> list[Result]:
     """Run every scenario, each in ``workdirs(name)`` (a new empty folder)."""
-    results = [run_scenario(s, workdirs(s.name)) for s in SCENARIOS]
+    results = [run_scenario(s, workdirs(s.name)) for s in SCENARIOS
+               if HAVE_DASK or not s.dask]
     sites, _ = scan_sites()
     attribute_checks(results, sites)
     return results
@@ -1679,4 +1802,5 @@ def page_diff(old: str, new: str, limit: int = 60) -> str:
 
 def run_preamble() -> None:
     """Run :data:`PREAMBLE` (what the page says the examples import)."""
-    exec(PREAMBLE, {})
+    preamble = PREAMBLE if HAVE_DASK else PREAMBLE.replace("import popstats.dask\n", "")
+    exec(preamble, {})

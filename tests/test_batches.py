@@ -44,6 +44,20 @@ def test_float64_data_for_a_float32_graph_is_converted():
     np.testing.assert_array_equal(got["m"].value, same["m"].value)
 
 
+def test_unaligned_arrays_are_copied_for_the_c_backend():
+    # Dask passes arrays between processes as views of a buffer, which may
+    # be unaligned; PyTensor's C code refuses those ("not aligned").
+    data = RNG.normal(size=(4, 3))
+    raw = np.zeros(data.nbytes + 1, np.uint8)
+    raw[1:] = np.frombuffer(data.tobytes(), np.uint8)
+    unaligned = np.frombuffer(raw.data, np.float64, offset=1).reshape(4, 3)
+    assert not unaligned.flags.aligned
+    x = pt.matrix("x")
+    y = x - popstats.bn_statistic(x.mean(0), label="m")
+    got = popstats.estimate([x], y, [{"x": unaligned}], mode="CVM")
+    np.testing.assert_array_equal(got["m"].value, data.mean(0))
+
+
 def test_int64_indices_for_an_int32_input_are_converted():
     idx, y = embedding_model()
     batches = [{"idx": np.array([0, 5, 2])}, {"idx": np.array([1, 1])}]

@@ -26,7 +26,7 @@ import popstats
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 #: Modules whose ``__all__`` the API reference must cover (optional ones may be absent).
-PUBLIC_MODULES = ["popstats", "popstats.nn"]
+PUBLIC_MODULES = ["popstats", "popstats.nn", "popstats.dask"]
 
 
 def public_names() -> list[tuple[str, str]]:
@@ -82,6 +82,7 @@ def test_docs_build_without_warnings(built: Path) -> None:
         "estimators",
         "migration",
         "pytensor-versions",
+        "distributed",
         "api",
         "reference",
     ]:

@@ -95,7 +95,9 @@ def _convert(value: Any, var: Variable, index: int, call: str, policy: str) -> A
             f"(None: any size)."
         )
     if array.dtype == want:
-        return array
+        # arrays read from a buffer (as Dask passes them between processes)
+        # may be unaligned, which PyTensor's C code refuses: copy those
+        return array if array.flags.aligned else array.copy()
     converted = None if policy == "strict" else _lossless(array, want)
     if converted is None:
         why = (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["PopstatsError", "check_choice", "describe_value"]
+import numpy as np
+
+__all__ = ["PopstatsError", "check_bool", "check_choice", "describe_value"]
 
 
 class PopstatsError(ValueError):
@@ -30,3 +32,12 @@ def check_choice(value: object, choices: dict[str, str], where: str) -> str:
         return value
     allowed = " or ".join(f"{k!r} ({meaning})" for k, meaning in choices.items())
     raise PopstatsError(f"{where}: expected {allowed}, got {describe_value(value)}.")
+
+
+def check_bool(value: object, where: str) -> bool:
+    """``value`` if it is True or False (NumPy's too), else raise naming ``where``."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise PopstatsError(
+        f"{where}: expected True or False, got {describe_value(value)}."
+    )

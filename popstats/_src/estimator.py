@@ -40,9 +40,10 @@ from popstats._src.batches import (
     run_error,
 )
 from popstats._src.device_pass import DeviceFunction, DevicePass, is_jax
-from popstats._src.errors import PopstatsError, check_choice, describe_value
+from popstats._src.errors import PopstatsError, check_bool, check_choice, describe_value
 from popstats._src.estimators import fill_uncovered
 from popstats._src.exporter import Site, as_variables, export_checked
+from popstats._src.options import check_max_steps, check_mode
 from popstats._src.partners import check_counts, find_partners
 from popstats._src.passes import GraphPass, HostPass
 from popstats._src.pooling import check_patterns
@@ -62,7 +63,6 @@ ACCUMULATE = {
     "graph": "in the compiled function, float64 accumulators in shared variables",
     "host": "in NumPy after each batch",
 }
-
 
 log = logging.getLogger("popstats")
 
@@ -101,23 +101,23 @@ class Estimation:
         dtype.
     accumulate : {"host", "graph"}, default "host"
         ``"host"``: the function returns the statistics and NumPy adds them
-        (float64). ``"graph"``: the compiled function adds each batch's
-        statistics to float64 accumulators it keeps in shared variables
-        (``accumulate_graph.py``), so a batch costs one call whatever the
-        number of statistics and no statistic is copied back per batch; the
-        state is read once per run (and per checkpoint). Both give the same
-        numbers. On CPU, ``"host"`` is as fast or faster (measured:
-        ``benchmarks/estimation_cost.py --accumulate``); ``"graph"`` is for
-        devices, where each statistic copied back per batch costs a
-        transfer. In JAX mode, ``"graph"`` keeps the accumulators and the
-        model's parameters on the device for the whole pass (parameters
-        taken when the pass starts); without JAX's 64-bit floats
-        (``floatX="float32"``) the accumulators are float32, folded into
-        float64 on the host every 16 batches, which keeps their error near
-        float32 rounding over any number of batches (see
-        :doc:`/pytensor-versions`, "Estimation in each backend"). The
-        attribute :attr:`accumulate` says which is used. One Estimation runs
-        one shared-variable graph pass at a time (its accumulators hold it).
+        (float64). ``"graph"``: the compiled function adds them to float64
+        accumulators in shared variables (``accumulate_graph.py``): one call
+        per batch whatever the number of statistics, nothing copied back per
+        batch, the state read once per run (and per checkpoint); the same
+        numbers. On CPU ``"host"`` is as fast or faster
+        (``benchmarks/estimation_cost.py --accumulate``); ``"graph"`` is for
+        devices. In JAX mode, ``"graph"`` keeps the accumulators and the
+        model's parameters (taken when the pass starts) on the device for the
+        pass; without JAX's 64-bit floats (``floatX="float32"``) the
+        accumulators are float32, folded into float64 on the host every 16
+        batches (see :doc:`/pytensor-versions`, "Estimation in each
+        backend"). One Estimation runs one shared-variable graph pass at a
+        time (its accumulators hold it).
+    compile_now : bool, default True
+        Compile the estimation function now; False defers it to the first
+        batch, for a process that only merges and finalizes states (the
+        client of :mod:`popstats.dask`, whose workers run the batches).
 
     States are values: :meth:`update`, :meth:`run` and :meth:`merge` return
     new states and never change the ones they are given (``run`` copies a
@@ -157,28 +157,15 @@ class Estimation:
         mode: str | pytensor.compile.Mode | None = None,
         dtypes: str = "convert",
         accumulate: str = "host",
+        compile_now: bool = True,
         call: str = "Estimation",
     ):
         outs = as_variables(outputs, call)
         self.dtypes = check_dtypes(dtypes, call)
+        compile_now = check_bool(compile_now, f"{call}(compile_now=...)")
         accumulate = check_choice(accumulate, ACCUMULATE, f"{call}(accumulate=...)")
-        if max_steps is not None and (
-            isinstance(max_steps, bool | np.bool_)
-            or not isinstance(max_steps, int | np.integer) or max_steps < 1
-        ):
-            raise PopstatsError(
-                f"{call}(max_steps=...): expected a positive int or None, got "
-                f"{describe_value(max_steps)}."
-            )
-        max_steps = None if max_steps is None else int(max_steps)
-        try:
-            pytensor.compile.mode.get_mode(mode)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise PopstatsError(
-                f"{call}(mode=...): PyTensor does not know the mode "
-                f"{describe_value(mode)} ({exc}). Use None (the default), "
-                f"'FAST_COMPILE', 'CVM', 'NUMBA', 'JAX', 'PYTORCH' or a Mode."
-            ) from exc
+        max_steps = check_max_steps(max_steps, call)
+        check_mode(mode, call)
         est.check_estimator_spec(estimator, call)
         graph = export_checked(outs, call, time)
         self.call = call
@@ -215,31 +202,43 @@ class Estimation:
         #: the model's parameters: a checkpoint records their digest
         self._shared = [v for v in graph_inputs(flat)
                         if isinstance(v, TensorSharedVariable)]
-        self._fn = None
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
                                      self._slots, max_steps, call)
-        self._graph = self._device = None
-        if accumulate == "graph":
-            trios = list(zip(graph.outputs, graph.counts, graph.weights, strict=True))
-            if is_jax(mode):
-                try:
-                    self._device = DeviceFunction(self, mode)
-                    self._fn = self._device.function
-                except TypeError:  # pragma: no cover - another JAX linker layout
-                    self._host_fn()
-            if self._device is None and self._fn is None:
-                self._graph = GraphAccumulator(self.sites, self.estimators,
-                                               self.partners, trios, max_steps)
-                self._gfn = pytensor.function(
-                    self.inputs, self._graph.checks, updates=self._graph.updates,
-                    mode=mode, on_unused_input="ignore",
-                )
-        else:
-            self._host_fn()
+        self._fn = self._graph = self._gfn = self._device = None
+        self._jax = accumulate == "graph" and is_jax(mode)
+        if accumulate == "graph" and not self._jax:
+            trios = zip(graph.outputs, graph.counts, graph.weights, strict=True)
+            self._graph = GraphAccumulator(self.sites, self.estimators,
+                                           self.partners, list(trios), max_steps)
         #: "graph" or "host": where this pass accumulates
-        self.accumulate = ("host" if self._graph is None and self._device is None
-                           else "graph")
+        self.accumulate = accumulate
         self._busy = False
+        if compile_now:
+            self._compile()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the estimation function is compiled (see ``compile_now``)."""
+        if self._jax:
+            return self._device is not None
+        return (self._fn if self._graph is None else self._gfn) is not None
+
+    def _compile(self) -> None:
+        """Compile the function this pass runs its batches with (once)."""
+        if self._jax and self._device is None:
+            try:
+                self._device = DeviceFunction(self, self._mode)
+                self._fn = self._device.function
+            except TypeError:  # pragma: no cover - another JAX linker layout
+                self._jax, self.accumulate = False, "host"
+        if self._jax:
+            return
+        if self._graph is None:
+            self._host_fn()
+        elif self._gfn is None:
+            self._gfn = pytensor.function(self.inputs, self._graph.checks,
+                                          updates=self._graph.updates,
+                                          mode=self._mode, on_unused_input="ignore")
 
     def _host_fn(self):
         """The function returning the statistics of a batch (compiled once)."""
@@ -285,6 +284,7 @@ class Estimation:
 
     def _pass(self, state: EstimationState) -> DevicePass | GraphPass | HostPass:
         """A run from ``state``: in the graph's accumulators, or on the host."""
+        self._compile()
         if self._device is not None:
             return DevicePass(self, state)
         if self._graph is not None:

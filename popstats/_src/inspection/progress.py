@@ -30,12 +30,12 @@ def check_progress(progress: object, call: str) -> bool:
 
 
 def progress_bar(items: Iterable[Any], total_of: object, enabled: bool,
-                 start: int = 0) -> Iterator[Any]:
+                 start: int = 0, unit: str = "batch") -> Iterator[Any]:
     """Yield ``items``, showing a tqdm bar (batches, rate, time left) if enabled.
 
     ``total_of`` is the user's iterable: its ``len`` (when it has one) gives
-    the bar a total, hence a time left. Without tqdm there is no bar; that
-    is logged once, at debug level.
+    the bar a total, hence a time left. ``unit`` names what an item is.
+    Without tqdm there is no bar; that is logged once, at debug level.
     """
     global _missing_logged
     if not enabled:
@@ -51,7 +51,7 @@ def progress_bar(items: Iterable[Any], total_of: object, enabled: bool,
         yield from items
         return
     total = len(total_of) if isinstance(total_of, Sized) else None
-    with tqdm(total=total, initial=start, unit="batch", desc="popstats",
+    with tqdm(total=total, initial=start, unit=unit, desc="popstats",
               file=sys.stderr, dynamic_ncols=True) as bar:
         for item in items:
             yield item

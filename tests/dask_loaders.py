@@ -1,0 +1,52 @@
+"""Partition loaders of the Dask tests: what runs on the workers.
+
+They live in a module of their own (small imports) because Dask's worker
+processes import them by name: a loader is sent as a reference
+(``dask_loaders.part``), and each call makes its batches on the worker from
+a seed, so the client never holds them. The batches are those of
+``pass_models.make_batches`` (a masked loop model).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pass_models
+
+
+def batches(seed: int, n: int) -> list[dict]:
+    """``n`` batches of the pass model (the same for the same seed)."""
+    return pass_models.make_batches(seed, n)
+
+
+def part(seed: int, lo: int, hi: int) -> list[dict]:
+    """Batches ``lo`` to ``hi - 1`` of ``batches(seed, 12)``."""
+    return batches(seed, 12)[lo:hi]
+
+
+def one(index: int, seed: int = 0) -> dict:
+    """Batch ``index`` of ``batches(seed, 12)`` (a ``dask.bag`` element)."""
+    return batches(seed, 12)[index]
+
+
+def failing(message: str) -> list[dict]:
+    """A loader that cannot read its partition."""
+    raise OSError(message)
+
+
+def bad_batch(seed: int) -> list[dict]:
+    """Two good batches, then one whose ``x`` has the wrong number of axes."""
+    good = batches(seed, 2)
+    return [*good, {"x": np.zeros((3, 2)), "mask": good[0]["mask"]}]
+
+
+def kill_once(marker: str, seed: int, lo: int, hi: int) -> list[dict]:
+    """Kill this worker process the first time (``marker`` records it)."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return part(seed, lo, hi)
