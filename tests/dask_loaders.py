@@ -50,3 +50,8 @@ def kill_once(marker: str, seed: int, lo: int, hi: int) -> list[dict]:
         path.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
     return part(seed, lo, hi)
+
+
+def returns(value):
+    """A loader returning ``value`` (not batches, for the error test)."""
+    return value

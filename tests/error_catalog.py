@@ -118,6 +118,10 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
         "a safety net: the estimators and time modes are given per name, so "
         "the rebuilt pass has those of stats"
     ),
+    ("popstats/_src/cluster_tasks.py", "run_partition", "instead of its batches"): (
+        "raised on a worker; the client raises 'partition k failed' with it "
+        "as the cause (as in the scenario of a failing loader)"
+    ),
     ("popstats/_src/passes.py", "explain", "failed the estimation"): (
         "the host checks run on the same batch raise first"
     ),
@@ -1421,6 +1425,27 @@ def drift_eps_negative():
 def drift_divergence_unpaired():
     x, y, stats = estimated()  # layer(): mean and var without roles
     popstats.drift(stats, [x], y, [{"x": data()}], compare="divergence")
+
+
+@scenario("Drift of new data with other feature sizes")
+def drift_other_feature_sizes():
+    x, y, stats = estimated(cols=2)
+    popstats.drift(stats, [x], y, [{"x": data(cols=3)}])
+
+
+@scenario("A drift threshold that is not a number")
+def drift_threshold_not_a_number():
+    x, y, stats = estimated()
+    moved = popstats.drift(stats, [x], y, [{"x": data()}])
+    moved.first_moved("large")
+
+
+@scenario("A drift record's step threshold that is not a number")
+def drift_steps_threshold_not_a_number():
+    x, y = recurrent()
+    batches = [{"xs": np.ones((2, 2, 2))}, {"xs": np.zeros((3, 2, 2))}]
+    stats = popstats.estimate([x], y, batches)
+    popstats.drift(stats, [x], y, batches)["step"].steps_above(None)
 
 
 @scenario("Drift with ``worst`` not a positive int")

@@ -229,6 +229,16 @@ def test_a_failing_partition_is_named(dask_client):
     assert "dask_loaders.py" in frames and "failing" in frames, frames
 
 
+def test_a_loader_returning_no_batches_is_named(dask_client):
+    partitions = parts(15, [4])
+    partitions.append(functools.partial(loaders.returns, None))
+    with pytest.raises(popstats.PopstatsError) as info:
+        on_cluster(("mean", "step", None), partitions, dask_client)
+    message = str(info.value)
+    assert "partition 2 failed" in message and "gave None" in message, message
+    assert "return [batch]" in message and "batches=" not in message, message
+
+
 def test_a_bad_batch_is_named_with_its_partition(dask_client):
     inputs, outputs, options = model(("mean", "step", None))
     groups = {"a": parts(14, [6]),

@@ -261,3 +261,61 @@ def test_std_pairs_and_eps():
     np.testing.assert_allclose(smoothed.per_unit, expected, rtol=1e-12)
     with fails("drift(eps=...)", "-1"):
         popstats.drift(stats, [x], y, [{"x": new}], eps=-1)
+
+
+def test_new_user_findings():
+    # ema: the new side is the plain average of the new batches, not a
+    # running average still near its starting value
+    x = pt.matrix("x")
+    y = bn(x, "bn")
+    rng = np.random.default_rng(12)
+    old = [{"x": rng.normal(3, 2, (64, 2))} for _ in range(100)]
+    new = [{"x": rng.normal(3, 2, (64, 2))} for _ in range(5)]
+    ema = popstats.estimate([x], y, old, estimator=popstats.Estimator("ema", 0.1),
+                            mode=MODE)
+    moved = popstats.drift(ema, [x], y, new, mode=MODE)
+    assert moved["bn"].max < 0.05
+    np.testing.assert_allclose(moved.statistics["bn.mean"].value,
+                               np.mean([b["x"].mean(0) for b in new], 0), rtol=1e-12)
+    # a feature width other than the population's
+    with fails("drift(batches=...)", "(3,)", "(2,)"):
+        popstats.drift(ema, [x], y, [{"x": np.ones((5, 3))}], mode=MODE)
+    for bad in ("label", None):
+        with fails("drift(match=...)", "'structure'"):
+            popstats.drift(ema, [x], y, new, match=bad)
+    with fails("drift(mode=...)", "3"):
+        popstats.drift(ema, [x], y, new, mode=3)
+    with fails("Drift.first_moved(threshold=...)", "'a'"):
+        moved.first_moved("a")
+    with fails("StatisticDrift.steps_above(threshold=...)", "None"):
+        moved["bn"].steps_above(None)
+
+
+def test_steps_beyond_max_steps_are_compared_with_the_last_kept_step():
+    xs, hs = loop_model()
+    rng = np.random.default_rng(13)
+    old = [{"xs": rng.normal(size=(6, 50, 2))} for _ in range(5)]
+    stats = popstats.estimate([xs], hs, old, max_steps=3, mode=MODE)
+    shift = np.array([0, 0, 0, 3, 3, 3.0])[:, None, None]
+    new = [{"xs": b["xs"] + shift} for b in old]
+    record = popstats.drift(stats, [xs], hs, new, mode=MODE)["step"]
+    assert record.per_unit.shape == (6, 2)
+    assert np.all(record.per_step[3:] > 5) and record.peak_step[0] >= 3
+    m0, v0 = stats["step.mean"].value[2], stats["step.var"].value[2]
+    moved = np.concatenate([b["xs"][5] for b in new])
+    np.testing.assert_allclose(
+        record.per_unit[5], jeffreys(m0, v0, moved.reshape(-1, 50, 2).mean(1).mean(0),
+                                     np.mean([b["xs"][5].var(0) for b in new], 0)),
+        rtol=1e-10)
+
+
+def test_undefined_units_make_the_summary_nan():
+    x = pt.matrix("x")
+    top = popstats.bn_statistic(x.max(0), "top")
+    y = x - top
+    old = np.stack([np.ones(10), np.arange(10.0)], 1)
+    new = np.stack([np.arange(10.0), np.arange(10.0)], 1)
+    stats = popstats.estimate([x], y, [{"x": old}], mode=MODE)
+    record = popstats.drift(stats, [x], y, [{"x": new}], mode=MODE)["top"]
+    assert np.isnan(record.per_unit[0]) and record.per_unit[1] == 0.0
+    assert np.isnan(record.mean) and np.isnan(record.max)

@@ -24,10 +24,10 @@ from __future__ import annotations
 import pickle
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from popstats._src.errors import PopstatsError
+from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimator import Estimation
 from popstats._src.state import EstimationState
 
@@ -157,6 +157,14 @@ def run_partition(graph: GraphPayload, source: Any) -> EstimationState:
     run = _acquire(graph)
     try:
         batches = source.load() if isinstance(source, Source) else source
+        if isinstance(batches, Mapping) or not isinstance(batches, Iterable):
+            raise PopstatsError(
+                f"{graph.call}(partitions=...): the partition gave "
+                f"{describe_value(batches)} instead of its batches. A loader "
+                f"returns (or a delayed object computes to) an iterable of "
+                f"batches: a list or a generator of dicts; return [batch] for "
+                f"a single one."
+            )
         return run.run(batches, progress=False)
     finally:
         _release(graph, run)

@@ -40,6 +40,8 @@ from popstats._src.drift_record import Drift, StatisticDrift
 from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.estimator import Estimation
 from popstats._src.exporter import as_variables, export_checked
+from popstats._src.matching import check_match
+from popstats._src.options import check_mode
 from popstats._src.partners import paired_means
 from popstats._src.state import EstimationState
 from popstats._src.statistics import PopulationStatistics, Statistic
@@ -141,7 +143,8 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
             f"{CALL}(stats=...): expected PopulationStatistics (from "
             f"popstats.estimate or popstats.load), got {describe_value(stats)}."
         )
-    check_choice(match, ("structure", "name"), f"{CALL}(match=...)")
+    check_match(match, CALL)
+    check_mode(mode, CALL)
     check_choice(compare, COMPARE, f"{CALL}(compare=...)")
     if isinstance(worst, bool) or not isinstance(worst, int | np.integer) or worst < 1:
         raise PopstatsError(
@@ -157,6 +160,16 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
     run, found = _estimation(stats, inputs, outputs, mode, match)
     pairs, single = _pairs(run, compare)
     new, spread = _pass(run, batches, progress)
+    for site, old in zip(run.sites, found, strict=True):
+        have, got = old.value.shape[site.time_axes:], new[site.name].value.shape[
+            site.time_axes:]
+        if have != got:
+            raise PopstatsError(
+                f"{CALL}(batches=...): statistic {site.name!r} has shape {got} "
+                f"in the new data but {have} in stats. Drift compares data of "
+                f"the same feature sizes: check that the new batches have the "
+                f"shapes the model was estimated with."
+            )
     records = []
     for var_i, mean_i in pairs:
         records.append(_pair_record(run, new, found, var_i, mean_i, int(worst),
@@ -194,19 +207,33 @@ def _estimation(stats, inputs, outputs, mode, match):
     # names escaped: a label may hold fnmatch's special characters; names
     # with '#k' first, so that 'bn' does not take 'bn#1' by its label
     order = sorted(range(len(found)), key=lambda i: "#" not in graph.sites[i].name)
-    estimator = {glob.escape(graph.sites[i].name): found[i].estimator for i in order}
+    estimator = {glob.escape(graph.sites[i].name): _new_side(found[i].estimator)
+                 for i in order}
     time = {glob.escape(graph.sites[i].name): found[i].site.time for i in order
             if found[i].site.time}
+    # every step of the new data: steps beyond a max_steps cap are compared
+    # with the last kept one, which inference repeats
     run = Estimation(inputs, outputs, estimator=estimator, time=time or "step",
-                     max_steps=caps.pop(), mode=mode, call=CALL)
+                     mode=mode, call=CALL)
     for site, estimator_i, f in zip(run.sites, run.estimators, found, strict=True):
-        if estimator_i != f.estimator or site.time != f.site.time:  # pragma: no cover
+        if (estimator_i != _new_side(f.estimator)
+                or site.time != f.site.time):  # pragma: no cover
             raise PopstatsError(
                 f"{CALL}(stats=...): could not rebuild the pass of "
                 f"{site.name!r} as stats were made ({f.estimator}, time "
                 f"{f.site.time}); please report this."
             )
     return run, found
+
+
+def _new_side(estimator: est.Estimator) -> est.Estimator:
+    """The estimator of the new data's pass: that of the statistic, except
+    ``"ema"``: over a few new batches a running average is still mostly its
+    starting value (0 for a mean), so the new side is their plain average
+    (``"unbiased"`` for an unbiased ema)."""
+    if estimator.name != "ema":
+        return estimator
+    return est.Estimator("unbiased" if estimator.unbiased else "mean")
 
 
 def _pairs(run: Estimation, compare: str):
@@ -272,7 +299,7 @@ def _nan(reduce, array: np.ndarray, axis=None) -> np.ndarray:
         return reduce(array, axis=axis)
 
 
-def _record(run, new, i, kind, names, per_unit, worst) -> StatisticDrift:
+def _record(run, new, i, order, kind, names, per_unit, worst) -> StatisticDrift:
     site = run.sites[i]
     coverage = new[site.name].coverage
     axes = site.time_axes
@@ -295,9 +322,11 @@ def _record(run, new, i, kind, names, per_unit, worst) -> StatisticDrift:
         peak = tuple(int(k) for k in np.unravel_index(np.argmax(flat), flat.shape))
     return StatisticDrift(
         name=site.group if kind == "divergence" else site.name,
-        names=names, label=site.label, kind=kind, where=site.where, order=i,
+        names=names, label=site.label, kind=kind, where=site.where, order=order,
         per_unit=per_unit, per_step=per_step,
-        mean=float(_nan(np.nanmean, units)), max=float(_nan(np.nanmax, units)),
+        # NaN when a unit's drift is undefined (standardized, a single batch)
+        mean=float(np.mean(units[reached])) if reached.any() else np.nan,
+        max=float(np.max(units[reached])) if reached.any() else np.nan,
         worst=worst_units, peak_step=peak, coverage=coverage.copy(),
         n_batches=new[site.name].n_batches,
     )
@@ -311,7 +340,7 @@ def _pair_record(run, new, found, var_i, mean_i, worst, eps) -> StatisticDrift:
     if var_site.role == "std":
         s0, s1 = s0**2, s1**2
     per_unit = jeffreys(m0, s0 + eps, m1, s1 + eps)
-    return _record(run, new, min(var_i, mean_i), "divergence",
+    return _record(run, new, mean_i, min(var_i, mean_i), "divergence",
                    (mean_site.name, var_site.name), per_unit, worst)
 
 
@@ -333,4 +362,4 @@ def _single_record(run, new, found, moments, i, worst) -> StatisticDrift:
     # where one batch alone reached the cell (no spread to measure)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(diff == 0, 0.0, diff / sd)
-    return _record(run, new, i, "standardized", (site.name,), z, worst)
+    return _record(run, new, i, i, "standardized", (site.name,), z, worst)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError
+from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.inspection.describe import html_table, text_table
 from popstats._src.inspection.optional import unknown_label
 from popstats._src.statistics import PopulationStatistics
@@ -32,7 +32,8 @@ class StatisticDrift:
     names : tuple of str
         The statistics compared: (mean, variance) or (statistic,).
     label, where : str
-        Of the first of :attr:`names` (``where``: the loops it is in).
+        Of the first of :attr:`names`, the mean of a pair (``where``: the
+        loops it is in).
     kind : {"divergence", "standardized"}
         Symmetric KL divergence of the two normal distributions (a pair), or
         standardized difference (see :func:`~popstats.drift`).
@@ -40,12 +41,14 @@ class StatisticDrift:
         Position in the graph: a statistic comes after every statistic it
         depends on (a topological order), so lower is earlier.
     per_unit : numpy.ndarray
-        The drift per cell and unit (leading axes: time steps); NaN where
-        the new data reached no batch (or, standardized, a single batch).
+        The drift per cell and unit (leading axes: the time steps of the new
+        data); NaN where no new batch reached the cell, or (standardized)
+        where a single batch did, so that no spread is known.
     per_step : numpy.ndarray
         Mean over units per cell (0-d outside loops).
     mean, max : float
-        Over every compared cell and unit.
+        Over every compared cell and unit; NaN if a unit's drift is
+        undefined there (standardized over a single batch).
     worst : tuple of (unit index, value)
         The units that moved most (their largest drift over the steps).
     peak_step : tuple of int or None
@@ -78,9 +81,20 @@ class StatisticDrift:
     def steps_above(self, threshold: float) -> np.ndarray:
         """The cells (time steps) whose mean drift exceeds ``threshold``, in
         order: where a loop's drift starts and grows."""
+        threshold = _threshold(threshold, "StatisticDrift.steps_above")
         if not self.per_step.ndim:
             return np.zeros((0, 0), dtype=np.int64)
         return np.argwhere(np.nan_to_num(self.per_step, nan=-np.inf) > threshold)
+
+
+def _threshold(value: object, call: str) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.number)
+            or np.isnan(value)):
+        raise PopstatsError(
+            f"{call}(threshold=...): expected a number (a drift level), got "
+            f"{describe_value(value)}."
+        )
+    return float(value)
 
 
 def _fmt(x: float) -> str:
@@ -88,7 +102,7 @@ def _fmt(x: float) -> str:
 
 
 class Drift(Mapping[str, StatisticDrift]):
-    """The result of :func:`~popstats.drift`: records by name, in graph order.
+    """The result of :func:`popstats.drift`: records by name, in graph order.
 
     ``str(drift)`` is a table sorted by mean drift (largest first);
     :meth:`to_dicts` the same for programs; :meth:`report` an HTML page
@@ -125,6 +139,7 @@ class Drift(Mapping[str, StatisticDrift]):
     def first_moved(self, threshold: float) -> StatisticDrift | None:
         """The earliest record in the graph whose mean drift exceeds
         ``threshold``: where the drift starts."""
+        threshold = _threshold(threshold, "Drift.first_moved")
         for record in self._records.values():
             if record.mean > threshold:
                 return record

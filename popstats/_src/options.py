@@ -26,6 +26,8 @@ def check_max_steps(max_steps: object, call: str) -> int | None:
 def check_mode(mode: object, call: str) -> None:
     """Raise a PopstatsError for a mode PyTensor does not know."""
     try:
+        if not isinstance(mode, str | pytensor.compile.Mode | None):
+            raise TypeError("a mode is a name, a Mode or None")
         pytensor.compile.mode.get_mode(mode)
     except (ValueError, TypeError, KeyError) as exc:
         raise PopstatsError(
