@@ -57,14 +57,18 @@ Run::
 
 Compilation comes on top. The script compiles with PyTensor's C backend
 (``CVM``) by default. With an empty compilation cache, on two cores, the
-whole run took 85 s on an idle machine and 107-113 s beside another job
-(PyTensor 3.0.7 and 3.3.8), 55-95 s of it compiling; later runs load the
-compiled code from PyTensor's cache and took 20-23 s. With an empty cache
-Numba, PyTensor's default backend, needed 1.7 (PyTensor 3.3.8) to 2.3
-(3.0.7) times the CPU time of CVM, most of it for the gradient of the loop;
-``--mode NUMBA`` trains a little faster once compiled (0.4 s an epoch).
-``--mode FAST_COMPILE`` needed 15-28% less CPU time with an empty cache
-but trains three times more slowly (1.8 s an epoch) and is slower warm.
+whole run took 80-90 s with the second core nearly idle and 107-113 s
+beside another job (PyTensor 3.0.7 and 3.3.8), 55-96 s of it compiling;
+later runs load the compiled code from PyTensor's cache and took 18-23 s.
+With an empty cache Numba, PyTensor's default backend, needed 1.7
+(PyTensor 3.3.8) to 2.3 (3.0.7) times the CPU time of CVM, most of it for
+the gradient of the loop; ``--mode NUMBA`` trains a little faster once
+compiled (0.4 s an epoch). ``--mode FAST_COMPILE`` needed 15-28% less CPU
+time with an empty cache but trains three times more slowly (1.8 s an
+epoch) and is slower warm. ``JAX`` cannot compile the training function
+(the running averages slice by a run-time length). BLAS runs on one thread
+(``--blas-threads``): on a busy machine more threads made training five to
+ten times slower.
 """
 
 from __future__ import annotations
