@@ -36,6 +36,7 @@ IGNORE = shutil.ignore_patterns(
 #: folder of setuptools' in the checkout would shadow it on ``sys.path``.
 PROBE = """
 import build.__main__
+import setuptools
 try:
     from setuptools.command.bdist_wheel import bdist_wheel  # setuptools >= 70.1
 except ImportError:
