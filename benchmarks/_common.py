@@ -223,6 +223,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def rst_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """``headers`` and ``rows`` as a reStructuredText simple table."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    if any(len(row) != len(headers) for row in cells):
+        raise ValueError("every row needs one cell per header")
+    widths = [max(len(row[k]) for row in cells) for k in range(len(headers))]
+    rule = "  ".join("=" * w for w in widths)
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    return "\n".join([rule, line(cells[0]), rule, *map(line, cells[1:]), rule])
+
+
 _NO_MODE = object()
 
 

@@ -20,8 +20,9 @@ corrected by ``unbiased``), and ``ema`` forgets old batches.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from _common import heading, np, popstats, pt, table
+from _common import heading, np, popstats, pt, rst_table, table, versions
 
 ESTIMATORS = (
     "mean",
@@ -69,6 +70,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mode", default="CVM")
     parser.add_argument("--quick", action="store_true", help="few counts, 2 repeats")
+    parser.add_argument(
+        "--rst",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the tables as reStructuredText to FILE (the docs "
+        "include docs/estimator-accuracy.txt, written this way)",
+    )
     args = parser.parse_args()
     counts = [1, 10, 100] if args.quick else [int(c) for c in args.counts.split(",")]
     repeats = 2 if args.quick else args.repeats
@@ -92,8 +101,15 @@ def main() -> None:
                 var_err[i, j] += np.mean(np.abs(stats["var"].value / exact_var - 1))
     mean_err /= repeats
     var_err /= repeats
+    setting = f"{repeats} repetitions; batches of 8 to 64 rows (about 36 on average)"
     print(heading("Estimator error against the exact population", args.mode))
-    print(f"{repeats} repetitions; batches of 8 to 64 rows (about 36 on average)\n")
+    print(f"{setting}\n")
+    rst = [
+        ".. Written by: python benchmarks/estimator_accuracy.py --rst "
+        "docs/estimator-accuracy.txt",
+        f"   ({versions()}; {setting}).",
+        "",
+    ]
     for title, err in (
         ("mean: |error| / std", mean_err),
         ("variance: |relative error|", var_err),
@@ -102,6 +118,10 @@ def main() -> None:
         print(f"**{title}**\n")
         print(table(["batches", *names], rows))
         print()
+        rst += [f"**{title}**", "", rst_table(["batches", *names], rows), ""]
+    if args.rst is not None:
+        args.rst.write_text("\n".join(rst), encoding="utf-8")
+        print(f"wrote {args.rst}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ With tqdm installed (``pip install popstats[progress]``) a progress bar
 follows the training batches of each epoch and the estimation pass, on a
 terminal only; the per-epoch lines are printed either way. The results go to
 the folder ``--output`` (default ``examples/output``): the table as
-``bn_lstm_digits.csv`` and ``bn_lstm_digits.json``, an HTML report of the
+``bn_lstm_digits.csv`` and ``bn_lstm_digits.json``, the population
+statistics as ``bn_lstm_digits_stats.npz`` (``popstats summary`` and
+``popstats report`` read it), an HTML report of the
 population statistics (``bn_lstm_digits_report.html``) and, with matplotlib
 (``pip install popstats[plot]``), a figure of the population and running
 average of ``bn_x.mean`` per step (``bn_lstm_digits_bn_x_mean.png``); the
@@ -49,22 +51,30 @@ without it.
 
 Run::
 
-    python examples/bn_lstm_digits.py         # full setting: about a minute of
-                                              # training on 2 cores
+    python examples/bn_lstm_digits.py         # full setting: about 7 s of
+                                              # training (10 epochs of 0.6 s)
     python examples/bn_lstm_digits.py --fast  # a few seconds (used by the tests)
 
 Compilation comes on top. The script compiles with PyTensor's C backend
-(``CVM``) by default: on a machine with an empty compilation cache that takes
-about two and a half minutes (later runs load it from PyTensor's cache),
-where Numba, PyTensor's default backend, spends several minutes more on the
-gradient of the loop. ``--mode NUMBA`` (or ``--mode FAST_RUN``) trains a
-little faster once compiled; ``--mode FAST_COMPILE`` starts sooner but trains
-more slowly.
+(``CVM``) by default. With an empty compilation cache, on two cores, the
+whole run took 80-90 s with the second core nearly idle and 107-113 s
+beside another job (PyTensor 3.0.7 and 3.3.8), 55-96 s of it compiling;
+later runs load the compiled code from PyTensor's cache and took 18-23 s.
+With an empty cache Numba, PyTensor's default backend, needed 1.7
+(PyTensor 3.3.8) to 2.3 (3.0.7) times the CPU time of CVM, most of it for
+the gradient of the loop; ``--mode NUMBA`` trains a little faster once
+compiled (0.4 s an epoch). ``--mode FAST_COMPILE`` needed 15-28% less CPU
+time with an empty cache but trains three times more slowly (1.8 s an
+epoch) and is slower warm. ``JAX`` cannot compile the training function
+(the running averages slice by a run-time length). BLAS runs on one thread
+(``--blas-threads``): on a busy machine more threads made training five to
+ten times slower.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -87,6 +97,7 @@ EPS = 1e-5
 EVAL_BATCH = 256
 RUNNING_MOMENTUM = 0.1
 REPORT_TITLE = "BN-LSTM digits: population statistics"
+STATS_FILE = "bn_lstm_digits_stats.npz"
 FLOATX = pytensor.config.floatX
 
 
@@ -132,6 +143,22 @@ def training_batches(x, y, batch_size, max_pad, rng):
         idx = order[start : start + batch_size]
         n_blank = int(rng.integers(0, max_pad + 1))
         yield pad_blank(x[:, idx], n_blank), y[idx]
+
+
+def blas_threads(n: int):
+    """A context limiting the BLAS libraries loaded so far to ``n`` threads.
+
+    The products here are small (at most 256 x 100 by 100 x 400): a second
+    thread gains nothing, and on a busy machine BLAS threads that wait for a
+    core made each training epoch five to ten times slower (0.6 s alone,
+    3 to 9 s beside another job on two cores). threadpoolctl comes with
+    scikit-learn; without it nothing is limited.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def progress(items, total: int, desc: str):
@@ -281,11 +308,13 @@ def format_table(rows: list[dict]) -> str:
     for line in body:
         lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
     lines.append(rule)
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
-def write_outputs(directory: Path, rows: list[dict], summary: dict) -> list[str]:
-    """The table as CSV and JSON (with the summary); return the file names."""
+def write_outputs(directory: Path, rows: list[dict], summary: dict, stats) -> list[str]:
+    """The table as CSV and JSON (with the summary) and the population
+    statistics (``.npz``, for ``popstats.load`` and the ``popstats``
+    command); return the file names."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "bn_lstm_digits.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -293,7 +322,34 @@ def write_outputs(directory: Path, rows: list[dict], summary: dict) -> list[str]
         writer.writerows(rows)
     with open(directory / "bn_lstm_digits.json", "w") as f:
         json.dump({**summary, "rows": rows}, f, indent=2)
-    return ["bn_lstm_digits.csv", "bn_lstm_digits.json"]
+    stats.save(directory / STATS_FILE)
+    return ["bn_lstm_digits.csv", "bn_lstm_digits.json", STATS_FILE]
+
+
+def per_step_figure(stats, running_stats):
+    """``bn_x.mean`` per step for a few units: population statistics (solid,
+    from ``stats.plot``) and running averages (dashed), coverage below."""
+    from matplotlib.lines import Line2D
+
+    fig = stats.plot("bn_x.mean")
+    ax = fig.axes[0]
+    running = running_stats["bn_x.mean"].value
+    steps = np.arange(running.shape[0])
+    units = [ln for ln in ax.get_lines() if str(ln.get_label()).startswith("unit ")]
+    for line in units:
+        unit = int(str(line.get_label()).split()[1])
+        ax.plot(steps, running[:, unit], "--", color=line.get_color(), lw=1)
+    # One legend, beside the axes so that it covers no line: what the solid
+    # and the dashed lines are (proxy entries), then a colour per unit.
+    handles = [
+        Line2D([], [], color="black", lw=1.5, label="population (popstats)"),
+        Line2D([], [], color="black", lw=1, ls="--", label="running averages"),
+        *units,
+    ]
+    ax.legend(handles=handles, fontsize="x-small", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.set_size_inches(8.4, fig.get_figheight())
+    return fig
 
 
 def write_figures(directory: Path, stats, running_stats) -> list[str]:
@@ -308,19 +364,7 @@ def write_figures(directory: Path, stats, running_stats) -> list[str]:
         return [report]
     stats.report(directory / report, title=REPORT_TITLE)
     figure = "bn_lstm_digits_bn_x_mean.png"
-    fig = stats.plot("bn_x.mean")
-    ax = fig.axes[0]
-    # The running averages of the same units, dashed, for comparison.
-    running = running_stats["bn_x.mean"].value
-    steps = np.arange(running.shape[0])
-    for line in list(ax.get_lines()):
-        name = str(line.get_label())
-        if name.startswith("unit "):
-            unit = int(name.split()[1])
-            ax.plot(steps, running[:, unit], "--", color=line.get_color(), lw=1)
-    ax.plot([], [], "k--", lw=1, label="running averages")
-    ax.legend(fontsize="x-small", ncols=3)
-    fig.savefig(directory / figure, dpi=100)
+    per_step_figure(stats, running_stats).savefig(directory / figure, dpi=100)
     return [report, figure]
 
 
@@ -383,6 +427,13 @@ def parse_args(argv):
         "compiles this model much sooner than Numba on a cold cache)",
     )
     parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="threads of NumPy's and SciPy's BLAS (default 1: the matrices "
+        "are small, and more threads only wait for each other)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=DEFAULT_OUTPUT,
@@ -403,6 +454,8 @@ def parse_args(argv):
             setattr(args, name, value)
     if args.test_pad <= args.train_pad:
         parser.error("--test-pad must exceed --train-pad (that is the point)")
+    if args.blas_threads < 1:
+        parser.error(f"--blas-threads must be at least 1, got {args.blas_threads}")
     return args
 
 
@@ -411,7 +464,15 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     t_start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
+    # Loads scikit-learn, hence SciPy's BLAS too: both BLAS libraries are
+    # loaded before their threads are limited.
     x_train, y_train, x_test, y_test = load_data(args.pixels, args.seed, args.fast)
+    with blas_threads(args.blas_threads):
+        return run(args, t_start, rng, x_train, y_train, x_test, y_test)
+
+
+def run(args, t_start, rng, x_train, y_train, x_test, y_test) -> dict:
+    """The body of :func:`main`, once the data are loaded."""
     n_steps, _, n_in = x_train.shape
     print(
         f"digits: {x_train.shape[1]} train / {x_test.shape[1]} test, "
@@ -594,7 +655,7 @@ def main(argv=None) -> dict:
         "running_momentum": RUNNING_MOMENTUM,
         "seconds": round(elapsed, 1),
     }
-    files = write_outputs(args.output, rows, summary)
+    files = write_outputs(args.output, rows, summary, stats)
     files += write_figures(args.output, stats, running_stats)
     print(f"\nresults written to {args.output}: {', '.join(files)}")
     print(f"total time {elapsed:.1f}s")
@@ -606,6 +667,8 @@ def main(argv=None) -> dict:
         "inputs": {"test": x_test, "test_long": x_long},
         "params": {name: var.get_value() for name, var in params.items()},
         "stats": {name: stat.value for name, stat in stats.items()},
+        "population_statistics": stats,
+        "running_statistics": running_stats,
         "running_stats": {name: st.value for name, st in running_stats.items()},
         "summary": summary,
         "output": args.output,

@@ -142,3 +142,16 @@ def test_public_names_are_the_documented_package() -> None:
     for modname, name in public_names():
         assert hasattr(importlib.import_module(modname), name), f"{modname}.{name}"
     assert popstats.__all__
+
+
+def test_estimator_accuracy_tables_are_tables(built: Path) -> None:
+    # docs/estimator-accuracy.txt (written by benchmarks/estimator_accuracy.py
+    # --rst) renders as two HTML tables, not as Markdown in a code block.
+    page = (built / "estimators.html").read_text(encoding="utf-8")
+    tables = re.findall(r"<table.*?</table>", page, re.S)
+    accuracy = [t for t in tables if "ema(0.01)" in t and "pooled" in t]
+    assert len(accuracy) == 2, len(accuracy)
+    for table in accuracy:
+        rows = re.findall(r"<tr", table)
+        assert len(rows) >= 4  # a header and at least three counts of batches
+    assert "|---|" not in page and "| batches |" not in page

@@ -20,6 +20,8 @@ import csv
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,49 @@ def test_outputs_written(example):
     assert [r["row"] for r in table] == list(ROWS)
     for written, row in zip(table, result["rows"], strict=True):
         assert float(written["accuracy"]) == pytest.approx(row["accuracy"])
+
+
+def test_statistics_saved_for_the_command(example):
+    # The README runs `popstats summary` on this file after the main job.
+    import popstats
+
+    _, result, out = example
+    path = out / "bn_lstm_digits_stats.npz"
+    assert result["files"][:3] == [
+        "bn_lstm_digits.csv", "bn_lstm_digits.json", path.name
+    ]
+    loaded = popstats.load(path)
+    assert sorted(loaded) == sorted(result["stats"])
+    for name, value in result["stats"].items():
+        np.testing.assert_array_equal(loaded[name].value, value)
+    env = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[1]))
+    done = subprocess.run(
+        [sys.executable, "-m", "popstats", "summary", str(path)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("name ")
+    for name in result["stats"]:
+        assert f"\n{name} " in done.stdout, name
+
+
+def test_figure_legend_outside_the_values(example):
+    # The legend of the per-step figure covers no line, and names what the
+    # solid (population) and dashed (running averages) lines are.
+    pytest.importorskip("matplotlib")
+    module, result, _ = example
+    fig = module.per_step_figure(
+        result["population_statistics"], result["running_statistics"]
+    )
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:2] == ["population (popstats)", "running averages"]
+    assert all(label.startswith("unit ") for label in labels[2:]) and labels[2:]
+    fig.canvas.draw()
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= axes_box.x1  # beside the axes, not over them
+    assert not box.overlaps(axes_box)
 
 
 @pytest.mark.parametrize("kind", ["population", "running"])

@@ -198,7 +198,7 @@ def test_cli_help_and_errors(tmp_path):
     assert failed.returncode == 2
     assert failed.stderr.startswith("popstats: error:") and "bad.npz" in failed.stderr
     assert not (tmp_path / "x.html").exists()
-    assert _cli().returncode == 2  # argparse: a command is required
+    assert _cli().returncode == 2  # no command: the help (tests/test_cli.py)
 
 
 CHROMIUM = "/usr/bin/chromium"

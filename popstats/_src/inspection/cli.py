@@ -3,7 +3,9 @@
 Examples
 --------
 ``popstats report stats.npz -o report.html`` writes one self-contained
-HTML file; ``popstats summary stats.npz`` prints the table and warnings.
+HTML file; ``popstats summary stats.npz`` prints the table and warnings;
+``popstats --version`` prints the version. ``popstats`` alone prints the
+help and exits with status 2.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    import pytensor
+
+    from popstats import __version__
+
     parser = argparse.ArgumentParser(
         prog="popstats",
         description="Inspect population statistics saved by "
         "PopulationStatistics.save (.npz).",
+        epilog="Example: popstats summary stats.npz; "
+        "popstats report stats.npz -o report.html",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    version = f"popstats {__version__} (PyTensor {pytensor.__version__})"
+    parser.add_argument("--version", action="version", version=version)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     title="commands")
     report = commands.add_parser(
         "report", help="write a self-contained HTML report",
         description="Write one HTML file (plots embedded) with the summary "
@@ -61,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from popstats._src.statistics import load
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # no command: say what there is, not just an error
+        parser.print_help(sys.stderr)
+        return 2
     try:
         stats = load(args.stats)
         if args.command == "report":
