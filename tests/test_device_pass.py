@@ -79,12 +79,13 @@ def test_device_equals_host(config):
                       host.run(more, b, progress=False), exact=False)
 
 
-def test_parameters_cross_once_per_pass_and_are_taken_again(monkeypatch):
+@pytest.mark.parametrize("accumulate", ["graph", "host"])
+def test_parameters_cross_once_per_pass_and_are_taken_again(monkeypatch, accumulate):
     x = pt.matrix("x")
     w = pytensor.shared(np.eye(3), name="w")
     h = x @ w
     y = h - popstats.bn_statistic(h.mean(0), "m")
-    run = popstats.Estimation([x], y, mode="JAX", accumulate="graph")
+    run = popstats.Estimation([x], y, mode="JAX", accumulate=accumulate)
     puts, args = [], []
     put, jit = run._device.put_parameters, run._device.jit
     monkeypatch.setattr(run._device, "put_parameters",

@@ -240,7 +240,7 @@ class DevicePass(_Pass):
     def _on_host(self, values: list) -> None:
         """Add one batch on the host, to the state so far."""
         self._fold()
-        per_site = self.owner._statistics(values, self.n)
+        per_site = self.owner._statistics(values, self.n, self.params)
         states = self.owner._host.add(
             list(copy_state(self.base).states), per_site, self.n
         )

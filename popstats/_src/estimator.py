@@ -107,9 +107,9 @@ class Estimation:
         batch, the state read once per run (and per checkpoint); the same
         numbers. On CPU ``"host"`` is as fast or faster
         (``benchmarks/estimation_cost.py --accumulate``); ``"graph"`` is for
-        devices. In JAX mode, ``"graph"`` keeps the accumulators and the
-        model's parameters (taken when the pass starts) on the device for the
-        pass; without JAX's 64-bit floats (``floatX="float32"``) the
+        devices. In JAX mode the model's parameters (taken when the pass
+        starts) go to the device once per pass, and ``"graph"`` keeps the
+        accumulators there too; without 64-bit floats (``floatX="float32"``) the
         accumulators are float32, folded into float64 on the host every 16
         batches (see :doc:`/pytensor-versions`, "Estimation in each
         backend"). One Estimation runs one shared-variable graph pass at a
@@ -205,7 +205,7 @@ class Estimation:
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
                                      self._slots, max_steps, call)
         self._fn = self._graph = self._gfn = self._device = None
-        self._jax = accumulate == "graph" and is_jax(mode)
+        self._jax = is_jax(mode)  # params on the device once per pass (passes.py)
         if accumulate == "graph" and not self._jax:
             trios = zip(graph.outputs, graph.counts, graph.weights, strict=True)
             self._graph = GraphAccumulator(self.sites, self.estimators,
@@ -219,9 +219,8 @@ class Estimation:
     @property
     def compiled(self) -> bool:
         """Whether the estimation function is compiled (see ``compile_now``)."""
-        if self._jax:
-            return self._device is not None
-        return (self._fn if self._graph is None else self._gfn) is not None
+        return (self._device if self._jax else self._fn if self._graph is None
+                else self._gfn) is not None
 
     def _compile(self) -> None:
         """Compile the function this pass runs its batches with (once)."""
@@ -231,6 +230,7 @@ class Estimation:
                 self._fn = self._device.function
             except TypeError:  # pragma: no cover - another JAX linker layout
                 self._jax, self.accumulate = False, "host"
+                self._graph = None
         if self._jax:
             return
         if self._graph is None:
@@ -270,22 +270,22 @@ class Estimation:
         """A batch's values, checked and converted for the inputs."""
         return batch_values(batch, self.inputs, index, self.call, self.dtypes)
 
-    def _statistics(self, values: list, index: int) -> list:
+    def _statistics(self, values: list, index: int, params: Any = None) -> list:
         """Per statistic (value, count, weight) of a batch, on the host."""
         try:
-            results = self._host_fn()(*values)
+            results = (self._host_fn()(*values) if params is None
+                       else self._device.jit(*values, *params))
         except Exception as exc:
             raise run_error(self.call, exc, values, index, self.inputs,
                             self.sites) from exc
-        # NumPy arrays (JAX returns its own): the host updates in place, and
-        # an in-place NumPy operation with a JAX operand updates nothing
+        # NumPy arrays: an in-place NumPy update with a JAX operand does nothing
         return [tuple(None if k is None else np.asarray(results[k]) for k in slot)
                 for slot in self._slots]
 
     def _pass(self, state: EstimationState) -> DevicePass | GraphPass | HostPass:
         """A run from ``state``: in the graph's accumulators, or on the host."""
         self._compile()
-        if self._device is not None:
+        if self._device is not None and self.accumulate == "graph":
             return DevicePass(self, state)
         if self._graph is not None:
             return GraphPass(self, state)

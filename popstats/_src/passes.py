@@ -63,10 +63,14 @@ class HostPass(_Pass):
     def __init__(self, owner: Any, state: EstimationState) -> None:
         self.owner = owner
         self.current = copy_state(state)
+        # JAX: the parameters cross to the device once per pass, not per call
+        device = owner._device
+        self.params = None if device is None else device.put_parameters()
 
     def step(self, batch: Any) -> int:
         owner, index = self.owner, self.current.n_batches
-        per_site = owner._statistics(owner._values(batch, index), index)
+        per_site = owner._statistics(owner._values(batch, index), index,
+                                     self.params)
         states = owner._host.add(list(self.current.states), per_site, index)
         self.current = EstimationState(self.current.spec, tuple(states), index + 1)
         return index + 1
