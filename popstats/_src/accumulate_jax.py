@@ -21,7 +21,7 @@ import numpy as np
 from popstats._src import estimators as est
 from popstats._src.exporter import Site
 
-__all__ = ["grow_fields", "make_update", "new_fields"]
+__all__ = ["grow_fields", "make_update", "new_fields", "to_host"]
 
 
 def _cells(a: Any, b: Any) -> Any:

@@ -35,7 +35,7 @@ import numpy as np
 import pytensor
 
 from popstats._src import estimators as est
-from popstats._src.accumulate import copy_state
+from popstats._src.accumulate import copy_state, stat_shape
 from popstats._src.accumulate_jax import grow_fields, make_update, new_fields, to_host
 from popstats._src.passes import _Pass, explain
 from popstats._src.state import EstimationState
@@ -128,10 +128,8 @@ class DevicePass(_Pass):
             if not arrays:
                 fields.append(None)
                 continue
-            cells = np.shape(arrays["n"])
-            value = arrays["acc" if "acc" in arrays else "mean"]
-            fields.append(new_fields(estimator, site.role, cells,
-                                     np.shape(value)[len(cells):],
+            fields.append(new_fields(estimator, site.role, np.shape(arrays["n"]),
+                                     stat_shape(arrays, site.time_axes),
                                      self.device.dtype))
         self.fields = fields
         self.added = 0
@@ -173,15 +171,18 @@ class DevicePass(_Pass):
         try:
             flat = self.device.jit(*values, *self.params)
         except Exception:
-            # e.g. a loop of zero steps, which JAX cannot trace: add this
-            # batch on the host (or raise the host's error for it)
+            # the host path runs the same call again and raises its error
+            # for this batch (naming the batch and its shapes)
             self._on_host(values)
-            return self.n
+            return self.n  # pragma: no cover - the call above raised
         stats = [tuple(None if k is None else flat[k] for k in slot)
                  for slot in owner._slots]
         fields = self._fit(stats)
-        if fields is None:  # another shape than earlier batches: the host says
-            self._on_host(values)
+        if fields is None:
+            # another statistic shape than earlier batches: the host's checks
+            # raise its error, or add the batch if it reaches no cell
+            self._on_host(values, [tuple(None if a is None else np.asarray(a)
+                                         for a in trio) for trio in stats])
             return self.n
         before = self.fields
         self.fields, checks = self.device.update(fields, stats)
@@ -211,8 +212,7 @@ class DevicePass(_Pass):
                 out.append(None if 0 in steps else new_fields(
                     estimator, site.role, steps, own, self.device.dtype))
                 continue
-            known = fields["acc" if "acc" in fields else "mean"].shape[axes:]
-            if own != known and 0 not in steps:
+            if own != stat_shape(fields, axes) and 0 not in steps:
                 return None
             out.append(grow_fields(fields, steps) if 0 not in steps else fields)
         return out
@@ -230,17 +230,17 @@ class DevicePass(_Pass):
     def _explain(self, values: list) -> None:
         """Raise the host checks' error for a batch that failed here."""
         current = self._merged()
-        own = []
-        for arrays, site in zip(current.states, self.owner.sites, strict=True):
-            value = arrays.get("acc", arrays.get("mean"))
-            own.append(None if value is None
-                       else tuple(np.shape(value)[site.time_axes:]))
+        own = [stat_shape(arrays, site.time_axes) if arrays else None
+               for arrays, site in zip(current.states, self.owner.sites,
+                                       strict=True)]
         explain(self.owner, values, own, self.n)
 
-    def _on_host(self, values: list) -> None:
-        """Add one batch on the host, to the state so far."""
+    def _on_host(self, values: list, per_site: list | None = None) -> None:
+        """Add one batch on the host, to the state so far (``per_site``: its
+        statistics, if already computed)."""
         self._fold()
-        per_site = self.owner._statistics(values, self.n, self.params)
+        if per_site is None:
+            per_site = self.owner._statistics(values, self.n, self.params)
         states = self.owner._host.add(
             list(copy_state(self.base).states), per_site, self.n
         )

@@ -159,7 +159,7 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
         )
     run, found = _estimation(stats, inputs, outputs, mode, match)
     pairs, single = _pairs(run, compare)
-    new, spread = _pass(run, batches, progress)
+    new, spread = _pass(run, batches, progress, single)
     for site, old in zip(run.sites, found, strict=True):
         have, got = old.value.shape[site.time_axes:], new[site.name].value.shape[
             site.time_axes:]
@@ -174,8 +174,9 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
     for var_i, mean_i in pairs:
         records.append(_pair_record(run, new, found, var_i, mean_i, int(worst),
                                     float(eps)))
-    for i in single:
-        records.append(_single_record(run, new, found, spread, i, int(worst)))
+    for k, i in enumerate(single):
+        records.append(_single_record(run, new, found, spread[k],
+                                      spread[k + len(single)], i, int(worst)))
     records.sort(key=lambda r: r.order)
     taken = [r.name for r in records]
     records = [r if taken.count(r.name) == 1 else r.renamed("/".join(r.names))
@@ -185,7 +186,8 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
 
 def _estimation(stats, inputs, outputs, mode, match):
     """The pass over new data, built as ``stats`` were (estimators, time
-    modes, max_steps); and per statistic its population record."""
+    modes; every step kept, whatever their max_steps); and per statistic
+    its population record."""
     graph = export_checked(as_variables(outputs, CALL), CALL, "step")
     found = [stats.lookup(site.id, match) for site in graph.sites]
     missing = [s.name for s, f in zip(graph.sites, found, strict=True) if f is None]
@@ -259,24 +261,28 @@ def _pairs(run: Estimation, compare: str):
     return pairs, single
 
 
-def _pass(run: Estimation, batches, progress):
-    """The new data's population statistics, and per statistic the mean and
-    mean square of its per-batch values (for the batch-to-batch spread)."""
+def _pass(run: Estimation, batches, progress, single: list[int]):
+    """The new data's population statistics, and for each statistic of
+    ``single`` the mean, then the mean square, of its per-batch values (for
+    the batch-to-batch spread): ``moments[k]`` and ``moments[k + len(single)]``
+    for ``single[k]``."""
     from popstats._src.inspection.progress import check_progress, progress_bar
 
     show = check_progress(progress, CALL)
-    n = len(run.sites)
-    spread = HostAccumulator((*run.sites, *run.sites), (_MEAN,) * (2 * n),
-                             (None,) * (2 * n), (*run._slots, *run._slots),
-                             run.max_steps, CALL)
-    states: list = [{} for _ in range(n)]
-    moments: list = [{} for _ in range(2 * n)]
+    sites = [run.sites[i] for i in single] * 2
+    slots = [run._slots[i] for i in single] * 2
+    spread = HostAccumulator(sites, (_MEAN,) * len(sites), (None,) * len(sites),
+                             slots, run.max_steps, CALL)
+    states: list = [{} for _ in run.sites]
+    moments: list = [{} for _ in sites]
     index = -1
     for index, batch in enumerate(progress_bar(iterate(batches, CALL), batches, show)):
         per_site = run._statistics(run._values(batch, index), index)
         run._host.add(states, per_site, index)
-        squares = [(v * v, c, w) for v, c, w in per_site]
-        spread.add(moments, [*per_site, *squares], index)
+        if single:
+            picked = [per_site[i] for i in single]
+            squares = [(v * v, c, w) for v, c, w in picked]
+            spread.add(moments, [*picked, *squares], index)
     new = run.finalize(EstimationState(run.spec, tuple(states), index + 1))
     return new, moments
 
@@ -344,13 +350,11 @@ def _pair_record(run, new, found, var_i, mean_i, worst, eps) -> StatisticDrift:
                    (mean_site.name, var_site.name), per_unit, worst)
 
 
-def _single_record(run, new, found, moments, i, worst) -> StatisticDrift:
+def _single_record(run, new, found, first, second, i, worst) -> StatisticDrift:
     site = run.sites[i]
-    n = len(run.sites)
     stat = new[site.name]
     cells = stat.coverage.shape
     old = _aligned(found[i], cells)
-    first, second = moments[i], moments[i + n]
     mean = est.finalize(_MEAN, None, first)
     square = est.finalize(_MEAN, None, second)
     m = stat.coverage.astype(np.float64)
