@@ -24,8 +24,8 @@ from _pytest.doctest import DoctestItem
 #: without it their doctests are not collected (tests/test_dask.py skips).
 collect_ignore = []
 if importlib.util.find_spec("distributed") is None:
-    collect_ignore += ["popstats/dask.py", "popstats/_src/cluster.py",
-                       "popstats/_src/dask_api.py"]
+    collect_ignore += ["popstats/dask.py", "popstats/_src/distributed/cluster.py",
+                       "popstats/_src/distributed/api.py"]
 
 
 def pytest_configure(config):

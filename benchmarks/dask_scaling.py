@@ -90,7 +90,7 @@ def differences(got, want) -> tuple[float, float]:
 
 
 def bytes_table(args, x, y, client) -> str:
-    from popstats._src.cluster import plan_pass
+    from popstats._src.distributed.cluster import plan_pass
 
     rows = []
     for k in (1, 8, 64):

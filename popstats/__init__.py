@@ -16,20 +16,20 @@ new data with population statistics, per layer and step.
 """
 
 from popstats import nn as nn
-from popstats._src.api import estimate, get_inference_graph
-from popstats._src.drift import drift
-from popstats._src.drift_record import Drift, StatisticDrift
+from popstats._src.drift.drift import drift
+from popstats._src.drift.records import Drift, StatisticDrift
 from popstats._src.errors import PopstatsError
-from popstats._src.estimator import Estimation
-from popstats._src.estimators import Estimator
-from popstats._src.exporter import EstimationGraph, Site, export
+from popstats._src.estimation.api import estimate
+from popstats._src.estimation.estimation import Estimation
+from popstats._src.estimation.estimators import Estimator
+from popstats._src.estimation.state import EstimationState, load_state
+from popstats._src.estimation.statistics import PopulationStatistics, Statistic, load
+from popstats._src.export.exporter import EstimationGraph, Site, export
+from popstats._src.graph.marker import BNStat, bn_statistic, is_statistic
 from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
-from popstats._src.rewriter import bind, population_variables, rewrite
-from popstats._src.state import EstimationState, load_state
-from popstats._src.statistics import PopulationStatistics, Statistic, load
-from popstats._src.tagger import BNStat, bn_statistic, is_statistic
-
-__version__ = "0.1.0"
+from popstats._src.rewrite.api import get_inference_graph
+from popstats._src.rewrite.rewriter import bind, population_variables, rewrite
+from popstats._src.version import __version__ as __version__
 
 __all__ = [
     "BNStat",

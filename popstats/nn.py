@@ -3,8 +3,8 @@
 See :func:`batch_norm`, :func:`bn_params` and :func:`running_average_updates`.
 """
 
-from popstats._src.nn import BatchNorm, batch_norm, bn_params
-from popstats._src.running import RunningAverages, running_average_updates
+from popstats._src.nn.batch_norm import BatchNorm, batch_norm, bn_params
+from popstats._src.nn.running import RunningAverages, running_average_updates
 
 __all__ = [
     "BatchNorm",

@@ -72,8 +72,8 @@ except ImportError:  # pragma: no cover
 else:
     HAVE_DASK = True
 #: where the raise sites only popstats.dask reaches are
-DASK_FILES = frozenset({"popstats/_src/cluster.py", "popstats/_src/cluster_tasks.py",
-                        "popstats/_src/dask_api.py"})
+DASK_FILES = frozenset(f"popstats/_src/distributed/{name}.py"
+                       for name in ("api", "cluster", "tasks"))
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "popstats"
@@ -103,7 +103,10 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
     # Estimation checks counts per batch (naming call, statistic and batch)
     # before the estimator scales a variance; the check in _bessel guards
     # direct calls of the private estimators.update.
-    ("popstats/_src/estimators.py", "_bessel", "Estimator('ema', unbiased=True)"): (
+    (
+        "popstats/_src/estimation/estimators.py", "_bessel",
+        "Estimator('ema', unbiased=True)",
+    ): (
         "estimators.update is private; Estimation checks the counts first"
     ),
     # PopulationStatistics.plot passes one of its own Statistic objects to
@@ -114,15 +117,21 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
     ),
     # A batch failing the checks of graph accumulation is run again through
     # the host checks, which raise the specific error first.
-    ("popstats/_src/drift.py", "_estimation", "could not rebuild the pass"): (
+    ("popstats/_src/drift/drift.py", "_estimation", "could not rebuild the pass"): (
         "a safety net: the estimators and time modes are given per name, so "
         "the rebuilt pass has those of stats"
     ),
-    ("popstats/_src/cluster_tasks.py", "run_partition", "instead of its batches"): (
+    (
+        "popstats/_src/distributed/tasks.py", "run_partition", "instead of its batches",
+    ): (
         "raised on a worker; the client raises 'partition k failed' with it "
         "as the cause (as in the scenario of a failing loader)"
     ),
-    ("popstats/_src/passes.py", "explain", "failed the estimation"): (
+    ("popstats/_src/estimation/statistics.py", "_view", "is not loaded"): (
+        "importing any part of popstats runs popstats/__init__.py, which "
+        "imports the inspection layer that registers the views"
+    ),
+    ("popstats/_src/estimation/passes.py", "explain", "failed the estimation"): (
         "the host checks run on the same batch raise first"
     ),
 }
@@ -139,34 +148,42 @@ CALL_PREFIX = re.compile(r"^[A-Za-z_][\w.]*\([^()]*\)")
 
 #: Page sections, in order: (title, files under popstats/_src/).
 SECTIONS: list[tuple[str, tuple[str, ...]]] = [
-    ("Marking statistics: ``bn_statistic``", ("tagger.py",)),
-    ("Finding statistics: ``export``", ("exporter.py", "pooling.py", "walk.py")),
+    ("Marking statistics: ``bn_statistic``", ("graph/marker.py",)),
+    (
+        "Finding statistics: ``export``",
+        ("export/exporter.py", "export/time_modes.py", "graph/walk.py"),
+    ),
     (
         "Estimating: ``estimate``, ``Estimation``, ``Estimator``",
-        ("estimator.py", "estimators.py", "partners.py", "accumulate.py", "passes.py",
-         "accumulate_graph.py", "checkpoint.py", "options.py",
-         "api.py", "inspection/progress.py"),
+        tuple(f"estimation/{name}.py" for name in (
+            "estimation", "estimators", "partners", "accumulate_host", "passes",
+            "accumulate_graph", "checkpoint", "options", "api", "progress",
+        )),
     ),
-    ("Batches and inputs", ("batches.py",)),
-    ("Rewriting: ``rewrite``, ``bind``", ("rewriter.py", "matching.py")),
-    ("Statistics, saving and loading", ("statistics.py", "state.py", "persistence.py")),
+    ("Batches and inputs", ("estimation/batches.py",)),
+    (
+        "Rewriting: ``rewrite``, ``bind``",
+        ("rewrite/rewriter.py", "rewrite/matching.py", "rewrite/api.py"),
+    ),
+    (
+        "Statistics, saving and loading",
+        tuple(f"estimation/{name}.py"
+              for name in ("statistics", "state", "persistence")),
+    ),
     (
         "Inspection and the ``popstats`` command",
-        (
-            "inspection/__init__.py",
-            "inspection/optional.py",
-            "inspection/describe.py",
-            "inspection/drawing.py",
-            "inspection/plots.py",
-            "inspection/report.py",
-            "inspection/cli.py",
-        ),
+        tuple(f"inspection/{name}.py" for name in (
+            "__init__", "optional", "describe", "drawing", "plots", "report", "cli",
+        )),
     ),
-    ("Layers and running averages: ``popstats.nn``", ("nn.py", "running.py")),
-    ("Drift: ``drift``", ("drift.py", "drift_record.py", "inspection/drift_report.py")),
+    (
+        "Layers and running averages: ``popstats.nn``",
+        ("nn/batch_norm.py", "nn/running.py"),
+    ),
+    ("Drift: ``drift``", ("drift/drift.py", "drift/records.py", "drift/report.py")),
     (
         "Estimating on a cluster: ``popstats.dask``",
-        ("dask_api.py", "cluster.py", "cluster_tasks.py"),
+        ("distributed/api.py", "distributed/cluster.py", "distributed/tasks.py"),
     ),
     ("Options given by name (``match=``, ``dtypes=``, flags)", ("errors.py",)),
 ]

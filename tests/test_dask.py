@@ -35,7 +35,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import popstats  # noqa: E402
 import popstats.dask  # noqa: E402
-from popstats._src.cluster_tasks import worker_info  # noqa: E402
+from popstats._src.distributed.tasks import worker_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: one graph per config for the whole session: the workers compile it once

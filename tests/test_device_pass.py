@@ -20,7 +20,7 @@ import popstats
 jax = pytest.importorskip("jax")
 import pytensor.link.jax.dispatch  # noqa: E402 - sets x64 from floatX
 
-from popstats._src import device_pass  # noqa: E402
+from popstats._src.estimation import device_pass  # noqa: E402
 
 EMA = popstats.Estimator("ema", momentum=0.3)
 

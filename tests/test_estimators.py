@@ -1,7 +1,7 @@
 """Estimators ("mean", "weighted", "pooled", "unbiased", "ema"), time pooling,
 max_steps, merge, and their input checks.
 
-Two levels: the accumulators of ``popstats._src.estimators`` on plain arrays
+Two levels: the accumulators of ``popstats._src.estimation.estimators`` on plain arrays
 (init / update / merge / finalize), and :func:`popstats.estimate` on small
 PyTensor graphs (feed-forward with unequal batch sizes, a masked Scan with
 variable lengths, nested Scans). Every expected value is computed in NumPy
@@ -23,7 +23,7 @@ from conftest import MODE, fails, scan
 
 import popstats
 from popstats import Estimator
-from popstats._src import estimators as est
+from popstats._src.estimation import estimators as est
 
 EPS = 1e-3
 F = 2  # features of every statistic here

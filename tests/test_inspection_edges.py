@@ -244,7 +244,7 @@ def test_cli_unexpected_failure_is_one_line(uncovered_file, monkeypatch, capsys)
     def broken(path):
         raise RuntimeError("something\nunexpected")
 
-    from popstats._src import statistics
+    from popstats._src.estimation import statistics
 
     monkeypatch.setattr(statistics, "load", broken)
     status = cli.main(["summary", str(uncovered_file)])

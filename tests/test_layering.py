@@ -1,11 +1,14 @@
-"""The package imports in one direction, and its modules stay small.
+"""The package's folders import in pipeline order, with no cycle at all.
 
 Imports are read with :mod:`ast` from every module of ``popstats/``: at
-module level and inside functions (a lazy import is still a dependency),
-but not under ``if TYPE_CHECKING:`` (annotations only). The graph of
-dependencies between popstats' own modules must have no cycle, apart from
-the documented exceptions in :data:`UPWARD`: convenience methods of a
-record that hand over to a higher layer, imported inside the method.
+module level, inside functions (a lazy import is still a dependency) and
+under ``if TYPE_CHECKING:`` (an annotation is a dependency too). Two rules,
+with no exception list:
+
+* between the stage folders of ``popstats/_src`` imports point down
+  :data:`ORDER` only (a folder may import itself and anything before it;
+  :data:`BASE` modules are below every folder and import none of them);
+* the graph of imports between popstats' modules has no cycle.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from pathlib import Path
 import popstats
 
 ROOT = Path(popstats.__file__).parent
-#: (importer, imported): lazy imports allowed to point up the layers
-UPWARD = {
-    # PopulationStatistics.plot / .report call into inspection
-    ("popstats._src.statistics", "popstats._src.inspection.plots"),
-    ("popstats._src.statistics", "popstats._src.inspection.report"),
-}
+SRC = "popstats._src"
+#: the stage folders of popstats/_src, lowest first
+ORDER = ("graph", "export", "estimation", "rewrite", "nn", "inspection", "drift",
+         "distributed")
+#: modules of popstats/_src below every folder
+BASE = ("errors", "version")
 #: the most lines a module of popstats/_src may have
 MAX_LINES = 450
 
@@ -31,38 +34,25 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-    )
+def _resolve(module: str, name: str) -> str:
+    """``from module import name``: the module imported (name may be one)."""
+    full = f"{module}.{name}"
+    as_path = ROOT.parent / full.replace(".", "/")
+    if as_path.with_suffix(".py").exists() or (as_path / "__init__.py").exists():
+        return full
+    return module
 
 
-def imports(path: Path) -> list[tuple[str, bool]]:
-    """(module imported, lazily?) for every popstats import of ``path``."""
-    found: list[tuple[str, bool]] = []
-
-    def visit(node: ast.AST, lazy: bool) -> None:
-        if _type_checking(node):
-            return
+def imports(path: Path) -> set[str]:
+    """Every popstats module ``path`` imports, wherever the import stands."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
             "popstats"
         ):
-            for alias in node.names:
-                full = f"{node.module}.{alias.name}"
-                # `from popstats._src import estimators as est` imports a module
-                target = full if (ROOT.parent / (full.replace(".", "/") + ".py")
-                                  ).exists() else node.module
-                found.append((target, lazy))
+            found.update(_resolve(node.module, a.name) for a in node.names)
         elif isinstance(node, ast.Import):
-            found.extend((a.name, lazy) for a in node.names
-                         if a.name.startswith("popstats"))
-        inner = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        for child in ast.iter_child_nodes(node):
-            visit(child, inner)
-
-    visit(ast.parse(path.read_text()), False)
+            found.update(a.name for a in node.names if a.name.startswith("popstats"))
     return found
 
 
@@ -70,15 +60,33 @@ def graph() -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {}
     for path in ROOT.rglob("*.py"):
         name = module_name(path)
-        edges.setdefault(name, set())
-        for target, lazy in imports(path):
-            if target == name:
-                continue
-            if (name, target) in UPWARD:
-                assert lazy, f"{name} imports {target} at module level"
-                continue
-            edges[name].add(target)
+        edges[name] = imports(path) - {name}
     return edges
+
+
+def folder(module: str) -> str | None:
+    """The stage folder of a module of popstats/_src (None: base or outside)."""
+    if not module.startswith(SRC + "."):
+        return None
+    top = module.removeprefix(SRC + ".").split(".")[0]
+    return top if top in ORDER else None
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for importer, targets in sorted(edges.items()):
+        if not importer.startswith(SRC + ".") and importer != SRC:
+            continue
+        here = folder(importer)
+        rank = -1 if here is None else ORDER.index(here)
+        for target in sorted(targets):
+            there = folder(target)
+            if not target.startswith(SRC) or target == SRC:
+                wrong.append(f"{importer} imports {target} (outside popstats._src)")
+            elif there is not None and ORDER.index(there) > rank:
+                wrong.append(f"{importer} ({here or 'base'}) imports {target} "
+                             f"({there})")
+    return wrong
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -107,24 +115,52 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_every_module_is_in_a_folder_or_the_base():
+    loose = [m for m in graph() if m.startswith(SRC + ".") and folder(m) is None
+             and m.removeprefix(SRC + ".") not in BASE]
+    assert not loose, f"modules outside the stage folders: {loose}"
+    folders = {p.name for p in (ROOT / "_src").iterdir()
+               if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set(ORDER), folders ^ set(ORDER)
+
+
+def test_folders_import_in_pipeline_order():
+    wrong = upward_imports(graph())
+    assert not wrong, "imports against the pipeline order:\n" + "\n".join(wrong)
+
+
 def test_no_import_cycles():
     cycle = find_cycle(graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_cycle_finder_finds_cycles():
+def test_type_checking_imports_count(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                    "    from popstats._src.export.exporter import Site\n"
+                    "def f():\n    from popstats._src.graph import walk\n")
+    assert imports(path) == {f"{SRC}.export.exporter", f"{SRC}.graph.walk"}
+
+
+def test_the_checks_find_what_they_look_for():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    low, high = f"{SRC}.graph.walk", f"{SRC}.rewrite.rewriter"
+    assert upward_imports({low: {high}}) == [
+        f"{low} (graph) imports {high} (rewrite)"]
+    assert upward_imports({high: {low}, f"{SRC}.errors": set()}) == []
+    assert upward_imports({f"{SRC}.errors": {low}}) == [
+        f"{SRC}.errors (base) imports {low} (graph)"]
 
 
-def test_the_pipeline_imports_downwards():
+def test_the_core_never_imports_inspection():
     edges = graph()
-    src = "popstats._src."
-    # the pass does not import the inspection layer at module level, and the
-    # low-level file module depends on nothing of popstats but its errors
-    assert edges[src + "persistence"] == {src + "errors"}
-    for low in ("tagger", "walk", "exporter", "pooling", "estimators", "state"):
-        assert not any(t.startswith(src + "inspection") for t in edges[src + low]), low
+    core = ("graph", "export", "estimation", "rewrite")
+    wrong = [(m, t) for m, ts in edges.items() if folder(m) in core
+             for t in ts if folder(t) in ("inspection", "drift", "distributed", "nn")]
+    assert not wrong, wrong
+    # the file layer depends on nothing of popstats but its errors
+    assert edges[SRC + ".estimation.persistence"] == {SRC + ".errors"}
 
 
 def test_modules_are_small():

@@ -6,7 +6,7 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.scan.op import Scan
 
-from popstats._src.scan_surgery import ScanEdit, is_gradient_scan
+from popstats._src.graph.surgery import ScanEdit, is_gradient_scan
 
 
 def _scan_node(outputs):

@@ -22,8 +22,8 @@ from test_persistence import Nested
 
 import popstats
 from popstats import Estimator
-from popstats._src import persistence
-from popstats._src.state import state_digest
+from popstats._src.estimation import persistence
+from popstats._src.estimation.state import state_digest
 
 EPS = 1e-3
 F = 2
@@ -445,7 +445,7 @@ def test_checkpoint_in_a_missing_folder_is_refused_before_compiling(
 
 def test_estimator_and_max_steps_are_checked_before_exporting(monkeypatch):
     inputs, y = rnn()
-    import popstats._src.estimator as estimator_module
+    import popstats._src.estimation.estimation as estimator_module
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported before checking the options")

@@ -22,7 +22,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     import pytensor
 
-    from popstats import __version__
+    from popstats._src.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="popstats",
@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     never as a traceback: a damaged file that :func:`~popstats.load` still
     reads is named with what went wrong.
     """
+    from popstats._src.estimation.statistics import load
     from popstats._src.inspection.describe import text_table
     from popstats._src.inspection.report import (
         SUMMARY_COLUMNS,
@@ -70,7 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary_rows,
         write_report,
     )
-    from popstats._src.statistics import load
 
     parser = _parser()
     args = parser.parse_args(argv)

@@ -12,10 +12,10 @@ from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
-from popstats._src.exporter import Site, as_variables, export_checked
-from popstats._src.identity import digest
-from popstats._src.rewriter import population_variables
-from popstats._src.tagger import BNStat, is_statistic, statistic_label
+from popstats._src.export.exporter import Site, as_variables, export_checked
+from popstats._src.graph.identity import digest
+from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
+from popstats._src.rewrite.rewriter import population_variables
 
 __all__ = [
     "Description",

@@ -22,9 +22,9 @@ from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.exporter import as_variables
+from popstats._src.export.exporter import as_variables
+from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
 from popstats._src.inspection.describe import walk_nodes
-from popstats._src.tagger import BNStat, is_statistic, statistic_label
 
 __all__ = ["draw", "draw_rewrite", "render"]
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation.statistics import Statistic
 from popstats._src.inspection.describe import escape_text
-from popstats._src.statistics import Statistic
 
 __all__ = ["plot", "plot_statistic"]
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from popstats._src.errors import PopstatsError
+from popstats._src.estimation.statistics import Statistic
 from popstats._src.inspection.describe import escape_text, html_table
-from popstats._src.statistics import Statistic
 
 __all__ = ["find_warnings", "summary_rows", "write_page", "write_report"]
 
@@ -180,7 +180,7 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
     ...     "<h2>Summary</h2>" in f.read()
     True
     """
-    from popstats._src.persistence import check_target
+    from popstats._src.estimation.persistence import check_target
 
     path = check_target(path, "report(path=...)", "report.html")
     if plots:

@@ -1,0 +1,369 @@
+"""Drift: how far new data departs from population statistics, and where.
+
+:func:`drift` runs the estimation pass of a graph over new batches, with the
+estimators, time modes and ``max_steps`` the population statistics were
+made with, and compares cell by cell (per time step inside loops) what the
+new data gives with the values inference would use:
+
+* a mean and its variance (or std) of one group -- a batch-norm layer -- as
+  the normal distributions they describe, per unit, with the symmetric
+  Kullback-Leibler divergence (Jeffreys divergence)::
+
+      J = KL(p||q) + KL(q||p)
+        = (s0/s1 + s1/s0) / 2 - 1 + (m1 - m0)^2 (1/s0 + 1/s1) / 2
+
+  with ``m0, s0`` the population mean and variance and ``m1, s1`` the new
+  data's: 0 for the same distribution, ``d^2`` for a mean shift of ``d``
+  standard deviations, ``(c^2 + 1/c^2)/2 - 1`` for a scale change ``c``;
+* any other statistic by its standardized difference ``|v1 - v0| / sd``,
+  ``sd`` the batch-to-batch standard deviation of the statistic on the new
+  data (Bessel-corrected): how many batches' worth of noise it moved.
+
+Cells the new data did not reach are not compared; steps beyond the
+population's are compared with its last step, which inference repeats.
+"""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from pytensor.graph.basic import Variable
+
+from popstats._src.drift.records import Drift, StatisticDrift
+from popstats._src.errors import PopstatsError, check_choice, describe_value
+from popstats._src.estimation import estimators as est
+from popstats._src.estimation.accumulate_host import HostAccumulator
+from popstats._src.estimation.batches import iterate
+from popstats._src.estimation.estimation import Estimation
+from popstats._src.estimation.options import check_mode
+from popstats._src.estimation.partners import paired_means
+from popstats._src.estimation.state import EstimationState
+from popstats._src.estimation.statistics import PopulationStatistics, Statistic
+from popstats._src.export.exporter import as_variables, export_checked
+from popstats._src.rewrite.matching import check_match
+
+__all__ = ["drift", "jeffreys"]
+
+CALL = "drift"
+_MEAN = est.Estimator("mean")
+COMPARE = {
+    "auto": "a divergence for each mean/variance pair, a standardized "
+            "difference for every other statistic",
+    "divergence": "a divergence for every statistic: each must be in a "
+                  "mean/variance pair",
+}
+
+
+def jeffreys(m0: np.ndarray, v0: np.ndarray, m1: np.ndarray,
+             v1: np.ndarray) -> np.ndarray:
+    """The symmetric KL divergence of N(m0, v0) and N(m1, v1), elementwise.
+
+    Two equal distributions give 0; a variance of 0 against a positive one
+    gives inf (and two zero variances with equal means, 0).
+
+    >>> float(jeffreys(0.0, 1.0, 2.0, 1.0))  # a shift of 2 standard deviations
+    4.0
+    """
+    m0, v0, m1, v1 = (np.asarray(a, dtype=np.float64) for a in (m0, v0, m1, v1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (0.5 * (v0 / v1 + v1 / v0) - 1.0
+               + 0.5 * (m1 - m0) ** 2 * (1.0 / v0 + 1.0 / v1))
+    both_zero = (v0 == 0) & (v1 == 0)
+    out = np.where(both_zero, np.where(m0 == m1, 0.0, np.inf), out)
+    return np.where(np.isnan(out), np.inf, out)
+
+
+def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
+          outputs: Variable | Sequence[Variable], batches: Iterable[Any], *,
+          eps: float = 0.0, mode: object = None, match: str = "structure",
+          compare: str = "auto", worst: int = 5,
+          progress: bool | str = "auto") -> Drift:
+    """Compare new batches with population statistics, per statistic and step.
+
+    Parameters
+    ----------
+    stats : PopulationStatistics
+        The population statistics of ``outputs`` (from :func:`estimate` or
+        :func:`load`).
+    inputs, outputs, batches
+        As for :func:`~popstats.estimate`; ``batches`` are the new data
+        (labels are not needed).
+    eps : float, default 0.0
+        Added to both variances of a pair before comparing, as batch
+        normalization adds it: pass your layers' epsilon to measure what
+        the normalization sees. With 0, a unit whose variance is 0 on one
+        side only (a pixel that never varied in training) drifts by inf.
+    mode : str or Mode, optional
+        Compilation mode of the estimation function.
+    match : {"structure", "name"}, default "structure"
+        How statistics are matched to ``stats``, as in :func:`rewrite`.
+    compare : {"auto", "divergence"}, default "auto"
+        ``"auto"``: a divergence for each mean/variance pair (role
+        ``"mean"`` and ``"var"`` or ``"std"`` with one ``group``, in one
+        loop), a standardized difference for any other statistic;
+        ``"divergence"``: refuse statistics outside such pairs.
+    worst : int, default 5
+        How many of the most-moved units each record lists.
+    progress : bool or "auto"
+        A progress bar over the batches, as for :func:`estimate`.
+
+    Returns
+    -------
+    Drift
+        One :class:`StatisticDrift` per pair or statistic, in graph order
+        (a statistic after every one it depends on); printing it gives a
+        table sorted by drift. ``Drift.statistics`` holds the population
+        statistics of the new data: a second statistic set for
+        :func:`rewrite` (``select=``) -- the remedy (AdaBN).
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> m = popstats.bn_statistic(x.mean(0), "m", role="mean", group="bn")
+    >>> v = popstats.bn_statistic(x.var(0), "v", role="var", group="bn")
+    >>> y = (x - m) / pt.sqrt(v + 1e-5)
+    >>> rng = np.random.default_rng(0)
+    >>> data = rng.normal(size=(4000, 2))
+    >>> stats = popstats.estimate([x], y, [{"x": data}])
+    >>> moved = popstats.drift(stats, [x], y, [{"x": data + [2.0, 0.0]}])
+    >>> record = moved["bn"]
+    >>> record.kind, record.names
+    ('divergence', ('m', 'v'))
+    >>> # a shift of 2 moves unit 0 by (2 / its standard deviation) squared
+    >>> np.allclose(record.per_unit, [4 / data[:, 0].var(), 0.0], rtol=1e-12)
+    True
+    """
+    if not isinstance(stats, PopulationStatistics):
+        raise PopstatsError(
+            f"{CALL}(stats=...): expected PopulationStatistics (from "
+            f"popstats.estimate or popstats.load), got {describe_value(stats)}."
+        )
+    check_match(match, CALL)
+    check_mode(mode, CALL)
+    check_choice(compare, COMPARE, f"{CALL}(compare=...)")
+    if isinstance(worst, bool) or not isinstance(worst, int | np.integer) or worst < 1:
+        raise PopstatsError(
+            f"{CALL}(worst=...): expected a positive int (units listed per "
+            f"record), got {describe_value(worst)}."
+        )
+    if (isinstance(eps, bool) or not isinstance(eps, int | float | np.number)
+            or not np.isfinite(eps) or eps < 0):
+        raise PopstatsError(
+            f"{CALL}(eps=...): expected a finite number >= 0 (the epsilon your "
+            f"batch normalization adds to variances), got {describe_value(eps)}."
+        )
+    run, found = _estimation(stats, inputs, outputs, mode, match)
+    pairs, single = _pairs(run, compare)
+    new, spread = _pass(run, batches, progress, single)
+    for site, old in zip(run.sites, found, strict=True):
+        have, got = old.value.shape[site.time_axes:], new[site.name].value.shape[
+            site.time_axes:]
+        if have != got:
+            raise PopstatsError(
+                f"{CALL}(batches=...): statistic {site.name!r} has shape {got} "
+                f"in the new data but {have} in stats. Drift compares data of "
+                f"the same feature sizes: check that the new batches have the "
+                f"shapes the model was estimated with."
+            )
+    records = []
+    for var_i, mean_i in pairs:
+        records.append(_pair_record(run, new, found, var_i, mean_i, int(worst),
+                                    float(eps)))
+    for k, i in enumerate(single):
+        records.append(_single_record(run, new, found, spread[k],
+                                      spread[k + len(single)], i, int(worst)))
+    records.sort(key=lambda r: r.order)
+    taken = [r.name for r in records]
+    records = [r if taken.count(r.name) == 1 else r.renamed("/".join(r.names))
+               for r in records]
+    return Drift(tuple(records), new)
+
+
+def _estimation(stats, inputs, outputs, mode, match):
+    """The pass over new data, built as ``stats`` were (estimators, time
+    modes; every step kept, whatever their max_steps); and per statistic
+    its population record."""
+    graph = export_checked(as_variables(outputs, CALL), CALL, "step")
+    found = [stats.lookup(site.id, match) for site in graph.sites]
+    missing = [s.name for s, f in zip(graph.sites, found, strict=True) if f is None]
+    if missing:
+        raise PopstatsError(
+            f"{CALL}(stats=...): no statistic in stats matches {missing} of "
+            f"these outputs (stats holds {sorted(stats)}). Pass the population "
+            f"statistics estimated for this graph; if the graph was rebuilt "
+            f"with other code or another PyTensor version, try "
+            f"match='name' (see rewrite)."
+        )
+    caps = {f.max_steps for f in found}
+    if len(caps) > 1:
+        raise PopstatsError(
+            f"{CALL}(stats=...): the statistics were estimated with different "
+            f"max_steps ({sorted(caps, key=str)}); compare statistics of one "
+            f"estimation pass."
+        )
+    # names escaped: a label may hold fnmatch's special characters; names
+    # with '#k' first, so that 'bn' does not take 'bn#1' by its label
+    order = sorted(range(len(found)), key=lambda i: "#" not in graph.sites[i].name)
+    estimator = {glob.escape(graph.sites[i].name): _new_side(found[i].estimator)
+                 for i in order}
+    time = {glob.escape(graph.sites[i].name): found[i].site.time for i in order
+            if found[i].site.time}
+    # every step of the new data: steps beyond a max_steps cap are compared
+    # with the last kept one, which inference repeats
+    run = Estimation(inputs, outputs, estimator=estimator, time=time or "step",
+                     mode=mode, call=CALL)
+    for site, estimator_i, f in zip(run.sites, run.estimators, found, strict=True):
+        if (estimator_i != _new_side(f.estimator)
+                or site.time != f.site.time):  # pragma: no cover
+            raise PopstatsError(
+                f"{CALL}(stats=...): could not rebuild the pass of "
+                f"{site.name!r} as stats were made ({f.estimator}, time "
+                f"{f.site.time}); please report this."
+            )
+    return run, found
+
+
+def _new_side(estimator: est.Estimator) -> est.Estimator:
+    """The estimator of the new data's pass: that of the statistic, except
+    ``"ema"``: over a few new batches a running average is still mostly its
+    starting value (0 for a mean), so the new side is their plain average
+    (``"unbiased"`` for an unbiased ema)."""
+    if estimator.name != "ema":
+        return estimator
+    return est.Estimator("unbiased" if estimator.unbiased else "mean")
+
+
+def _pairs(run: Estimation, compare: str):
+    """(variance index, mean index) pairs, and the statistics outside pairs."""
+    sites = run.sites
+    pairs = []
+    for i, site in enumerate(sites):
+        if site.role in ("var", "std"):
+            means = paired_means(sites, i)
+            if len(means) == 1 and sites[means[0]].time == site.time:
+                pairs.append((i, means[0]))
+    paired = {j for pair in pairs for j in pair}
+    single = [i for i in range(len(sites)) if i not in paired]
+    if compare == "divergence" and single:
+        names = [sites[i].name for i in single]
+        raise PopstatsError(
+            f"{CALL}(compare='divergence'): {names} are not in a mean/variance "
+            f"pair, so no divergence between distributions can be computed for "
+            f"them. Mark the mean and variance of a layer with "
+            f"role='mean' and role='var' (or 'std') and one group, or use "
+            f"compare='auto' (a standardized difference for these)."
+        )
+    return pairs, single
+
+
+def _pass(run: Estimation, batches, progress, single: list[int]):
+    """The new data's population statistics, and for each statistic of
+    ``single`` the mean, then the mean square, of its per-batch values (for
+    the batch-to-batch spread): ``moments[k]`` and ``moments[k + len(single)]``
+    for ``single[k]``."""
+    from popstats._src.estimation.progress import check_progress, progress_bar
+
+    show = check_progress(progress, CALL)
+    sites = [run.sites[i] for i in single] * 2
+    slots = [run._slots[i] for i in single] * 2
+    spread = HostAccumulator(sites, (_MEAN,) * len(sites), (None,) * len(sites),
+                             slots, run.max_steps, CALL)
+    states: list = [{} for _ in run.sites]
+    moments: list = [{} for _ in sites]
+    index = -1
+    for index, batch in enumerate(progress_bar(iterate(batches, CALL), batches, show)):
+        per_site = run._statistics(run._values(batch, index), index)
+        run._host.add(states, per_site, index)
+        if single:
+            picked = [per_site[i] for i in single]
+            squares = [(v * v, c, w) for v, c, w in picked]
+            spread.add(moments, [*picked, *squares], index)
+    new = run.finalize(EstimationState(run.spec, tuple(states), index + 1))
+    return new, moments
+
+
+def _aligned(old: Statistic, cells: tuple[int, ...]) -> np.ndarray:
+    """The population value inference uses at each of ``cells``: steps
+    beyond the population's repeat its last one."""
+    value = old.value
+    for axis, size in enumerate(cells):
+        have = value.shape[axis]
+        take = np.minimum(np.arange(size), have - 1)
+        value = np.take(value, take, axis=axis)
+    return value
+
+
+def _nan(reduce, array: np.ndarray, axis=None) -> np.ndarray:
+    """A NaN-ignoring reduction, NaN (without a warning) where all are NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return reduce(array, axis=axis)
+
+
+def _record(run, new, i, order, kind, names, per_unit, worst) -> StatisticDrift:
+    site = run.sites[i]
+    coverage = new[site.name].coverage
+    axes = site.time_axes
+    reached = coverage > 0
+    mask = reached.reshape(reached.shape + (1,) * (per_unit.ndim - axes))
+    per_unit = np.where(mask, per_unit, np.nan)
+    units = per_unit.reshape((*per_unit.shape[:axes], -1))
+    per_step = _nan(np.nanmean, units, axis=-1)
+    by_unit = _nan(np.nanmax, units.reshape(-1, units.shape[-1]), axis=0)
+    ranked = [u for u in np.argsort(-np.nan_to_num(by_unit, nan=-np.inf),
+                                    kind="stable") if not np.isnan(by_unit[u])]
+    unit_shape = per_unit.shape[axes:]
+    worst_units = tuple(
+        (tuple(int(k) for k in np.unravel_index(u, unit_shape)), float(by_unit[u]))
+        for u in ranked[:worst]
+    )
+    peak = None
+    if axes and not np.all(np.isnan(per_step)):
+        flat = np.nan_to_num(per_step, nan=-np.inf)
+        peak = tuple(int(k) for k in np.unravel_index(np.argmax(flat), flat.shape))
+    return StatisticDrift(
+        name=site.group if kind == "divergence" else site.name,
+        names=names, label=site.label, kind=kind, where=site.where, order=order,
+        per_unit=per_unit, per_step=per_step,
+        # NaN when a unit's drift is undefined (standardized, a single batch)
+        mean=float(np.mean(units[reached])) if reached.any() else np.nan,
+        max=float(np.max(units[reached])) if reached.any() else np.nan,
+        worst=worst_units, peak_step=peak, coverage=coverage.copy(),
+        n_batches=new[site.name].n_batches,
+    )
+
+
+def _pair_record(run, new, found, var_i, mean_i, worst, eps) -> StatisticDrift:
+    var_site, mean_site = run.sites[var_i], run.sites[mean_i]
+    cells = new[var_site.name].coverage.shape
+    m0, s0 = _aligned(found[mean_i], cells), _aligned(found[var_i], cells)
+    m1, s1 = new[mean_site.name].value, new[var_site.name].value
+    if var_site.role == "std":
+        s0, s1 = s0**2, s1**2
+    per_unit = jeffreys(m0, s0 + eps, m1, s1 + eps)
+    return _record(run, new, mean_i, min(var_i, mean_i), "divergence",
+                   (mean_site.name, var_site.name), per_unit, worst)
+
+
+def _single_record(run, new, found, first, second, i, worst) -> StatisticDrift:
+    site = run.sites[i]
+    stat = new[site.name]
+    cells = stat.coverage.shape
+    old = _aligned(found[i], cells)
+    mean = est.finalize(_MEAN, None, first)
+    square = est.finalize(_MEAN, None, second)
+    m = stat.coverage.astype(np.float64)
+    bessel = np.where(m > 1, m / np.maximum(m - 1.0, 1.0), np.nan)
+    variance = np.maximum(square - mean**2, 0.0) * est.expand(bessel, mean)
+    sd = np.sqrt(variance)
+    diff = np.abs(stat.value - old)
+    # 0 where nothing moved; inf where it moved but no batch varied; NaN
+    # where one batch alone reached the cell (no spread to measure)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(diff == 0, 0.0, diff / sd)
+    return _record(run, new, i, i, "standardized", (site.name,), z, worst)

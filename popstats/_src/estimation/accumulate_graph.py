@@ -1,0 +1,250 @@
+"""Graph accumulation: the estimators' updates inside the compiled function.
+
+:class:`GraphAccumulator` keeps every statistic's estimator state (the
+arrays of ``estimators.py``: ``n``, ``w``, ``mean``, ``m2``, ``acc``,
+``decay``) in shared variables, float64, and builds their update for one
+batch as PyTensor expressions: the compiled estimation function computes the
+batch's statistics and adds them to the accumulators in the same call, so a
+batch costs one call whatever the number of statistics, and no statistic is
+copied back to the host. The function returns only a small vector of
+checks (values finite, counts valid, shapes as earlier batches); a failed
+check is explained by :class:`~popstats._src.estimation.accumulate_host.HostAccumulator`
+on the same batch, so errors read as with host accumulation.
+
+Arrays grow inside the graph: a batch with more time steps than seen so
+far widens every time axis (new cells start empty), and the statistic's own
+shape is taken from the first batch. Cells a batch does not reach (beyond
+its steps, count 0, or a pooled loop with no step) are left unchanged. The
+formulas are those of ``estimators.update``, in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.graph.basic import Variable
+
+from popstats._src.estimation import estimators as est
+from popstats._src.estimation.state import EstimationState
+from popstats._src.export.exporter import Site
+from popstats._src.export.time_modes import align_cells
+
+__all__ = ["GraphAccumulator"]
+
+def _fit(array: Variable, shape: Sequence[Variable], fill: float) -> Variable:
+    """``array`` in the corner of a ``fill``-ed array of ``shape`` (cropped)."""
+    if array.ndim == 0:
+        return array
+    out = pt.alloc(np.asarray(fill, dtype=array.dtype), *shape)
+    corner = tuple(
+        slice(0, pt.minimum(array.shape[j], shape[j])) for j in range(array.ndim)
+    )
+    return pt.set_subtensor(out[corner], array[corner])
+
+
+def _empty(field: str, ndim: int, dtype: str) -> np.ndarray:
+    """A field before any batch: no cells (a 0-d field holds its start value,
+    as ``estimators.init`` gives: 1 for ``decay``, else 0)."""
+    if ndim:
+        return np.zeros((0,) * ndim, dtype=dtype)
+    return np.array(1.0 if field == "decay" else 0, dtype=dtype)
+
+
+class _Cells:
+    """One statistic's batch arrays, capped and padded to the grown cells."""
+
+    def __init__(self, value, count, weight, axes, max_steps, n):
+        cap = (slice(0, max_steps),) * axes if max_steps is not None else ()
+        self.value = value[cap].astype("float64")
+        self.count = None if count is None else count[cap].astype("float64")
+        self.weight = None if weight is None else weight[cap]
+        steps = [self.value.shape[j] for j in range(axes)]
+        reached = pt.ones(steps, dtype="bool")
+        if self.count is not None:
+            reached = reached & (self.count > 0)
+        if self.weight is not None:
+            reached = reached & (self.weight > 0)
+        self.reached = reached
+        self.own = [self.value.shape[j] for j in range(axes, self.value.ndim)]
+        self.cells = [pt.maximum(n.shape[j], steps[j]) for j in range(axes)]
+        self.axes = axes
+
+    def pad(self, array: Variable, fill: float = 0.0, own=None) -> Variable:
+        """A batch array (cells first) padded to the grown cells (and to
+        ``own`` trailing sizes, default its own)."""
+        if own is None:
+            own = [array.shape[j] for j in range(self.axes, array.ndim)]
+        return _fit(array, [*self.cells, *own], fill)
+
+
+class GraphAccumulator:
+    """Estimator states in shared variables, updated by the compiled pass.
+
+    Parameters
+    ----------
+    sites, estimators, partners, max_steps
+        As in :class:`~popstats.Estimation`.
+    outputs
+        Per statistic (value, count or None, weight or None): the estimation
+        graph's symbolic outputs for one batch.
+    """
+
+    def __init__(
+        self,
+        sites: Sequence[Site],
+        estimators: Sequence[est.Estimator],
+        partners: Sequence[int | None],
+        outputs: Sequence[tuple[Variable, Variable | None, Variable | None]],
+        max_steps: int | None,
+    ) -> None:
+        self.sites = tuple(sites)
+        self.estimators = tuple(estimators)
+        self.shared: list[dict[str, Variable]] = []
+        self.updates: list[tuple[Variable, Variable]] = []
+        checks = []
+        cells = []
+        for site, estimator, (value, count, weight) in zip(
+            self.sites, self.estimators, outputs, strict=True
+        ):
+            fields = self._fields(site, estimator, value.ndim)
+            self.shared.append(fields)
+            cells.append(
+                _Cells(value, count, weight, site.time_axes, max_steps, fields["n"])
+            )
+        for i, (site, estimator) in enumerate(
+            zip(self.sites, self.estimators, strict=True)
+        ):
+            partner = partners[i]
+            mean = None if partner is None else cells[partner].value
+            new, ok = self._update(site, estimator, self.shared[i], cells[i], mean)
+            self.updates.extend((self.shared[i][k], new[k]) for k in new)
+            checks.append(ok)
+        self.checks = pt.stack(checks).astype("int8")
+
+    @staticmethod
+    def _fields(site: Site, estimator: est.Estimator, ndim: int) -> dict:
+        axes = site.time_axes
+        names = est.fields(estimator, site.role)
+        out = {}
+        for field in names:
+            width = ndim if field in est.VALUE_FIELDS else axes
+            dtype = "int64" if field == "n" else "float64"
+            out[field] = pytensor.shared(
+                _empty(field, width, dtype), name=f"{site.name}.{field}",
+                shape=(None,) * width,
+            )
+        return out
+
+    def _update(self, site, estimator, old, c: _Cells, partner_mean):
+        """The new fields of one statistic, and whether its checks pass."""
+        role, axes = site.role, site.time_axes
+        live = c.pad(c.reached, False) if axes else c.reached
+        value = c.value
+        # checks (on the batch's own cells)
+        r = align_cells(c.reached, value)
+        ok = pt.all(pt.isfinite(value) | ~r)
+        if c.count is not None:
+            ok = ok & pt.all(pt.isfinite(c.count) & (c.count >= 0))
+            if est.bessel_corrected(estimator, role):
+                ok = ok & pt.all((c.count > 1) | ~c.reached)
+        value_field = old["acc"] if "acc" in old else old["mean"]
+        empty = pt.eq(value_field.size, 0)
+        known = [value_field.shape[j] for j in range(axes, value.ndim)]
+        same = pt.all(pt.eq(pt.stack(known or [0]), pt.stack(c.own or [0])))
+        anywhere = pt.any(c.reached)
+        ok = ok & (empty | same | ~anywhere)
+        # a batch that reaches no cell keeps the shape known so far (its own
+        # may not be the statistic's: a loop of zero steps)
+        own = [pt.switch(anywhere | empty, b, k) for b, k in
+               zip(c.own, known, strict=True)]
+        # grown state and padded batch
+        shape = [*c.cells, *own]
+        grown = {
+            k: _fit(v, shape if k in est.VALUE_FIELDS else c.cells,
+                    1.0 if k == "decay" else 0)
+            for k, v in old.items()
+        }
+        value = c.pad(value, own=own) if axes else _fit(value, own, 0.0)
+        value = pt.switch(align_cells(live, value), value, 0.0)
+        count = None
+        if c.count is not None:
+            count = c.pad(c.count) if axes else c.count
+            count = pt.switch(live, count, 0.0)
+        mean = None
+        if partner_mean is not None:
+            mean = (c.pad(partner_mean, own=own) if axes
+                    else _fit(partner_mean, own, 0.0))
+            mean = pt.switch(align_cells(live, mean), mean, 0.0)
+        new = {"n": grown["n"] + live.astype("int64")}
+        name = estimator.name
+        if name == "ema":
+            if estimator.unbiased and role in ("var", "std"):
+                m = pt.switch(count > 1, count, 2.0)
+                factor = m / (m - 1.0)
+                scale = factor if role == "var" else pt.sqrt(factor)
+                value = value * align_cells(scale, value)
+            decay_m = pt.switch(live, estimator.momentum, 0.0)
+            m = align_cells(decay_m, value)
+            new["acc"] = grown["acc"] * (1.0 - m) + m * value
+            new["decay"] = grown["decay"] * (1.0 - decay_m)
+            return new, ok
+        if name == "unbiased" and role in ("var", "std"):
+            variance = value if role == "var" else value**2
+            safe_count = pt.switch(count > 1, count, 2.0)
+            value = variance * align_cells(safe_count / (safe_count - 1.0), value)
+        w = count if name in ("weighted", "pooled") else live.astype("float64")
+        w_total = grown["w"] + w
+        safe = pt.switch(w_total > 0, w_total, 1.0)
+        if name == "pooled" and role in ("var", "std"):
+            variance = value if role == "var" else value**2
+            delta = mean - grown["mean"]
+            new["m2"] = grown["m2"] + (
+                align_cells(w, value) * variance
+                + delta**2 * align_cells(grown["w"] * w / safe, value)
+            )
+            new["mean"] = grown["mean"] + delta * align_cells(w / safe, value)
+        else:
+            new["mean"] = grown["mean"] + (value - grown["mean"]) * align_cells(
+                w / safe, value
+            )
+        new["w"] = w_total
+        return new, ok
+
+    # -- the state in the shared variables --------------------------------------
+
+    def load(self, state: EstimationState) -> None:
+        """Put ``state``'s arrays into the accumulators (copies)."""
+        for fields, arrays in zip(self.shared, state.states, strict=True):
+            for k, var in fields.items():
+                if arrays:
+                    var.set_value(np.array(arrays[k], dtype=var.dtype, copy=True))
+                else:
+                    var.set_value(_empty(k, var.ndim, var.dtype))
+
+    def own_shapes(self) -> list[tuple[int, ...] | None]:
+        """Per statistic, its own shape in the accumulators (None: not yet)."""
+        out = []
+        for fields, site in zip(self.shared, self.sites, strict=True):
+            value = (fields["acc"] if "acc" in fields else fields["mean"]).get_value(
+                borrow=True
+            )
+            # before any batch every axis is 0 (see _empty): shape not known
+            empty = not any(np.shape(value))
+            out.append(None if empty else tuple(np.shape(value)[site.time_axes:]))
+        return out
+
+    def read(self, spec, n_batches: int) -> EstimationState:
+        """The accumulators as a state (copies); empty before any batch."""
+        states = []
+        for fields in self.shared:
+            arrays = {k: np.array(v.get_value(borrow=True), copy=True)
+                      for k, v in fields.items()}
+            value = arrays["acc"] if "acc" in arrays else arrays["mean"]
+            # never reached: every axis still 0, as before the first batch
+            # (the host keeps such a state empty too)
+            untouched = value.size == 0 and not any(value.shape)
+            states.append({} if n_batches == 0 or untouched else arrays)
+        return EstimationState(spec, tuple(states), n_batches)

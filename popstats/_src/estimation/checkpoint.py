@@ -1,0 +1,159 @@
+"""Checkpoints of an estimation pass: save every so often, resume exactly.
+
+A checkpoint file holds the pass's state and the state the run started
+from (its batch count and digest, see ``state.py``). Resuming is exact only
+when the run is called again as it was first called: the same batches, from
+the same starting state. :func:`open_checkpoint` checks what it can before
+any batch is computed: the file's pass spec against this pass's, and the
+starting state (none, or the one given again); the run checks at its end
+that the batches covered what the checkpoint already counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation.persistence import check_target, remove_stale_temporaries
+from popstats._src.estimation.state import (
+    Checkpoint,
+    EstimationState,
+    load_checkpoint,
+    save_state,
+    state_digest,
+)
+
+__all__ = ["CheckpointedRun", "check_every", "open_checkpoint"]
+
+log = logging.getLogger("popstats")
+
+
+def check_every(every: object, where: str) -> int:
+    """``checkpoint_every`` if it is a positive int, else a PopstatsError."""
+    if (isinstance(every, bool | np.bool_) or not isinstance(every, int | np.integer)
+            or every < 1):
+        raise PopstatsError(
+            f"{where}: expected a positive int (save every so many batches), got "
+            f"{describe_value(every)}."
+        )
+    return int(every)
+
+
+@dataclass
+class CheckpointedRun:
+    """A run's checkpoint: where to save, how often, and what to skip.
+
+    ``skip`` is the number of this run's batches the checkpoint already
+    counts: they are passed over, not computed.
+    """
+
+    path: str
+    every: int
+    start: Checkpoint
+    skip: int
+    where: str
+
+    def due(self, n_batches: int) -> bool:
+        """Whether to save after the state counts ``n_batches``: every
+        ``every`` batches of this run."""
+        return (n_batches - self.start.start_batches) % self.every == 0
+
+    def save(self, state: EstimationState) -> None:
+        save_state(state, self.path, self.where, self.start)
+
+    def check_consumed(self, consumed: int) -> None:
+        """Raise if the run ended before passing the checkpoint's batches."""
+        if consumed < self.skip:
+            raise PopstatsError(
+                f"{self.where}: the checkpoint {self.path!r} already counts "
+                f"{_batches(self.skip)} of this run, but only {consumed} "
+                f"{'was' if consumed == 1 else 'were'} given. Pass the same "
+                f"batches again (those the checkpoint counts are skipped, not "
+                f"computed), or delete the checkpoint to start over."
+            )
+
+
+def open_checkpoint(
+    path: object,
+    every: object,
+    given: EstimationState | None,
+    empty: EstimationState,
+    check_state,
+    where: str,
+    parameters: str = "",
+) -> tuple[CheckpointedRun, EstimationState]:
+    """The checkpoint of a run and the state to continue from.
+
+    ``given`` is the ``state=`` of the run (None: from ``empty``);
+    ``check_state(state, where, fix)`` checks a state belongs to this pass;
+    ``parameters`` is the digest of the model's shared variables now.
+    """
+    every = check_every(every, where.replace("checkpoint=", "checkpoint_every="))
+    path = check_target(path, where)
+    start_state = empty if given is None else given
+    start = Checkpoint(start_state.n_batches, state_digest(start_state),
+                       parameters)
+    if not os.path.exists(path):
+        remove_stale_temporaries(path)
+        return CheckpointedRun(path, every, start, 0, where), start_state
+    saved, began = load_checkpoint(path, where.split("(")[0], where)
+    if began is None:
+        raise PopstatsError(
+            f"{where}: {path!r} holds a state saved with EstimationState.save, "
+            f"not a checkpoint of Estimation.run, so which of the given batches "
+            f"it counts is unknown. Continue from it with "
+            f"run(batches, state=popstats.load_state(path)) and another "
+            f"checkpoint path."
+        )
+    check_state(saved, where, "Resume with the same graph and options, or delete "
+                "the checkpoint to start over.")
+    if (began.start_batches, began.start_digest) != (start.start_batches,
+                                                      start.start_digest):
+        raise PopstatsError(_start_error(where, path, began, given, saved))
+    if began.parameters != parameters:
+        raise PopstatsError(
+            f"{where}: the model's parameters (its shared variables' values or "
+            f"shapes) are not those the checkpoint {path!r} was made with: its "
+            f"batches were computed with other weights, and resuming would mix "
+            f"them. Restore the weights of that run, or delete the checkpoint "
+            f"to start over."
+        )
+    remove_stale_temporaries(path)
+    skip = saved.n_batches - began.start_batches
+    log.info("%s: resuming from %r, which counts %d batch(es) of this run: "
+             "skipping them", where, path, skip)
+    return CheckpointedRun(path, every, start, skip, where), saved
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch" if n == 1 else f"{n} batches"
+
+
+def _start_error(where, path, began, given, saved) -> str:
+    if given is not None and state_digest(given) == state_digest(saved):
+        return (
+            f"{where}: the state given (state=...) is the checkpoint's own "
+            f"state, not the one the checkpointed run started from. To resume, "
+            f"call run again as it was first called: with the same batches and "
+            f"the same starting state (state=None if it started from nothing)."
+        )
+    if began.start_batches == 0 and given is not None:
+        return (
+            f"{where}: the checkpoint {path!r} is of a run that started from "
+            f"nothing, but a state of {_batches(given.n_batches)} is given. Call "
+            f"run as it was first called (without state=), or delete the "
+            f"checkpoint to start over."
+        )
+    got = "no state" if given is None else f"a state of {_batches(given.n_batches)}"
+    return (
+        f"{where}: the checkpoint {path!r} is of a run that continued a state "
+        f"of {_batches(began.start_batches)}, but {got} is given"
+        f"{' (another one)' if given is not None else ''}. Pass that same "
+        f"starting state again (state=...), or delete the checkpoint to start "
+        f"over: resuming from another state would count batches twice or not "
+        f"at all."
+    )

@@ -1,0 +1,298 @@
+"""The record passed from estimation to rewrite, and its file.
+
+Stage: estimation. :class:`PopulationStatistics` maps names to
+:class:`Statistic` records; :func:`save_statistics` and :func:`load` write and
+read them (the layout of the file is documented in
+:mod:`popstats._src.estimation.persistence`). Its ``plot`` and ``report``
+methods call views that :mod:`popstats._src.inspection` registers
+(:func:`register_view`), so this module imports nothing above estimation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from popstats._src.errors import PopstatsError
+from popstats._src.estimation.estimators import Estimator
+from popstats._src.estimation.persistence import STATISTICS, read, write
+from popstats._src.export.exporter import Site
+from popstats._src.graph.walk import LoopStep, SiteId
+
+__all__ = ["PopulationStatistics", "Statistic", "load", "save_statistics"]
+
+_MEAN = Estimator("mean")  # frozen, safe to share
+
+
+@dataclass(frozen=True, eq=False)
+class Statistic:
+    """The population estimate of one batch statistic.
+
+    Attributes
+    ----------
+    name, label : str
+        As in :class:`~popstats.Site`.
+    site : Site
+        Where the statistic was found.
+    value : numpy.ndarray
+        float64; leading axes are time steps (one per enclosing loop whose
+        time is not pooled, outermost first).
+    coverage : numpy.ndarray
+        int64, shape ``value.shape[:depth]``: how many batches reached each
+        step (for a statistic outside loops, a 0-d array: the batch count).
+    n_batches : int
+        Batches that contributed.
+    estimator : Estimator
+        How the value was estimated.
+    max_steps : int or None
+        The ``max_steps`` of the estimation pass (None: every step kept).
+    """
+
+    name: str
+    label: str
+    site: Site
+    value: np.ndarray
+    coverage: np.ndarray
+    n_batches: int
+    estimator: Estimator = _MEAN
+    max_steps: int | None = None
+
+    @property
+    def depth(self) -> int:
+        """Number of time axes of :attr:`value`."""
+        return self.site.time_axes
+
+    @property
+    def uncovered_steps(self) -> int:
+        """Cells of the per-step table that no batch reached (filled)."""
+        return int((self.coverage == 0).sum())
+
+    @property
+    def thin_steps(self) -> int:
+        """Cells reached by fewer than 10% of the batches (but some)."""
+        reached = self.coverage[self.coverage > 0]
+        return int((reached < 0.1 * self.n_batches).sum())
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """Length of each time axis (the longest run seen per loop)."""
+        return tuple(self.coverage.shape)
+
+
+#: Views of :class:`PopulationStatistics` that a higher folder provides
+#: (inspection registers ``plot`` and ``report`` when it is imported, which
+#: ``import popstats`` does), so that this record never imports inspection.
+VIEWS: dict[str, Callable[..., Any]] = {}
+
+
+def register_view(name: str, function: Callable[..., Any]) -> None:
+    """Make ``function(stats, ...)`` the implementation of ``stats.<name>(...)``."""
+    VIEWS[name] = function
+
+
+def _view(name: str) -> Callable[..., Any]:
+    try:
+        return VIEWS[name]
+    except KeyError:  # pragma: no cover - popstats/__init__ imports inspection
+        raise PopstatsError(
+            f"PopulationStatistics.{name}: the inspection layer is not loaded; "
+            "`import popstats` loads it."
+        ) from None
+
+
+class PopulationStatistics(Mapping[str, Statistic]):
+    """Population statistics by name; the estimator's result.
+
+    A read-only mapping from statistic name to :class:`Statistic`, in the
+    order the statistics were found. Pass it to :func:`~popstats.rewrite`
+    (as many times as needed, for any graph holding these statistics).
+    """
+
+    def __init__(self, statistics: tuple[Statistic, ...]):
+        self._by_name = {s.name: s for s in statistics}
+        self._by_id: dict[SiteId, Statistic] = {s.site.id: s for s in statistics}
+        self._by_base: dict[tuple, list[Statistic]] = {}
+        for s in statistics:
+            self._by_base.setdefault((s.site.id.chain, s.label), []).append(s)
+
+    def __getitem__(self, name: str) -> Statistic:
+        try:
+            return self._by_name[name]
+        except (KeyError, TypeError):
+            close = difflib.get_close_matches(str(name), list(self._by_name), n=3,
+                                              cutoff=0.5)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise PopstatsError(
+                f"PopulationStatistics[{name!r}]: no such statistic.{hint} Known: "
+                f"{sorted(self._by_name)}."
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str, default: object = None) -> object:
+        return self._by_name.get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def lookup(self, site: SiteId, match: str = "structure") -> Statistic | None:
+        """The statistic estimated for ``site``, or None.
+
+        ``match="structure"``: the same identity (loops, label and the
+        structural fingerprint of where it is computed; see
+        :doc:`/names`). ``match="name"`` also accepts the only statistic
+        with the same loops and label when the fingerprints differ.
+        """
+        found = self._by_id.get(site)
+        if found is None and match == "name":
+            candidates = self.named_like(site)
+            if len(candidates) == 1:
+                found = candidates[0]
+        return found
+
+    def named_like(self, site: SiteId) -> list[Statistic]:
+        """The statistics with the loops and label of ``site``."""
+        return list(self._by_base.get((site.chain, site.label), ()))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save to a ``.npz`` file (no pickle); see :func:`popstats.load`.
+
+        The file is written to a temporary name and renamed, so an
+        interrupted save leaves any earlier file intact.
+        """
+        save_statistics(self, path)
+
+    def plot(self, name: str, *, units: int = 8):
+        """A matplotlib Figure of one statistic (``pip install popstats[plot]``).
+
+        See :func:`popstats._src.inspection.plots.plot_statistic`.
+        """
+        return _view("plot")(self, name, units=units)
+
+    def report(self, path: str | os.PathLike, *, title: str = "popstats report",
+               plots: bool = True) -> str:
+        """Write a self-contained HTML report; return its path.
+
+        See :func:`popstats._src.inspection.report.write_report`.
+        """
+        return _view("report")(self, path, title=title, plots=plots)
+
+    def __repr__(self) -> str:
+        rows = []
+        for s in self._by_name.values():
+            row = (
+                f"  {s.name!r}: shape {s.value.shape[s.depth:]}, steps {s.steps}, "
+                f"in {s.site.where}, {s.n_batches} batches"
+            )
+            if s.estimator.name != "mean":
+                row += f", {s.estimator.name}"
+            if s.uncovered_steps:
+                row += f", {s.uncovered_steps} steps never reached"
+            rows.append(row)
+        return "PopulationStatistics(\n" + "\n".join(rows) + "\n)"
+
+
+def _site_meta(
+    site: Site, estimator: Estimator, n_batches: int, max_steps: int | None
+) -> dict[str, Any]:
+    return {
+        "name": site.name,
+        "label": site.label,
+        "fingerprint": site.id.fingerprint,
+        "path": [[step.name, step.fingerprint] for step in site.id.path],
+        "key": site.id.key,
+        "shape": list(site.shape),
+        "dtype": site.dtype,
+        "role": site.role,
+        "group": site.group,
+        "counted": site.counted,
+        "time": list(site.time),
+        "estimator": {"name": estimator.name, "momentum": estimator.momentum,
+                      "unbiased": estimator.unbiased},
+        "max_steps": max_steps,
+        "n_batches": n_batches,
+    }
+
+
+def _site_from_meta(
+    meta: dict[str, Any],
+) -> tuple[Site, Estimator, int, int | None]:
+    path = tuple(LoopStep(str(name), str(fp)) for name, fp in meta["path"])
+    site_id = SiteId(path, str(meta["label"]), str(meta["fingerprint"]),
+                     str(meta.get("key", "")))
+    site = Site(
+        meta["name"],
+        meta["label"],
+        site_id,
+        tuple(None if s is None else int(s) for s in meta["shape"]),
+        meta["dtype"],
+        role=meta["role"],
+        group=meta["group"],
+        counted=bool(meta["counted"]),
+        time=tuple(meta["time"]),
+    )
+    spec = meta["estimator"]
+    estimator = Estimator(spec["name"], spec["momentum"],
+                          unbiased=bool(spec["unbiased"]))
+    cap = meta["max_steps"]
+    return site, estimator, int(meta["n_batches"]), None if cap is None else int(cap)
+
+
+def save_statistics(
+    stats: PopulationStatistics,
+    path: str | os.PathLike,
+    where: str = "PopulationStatistics.save(path=...)",
+) -> None:
+    """Write ``stats`` to ``path`` (format above)."""
+    metas, arrays = [], {}
+    for i, stat in enumerate(stats.values()):
+        metas.append(_site_meta(stat.site, stat.estimator, stat.n_batches,
+                                stat.max_steps))
+        arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
+        arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
+    write(path, STATISTICS, {"statistics": metas}, arrays, where)
+
+
+def load(path: str | os.PathLike) -> PopulationStatistics:
+    """Load population statistics saved by :meth:`PopulationStatistics.save`.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> stats = popstats.estimate([x], y, [{"x": np.ones((3, 2))}])
+    >>> path = os.path.join(tempfile.mkdtemp(), "stats.npz")
+    >>> stats.save(path)
+    >>> popstats.load(path)["mean"].value
+    array([1., 1.])
+    """
+    meta, archive = read(path, STATISTICS, "load")
+    stats = []
+    try:
+        for i, entry in enumerate(meta["statistics"]):
+            site, estimator, n_batches, max_steps = _site_from_meta(entry)
+            value = np.array(archive[f"value/{i}"], dtype=np.float64)
+            coverage = np.array(archive[f"coverage/{i}"], dtype=np.int64)
+            if coverage.shape != value.shape[: site.time_axes]:
+                raise ValueError(f"coverage of {site.name!r} does not fit its value")
+            stats.append(
+                Statistic(site.name, site.label, site, value, coverage, n_batches,
+                          estimator, max_steps)
+            )
+        # names and identities index the result: they must be hashable
+        return PopulationStatistics(tuple(stats))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise PopstatsError(
+            f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "
+            f"{exc}). Save it again."
+        ) from None

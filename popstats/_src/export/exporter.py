@@ -1,0 +1,338 @@
+"""Exporter: find every statistic and make it an output of the graph.
+
+Statistics in the outer graph are outputs as they are. A statistic inside a
+Scan becomes an extra ``nit_sot`` output of a rebuilt Scan, recursively: a
+statistic two loops deep comes out with two leading time axes (outer steps,
+inner steps). Its element count, when given, travels along the same way.
+
+With ``time="pooled"`` for a loop level, the steps of that loop are combined
+inside the enclosing graph, right after the loop, so the statistic loses
+that time axis (see :func:`pool_steps`). Combining inside the enclosing step
+is what makes a nested loop whose inner length varies between outer steps
+estimable. The user's graph is not modified.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.traversal import toposort
+from pytensor.scan.op import Scan
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.export.sites import EstimationGraph, Found, Site
+from popstats._src.export.time_modes import (
+    check_patterns,
+    check_time,
+    pool_steps,
+    resolve_time,
+)
+from popstats._src.graph.marker import statistic_count, statistic_group, statistic_role
+from popstats._src.graph.surgery import ScanEdit
+from popstats._src.graph.walk import LoopStep, SiteId, transform
+
+log = logging.getLogger("popstats")
+
+__all__ = [
+    "EstimationGraph",
+    "Site",
+    "as_variables",
+    "export",
+    "export_checked",
+    "restructure",
+]
+
+
+class _ExportLevel:
+    def __init__(
+        self, call: str, time: object, names: Mapping[SiteId, str] | None = None
+    ) -> None:
+        self.call = call  # the public call, named in errors
+        self.time = time
+        self.names = names or {}  # statistic names, for time patterns
+        self.found: list[Found] = []
+
+    def statistic(self, var: Variable, site: SiteId) -> None:
+        count = statistic_count(var)
+        self.found.append(Found(site, var, var, count, None, []))
+        return None
+
+    def scan(
+        self, node: Apply, inputs: list[Variable], path: tuple[LoopStep, ...]
+    ) -> list[Variable]:
+        edit = ScanEdit(node, inputs)
+        inner = _ExportLevel(self.call, self.time, self.names)
+        inner_outputs = transform(edit.inner_inputs, edit.inner_outputs, inner, path)
+        edit.set_inner_outputs(inner_outputs)
+        slots = []
+        for found in inner.found:
+            row = []
+            for var in (found.value, found.count, found.weight):
+                row.append(var is not None)
+                if var is not None:
+                    edit.add_nit_sot(var)
+            slots.append(row)
+        replaced, added = edit.build()
+        stacked = iter(added)
+        for found, row in zip(inner.found, slots, strict=True):
+            found.value, found.count, found.weight = (
+                next(stacked) if present else None for present in row
+            )
+        level = len(path) - 1
+        for found in inner.found:
+            modes = resolve_time(self.time, found.site.label, found.site.depth,
+                                 self.names.get(found.site))
+            found.time.insert(0, modes[level])
+        # the means by (loop path, group); one computation reached twice is one
+        by_group: dict[tuple, dict] = {}
+        for f in inner.found:
+            if statistic_role(f.stat) == "mean" and statistic_group(f.stat):
+                key = (f.site.path, statistic_group(f.stat))
+                by_group.setdefault(key, {}).setdefault(f.site, f)
+        pooled = [f for f in inner.found if f.time[0] == "pooled"]
+        partners = {id(f): _pooling_partner(f, by_group, self.call) for f in pooled}
+        # A pooled variance reads its partner mean still stacked over steps:
+        # keep the stacked values of every pooled statistic before pooling.
+        originals = {id(f): (f.value, f.count, f.weight) for f in pooled}
+        for f in pooled:
+            partner = partners[id(f)]
+            if partner is not None and id(partner) in originals:
+                partner = Found(partner.site, partner.stat,
+                                 *originals[id(partner)], partner.time)
+            pool_steps(f, partner, self.call)
+        self.found.extend(inner.found)
+        return replaced
+
+
+def _pooling_partner(f: Found, by_group: dict, call: str) -> Found | None:
+    """The mean a variance (or std) pooled over time combines with.
+
+    Exactly one mean of its group in its loop, or a PopstatsError: without
+    it the steps' variances could only be averaged, which is not the
+    variance of the batch over its steps (the documented meaning), and with
+    several (a layer applied twice under one group) popstats cannot tell
+    which is this application's.
+    """
+    role = statistic_role(f.stat)
+    if role not in ("var", "std"):
+        return None
+    group = statistic_group(f.stat)
+    means = list(by_group.get((f.site.path, group), {}).values()) if group else []
+    if len(means) == 1:
+        return means[0]
+    if not means:
+        problem = ("has no group" if not group else
+                   f"has no statistic with role='mean' and group={group!r} "
+                   f"in its loop")
+        fix = (f"mark its mean with role='mean' and the same group "
+               f"(bn_statistic(..., role='mean', group='layer1')), or keep it "
+               f"per step (time={{{f.site.label!r}: 'step'}})")
+    else:
+        problem = (f"shares group {group!r} with {len(means)} means in its loop "
+                   f"(a layer applied {len(means)} times under one group)")
+        fix = ("give each application its own group (popstats.nn.batch_norm "
+               "does), or keep these statistics per step")
+    raise PopstatsError(
+        f"{call}(time=...): the {role} {f.site.label!r} is pooled over time, "
+        f"which combines each step's {role} with its paired mean (the "
+        f"{role} of the batch over all its steps), but it {problem}. To pool "
+        f"it, {fix}."
+    )
+
+
+def as_variables(outputs: object, call: str) -> list[Variable]:
+    """Check ``outputs`` is a variable or a sequence of them; return a list.
+
+    A list, tuple or namedtuple is accepted (see :func:`restructure`).
+    """
+    seq = [outputs] if isinstance(outputs, Variable) else outputs
+    if not isinstance(seq, list | tuple) or not seq:
+        hint = (
+            " A dict is not accepted: pass list(d.values()) and rebuild the dict "
+            "from the result."
+            if isinstance(outputs, Mapping)
+            else ""
+        )
+        raise PopstatsError(
+            f"{call}(outputs=...): expected a PyTensor variable or a non-empty "
+            f"list, tuple or namedtuple of them, got {describe_value(outputs)}. "
+            f"Pass the symbolic output(s) of the model, e.g. outputs=y or "
+            f"[y, loss].{hint}"
+        )
+    for i, var in enumerate(seq):
+        if not isinstance(var, Variable):
+            raise PopstatsError(
+                f"{call}(outputs=...): element {i} is {describe_value(var)}, not "
+                f"a PyTensor variable. Pass the symbolic outputs of the model "
+                f"(nested lists are not accepted: flatten them)."
+            )
+    return list(seq)
+
+
+def restructure(outputs: object, new: Sequence[Variable]) -> object:
+    """``new`` in the structure of ``outputs`` (checked by :func:`as_variables`).
+
+    A variable gives a variable; a namedtuple the same namedtuple type; any
+    other tuple a tuple; a list a list.
+    """
+    if isinstance(outputs, Variable):
+        return new[0]
+    if isinstance(outputs, tuple):
+        make = getattr(type(outputs), "_make", None)
+        return make(new) if make is not None else tuple(new)
+    return list(new)
+
+
+def _unique(found: Sequence[Found], call: str) -> list[Found]:
+    """One entry per statistic; refuse applications that cannot be told apart.
+
+    The same marked computation reached twice with the same inputs (e.g. an
+    ``OpFromGraph`` applied twice to one variable) is one statistic: its
+    value is the same. Reached with inputs that differ only by unnamed
+    variables or large constants, the applications have the same identity
+    but compute different values: which is which could not be recognised in
+    another process or another graph, so popstats refuses.
+    """
+    seen: dict[SiteId, Found] = {}
+    kept = []
+    for f in found:
+        first = seen.get(f.site)
+        if first is None:
+            seen[f.site] = f
+            kept.append(f)
+        elif first.site.instance != f.site.instance:
+            raise PopstatsError(
+                f"{call}(outputs=...): statistic {f.site.label!r} (in "
+                f"{f.site.where}) is computed at two places that popstats cannot "
+                f"tell apart: the same marked computation applied to inputs that "
+                f"differ only by unnamed variables or by the values of large "
+                f"constants. Its estimate could go to the wrong application. Name "
+                f"the inputs and weights they differ by (pt.matrix('x2'), "
+                f"pytensor.shared(..., name='W2')), or give each application its "
+                f"own label (bn_statistic(..., label='branch2.mean'))."
+            )
+    return kept
+
+
+def _name_sites(found: Sequence[Found]) -> list[Site]:
+    """Names: the label, or ``label#k`` (graph order) when a label repeats.
+
+    A generated ``label#k`` never takes a name that is another statistic's
+    label: ``k`` skips it.
+    """
+    counts = Counter(f.site.label for f in found)
+    taken = set(counts)
+    next_index: Counter = Counter()
+    sites = []
+    for f in found:
+        label = f.site.label
+        name = label
+        if counts[label] > 1:
+            while True:
+                name = f"{label}#{next_index[label]}"
+                next_index[label] += 1
+                if name not in taken:
+                    break
+            taken.add(name)
+        sites.append(
+            Site(
+                name,
+                label,
+                f.site,
+                tuple(f.stat.type.shape),
+                f.stat.dtype,
+                role=statistic_role(f.stat),
+                group=statistic_group(f.stat),
+                counted=f.count is not None,
+                time=tuple(f.time),
+            )
+        )
+    return sites
+
+
+def _no_statistics_error(outputs: Sequence[Variable], call: str) -> PopstatsError:
+    has_scan = any(isinstance(n.op, Scan) for n in toposort(outputs))
+    hint = (
+        " The graph has Scan loops: PyTensor >= 3.1 freezes their inner graphs "
+        "and drops the tags of inner variables, so `var.tag.bn_statistic = "
+        "True` inside a loop is lost there; mark statistics with "
+        "popstats.bn_statistic(var, label=...) instead, which survives."
+        if has_scan
+        else ""
+    )
+    return PopstatsError(
+        f"{call}(outputs=...): no batch statistic found in the graph of "
+        f"{describe_value([str(v) for v in outputs])}. Mark each statistic with "
+        "popstats.bn_statistic(var, label=...) (or set var.tag.bn_statistic = "
+        "True) and build the outputs from the marked variables." + hint
+    )
+
+
+def export(
+    outputs: Variable | Sequence[Variable], *, time: object = "step"
+) -> EstimationGraph:
+    """Build the estimation graph: every statistic as an output.
+
+    Parameters
+    ----------
+    outputs : Variable or sequence of Variable
+        Outputs of the training graph (e.g. the loss or the predictions).
+    time : "step", "pooled", tuple or dict, default "step"
+        For statistics inside loops: one value per step (``"step"``) or one
+        for all steps (``"pooled"``); a tuple gives the mode per loop level,
+        outermost first; a dict maps name or label patterns to either.
+
+    Returns
+    -------
+    EstimationGraph
+        ``outputs[i]`` holds ``sites[i]``, with one leading axis per
+        enclosing loop that is not pooled (outermost first).
+
+    Raises
+    ------
+    PopstatsError
+        If no statistic is found, or the graph holds the gradient of a loop.
+
+    Examples
+    --------
+    >>> import pytensor.tensor as pt
+    >>> import popstats
+    >>> x = pt.matrix("x")
+    >>> mean = popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> eg = popstats.export(x - mean)
+    >>> [site.name for site in eg.sites]
+    ['mean']
+    """
+    return export_checked(as_variables(outputs, "export"), "export", time)
+
+
+def export_checked(
+    outputs: Sequence[Variable], call: str, time: object = "step"
+) -> EstimationGraph:
+    """:func:`export` of checked outputs; errors name the public ``call``.
+
+    A ``time`` dict may name statistics (``"bn.var#1"``): names are known
+    only once every statistic is found, so the graph is first exported with
+    every loop per step to learn them.
+    """
+    check_time(time, call)
+    names = None
+    if isinstance(time, Mapping):
+        first = export_checked(outputs, call)
+        names = {site.id: site.name for site in first.sites}
+        check_patterns(time, first.sites, call, "time")
+    level = _ExportLevel(call, time, names)
+    replaced = transform((), outputs, level)
+    if not level.found:
+        raise _no_statistics_error(outputs, call)
+    found = _unique(level.found, call)
+    return EstimationGraph(
+        tuple(f.value for f in found),
+        tuple(_name_sites(found)),
+        tuple(f.count for f in found),
+        tuple(f.weight for f in found),
+        tuple(replaced),
+    )

@@ -1,0 +1,223 @@
+"""One pass over a graph that recurses into Scan inner graphs.
+
+:func:`transform` visits the apply nodes of a graph level in topological
+order, clones only what changed (one memo, no per-statistic cloning), and
+hands two events to a :class:`Visitor`: a marked statistic, and a Scan whose
+inner graph contains statistics. The exporter and the rewriter are two
+visitors; the recursion into a Scan is the visitor's choice (it builds a
+:class:`~popstats._src.graph.surgery.ScanEdit` and calls :func:`transform` on
+its inner graph). An ``OpFromGraph`` holding statistics is inlined: its body,
+applied to the node's own inputs, is visited at the same level, once per
+application.
+
+Sites are identified by a :class:`SiteId`: the chain of Scans leading to the
+statistic (each by name and the fingerprint of its application), the label,
+and the statistic's fingerprint at its level (see ``identity.py``). None of
+these depends on object identity, on the marker's random key, or on which
+other outputs are in the graph being walked: the same statistic of the same
+model code has the same id in every process and in every subset of outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pytensor.compile.builders import OpFromGraph
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.replace import clone_replace
+from pytensor.graph.traversal import toposort
+from pytensor.scan.op import Scan
+
+from popstats._src.errors import PopstatsError
+from popstats._src.graph.identity import Fingerprints, digest
+from popstats._src.graph.marker import (
+    BNStat,
+    is_statistic,
+    statistic_key,
+    statistic_label,
+)
+from popstats._src.graph.surgery import inner_graph_nodes, is_gradient_scan
+
+__all__ = ["LoopStep", "SiteId", "Visitor", "contains_statistics", "transform"]
+
+
+@dataclass(frozen=True)
+class LoopStep:
+    """One Scan on the way to a statistic.
+
+    ``name`` is the Scan's name; ``fingerprint`` the stable hash of its
+    application (its op, inner graph included, and its outer inputs), which
+    tells two applications of one Scan op apart. ``instance`` is in-process
+    only (not compared, not saved).
+    """
+
+    name: str
+    fingerprint: str = ""
+    instance: str = field(default="", compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class SiteId:
+    """What a statistic is, the same in every process that builds the model.
+
+    Compared on ``path`` (loops from outermost in), ``label`` and
+    ``fingerprint`` (the stable hash of the statistic at its level). ``key``
+    (the marker's random key) and ``instance`` (an in-process hash that
+    tells apart computations differing only by unnamed variables) are kept
+    for diagnostics and are not compared.
+    """
+
+    path: tuple[LoopStep, ...]
+    label: str
+    fingerprint: str = ""
+    key: str = field(default="", compare=False)
+    instance: str = field(default="", compare=False, repr=False)
+
+    @property
+    def depth(self) -> int:
+        return len(self.path)
+
+    @property
+    def where(self) -> str:
+        """The chain of loops, e.g. ``"outer/inner"``, or ``"<graph>"``."""
+        return "/".join(map(str, self.path)) or "<graph>"
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The names of the enclosing loops, outermost first."""
+        return tuple(step.name for step in self.path)
+
+    @property
+    def qualified(self) -> str:
+        """Loop names and label, e.g. ``"outer/inner/bn.mean"``."""
+        return "/".join((*self.chain, self.label))
+
+
+class Visitor(Protocol):
+    call: str  # the public call (e.g. "export"), named in errors
+
+    def statistic(self, var: Variable, site: SiteId) -> Variable | None:
+        """Called with the (new) marked variable; return a replacement or None."""
+
+    def scan(
+        self, node: Apply, inputs: list[Variable], path: tuple[LoopStep, ...]
+    ) -> list[Variable]:
+        """Rebuild a Scan holding statistics; return its new outputs."""
+
+
+def contains_statistics(op: object) -> bool:
+    """Whether a Scan or OpFromGraph holds a marked statistic, at any depth."""
+    if not isinstance(op, Scan | OpFromGraph):
+        return False
+    nodes = inner_graph_nodes(op) if isinstance(op, Scan) else op.fgraph.apply_nodes
+    return any(
+        isinstance(node.op, BNStat)
+        or any(is_statistic(out) for out in node.outputs)
+        or contains_statistics(node.op)
+        for node in nodes
+    )
+
+
+def _check_gradient_scan(node: Apply, call: str) -> None:
+    if is_gradient_scan(node.op):
+        raise PopstatsError(
+            f"{call}(outputs=...): the graph contains the gradient of a loop (Scan "
+            f"{node.op.name!r}, made by pytensor.grad) "
+            f"whose loop holds batch statistics. A gradient loop holds copies "
+            f"of the forward statistics and runs in reverse, so it cannot be "
+            f"estimated or rewritten. Pass the forward outputs, and take "
+            f"gradients of the inference graph instead."
+        )
+
+
+def inline_body(op: OpFromGraph, inputs: Sequence[Variable]) -> list[Variable]:
+    """A fresh copy of an ``OpFromGraph``'s outputs applied to ``inputs``.
+
+    PyTensor >= 3.1 freezes the op's graph (frozen nodes cannot be cloned
+    with new inputs): it is unfrozen first.
+    """
+    fgraph = op.fgraph
+    unfreeze = getattr(fgraph, "unfreeze", None)
+    if unfreeze is not None:
+        fgraph = unfreeze()
+    givens = dict(zip(fgraph.inputs, inputs, strict=True))
+    return clone_replace(list(fgraph.outputs), givens)
+
+
+class _Level:
+    """The state of one graph level during :func:`transform`."""
+
+    def __init__(
+        self, inputs: Sequence[Variable], visitor: Visitor, path: tuple[LoopStep, ...]
+    ):
+        self.visitor = visitor
+        self.path = path
+        self.prints = Fingerprints(inputs)
+        self.memo: dict[Variable, Variable] = {}
+        self.done: set[Apply] = set()
+        self.outer = digest(*(step.instance for step in path))
+
+    def visit(self, outputs: Sequence[Variable]) -> None:
+        for node in toposort(list(outputs)):
+            if node not in self.done:
+                self.done.add(node)
+                self.apply(node)
+
+    def apply(self, node: Apply) -> None:
+        op = node.op
+        if isinstance(op, OpFromGraph) and contains_statistics(op):
+            # Inline: the body, on the node's own (old) inputs, is visited here
+            # like any other part of this level, once per application.
+            body = inline_body(op, node.inputs)
+            self.visit(body)
+            for old, inner in zip(node.outputs, body, strict=True):
+                self.prints.alias(old, inner)
+                self.memo[old] = self.memo.get(inner, inner)
+            return
+        stable, instance = self.prints.node(node)
+        new_inputs = [self.memo.get(v, v) for v in node.inputs]
+        if isinstance(op, Scan) and contains_statistics(op):
+            _check_gradient_scan(node, self.visitor.call)
+            step = LoopStep(op.name or "scan", stable, digest(self.outer, instance))
+            new_outputs = self.visitor.scan(node, new_inputs, (*self.path, step))
+        elif any(n is not o for n, o in zip(new_inputs, node.inputs, strict=True)):
+            new_outputs = node.clone_with_new_inputs(new_inputs).outputs
+        else:
+            new_outputs = node.outputs
+        for old, new in zip(node.outputs, new_outputs, strict=True):
+            if is_statistic(old):
+                site = SiteId(
+                    self.path,
+                    statistic_label(old),
+                    self.prints.stable(old),
+                    statistic_key(old),
+                    digest(self.outer, self.prints.instance(old)),
+                )
+                replacement = self.visitor.statistic(new, site)
+                if replacement is not None:
+                    new = replacement
+            if new is not old:
+                self.memo[old] = new
+
+
+def transform(
+    inputs: Sequence[Variable],
+    outputs: Sequence[Variable],
+    visitor: Visitor,
+    path: tuple[LoopStep, ...] = (),
+) -> list[Variable]:
+    """Visit one graph level; return the new outputs (same order).
+
+    ``inputs`` are the level's inputs (an inner graph's, hashed by
+    position; empty for the outer graph). Nodes that neither hold
+    statistics nor depend on a change are kept as they are; the rest are
+    cloned once. The input graph is not modified.
+    """
+    level = _Level(inputs, visitor, path)
+    level.visit(outputs)
+    return [level.memo.get(v, v) for v in outputs]

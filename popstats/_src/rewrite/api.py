@@ -1,0 +1,123 @@
+"""Estimate, then rewrite, in one call: :func:`get_inference_graph`.
+
+Stage: rewrite (it runs :func:`popstats._src.estimation.api.estimate_as` and
+then :func:`popstats._src.rewrite.rewriter.rewrite`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, overload
+
+import pytensor
+from pytensor.graph.basic import Variable
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation.api import estimate_as
+from popstats._src.export.exporter import as_variables
+from popstats._src.rewrite.rewriter import rewrite
+
+__all__ = ["get_inference_graph"]
+
+
+@overload
+def get_inference_graph(
+    inputs: Sequence[Variable],
+    outputs: Variable,
+    batches: Iterable[Any],
+    *,
+    estimator: object = ...,
+    time: object = ...,
+    max_steps: int | None = ...,
+    mode: str | pytensor.compile.Mode | None = ...,
+    dtypes: str = ...,
+    accumulate: str = ...,
+    checkpoint: str | os.PathLike | None = ...,
+    checkpoint_every: int = ...,
+    progress: bool | str = ...,
+    return_stats: bool = ...,
+) -> Variable: ...
+@overload
+def get_inference_graph(
+    inputs: Sequence[Variable],
+    outputs: Sequence[Variable],
+    batches: Iterable[Any],
+    *,
+    estimator: object = ...,
+    time: object = ...,
+    max_steps: int | None = ...,
+    mode: str | pytensor.compile.Mode | None = ...,
+    dtypes: str = ...,
+    accumulate: str = ...,
+    checkpoint: str | os.PathLike | None = ...,
+    checkpoint_every: int = ...,
+    progress: bool | str = ...,
+    return_stats: bool = ...,
+) -> Sequence[Variable]: ...
+def get_inference_graph(
+    inputs, outputs, batches, *, estimator="mean", time="step", max_steps=None,
+    mode=None, dtypes="convert", accumulate="host", checkpoint=None,
+    checkpoint_every=100, progress="auto", return_stats=False,
+):
+    """Estimate population statistics over ``batches`` and rewrite ``outputs``.
+
+    Equivalent to ``rewrite(outputs, estimate(inputs, outputs, batches,
+    **options))``; errors name ``get_inference_graph``.
+
+    Parameters
+    ----------
+    inputs : sequence of Variable
+        The graph's free inputs, which the batches give values for.
+    outputs : Variable or sequence of Variable
+        The training graph's outputs (built from marked statistics); a list,
+        tuple or namedtuple keeps its structure.
+    batches : iterable
+        Training batches: dicts keyed by input name (or input variable), or
+        tuples/lists in the order of ``inputs``. Any iterable, including a
+        one-shot generator; it is consumed once.
+    estimator, time, max_steps, mode, dtypes, accumulate, checkpoint, progress
+        As for :func:`~popstats.estimate` (and ``checkpoint_every``): the
+        estimator (``"mean"``,
+        ``"weighted"``, ``"pooled"``, ``"unbiased"``, ``"ema"``, an
+        :class:`~popstats.Estimator` or a dict by label pattern), per-step or
+        pooled statistics in loops, a cap on steps, the compilation mode of
+        the estimation pass, the dtype policy for batch values, where
+        batches are added up, checkpointing and a progress bar.
+    return_stats : bool, default False
+        Also return the :class:`~popstats.PopulationStatistics`.
+
+    Returns
+    -------
+    Variable or sequence of Variable
+        The inference outputs, in the structure of ``outputs``; with
+        ``return_stats=True``, a pair ``(outputs, stats)``.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> mean = popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> var = popstats.bn_statistic(x.var(axis=0), label="var")
+    >>> y = (x - mean) / pt.sqrt(var + 1e-5)
+    >>> rng = np.random.default_rng(0)
+    >>> batches = ({"x": rng.normal(3.0, 2.0, (64, 2))} for _ in range(50))
+    >>> y_inf = popstats.get_inference_graph([x], y, batches)
+    >>> out = pytensor.function([x], y_inf)(np.array([[3.0, 5.0]]))
+    >>> np.round(out, 1)  # one example, normalized with population statistics
+    array([[0., 1.]])
+    """
+    call = "get_inference_graph"
+    if not isinstance(return_stats, bool):
+        raise PopstatsError(
+            f"{call}(return_stats=...): expected True or False, got "
+            f"{describe_value(return_stats)}."
+        )
+    outs = as_variables(outputs, call)
+    stats = estimate_as(
+        call, inputs, outs, batches, estimator=estimator, time=time,
+        max_steps=max_steps, mode=mode, dtypes=dtypes, accumulate=accumulate,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
+    )
+    result = rewrite(outputs, stats)
+    return (result, stats) if return_stats else result

@@ -1,0 +1,412 @@
+"""Rewriter: replace every batch statistic by its population value.
+
+In the outer graph a statistic is replaced by a shared variable holding its
+population value. Inside a Scan, the rebuilt loop gets a step-index sequence
+and the population array as a non-sequence; the statistic becomes
+``population[min(t, T - 1)]`` (steps past the longest sequence seen reuse
+the last one, the rule of recurrent batch normalization, Cooijmans et al.
+2016), recursively for nested loops. One pass over the graph: nothing is
+cloned per statistic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import overload
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.traversal import toposort
+from pytensor.raise_op import CheckAndRaise
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation.statistics import PopulationStatistics, Statistic
+from popstats._src.export.exporter import as_variables, restructure
+from popstats._src.graph.surgery import ScanEdit
+from popstats._src.graph.walk import LoopStep, SiteId, transform
+from popstats._src.rewrite.matching import Matcher, check_match
+
+__all__ = ["bind", "population_array", "population_variables", "rewrite"]
+
+
+class _RewriteLevel:
+    """One graph level; lends each statistic's value to the level below."""
+
+    call = "rewrite"  # named in errors
+
+    def __init__(
+        self,
+        matcher: Matcher,
+        select: Variable | None,
+        parent: _RewriteLevel | None = None,
+        step: Variable | None = None,
+        level: int = -1,
+    ):
+        self.matcher = matcher
+        self.select = select
+        self.parent = parent
+        self.step = step
+        self.level = level  # index of this loop among the enclosing ones
+        self.values: dict[str, Variable] = {}
+        self.non_seqs: list[tuple[Variable, Variable]] = []
+
+    def value(self, group: list[Statistic], site: SiteId) -> Variable:
+        """The population value at this level (remaining time axes first).
+
+        ``group`` holds the statistic's value in each set; ``site`` is the
+        graph's statistic it replaces.
+        """
+        stat = group[0]
+        if stat.name in self.values:
+            return self.values[stat.name]
+        if self.parent is None:
+            value = _root_value(group, self.select, site)
+        else:
+            outer = self.parent.value(group, site)
+            inner = outer.type()
+            inner.name = outer.name
+            self.non_seqs.append((outer, inner))
+            if stat.site.time[self.level] == "pooled":
+                value = inner  # one value for every step of this loop
+            else:
+                value = inner[pt.minimum(self.step, inner.shape[0] - 1)]
+        self.values[stat.name] = value
+        return value
+
+    def statistic(self, var: Variable, site: SiteId) -> Variable | None:
+        group = self.matcher.find(site)
+        if group is None:
+            return None  # reported by Matcher.check after the pass
+        stat = group[0]
+        expected = stat.value.shape[stat.depth :]
+        static = var.type.shape
+        if len(static) != len(expected) or any(
+            s is not None and s != e for s, e in zip(static, expected, strict=True)
+        ):
+            raise PopstatsError(
+                f"rewrite(stats=...): statistic {stat.name!r} has shape {static} "
+                f"in the graph but {expected} in stats. Estimate again on this "
+                f"graph."
+            )
+        value = self.value(group, site)
+        if value.dtype != var.dtype:
+            value = value.astype(var.dtype)
+        return var.type.filter_variable(value)
+
+    def scan(
+        self, node: Apply, inputs: list[Variable], path: tuple[LoopStep, ...]
+    ) -> list[Variable]:
+        edit = ScanEdit(node, inputs)
+        step = pt.scalar(f"{node.op.name}_step", dtype="int64")
+        inner = _RewriteLevel(
+            self.matcher, self.select, parent=self, step=step, level=len(path) - 1
+        )
+        edit.set_inner_outputs(
+            transform(edit.inner_inputs, edit.inner_outputs, inner, path)
+        )
+        edit.add_sequence(pt.arange(edit.n_steps, dtype="int64"), step)
+        for outer_value, inner_value in inner.non_seqs:
+            edit.add_non_sequence(outer_value, inner_value)
+        replaced, _ = edit.build()
+        return replaced
+
+
+def population_array(
+    stats: Sequence[Statistic], stacked: bool, call: str = "rewrite"
+) -> np.ndarray:
+    """One statistic's value, or its values in several sets stacked first.
+
+    Sets estimated over runs of different lengths are padded to the longest
+    by repeating their last step, which is what indexing with clamping would
+    read anyway.
+    """
+    site = stats[0].site
+    values = [np.asarray(s.value, dtype=site.dtype) for s in stats]
+    if not stacked:
+        return values[0]
+    axes = stats[0].depth
+    want = values[0].shape[axes:]
+    for k, (other, value) in enumerate(zip(stats, values, strict=True)):
+        shape = value.shape[other.depth :]
+        if other.site.time != site.time:
+            raise PopstatsError(
+                f"{call}(stats=...): statistic {stats[0].name!r} has time modes "
+                f"{site.time} and shape {want} in stats[0] but {other.site.time} "
+                f"and {shape} in stats[{k}]. Sets chosen by select must be "
+                f"estimated with the same time=... (and max_steps)."
+            )
+        if shape != want:
+            raise PopstatsError(
+                f"{call}(stats=...): statistic {stats[0].name!r} has shape {want} "
+                f"in stats[0] but {shape} in stats[{k}]. Sets chosen by select "
+                f"must be estimated on graphs of the same feature sizes."
+            )
+    longest = tuple(max(v.shape[a] for v in values) for a in range(axes))
+    padded = [
+        np.pad(
+            v,
+            [(0, n - v.shape[a]) for a, n in enumerate(longest)]
+            + [(0, 0)] * (v.ndim - axes),
+            mode="edge",
+        )
+        for v in values
+    ]
+    return np.stack(padded)
+
+
+def _root_value(
+    group: list[Statistic], select: Variable | None, site_id: SiteId
+) -> Variable:
+    stat = group[0]
+    site = stat.site
+    stacked = select is not None
+    value = population_array(group, stacked)
+    shape = (None,) * (stat.depth + stacked) + tuple(site.shape)
+    var = pytensor.shared(value, name=stat.name, shape=shape)
+    var.tag.popstats_statistic = stat.name
+    var.tag.popstats_site = site_id  # the graph's statistic (what bind matches)
+    var.tag.popstats_stacked = stacked
+    var.tag.popstats_time = site.time  # how the graph indexes its time axes
+    if not stacked:
+        return var
+    n_sets = var.shape[0]
+    checked = _set_index_check(select, (select >= 0) & (select < n_sets))
+    return var[checked]
+
+
+def _set_index_check(select: Variable, in_range: Variable) -> Variable:
+    check = CheckAndRaise(
+        PopstatsError,
+        "rewrite(select=...): the statistic set index is out of range at run "
+        "time; it must be in [0, number of sets). (The JAX backend cannot "
+        "raise here: it clamps a too-large index and wraps a negative one.)",
+    )
+    return check(select, in_range)
+
+
+def _check_select(select: object, n_sets: int) -> Variable:
+    if not isinstance(select, Variable) or select.ndim != 0 or not (
+        select.dtype.startswith(("int", "uint"))
+    ):
+        raise PopstatsError(
+            f"rewrite(select=...): expected a symbolic integer scalar, e.g. "
+            f"pt.iscalar('stats_set'), to choose among the {n_sets} sets; got "
+            f"{describe_value(select)}."
+        )
+    return select
+
+
+@overload
+def rewrite(
+    outputs: Variable, stats: PopulationStatistics | Sequence[PopulationStatistics],
+    *, select: Variable | None = ..., match: str = ...,
+) -> Variable: ...
+@overload
+def rewrite(
+    outputs: Sequence[Variable],
+    stats: PopulationStatistics | Sequence[PopulationStatistics],
+    *, select: Variable | None = ..., match: str = ...,
+) -> list[Variable]: ...
+def rewrite(outputs, stats, *, select=None, match="structure"):
+    """Replace every marked statistic in ``outputs`` by its population value.
+
+    Parameters
+    ----------
+    outputs : Variable or sequence of Variable
+        Graph to rewrite: the training graph, or any graph holding the
+        statistics ``stats`` was estimated for.
+    stats : PopulationStatistics or sequence of them
+        From :func:`~popstats.estimate`. Several sets (per task, domain or
+        data source) need ``select``.
+    select : integer scalar Variable, optional
+        With several sets: a new input of the inference graph choosing the
+        set (0-based) at run time; an index out of range raises
+        :class:`~popstats.PopstatsError` when the function runs (except on
+        JAX, which cannot raise inside a compiled function: it clamps a
+        too-large index and wraps a negative one).
+    match : {"structure", "name"}, default "structure"
+        How a statistic of the graph finds its value (see :doc:`/names`):
+        by label, enclosing loops and a fingerprint of where it is computed
+        (so each application of a reused layer gets its own value, in any
+        process that builds the same model), or by label and loops alone
+        (when the model changed upstream but the values still apply).
+
+    Returns
+    -------
+    Variable or list of Variable
+        The inference outputs, in the structure given. Population values are
+        shared variables named after the statistics (see
+        :func:`population_variables`; rebind others with :func:`bind`); the
+        user's graph is not modified.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> stats = popstats.estimate([x], y, [{"x": np.ones((3, 2))}])
+    >>> y_inf = popstats.rewrite(y, stats)
+    >>> pytensor.function([x], y_inf)(np.zeros((1, 2)))
+    array([[-1., -1.]])
+
+    Two statistic sets, chosen by an input:
+
+    >>> other = popstats.estimate([x], y, [{"x": np.full((3, 2), 5.0)}])
+    >>> k = pt.iscalar("k")
+    >>> y_sets = popstats.rewrite(y, [stats, other], select=k)
+    >>> pytensor.function([x, k], y_sets)(np.zeros((1, 2)), 1)
+    array([[-5., -5.]])
+    """
+    sets = _check_stats(stats, select)
+    if select is not None:
+        select = _check_select(select, len(sets))
+    matcher = Matcher(sets, check_match(match, "rewrite"), "rewrite")
+    outs = as_variables(outputs, "rewrite")
+    new = transform((), outs, _RewriteLevel(matcher, select))
+    matcher.check()
+    return restructure(outputs, new)
+
+
+def _check_stats(
+    stats: object, select: object, call: str = "rewrite"
+) -> list[PopulationStatistics]:
+    sets = [stats] if isinstance(stats, PopulationStatistics) else stats
+    if not isinstance(sets, list | tuple) or not sets or not all(
+        isinstance(s, PopulationStatistics) for s in sets
+    ):
+        hint = (" (a file path: read it with popstats.load(path) first)"
+                if isinstance(stats, str) else "")
+        raise PopstatsError(
+            f"{call}(stats=...): expected PopulationStatistics from "
+            f"popstats.estimate() or popstats.load(), or a non-empty list of "
+            f"them with select=...; got {describe_value(stats)}{hint}."
+        )
+    if len(sets) > 1 and select is None:
+        raise PopstatsError(
+            f"rewrite(select=...): {len(sets)} statistic sets were given but no "
+            f"select; pass select=pt.iscalar('stats_set') to choose one at run "
+            f"time, or pass a single PopulationStatistics."
+        )
+    return list(sets)
+
+
+def bind(
+    outputs: Variable | Sequence[Variable],
+    stats: PopulationStatistics | Sequence[PopulationStatistics],
+    *,
+    match: str = "structure",
+) -> None:
+    """Put other population values into an inference graph, in place.
+
+    Sets the shared variables of a graph made by :func:`rewrite` (or loaded
+    statistics onto a graph built earlier, in this process or another)
+    without rebuilding or recompiling. A graph built with ``select`` takes a
+    list of sets (their number may change); the others take one
+    :class:`PopulationStatistics`. Values are matched with the graph's
+    statistics as in :func:`rewrite` (``match``); if any statistic has no
+    value, or a value does not fit, nothing is changed.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> y_inf = popstats.rewrite(y, popstats.estimate([x], y, [{"x": np.ones((3, 2))}]))
+    >>> f = pytensor.function([x], y_inf)
+    >>> popstats.bind(y_inf, popstats.estimate([x], y, [{"x": np.full((2, 2), 4.0)}]))
+    >>> f(np.zeros((1, 2)))
+    array([[-4., -4.]])
+    """
+    found = _population_variables(outputs, "bind")
+    if not found:
+        raise PopstatsError(
+            "bind(outputs=...): the graph holds no population variables; bind "
+            "onto outputs returned by popstats.rewrite or get_inference_graph."
+        )
+    sets = [stats] if isinstance(stats, PopulationStatistics) else stats
+    _check_stats(sets, select=0, call="bind")
+    matcher = Matcher(sets, check_match(match, "bind"), "bind")
+    planned = []
+    for name, var in found.items():
+        stacked = bool(getattr(var.tag, "popstats_stacked", False))
+        if stacked == isinstance(stats, PopulationStatistics):
+            wanted = "a list of PopulationStatistics" if stacked else "one"
+            raise PopstatsError(
+                f"bind(stats=...): the graph was built "
+                f"{'with' if stacked else 'without'} select=..., so pass {wanted} "
+                f"(got {describe_value(stats)})."
+            )
+        group = matcher.find(var.tag.popstats_site)
+        if group is not None:
+            planned.append((name, var, stacked, group))
+    matcher.check()
+    values = []
+    for name, var, stacked, group in planned:
+        built = getattr(var.tag, "popstats_time", None)
+        for k, stat in enumerate(group):
+            if stat.site.time != built:
+                where = "stats" if not stacked else f"stats[{k}]"
+                raise PopstatsError(
+                    f"bind(stats=...): statistic {name!r} was estimated with time "
+                    f"modes {stat.site.time} in {where}, but the graph was built "
+                    f"for {built} (per loop level, outermost first): its time "
+                    f"axes would be indexed as the wrong loops' steps. Estimate "
+                    f"with the graph's time=..., or rewrite the graph again with "
+                    f"these statistics."
+                )
+        value = population_array(group, stacked, "bind")
+        want = var.type.shape
+        # the statistic's own axes (after time axes and the set axis) must be
+        # those of the value in place: a different size, or a 1 that would
+        # broadcast, is a value estimated for another graph
+        own = len(group[0].site.shape)
+        held = var.get_value(borrow=True).shape
+        if value.ndim != len(want) or any(
+            w is not None and w != v for w, v in zip(want, value.shape, strict=True)
+        ) or (own and value.shape[-own:] != held[-own:]):
+            raise PopstatsError(
+                f"bind(stats=...): statistic {name!r} has shape {value.shape} in "
+                f"stats (statistic shape {value.shape[value.ndim - own:]}), but "
+                f"the graph holds shape {held} (statistic shape "
+                f"{held[len(held) - own:]}). These values were estimated for "
+                f"another graph; estimate on this one."
+            )
+        values.append((var, value.astype(var.dtype)))
+    for var, value in values:
+        var.set_value(value)
+
+
+def population_variables(outputs: Variable | Sequence[Variable]) -> dict[str, Variable]:
+    """The shared variables holding population values in a rewritten graph.
+
+    Returns a dict from statistic name to shared variable; update one with
+    ``set_value`` to change the value without rebuilding or recompiling.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
+    >>> y_inf = popstats.rewrite(y, popstats.estimate([x], y, [{"x": np.ones((3, 2))}]))
+    >>> popstats.population_variables(y_inf)["mean"].get_value()
+    array([1., 1.])
+    """
+    return _population_variables(outputs, "population_variables")
+
+
+def _population_variables(outputs: object, call: str) -> dict[str, Variable]:
+    outs = as_variables(outputs, call)
+    found: dict[str, Variable] = {}
+    stack = list(outs)
+    for node in toposort(stack):
+        for var in node.inputs:
+            name = getattr(var.tag, "popstats_statistic", None)
+            if name is not None and var.owner is None:
+                found.setdefault(name, var)
+    for var in outs:
+        name = getattr(var.tag, "popstats_statistic", None)
+        if name is not None:
+            found.setdefault(name, var)
+    return found

@@ -1,0 +1,3 @@
+"""The version of popstats (read by setuptools without importing the package)."""
+
+__version__ = "0.1.0"
