@@ -21,8 +21,8 @@ import pytensor.tensor as pt
 import pytest
 
 import popstats
-from popstats._src.inspection.describe import text_table
 from popstats._src.inspection.plots import plot_statistic
+from popstats._src.inspection.tables import text_table
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")

@@ -11,8 +11,8 @@ import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.statistics import PopulationStatistics
-from popstats._src.inspection.describe import html_table, text_table
 from popstats._src.inspection.optional import unknown_label
+from popstats._src.inspection.tables import html_table, text_table
 
 __all__ = ["Drift", "StatisticDrift"]
 

@@ -9,7 +9,6 @@ steps where it grows. Made with :class:`matplotlib.figure.Figure`, without
 
 from __future__ import annotations
 
-import datetime
 import html
 import os
 import warnings
@@ -17,8 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from popstats._src.inspection.describe import escape_text, html_table
-from popstats._src.inspection.report import _STYLE, _png, write_page
+from popstats._src.inspection.tables import (
+    escape_text,
+    html_table,
+    page_start,
+    png_image,
+    write_page,
+    written_at,
+)
 
 __all__ = ["plot_drift", "write_drift_report"]
 
@@ -72,12 +77,10 @@ def render_drift_report(drift: Any, title: str) -> str:
     records = drift.sorted()
     first = drift.first_moved(0.0)
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        *page_start(title),
         f"<p>{len(records)} layer(s) or statistic(s) compared over "
         f"{max((r.n_batches for r in records), default=0)} new batches; written "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.</p>",
+        f"{written_at()}.</p>",
         "<p>Divergence: symmetric KL divergence of the population's and the new "
         "data's normal distributions, per unit (0: no change; a shift of d "
         "standard deviations gives about d&sup2;). Standardized: |new - "
@@ -90,8 +93,7 @@ def render_drift_report(drift: Any, title: str) -> str:
                      f"{first.mean:.4g}).</p>")
     parts += ["<h2>Drift, largest first</h2>",
               html_table(drift.columns, drift._rows()), "<h2>Plots</h2>",
-              f'<img alt="drift per layer" src="data:image/png;base64,'
-              f'{_png(plot_drift(drift))}">', "</body></html>"]
+              png_image(plot_drift(drift), "drift per layer"), "</body></html>"]
     return "\n".join(parts)
 
 

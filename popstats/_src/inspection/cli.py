@@ -64,13 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     reads is named with what went wrong.
     """
     from popstats._src.estimation.statistics import load
-    from popstats._src.inspection.describe import text_table
     from popstats._src.inspection.report import (
         SUMMARY_COLUMNS,
         find_warnings,
         summary_rows,
         write_report,
     )
+    from popstats._src.inspection.tables import text_table
 
     parser = _parser()
     args = parser.parse_args(argv)

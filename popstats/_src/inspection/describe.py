@@ -1,9 +1,16 @@
-"""Tables of the statistics of a graph, and of what a rewrite changed."""
+"""Tables of the statistics of a graph, and of what a rewrite changed.
+
+Stage: inspection. :func:`describe` lists a graph's statistics
+(:class:`Description` of :class:`StatisticRecord`); :func:`describe_rewrite`
+compares a graph with its rewrite (:class:`RewriteDescription`);
+:func:`walk_nodes` and :func:`leftover_statistics` are shared with
+:mod:`popstats._src.inspection.drawing`. Tables are drawn by
+:mod:`popstats._src.inspection.tables`.
+"""
 
 from __future__ import annotations
 
 import html
-import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
@@ -15,6 +22,7 @@ from pytensor.scan.op import Scan
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.graph.identity import digest
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
+from popstats._src.inspection.tables import escape_text, html_table, text_table
 from popstats._src.rewrite.rewriter import population_variables
 
 __all__ = [
@@ -23,10 +31,6 @@ __all__ = [
     "StatisticRecord",
     "describe",
     "describe_rewrite",
-    "display_width",
-    "escape_text",
-    "html_table",
-    "text_table",
     "walk_nodes",
 ]
 
@@ -77,80 +81,6 @@ class StatisticRecord:
     def time_axes(self) -> int:
         """Leading time axes of its estimated value (loops not pooled)."""
         return self.time.count("step")
-
-
-def escape_text(text: object) -> str:
-    """``str(text)`` on one line: control and other unprintable characters escaped.
-
-    Each character :meth:`str.isprintable` rejects (newline, tab, escape,
-    line separators, direction overrides, ...) is written as :func:`repr`
-    writes it (``\\n``, ``\\t``, ``\\x1b``, ``\\u2028``); everything else is
-    kept, backslashes included.
-
-    Examples
-    --------
-    >>> print(escape_text("a\\nb\\tc"))
-    a\\nb\\tc
-    """
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def display_width(text: str) -> int:
-    """Terminal columns that printable ``text`` takes.
-
-    Wide East Asian characters take two, combining marks none, others one.
-    """
-    if text.isascii():
-        return len(text)
-    return sum(0 if unicodedata.combining(c) else
-               2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-        return escape_text(",".join(value)) or "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return escape_text(value)
-
-
-def text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain text table with aligned columns, one line per row.
-
-    Cells are escaped with :func:`escape_text` (a label holding a newline
-    shows ``\\n``) and padded by their :func:`display_width`.
-
-    Examples
-    --------
-    >>> print(text_table(("name", "n"), [["a\\nb", 1], ["c", 22]]))
-    name  n
-    ----  --
-    a\\nb  1
-    c     22
-    """
-    cells = [[escape_text(h) for h in header]] + [[_cell(v) for v in row]
-                                                   for row in rows]
-    widths = [max(display_width(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c + " " * (w - display_width(c))
-                       for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An HTML table (cells escaped as in :func:`text_table`, then for HTML)."""
-    head = "".join(f"<th>{html.escape(escape_text(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class Description(Sequence[StatisticRecord]):

@@ -12,7 +12,7 @@ import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.statistics import Statistic
-from popstats._src.inspection.describe import escape_text
+from popstats._src.inspection.tables import escape_text
 
 __all__ = ["plot", "plot_statistic"]
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import datetime
 import html
-import io
 import os
 from collections.abc import Mapping
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import Statistic
-from popstats._src.inspection.describe import escape_text, html_table
+from popstats._src.inspection.tables import (
+    escape_text,
+    html_table,
+    page_start,
+    png_image,
+    write_page,
+    written_at,
+)
 
 __all__ = ["find_warnings", "summary_rows", "write_page", "write_report"]
 
@@ -23,14 +26,6 @@ NEAR_ZERO_VAR = 1e-8
 SUMMARY_COLUMNS = ("name", "label", "role", "where", "shape", "steps", "batches",
                    "estimator", "min", "mean", "max")
 
-_STYLE = """
-body { font-family: sans-serif; margin: 2em; color: #222; background: #fff; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: left; }
-th { background: #e8eef7; }
-li.warning { color: #a40; }
-img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
-"""
 
 
 def _fmt(x: float) -> str:
@@ -99,15 +94,6 @@ def find_warnings(stats: Mapping[str, Statistic]) -> list[str]:
     return found
 
 
-def _png(fig) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _coverage_rows(stats: Mapping[str, Statistic]) -> list[list[object]]:
     rows = []
     for s in stats.values():
@@ -127,11 +113,8 @@ def render_report(stats: Mapping[str, Statistic], *, title: str = "popstats repo
     from popstats._src.inspection.plots import plot_statistic
 
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{len(stats)} statistic(s); written "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.</p>",
+        *page_start(title),
+        f"<p>{len(stats)} statistic(s); written {written_at()}.</p>",
         "<h2>Summary</h2>", html_table(SUMMARY_COLUMNS, summary_rows(stats)),
         "<h2>Coverage</h2>",
     ]
@@ -154,8 +137,8 @@ def render_report(stats: Mapping[str, Statistic], *, title: str = "popstats repo
         parts.append("<h2>Plots</h2>")
         for s in stats.values():
             name = html.escape(escape_text(s.name))
-            parts.append(f'<h3>{name}</h3><img alt="plot of {name}" '
-                         f'src="data:image/png;base64,{_png(plot_statistic(s))}">')
+            parts.append(f"<h3>{name}</h3>"
+                         + png_image(plot_statistic(s), f"plot of {name}"))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -189,16 +172,3 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
         require("matplotlib", "report(plots=True)")
     return write_page(path, render_report(stats, title=title, plots=plots),
                       "report")
-
-
-def write_page(path: str, text: str, call: str) -> str:
-    """Write an HTML page to ``path`` (checked by ``check_target``)."""
-    try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise PopstatsError(
-            f"{call}(path=...): cannot write {path!r}: {exc.strerror or exc}. "
-            f"Choose another name or folder (check its permissions)."
-        ) from exc
-    return path
