@@ -173,7 +173,8 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     (
         "Inspection and the ``popstats`` command",
         tuple(f"inspection/{name}.py" for name in (
-            "__init__", "optional", "describe", "drawing", "plots", "report", "cli",
+            "__init__", "optional", "tables", "describe", "drawing", "plots", "report",
+            "cli",
         )),
     ),
     (
@@ -936,6 +937,14 @@ def bind_list_without_select():
     x, y, stats = estimated()
     y_inf = popstats.rewrite(y, stats)
     popstats.bind(y_inf, [stats])
+
+
+@scenario("Population variables of outputs rewritten in separate calls")
+def population_variables_two_copies():
+    x, y, stats = estimated()
+    loss = (y**2).sum()
+    popstats.population_variables([popstats.rewrite(y, stats),
+                                   popstats.rewrite(loss, stats)])
 
 
 @scenario("Binding values of another shape")

@@ -322,3 +322,43 @@ def test_truncated_gradient_of_the_rewritten_loop(pipeline):
     rewritten, truncated, full = fn(*case.values(case.test_batch))
     np.testing.assert_allclose(rewritten, truncated, rtol=1e-10, atol=1e-12)
     assert not np.allclose(rewritten, full)
+
+
+def _two_rewrites():
+    """A prediction and a loss rewritten in two calls: two copies per statistic."""
+    x = pt.matrix("x")
+    a = x * 2.0
+    mean = popstats.bn_statistic(a.mean(axis=0), label="cp.mean", role="mean",
+                                 group="cp")
+    var = popstats.bn_statistic(a.var(axis=0), label="cp.var", role="var",
+                                group="cp")
+    y = (a - mean) / pt.sqrt(var + 1e-5)
+    loss = (y**2).sum()
+    rng = np.random.default_rng(3)
+    old = popstats.estimate([x], y, [{"x": rng.normal(0.0, 1.0, (64, 3))}])
+    y_inf, loss_inf = popstats.rewrite(y, old), popstats.rewrite(loss, old)
+    return x, y_inf, loss_inf, y, rng, loss
+
+
+def test_bind_sets_every_copy_of_a_statistic():
+    x, y_inf, loss_inf, y, rng, _ = _two_rewrites()
+    f = pytensor.function([x], [y_inf, loss_inf], mode=MODE)
+    data = rng.normal(5.0, 3.0, (256, 3))
+    new = popstats.estimate([x], y, [{"x": data}])
+    popstats.bind([y_inf, loss_inf], new)
+    probe = rng.normal(0.0, 1.0, (4, 3))
+    a = 2.0 * data
+    want = (2.0 * probe - a.mean(axis=0)) / np.sqrt(a.var(axis=0) + 1e-5)
+    got_y, got_loss = f(probe)
+    np.testing.assert_allclose(got_y, want, rtol=1e-10)
+    np.testing.assert_allclose(got_loss, (want**2).sum(), rtol=1e-10)
+
+
+def test_population_variables_refuses_a_statistic_held_twice():
+    _, y_inf, loss_inf, y, _, loss = _two_rewrites()
+    with pytest.raises(popstats.PopstatsError, match=r"separate rewrite calls.*bind"):
+        popstats.population_variables([y_inf, loss_inf])
+    # one rewrite call: one variable per statistic, as before
+    assert sorted(popstats.population_variables(y_inf)) == ["cp.mean", "cp.var"]
+    change = popstats.describe_rewrite([y, loss], [y_inf, loss_inf])
+    assert change.ok and change.replaced == {"cp.mean": "cp.mean", "cp.var": "cp.var"}

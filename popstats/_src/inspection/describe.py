@@ -23,7 +23,7 @@ from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.graph.identity import digest
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
 from popstats._src.inspection.tables import escape_text, html_table, text_table
-from popstats._src.rewrite.rewriter import population_variables
+from popstats._src.rewrite.rewriter import population_copies
 
 __all__ = [
     "Description",
@@ -278,8 +278,8 @@ def describe_rewrite(original: Variable | Sequence[Variable],
     before = as_variables(original, "describe_rewrite")
     after = as_variables(inference, "describe_rewrite")
     sites = export_checked(before, "describe_rewrite").sites
-    pop = population_variables(after)
-    replaced = {s.name: (pop[s.name].name or s.name) if s.name in pop else None
+    pop = population_copies(after, "describe_rewrite")
+    replaced = {s.name: (pop[s.name][0].name or s.name) if s.name in pop else None
                 for s in sites}
     after_ops = {id(op) for _, op in _scans(after)}
     rebuilt, kept = [], []

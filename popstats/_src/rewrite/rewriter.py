@@ -28,7 +28,8 @@ from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId, transform
 from popstats._src.rewrite.matching import Matcher, check_match
 
-__all__ = ["bind", "population_array", "population_variables", "rewrite"]
+__all__ = ["bind", "population_array", "population_copies", "population_variables",
+           "rewrite"]
 
 
 class _RewriteLevel:
@@ -319,7 +320,7 @@ def bind(
     >>> f(np.zeros((1, 2)))
     array([[-4., -4.]])
     """
-    found = _population_variables(outputs, "bind")
+    found = population_copies(outputs, "bind")
     if not found:
         raise PopstatsError(
             "bind(outputs=...): the graph holds no population variables; bind "
@@ -329,7 +330,7 @@ def bind(
     _check_stats(sets, select=0, call="bind")
     matcher = Matcher(sets, check_match(match, "bind"), "bind")
     planned = []
-    for name, var in found.items():
+    for name, var in ((n, v) for n, copies in found.items() for v in copies):
         stacked = bool(getattr(var.tag, "popstats_stacked", False))
         if stacked == isinstance(stats, PopulationStatistics):
             wanted = "a list of PopulationStatistics" if stacked else "one"
@@ -383,6 +384,9 @@ def population_variables(outputs: Variable | Sequence[Variable]) -> dict[str, Va
 
     Returns a dict from statistic name to shared variable; update one with
     ``set_value`` to change the value without rebuilding or recompiling.
+    Outputs rewritten in separate :func:`rewrite` calls hold one variable per
+    call for a statistic they share; then this refuses (setting one would
+    leave the others stale) and :func:`bind` is the way to update them all.
 
     Examples
     --------
@@ -393,20 +397,38 @@ def population_variables(outputs: Variable | Sequence[Variable]) -> dict[str, Va
     >>> popstats.population_variables(y_inf)["mean"].get_value()
     array([1., 1.])
     """
-    return _population_variables(outputs, "population_variables")
+    call = "population_variables"
+    found = population_copies(outputs, call)
+    shared = {name: len(copies) for name, copies in found.items() if len(copies) > 1}
+    if shared:
+        raise PopstatsError(
+            f"{call}(outputs=...): the graph holds several population variables "
+            f"for the same statistic ({shared}: name and number of copies), "
+            f"because its outputs were rewritten in separate rewrite calls; "
+            f"setting one copy would leave the others with the old value. Use "
+            f"popstats.bind(outputs, stats), which sets every copy, or rewrite "
+            f"all outputs in one call: rewrite([y, loss], stats)."
+        )
+    return {name: copies[0] for name, copies in found.items()}
 
 
-def _population_variables(outputs: object, call: str) -> dict[str, Variable]:
+def population_copies(outputs: object, call: str) -> dict[str, list[Variable]]:
+    """Per statistic name, every shared variable holding its population value
+    in the graph of ``outputs`` (several when the outputs come from separate
+    :func:`rewrite` calls), in graph order."""
     outs = as_variables(outputs, call)
-    found: dict[str, Variable] = {}
-    stack = list(outs)
-    for node in toposort(stack):
-        for var in node.inputs:
-            name = getattr(var.tag, "popstats_statistic", None)
-            if name is not None and var.owner is None:
-                found.setdefault(name, var)
-    for var in outs:
+    found: dict[str, list[Variable]] = {}
+
+    def add(var: Variable) -> None:
         name = getattr(var.tag, "popstats_statistic", None)
-        if name is not None:
-            found.setdefault(name, var)
+        if name is not None and var.owner is None:
+            copies = found.setdefault(name, [])
+            if not any(var is other for other in copies):
+                copies.append(var)
+
+    for node in toposort(list(outs)):
+        for var in node.inputs:
+            add(var)
+    for var in outs:
+        add(var)
     return found
