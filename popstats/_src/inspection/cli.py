@@ -11,6 +11,8 @@ help and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -61,9 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Errors are printed as one line on stderr, ``popstats: error: ...``,
     never as a traceback: a damaged file that :func:`~popstats.load` still
-    reads is named with what went wrong.
+    reads is named with what went wrong (and only a failed load blames the
+    file). Characters the terminal cannot encode are written escaped; a
+    closed pipe (``popstats summary f.npz | head -2``) ends the command
+    quietly with status 141, as Unix tools end.
     """
     from popstats._src.estimation.statistics import load
+    from popstats._src.inspection.optional import install_hint
     from popstats._src.inspection.report import (
         SUMMARY_COLUMNS,
         find_warnings,
@@ -77,9 +83,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # no command: say what there is, not just an error
         parser.print_help(sys.stderr)
         return 2
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a label
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         stats = load(args.stats)
+    except PopstatsError as exc:
+        return _error(_one_line(str(exc)))
+    except Exception as exc:  # a damaged file that load's checks let through
+        return _error(f"{args.command} of {args.stats!r} failed while loading it "
+                      f"({_one_line(f'{type(exc).__name__}: {exc}')}). The file may "
+                      f"be damaged: save the statistics again; if "
+                      f"PopulationStatistics.save wrote it as it is, please report "
+                      f"this as a popstats bug.")
+    try:
         if args.command == "report":
+            if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
+                return _error(f"report draws its plots with matplotlib, which is not "
+                              f"installed. {install_hint('matplotlib', 'plot')} Or "
+                              f"pass --no-plots for a report without plots.")
             title = args.title or f"popstats report: {args.stats}"
             path = write_report(stats, args.output, title=title,
                                 plots=not args.no_plots)
@@ -88,18 +110,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text_table(SUMMARY_COLUMNS, summary_rows(stats)))
             for warning in find_warnings(stats):
                 print(f"warning: {warning}")
+            sys.stdout.flush()
+    except BrokenPipeError:  # `popstats summary f.npz | head -2`: as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error at exit
+        return 141  # 128 + SIGPIPE
     except PopstatsError as exc:
-        print(f"popstats: error: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a damaged file that load accepts, or a bug
-        what = _one_line(f"{type(exc).__name__}: {exc}")
-        print(f"popstats: error: {args.command} of {args.stats!r} failed ({what}). "
-              f"The file may be damaged: save the statistics again; if "
-              f"PopulationStatistics.save wrote it as it is, please report this "
-              f"as a popstats bug.", file=sys.stderr)
-        return 2
+        return _error(_one_line(str(exc)))
+    except Exception as exc:  # the file loaded: not the file's fault
+        return _error(f"{args.command} of {args.stats!r} failed "
+                      f"({_one_line(f'{type(exc).__name__}: {exc}')}). Please "
+                      f"report this as a popstats bug.")
     return 0
 
+
+def _error(message: str) -> int:
+    print(f"popstats: error: {message}", file=sys.stderr)
+    return 2
 
 if __name__ == "__main__":
     sys.exit(main())

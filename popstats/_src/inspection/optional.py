@@ -19,8 +19,15 @@ def require(module: str, what: str) -> ModuleType:
         extra = _EXTRAS.get(top, top)
         raise PopstatsError(
             f"{what} needs the optional package {top!r}, which is not "
-            f"installed. Install it with `pip install popstats[{extra}]`."
+            f"installed. {install_hint(top, extra)}"
         ) from None
+
+
+def install_hint(package: str, extra: str) -> str:
+    """How to install an optional package: by its own name, or as popstats'
+    extra (quoted, so that zsh and a checkout install take it too)."""
+    return (f"Install it with `pip install {package}` (or `pip install "
+            f"'popstats[{extra}]'`, `pip install '.[{extra}]'` in a checkout).")
 
 
 def unknown_label(call: str, name: str, known: list[str]) -> PopstatsError:
