@@ -252,7 +252,7 @@ def test_cli_unexpected_failure_is_one_line(uncovered_file, monkeypatch, capsys)
     assert status == 2
     assert len(err.splitlines()) == 1
     assert err.startswith(f"popstats: error: summary of {str(uncovered_file)!r} "
-                          f"failed (RuntimeError: something")
+                          f"failed while loading it (RuntimeError: something")
     assert "report this as a popstats bug" in err
 
 
