@@ -75,6 +75,26 @@ that constants such as eps do not upcast). Under JAX, PyTensor then runs JAX
 without x64 (reductions accumulate in float32 there); the truncation
 warnings this gives are silenced.
 
+On a GPU (``benchmarks/gpu_peers.py`` runs the set issue 23 asks for):
+``--device cuda`` puts PyTorch on the GPU, against ``--modes JAX`` with JAX
+on the GPU (it stops if either sees none). Both sides then copy each host
+batch to the GPU inside the timed pass (``update_bn(..., device=)``, the
+eager loops' ``x.to``; PyTensor's JAX backend for popstats and the forward
+pass) and are timed to completion: the forward outputs through
+``np.asarray``, popstats' statistics are NumPy arrays when ``finalize``
+returns, PyTorch ends with ``torch.cuda.synchronize()``; the clock is the
+wall clock. ``--torch-tf32 on|off`` sets ``torch.backends.cuda.matmul.
+allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` (default ``auto``: off
+when ``JAX_DEFAULT_MATMUL_PRECISION`` is ``highest``, else on, as JAX
+computes float32 matmuls in TF32 by default). The table headings then name
+the card and driver (nvidia-smi), CUDA, cuDNN, JAX/jaxlib and both sides'
+precision. ``--float64-reference`` adds the max rel. diff of popstats' and
+of PyTorch's statistics to a NumPy float64 forward pass over the same
+batches (written from each model's definition; ``update_bn``'s variances
+made biased), ``--reference-cache DIR`` keeps those references between
+runs. ``--accumulate host,graph`` gives a table of each. With none of these
+options the script runs as before (PyTorch on the CPU).
+
 Targets (never asserted): popstats / forward <= 1.05x per batch; popstats
 speed vs PyTorch (PyTorch time / popstats time, >1 means popstats faster)
 >= 1.0x on ``mlp`` and ``conv``, >= 1.3x on ``rnn`` and ``lstm``.
@@ -86,6 +106,8 @@ Usage::
     python benchmarks/peers.py --modes default --repeats 3 --models mlp,rnn
     python benchmarks/peers.py --check        # only the equal-work checks
     python benchmarks/peers.py --threads 2    # every library on 2 threads
+    python benchmarks/peers.py --modes JAX --device cuda --torch-tf32 off
+    python benchmarks/peers.py --accumulate host,graph --float64-reference
 
 The first run on a machine takes longer (``--quick``: ~1.5 min in the
 default mode) while Numba and the C compiler fill PyTensor's caches; JAX
@@ -144,6 +166,16 @@ F32 = "float32"
 EPS = C.EPS  # 1e-5, PyTorch BatchNorm's default too
 THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
 MODELS = ("mlp", "conv", "rnn", "lstm")
+DEVICE = ["cpu"]  # PyTorch's device: --device (cpu, or cuda)
+#: JAX_DEFAULT_MATMUL_PRECISION values that keep float32 matrix products in
+#: full float32 on a GPU (the others let it use TF32 or bfloat16 passes)
+FULL_F32 = ("highest", "float32", "fp32")
+
+
+def _synchronize() -> None:
+    """Wait for PyTorch's queued GPU work (nothing to wait for on the CPU)."""
+    if DEVICE[0] != "cpu":
+        torch.cuda.synchronize()
 
 
 def _setup_torch() -> None:
@@ -177,6 +209,36 @@ def _t(a: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).copy())
 
 
+def _f64(a) -> np.ndarray:
+    """A float64 copy of a weight (a NumPy array or a shared variable's value)."""
+    value = a.get_value() if hasattr(a, "get_value") else a
+    return np.asarray(value, dtype=np.float64)
+
+
+def _np_bn(h: np.ndarray, axes, label: str, out: dict):
+    """NumPy float64 batch normalization (no affine): keeps mean, biased var."""
+    mean, var = h.mean(axis=axes), h.var(axis=axes)
+    out[f"{label}.mean"], out[f"{label}.var"] = mean, var
+    return (h - mean) / np.sqrt(var + EPS)
+
+
+def _np_sigmoid(a: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _np_steps(step, x: np.ndarray, state: tuple, labels) -> dict:
+    """Run ``step(x_t, state, stats) -> state`` over the steps of ``x``;
+    per label the (steps, width) array of the per-step statistics."""
+    per_step: dict[str, list] = {}
+    for x_t in x:
+        stats: dict = {}
+        state = step(x_t, state, stats)
+        for key, value in stats.items():
+            per_step.setdefault(key, []).append(value)
+    return {key: np.stack(per_step[key]) for key in
+            (f"{lab}.{kind}" for lab in labels for kind in ("mean", "var"))}
+
+
 # --------------------------------------------------------------------------
 # models: one set of float32 NumPy weights, a PyTensor graph and a PyTorch
 # counterpart of it
@@ -203,6 +265,15 @@ class Mlp:
 
     def elements(self, label: str) -> int:
         return self.batch
+
+    def numpy_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch's statistics, the forward pass in NumPy float64."""
+        out: dict = {}
+        h = np.asarray(x, dtype=np.float64)
+        for i, (W, b, gamma, beta) in enumerate(self.net.params):
+            h = _np_bn(h @ _f64(W) + _f64(b), 0, f"layer{i}", out)
+            h = np.maximum(h * _f64(gamma) + _f64(beta), 0.0)
+        return out
 
     def torch_model(self):
         layers = []
@@ -281,6 +352,25 @@ class ConvNet:
     def elements(self, label: str) -> int:
         return self.batch * self.size * self.size
 
+    def numpy_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch's statistics, the forward pass in NumPy float64.
+
+        The convolution from its definition (cross-correlation, as PyTorch's
+        Conv2d): ``out[n, y, x, o] = sum_{i, j, c} pad[n, y + i, x + j, c] *
+        w[o, c, i, j]``, one product per tap -- not the graph's im2col.
+        """
+        out: dict = {}
+        s = self.size
+        h = np.asarray(x, dtype=np.float64).transpose(0, 2, 3, 1)  # NHWC
+        for k, (w, gamma, beta) in enumerate(self.convs):
+            w = _f64(w)
+            padded = np.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            h = sum(padded[:, i:i + s, j:j + s, :] @ w[:, :, i, j].T
+                    for i in range(3) for j in range(3))
+            h = _np_bn(h, (0, 1, 2), f"conv{k}", out)
+            h = np.maximum(h * _f64(gamma) + _f64(beta), 0.0)
+        return out
+
     def torch_model(self):
         layers = []
         for w, gamma, beta in self.convs:
@@ -298,10 +388,15 @@ class ConvNet:
 
 
 class _BNModel:
-    """A ``torch.nn`` model whose statistics ``update_bn`` estimates."""
+    """A ``torch.nn`` model whose statistics ``update_bn`` estimates.
+
+    On ``--device cuda`` the model lives on the GPU and ``update_bn`` copies
+    each host batch to it (its ``device`` argument), as popstats' JAX pass
+    copies each NumPy batch; the pass ends with ``torch.cuda.synchronize``.
+    """
 
     def __init__(self, model, prefix: str):
-        self.model = model
+        self.model = model.to(DEVICE[0])
         self.bns = [m for m in model.modules()
                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         self.prefix = prefix
@@ -309,17 +404,19 @@ class _BNModel:
     def forward(self, x):
         self.model.train()
         with torch.no_grad():
-            return self.model(x).numpy()
+            return self.model(x.to(DEVICE[0])).cpu().numpy()
 
     def estimate(self, loader) -> None:
-        torch.optim.swa_utils.update_bn(loader, self.model)  # under no_grad
+        device = None if DEVICE[0] == "cpu" else DEVICE[0]
+        torch.optim.swa_utils.update_bn(loader, self.model, device=device)  # no_grad
+        _synchronize()
 
     def statistics(self) -> dict[str, np.ndarray]:
         """``{label: value}``; variances are update_bn's unbiased ones."""
         out = {}
         for i, bn in enumerate(self.bns):
-            out[f"{self.prefix}{i}.mean"] = bn.running_mean.numpy().copy()
-            out[f"{self.prefix}{i}.var"] = bn.running_var.numpy().copy()
+            out[f"{self.prefix}{i}.mean"] = bn.running_mean.cpu().numpy().copy()
+            out[f"{self.prefix}{i}.var"] = bn.running_var.cpu().numpy().copy()
         return out
 
 
@@ -347,6 +444,20 @@ class Rnn:
         n = self.net
         return _EagerLoop(self, [_t(p.get_value()) for p in (n.Wx, n.Wh, n.gx, n.gh)])
 
+    def numpy_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch's per-step statistics, the forward pass in NumPy float64."""
+        n = self.net
+        Wx, Wh, gx, gh = (_f64(p) for p in (n.Wx, n.Wh, n.gx, n.gh))
+
+        def step(x_t, state, stats):
+            (h,) = state
+            a = _np_bn(x_t @ Wx, 0, "input", stats) * gx
+            r = _np_bn(h @ Wh, 0, "recurrent", stats) * gh
+            return (np.tanh(a + r),)
+
+        x = np.asarray(x, dtype=np.float64)
+        return _np_steps(step, x, (np.zeros((x.shape[1], n.hidden)),), self.labels)
+
     @staticmethod
     def torch_step(x_t, state, params, stats):
         Wx, Wh, gx, gh = params
@@ -361,7 +472,7 @@ class Rnn:
         return h, (h,)
 
     def initial_state(self, batch: int):
-        return (torch.zeros((batch, self.net.hidden)),)
+        return (torch.zeros((batch, self.net.hidden), device=DEVICE[0]),)
 
 
 class Lstm:
@@ -424,6 +535,25 @@ class Lstm:
     def elements(self, label: str) -> int:
         return self.batch
 
+    def numpy_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch's per-step statistics, the forward pass in NumPy float64."""
+        p = {k: _f64(v) for k, v in self.params.items()}
+        H = self.hidden
+
+        def step(x_t, state, stats):
+            h, c = state
+            gates = (_np_bn(x_t @ p["Wx"], 0, "input", stats) * p["gx"]
+                     + _np_bn(h @ p["Wh"], 0, "recurrent", stats) * p["gh"]
+                     + p["b"])
+            i, f, o, g = (gates[:, k * H:(k + 1) * H] for k in range(4))
+            c = _np_sigmoid(f) * c + _np_sigmoid(i) * np.tanh(g)
+            cell = _np_bn(c, 0, "cell", stats) * p["gc"] + p["bc"]
+            return _np_sigmoid(o) * np.tanh(cell), c
+
+        x = np.asarray(x, dtype=np.float64)
+        zeros = np.zeros((x.shape[1], H))
+        return _np_steps(step, x, (zeros, zeros), self.labels)
+
     def torch_model(self):
         return _EagerLoop(self, [_t(v) for v in self.params.values()])
 
@@ -445,7 +575,7 @@ class Lstm:
         return h, (h, c)
 
     def initial_state(self, batch: int):
-        z = torch.zeros((batch, self.hidden))
+        z = torch.zeros((batch, self.hidden), device=DEVICE[0])
         return (z, z)
 
 
@@ -455,14 +585,18 @@ class _EagerLoop:
     Each step's batch mean and biased batch variance go into a float32
     buffer (2 rows per BN, steps x width) per batch; once per batch the
     buffers are added to float64 sums; the result is sums / N batches --
-    popstats' ``"mean"`` estimator with ``time="step"``.
+    popstats' ``"mean"`` estimator with ``time="step"``. On ``--device
+    cuda`` the weights, buffers and sums live on the GPU, each host batch is
+    copied to it, and the pass ends with ``torch.cuda.synchronize``.
     """
 
     def __init__(self, model, params):
-        self.model, self.params = model, params
+        self.model = model
+        self.params = [p.to(DEVICE[0]) for p in params]
         self.sums: list | None = None
 
     def _run(self, x, keep: bool):
+        x = x.to(DEVICE[0])
         steps, batch = x.shape[0], x.shape[1]
         state = self.model.initial_state(batch)
         n_stats = 2 * len(self.model.labels)
@@ -472,7 +606,8 @@ class _EagerLoop:
             stats: list = [None] * n_stats
             h, state = self.model.torch_step(x[t], state, self.params, stats)
             if buffers is None:
-                buffers = [torch.empty((steps, s.shape[0])) for s in stats]
+                buffers = [torch.empty((steps, s.shape[0]), device=DEVICE[0])
+                           for s in stats]
             for buf, s in zip(buffers, stats, strict=True):
                 buf[t] = s
             if keep:
@@ -481,7 +616,7 @@ class _EagerLoop:
 
     def forward(self, x):
         with torch.no_grad():
-            return torch.stack(self._run(x, keep=True)[1]).numpy()
+            return torch.stack(self._run(x, keep=True)[1]).cpu().numpy()
 
     def estimate(self, loader) -> None:
         with torch.no_grad():
@@ -494,12 +629,13 @@ class _EagerLoop:
                     for acc, b in zip(sums, buffers, strict=True):
                         acc += b  # float32 into float64 sums
             self.sums = [s / len(loader) for s in sums]
+        _synchronize()
 
     def statistics(self) -> dict[str, np.ndarray]:
         out = {}
         for k, label in enumerate(self.model.labels):
-            out[f"{label}.mean"] = self.sums[2 * k].numpy()
-            out[f"{label}.var"] = self.sums[2 * k + 1].numpy()
+            out[f"{label}.mean"] = self.sums[2 * k].cpu().numpy()
+            out[f"{label}.var"] = self.sums[2 * k + 1].cpu().numpy()
         return out
 
 
@@ -532,7 +668,79 @@ def check_stats(model, stats: popstats.PopulationStatistics, reference: dict) ->
     return worst
 
 
-def measure(name: str, args, mode) -> dict:
+def _weights(model) -> list:
+    """Every weight of a model (arrays or shared variables), in a fixed order."""
+    if isinstance(model, Mlp):
+        return [*(v for layer in model.net.params for v in layer), model.W_out,
+                model.b_out]
+    if isinstance(model, ConvNet):
+        return [*(v for conv in model.convs for v in conv), model.W_out, model.b_out]
+    if isinstance(model, Rnn):
+        n = model.net
+        return [n.Wx, n.Wh, n.gx, n.gh]
+    return list(model.params.values())
+
+
+def float64_reference(model, arrays: list[np.ndarray], cache: str | None) -> dict:
+    """The statistics popstats estimates, in NumPy float64: the plain average
+    over the batches of each batch's mean and biased variance (per step in
+    the loops), from a float64 forward pass on the same float32 weights and
+    batches (cast up).
+
+    ``cache``: a folder where the result is kept, keyed by the model, its
+    batches and its weights (a hash of them), so runs that differ only in
+    precision or accumulation compute it once.
+    """
+    import hashlib
+
+    path = None
+    if cache:
+        digest = hashlib.sha256(model.desc.encode())
+        for a in arrays:
+            digest.update(np.ascontiguousarray(a).tobytes())
+        for w in _weights(model):
+            digest.update(np.ascontiguousarray(_f64(w)).tobytes())
+        path = os.path.join(cache, f"reference-{digest.hexdigest()[:20]}.npz")
+        if os.path.exists(path):
+            with np.load(path) as saved:
+                return {k: saved[k] for k in saved.files}
+    sums: dict[str, np.ndarray] = {}
+    for a in arrays:
+        for label, value in model.numpy_stats(a).items():
+            sums[label] = sums[label] + value if label in sums else value
+    reference = {label: total / len(arrays) for label, total in sums.items()}
+    if path is not None:
+        os.makedirs(cache, exist_ok=True)
+        np.savez(path, **reference)
+    return reference
+
+
+def float64_diffs(model, stats, peer_stats: dict | None, reference: dict):
+    """(popstats, PyTorch) max rel. diff of the statistics to the float64
+    reference; PyTorch's ``update_bn`` variances are made biased first."""
+    if set(reference) != {s.label for s in stats.values()}:
+        raise RuntimeError(f"float64 reference labels {sorted(reference)} are not "
+                           f"popstats' {sorted(s.label for s in stats.values())}")
+    pop = 0.0
+    for label, ref in reference.items():
+        value = np.asarray(stats[label].value)
+        if value.shape != ref.shape:
+            raise RuntimeError(f"{label}: popstats shape {value.shape}, float64 "
+                               f"reference {ref.shape}")
+        pop = max(pop, rel_diff(value, ref))
+    if peer_stats is None:
+        return pop, None
+    peer = 0.0
+    for label, ref in reference.items():
+        value = np.asarray(peer_stats[label], dtype=np.float64)
+        if isinstance(model, Mlp | ConvNet) and label.endswith(".var"):
+            m = model.elements(label)
+            value = value * (m - 1) / m  # update_bn's unbiased -> biased
+        peer = max(peer, rel_diff(value, ref))
+    return pop, peer
+
+
+def measure(name: str, args, mode, accumulate: str) -> dict:
     model = make_model(name, args)
     x, out = model.graph()
     arrays = model.batches(args.batches)
@@ -542,10 +750,12 @@ def measure(name: str, args, mode) -> dict:
     if dtypes != {F32}:
         raise RuntimeError(f"{name}: graph dtypes {dtypes}, expected float32 only")
 
-    run = popstats.Estimation([x], out, mode=mode, accumulate=args.accumulate)
+    run = popstats.Estimation([x], out, mode=mode, accumulate=accumulate)
     fn = pytensor.function([x], out, mode=mode)
 
     def pop():
+        # finalize works on the host (NumPy) copy of the state: the pass is
+        # complete when it returns, on a GPU too
         return run.finalize(run.run(batches, progress=False))
 
     def forward():
@@ -559,6 +769,7 @@ def measure(name: str, args, mode) -> dict:
     stats = pop()  # untimed first calls: JIT, warm-up, and the checks
     forward()
     y = fn(arrays[0])
+    peer_stats = None
     if torch is not None:
         peer = model.torch_model()
         loader = [torch.from_numpy(a) for a in arrays]  # zero-copy views
@@ -569,7 +780,14 @@ def measure(name: str, args, mode) -> dict:
         candidates.append(torch_job)
         result["forward_diff"] = rel_diff(y, peer.forward(loader[0]))
         torch_job()
-        result["stats_diff"] = check_stats(model, stats, peer.statistics())
+        peer_stats = peer.statistics()
+        result["stats_diff"] = check_stats(model, stats, peer_stats)
+    if args.float64_reference:
+        reference = float64_reference(model, arrays, args.reference_cache)
+        result["f64_pop"], f64_peer = float64_diffs(model, stats, peer_stats,
+                                                    reference)
+        if f64_peer is not None:
+            result["f64_torch"] = f64_peer
     if args.check:
         return result
 
@@ -584,29 +802,131 @@ def _fmt_diff(r: dict, key: str) -> str:
     return f"{r[key]:.1e}" if key in r else "n/a"
 
 
-def print_table(rows: list[dict], args, mode) -> None:
-    torch_line = (f"PyTorch {torch.__version__}, {torch.get_num_threads()} intra-op "
-                  f"thread(s)" if torch is not None else
-                  "PyTorch not installed: its columns read n/a")
+F64_HEADERS = ["popstats statistics vs float64", "PyTorch statistics vs float64"]
+
+
+def _f64_cells(r: dict, args) -> list[str]:
+    if not args.float64_reference:
+        return []
+    return [_fmt_diff(r, "f64_pop"), _fmt_diff(r, "f64_torch")]
+
+
+def nvidia_smi() -> str | None:
+    """``name, driver, memory`` of each GPU from nvidia-smi (None without one)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return "; ".join(lines) if done.returncode == 0 and lines else None
+
+
+def jax_precision() -> str:
+    """JAX's default float32 matmul precision (``jax_default_matmul_precision``)."""
+    import jax
+
+    return str(jax.config.jax_default_matmul_precision or "default")
+
+
+def jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
+def jax_line() -> str:
+    """JAX and jaxlib versions, its devices and float32 matmul precision."""
+    import jax
+    import jaxlib
+
+    devices = jax.devices()
+    kinds = ", ".join(sorted({d.device_kind for d in devices}))
+    try:
+        platform = str(devices[0].client.platform_version)
+    except Exception:  # not every client says
+        platform = ""
+    platform = f"; {platform}" if platform and platform != jax.default_backend() else ""
+    precision = jax_precision()
+    if jax.default_backend() == "cpu":
+        meaning = "full float32 on a CPU"
+    elif precision in FULL_F32:
+        meaning = "full float32"
+    else:
+        meaning = "TF32 on GPUs that have it"
+    return (f"JAX {jax.__version__} (jaxlib {jaxlib.__version__}) on "
+            f"{jax.default_backend()}: {len(devices)} x {kinds}{platform}; "
+            f"float32 matmul precision {precision!r} ({meaning})")
+
+
+def torch_tf32(args) -> bool:
+    """Whether PyTorch runs float32 matmuls and convolutions in TF32 (cuda)."""
+    if args.torch_tf32 != "auto":
+        return args.torch_tf32 == "on"
+    return jax_precision() not in FULL_F32  # as JAX does
+
+
+def setup_torch_device(args) -> None:
+    """``--device``: PyTorch's device, and its TF32 switches on a GPU."""
+    DEVICE[0] = args.device
+    if args.device == "cpu":
+        return
+    tf32 = torch_tf32(args)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def torch_line(args) -> str:
+    if torch is None:
+        return "PyTorch not installed: its columns read n/a"
+    if args.device == "cpu":
+        return (f"PyTorch {torch.__version__}, {torch.get_num_threads()} intra-op "
+                f"thread(s)")
+    return (f"PyTorch {torch.__version__} on {args.device} "
+            f"({torch.cuda.get_device_name()}; CUDA {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version()}); TF32: matmul "
+            f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN "
+            f"{torch.backends.cudnn.allow_tf32}")
+
+
+def environment_lines(args, mode) -> str:
+    """The lines under a table's heading: PyTorch, JAX and the GPU, if any."""
+    lines = [f"{torch_line(args)}; BLAS/Numba/XLA threads {THREADS}"]
+    if mode == "JAX":
+        lines.append(jax_line())
+        if args.device != "cpu" and (jax_precision() in FULL_F32) == torch_tf32(args):
+            lines.append("**Precisions differ**: JAX's float32 matmul precision "
+                         "and PyTorch's TF32 switches do not match.")
+    if args.device != "cpu" or (mode == "JAX" and jax_backend() != "cpu"):
+        lines.append(f"GPU (nvidia-smi: name, driver, memory): "
+                     f"{nvidia_smi() or 'n/a'}")
+    return "  \n".join(lines) + "\n"
+
+
+def print_table(rows: list[dict], args, mode, accumulate: str) -> None:
     if args.check:
         print(C.heading("equal-work checks: max rel. diff to PyTorch "
                         "(max |a - b| / max |b|)", mode))
-        print(f"{torch_line}; BLAS/Numba/XLA threads {THREADS}\n")
+        print(environment_lines(args, mode))
         print(C.table(
             ["model", "statistics", "max rel. diff forward",
-             "max rel. diff statistics"],
+             "max rel. diff statistics",
+             *(F64_HEADERS if args.float64_reference else [])],
             [[r["desc"], r["n_stats"], _fmt_diff(r, "forward_diff"),
-              _fmt_diff(r, "stats_diff")] for r in rows],
+              _fmt_diff(r, "stats_diff"), *_f64_cells(r, args)] for r in rows],
         ))
         print()
         return
     print(C.heading(
-        f"popstats (accumulate={args.accumulate!r}) vs forward pass vs PyTorch, "
+        f"popstats (accumulate={accumulate!r}) vs forward pass vs PyTorch, "
         f"per batch (N={args.batches} batches, best of {args.repeats}, "
         f"interleaved; compile excluded)",
         mode,
     ))
-    print(f"{torch_line}; BLAS/Numba/XLA threads {THREADS}\n")
+    print(environment_lines(args, mode))
     table_rows = []
     for r in rows:
         pb, fb = r["best"][0], r["best"][1]
@@ -618,19 +938,35 @@ def print_table(rows: list[dict], args, mode) -> None:
             row += [C.fmt_s(tb), C.fmt_ratio(tb / pb), C.fmt_ratio(tm / pm)]
         else:
             row += ["n/a"] * 3
-        row += [_fmt_diff(r, "forward_diff"), _fmt_diff(r, "stats_diff")]
+        row += [_fmt_diff(r, "forward_diff"), _fmt_diff(r, "stats_diff"),
+                *_f64_cells(r, args)]
         table_rows.append(row)
     print(C.table(
         ["model", "statistics", "popstats / batch", "forward / batch",
          "popstats / forward (best)", "(median)", "PyTorch / batch",
          "popstats speed vs PyTorch (best)", "(median)",
-         "max rel. diff forward", "max rel. diff statistics"],
+         "max rel. diff forward", "max rel. diff statistics",
+         *(F64_HEADERS if args.float64_reference else [])],
         table_rows,
     ))
     print()
 
 
-def main() -> None:
+ACCUMULATE = ("host", "graph")
+
+
+def parse_accumulate(text: str) -> list[str]:
+    """``"host"``, ``"graph"`` or both, comma-separated: one table each."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in ACCUMULATE]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(
+            f"--accumulate takes {' or '.join(ACCUMULATE)} (or both, "
+            f"comma-separated), not {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated, of {','.join(MODELS)}")
@@ -641,8 +977,9 @@ def main() -> None:
     parser.add_argument("--threads", default=None, type=int,
                         help="threads of every library (default 1, or "
                              "OMP_NUM_THREADS when set)")
-    parser.add_argument("--accumulate", default="host", choices=("host", "graph"),
-                        help="popstats' Estimation(accumulate=...)")
+    parser.add_argument("--accumulate", default=["host"], type=parse_accumulate,
+                        help="popstats' Estimation(accumulate=...): host, graph, "
+                             "or host,graph for a table of each")
     parser.add_argument("--check", action="store_true",
                         help="only the equal-work checks, no timing")
     parser.add_argument("--quick", action="store_true",
@@ -660,10 +997,52 @@ def main() -> None:
     parser.add_argument("--rnn-batch", default=64, type=int)
     parser.add_argument("--clock", choices=sorted(C.CLOCKS), default=None,
                         help="what to time: CPU time (default with 1 thread) "
-                             "or wall-clock time (default with --threads > 1)")
+                             "or wall-clock time (default with --threads > 1 "
+                             "or --device cuda)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="PyTorch's device (cuda: on the GPU, against "
+                             "--modes JAX on the GPU; wall-clock time)")
+    parser.add_argument("--torch-tf32", choices=("auto", "on", "off"),
+                        default="auto",
+                        help="with --device cuda: PyTorch's TF32 switches "
+                             "(torch.backends.cuda.matmul.allow_tf32 and "
+                             "torch.backends.cudnn.allow_tf32); auto: on unless "
+                             "JAX_DEFAULT_MATMUL_PRECISION is highest, as JAX")
+    parser.add_argument("--float64-reference", action="store_true",
+                        help="also compare the statistics of popstats and "
+                             "PyTorch with a NumPy float64 forward pass")
+    parser.add_argument("--reference-cache", default=None, metavar="DIR",
+                        help="keep the float64 references in DIR and reuse them")
+    return parser
+
+
+def check_device(parser, args) -> None:
+    """``--device cuda`` needs PyTorch with CUDA and JAX mode on a GPU."""
+    if args.device == "cpu":
+        if "JAX" in args.modes and jax_backend() != "cpu":
+            print("(JAX runs on the GPU, PyTorch on the CPU: pass --device cuda "
+                  "to compare on one device)", file=sys.stderr)
+        return
+    if torch is None or not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch is not installed or sees no GPU "
+                     "(torch.cuda.is_available() is False)")
+    if args.modes != ["JAX"]:
+        parser.error("--device cuda compares with PyTensor's JAX mode on the "
+                     "GPU: pass --modes JAX")
+    if jax_backend() != "gpu":
+        parser.error(f"--device cuda: JAX sees no GPU (its backend is "
+                     f"{jax_backend()!r}); install jax[cuda] or unset JAX_PLATFORMS")
+    if args.clock == "cpu":
+        parser.error("--device cuda: CPU time does not count the GPU's work; "
+                     "use --clock wall")
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.clock is None:
-        args.clock = "cpu" if THREADS == 1 else "wall"
+        args.clock = "cpu" if THREADS == 1 and args.device == "cpu" else "wall"
+    check_device(parser, args)
     C.set_clock(args.clock)
     if args.quick:
         args.batches, args.repeats = 3, 2
@@ -678,6 +1057,7 @@ def main() -> None:
         parser.error(f"floatX is {pytensor.config.floatX}; PYTENSOR_FLAGS must "
                      f"not set floatX (the models are float32)")
     _setup_torch()
+    setup_torch_device(args)
     # JAX mode: PyTensor turns JAX's x64 off when floatX is float32, and JAX
     # then warns of every float64 accumulator (reductions) and int64 shape it
     # truncates to 32 bits, and PyTensor of every shape Assert it drops.
@@ -686,9 +1066,12 @@ def main() -> None:
 
     started = time.perf_counter()
     for mode in args.modes:
-        print(f"(measuring mode {C.mode_label(mode)} ...)", file=sys.stderr)
-        rows = [measure(m, args, mode) for m in models]
-        print_table(rows, args, mode)
+        for accumulate in args.accumulate:
+            print(f"(measuring mode {C.mode_label(mode)}, accumulate "
+                  f"{accumulate!r} ...)", file=sys.stderr)
+            rows = [measure(m, args, mode, accumulate) for m in models]
+            print_table(rows, args, mode, accumulate)
+            sys.stdout.flush()
     if not args.check:
         print("Targets: popstats / forward <= 1.05x; popstats speed vs PyTorch "
               "(PyTorch time / popstats time) >= 1.0x on MLP and conv net, "

@@ -25,8 +25,12 @@ PyTorch itself (``torch.nn.BatchNorm1d`` with the same weights and data).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -616,3 +620,97 @@ def test_batches_make_the_corrections_large():
     apart, so equality to 1e-12 tells them apart."""
     factors = [n / (n - 1) for n in SIZES]
     assert max(factors) - 1 > 0.1 and math.isclose(min(factors), 16 / 15)
+
+
+# --------------------------------------------------------------------------
+# benchmarks/peers.py's GPU options and benchmarks/gpu_peers.py (issue 23):
+# in subprocesses (peers.py sets floatX float32 and thread variables when
+# imported), on the CPU
+# --------------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+PEERS_OPTIONS = r"""
+import json, sys
+sys.argv = ["peers.py"]
+import peers
+parser = peers.build_parser()
+given = parser.parse_args(["--modes", "JAX", "--accumulate", "host,graph",
+                           "--device", "cuda", "--torch-tf32", "off",
+                           "--float64-reference", "--reference-cache", "cache"])
+default = parser.parse_args([])
+out = {"given": [given.accumulate, given.device, given.torch_tf32,
+                 given.float64_reference, given.reference_cache],
+       "default": [default.accumulate, default.device, default.torch_tf32,
+                   default.float64_reference, default.reference_cache]}
+try:
+    parser.parse_args(["--accumulate", "host,device"])
+except SystemExit as exc:
+    out["bad accumulate"] = exc.code
+given.modes = ["JAX"]
+try:  # no GPU here: --device cuda stops before measuring anything
+    peers.check_device(parser, given)
+    out["cuda"] = "went on"
+except SystemExit as exc:
+    out["cuda"] = exc.code
+
+# the float64 NumPy references against popstats on tiny models (float32)
+args = parser.parse_args(["--quick"])
+args.mlp_in, args.mlp_width, args.mlp_batch = 5, 6, 7
+args.conv_size, args.conv_channels, args.conv_batch = 4, "2,3", 3
+args.rnn_in, args.rnn_hidden, args.rnn_steps, args.rnn_batch = 3, 4, 3, 5
+diffs = {}
+for name in peers.MODELS:
+    model = peers.make_model(name, args)
+    x, y = model.graph()
+    arrays = model.batches(2)
+    stats = peers.popstats.estimate([x], y, [{"x": a} for a in arrays],
+                                    mode="FAST_COMPILE", progress=False)
+    reference = peers.float64_reference(model, arrays, None)
+    diffs[name] = peers.float64_diffs(model, stats, None, reference)[0]
+out["f64"] = diffs
+print(json.dumps(out))
+"""
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    root = str(BENCH.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BENCH), root]))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          cwd=root, env=env, timeout=300)
+
+
+def test_peers_gpu_options_parse_and_float64_references():
+    done = _bench("-c", PEERS_OPTIONS)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["given"] == [["host", "graph"], "cuda", "off", True, "cache"]
+    assert out["default"] == [["host"], "cpu", "auto", False, None]
+    assert out["bad accumulate"] == 2
+    assert out["cuda"] == 2 and "sees no GPU" in done.stderr
+    # float32 rounding: the NumPy transcriptions compute what popstats does
+    assert set(out["f64"]) == {"mlp", "conv", "rnn", "lstm"}
+    assert max(out["f64"].values()) < 1e-3, out["f64"]
+
+
+def test_gpu_peers_dry_run_lists_the_runs():
+    done = _bench(str(BENCH / "gpu_peers.py"), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "highest-models", "highest-large-mlp", "default-models", "default-large-mlp"]
+    for line in lines:
+        for option in ("--modes JAX", "--accumulate host,graph", "--device cuda",
+                       "--clock wall", "--float64-reference"):
+            assert option in line
+    assert "JAX_DEFAULT_MATMUL_PRECISION=highest" in lines[0]
+    assert "--torch-tf32 off" in lines[0] and "--torch-tf32 on" in lines[2]
+    assert "JAX_DEFAULT_MATMUL_PRECISION unset" in lines[2]
+    assert "--mlp-width 4096 --mlp-layers 4 --mlp-batch 2048 --mlp-in 1024" in lines[1]
+    quick = _bench(str(BENCH / "gpu_peers.py"), "--dry-run", "--quick", "--allow-cpu",
+                   "--sets", "large-mlp", "--precisions", "default")
+    assert quick.returncode == 0, quick.stderr
+    (line,) = quick.stdout.strip().splitlines()
+    assert "--device cpu" in line and line.endswith("--quick")
+    bad = _bench(str(BENCH / "gpu_peers.py"), "--dry-run", "--precisions", "tf16")
+    assert bad.returncode == 2 and "--precisions" in bad.stderr
