@@ -31,7 +31,7 @@ script prints test accuracy with batch statistics, population statistics and
 running averages at batch sizes 256 and 1, on the test digits and on the
 longer sequences.
 
-With tqdm installed (``pip install popstats[progress]``) a progress bar
+With tqdm installed (``pip install 'popstats[progress]'``) a progress bar
 follows the training batches of each epoch and the estimation pass, on a
 terminal only; the per-epoch lines are printed either way. The results go to
 the folder ``--output`` (default ``examples/output``): the table as
@@ -39,7 +39,7 @@ the folder ``--output`` (default ``examples/output``): the table as
 statistics as ``bn_lstm_digits_stats.npz`` (``popstats summary`` and
 ``popstats report`` read it), an HTML report of the
 population statistics (``bn_lstm_digits_report.html``) and, with matplotlib
-(``pip install popstats[plot]``), a figure of the population and running
+(``pip install 'popstats[plot]'``), a figure of the population and running
 average of ``bn_x.mean`` per step (``bn_lstm_digits_bn_x_mean.png``); the
 script prints the folder and file names.
 

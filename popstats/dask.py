@@ -1,4 +1,4 @@
-"""Estimation passes on a Dask cluster (``pip install popstats[dask]``).
+"""Estimation passes on a Dask cluster (``pip install 'popstats[dask]'``).
 
 :func:`estimate` runs one estimation pass over partitions of data loaded
 on the workers of a ``distributed`` cluster (a ``LocalCluster``, SLURM or

@@ -277,7 +277,7 @@ def test_progress_bad_value(run):
 
 
 def test_progress_without_tqdm(run, monkeypatch, caplog, capsys):
-    from popstats._src.inspection import progress
+    from popstats._src.estimation import progress
 
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setattr(progress, "_missing_logged", False)
@@ -285,7 +285,8 @@ def test_progress_without_tqdm(run, monkeypatch, caplog, capsys):
         run.run(BATCHES, progress=True)
         run.run(BATCHES, progress=True)
     messages = [r.getMessage() for r in caplog.records if "tqdm" in r.getMessage()]
-    assert len(messages) == 1 and "popstats[progress]" in messages[0]
+    assert len(messages) == 1 and "pip install tqdm" in messages[0]
+    assert "'popstats[progress]'" in messages[0]
     assert capsys.readouterr().err == ""
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PopstatsError", "check_bool", "check_choice", "describe_value"]
+__all__ = ["PopstatsError", "check_bool", "check_choice", "describe_value",
+           "install_hint"]
 
 
 class PopstatsError(ValueError):
@@ -41,3 +42,11 @@ def check_bool(value: object, where: str) -> bool:
     raise PopstatsError(
         f"{where}: expected True or False, got {describe_value(value)}."
     )
+
+
+def install_hint(package: str, extra: str) -> str:
+    """How to install an optional package: by its own name, or as popstats'
+    extra (quoted, so that zsh and a checkout install take it too)."""
+    return (f"Install it with `pip install {package}` (or `pip install "
+            f"'popstats[{extra}]'`, `pip install '.[{extra}]'` in a checkout).")
+

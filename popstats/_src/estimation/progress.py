@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, describe_value, install_hint
 
 __all__ = ["check_progress", "progress_bar"]
 
@@ -45,8 +45,8 @@ def progress_bar(items: Iterable[Any], total_of: object, enabled: bool,
         from tqdm import tqdm
     except ImportError:
         if not _missing_logged:
-            log.debug("no progress bar: tqdm is not installed "
-                      "(pip install popstats[progress])")
+            log.debug("no progress bar: tqdm is not installed. %s",
+                      install_hint("tqdm", "progress"))
             _missing_logged = True
         yield from items
         return

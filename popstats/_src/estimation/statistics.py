@@ -172,7 +172,7 @@ class PopulationStatistics(Mapping[str, Statistic]):
         save_statistics(self, path)
 
     def plot(self, name: str, *, units: int = 8):
-        """A matplotlib Figure of one statistic (``pip install popstats[plot]``).
+        """A matplotlib Figure of one statistic (``pip install 'popstats[plot]'``).
 
         See :func:`popstats._src.inspection.plots.plot_statistic`.
         """

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from popstats._src.errors import PopstatsError
+from popstats._src.errors import PopstatsError, install_hint
 
 __all__ = ["main"]
 
@@ -69,7 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     quietly with status 141, as Unix tools end.
     """
     from popstats._src.estimation.statistics import load
-    from popstats._src.inspection.optional import install_hint
     from popstats._src.inspection.report import (
         SUMMARY_COLUMNS,
         find_warnings,

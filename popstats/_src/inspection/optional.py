@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from popstats._src.errors import PopstatsError
+from popstats._src.errors import PopstatsError, install_hint
 
 _EXTRAS = {"matplotlib": "plot", "graphviz": "draw", "tqdm": "progress"}
 
@@ -21,13 +21,6 @@ def require(module: str, what: str) -> ModuleType:
             f"{what} needs the optional package {top!r}, which is not "
             f"installed. {install_hint(top, extra)}"
         ) from None
-
-
-def install_hint(package: str, extra: str) -> str:
-    """How to install an optional package: by its own name, or as popstats'
-    extra (quoted, so that zsh and a checkout install take it too)."""
-    return (f"Install it with `pip install {package}` (or `pip install "
-            f"'popstats[{extra}]'`, `pip install '.[{extra}]'` in a checkout).")
 
 
 def unknown_label(call: str, name: str, known: list[str]) -> PopstatsError:

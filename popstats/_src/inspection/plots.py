@@ -207,7 +207,7 @@ def plot_statistic(stat: Statistic, *, units: int = 8):
     Raises
     ------
     PopstatsError
-        If matplotlib is missing (``pip install popstats[plot]``), or
+        If matplotlib is missing (``pip install 'popstats[plot]'``), or
         ``units`` is not a positive int.
 
     Examples
