@@ -207,6 +207,25 @@ def test_table_records_and_report(tmp_path):
         assert page.count("data:image/png;base64,") == 1
 
 
+def test_the_report_bars_use_a_log_scale_across_orders_of_magnitude():
+    pytest.importorskip("matplotlib")
+    from popstats._src.drift.report import plot_drift
+
+    inputs, y = mlp(shift_at=1)
+    data = np.random.default_rng(7).normal(size=(120, 3))
+    stats = popstats.estimate(inputs, y, batches_of(data), mode=MODE)
+    same = popstats.drift(stats, inputs, y, batches_of(data), mode=MODE)
+    far = popstats.drift(stats, inputs, y, batches_of(data, s=(40.0, 0, 0)),
+                         mode=MODE)
+    moved = sorted(r.mean for r in far.values() if r.mean > 0)
+    assert moved[-1] > 100 * moved[0]  # the case the scale is for
+    assert plot_drift(far).axes[0].get_xscale() == "log"
+    # the same data: no drift at all, nothing to stretch
+    assert plot_drift(same).axes[0].get_xscale() == "linear"
+    labels = [t.get_text() for t in plot_drift(far).axes[0].texts]
+    assert labels == [f"{r.mean:.3g}" for r in far.values()]
+
+
 def test_the_remedy_selects_the_new_set_per_input():
     inputs, y = mlp(shift_at=1)
     data = np.random.default_rng(8).normal(size=(200, 3))

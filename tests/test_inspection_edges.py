@@ -327,7 +327,12 @@ def test_cli_summary_escapes_control_characters(tmp_path):
     stats.save(tmp_path / "s.npz")
     done = _cli("summary", str(tmp_path / "s.npz"))
     assert done.returncode == 0, done.stderr
-    lines = _check_table(done.stdout.rstrip("\n"), len(LABELS))
+    printed = done.stdout.rstrip("\n").split("\n")
+    # one batch: one warning per statistic, each on one line, after the table
+    warned = [line for line in printed if line.startswith("warning: ")]
+    assert len(warned) == len(LABELS) and all("1 batch" in w for w in warned)
+    lines = _check_table("\n".join(printed[: len(printed) - len(warned)]),
+                         len(LABELS))
     rows = sorted(line.split() for line in lines[2:])
     shown_labels = sorted(repr(label)[1:-1] for label in LABELS)
     for cells, shown in zip(rows, shown_labels, strict=True):

@@ -136,6 +136,10 @@ def test_warnings(stats):
     assert "'tiny' (in <graph>): 1 of 3 variance values are near zero" in found
     assert "'gap' (in rnn): 1 step(s) never reached" in found
     assert find_warnings(popstats.PopulationStatistics((base,))) == []
+    single = dataclasses.replace(base, name="single", n_batches=1,
+                                 coverage=np.array(1))
+    (warning,) = find_warnings(popstats.PopulationStatistics((single,)))
+    assert warning.startswith("'single' (in <graph>): estimated from 1 batch")
 
 
 def _check_report(text: str, names) -> None:

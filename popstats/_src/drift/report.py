@@ -50,7 +50,17 @@ def plot_drift(drift: Any):
     ax.barh(where, means, color="#c55a11", label="mean")
     ax.set_yticks(where, names)
     ax.invert_yaxis()  # first layer on top
-    ax.set_xlabel("drift (divergence or standardized difference)")
+    label = "drift (divergence or standardized difference)"
+    positive = [m for m in (*means, *maxes) if m > 0]
+    if positive and max(positive) > 100 * min(positive):
+        # spans orders of magnitude: linear bars would hide the small ones
+        ax.set_xscale("log")  # bars start at the left edge (0 is clipped)
+        ax.set_xlim(left=min(positive) / 3)
+        label += ", log scale"
+    for y, m in zip(where, means, strict=True):  # each layer's mean, readable
+        ax.annotate(f"{m:.3g}", (m, y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize="x-small")
+    ax.set_xlabel(label)
     ax.set_title("Drift per layer, in graph order", parse_math=False)
     ax.legend(loc="lower right", fontsize="small")
     if looped:

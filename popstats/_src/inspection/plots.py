@@ -125,11 +125,12 @@ def _over_time(ax, cov, stat: Statistic, units: int) -> None:
             ax.plot(steps, series[:, j], label=f"unit {j}")
         _title(ax, f"{_name(stat)}: {len(pick)} of {total} units over "
                    f"time ({where})")
+        ax.set_xlabel("step")
         ax.set_ylabel("value")
-        if len(pick) <= 10:
-            ax.legend(fontsize="small", ncols=2)
+        if len(pick) <= 10:  # beside the axes, never over the lines
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         _integer_ticks(ax)
-    _title(cov, "coverage")
+    _title(cov, "coverage: batches that reached each step")
     if steps.size == 0:
         _note(cov, _no_steps(stat))
         return
@@ -141,8 +142,8 @@ def _over_time(ax, cov, stat: Statistic, units: int) -> None:
     cov.set_ylim(0, max(1, int(stat.coverage.max()), stat.n_batches) * 1.05)
     if not stat.coverage.any():
         _title(cov, f"coverage: no batch reached any of the {steps.size} steps")
-    cov.legend(fontsize="small")
-    _integer_ticks(cov)
+    cov.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _integer_ticks(cov, both=True)  # whole batches
 
 
 def _heat_maps(fig, ax, cov, stat: Statistic) -> None:

@@ -52,8 +52,9 @@ def find_warnings(stats: Mapping[str, Statistic]) -> list[str]:
     batch reached (statistics no batch reached at all too: a file can hold
     them, though :func:`~popstats.estimate` refuses to make them),
     variances (role ``"var"``) below ``1e-8`` or standard deviations (role
-    ``"std"``) below ``1e-4`` (normalizing by them blows values up), and
-    non-finite values.
+    ``"std"``) below ``1e-4`` (normalizing by them blows values up),
+    non-finite values, and an estimate from a single batch (no
+    batch-to-batch spread to judge it by).
 
     Examples
     --------
@@ -61,13 +62,17 @@ def find_warnings(stats: Mapping[str, Statistic]) -> list[str]:
     >>> from popstats._src.inspection.report import find_warnings
     >>> x = pt.matrix("x")
     >>> v = popstats.bn_statistic(x.var(axis=0), label="v", role="var")
-    >>> stats = popstats.estimate([x], x / v, [{"x": np.ones((3, 2))}])
+    >>> stats = popstats.estimate([x], x / v, [{"x": np.ones((3, 2))}] * 2)
     >>> find_warnings(stats)
     ["'v' (in <graph>): 2 of 2 variance values are near zero (< 1e-08)."]
     """
     found = []
     for s in stats.values():
         at = f"{s.name!r} (in {escape_text(s.site.where)})"
+        if s.n_batches == 1:
+            found.append(f"{at}: estimated from 1 batch, so there is no "
+                         f"batch-to-batch spread to judge it by; estimate over "
+                         f"more batches.")
         if s.thin_steps:
             found.append(f"{at}: {s.thin_steps} step(s) reached by under 10% of "
                          f"the {s.n_batches} batches (thin coverage).")
