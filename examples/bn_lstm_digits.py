@@ -108,8 +108,13 @@ FLOATX = pytensor.config.floatX
 
 def load_data(pixels: bool, seed: int, fast: bool):
     """Digits as time-major sequences ``(steps, examples, features)`` in [0, 1]."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        sys.exit("This example needs scikit-learn, for its digits data: "
+                 "pip install scikit-learn (or pip install '.[examples]' in a "
+                 "popstats checkout).")
 
     digits = load_digits()
     images = (digits.images / 16.0).astype(FLOATX)  # (n, 8, 8)

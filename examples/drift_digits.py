@@ -50,8 +50,13 @@ EPS = 1e-5
 
 
 def load(seed: int, fast: bool):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        sys.exit("This example needs scikit-learn, for its digits data: "
+                 "pip install scikit-learn (or pip install '.[examples]' in a "
+                 "popstats checkout).")
 
     digits = load_digits()
     x = digits.data / 16.0

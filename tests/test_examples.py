@@ -278,3 +278,17 @@ def test_probabilities_match_numpy_bn_lstm(example):
         rtol=1e-6,
         atol=1e-9,
     )
+
+
+@pytest.mark.parametrize("name", ["bn_lstm_digits", "drift_digits",
+                                  "feedforward_estimators"])
+def test_without_scikit_learn_the_examples_name_what_to_install(name):
+    script = SCRIPT.with_name(f"{name}.py")
+    code = ("import runpy, sys; sys.modules['sklearn'] = None; "
+            f"sys.argv = ['{name}', '--fast']; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=300, cwd=SCRIPT.parents[1])
+    assert done.returncode == 1, done.stderr
+    assert "pip install scikit-learn" in done.stderr
+    assert "'.[examples]'" in done.stderr
