@@ -91,11 +91,12 @@ def differences(got, want) -> tuple[float, float]:
 
 def bytes_table(args, x, y, client) -> str:
     from popstats._src.distributed.cluster import plan_pass
+    from popstats._src.estimation.options import EstimationOptions
 
     rows = []
     for k in (1, 8, 64):
         plan = plan_pass(CALL, [x], y, {None: loaders(args, k)}, {}, 8,
-                         {"mode": args.mode})
+                         EstimationOptions.check(CALL, {"mode": args.mode}))
         task = plan.partitions[0]
         spec = dict(task.__dask_graph__())[task.key]
         state = client.compute(task).result()

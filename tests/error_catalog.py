@@ -156,8 +156,9 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     (
         "Estimating: ``estimate``, ``Estimation``, ``Estimator``",
         tuple(f"estimation/{name}.py" for name in (
-            "estimation", "estimators", "partners", "accumulate_host", "passes",
-            "accumulate_graph", "checkpoint", "options", "api", "progress",
+            "estimation", "combine", "estimators", "partners", "accumulate_host",
+            "passes", "accumulate_graph", "checkpoint", "options", "api",
+            "progress",
         )),
     ),
     ("Batches and inputs", ("estimation/batches.py",)),
@@ -628,6 +629,12 @@ def estimation_state_of_another_graph():
 def estimation_state_not_a_state():
     x, y = layer()
     popstats.Estimation([x], y).run([{"x": data()}], state={"m": 1.0})
+
+
+@scenario("A per-batch callback that is not callable")
+def estimation_on_batch_not_callable():
+    x, y = layer()
+    popstats.Estimation([x], y).run([{"x": data()}], on_batch="print")
 
 
 @scenario("No batches")

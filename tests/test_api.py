@@ -95,3 +95,73 @@ def test_population_variables_can_be_updated_without_recompiling():
     shared["var"].set_value(np.full(3, 1.0 - 1e-3))
     xv = np.ones((2, 3))
     np.testing.assert_allclose(f(xv, np.ones(3)), xv, rtol=1e-12)
+
+
+# -- the estimation options: one record, the same keywords everywhere ---------
+
+OPTION_DEFAULTS = {"estimator": "mean", "time": "step", "max_steps": None,
+                   "mode": None, "dtypes": "convert", "accumulate": "host"}
+
+
+def _public_calls():
+    calls = [popstats.estimate, popstats.get_inference_graph, popstats.Estimation]
+    try:
+        import popstats.dask as dask_api
+    except ImportError:
+        return calls
+    return [*calls, dask_api.estimate, dask_api.estimate_groups]
+
+
+@pytest.mark.parametrize("call", _public_calls(), ids=lambda c: c.__qualname__)
+def test_public_signatures_show_the_options_with_their_defaults(call):
+    import inspect
+
+    params = inspect.signature(call).parameters
+    for name, default in OPTION_DEFAULTS.items():
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[name].default == default
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    assert "[estimation options]" not in call.__doc__
+    assert 'accumulate : {"host", "graph"}, default "host"' in call.__doc__
+
+
+def test_the_record_and_the_keywords_list_the_same_options():
+    from popstats._src.estimation.options import EstimationOptions, OptionKeywords
+
+    assert EstimationOptions.names() == tuple(OPTION_DEFAULTS)
+    assert tuple(OptionKeywords.__annotations__) == tuple(OPTION_DEFAULTS)
+    assert EstimationOptions.check("estimate", {}) == EstimationOptions(
+        **OPTION_DEFAULTS)
+
+
+@pytest.mark.parametrize("call", ["estimate", "get_inference_graph", "Estimation"])
+def test_an_unknown_keyword_fails_first_naming_the_call(call):
+    x, w, y, _ = _model()
+    fn = getattr(popstats, call)
+    args = ([x, w], y) if call == "Estimation" else ([x, w], y, [])
+    with pytest.raises(TypeError, match=rf"^{call}\(\) got an unexpected keyword "
+                       r"argument 'estimatr'; did you mean 'estimator'\?"):
+        fn(*args, estimatr="pooled")
+
+
+def test_on_batch_sees_each_batch_and_forces_nothing_else():
+    x, w, y, _ = _model()
+    batches = _batches(np.random.default_rng(1), n=4)
+    for accumulate in ("host", "graph"):
+        run = popstats.Estimation([x, w], y, accumulate=accumulate)
+        seen: list = []
+
+        at = [site.name for site in run.sites].index("mean")
+
+        def observe(i, stats, seen=seen, at=at):
+            seen.append((i, stats[at][0].copy()))
+
+        state = run.run(batches, on_batch=observe)
+        plain = run.run(batches)
+        assert [i for i, _ in seen] == [0, 1, 2, 3]
+        h = [b["x"] * b["w"] for b in batches]
+        np.testing.assert_allclose([v for _, v in seen], [a.mean(0) for a in h])
+        got, want = run.finalize(state), run.finalize(plain)
+        for name in want:
+            np.testing.assert_allclose(got[name].value, want[name].value,
+                                       rtol=1e-12)

@@ -1,15 +1,25 @@
-"""The entry points of :mod:`popstats.dask`: estimate on a Dask cluster."""
+"""The entry points of :mod:`popstats.dask`: estimate on a Dask cluster.
+
+Stage: distributed. Members: :func:`estimate` and :func:`estimate_groups`;
+they take the estimation options as keywords
+(:class:`~popstats._src.estimation.options.EstimationOptions`) and plan and
+run the pass with :mod:`popstats._src.distributed.cluster`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
-import pytensor
 from pytensor.graph.basic import Variable
 
 from popstats._src.distributed.cluster import finalize_groups, plan_pass, run_pass
 from popstats._src.errors import PopstatsError, check_bool, describe_value
+from popstats._src.estimation.options import (
+    EstimationOptions,
+    OptionKeywords,
+    takes_options,
+)
 from popstats._src.estimation.progress import check_progress
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
@@ -17,6 +27,7 @@ from popstats._src.estimation.statistics import PopulationStatistics
 __all__ = ["estimate", "estimate_groups"]
 
 
+@takes_options
 def estimate(
     inputs: Sequence[Variable],
     outputs: Variable | Sequence[Variable],
@@ -26,13 +37,8 @@ def estimate(
     state: EstimationState | None = None,
     return_state: bool = False,
     split_every: int = 8,
-    estimator: object = "mean",
-    time: object = "step",
-    max_steps: int | None = None,
-    mode: str | pytensor.compile.Mode | None = None,
-    dtypes: str = "convert",
-    accumulate: str = "host",
     progress: bool | str = "auto",
+    **options: Unpack[OptionKeywords],
 ) -> PopulationStatistics | tuple[PopulationStatistics, EstimationState]:
     """Estimate population statistics over partitions loaded on a Dask cluster.
 
@@ -75,9 +81,7 @@ def estimate(
         How many states one merge task combines (as in ``dask.bag``'s
         reductions): the tree has ``log(partitions) / log(split_every)``
         levels.
-    estimator, time, max_steps, mode, dtypes, accumulate
-        As for :func:`popstats.estimate`; ``mode=None`` means this
-        process's ``pytensor.config.mode``, which the workers then use.
+    [estimation options]
     progress : bool or "auto", default "auto"
         Show a progress bar of partitions done (needs tqdm); ``"auto"``:
         only on a terminal. Dask's dashboard shows the tasks
@@ -100,6 +104,9 @@ def estimate(
 
     Notes
     -----
+    **Mode.** With ``mode=None``, the workers compile in this process's
+    ``pytensor.config.mode``.
+
     **Order.** A distributed pass is the pass over partition 0's batches
     (in the order its loader gives them), then partition 1's, and so on:
     states are merged in partition order, whichever worker finishes first.
@@ -133,19 +140,19 @@ def estimate(
     6
     """
     call = "popstats.dask.estimate"
+    checked = EstimationOptions.check(call, options)
     return_state = check_bool(return_state, f"{call}(return_state=...)")
     check_progress(progress, call)
     plan = plan_pass(
         call, inputs, outputs, {None: partitions},
-        {} if state is None else {None: state}, split_every,
-        dict(estimator=estimator, time=time, max_steps=max_steps, mode=mode,
-             dtypes=dtypes, accumulate=accumulate),
+        {} if state is None else {None: state}, split_every, checked,
     )
     states = run_pass(call, plan, client, progress)
     stats = finalize_groups(call, plan.run, states)[None]
     return (stats, states[None]) if return_state else stats
 
 
+@takes_options
 def estimate_groups(
     inputs: Sequence[Variable],
     outputs: Variable | Sequence[Variable],
@@ -155,13 +162,8 @@ def estimate_groups(
     states: Mapping[Hashable, EstimationState] | None = None,
     return_states: bool = False,
     split_every: int = 8,
-    estimator: object = "mean",
-    time: object = "step",
-    max_steps: int | None = None,
-    mode: str | pytensor.compile.Mode | None = None,
-    dtypes: str = "convert",
-    accumulate: str = "host",
     progress: bool | str = "auto",
+    **options: Unpack[OptionKeywords],
 ) -> (dict[Hashable, PopulationStatistics]
       | tuple[dict[Hashable, PopulationStatistics], dict[Hashable, EstimationState]]):
     """One statistic set per group of partitions, in one pass on a Dask cluster.
@@ -188,8 +190,9 @@ def estimate_groups(
         all groups.
     return_states : bool, default False
         Also return each group's final :class:`~popstats.EstimationState`.
-    split_every, estimator, time, max_steps, mode, dtypes, accumulate, progress
+    split_every, progress
         As for :func:`estimate` (one progress bar for all partitions).
+    [estimation options]
 
     Returns
     -------
@@ -201,6 +204,11 @@ def estimate_groups(
     ------
     PopstatsError
         As :func:`estimate`; errors name the group.
+
+    Notes
+    -----
+    As for :func:`estimate`: with ``mode=None`` the workers compile in this
+    process's ``pytensor.config.mode``; states merge in partition order.
 
     Examples
     --------
@@ -224,6 +232,7 @@ def estimate_groups(
     >>> y_inf = popstats.rewrite(y, list(sets.values()), select=domain)
     """
     call = "popstats.dask.estimate_groups"
+    checked = EstimationOptions.check(call, options)
     return_states = check_bool(return_states, f"{call}(return_states=...)")
     if not isinstance(groups, Mapping) or not groups:
         raise PopstatsError(
@@ -244,9 +253,7 @@ def estimate_groups(
         )
     check_progress(progress, call)
     plan = plan_pass(
-        call, inputs, outputs, dict(groups), dict(states), split_every,
-        dict(estimator=estimator, time=time, max_steps=max_steps, mode=mode,
-             dtypes=dtypes, accumulate=accumulate),
+        call, inputs, outputs, dict(groups), dict(states), split_every, checked,
     )
     finals = run_pass(call, plan, client, progress)
     stats = finalize_groups(call, plan.run, finals)

@@ -7,8 +7,8 @@ pickles the graph once, and submits one Dask graph:
 * ``popstats-graph-<digest>``: the pickled graph and options, one node;
 * ``popstats-partition-<group>-<i>-<tag>``: partition ``i`` of a group,
   loaded and run on a worker into an :class:`~popstats.EstimationState`
-  (``cluster_tasks.run_partition``; the worker compiles the graph once and
-  keeps it);
+  (:func:`~popstats._src.distributed.tasks.run_partition`; the worker
+  compiles the graph once and keeps it);
 * ``popstats-merge-<group>-<level>-<j>-<tag>``: a node of the tree
   reduction, merging up to ``split_every`` states in partition order.
 
@@ -20,6 +20,7 @@ number of workers, the tree's shape or the order tasks finish in.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import uuid
@@ -43,8 +44,9 @@ from popstats._src.distributed.tasks import (
 )
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.estimation import Estimation
+from popstats._src.estimation.options import EstimationOptions
 from popstats._src.estimation.progress import check_progress, progress_bar
-from popstats._src.estimation.state import EstimationState, parameters_digest
+from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import as_variables
 
@@ -116,15 +118,16 @@ def _sources(partitions: object, call: str, where: str) -> list:
 #: and parameter values sends the same payload, so the workers find it
 #: compiled: pickling again would not give the same bytes on PyTensor 3.0,
 #: which records in the graph's tags each time a graph is built over it.
-_RECENT: list[tuple[list[weakref.ref], dict, str, GraphPayload]] = []
+_RECENT: list[tuple[list[weakref.ref], EstimationOptions, str, GraphPayload]] = []
 _RECENT_LOCK = threading.Lock()
 
 
-def _payload(run: Estimation, outputs: Any, options: dict, call: str) -> GraphPayload:
+def _payload(run: Estimation, outputs: Any, options: EstimationOptions,
+             call: str) -> GraphPayload:
     """The graph and options, pickled once for every worker."""
     outs = as_variables(outputs, call)
     variables = [*run.inputs, *outs]
-    parameters = parameters_digest(run._shared)
+    parameters = run.parameters_digest()
     with _RECENT_LOCK:
         for refs, opts, digest, payload in _RECENT:
             if (digest == parameters and payload.call == call and opts == options
@@ -224,20 +227,22 @@ def plan_pass(
     groups: dict[Hashable, object],
     states: dict[Hashable, object],
     split_every: object,
-    options: dict[str, Any],
+    options: EstimationOptions,
 ) -> Plan:
     """Check everything and build the Dask graph of a pass (nothing runs).
 
     ``groups`` maps a key (None for :func:`estimate`) to its partitions,
-    ``states`` a key to a state to continue.
+    ``states`` a key to a state to continue, ``options`` the estimation
+    options (checked, naming ``call``).
     """
     split_every = _check_split_every(split_every, call)
-    if options.get("mode") is None:  # the workers compile in this process's mode
-        options = {**options, "mode": pytensor.config.mode}
-    run = Estimation(inputs, outputs, call=call, compile_now=False, **options)
+    if options.mode is None:  # the workers compile in this process's mode
+        options = dataclasses.replace(options, mode=pytensor.config.mode)
+    run = Estimation.from_options(inputs, outputs, options, call=call,
+                                  compile_now=False)
     argument = "state" if list(groups) == [None] else "states"
     given = {
-        key: run._check_state(
+        key: run.check_state(
             state, f"{call}({argument}=...){group_text(key)}",
             "Pass a state made by a pass of the same graph and options.",
         )

@@ -1,8 +1,10 @@
 """The tasks of a distributed estimation pass, as they run on a Dask worker.
 
-:mod:`popstats.dask` (``cluster.py``) builds a Dask graph whose tasks call
-the functions here. Nothing here imports Dask: a task is a plain function
-of plain arguments.
+Stage: distributed. :mod:`popstats.dask`
+(:mod:`popstats._src.distributed.cluster`) builds a Dask graph whose tasks
+call the functions here, through the public methods of
+:class:`~popstats.Estimation` (``run``, ``merge``). Nothing here imports
+Dask: a task is a plain function of plain arguments.
 
 The graph and the pass's options travel once per call as one
 :class:`GraphPayload` (one node of the Dask graph, on which every task
@@ -52,7 +54,10 @@ class GraphPayload:
     token : str
         Digest of ``data``: the key of the workers' cache.
     data : bytes
-        ``pickle`` (cloudpickle) of ``(inputs, outputs, options, call)``.
+        ``pickle`` (cloudpickle) of ``(inputs, outputs, options, call)``,
+        ``options`` an
+        :class:`~popstats._src.estimation.options.EstimationOptions`
+        (checked on the client).
     call : str
         The public call, for messages (``"popstats.dask.estimate"``).
     """
@@ -111,7 +116,8 @@ def _entry(token: str) -> _Entry:
 
 def _build(graph: GraphPayload, compile_now: bool) -> Estimation:
     inputs, outputs, options, call = pickle.loads(graph.data)
-    return Estimation(inputs, outputs, call=call, compile_now=compile_now, **options)
+    return Estimation.from_options(inputs, outputs, options, call=call,
+                                   compile_now=compile_now)
 
 
 def _acquire(graph: GraphPayload) -> Estimation:

@@ -21,10 +21,17 @@ new data gives with the values inference would use:
 
 Cells the new data did not reach are not compared; steps beyond the
 population's are compared with its last step, which inference repeats.
+
+Stage: drift. Members: :func:`drift` and :func:`jeffreys`. The new data's
+pass is an :class:`~popstats.Estimation` run (:meth:`~popstats.Estimation.run`,
+the one batch loop, with its progress bar and, in JAX mode, the parameters
+on the device once per pass); the batch-to-batch spread of the statistics
+outside pairs is added up from the run's ``on_batch`` hook.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import warnings
 from collections.abc import Iterable, Sequence
@@ -37,11 +44,9 @@ from popstats._src.drift.records import Drift, StatisticDrift
 from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_host import HostAccumulator
-from popstats._src.estimation.batches import iterate
 from popstats._src.estimation.estimation import Estimation
-from popstats._src.estimation.options import check_mode
+from popstats._src.estimation.options import EstimationOptions
 from popstats._src.estimation.partners import paired_means
-from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import as_variables, export_checked
 from popstats._src.rewrite.matching import check_match
@@ -144,7 +149,7 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
             f"popstats.estimate or popstats.load), got {describe_value(stats)}."
         )
     check_match(match, CALL)
-    check_mode(mode, CALL)
+    options = EstimationOptions.check(CALL, {"mode": mode})
     check_choice(compare, COMPARE, f"{CALL}(compare=...)")
     if isinstance(worst, bool) or not isinstance(worst, int | np.integer) or worst < 1:
         raise PopstatsError(
@@ -157,7 +162,7 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
             f"{CALL}(eps=...): expected a finite number >= 0 (the epsilon your "
             f"batch normalization adds to variances), got {describe_value(eps)}."
         )
-    run, found = _estimation(stats, inputs, outputs, mode, match)
+    run, found = _estimation(stats, inputs, outputs, options, match)
     pairs, single = _pairs(run, compare)
     new, spread = _pass(run, batches, progress, single)
     for site, old in zip(run.sites, found, strict=True):
@@ -184,10 +189,11 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
     return Drift(tuple(records), new)
 
 
-def _estimation(stats, inputs, outputs, mode, match):
+def _estimation(stats: PopulationStatistics, inputs, outputs,
+                options: EstimationOptions, match: str):
     """The pass over new data, built as ``stats`` were (estimators, time
-    modes; every step kept, whatever their max_steps); and per statistic
-    its population record."""
+    modes; every step kept, whatever their max_steps) with ``options``
+    (drift's ``mode``); and per statistic its population record."""
     graph = export_checked(as_variables(outputs, CALL), CALL, "step")
     found = [stats.lookup(site.id, match) for site in graph.sites]
     missing = [s.name for s, f in zip(graph.sites, found, strict=True) if f is None]
@@ -215,8 +221,8 @@ def _estimation(stats, inputs, outputs, mode, match):
             if found[i].site.time}
     # every step of the new data: steps beyond a max_steps cap are compared
     # with the last kept one, which inference repeats
-    run = Estimation(inputs, outputs, estimator=estimator, time=time or "step",
-                     mode=mode, call=CALL)
+    options = dataclasses.replace(options, estimator=estimator, time=time or "step")
+    run = Estimation.from_options(inputs, outputs, options, call=CALL)
     for site, estimator_i, f in zip(run.sites, run.estimators, found, strict=True):
         if (estimator_i != _new_side(f.estimator)
                 or site.time != f.site.time):  # pragma: no cover
@@ -265,26 +271,21 @@ def _pass(run: Estimation, batches, progress, single: list[int]):
     """The new data's population statistics, and for each statistic of
     ``single`` the mean, then the mean square, of its per-batch values (for
     the batch-to-batch spread): ``moments[k]`` and ``moments[k + len(single)]``
-    for ``single[k]``."""
-    from popstats._src.estimation.progress import check_progress, progress_bar
-
-    show = check_progress(progress, CALL)
+    for ``single[k]``, added up from :meth:`Estimation.run`'s ``on_batch``."""
     sites = [run.sites[i] for i in single] * 2
-    slots = [run._slots[i] for i in single] * 2
+    slots = [run.slots[i] for i in single] * 2
     spread = HostAccumulator(sites, (_MEAN,) * len(sites), (None,) * len(sites),
                              slots, run.max_steps, CALL)
-    states: list = [{} for _ in run.sites]
     moments: list = [{} for _ in sites]
-    index = -1
-    for index, batch in enumerate(progress_bar(iterate(batches, CALL), batches, show)):
-        per_site = run._statistics(run._values(batch, index), index)
-        run._host.add(states, per_site, index)
-        if single:
-            picked = [per_site[i] for i in single]
-            squares = [(v * v, c, w) for v, c, w in picked]
-            spread.add(moments, [*picked, *squares], index)
-    new = run.finalize(EstimationState(run.spec, tuple(states), index + 1))
-    return new, moments
+
+    def observe(index: int, per_site: list) -> None:
+        picked = [per_site[i] for i in single]
+        squares = [(v * v, c, w) for v, c, w in picked]
+        spread.add(moments, [*picked, *squares], index)
+
+    state = run.run(batches, progress=progress,
+                    on_batch=observe if single else None)
+    return run.finalize(state), moments
 
 
 def _aligned(old: Statistic, cells: tuple[int, ...]) -> np.ndarray:

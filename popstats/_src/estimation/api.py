@@ -1,38 +1,40 @@
 """The one-call estimation entry point: :func:`estimate`.
 
 Stage: estimation. :func:`estimate_as` is :func:`estimate` whose errors name
-another public call (:func:`popstats.get_inference_graph`, drift).
+another public call (:func:`popstats.get_inference_graph`). Both take the
+estimation options as keywords
+(:class:`~popstats._src.estimation.options.EstimationOptions`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
-import pytensor
 from pytensor.graph.basic import Variable
 
 from popstats._src.estimation.estimation import Estimation
+from popstats._src.estimation.options import (
+    EstimationOptions,
+    OptionKeywords,
+    takes_options,
+)
 from popstats._src.estimation.statistics import PopulationStatistics
 
 __all__ = ["estimate", "estimate_as"]
 
 
+@takes_options
 def estimate(
     inputs: Sequence[Variable],
     outputs: Variable | Sequence[Variable],
     batches: Iterable[Any],
     *,
-    estimator: object = "mean",
-    time: object = "step",
-    max_steps: int | None = None,
-    mode: str | pytensor.compile.Mode | None = None,
-    dtypes: str = "convert",
-    accumulate: str = "host",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     progress: bool | str = "auto",
+    **options: Unpack[OptionKeywords],
 ) -> PopulationStatistics:
     """Estimate population statistics over ``batches``.
 
@@ -47,32 +49,7 @@ def estimate(
         Any iterable (a one-shot generator is fine), each batch a dict keyed
         by input name or input variable, or a tuple/list in the order of
         ``inputs``.
-    estimator : str, Estimator or dict, default "mean"
-        ``"mean"`` (the plain average over batches, the original tool's),
-        ``"weighted"`` (by element count), ``"pooled"`` (exact moments of all
-        data, fvcore's PreciseBN), ``"unbiased"`` (variances times m/(m-1),
-        PyTorch's ``update_bn``), ``"ema"`` (running average), an
-        :class:`~popstats.Estimator` with options, or a dict from label
-        pattern to those. See :doc:`/estimators` for which peer each equals.
-    time : "step", "pooled", tuple or dict, default "step"
-        Inside loops: one value per time step (``"step"``) or one for all
-        steps (``"pooled"``: each batch's statistic over all its steps, then
-        combined over batches by the estimator; see :doc:`/estimators`); a
-        tuple gives the mode per loop level (outermost first), a dict maps
-        name or label patterns to either.
-    max_steps : int, optional
-        Keep at most this many steps per time axis; later steps reuse the
-        last kept one at inference.
-    mode : str or Mode, optional
-        Compilation mode of the estimation function.
-    dtypes : {"convert", "strict"}, default "convert"
-        Convert batch values to the inputs' dtypes when nothing that matters
-        is lost, or refuse any other dtype; see :class:`Estimation`.
-    accumulate : {"host", "graph"}, default "host"
-        Where the batches are added up: in NumPy after each call, or in the
-        compiled function (float64 accumulators in shared variables; a batch
-        is one call, nothing copied back); the results are the same. See
-        :class:`Estimation`.
+    [estimation options]
     checkpoint, checkpoint_every
         Save the pass's state every so many batches and resume from it; see
         :meth:`Estimation.run`.
@@ -103,9 +80,9 @@ def estimate(
     array([2., 2.])
     """
     return estimate_as(
-        "estimate", inputs, outputs, batches, estimator=estimator, time=time,
-        max_steps=max_steps, mode=mode, dtypes=dtypes, accumulate=accumulate,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
+        "estimate", inputs, outputs, batches,
+        EstimationOptions.check("estimate", options), checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, progress=progress,
     )
 
 
@@ -114,15 +91,16 @@ def estimate_as(
     inputs: Sequence[Variable],
     outputs: Variable | Sequence[Variable],
     batches: Iterable[Any],
+    options: EstimationOptions,
     *,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     progress: bool | str = "auto",
-    **options: Any,
 ) -> PopulationStatistics:
     """:func:`estimate` whose errors name the public ``call``.
 
-    The run's options are checked before the graph is exported or compiled.
+    ``options`` are checked already (naming ``call``); the run's other
+    arguments are checked before the graph is exported or compiled.
     """
     from popstats._src.estimation.checkpoint import check_every
     from popstats._src.estimation.persistence import check_target
@@ -132,7 +110,7 @@ def estimate_as(
     check_every(checkpoint_every, f"{call}(checkpoint_every=...)")
     if checkpoint is not None:
         check_target(checkpoint, f"{call}(checkpoint=...)")
-    run = Estimation(inputs, outputs, call=call, **options)
+    run = Estimation.from_options(inputs, outputs, options, call=call)
     state = run.run(batches, checkpoint=checkpoint,
                     checkpoint_every=checkpoint_every, progress=progress)
     return run.finalize(state)

@@ -9,7 +9,8 @@ in range, or to a float type that holds them exactly; finite floats to
 another float type (a narrower one rounds, as a float32 model does) unless a
 value overflows it. Everything else (floats to integers, complex numbers,
 overflow) is refused naming the input, the batch, both dtypes and the fix.
-``dtypes="strict"`` refuses any dtype other than the input's.
+``dtypes="strict"`` refuses any dtype other than the input's (the policies:
+:data:`~popstats._src.estimation.options.DTYPE_POLICIES`).
 """
 
 from __future__ import annotations
@@ -22,23 +23,10 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs
 
-from popstats._src.errors import PopstatsError, check_choice, describe_value
+from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import EstimationGraph
 
-__all__ = ["DTYPE_POLICIES", "batch_values", "check_dtypes", "check_inputs",
-           "describe_batch", "iterate", "run_error"]
-
-#: the ``dtypes`` options of estimate, and what each means
-DTYPE_POLICIES = {
-    "convert": "convert batch values to the inputs' dtypes when nothing that "
-    "matters is lost",
-    "strict": "refuse any other dtype",
-}
-
-
-def check_dtypes(policy: object, call: str) -> str:
-    """Raise unless ``policy`` is a valid ``dtypes`` argument."""
-    return check_choice(policy, DTYPE_POLICIES, f"{call}(dtypes=...)")
+__all__ = ["batch_values", "check_inputs", "describe_batch", "iterate", "run_error"]
 
 
 def _lossless(array: np.ndarray, target: np.dtype) -> np.ndarray | None:

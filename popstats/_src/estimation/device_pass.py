@@ -26,6 +26,11 @@ partial state is folded into ``base`` every :data:`FOLD_EVERY_FLOAT32`
 batches and restarted; the error stays that of :data:`FOLD_EVERY_FLOAT32`
 float32 updates, whatever the length of the pass (tested over 10,000
 batches in ``tests/test_device_pass.py``).
+
+Stage: estimation. Members: :class:`DevicePass`, :data:`CHECK_EVERY`,
+:data:`FOLD_EVERY_FLOAT32`; the jitted function and the accumulator update
+it calls are a
+:class:`~popstats._src.estimation.device_function.DeviceFunction`'s.
 """
 
 from __future__ import annotations
@@ -33,20 +38,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytensor
 
 from popstats._src.estimation import estimators as est
-from popstats._src.estimation.accumulate_device import (
-    grow_fields,
-    make_update,
-    new_fields,
-    to_host,
-)
+from popstats._src.estimation.accumulate_device import grow_fields, new_fields, to_host
 from popstats._src.estimation.accumulate_host import copy_state, stat_shape
-from popstats._src.estimation.passes import _Pass, explain
+from popstats._src.estimation.device_function import DeviceFunction
+from popstats._src.estimation.passes import Pass, PassContext, explain
 from popstats._src.estimation.state import EstimationState
 
-__all__ = ["CHECK_EVERY", "FOLD_EVERY_FLOAT32", "DeviceFunction", "DevicePass"]
+__all__ = ["CHECK_EVERY", "FOLD_EVERY_FLOAT32", "DevicePass"]
 
 #: batches between two reads of the checks
 CHECK_EVERY = 8
@@ -54,71 +54,21 @@ CHECK_EVERY = 8
 FOLD_EVERY_FLOAT32 = 16
 
 
-def is_jax(mode: object) -> bool:
-    """Whether ``mode`` compiles with PyTensor's JAX linker."""
-    linker = pytensor.compile.mode.get_mode(mode).linker
-    return type(linker).__name__ == "JAXLinker"
-
-
-def lacks_float64(mode: object) -> bool:
-    """Whether ``mode`` computes float64 as float32 (JAX without x64)."""
-    if not is_jax(mode):
-        return False
-    import jax
-
-    return not jax.config.jax_enable_x64
-
-
-class DeviceFunction:
-    """The jitted callable of the estimation function, which of its
-    arguments are the parameters, and the jitted accumulator update.
-
-    Raises ``TypeError`` when the compiled function is not laid out as
-    expected (the caller then accumulates on the host).
-    """
-
-    def __init__(self, owner: Any, mode: object) -> None:
-        fn = pytensor.function(owner.inputs, owner._flat_outputs, mode=mode,
-                               on_unused_input="ignore")
-        jit = getattr(fn.vm, "jit_fn", None)
-        storage = fn.input_storage[len(owner.inputs):]
-        if (
-            jit is None
-            or len(fn.maker.fgraph.inputs) != len(fn.input_storage)
-            or any(not isinstance(c.data, np.ndarray) for c in storage)
-        ):
-            raise TypeError("not a JAX function with array parameters")
-        self.jit = jit
-        #: the compiled function (also the host path's)
-        self.function = fn
-        #: the parameters' containers (the shared variables' own)
-        self.parameters = storage
-        self.dtype = "float32" if lacks_float64(mode) else "float64"
-        self.update = make_update(owner.sites, owner.estimators, owner.partners,
-                                  owner.max_steps, self.dtype)
-
-    def put_parameters(self) -> list[Any]:
-        """The parameters' current values, on the device (once per pass)."""
-        import jax
-
-        return [jax.device_put(c.data) for c in self.parameters]
-
-
-class DevicePass(_Pass):
+class DevicePass(Pass):
     """A run whose accumulators and parameters stay on the device.
 
     Same protocol as :class:`~popstats._src.estimation.passes.HostPass`.
     """
 
-    def __init__(self, owner: Any, state: EstimationState) -> None:
-        self.owner = owner
-        self.device: DeviceFunction = owner._device
+    def __init__(self, context: PassContext, state: EstimationState) -> None:
+        self.context = context
+        self.device: DeviceFunction = context.device  # type: ignore[assignment]
         self.fold_every = (FOLD_EVERY_FLOAT32 if self.device.dtype == "float32"
                            else None)
         self.base = copy_state(state)
         self.n = state.n_batches
         self.params = self.device.put_parameters()
-        self.fields: list[dict | None] = [None] * len(owner.sites)
+        self.fields: list[dict | None] = [None] * len(context.sites)
         self.added = 0  # batches in the partial state
         self.pending: list[tuple[list, list, Any]] = []  # (values, before, checks)
         self._restart()
@@ -129,7 +79,7 @@ class DevicePass(_Pass):
         """Device fields counting nothing, shaped as ``base``'s (so shapes are
         checked against them); none where ``base`` has no state."""
         fields = []
-        for site, estimator, arrays in zip(self.owner.sites, self.owner.estimators,
+        for site, estimator, arrays in zip(self.context.sites, self.context.estimators,
                                            self.base.states, strict=True):
             if not arrays:
                 fields.append(None)
@@ -147,7 +97,7 @@ class DevicePass(_Pass):
             return EstimationState(self.base.spec, self.base.states, self.n)
         states = []
         for site, estimator, old, fields in zip(
-            self.owner.sites, self.owner.estimators, self.base.states,
+            self.context.sites, self.context.estimators, self.base.states,
             self.fields, strict=True,
         ):
             new = None if fields is None else to_host(fields)
@@ -172,8 +122,8 @@ class DevicePass(_Pass):
     # -- batches ----------------------------------------------------------------
 
     def step(self, batch: Any) -> int:
-        owner = self.owner
-        values = owner._values(batch, self.n)
+        context = self.context
+        values = context.values(batch, self.n)
         try:
             flat = self.device.jit(*values, *self.params)
         except Exception:
@@ -182,7 +132,7 @@ class DevicePass(_Pass):
             self._on_host(values)
             return self.n  # pragma: no cover - the call above raised
         stats = [tuple(None if k is None else flat[k] for k in slot)
-                 for slot in owner._slots]
+                 for slot in context.slots]
         fields = self._fit(stats)
         if fields is None:
             # another statistic shape than earlier batches: the host's checks
@@ -204,10 +154,10 @@ class DevicePass(_Pass):
     def _fit(self, stats: list) -> list | None:
         """The fields grown to this batch's steps (shapes only: no data
         crosses); None when a statistic's own shape is not the earlier one."""
-        cap = self.owner.max_steps
+        cap = self.context.max_steps
         out = []
         for site, estimator, fields, (value, _, _) in zip(
-            self.owner.sites, self.owner.estimators, self.fields, stats,
+            self.context.sites, self.context.estimators, self.fields, stats,
             strict=True,
         ):
             axes = site.time_axes
@@ -237,17 +187,17 @@ class DevicePass(_Pass):
         """Raise the host checks' error for a batch that failed here."""
         current = self._merged()
         own = [stat_shape(arrays, site.time_axes) if arrays else None
-               for arrays, site in zip(current.states, self.owner.sites,
+               for arrays, site in zip(current.states, self.context.sites,
                                        strict=True)]
-        explain(self.owner, values, own, self.n)
+        explain(self.context, values, own, self.n)
 
     def _on_host(self, values: list, per_site: list | None = None) -> None:
         """Add one batch on the host, to the state so far (``per_site``: its
         statistics, if already computed)."""
         self._fold()
         if per_site is None:
-            per_site = self.owner._statistics(values, self.n, self.params)
-        states = self.owner._host.add(
+            per_site = self.context.statistics(values, self.n, self.params)
+        states = self.context.host.add(
             list(copy_state(self.base).states), per_site, self.n
         )
         self.n += 1

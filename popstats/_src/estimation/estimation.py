@@ -1,10 +1,13 @@
-"""Estimator: run the estimation graph over batches into population values.
+"""The estimation pass: run the estimation graph over batches.
 
-:class:`Estimation` compiles the estimation graph once and keeps, per
-statistic, the state of its estimator (see ``estimators.py``): streaming,
-float64, memory independent of the number of batches. In the style of
-Optax, ``init`` / ``update`` / ``merge`` / ``finalize`` work on an
-:class:`EstimationState`, which can be saved mid-pass and resumed.
+Stage: estimation. :class:`Estimation` compiles the estimation graph once
+and keeps, per statistic, the state of its estimator
+(:mod:`~popstats._src.estimation.estimators`): streaming, float64, memory
+independent of the number of batches. In the style of Optax, ``init`` /
+``update`` / ``merge`` / ``finalize`` work on an :class:`EstimationState`,
+which can be saved mid-pass and resumed. Its options are an
+:class:`~popstats._src.estimation.options.EstimationOptions`; a run gets a
+:class:`~popstats._src.estimation.passes.PassContext` of it.
 
 Inside loops the estimate is per time step, over the batches that reached
 each step (coverage); cells no batch reached are filled from the nearest
@@ -13,10 +16,9 @@ covered earlier step (:func:`fill_uncovered`).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytensor
@@ -24,49 +26,49 @@ from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import graph_inputs
 from pytensor.tensor.sharedvar import TensorSharedVariable
 
-from popstats._src.errors import PopstatsError, check_bool, check_choice, describe_value
+from popstats._src.errors import PopstatsError, check_bool, describe_value
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_graph import GraphAccumulator
-from popstats._src.estimation.accumulate_host import (
-    HostAccumulator,
-    describe_arrays,
-    fits,
-    stat_shape,
-)
+from popstats._src.estimation.accumulate_host import HostAccumulator
 from popstats._src.estimation.batches import (
     batch_values,
-    check_dtypes,
     check_inputs,
     iterate,
     run_error,
 )
-from popstats._src.estimation.device_pass import DeviceFunction, DevicePass, is_jax
+from popstats._src.estimation.combine import check_state, finalize_state, merge_states
+from popstats._src.estimation.device_function import DeviceFunction, is_jax
+from popstats._src.estimation.device_pass import DevicePass
 from popstats._src.estimation.estimators import fill_uncovered
-from popstats._src.estimation.options import check_max_steps, check_mode
+from popstats._src.estimation.options import EstimationOptions, takes_options
 from popstats._src.estimation.partners import check_counts, find_partners
-from popstats._src.estimation.passes import GraphPass, HostPass
+from popstats._src.estimation.passes import (
+    BatchCallback,
+    GraphPass,
+    HostPass,
+    Occupancy,
+    Pass,
+    PassContext,
+)
 from popstats._src.estimation.state import (
     EstimationState,
     PassSpec,
     StatisticSpec,
     parameters_digest,
-    spec_differences,
 )
-from popstats._src.estimation.statistics import PopulationStatistics, Statistic
+from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.export.time_modes import check_patterns
 
-__all__ = ["ACCUMULATE", "Estimation", "EstimationState", "fill_uncovered"]
+if TYPE_CHECKING:
+    from typing import Unpack
 
-#: where an estimation pass adds up its batches (option -> meaning)
-ACCUMULATE = {
-    "graph": "in the compiled function, float64 accumulators in shared variables",
-    "host": "in NumPy after each batch",
-}
+    from popstats._src.estimation.options import OptionKeywords
 
-log = logging.getLogger("popstats")
+__all__ = ["Estimation", "EstimationState", "fill_uncovered"]
 
 
+@takes_options
 class Estimation:
     """An estimation pass over a graph, compiled once.
 
@@ -74,46 +76,7 @@ class Estimation:
     ----------
     inputs, outputs
         As for :func:`estimate`.
-    estimator : str, Estimator or dict, default "mean"
-        ``"mean"``, ``"weighted"``, ``"pooled"``, ``"unbiased"``, ``"ema"``,
-        an :class:`~popstats.Estimator`, or a dict from label pattern
-        (``fnmatch``) to those; first match wins, unmatched use ``"mean"``.
-    time : "step", "pooled", tuple or dict, default "step"
-        Per-step statistics inside loops, or one value for all steps; see
-        :func:`~popstats.export`; a dict's patterns match names or labels.
-        Pooled over a loop's steps, each batch's statistic is that of all
-        its elements over those steps (steps weighed by ``count`` when
-        given, else equally; a variance with its paired mean exactly, the
-        between-step spread included), and every estimator combines these
-        per-batch values as it combines batches: so ``"unbiased"`` is
-        ``"mean"`` times M/(M-1), M the elements per batch (see
-        :doc:`/estimators`).
-    max_steps : int, optional
-        Keep at most this many steps per time axis; later steps are not
-        estimated and, at inference, use the last kept one. Pooled loops
-        combine all their steps.
-    mode : str or Mode, optional
-        Compilation mode of the estimation function.
-    dtypes : {"convert", "strict"}, default "convert"
-        Batch values of another dtype than their input's are converted when
-        nothing that matters is lost (integers in range, finite floats; see
-        ``batches.py``), otherwise refused; ``"strict"`` refuses any other
-        dtype.
-    accumulate : {"host", "graph"}, default "host"
-        ``"host"``: the function returns the statistics and NumPy adds them
-        (float64). ``"graph"``: the compiled function adds them to float64
-        accumulators in shared variables (``accumulate_graph.py``): one call
-        per batch whatever the number of statistics, nothing copied back per
-        batch, the state read once per run (and per checkpoint); the same
-        numbers. On CPU ``"host"`` is as fast or faster
-        (``benchmarks/estimation_cost.py --accumulate``); ``"graph"`` is for
-        devices. In JAX mode the model's parameters (taken when the pass
-        starts) go to the device once per pass, and ``"graph"`` keeps the
-        accumulators there too; without 64-bit floats (``floatX="float32"``) the
-        accumulators are float32, folded into float64 on the host every 16
-        batches (see :doc:`/pytensor-versions`, "Estimation in each
-        backend"). One Estimation runs one shared-variable graph pass at a
-        time (its accumulators hold it).
+    [estimation options]
     compile_now : bool, default True
         Compile the estimation function now; False defers it to the first
         batch, for a process that only merges and finalizes states (the
@@ -151,26 +114,43 @@ class Estimation:
         inputs: Sequence[Variable],
         outputs: Variable | Sequence[Variable],
         *,
-        estimator: object = "mean",
-        time: object = "step",
-        max_steps: int | None = None,
-        mode: str | pytensor.compile.Mode | None = None,
-        dtypes: str = "convert",
-        accumulate: str = "host",
         compile_now: bool = True,
         call: str = "Estimation",
+        **options: Unpack[OptionKeywords],
     ):
         outs = as_variables(outputs, call)
-        self.dtypes = check_dtypes(dtypes, call)
+        self._build(inputs, outs, EstimationOptions.check(call, options),
+                    compile_now, call)
+
+    @classmethod
+    def from_options(
+        cls,
+        inputs: Sequence[Variable],
+        outputs: Variable | Sequence[Variable],
+        options: EstimationOptions,
+        *,
+        compile_now: bool = True,
+        call: str = "Estimation",
+    ) -> Estimation:
+        """An Estimation with ``options`` checked already (by
+        :meth:`EstimationOptions.check
+        <popstats._src.estimation.options.EstimationOptions.check>`, naming
+        ``call``): how the public calls that take the options build it."""
+        new = cls.__new__(cls)
+        new._build(inputs, as_variables(outputs, call), options, compile_now, call)
+        return new
+
+    def _build(self, inputs: Sequence[Variable], outs: list[Variable],
+               options: EstimationOptions, compile_now: bool, call: str) -> None:
         compile_now = check_bool(compile_now, f"{call}(compile_now=...)")
-        accumulate = check_choice(accumulate, ACCUMULATE, f"{call}(accumulate=...)")
-        max_steps = check_max_steps(max_steps, call)
-        check_mode(mode, call)
-        est.check_estimator_spec(estimator, call)
-        graph = export_checked(outs, call, time)
+        graph = export_checked(outs, call, options.time)
+        #: the options this pass was built with
+        self.options = options
+        self.dtypes = options.dtypes
         self.call = call
         self.sites: tuple[Site, ...] = graph.sites
         self.inputs = check_inputs(inputs, graph, outs, call)
+        estimator, max_steps = options.estimator, options.max_steps
         if isinstance(estimator, Mapping):
             check_patterns(estimator, self.sites, call, "estimator")
         self.estimators = tuple(
@@ -190,29 +170,32 @@ class Estimation:
         )
         self.partners = find_partners(self.sites, self.estimators, call)
         check_counts(self.sites, self.estimators, call)
-        flat, self._slots = [], []
+        flat, slots = [], []
         for trio in zip(graph.outputs, graph.counts, graph.weights, strict=True):
             slot = []
             for var in trio:
                 slot.append(None if var is None else len(flat))
                 if var is not None:
                     flat.append(var)
-            self._slots.append(tuple(slot))
-        self._flat_outputs, self._mode = flat, mode
+            slots.append(tuple(slot))
+        #: per statistic, the positions of (value, count, weight) among the
+        #: estimation function's outputs (None: not marked)
+        self.slots: tuple[tuple[int | None, ...], ...] = tuple(slots)
+        self._flat_outputs, self._mode = flat, options.mode
         #: the model's parameters: a checkpoint records their digest
         self._shared = [v for v in graph_inputs(flat)
                         if isinstance(v, TensorSharedVariable)]
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
-                                     self._slots, max_steps, call)
+                                     self.slots, max_steps, call)
         self._fn = self._graph = self._gfn = self._device = None
-        self._jax = is_jax(mode)  # params on the device once per pass (passes.py)
-        if accumulate == "graph" and not self._jax:
+        self._jax = is_jax(options.mode)  # params on the device once per pass
+        if options.accumulate == "graph" and not self._jax:
             trios = zip(graph.outputs, graph.counts, graph.weights, strict=True)
             self._graph = GraphAccumulator(self.sites, self.estimators,
                                            self.partners, list(trios), max_steps)
         #: "graph" or "host": where this pass accumulates
-        self.accumulate = accumulate
-        self._busy = False
+        self.accumulate = options.accumulate
+        self._occupancy = Occupancy()
         if compile_now:
             self._compile()
 
@@ -226,7 +209,9 @@ class Estimation:
         """Compile the function this pass runs its batches with (once)."""
         if self._jax and self._device is None:
             try:
-                self._device = DeviceFunction(self, self._mode)
+                self._device = DeviceFunction(
+                    self.inputs, self._flat_outputs, self._mode, self.sites,
+                    self.estimators, self.partners, self.max_steps)
                 self._fn = self._device.function
             except TypeError:  # pragma: no cover - another JAX linker layout
                 self._jax, self.accumulate = False, "host"
@@ -249,6 +234,14 @@ class Estimation:
             )
         return self._fn
 
+    def parameters_digest(self) -> str:
+        """The digest of the model parameters' current values.
+
+        A checkpoint records it (a run resumes only with the same values);
+        :mod:`popstats.dask` sends a graph again when it changes.
+        """
+        return parameters_digest(self._shared)
+
     def init(self) -> EstimationState:
         """An empty state."""
         return EstimationState(self.spec, ({},) * len(self.sites))
@@ -259,12 +252,12 @@ class Estimation:
         ``state`` is not changed (its arrays are copied first; :meth:`run`
         copies once per pass instead).
         """
-        state = self._check_state(
+        state = self.check_state(
             state, self._method("update", "state"),
             "Pass a state made by this Estimation (or one of the same graph and "
             "options).",
         )
-        return self._pass(state).run([batch], self)
+        return self._pass(state).run([batch])
 
     def _values(self, batch: Any, index: int) -> list:
         """A batch's values, checked and converted for the inputs."""
@@ -280,16 +273,29 @@ class Estimation:
                             self.sites) from exc
         # NumPy arrays: an in-place NumPy update with a JAX operand does nothing
         return [tuple(None if k is None else np.asarray(results[k]) for k in slot)
-                for slot in self._slots]
+                for slot in self.slots]
 
-    def _pass(self, state: EstimationState) -> DevicePass | GraphPass | HostPass:
-        """A run from ``state``: in the graph's accumulators, or on the host."""
+    def _context(self) -> PassContext:
+        """What a run uses of this pass (compiled first)."""
         self._compile()
+        return PassContext(
+            self.call, self.spec, self.sites, self.estimators, self.max_steps,
+            self.slots, self._host, self._values, self._statistics,
+            self._occupancy, self._graph, self._gfn, self._device,
+        )
+
+    def _pass(self, state: EstimationState,
+              on_batch: BatchCallback | None = None) -> Pass:
+        """A run from ``state``: in the graph's accumulators, or on the host
+        (always, with ``on_batch``: it is given each batch's statistics)."""
+        context = self._context()
+        if on_batch is not None:
+            return HostPass(context, state, on_batch)
         if self._device is not None and self.accumulate == "graph":
-            return DevicePass(self, state)
+            return DevicePass(context, state)
         if self._graph is not None:
-            return GraphPass(self, state)
-        return HostPass(self, state)
+            return GraphPass(context, state)
+        return HostPass(context, state)
 
     def run(
         self,
@@ -299,6 +305,7 @@ class Estimation:
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 100,
         progress: bool | str = "auto",
+        on_batch: BatchCallback | None = None,
     ) -> EstimationState:
         """Update over ``batches``; optionally checkpoint and resume.
 
@@ -316,15 +323,39 @@ class Estimation:
         ``batches`` has a ``len``): True, False, or ``"auto"`` (only when
         stderr is a terminal). Without tqdm (``pip install
         popstats[progress]``) there is no bar.
+
+        ``on_batch(index, per_site)``, if given, is called after each batch
+        is added: ``index`` counts the batches of the state (from those of
+        ``state``), ``per_site[i]`` is the batch's ``(value, count,
+        weight)`` of statistic ``i`` (in :attr:`sites` order; NumPy arrays,
+        count and weight None where not marked). The run then adds the
+        batches on the host, where their statistics are (the same numbers
+        as ``accumulate="graph"``); batches a checkpoint already counts are
+        skipped, so they are not given to ``on_batch``.
+
+        >>> import numpy as np, pytensor.tensor as pt, popstats
+        >>> x = pt.vector("x")
+        >>> y = x - popstats.bn_statistic(x.mean(), label="m")
+        >>> run = popstats.Estimation([x], y)
+        >>> seen = []
+        >>> state = run.run([{"x": [1.0, 3.0]}, {"x": [5.0]}],
+        ...                 on_batch=lambda i, stats: seen.append(float(stats[0][0])))
+        >>> seen, float(run.finalize(state)["m"].value)
+        ([2.0, 5.0], 3.5)
         """
         from popstats._src.estimation.checkpoint import check_every, open_checkpoint
         from popstats._src.estimation.progress import check_progress, progress_bar
 
         show = check_progress(progress, self._method("run", "progress")[:-len(
             "(progress=...)")])
+        if on_batch is not None and not callable(on_batch):
+            raise PopstatsError(
+                f"{self._method('run', 'on_batch')}: expected a callable "
+                f"on_batch(index, per_site) or None, got {describe_value(on_batch)}."
+            )
         given = None
         if state is not None:
-            given = self._check_state(
+            given = self.check_state(
                 state, self._method("run", "state"),
                 "Pass a state made by an Estimation of the same graph and options.",
             )
@@ -334,14 +365,12 @@ class Estimation:
             state = self.init() if given is None else given
         else:
             saver, state = open_checkpoint(
-                checkpoint, checkpoint_every, given, self.init(), self._check_state,
-                self._method("run", "checkpoint"), parameters_digest(self._shared),
+                checkpoint, checkpoint_every, given, self.init(), self.check_state,
+                self._method("run", "checkpoint"), self.parameters_digest(),
             )
         skip = 0 if saver is None else saver.skip
         stream = progress_bar(iterate(batches, self.call), batches, show)
-        work = self._pass(state)
-        state = work.run(stream, self, skip, saver)
-        return state
+        return self._pass(state, on_batch).run(stream, skip, saver)
 
     def _method(self, name: str, argument: str) -> str:
         """How errors name a method's argument: ``Estimation.run(state=...)``."""
@@ -349,102 +378,27 @@ class Estimation:
             return f"Estimation.{name}({argument}=...)"
         return f"{self.call}({argument}=...)"
 
-    def _check_state(self, state: object, where: str, fix: str) -> EstimationState:
-        """``state`` if it is a state of this pass (same spec), else raise."""
-        if not isinstance(state, EstimationState):
-            raise PopstatsError(
-                f"{where}: expected an EstimationState (from Estimation.init, run, "
-                f"update or merge, or popstats.load_state), got "
-                f"{describe_value(state)}."
-            )
-        differences = spec_differences(state.spec, self.spec)
-        if differences:
-            raise PopstatsError(
-                f"{where}: the state was made by another estimation pass: "
-                f"{'; '.join(differences)}. Its arrays would be read as this "
-                f"pass's and give wrong numbers. {fix}"
-            )
-        if len(state.states) != len(self.sites):
-            raise PopstatsError(
-                f"{where}: the state holds {len(state.states)} statistics' "
-                f"arrays for {len(self.sites)} statistics; it is damaged. {fix}"
-            )
-        for site, estimator, arrays in zip(
-            self.sites, self.estimators, state.states, strict=True
-        ):
-            if arrays and not fits(arrays, site, estimator):
-                raise PopstatsError(
-                    f"{where}: the arrays of statistic {site.name!r} in the state "
-                    f"({describe_arrays(arrays)}) do not fit a {estimator.name!r} "
-                    f"state of shape {site.shape} with {site.time_axes} time "
-                    f"axes; the state is damaged. {fix}"
-                )
-        return state
+    def check_state(self, state: object, where: str, fix: str) -> EstimationState:
+        """``state`` if it is a state of this pass (same spec), else raise.
+
+        ``where`` names the call and argument in the error
+        (``"Estimation.run(state=...)"``), ``fix`` says what to pass instead.
+        """
+        return check_state(self.spec, self.sites, self.estimators, state, where,
+                           fix)
 
     def merge(self, a: EstimationState, b: EstimationState) -> EstimationState:
         """The state over the batches of ``a`` and ``b`` together (exact)."""
         fix = "Merge states made by Estimations of the same graph and options."
-        self._check_state(a, self._method("merge", "a"), fix)
-        self._check_state(b, self._method("merge", "b"), fix)
-        states = []
-        for i, (sa, sb) in enumerate(zip(a.states, b.states, strict=True)):
-            if not sa or not sb:
-                states.append({k: v.copy() for k, v in (sa or sb).items()})
-                continue
-            site = self.sites[i]
-            shape_a = stat_shape(sa, site.time_axes)
-            shape_b = stat_shape(sb, site.time_axes)
-            if shape_a != shape_b:
-                raise PopstatsError(
-                    f"Estimation.merge(b=...): statistic {site.name!r} (in "
-                    f"{site.where}) has shape {shape_b} in b but {shape_a} in a. "
-                    f"States of one statistic must come from batches with the same "
-                    f"feature sizes; merge states of the same model and data."
-                )
-            states.append(est.merge(self.estimators[i], site.role, sa, sb))
-        return EstimationState(a.spec, tuple(states), a.n_batches + b.n_batches)
+        self.check_state(a, self._method("merge", "a"), fix)
+        self.check_state(b, self._method("merge", "b"), fix)
+        return merge_states(self.sites, self.estimators, a, b)
 
     def finalize(self, state: EstimationState) -> PopulationStatistics:
         """The population statistics of a state."""
-        self._check_state(
+        self.check_state(
             state, self._method("finalize", "state"),
             "Finalize a state made by an Estimation of the same graph.",
         )
-        if state.n_batches == 0:
-            if self.call == "Estimation":  # the pass's own API: a state given
-                raise PopstatsError(
-                    "Estimation.finalize(state=...): the state counts no "
-                    "batches. Add batches first (Estimation.run or update; a "
-                    "generator that was already consumed is empty)."
-                )
-            raise PopstatsError(
-                f"{self.call}(batches=...): no batches. Pass a non-empty iterable "
-                f"of training batches (a generator that was already consumed is "
-                f"empty)."
-            )
-        stats = []
-        for site, estimator, arrays in zip(
-            self.sites, self.estimators, state.states, strict=True
-        ):
-            coverage = arrays.get("n", np.zeros(0, np.int64))
-            if coverage.size == 0 or not coverage.any():
-                raise PopstatsError(
-                    f"{self.call}(batches=...): statistic {site.name!r} (in "
-                    f"{site.where}) was never computed: every batch ran its loop "
-                    f"for zero steps, or its count was 0 (a mask left no "
-                    f"element). Give batches with non-empty sequences."
-                )
-            value = fill_uncovered(est.finalize(estimator, site.role, arrays), coverage)
-            stats.append(
-                Statistic(site.name, site.label, site, value, coverage.copy(),
-                          int(coverage.max()), estimator, self.max_steps)
-            )
-        result = PopulationStatistics(tuple(stats))
-        for stat in result.values():
-            if stat.uncovered_steps or stat.thin_steps:
-                log.warning(
-                    "statistic %r: %d step(s) never reached (filled from earlier "
-                    "steps), %d reached by under 10%% of the batches",
-                    stat.name, stat.uncovered_steps, stat.thin_steps,
-                )
-        return result
+        return finalize_state(self.call, self.sites, self.estimators,
+                              self.max_steps, state)

@@ -1,13 +1,134 @@
-"""Checks of the options an estimation pass is built with."""
+"""The options of an estimation pass, defined, documented and checked once.
+
+Stage: estimation. Members:
+
+- :class:`EstimationOptions` -- the frozen record of the options
+  (``estimator, time, max_steps, mode, dtypes, accumulate``) with their
+  defaults; :meth:`EstimationOptions.check` is the one place they are
+  checked, errors naming the public call;
+- :class:`OptionKeywords` -- the same options as keywords, for
+  ``**options: Unpack[OptionKeywords]`` in the public signatures;
+- :func:`takes_options` -- shows the options in a public function's
+  signature (``help``, IDEs, Sphinx) and docstring (:data:`OPTIONS_DOC`).
+
+The public calls that take these options -- :func:`~popstats.estimate`,
+:class:`~popstats.Estimation`, :func:`~popstats.get_inference_graph`,
+:func:`popstats.dask.estimate` and :func:`popstats.dask.estimate_groups` --
+take them as ``**options`` and pass one record down;
+:func:`~popstats.drift` builds one from its ``mode``.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypedDict, TypeVar
 
 import numpy as np
 import pytensor
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_choice, describe_value
+from popstats._src.estimation.estimators import check_estimator_spec
+from popstats._src.export.time_modes import check_time
 
-__all__ = ["check_max_steps", "check_mode"]
+__all__ = [
+    "ACCUMULATE",
+    "DTYPE_POLICIES",
+    "OPTIONS_DOC",
+    "EstimationOptions",
+    "OptionKeywords",
+    "check_max_steps",
+    "check_mode",
+    "takes_options",
+]
+
+#: the ``dtypes`` options, and what each means
+DTYPE_POLICIES = {
+    "convert": "convert batch values to the inputs' dtypes when nothing that "
+    "matters is lost",
+    "strict": "refuse any other dtype",
+}
+
+#: where an estimation pass adds up its batches (option -> meaning)
+ACCUMULATE = {
+    "graph": "in the compiled function, float64 accumulators in shared variables",
+    "host": "in NumPy after each batch",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimationOptions:
+    """The options of an estimation pass (see :data:`OPTIONS_DOC`).
+
+    Build it with :meth:`check`, which checks every option once and names
+    the public call in its errors; the fields' defaults are the public
+    calls' defaults.
+
+    Examples
+    --------
+    >>> from popstats._src.estimation.options import EstimationOptions
+    >>> options = EstimationOptions.check("estimate", {"estimator": "pooled"})
+    >>> options.estimator, options.time, options.accumulate
+    ('pooled', 'step', 'host')
+    >>> from popstats import PopstatsError
+    >>> try:
+    ...     EstimationOptions.check("estimate", {"max_steps": 0})
+    ... except PopstatsError as exc:
+    ...     print(exc)
+    estimate(max_steps=...): expected a positive int or None, got 0 (int).
+    """
+
+    estimator: object = "mean"
+    time: object = "step"
+    max_steps: int | None = None
+    mode: str | pytensor.compile.Mode | None = None
+    dtypes: str = "convert"
+    accumulate: str = "host"
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The options' keyword names, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def check(cls, call: str, keywords: Mapping[str, object]) -> EstimationOptions:
+        """The record of ``keywords`` (options not given take their defaults).
+
+        Raises ``TypeError`` for a keyword that is not an option (as Python
+        does for an unknown keyword argument of ``call``) and a
+        :class:`~popstats.PopstatsError` for a value popstats cannot use.
+        """
+        names = cls.names()
+        for key in keywords:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"{call}() got an unexpected keyword argument {key!r}{hint} "
+                    f"(the estimation options are {', '.join(names)})"
+                )
+        given = cls(**keywords)
+        check_choice(given.dtypes, DTYPE_POLICIES, f"{call}(dtypes=...)")
+        check_choice(given.accumulate, ACCUMULATE, f"{call}(accumulate=...)")
+        max_steps = check_max_steps(given.max_steps, call)
+        check_mode(given.mode, call)
+        check_estimator_spec(given.estimator, call)
+        check_time(given.time, call)
+        return dataclasses.replace(given, max_steps=max_steps)
+
+
+class OptionKeywords(TypedDict, total=False):
+    """:class:`EstimationOptions` as keyword arguments (for type checkers)."""
+
+    estimator: object
+    time: object
+    max_steps: int | None
+    mode: str | pytensor.compile.Mode | None
+    dtypes: Literal["convert", "strict"]
+    accumulate: Literal["host", "graph"]
 
 
 def check_max_steps(max_steps: object, call: str) -> int | None:
@@ -35,3 +156,91 @@ def check_mode(mode: object, call: str) -> None:
             f"{describe_value(mode)} ({exc}). Use None (the default), "
             f"'FAST_COMPILE', 'CVM', 'NUMBA', 'JAX', 'PYTORCH' or a Mode."
         ) from exc
+
+
+#: The options' documentation (numpydoc parameters), written once:
+#: :func:`takes_options` puts it in each public docstring in place of the
+#: line ``[estimation options]``.
+OPTIONS_DOC = """\
+estimator : str, Estimator or dict, default "mean"
+    ``"mean"`` (the plain average over batches, the original tool's),
+    ``"weighted"`` (by element count), ``"pooled"`` (exact moments of all
+    data, fvcore's PreciseBN), ``"unbiased"`` (variances times m/(m-1),
+    PyTorch's ``update_bn``), ``"ema"`` (running average), an
+    :class:`~popstats.Estimator` with options, or a dict from label
+    pattern (``fnmatch``) to those: first match wins, unmatched use
+    ``"mean"``. See :doc:`/estimators` for which peer each equals.
+time : "step", "pooled", tuple or dict, default "step"
+    Inside loops: one value per time step (``"step"``) or one for all
+    steps (``"pooled"``); a tuple gives the mode per loop level (outermost
+    first), a dict maps name or label patterns to either (see
+    :func:`~popstats.export`). Pooled over a loop's steps, each batch's
+    statistic is that of all its elements over those steps (steps weighed
+    by ``count`` when given, else equally; a variance with its paired mean
+    exactly, the between-step spread included), and every estimator
+    combines these per-batch values as it combines batches: so
+    ``"unbiased"`` is ``"mean"`` times M/(M-1), M the elements per batch
+    (see :doc:`/estimators`).
+max_steps : int, optional
+    Keep at most this many steps per time axis; later steps are not
+    estimated and, at inference, use the last kept one. Pooled loops
+    combine all their steps.
+mode : str or Mode, optional
+    Compilation mode of the estimation function.
+dtypes : {"convert", "strict"}, default "convert"
+    Batch values of another dtype than their input's are converted when
+    nothing that matters is lost (integers in range, finite floats; see
+    :mod:`popstats._src.estimation.batches`), otherwise refused;
+    ``"strict"`` refuses any other dtype.
+accumulate : {"host", "graph"}, default "host"
+    Where the batches are added up; the results are the same.
+    ``"host"``: the function returns the statistics and NumPy adds them
+    (float64). ``"graph"``: the compiled function adds them to float64
+    accumulators in shared variables
+    (:mod:`popstats._src.estimation.accumulate_graph`): one call per batch
+    whatever the number of statistics, nothing copied back per batch, the
+    state read once per run (and per checkpoint). On CPU ``"host"`` is as
+    fast or faster (``benchmarks/estimation_cost.py --accumulate``);
+    ``"graph"`` is for devices. In JAX mode the model's parameters (taken
+    when the pass starts) go to the device once per pass, and ``"graph"``
+    keeps the accumulators there too; without 64-bit floats
+    (``floatX="float32"``) the accumulators are float32, folded into
+    float64 on the host every 16 batches (see :doc:`/pytensor-versions`,
+    "Estimation in each backend"). One Estimation runs one shared-variable
+    graph pass at a time (its accumulators hold it).
+"""
+
+_MARKER = re.compile(r"^([ \t]*)\[estimation options\]$", re.MULTILINE)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def takes_options(function: F) -> F:
+    """Show the estimation options in ``function``'s signature and docstring.
+
+    ``function`` takes them as ``**options``; its signature (what ``help``,
+    IDEs and Sphinx show) lists them instead, with their defaults, before
+    its other keyword-only parameters; the docstring line ``[estimation
+    options]`` becomes :data:`OPTIONS_DOC`, indented as that line. A class
+    gets its docstring filled and its ``__init__``'s signature.
+    """
+    target = function.__init__ if isinstance(function, type) else function
+    signature = inspect.signature(target)
+    params = [p for p in signature.parameters.values()
+              if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    first = next((i for i, p in enumerate(params)
+                  if p.kind is inspect.Parameter.KEYWORD_ONLY), len(params))
+    options = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                          default=f.default, annotation=f.type)
+        for f in dataclasses.fields(EstimationOptions)
+    ]
+    target.__signature__ = signature.replace(
+        parameters=[*params[:first], *options, *params[first:]])
+    if function.__doc__:
+        function.__doc__ = _MARKER.sub(
+            lambda m: "\n".join(m.group(1) + line if line else line
+                                for line in OPTIONS_DOC.rstrip("\n").split("\n")),
+            function.__doc__,
+        )
+    return function

@@ -1,29 +1,125 @@
 """One run of an estimation pass over batches: where its state lives.
 
-:class:`HostPass` keeps the state as NumPy arrays and adds each batch's
-statistics on the host (``accumulate.py``); :class:`GraphPass` keeps it in
-the shared variables of the compiled function, which adds each batch itself
-(``accumulate_graph.py``), and reads it back only when a state is wanted: a
-checkpoint, or the end of the run. Both skip the batches a checkpoint
-already counts and save checkpoints as the run goes.
+Stage: estimation. Members:
+
+- :class:`PassContext` -- what a run uses of its
+  :class:`~popstats.Estimation` (a frozen record the Estimation makes), and
+  :class:`Occupancy`, which lets one shared-variable run hold it at a time;
+- :class:`HostPass` keeps the state as NumPy arrays and adds each batch's
+  statistics on the host
+  (:class:`~popstats._src.estimation.accumulate_host.HostAccumulator`); it
+  gives each batch's statistics to an ``on_batch`` callback, the hook of
+  :meth:`popstats.Estimation.run` that :func:`~popstats.drift` uses;
+- :class:`GraphPass` keeps the state in the shared variables of the compiled
+  function, which adds each batch itself
+  (:mod:`~popstats._src.estimation.accumulate_graph`), and reads it back
+  only when a state is wanted: a checkpoint, or the end of the run;
+- :func:`explain` -- the host's error for a batch that failed the graph's
+  checks.
+
+Every pass (these and :class:`~popstats._src.estimation.device_pass.DevicePass`)
+skips the batches a checkpoint already counts and saves checkpoints as the
+run goes (:meth:`Pass.run`, the one batch loop).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation import estimators as est
-from popstats._src.estimation.accumulate_host import copy_state
-from popstats._src.estimation.state import EstimationState
+from popstats._src.estimation.accumulate_host import HostAccumulator, copy_state
+from popstats._src.estimation.state import EstimationState, PassSpec
+from popstats._src.export.exporter import Site
 
-__all__ = ["GraphPass", "HostPass", "explain"]
+if TYPE_CHECKING:
+    from popstats._src.estimation.accumulate_graph import GraphAccumulator
+    from popstats._src.estimation.checkpoint import CheckpointedRun
+    from popstats._src.estimation.device_function import DeviceFunction
+
+__all__ = ["BatchCallback", "GraphPass", "HostPass", "Occupancy", "Pass",
+           "PassContext", "explain"]
+
+#: ``on_batch(index, per_site)``: batch ``index`` was added; ``per_site[i]``
+#: is statistic ``i``'s (value, count, weight) of it, NumPy arrays (count
+#: and weight None where not marked)
+BatchCallback = Callable[[int, list], None]
 
 
-class _Pass:
+class Occupancy:
+    """Whether a run holds an Estimation's shared-variable accumulators."""
+
+    def __init__(self) -> None:
+        self.busy = False
+
+    def take(self, call: str) -> None:
+        """Hold the accumulators, or raise if a run holds them already."""
+        if self.busy:
+            raise PopstatsError(
+                f"{call}(batches=...): this Estimation is already running a "
+                f"pass (a "
+                f"batch generator that runs it again?). Its accumulators hold "
+                f"that pass's state: run one pass at a time, or use a second "
+                f"Estimation."
+            )
+        self.busy = True
+
+    def release(self) -> None:
+        self.busy = False
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a run of an estimation pass uses of its Estimation.
+
+    Attributes
+    ----------
+    call : str
+        The public call, named in errors.
+    spec : PassSpec
+        The spec of the states the run makes.
+    sites, estimators, max_steps
+        As in :class:`~popstats.Estimation`.
+    slots : tuple
+        Per statistic, the positions of (value, count, weight) among the
+        estimation function's outputs (None: absent).
+    host : HostAccumulator
+        Adds a batch's statistics to states on the host.
+    values : callable
+        ``values(batch, index)``: the batch's input values, checked.
+    statistics : callable
+        ``statistics(values, index, params=None)``: per statistic (value,
+        count, weight) of a batch, NumPy arrays (``params``: the
+        parameters on the device, in JAX mode).
+    occupancy : Occupancy
+        Held by a run in the shared-variable accumulators.
+    graph, graph_function
+        The accumulators in shared variables and the compiled function that
+        updates them (``accumulate="graph"``), else None.
+    device : DeviceFunction or None
+        The jitted function in JAX mode, else None.
+    """
+
+    call: str
+    spec: PassSpec
+    sites: tuple[Site, ...]
+    estimators: tuple[est.Estimator, ...]
+    max_steps: int | None
+    slots: tuple[tuple[int | None, ...], ...]
+    host: HostAccumulator
+    values: Callable[[Any, int], list]
+    statistics: Callable[..., list]
+    occupancy: Occupancy
+    graph: GraphAccumulator | None = None
+    graph_function: Callable[..., Any] | None = None
+    device: DeviceFunction | None = None
+
+
+class Pass:
     """A run building a state from a starting one, batch by batch."""
 
     def step(self, batch: Any) -> int:  # pragma: no cover - abstract
@@ -36,8 +132,8 @@ class _Pass:
     def close(self) -> None:
         """Release what the run holds (called however it ends)."""
 
-    def run(self, batches: Iterable[Any], owner: Any, skip: int = 0,
-            saver: Any = None) -> EstimationState:
+    def run(self, batches: Iterable[Any], skip: int = 0,
+            saver: CheckpointedRun | None = None) -> EstimationState:
         """Add ``batches`` after the first ``skip``; checkpoint with ``saver``."""
         try:
             consumed = 0
@@ -57,55 +153,60 @@ class _Pass:
             self.close()
 
 
-class HostPass(_Pass):
-    """The state as NumPy arrays this run owns, updated batch by batch."""
+class HostPass(Pass):
+    """The state as NumPy arrays this run owns, updated batch by batch.
 
-    def __init__(self, owner: Any, state: EstimationState) -> None:
-        self.owner = owner
+    ``on_batch`` (a :data:`BatchCallback`) is called after each batch is
+    added, with its statistics.
+    """
+
+    def __init__(self, context: PassContext, state: EstimationState,
+                 on_batch: BatchCallback | None = None) -> None:
+        self.context = context
+        self.on_batch = on_batch
         self.current = copy_state(state)
         # JAX: the parameters cross to the device once per pass, not per call
-        device = owner._device
+        device = context.device
         self.params = None if device is None else device.put_parameters()
 
     def step(self, batch: Any) -> int:
-        owner, index = self.owner, self.current.n_batches
-        per_site = owner._statistics(owner._values(batch, index), index,
-                                     self.params)
-        states = owner._host.add(list(self.current.states), per_site, index)
+        context, index = self.context, self.current.n_batches
+        per_site = context.statistics(context.values(batch, index), index,
+                                      self.params)
+        states = context.host.add(list(self.current.states), per_site, index)
         self.current = EstimationState(self.current.spec, tuple(states), index + 1)
+        if self.on_batch is not None:
+            self.on_batch(index, per_site)
         return index + 1
 
     def state(self) -> EstimationState:
         return self.current
 
 
-class GraphPass(_Pass):
+class GraphPass(Pass):
     """The state in the compiled function's accumulators.
 
     An :class:`~popstats.Estimation` has one set of accumulators, so it runs
-    one such pass at a time.
+    one such pass at a time (its :class:`Occupancy`).
     """
 
-    def __init__(self, owner: Any, state: EstimationState) -> None:
-        if owner._busy:
-            raise PopstatsError(
-                f"{owner.call}(batches=...): this Estimation is already running a "
-                f"pass (a "
-                f"batch generator that runs it again?). Its accumulators hold "
-                f"that pass's state: run one pass at a time, or use a second "
-                f"Estimation."
-            )
-        self.owner = owner
-        owner._graph.load(state)
-        self.n = state.n_batches
-        self.own = owner._graph.own_shapes()
-        owner._busy = True
+    def __init__(self, context: PassContext, state: EstimationState) -> None:
+        self.context = context
+        self.graph: GraphAccumulator = context.graph  # type: ignore[assignment]
+        self.function: Callable[..., Any] = context.graph_function  # type: ignore
+        context.occupancy.take(context.call)
+        try:
+            self.graph.load(state)
+            self.n = state.n_batches
+            self.own = self.graph.own_shapes()
+        except BaseException:
+            context.occupancy.release()
+            raise
 
     def step(self, batch: Any) -> int:
-        owner = self.owner
-        values = owner._values(batch, self.n)
+        values = self.context.values(batch, self.n)
         try:
-            checks = owner._gfn(*values)
+            checks = self.function(*values)
         except Exception:
             # The accumulators are written only when the whole call succeeds:
             # let the host path add this batch, or raise its error for it (a
@@ -114,44 +215,42 @@ class GraphPass(_Pass):
             self._on_host(values)
             return self.n
         if not np.all(checks):
-            self._explain(values)
+            explain(self.context, values, self.own, self.n)
         if None in self.own:
-            self.own = owner._graph.own_shapes()
+            self.own = self.graph.own_shapes()
         self.n += 1
         return self.n
 
     def _on_host(self, values: list) -> None:
         """Add one batch on the host, to the state read from the graph."""
-        owner = self.owner
-        per_site = owner._statistics(values, self.n)
+        context = self.context
+        per_site = context.statistics(values, self.n)
         current = self.state()  # read from the graph: arrays of its own
-        states = owner._host.add(list(current.states), per_site, self.n)
+        states = context.host.add(list(current.states), per_site, self.n)
         self.n += 1
-        owner._graph.load(EstimationState(current.spec, tuple(states), self.n))
-        self.own = owner._graph.own_shapes()
-
-    def _explain(self, values: list) -> None:
-        explain(self.owner, values, self.own, self.n)
+        self.graph.load(EstimationState(current.spec, tuple(states), self.n))
+        self.own = self.graph.own_shapes()
 
     def state(self) -> EstimationState:
-        return self.owner._graph.read(self.owner.spec, self.n)
+        return self.graph.read(self.context.spec, self.n)
 
     def close(self) -> None:
-        self.owner._busy = False
+        self.context.occupancy.release()
 
 
-def explain(owner: Any, values: list, own: list, index: int) -> None:
+def explain(context: PassContext, values: list,
+            own: Sequence[tuple[int, ...] | None], index: int) -> None:
     """Raise the error the host checks give for batch ``index``, which failed
     the checks of a graph pass (``own``: per statistic its shape so far)."""
     states = [
         {} if shape is None else est.init(estimator, site.role, shape,
                                           site.time_axes)
-        for site, estimator, shape in zip(owner.sites, owner.estimators, own,
+        for site, estimator, shape in zip(context.sites, context.estimators, own,
                                           strict=True)
     ]
-    owner._host.add(states, owner._statistics(values, index), index)
+    context.host.add(states, context.statistics(values, index), index)
     raise PopstatsError(  # pragma: no cover - the host checks raise first
-        f"{owner.call}(batches=...): batch {index} failed the estimation "
+        f"{context.call}(batches=...): batch {index} failed the estimation "
         f"graph's checks (values finite, counts valid, shapes as earlier "
         f"batches). Run it with Estimation(..., accumulate='host') to see "
         f"which statistic."

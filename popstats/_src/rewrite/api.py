@@ -1,20 +1,25 @@
 """Estimate, then rewrite, in one call: :func:`get_inference_graph`.
 
 Stage: rewrite (it runs :func:`popstats._src.estimation.api.estimate_as` and
-then :func:`popstats._src.rewrite.rewriter.rewrite`).
+then :func:`popstats._src.rewrite.rewriter.rewrite`; the estimation options
+are :class:`~popstats._src.estimation.options.EstimationOptions`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, overload
+from typing import Any, Unpack, overload
 
-import pytensor
 from pytensor.graph.basic import Variable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.api import estimate_as
+from popstats._src.estimation.options import (
+    EstimationOptions,
+    OptionKeywords,
+    takes_options,
+)
 from popstats._src.export.exporter import as_variables
 from popstats._src.rewrite.rewriter import rewrite
 
@@ -27,16 +32,11 @@ def get_inference_graph(
     outputs: Variable,
     batches: Iterable[Any],
     *,
-    estimator: object = ...,
-    time: object = ...,
-    max_steps: int | None = ...,
-    mode: str | pytensor.compile.Mode | None = ...,
-    dtypes: str = ...,
-    accumulate: str = ...,
     checkpoint: str | os.PathLike | None = ...,
     checkpoint_every: int = ...,
     progress: bool | str = ...,
     return_stats: bool = ...,
+    **options: Unpack[OptionKeywords],
 ) -> Variable: ...
 @overload
 def get_inference_graph(
@@ -44,21 +44,16 @@ def get_inference_graph(
     outputs: Sequence[Variable],
     batches: Iterable[Any],
     *,
-    estimator: object = ...,
-    time: object = ...,
-    max_steps: int | None = ...,
-    mode: str | pytensor.compile.Mode | None = ...,
-    dtypes: str = ...,
-    accumulate: str = ...,
     checkpoint: str | os.PathLike | None = ...,
     checkpoint_every: int = ...,
     progress: bool | str = ...,
     return_stats: bool = ...,
+    **options: Unpack[OptionKeywords],
 ) -> Sequence[Variable]: ...
+@takes_options
 def get_inference_graph(
-    inputs, outputs, batches, *, estimator="mean", time="step", max_steps=None,
-    mode=None, dtypes="convert", accumulate="host", checkpoint=None,
-    checkpoint_every=100, progress="auto", return_stats=False,
+    inputs, outputs, batches, *, checkpoint=None, checkpoint_every=100,
+    progress="auto", return_stats=False, **options,
 ):
     """Estimate population statistics over ``batches`` and rewrite ``outputs``.
 
@@ -76,14 +71,9 @@ def get_inference_graph(
         Training batches: dicts keyed by input name (or input variable), or
         tuples/lists in the order of ``inputs``. Any iterable, including a
         one-shot generator; it is consumed once.
-    estimator, time, max_steps, mode, dtypes, accumulate, checkpoint, progress
-        As for :func:`~popstats.estimate` (and ``checkpoint_every``): the
-        estimator (``"mean"``,
-        ``"weighted"``, ``"pooled"``, ``"unbiased"``, ``"ema"``, an
-        :class:`~popstats.Estimator` or a dict by label pattern), per-step or
-        pooled statistics in loops, a cap on steps, the compilation mode of
-        the estimation pass, the dtype policy for batch values, where
-        batches are added up, checkpointing and a progress bar.
+    [estimation options]
+    checkpoint, checkpoint_every, progress
+        As for :func:`~popstats.estimate`: checkpointing and a progress bar.
     return_stats : bool, default False
         Also return the :class:`~popstats.PopulationStatistics`.
 
@@ -108,6 +98,7 @@ def get_inference_graph(
     array([[0., 1.]])
     """
     call = "get_inference_graph"
+    checked = EstimationOptions.check(call, options)
     if not isinstance(return_stats, bool):
         raise PopstatsError(
             f"{call}(return_stats=...): expected True or False, got "
@@ -115,9 +106,8 @@ def get_inference_graph(
         )
     outs = as_variables(outputs, call)
     stats = estimate_as(
-        call, inputs, outs, batches, estimator=estimator, time=time,
-        max_steps=max_steps, mode=mode, dtypes=dtypes, accumulate=accumulate,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
+        call, inputs, outs, batches, checked, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, progress=progress,
     )
     result = rewrite(outputs, stats)
     return (result, stats) if return_stats else result

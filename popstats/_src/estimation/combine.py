@@ -1,0 +1,133 @@
+"""States of an estimation pass: checked, merged and finalized.
+
+Stage: estimation. Members, the arithmetic behind
+:meth:`popstats.Estimation.check_state`, :meth:`~popstats.Estimation.merge`
+and :meth:`~popstats.Estimation.finalize`:
+
+- :func:`check_state` -- a state of this pass (same spec, arrays that fit),
+  or an error naming what differs;
+- :func:`merge_states` -- two states as one, exactly
+  (:func:`~popstats._src.estimation.estimators.merge` per statistic);
+- :func:`finalize_state` -- the population statistics of a state, cells no
+  batch reached filled from earlier steps
+  (:func:`~popstats._src.estimation.estimators.fill_uncovered`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation import estimators as est
+from popstats._src.estimation.accumulate_host import describe_arrays, fits, stat_shape
+from popstats._src.estimation.estimators import fill_uncovered
+from popstats._src.estimation.state import EstimationState, PassSpec, spec_differences
+from popstats._src.estimation.statistics import PopulationStatistics, Statistic
+from popstats._src.export.exporter import Site
+
+__all__ = ["check_state", "finalize_state", "merge_states"]
+
+log = logging.getLogger("popstats")
+
+
+def check_state(spec: PassSpec, sites: Sequence[Site],
+                estimators: Sequence[est.Estimator], state: object, where: str,
+                fix: str) -> EstimationState:
+    """``state`` if it is a state of the pass of ``spec``, else raise.
+
+    ``where`` names the call and argument, ``fix`` says what to pass.
+    """
+    if not isinstance(state, EstimationState):
+        raise PopstatsError(
+            f"{where}: expected an EstimationState (from Estimation.init, run, "
+            f"update or merge, or popstats.load_state), got "
+            f"{describe_value(state)}."
+        )
+    differences = spec_differences(state.spec, spec)
+    if differences:
+        raise PopstatsError(
+            f"{where}: the state was made by another estimation pass: "
+            f"{'; '.join(differences)}. Its arrays would be read as this "
+            f"pass's and give wrong numbers. {fix}"
+        )
+    if len(state.states) != len(sites):
+        raise PopstatsError(
+            f"{where}: the state holds {len(state.states)} statistics' "
+            f"arrays for {len(sites)} statistics; it is damaged. {fix}"
+        )
+    for site, estimator, arrays in zip(sites, estimators, state.states, strict=True):
+        if arrays and not fits(arrays, site, estimator):
+            raise PopstatsError(
+                f"{where}: the arrays of statistic {site.name!r} in the state "
+                f"({describe_arrays(arrays)}) do not fit a {estimator.name!r} "
+                f"state of shape {site.shape} with {site.time_axes} time "
+                f"axes; the state is damaged. {fix}"
+            )
+    return state
+
+
+def merge_states(sites: Sequence[Site], estimators: Sequence[est.Estimator],
+                 a: EstimationState, b: EstimationState) -> EstimationState:
+    """The state over the batches of ``a`` and ``b`` (both checked) together."""
+    states = []
+    for i, (sa, sb) in enumerate(zip(a.states, b.states, strict=True)):
+        if not sa or not sb:
+            states.append({k: v.copy() for k, v in (sa or sb).items()})
+            continue
+        site = sites[i]
+        shape_a = stat_shape(sa, site.time_axes)
+        shape_b = stat_shape(sb, site.time_axes)
+        if shape_a != shape_b:
+            raise PopstatsError(
+                f"Estimation.merge(b=...): statistic {site.name!r} (in "
+                f"{site.where}) has shape {shape_b} in b but {shape_a} in a. "
+                f"States of one statistic must come from batches with the same "
+                f"feature sizes; merge states of the same model and data."
+            )
+        states.append(est.merge(estimators[i], site.role, sa, sb))
+    return EstimationState(a.spec, tuple(states), a.n_batches + b.n_batches)
+
+
+def finalize_state(call: str, sites: Sequence[Site],
+                   estimators: Sequence[est.Estimator], max_steps: int | None,
+                   state: EstimationState) -> PopulationStatistics:
+    """The population statistics of a (checked) state; errors name ``call``."""
+    if state.n_batches == 0:
+        if call == "Estimation":  # the pass's own API: a state given
+            raise PopstatsError(
+                "Estimation.finalize(state=...): the state counts no "
+                "batches. Add batches first (Estimation.run or update; a "
+                "generator that was already consumed is empty)."
+            )
+        raise PopstatsError(
+            f"{call}(batches=...): no batches. Pass a non-empty iterable "
+            f"of training batches (a generator that was already consumed is "
+            f"empty)."
+        )
+    stats = []
+    for site, estimator, arrays in zip(sites, estimators, state.states, strict=True):
+        coverage = arrays.get("n", np.zeros(0, np.int64))
+        if coverage.size == 0 or not coverage.any():
+            raise PopstatsError(
+                f"{call}(batches=...): statistic {site.name!r} (in "
+                f"{site.where}) was never computed: every batch ran its loop "
+                f"for zero steps, or its count was 0 (a mask left no "
+                f"element). Give batches with non-empty sequences."
+            )
+        value = fill_uncovered(est.finalize(estimator, site.role, arrays), coverage)
+        stats.append(
+            Statistic(site.name, site.label, site, value, coverage.copy(),
+                      int(coverage.max()), estimator, max_steps)
+        )
+    result = PopulationStatistics(tuple(stats))
+    for stat in result.values():
+        if stat.uncovered_steps or stat.thin_steps:
+            log.warning(
+                "statistic %r: %d step(s) never reached (filled from earlier "
+                "steps), %d reached by under 10%% of the batches",
+                stat.name, stat.uncovered_steps, stat.thin_steps,
+            )
+    return result
