@@ -4,9 +4,10 @@ Stage: estimation. :class:`PopulationStatistics` maps names to
 :class:`Statistic` records; :func:`save_statistics` and :func:`load` write and
 read them (the layout of the file is documented in
 :mod:`popstats._src.estimation.persistence`; a statistic's entry extends
-the JSON of its :class:`~popstats._src.estimation.state.StatisticSpec`). Its ``plot`` and ``report``
-methods call views that :mod:`popstats._src.inspection` registers
-(:func:`register_view`), so this module imports nothing above estimation.
+the JSON of its :class:`~popstats._src.estimation.state.StatisticSpec`).
+Its ``plot`` and ``report`` methods call views that
+:mod:`popstats._src.inspection` registers (:func:`register_view`), so this
+module imports nothing above estimation.
 """
 
 from __future__ import annotations
@@ -223,17 +224,17 @@ def _site_meta(
 def _site_from_meta(
     meta: dict[str, Any],
 ) -> tuple[Site, Estimator, int, int | None]:
-    spec = StatisticSpec.from_json(meta)
-    site = Site(
-        spec.name,
-        spec.label,
+    spec = StatisticSpec.from_json(meta)  # the identity and the estimator
+    site = Site(  # the rest as written: a name that is not a str is refused
+        meta["name"],
+        meta["label"],
         spec.id,
         tuple(None if s is None else int(s) for s in meta["shape"]),
         meta["dtype"],
-        role=spec.role,
+        role=meta["role"],
         group=meta["group"],
         counted=bool(meta["counted"]),
-        time=spec.time,
+        time=tuple(meta["time"]),
     )
     cap = meta["max_steps"]
     return (site, spec.estimator, int(meta["n_batches"]),
