@@ -9,6 +9,10 @@ time modes, with its estimator: :meth:`StatisticSpec.of`), and the pass's
 naming what differs, when they are not the same pass: the arrays of a
 ``"mean"`` state read as ``"weighted"`` ones, or steps kept under another
 ``max_steps``, would give wrong numbers without any error.
+
+Stage: estimation. Also :func:`spec_differences`, :func:`save_state`,
+:func:`load_state` / :func:`load_checkpoint`, :class:`Checkpoint` and the
+digests :func:`state_digest`, :func:`parameters_digest`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ combined with its paired mean, found by the rule of
 :mod:`popstats._src.export.pairing`. Combining inside the enclosing step is
 what makes a nested loop whose inner length varies between outer steps
 estimable. The user's graph is not modified.
+
+Stage: export. :func:`export` (and :func:`export_checked`, for calls that
+checked their outputs and name themselves in errors); :func:`as_variables`
+and :func:`restructure` check and rebuild the ``outputs`` argument.
 """
 
 from __future__ import annotations

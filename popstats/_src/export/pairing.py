@@ -113,6 +113,23 @@ class Pairs:
     keys : sequence of PairKey
         Every statistic that may be a mean, in graph order; indices below
         are positions in it.
+
+    Examples
+    --------
+    >>> def key(label, role, group, time=()):
+    ...     return PairKey(SiteId((), label), label, role, group, time)
+    >>> pairs = Pairs([key("m", "mean", "bn"), key("v", "var", "bn"),
+    ...                key("w", "var", None)])
+    >>> pairs.pair(1), pairs.pair(2)
+    (0, None)
+    >>> use = PairUse("estimate", "estimator", "'pooled' combines the {role} "
+    ...               "{name!r} with its paired mean",
+    ...               "choose another estimator for {name!r}", "for 'pooled'")
+    >>> try:
+    ...     pairs.partner(2, use)
+    ... except PopstatsError as error:
+    ...     print(str(error)[:75])
+    estimate(estimator=...): 'pooled' combines the var 'w' with its paired mean
     """
 
     def __init__(self, keys: Sequence[PairKey]) -> None:
