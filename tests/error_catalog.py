@@ -154,6 +154,11 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
         ("export/exporter.py", "export/time_modes.py", "graph/walk.py"),
     ),
     (
+        "Pairing a variance with its mean: ``time='pooled'``, "
+        "``estimator='pooled'``",
+        ("export/pairing.py",),
+    ),
+    (
         "Estimating: ``estimate``, ``Estimation``, ``Estimator``",
         tuple(f"estimation/{name}.py" for name in (
             "estimation", "combine", "estimators", "partners", "accumulate_host",
@@ -557,7 +562,7 @@ def estimate_pooled_without_mean():
     popstats.estimate([x], y, [{"x": data()}], estimator="pooled")
 
 
-@scenario("A variance pooled over time without its mean")
+@scenario("A variance pooled over time while its mean is kept per step")
 def export_pooled_variance_without_its_mean():
     xs, hs = recurrent(counted=True)
     popstats.estimate([xs], hs, [{"xs": np.ones((4, 3, 2))}],

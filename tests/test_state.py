@@ -379,9 +379,9 @@ def test_a_variance_pooled_without_its_own_mean_is_refused():
     # the last one found, silently, 49.7 instead of 187.8)
     inputs, y = twice(groups=("bn", "bn"))
     with fails("estimate(time=...)", "the var 'bn.var' is pooled over time",
-               "shares group 'bn' with 2 means", "its own group"):
+               "2 statistics with role='mean' share group='bn'", "its own group"):
         popstats.estimate(inputs, y, untouched(), time="pooled", mode=MODE)
-    with fails("estimate(time=...)", "shares group 'bn' with 2 means"):
+    with fails("estimate(time=...)", "2 statistics with role='mean' share group='bn'"):
         popstats.estimate(inputs, y, untouched(), time={"bn.*#0": "pooled"},
                           mode=MODE)
     # no group: the steps' variances could only be averaged (before: silently)

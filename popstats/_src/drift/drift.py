@@ -46,9 +46,9 @@ from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_host import HostAccumulator
 from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.options import EstimationOptions
-from popstats._src.estimation.partners import paired_means
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import as_variables, export_checked
+from popstats._src.export.pairing import Pairs, key_of_site
 from popstats._src.rewrite.matching import check_match
 
 __all__ = ["drift", "jeffreys"]
@@ -245,14 +245,11 @@ def _new_side(estimator: est.Estimator) -> est.Estimator:
 
 
 def _pairs(run: Estimation, compare: str):
-    """(variance index, mean index) pairs, and the statistics outside pairs."""
+    """(variance index, mean index) pairs (:meth:`Pairs.pair`: one mean of
+    its group in its loop, same time modes), and the statistics outside pairs."""
     sites = run.sites
-    pairs = []
-    for i, site in enumerate(sites):
-        if site.role in ("var", "std"):
-            means = paired_means(sites, i)
-            if len(means) == 1 and sites[means[0]].time == site.time:
-                pairs.append((i, means[0]))
+    rule = Pairs([key_of_site(site) for site in sites])
+    pairs = [(i, j) for i in range(len(sites)) if (j := rule.pair(i)) is not None]
     paired = {j for pair in pairs for j in pair}
     single = [i for i in range(len(sites)) if i not in paired]
     if compare == "divergence" and single:

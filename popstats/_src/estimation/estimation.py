@@ -158,14 +158,8 @@ class Estimation:
         )
         self.max_steps = max_steps
         self.spec = PassSpec(
-            tuple(
-                StatisticSpec(
-                    s.name, s.label,
-                    tuple((step.name, step.fingerprint) for step in s.id.path),
-                    s.id.fingerprint, s.role, s.time, e,
-                )
-                for s, e in zip(self.sites, self.estimators, strict=True)
-            ),
+            tuple(StatisticSpec.of(s, e)
+                  for s, e in zip(self.sites, self.estimators, strict=True)),
             max_steps,
         )
         self.partners = find_partners(self.sites, self.estimators, call)

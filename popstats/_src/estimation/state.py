@@ -2,12 +2,17 @@
 
 An :class:`EstimationState` carries, beside its accumulators, the
 :class:`PassSpec` of the :class:`~popstats.Estimation` that made it: per
-statistic its name, identity (loops, label, fingerprint), role, time modes
-and estimator, and the pass's ``max_steps``. Everything that combines states
+statistic a :class:`StatisticSpec` (a site's name, identity, role and
+time modes, with its estimator: :meth:`StatisticSpec.of`), and the pass's
+``max_steps``. Everything that combines states
 (resume, merge, finalize, a checkpoint) compares specs first and refuses,
 naming what differs, when they are not the same pass: the arrays of a
 ``"mean"`` state read as ``"weighted"`` ones, or steps kept under another
 ``max_steps``, would give wrong numbers without any error.
+
+Stage: estimation. Also :func:`spec_differences`, :func:`save_state`,
+:func:`load_state` / :func:`load_checkpoint`, :class:`Checkpoint` and the
+digests :func:`state_digest`, :func:`parameters_digest`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.estimators import Estimator
 from popstats._src.estimation.persistence import STATE, read, write
+from popstats._src.export.sites import Site
+from popstats._src.graph.walk import LoopStep, SiteId
 
 log = logging.getLogger("popstats")
 
@@ -45,31 +52,55 @@ __all__ = [
 class StatisticSpec:
     """What determines the meaning of one statistic's accumulators.
 
+    A :class:`~popstats.Site`'s identity, role and time modes, with the
+    estimator of the pass (:meth:`of`); the rest of a site (shape, dtype,
+    group, count) does not change what the arrays mean.
+
     Attributes
     ----------
-    name, label : str
+    name : str
         As in :class:`~popstats.Site`.
-    path : tuple of (str, str)
-        The enclosing loops, outermost first, as (name, fingerprint).
-    fingerprint : str
-        Where the statistic is computed (see :doc:`/names`).
+    id : SiteId
+        Its identity (loops, label, fingerprint), as ``Site.id``.
     role : str or None
         ``"mean"``, ``"var"``, ``"std"`` or None.
     time : tuple of str
         Per enclosing loop, ``"step"`` or ``"pooled"``.
     estimator : Estimator
         How its batches are combined.
+    label : str
+        ``id.label`` (a property, as are the two below).
+    path : tuple of (str, str)
+        The enclosing loops, outermost first, as (name, fingerprint).
+    fingerprint : str
+        Where the statistic is computed (see :doc:`/names`).
     """
 
     name: str
-    label: str
-    path: tuple[tuple[str, str], ...]
-    fingerprint: str
+    id: SiteId
     role: str | None
     time: tuple[str, ...]
     estimator: Estimator
 
+    @classmethod
+    def of(cls, site: Site, estimator: Estimator) -> StatisticSpec:
+        """The spec of ``site`` estimated by ``estimator``."""
+        return cls(site.name, site.id, site.role, site.time, estimator)
+
+    @property
+    def label(self) -> str:
+        return self.id.label
+
+    @property
+    def path(self) -> tuple[tuple[str, str], ...]:
+        return tuple((step.name, step.fingerprint) for step in self.id.path)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.id.fingerprint
+
     def to_json(self) -> dict[str, Any]:
+        """The spec as files write it; a statistics file's entry extends it."""
         e = self.estimator
         return {
             "name": self.name, "label": self.label,
@@ -82,11 +113,13 @@ class StatisticSpec:
 
     @classmethod
     def from_json(cls, meta: dict[str, Any]) -> StatisticSpec:
+        """The spec written by :meth:`to_json` (``key``, informative, if given)."""
         e = meta["estimator"]
+        path = tuple(LoopStep(str(n), str(f)) for n, f in meta["path"])
         return cls(
-            str(meta["name"]), str(meta["label"]),
-            tuple((str(n), str(f)) for n, f in meta["path"]),
-            str(meta["fingerprint"]),
+            str(meta["name"]),
+            SiteId(path, str(meta["label"]), str(meta["fingerprint"]),
+                   str(meta.get("key", ""))),
             None if meta["role"] is None else str(meta["role"]),
             tuple(str(t) for t in meta["time"]),
             Estimator(str(e["name"]), e["momentum"], unbiased=bool(e["unbiased"])),
@@ -150,7 +183,7 @@ def spec_differences(have: PassSpec, want: PassSpec, limit: int = 6) -> list[str
     if have.max_steps != want.max_steps:
         out.append(f"max_steps {have.max_steps} in the state, {want.max_steps} here")
     for a, b in zip(have.statistics, want.statistics, strict=True):
-        if (a.path, a.label, a.fingerprint) != (b.path, b.label, b.fingerprint):
+        if a.id != b.id:
             out.append(f"{a.name!r}: computed differently (another graph, or other "
                        f"loops or inputs)")
         elif a.role != b.role:

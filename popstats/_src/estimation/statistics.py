@@ -3,9 +3,11 @@
 Stage: estimation. :class:`PopulationStatistics` maps names to
 :class:`Statistic` records; :func:`save_statistics` and :func:`load` write and
 read them (the layout of the file is documented in
-:mod:`popstats._src.estimation.persistence`). Its ``plot`` and ``report``
-methods call views that :mod:`popstats._src.inspection` registers
-(:func:`register_view`), so this module imports nothing above estimation.
+:mod:`popstats._src.estimation.persistence`; a statistic's entry extends
+the JSON of its :class:`~popstats._src.estimation.state.StatisticSpec`).
+Its ``plot`` and ``report`` methods call views that
+:mod:`popstats._src.inspection` registers (:func:`register_view`), so this
+module imports nothing above estimation.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.estimators import Estimator
 from popstats._src.estimation.persistence import STATISTICS, read, write
+from popstats._src.estimation.state import StatisticSpec
 from popstats._src.export.exporter import Site
-from popstats._src.graph.walk import LoopStep, SiteId
+from popstats._src.graph.walk import SiteId
 
 __all__ = ["PopulationStatistics", "Statistic", "load", "save_statistics"]
 
@@ -204,20 +207,15 @@ class PopulationStatistics(Mapping[str, Statistic]):
 def _site_meta(
     site: Site, estimator: Estimator, n_batches: int, max_steps: int | None
 ) -> dict[str, Any]:
+    """A statistic's entry: the spec of its accumulators, the rest of its
+    site, and what the pass gave."""
     return {
-        "name": site.name,
-        "label": site.label,
-        "fingerprint": site.id.fingerprint,
-        "path": [[step.name, step.fingerprint] for step in site.id.path],
+        **StatisticSpec.of(site, estimator).to_json(),
         "key": site.id.key,
         "shape": list(site.shape),
         "dtype": site.dtype,
-        "role": site.role,
         "group": site.group,
         "counted": site.counted,
-        "time": list(site.time),
-        "estimator": {"name": estimator.name, "momentum": estimator.momentum,
-                      "unbiased": estimator.unbiased},
         "max_steps": max_steps,
         "n_batches": n_batches,
     }
@@ -226,13 +224,11 @@ def _site_meta(
 def _site_from_meta(
     meta: dict[str, Any],
 ) -> tuple[Site, Estimator, int, int | None]:
-    path = tuple(LoopStep(str(name), str(fp)) for name, fp in meta["path"])
-    site_id = SiteId(path, str(meta["label"]), str(meta["fingerprint"]),
-                     str(meta.get("key", "")))
-    site = Site(
+    spec = StatisticSpec.from_json(meta)  # the identity and the estimator
+    site = Site(  # the rest as written: a name that is not a str is refused
         meta["name"],
         meta["label"],
-        site_id,
+        spec.id,
         tuple(None if s is None else int(s) for s in meta["shape"]),
         meta["dtype"],
         role=meta["role"],
@@ -240,11 +236,9 @@ def _site_from_meta(
         counted=bool(meta["counted"]),
         time=tuple(meta["time"]),
     )
-    spec = meta["estimator"]
-    estimator = Estimator(spec["name"], spec["momentum"],
-                          unbiased=bool(spec["unbiased"]))
     cap = meta["max_steps"]
-    return site, estimator, int(meta["n_batches"]), None if cap is None else int(cap)
+    return (site, spec.estimator, int(meta["n_batches"]),
+            None if cap is None else int(cap))
 
 
 def save_statistics(

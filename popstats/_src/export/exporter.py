@@ -7,9 +7,15 @@ inner steps). Its element count, when given, travels along the same way.
 
 With ``time="pooled"`` for a loop level, the steps of that loop are combined
 inside the enclosing graph, right after the loop, so the statistic loses
-that time axis (see :func:`pool_steps`). Combining inside the enclosing step
-is what makes a nested loop whose inner length varies between outer steps
+that time axis (see :func:`pool_steps`); a pooled variance (or std) is
+combined with its paired mean, found by the rule of
+:mod:`popstats._src.export.pairing`. Combining inside the enclosing step is
+what makes a nested loop whose inner length varies between outer steps
 estimable. The user's graph is not modified.
+
+Stage: export. :func:`export` (and :func:`export_checked`, for calls that
+checked their outputs and name themselves in errors); :func:`as_variables`
+and :func:`restructure` check and rebuild the ``outputs`` argument.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
 from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.export.pairing import Pairs, PairUse, key_of_found
 from popstats._src.export.sites import EstimationGraph, Found, Site
 from popstats._src.export.time_modes import (
     check_patterns,
@@ -86,60 +93,39 @@ class _ExportLevel:
             modes = resolve_time(self.time, found.site.label, found.site.depth,
                                  self.names.get(found.site))
             found.time.insert(0, modes[level])
-        # the means by (loop path, group); one computation reached twice is one
-        by_group: dict[tuple, dict] = {}
-        for f in inner.found:
-            if statistic_role(f.stat) == "mean" and statistic_group(f.stat):
-                key = (f.site.path, statistic_group(f.stat))
-                by_group.setdefault(key, {}).setdefault(f.site, f)
-        pooled = [f for f in inner.found if f.time[0] == "pooled"]
-        partners = {id(f): _pooling_partner(f, by_group, self.call) for f in pooled}
+        pairs = Pairs([key_of_found(f) for f in inner.found])
+        pooled = [i for i, f in enumerate(inner.found) if f.time[0] == "pooled"]
+        use = _pooling_use(self.call)
+        partners = {i: pairs.partner(i, use, time=False) for i in pooled}
         # A pooled variance reads its partner mean still stacked over steps:
         # keep the stacked values of every pooled statistic before pooling.
-        originals = {id(f): (f.value, f.count, f.weight) for f in pooled}
-        for f in pooled:
-            partner = partners[id(f)]
-            if partner is not None and id(partner) in originals:
-                partner = Found(partner.site, partner.stat,
-                                 *originals[id(partner)], partner.time)
-            pool_steps(f, partner, self.call)
+        originals = {i: (inner.found[i].value, inner.found[i].count,
+                         inner.found[i].weight) for i in pooled}
+        for i in pooled:
+            f, j = inner.found[i], partners[i]
+            partner = None
+            if j is not None:
+                pairs.check_time(i, j, use)
+                partner = inner.found[j]
+                if j in originals:
+                    partner = Found(partner.site, partner.stat, *originals[j],
+                                    partner.time)
+            pool_steps(f, partner)
         self.found.extend(inner.found)
         return replaced
 
 
-def _pooling_partner(f: Found, by_group: dict, call: str) -> Found | None:
-    """The mean a variance (or std) pooled over time combines with.
-
-    Exactly one mean of its group in its loop, or a PopstatsError: without
-    it the steps' variances could only be averaged, which is not the
-    variance of the batch over its steps (the documented meaning), and with
-    several (a layer applied twice under one group) popstats cannot tell
-    which is this application's.
-    """
-    role = statistic_role(f.stat)
-    if role not in ("var", "std"):
-        return None
-    group = statistic_group(f.stat)
-    means = list(by_group.get((f.site.path, group), {}).values()) if group else []
-    if len(means) == 1:
-        return means[0]
-    if not means:
-        problem = ("has no group" if not group else
-                   f"has no statistic with role='mean' and group={group!r} "
-                   f"in its loop")
-        fix = (f"mark its mean with role='mean' and the same group "
-               f"(bn_statistic(..., role='mean', group='layer1')), or keep it "
-               f"per step (time={{{f.site.label!r}: 'step'}})")
-    else:
-        problem = (f"shares group {group!r} with {len(means)} means in its loop "
-                   f"(a layer applied {len(means)} times under one group)")
-        fix = ("give each application its own group (popstats.nn.batch_norm "
-               "does), or keep these statistics per step")
-    raise PopstatsError(
-        f"{call}(time=...): the {role} {f.site.label!r} is pooled over time, "
-        f"which combines each step's {role} with its paired mean (the "
-        f"{role} of the batch over all its steps), but it {problem}. To pool "
-        f"it, {fix}."
+def _pooling_use(call: str) -> PairUse:
+    """Pairing for time pooling: without its mean, a variance's steps could
+    only be averaged, which is not the variance of the batch over its steps
+    (the documented meaning); with several (a layer applied twice under one
+    group) popstats cannot tell which is this application's."""
+    return PairUse(
+        call, "time",
+        "the {role} {name!r} is pooled over time, which combines each step's "
+        "{role} with its paired mean (the {role} of the batch over all its steps)",
+        "keep it per step (time={{{name!r}: 'step'}})",
+        "to be pooled over time",
     )
 
 

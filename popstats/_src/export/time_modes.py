@@ -20,7 +20,7 @@ from pytensor.graph.basic import Variable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.sites import Found, Site
-from popstats._src.graph.marker import statistic_group, statistic_role
+from popstats._src.graph.marker import statistic_role
 
 __all__ = [
     "TIME_MODES",
@@ -81,7 +81,7 @@ def resolve_time(
     return (*spec[:depth], *(("step",) * (depth - len(spec))))
 
 
-def pool_steps(found: Found, partner: Found | None, call: str = "export") -> None:
+def pool_steps(found: Found, partner: Found | None) -> None:
     """Combine the leading (step) axis of ``found`` into one value, in place.
 
     The batch's statistic over all the steps of the loop, as if normalized
@@ -91,7 +91,9 @@ def pool_steps(found: Found, partner: Found | None, call: str = "export") -> Non
     their number); a variance (or std) whose paired mean is in the same loop
     combines exactly, as the variance of all the elements of all steps,
     sum_t w_t (var_t + (mean_t - mean)^2) / sum_t w_t, and a std through
-    its variance. Steps with count 0 are not reached and weigh nothing.
+    its variance (the pair, time modes checked, is the exporter's, from
+    :mod:`popstats._src.export.pairing`). Steps with count 0 are not reached
+    and weigh nothing.
     ``count`` becomes the elements of all steps, ``weight`` the number of
     steps combined per remaining cell (0: the batch reached none).
     """
@@ -112,14 +114,6 @@ def pool_steps(found: Found, partner: Found | None, call: str = "export") -> Non
     safe = pt.switch(total > 0, total, 1.0)  # cells reached by no step: 0
     role = statistic_role(found.stat)
     if role in ("var", "std") and partner is not None:
-        if list(partner.time) != list(found.time):
-            raise PopstatsError(
-                f"{call}(time=...): the {role} {found.site.label!r} is pooled over "
-                f"time with its paired mean {partner.site.label!r} (group "
-                f"{statistic_group(found.stat)!r}), so they need the same time "
-                f"modes; got {tuple(found.time)} and {tuple(partner.time)}. Give "
-                f"both the same mode per loop level in time=...."
-            )
         means = partner.value
         if live is not None:
             means = pt.switch(align_cells(live, means), means, pt.zeros_like(means))

@@ -1,10 +1,12 @@
 """Tables of the statistics of a graph, and of what a rewrite changed.
 
-Stage: inspection. :func:`describe` lists a graph's statistics
-(:class:`Description` of :class:`StatisticRecord`); :func:`describe_rewrite`
-compares a graph with its rewrite (:class:`RewriteDescription`);
-:func:`walk_nodes` and :func:`leftover_statistics` are shared with
-:mod:`popstats._src.inspection.drawing`. Tables are drawn by
+Stage: inspection. :func:`describe` gives a :class:`Description`, one
+:class:`StatisticRecord` (a table row built on its
+:class:`~popstats.Site`) per statistic; :func:`describe_rewrite` a
+:class:`RewriteDescription` (population variables read by
+:func:`~popstats._src.rewrite.rewriter.population_copies`). :func:`walk_nodes`
+and :func:`leftover_statistics` are shared with
+:mod:`popstats._src.inspection.drawing`; tables are drawn by
 :mod:`popstats._src.inspection.tables`.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Variable
@@ -34,16 +36,27 @@ __all__ = [
     "walk_nodes",
 ]
 
-_COLUMNS = ("name", "label", "role", "where", "depth", "time", "shape", "dtype",
-            "counted", "fingerprint")
+#: what a record shows of its site, in the order of :meth:`StatisticRecord.to_dict`
+FIELDS = ("name", "label", "role", "group", "where", "depth", "time", "shape",
+          "dtype", "counted", "fingerprint")
+#: the columns of a table (the fingerprint only when a label repeats)
+_COLUMNS = tuple(name for name in FIELDS if name != "group")
+
+
+def _of_site(field: str) -> property:
+    """A read-only attribute of a record: that of its site."""
+    return property(lambda self: getattr(self.site, field), doc=f"``site.{field}``")
 
 
 @dataclass(frozen=True)
 class StatisticRecord:
-    """One statistic of a graph, as :func:`describe` lists it.
+    """One statistic of a graph, as :func:`describe` lists it: a row of its site.
 
     Attributes
     ----------
+    site : Site
+        The statistic, as :func:`~popstats.export` finds it; every attribute
+        below reads it.
     name, label, role, group : str or None
         As in :class:`~popstats.Site`.
     where : str
@@ -65,22 +78,38 @@ class StatisticRecord:
         name stem and label but not this (see :doc:`/names`).
     """
 
-    name: str
-    label: str
-    role: str | None
-    group: str | None
-    where: str
-    depth: int
-    time: tuple[str, ...]
-    shape: tuple[int | None, ...]
-    dtype: str
-    counted: bool
-    fingerprint: str = ""
+    site: Site
+
+    name = _of_site("name")
+    label = _of_site("label")
+    role = _of_site("role")
+    group = _of_site("group")
+    where = _of_site("where")
+    depth = _of_site("depth")
+    time = _of_site("time")
+    shape = _of_site("shape")
+    dtype = _of_site("dtype")
+    counted = _of_site("counted")
+
+    @property
+    def fingerprint(self) -> str:
+        """A short fingerprint of the site: its own and its loops' together."""
+        site_id = self.site.id
+        return digest(*(step.fingerprint for step in site_id.path),
+                      site_id.fingerprint)[:8]
 
     @property
     def time_axes(self) -> int:
         """Leading time axes of its estimated value (loops not pooled)."""
-        return self.time.count("step")
+        return self.site.time_axes
+
+    def to_dict(self) -> dict[str, object]:
+        """The record as a dict of :data:`FIELDS`."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"StatisticRecord({shown})"
 
 
 class Description(Sequence[StatisticRecord]):
@@ -109,7 +138,7 @@ class Description(Sequence[StatisticRecord]):
 
     def to_dicts(self) -> list[dict[str, object]]:
         """The records as a list of dicts (one per statistic)."""
-        return [asdict(r) for r in self.records]
+        return [r.to_dict() for r in self.records]
 
     def _columns(self) -> tuple[str, ...]:
         """The columns shown: the fingerprint only when a label repeats."""
@@ -163,17 +192,7 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step"
     """
     outs = as_variables(outputs, "describe")
     sites = export_checked(outs, "describe", time).sites
-    return Description(
-        StatisticRecord(s.name, s.label, s.role, s.group, s.where, s.depth,
-                        s.time, s.shape, s.dtype, s.counted, _short(s))
-        for s in sites
-    )
-
-
-def _short(site: Site) -> str:
-    """A short fingerprint of a site: its own and its loops' together."""
-    full = digest(*(step.fingerprint for step in site.id.path), site.id.fingerprint)
-    return full[:8]
+    return Description(StatisticRecord(s) for s in sites)
 
 
 def walk_nodes(outputs: Sequence[Variable], path: tuple[str, ...] = ()
