@@ -18,7 +18,7 @@ from popstats._src.inspection.tables import (
     written_at,
 )
 
-__all__ = ["find_warnings", "summary_rows", "write_page", "write_report"]
+__all__ = ["find_warnings", "summary_rows", "write_report"]
 
 #: A variance below this (a std below its square root) is reported as near zero.
 NEAR_ZERO_VAR = 1e-8
