@@ -247,3 +247,16 @@ def _fingerprints(model) -> list[str]:
     sites = popstats.export(model.y).sites
     return sorted("/".join([*(s.fingerprint for s in site.id.path),
                             site.id.fingerprint]) for site in sites)
+
+
+def test_drift_sees_recognized_statistics():
+    model = models.rnn()
+    batches = model.batches()
+    stats = _estimate(model, batches)
+    same = popstats.drift(stats, [model.X], model.y, _feed(batches), mode=FAST)
+    moved = popstats.drift(stats, [model.X], model.y, _feed([x + 2.0 for x in batches]),
+                           mode=FAST)
+    (record,) = moved.values()
+    (unmoved,) = same.values()
+    assert (record.label, record.where) == ("cell_bn.mean", "cell_recurrence")
+    assert record.mean > 10 * unmoved.mean
