@@ -11,6 +11,8 @@ The pipeline, one public verb per stage:
 4. rewriter -- :func:`rewrite` replaces the statistics by population values
    (:func:`bind` puts other values into a rewritten graph).
 
+Batch norms of other libraries (pytensor-ml's) are found without marks by
+registered recognizers (:func:`register_recognizer`).
 :func:`get_inference_graph` runs 3 and 4 in one call; :func:`drift` compares
 new data with population statistics, per layer and step.
 """
@@ -26,6 +28,14 @@ from popstats._src.estimation.state import EstimationState, load_state
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic, load
 from popstats._src.export.exporter import EstimationGraph, Site, export
 from popstats._src.graph.marker import BNStat, bn_statistic, is_statistic
+from popstats._src.graph.moments import mark_moments
+from popstats._src.graph.recognize import (
+    RecognitionContext,
+    Recognizer,
+    recognizers,
+    register_recognizer,
+    unregister_recognizer,
+)
 from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
 from popstats._src.rewrite.api import get_inference_graph
 from popstats._src.rewrite.rewriter import bind, population_variables, rewrite
@@ -40,6 +50,8 @@ __all__ = [
     "Estimator",
     "PopstatsError",
     "PopulationStatistics",
+    "RecognitionContext",
+    "Recognizer",
     "Site",
     "Statistic",
     "StatisticDrift",
@@ -56,6 +68,10 @@ __all__ = [
     "is_statistic",
     "load",
     "load_state",
+    "mark_moments",
     "population_variables",
+    "recognizers",
+    "register_recognizer",
     "rewrite",
+    "unregister_recognizer",
 ]

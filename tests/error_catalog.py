@@ -43,6 +43,7 @@ handled when it prints.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import inspect
 import os
@@ -59,6 +60,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.replace import clone_replace
 
 import popstats
@@ -149,6 +151,7 @@ CALL_PREFIX = re.compile(r"^[A-Za-z_][\w.]*\([^()]*\)")
 #: Page sections, in order: (title, files under popstats/_src/).
 SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("Marking statistics: ``bn_statistic``", ("graph/marker.py",)),
+    ("Recognizers: ``register_recognizer``", ("graph/recognize.py",)),
     (
         "Finding statistics: ``export``",
         ("export/exporter.py", "export/time_modes.py", "graph/walk.py"),
@@ -359,6 +362,29 @@ def layer(name="x"):
     mean = popstats.bn_statistic(x.mean(axis=0), label="mean")
     var = popstats.bn_statistic(x.var(axis=0), label="var")
     return x, (x - mean) / pt.sqrt(var + 1e-5)
+
+
+class ToyBatchNorm(OpFromGraph):
+    """A user's batch norm written as an ``OpFromGraph`` subclass."""
+
+
+def toy_layer():
+    """A ToyBatchNorm applied to a matrix ``x``."""
+    x_in = pt.matrix("x_in")
+    toy = ToyBatchNorm([x_in], [(x_in - x_in.mean(0)) / pt.sqrt(x_in.var(0) + 1e-5)])
+    x = pt.matrix("x")
+    return x, toy(x)
+
+
+@contextlib.contextmanager
+def recognizing(expand):
+    """A recognizer of ToyBatchNorm, registered for the block."""
+    popstats.register_recognizer(popstats.Recognizer(
+        "toy", lambda op: isinstance(op, ToyBatchNorm), expand))
+    try:
+        yield
+    finally:
+        popstats.unregister_recognizer("toy")
 
 
 def paired_layer(name="x"):
@@ -1511,6 +1537,39 @@ def drift_report_name_too_long():
     x, y, stats = estimated()
     moved = popstats.drift(stats, [x], y, [{"x": data()}])
     moved.report("r" * 300 + ".html")
+# -- recognizers --------------------------------------------------------------
+
+
+@scenario("Registering something that is not a ``Recognizer``")
+def recognizer_not_a_recognizer():
+    popstats.register_recognizer(lambda op: op.name == "bn")
+
+
+@scenario("Registering a recognizer under a name already taken")
+def recognizer_name_taken():
+    popstats.register_recognizer(popstats.Recognizer(
+        "pytensor-ml", matches=lambda op: False, expand=lambda node, context: []))
+
+
+@scenario("Removing a recognizer that is not registered")
+def recognizer_unknown():
+    popstats.unregister_recognizer("torch")
+
+
+@scenario("A recognizer returning fewer variables than the op has outputs")
+def recognizer_wrong_count():
+    x, y = toy_layer()
+    with recognizing(lambda node, context: []):
+        popstats.describe(y)
+
+
+@scenario("A recognizer returning a variable of another type")
+def recognizer_wrong_type():
+    x, y = toy_layer()
+    with recognizing(lambda node, context: [node.inputs[0].sum()]):
+        popstats.describe(y)
+
+
 # -- popstats.dask ---------------------------------------------------------------
 
 

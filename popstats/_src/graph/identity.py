@@ -20,8 +20,12 @@ Two hashes are kept per variable:
     ops by their class and props (``repr``, memory addresses removed),
     :class:`~popstats.BNStat` by label and role (never its random key, nor
     its group, which :func:`popstats.nn.batch_norm` makes unique), Scan and
-    ``OpFromGraph`` by their inner graph's fingerprint. Saved in files;
-    what statistics are matched on.
+    ``OpFromGraph`` by their inner graph's fingerprint, an op a recognizer
+    claims by the recognizer's description. The ``name`` of a
+    ``SymbolicOp`` (an ``OpFromGraph`` equal by props, as pytensor-ml's
+    layers) is left out: PyTensor interns equal ops in loop bodies, so it
+    may be the name of another layer built earlier in the process. Saved in
+    files; what statistics are matched on.
 ``instance``
     In-process only: like ``stable`` but outer roots are hashed by object
     identity. Two applications with the same stable hash but different
@@ -36,12 +40,14 @@ import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from pytensor.compile import builders as _builders
 from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
 from popstats._src.graph.marker import BNStat
+from popstats._src.graph.recognize import recognized_token
 
 __all__ = ["SMALL_CONSTANT", "Fingerprints", "digest", "op_token"]
 
@@ -62,6 +68,12 @@ def _constant_token(var: Constant) -> str:
         return digest("const", str(var.type), data.dtype.str, str(data.shape),
                       data.tobytes().hex())
     return digest("const", str(var.type), str(getattr(data, "shape", ())))
+
+
+def _interned(op: object) -> bool:
+    """An ``OpFromGraph`` compared by its props (PyTensor >= 3.3's SymbolicOp)."""
+    symbolic = getattr(_builders, "SymbolicOp", None)
+    return symbolic is not None and isinstance(op, symbolic)
 
 
 def _inner_digest(
@@ -86,15 +98,18 @@ def op_token(op: object, ops: dict) -> str:
         if token is not None:
             ops[id(op)] = (op, token)
             return token
+    recognized = recognized_token(op) if isinstance(op, OpFromGraph) else None
     if isinstance(op, BNStat):
         token = digest("BNStat", op.label, str(op.role))
+    elif recognized is not None:
+        token = digest("recognized", _ADDRESS.sub("", recognized))
     elif isinstance(op, Scan | OpFromGraph):
         fgraph = op.fgraph
         inner = _inner_digest(fgraph.inputs, fgraph.outputs, ops)
         extra = (
             (op.name or "", repr(op.info), str(op.truncate_gradient))
             if isinstance(op, Scan)
-            else (str(getattr(op, "name", "") or ""),)
+            else (() if _interned(op) else (str(getattr(op, "name", "") or ""),))
         )
         token = digest(type(op).__name__, *extra, inner)
     else:

@@ -8,7 +8,9 @@ visitors; the recursion into a Scan is the visitor's choice (it builds a
 :class:`~popstats._src.graph.surgery.ScanEdit` and calls :func:`transform` on
 its inner graph). An ``OpFromGraph`` holding statistics is inlined: its body,
 applied to the node's own inputs, is visited at the same level, once per
-application.
+application. So is the application of an op a registered recognizer claims
+(``recognize.py``): its body, rebuilt with the statistics marked, is
+visited in place of the node.
 
 Sites are identified by a :class:`SiteId`: the chain of Scans leading to the
 statistic (each by name and the fingerprint of its application), the label,
@@ -21,6 +23,7 @@ model code has the same id in every process and in every subset of outputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +41,7 @@ from popstats._src.graph.marker import (
     statistic_key,
     statistic_label,
 )
+from popstats._src.graph.recognize import RecognitionContext, recognizer_for
 from popstats._src.graph.surgery import inner_graph_nodes, is_gradient_scan
 
 __all__ = ["LoopStep", "SiteId", "Visitor", "contains_statistics", "transform"]
@@ -111,16 +115,54 @@ class Visitor(Protocol):
 
 
 def contains_statistics(op: object) -> bool:
-    """Whether a Scan or OpFromGraph holds a marked statistic, at any depth."""
+    """Whether a Scan or OpFromGraph holds a statistic, marked or recognized."""
     if not isinstance(op, Scan | OpFromGraph):
         return False
     nodes = inner_graph_nodes(op) if isinstance(op, Scan) else op.fgraph.apply_nodes
     return any(
         isinstance(node.op, BNStat)
         or any(is_statistic(out) for out in node.outputs)
+        or recognizer_for(node.op) is not None
         or contains_statistics(node.op)
         for node in nodes
     )
+
+
+def recognized_body(
+    node: Apply, context: RecognitionContext, call: str
+) -> list[Variable] | None:
+    """The body a registered recognizer gives ``node``, or None if none claims it."""
+    recognizer = recognizer_for(node.op)
+    if recognizer is None:
+        return None
+    body = list(recognizer.expand(node, context))
+    if len(body) != len(node.outputs):
+        raise PopstatsError(
+            f"{call}(outputs=...): recognizer {recognizer.name!r}: expand() "
+            f"returned {len(body)} variable(s) for {node.op}, which has "
+            f"{len(node.outputs)} output(s). "
+            f"Return one variable per output of the node, in order."
+        )
+    checked = []
+    for i, (old, new) in enumerate(zip(node.outputs, body, strict=True)):
+        converted = (
+            old.type.convert_variable(new) if isinstance(new, Variable) else None
+        )
+        if converted is None:
+            got = new.type if isinstance(new, Variable) else type(new).__name__
+            raise PopstatsError(
+                f"{call}(outputs=...): recognizer {recognizer.name!r}: expand() "
+                f"returned {got} for output {i} of {node.op}, whose type is "
+                f"{old.type}. Return "
+                f"variables of the node's output types (cast with .astype)."
+            )
+        checked.append(converted)
+    return checked
+
+
+#: the Scan being rebuilt by a visitor, with its node and level, so that the
+#: level of its inner graph can trace its inputs out (``RecognitionContext``)
+_ENTERING: ContextVar[tuple | None] = ContextVar("popstats_entering_scan", default=None)
 
 
 def _check_gradient_scan(node: Apply, call: str) -> None:
@@ -157,6 +199,15 @@ class _Level:
     ):
         self.visitor = visitor
         self.path = path
+        self.inputs = list(inputs)
+        self.loops = tuple(step.name for step in path)
+        self.positions = {var: i for i, var in enumerate(self.inputs)}
+        entering = _ENTERING.get()
+        # (enclosing level, Scan node) when this level is that Scan's body
+        self.parent: tuple[_Level, Apply] | None = (
+            entering[1:] if entering is not None and path and entering[0] is path[-1]
+            else None
+        )
         self.prints = Fingerprints(inputs)
         self.memo: dict[Variable, Variable] = {}
         self.done: set[Apply] = set()
@@ -168,12 +219,30 @@ class _Level:
                 self.done.add(node)
                 self.apply(node)
 
+    def origin(self, var: Variable) -> Variable:
+        """The outermost variable ``var`` stands for (non-sequences traced out)."""
+        level: _Level | None = self
+        while level is not None and level.parent is not None:
+            outer, node = level.parent
+            position = level.positions.get(var)
+            if position is not None:
+                from_end = len(level.inputs) - position
+                if from_end > node.op.info.n_non_seqs:
+                    return var
+                var = node.inputs[-from_end]
+            level = outer
+        return var
+
     def apply(self, node: Apply) -> None:
         op = node.op
-        if isinstance(op, OpFromGraph) and contains_statistics(op):
+        body = recognized_body(
+            node, RecognitionContext(self.loops, self.origin), self.visitor.call
+        )
+        if body is None and isinstance(op, OpFromGraph) and contains_statistics(op):
+            body = inline_body(op, node.inputs)
+        if body is not None:
             # Inline: the body, on the node's own (old) inputs, is visited here
             # like any other part of this level, once per application.
-            body = inline_body(op, node.inputs)
             self.visit(body)
             for old, inner in zip(node.outputs, body, strict=True):
                 self.prints.alias(old, inner)
@@ -184,7 +253,11 @@ class _Level:
         if isinstance(op, Scan) and contains_statistics(op):
             _check_gradient_scan(node, self.visitor.call)
             step = LoopStep(op.name or "scan", stable, digest(self.outer, instance))
-            new_outputs = self.visitor.scan(node, new_inputs, (*self.path, step))
+            token = _ENTERING.set((step, self, node))
+            try:
+                new_outputs = self.visitor.scan(node, new_inputs, (*self.path, step))
+            finally:
+                _ENTERING.reset(token)
         elif any(n is not o for n, o in zip(new_inputs, node.inputs, strict=True)):
             new_outputs = node.clone_with_new_inputs(new_inputs).outputs
         else:

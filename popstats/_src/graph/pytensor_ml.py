@@ -1,0 +1,126 @@
+"""The recognizer for pytensor-ml's batch norms (registered in ``recognize.py``).
+
+pytensor-ml (>= 0.3) applies ``BatchNorm`` as a ``SymbolicOp``:
+``BatchNormLayer`` (running statistics tracked) or
+``NoRunningStatsBatchNormLayer``. Both take ``X``, then ``loc`` and
+``scale`` when ``affine``, and ``BatchNormLayer`` then the running mean and
+variance. The batch mean and biased variance over every axis but the last
+(batch and spatial axes of a channels-last input) exist only in the op's
+inner graph, accumulated in float32 for float16/bfloat16 inputs. Output 0 is
+the normalized input; outputs 1 and 2 are the updated running averages
+(``BatchNormLayer``) or the statistics cast to the input's dtype.
+
+:func:`expand` recomputes the three outputs from the node's inputs, the
+same way, with the float32 (or input-dtype) mean and variance marked. This
+module never imports pytensor_ml: ops are recognized by class name and
+module, so popstats works without it installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytensor.tensor as pt
+from pytensor.graph.basic import Apply, Variable
+
+from popstats._src.graph.moments import mark_moments
+
+__all__ = ["describe", "expand", "layer_name", "matches"]
+
+_MODULE = "pytensor_ml.layers.norm"
+_TRACKING = "BatchNormLayer"
+_NO_RUNNING = "NoRunningStatsBatchNormLayer"
+#: suffixes pytensor-ml gives a norm layer's parameters (``<layer>_<suffix>``)
+_SUFFIXES = ("_running_mean", "_running_var", "_loc", "_scale")
+#: pytensor-ml's default layer name, used when nothing names the layer
+_DEFAULT_NAME = "BatchNorm"
+
+
+def _kind(op: object) -> str | None:
+    for cls in type(op).__mro__:
+        if cls.__module__ == _MODULE and cls.__name__ in (_TRACKING, _NO_RUNNING):
+            return cls.__name__
+    return None
+
+
+def matches(op: object) -> bool:
+    """Whether ``op`` is one of pytensor-ml's training-mode batch norms."""
+    return _kind(op) is not None
+
+
+def describe(op: Any) -> str:
+    """The op's class and props; never its ``name`` (equal ops are interned)."""
+    props = tuple((p, getattr(op, p)) for p in getattr(op, "__props__", ()))
+    return f"{_MODULE}.{_kind(op)}{props!r}"
+
+
+def _follow_updates(var: Variable, context: Any) -> Variable:
+    """The shared variable behind a running-statistic input.
+
+    A layer object applied again reads what its previous application wrote
+    (that application's output 1 or 2): follow ``update_map`` back to the
+    root, and out of loops through their non-sequences.
+    """
+    for _ in range(10_000):
+        var = context.origin(var)
+        owner = var.owner
+        if owner is None or _kind(owner.op) != _TRACKING:
+            return var
+        index = owner.op.update_map().get(owner.outputs.index(var))
+        if index is None:
+            return var
+        var = owner.inputs[index]
+    return var
+
+
+def layer_name(node: Apply, context: Any) -> str:
+    """The name of the layer a batch-norm application belongs to.
+
+    From the ``layer_name`` of its parameters (``loc``, ``scale``, running
+    statistics), or their names without pytensor-ml's suffix; the op's own
+    ``name`` only in the outer graph (in a loop body PyTensor interns equal
+    ops, so the name may be another layer's), else ``"BatchNorm"``.
+    """
+    for var in node.inputs[1:]:
+        root = _follow_updates(var, context)
+        name = getattr(root, "layer_name", None)
+        if isinstance(name, str) and name:
+            return name
+        shown = root.name or ""
+        for suffix in _SUFFIXES:
+            if shown.endswith(suffix) and len(shown) > len(suffix):
+                return shown[: -len(suffix)]
+    if context.depth == 0 and getattr(node.op, "name", None):
+        return str(node.op.name)
+    return _DEFAULT_NAME
+
+
+def expand(node: Apply, context: Any) -> list[Variable]:
+    """The node's outputs recomputed with its batch mean and variance marked."""
+    op = node.op
+    X, *rest = node.inputs
+    affine = bool(op.affine)
+    loc, scale = rest[:2] if affine else (None, None)
+    running = rest[2:] if affine else rest
+    wide = X.astype("float32") if X.dtype in ("float16", "bfloat16") else X
+    axes = tuple(range(X.ndim - 1))
+    count = X.shape[0]
+    for axis in axes[1:]:
+        count = count * X.shape[axis]
+    mean, var = mark_moments(
+        wide.mean(axis=axes), wide.var(axis=axes), layer_name(node, context),
+        count=count,
+    )
+    normalized = ((wide - mean) / pt.sqrt(var + op.epsilon)).astype(X.dtype)
+    if affine:
+        normalized = normalized * scale + loc
+    mean_out, var_out = mean.astype(X.dtype), var.astype(X.dtype)
+    if _kind(op) == _TRACKING:
+        running_mean, running_var = running
+        # typed constants: the op was built under the floatX of its day
+        m = pt.constant(op.momentum, dtype=mean_out.dtype)
+        rest_m = pt.constant(1 - op.momentum, dtype=mean_out.dtype)
+        mean_out = m * mean_out + rest_m * running_mean
+        var_out = m * var_out + rest_m * running_var
+    body = [normalized, mean_out, var_out]
+    return [new.astype(old.dtype) for new, old in zip(body, node.outputs, strict=True)]
