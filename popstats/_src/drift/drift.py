@@ -312,8 +312,7 @@ def _record(run, new, i, order, kind, names, per_unit, worst) -> StatisticDrift:
     coverage = new[site.name].coverage
     axes = site.time_axes
     reached = coverage > 0
-    mask = reached.reshape(reached.shape + (1,) * (per_unit.ndim - axes))
-    per_unit = np.where(mask, per_unit, np.nan)
+    per_unit = np.where(align_cells(reached, per_unit), per_unit, np.nan)
     units = per_unit.reshape((*per_unit.shape[:axes], -1))
     per_step = _nan(np.nanmean, units, axis=-1)
     by_unit = _nan(np.nanmax, units.reshape(-1, units.shape[-1]), axis=0)

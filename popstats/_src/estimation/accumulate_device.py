@@ -40,8 +40,7 @@ def new_fields(estimator: est.Estimator, role: str | None, cells: tuple,
                                    else "int32")
         else:
             shape = cells + own if field in est.VALUE_FIELDS else cells
-            out[field] = (jnp.ones if field == "decay" else jnp.zeros)(
-                shape, dtype=dtype)
+            out[field] = jnp.full(shape, fm.field_start(field), dtype=dtype)
     return out
 
 

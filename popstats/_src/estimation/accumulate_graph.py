@@ -8,7 +8,8 @@ estimation function computes the batch's statistics and adds them to the
 accumulators in the same call, so a batch costs one call whatever the number
 of statistics, and no statistic is copied back to the host. The function
 returns only a small vector of checks (values finite, counts valid, shapes
-as earlier batches); a failed check is explained by :class:`~popstats._src.estimation.accumulate_host.HostAccumulator`
+as earlier batches); a failed check is explained by
+:class:`~popstats._src.estimation.accumulate_host.HostAccumulator`
 on the same batch, so errors read as with host accumulation.
 
 Arrays grow inside the graph: a batch with more time steps than seen so

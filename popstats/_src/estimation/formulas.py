@@ -21,6 +21,7 @@ Members:
 - :func:`finalize` -- the population value per cell;
 - :func:`mean_step` -- a weighted mean moved towards a value;
 - :func:`ema_step` -- one step of the exponential moving average;
+- :func:`ema_decay` -- the weight left to the start after ``n`` steps;
 - :func:`ema_start` -- where a moving average starts (0, or 1 for a spread);
 - :func:`field_start` -- the value of a state field that counts nothing;
 - :func:`bessel` -- the correction ``m / (m - 1)``;
@@ -44,6 +45,7 @@ from popstats._src.export.time_modes import align_cells
 __all__ = [
     "bessel",
     "bessel_counts_ok",
+    "ema_decay",
     "ema_start",
     "ema_step",
     "field_start",
@@ -76,6 +78,12 @@ def _constant(xp: Any, number: float, dtype: Any) -> Any:
 def field_start(field: str) -> float:
     """The value of a state field over no batch: 1 for ``decay``, else 0."""
     return 1.0 if field == "decay" else 0
+
+
+def ema_decay(momentum: float, n: Array) -> Array:
+    """``(1 - momentum) ** n``: the ``decay`` field after ``n`` batches, in
+    closed form (the product of :func:`update`'s factors)."""
+    return (1.0 - momentum) ** n
 
 
 def ema_start(role: str | None) -> float:
