@@ -103,10 +103,10 @@ from popstats._src.inspection import cli, render
 #: a piece of the message source), with the reason. Keep it short and true.
 UNREACHABLE: dict[tuple[str, str, str], str] = {
     # Estimation checks counts per batch (naming call, statistic and batch)
-    # before the estimator scales a variance; the check in _bessel guards
+    # before the estimator scales a variance; the check in _check_bessel guards
     # direct calls of the private estimators.update.
     (
-        "popstats/_src/estimation/estimators.py", "_bessel",
+        "popstats/_src/estimation/estimators.py", "_check_bessel",
         "Estimator('ema', unbiased=True)",
     ): (
         "estimators.update is private; Estimation checks the counts first"

@@ -43,12 +43,14 @@ from pytensor.graph.basic import Variable
 from popstats._src.drift.records import Drift, StatisticDrift
 from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.estimation import estimators as est
+from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.accumulate_host import HostAccumulator
 from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.options import EstimationOptions
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import as_variables, export_checked
 from popstats._src.export.pairing import Pairs, key_of_site
+from popstats._src.export.time_modes import align_cells
 from popstats._src.rewrite.matching import check_match
 
 __all__ = ["drift", "jeffreys"]
@@ -308,8 +310,7 @@ def _record(run, new, i, order, kind, names, per_unit, worst) -> StatisticDrift:
     coverage = new[site.name].coverage
     axes = site.time_axes
     reached = coverage > 0
-    mask = reached.reshape(reached.shape + (1,) * (per_unit.ndim - axes))
-    per_unit = np.where(mask, per_unit, np.nan)
+    per_unit = np.where(align_cells(reached, per_unit), per_unit, np.nan)
     units = per_unit.reshape((*per_unit.shape[:axes], -1))
     per_step = _nan(np.nanmean, units, axis=-1)
     by_unit = _nan(np.nanmax, units.reshape(-1, units.shape[-1]), axis=0)
@@ -356,8 +357,8 @@ def _single_record(run, new, found, first, second, i, worst) -> StatisticDrift:
     mean = est.finalize(_MEAN, None, first)
     square = est.finalize(_MEAN, None, second)
     m = stat.coverage.astype(np.float64)
-    bessel = np.where(m > 1, m / np.maximum(m - 1.0, 1.0), np.nan)
-    variance = np.maximum(square - mean**2, 0.0) * est.expand(bessel, mean)
+    bessel = np.where(m > 1, fm.bessel(fm.safe_counts(np, m)), np.nan)
+    variance = np.maximum(square - mean**2, 0.0) * align_cells(bessel, mean)
     sd = np.sqrt(variance)
     diff = np.abs(stat.value - old)
     # 0 where nothing moved; inf where it moved but no batch varied; NaN

@@ -4,7 +4,10 @@
   pass (``init`` / ``update`` / ``merge`` / ``finalize``, ``run``);
 - :mod:`~popstats._src.estimation.api` -- :func:`estimate`, the one call;
 - :mod:`~popstats._src.estimation.estimators` -- :class:`Estimator` and the
-  estimators' formulas;
+  estimators' host (NumPy) states;
+- :mod:`~popstats._src.estimation.formulas` -- the estimators' formulas
+  (update, merge, finalize, Bessel's correction), written once for NumPy,
+  PyTensor and JAX;
 - :mod:`~popstats._src.estimation.partners` -- which statistic an estimator
   pairs with (a variance's mean, a count);
 - :mod:`~popstats._src.estimation.options` -- the pass's options, checked;

@@ -1,14 +1,16 @@
 """Device accumulation for JAX: the estimators' updates as one jitted call.
 
 JAX traces with static shapes, so the growing accumulators of
-``accumulate_graph.py`` (whose sizes are computed in the graph) cannot be
-compiled there. Here the host decides every shape from the arrays'
-metadata (no data crosses): the accumulators are grown on the device before
-a batch that has more time steps than seen so far, and :func:`make_update`
-builds one jitted function that adds a batch's statistics (device arrays,
-capped at ``max_steps`` and padded to the accumulators' cells inside the
-trace) to all accumulators, and returns the checks (values finite, counts
-valid). The formulas are those of ``estimators.update``, in the same order.
+:mod:`~popstats._src.estimation.accumulate_graph` (whose sizes are computed
+in the graph) cannot be compiled there. Here the host decides every shape
+from the arrays' metadata (no data crosses): the accumulators are grown on
+the device before a batch that has more time steps than seen so far, and
+:func:`make_update` builds one jitted function that adds a batch's
+statistics (device arrays, capped at ``max_steps`` and padded to the
+accumulators' cells inside the trace) to all accumulators, and returns the
+checks (values finite, counts valid). The formulas are
+:func:`~popstats._src.estimation.formulas.update`'s, with ``jax.numpy`` as
+the array namespace.
 """
 
 from __future__ import annotations
@@ -19,14 +21,11 @@ from typing import Any
 import numpy as np
 
 from popstats._src.estimation import estimators as est
+from popstats._src.estimation import formulas as fm
 from popstats._src.export.exporter import Site
+from popstats._src.export.time_modes import align_cells
 
 __all__ = ["grow_fields", "make_update", "new_fields", "to_host"]
-
-
-def _cells(a: Any, b: Any) -> Any:
-    """A per-cell array ``a`` with trailing axes to broadcast against ``b``."""
-    return a.reshape(a.shape + (1,) * (b.ndim - a.ndim))
 
 
 def new_fields(estimator: est.Estimator, role: str | None, cells: tuple,
@@ -41,8 +40,7 @@ def new_fields(estimator: est.Estimator, role: str | None, cells: tuple,
                                    else "int32")
         else:
             shape = cells + own if field in est.VALUE_FIELDS else cells
-            out[field] = (jnp.ones if field == "decay" else jnp.zeros)(
-                shape, dtype=dtype)
+            out[field] = jnp.full(shape, fm.field_start(field), dtype=dtype)
     return out
 
 
@@ -58,7 +56,7 @@ def grow_fields(fields: dict[str, Any], cells: tuple) -> dict[str, Any]:
         widths = [(0, max(c - h, 0)) for c, h in zip(cells, have, strict=True)]
         widths += [(0, 0)] * (array.ndim - len(have))
         out[field] = jnp.pad(array, widths,
-                             constant_values=1 if field == "decay" else 0)
+                             constant_values=fm.field_start(field))
     return out
 
 
@@ -77,7 +75,7 @@ def _prepare(value, count, weight, axes, max_steps, cells, dtype):
         reached = reached & (count > 0)
     if weight is not None:
         reached = reached & (weight > 0)
-    finite = jnp.all(jnp.isfinite(value) | ~_cells(reached, value))
+    finite = jnp.all(jnp.isfinite(value) | ~align_cells(reached, value))
     if count is not None:
         finite = finite & jnp.all(jnp.isfinite(count) & (count >= 0))
     pad = [(0, c - s) for c, s in zip(cells, steps, strict=True)]
@@ -86,47 +84,8 @@ def _prepare(value, count, weight, axes, max_steps, cells, dtype):
         reached = jnp.pad(reached, pad, constant_values=False)
         if count is not None:
             count = jnp.pad(count, pad)
-    if count is not None:
-        count = jnp.where(reached, count, 0.0)
-    value = jnp.where(_cells(reached, value), value, 0.0)
+    value, count, _ = fm.mask(jnp, reached, value, count)
     return value, count, reached, finite
-
-
-def _update(estimator, role, old, value, count, reached, mean):
-    """One statistic's new fields (``estimators.update``, functionally)."""
-    import jax.numpy as jnp
-
-    dtype = value.dtype
-    new = {"n": old["n"] + reached.astype(old["n"].dtype)}
-    if estimator.name == "ema":
-        if estimator.unbiased and role in ("var", "std"):
-            m = jnp.where(count > 1, count, 2.0)
-            factor = m / (m - 1.0)
-            value = value * _cells(factor if role == "var" else jnp.sqrt(factor),
-                                   value)
-        decay_m = jnp.where(reached, jnp.asarray(estimator.momentum, dtype), 0.0)
-        m = _cells(decay_m, value)
-        new["acc"] = old["acc"] * (1.0 - m) + m * value
-        new["decay"] = old["decay"] * (1.0 - decay_m)
-        return new
-    if estimator.name == "unbiased" and role in ("var", "std"):
-        variance = value if role == "var" else value**2
-        safe_count = jnp.where(count > 1, count, 2.0)
-        value = variance * _cells(safe_count / (safe_count - 1.0), value)
-    w = (count if estimator.name in ("weighted", "pooled")
-         else reached.astype(dtype))
-    w_total = old["w"] + w
-    safe = jnp.where(w_total > 0, w_total, 1.0)
-    if estimator.name == "pooled" and role in ("var", "std"):
-        variance = value if role == "var" else value**2
-        delta = mean - old["mean"]
-        new["m2"] = old["m2"] + (_cells(w, value) * variance
-                                 + delta**2 * _cells(old["w"] * w / safe, value))
-        new["mean"] = old["mean"] + delta * _cells(w / safe, value)
-    else:
-        new["mean"] = old["mean"] + (value - old["mean"]) * _cells(w / safe, value)
-    new["w"] = w_total
-    return new
 
 
 def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
@@ -163,11 +122,12 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
                 continue
             value, count, reached, ok = prepared[i]
             if count is not None and est.bessel_corrected(estimator, site.role):
-                ok = ok & jnp.all((count > 1) | ~reached)
+                ok = ok & fm.bessel_counts_ok(jnp, count, reached)
             mean = None
             if partners[i] is not None:
                 mean = prepared[partners[i]][0]
-            new = _update(estimator, site.role, old, value, count, reached, mean)
+            new = fm.update(jnp, estimator, site.role, old, value, count, reached,
+                            mean)
             out.append({k: new[k].astype(old[k].dtype) for k in old})
             checks.append(ok)
         return out, jnp.stack(checks)

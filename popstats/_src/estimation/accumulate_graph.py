@@ -1,21 +1,23 @@
 """Graph accumulation: the estimators' updates inside the compiled function.
 
 :class:`GraphAccumulator` keeps every statistic's estimator state (the
-arrays of ``estimators.py``: ``n``, ``w``, ``mean``, ``m2``, ``acc``,
-``decay``) in shared variables, float64, and builds their update for one
-batch as PyTensor expressions: the compiled estimation function computes the
-batch's statistics and adds them to the accumulators in the same call, so a
-batch costs one call whatever the number of statistics, and no statistic is
-copied back to the host. The function returns only a small vector of
-checks (values finite, counts valid, shapes as earlier batches); a failed
-check is explained by :class:`~popstats._src.estimation.accumulate_host.HostAccumulator`
+arrays of :func:`~popstats._src.estimation.estimators.fields`: ``n``, ``w``,
+``mean``, ``m2``, ``acc``, ``decay``) in shared variables, float64, and
+builds their update for one batch as PyTensor expressions: the compiled
+estimation function computes the batch's statistics and adds them to the
+accumulators in the same call, so a batch costs one call whatever the number
+of statistics, and no statistic is copied back to the host. The function
+returns only a small vector of checks (values finite, counts valid, shapes
+as earlier batches); a failed check is explained by
+:class:`~popstats._src.estimation.accumulate_host.HostAccumulator`
 on the same batch, so errors read as with host accumulation.
 
 Arrays grow inside the graph: a batch with more time steps than seen so
 far widens every time axis (new cells start empty), and the statistic's own
 shape is taken from the first batch. Cells a batch does not reach (beyond
 its steps, count 0, or a pooled loop with no step) are left unchanged. The
-formulas are those of ``estimators.update``, in the same order.
+formulas are :func:`~popstats._src.estimation.formulas.update`'s, with
+PyTensor as the array namespace, as the host's are with NumPy.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
 from popstats._src.estimation import estimators as est
+from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import Site
 from popstats._src.export.time_modes import align_cells
@@ -50,7 +53,7 @@ def _empty(field: str, ndim: int, dtype: str) -> np.ndarray:
     as ``estimators.init`` gives: 1 for ``decay``, else 0)."""
     if ndim:
         return np.zeros((0,) * ndim, dtype=dtype)
-    return np.array(1.0 if field == "decay" else 0, dtype=dtype)
+    return np.array(fm.field_start(field), dtype=dtype)
 
 
 class _Cells:
@@ -149,7 +152,7 @@ class GraphAccumulator:
         if c.count is not None:
             ok = ok & pt.all(pt.isfinite(c.count) & (c.count >= 0))
             if est.bessel_corrected(estimator, role):
-                ok = ok & pt.all((c.count > 1) | ~c.reached)
+                ok = ok & fm.bessel_counts_ok(pt, c.count, c.reached)
         value_field = old["acc"] if "acc" in old else old["mean"]
         empty = pt.eq(value_field.size, 0)
         known = [value_field.shape[j] for j in range(axes, value.ndim)]
@@ -164,54 +167,19 @@ class GraphAccumulator:
         shape = [*c.cells, *own]
         grown = {
             k: _fit(v, shape if k in est.VALUE_FIELDS else c.cells,
-                    1.0 if k == "decay" else 0)
+                    fm.field_start(k))
             for k, v in old.items()
         }
         value = c.pad(value, own=own) if axes else _fit(value, own, 0.0)
-        value = pt.switch(align_cells(live, value), value, 0.0)
         count = None
         if c.count is not None:
             count = c.pad(c.count) if axes else c.count
-            count = pt.switch(live, count, 0.0)
         mean = None
         if partner_mean is not None:
             mean = (c.pad(partner_mean, own=own) if axes
                     else _fit(partner_mean, own, 0.0))
-            mean = pt.switch(align_cells(live, mean), mean, 0.0)
-        new = {"n": grown["n"] + live.astype("int64")}
-        name = estimator.name
-        if name == "ema":
-            if estimator.unbiased and role in ("var", "std"):
-                m = pt.switch(count > 1, count, 2.0)
-                factor = m / (m - 1.0)
-                scale = factor if role == "var" else pt.sqrt(factor)
-                value = value * align_cells(scale, value)
-            decay_m = pt.switch(live, estimator.momentum, 0.0)
-            m = align_cells(decay_m, value)
-            new["acc"] = grown["acc"] * (1.0 - m) + m * value
-            new["decay"] = grown["decay"] * (1.0 - decay_m)
-            return new, ok
-        if name == "unbiased" and role in ("var", "std"):
-            variance = value if role == "var" else value**2
-            safe_count = pt.switch(count > 1, count, 2.0)
-            value = variance * align_cells(safe_count / (safe_count - 1.0), value)
-        w = count if name in ("weighted", "pooled") else live.astype("float64")
-        w_total = grown["w"] + w
-        safe = pt.switch(w_total > 0, w_total, 1.0)
-        if name == "pooled" and role in ("var", "std"):
-            variance = value if role == "var" else value**2
-            delta = mean - grown["mean"]
-            new["m2"] = grown["m2"] + (
-                align_cells(w, value) * variance
-                + delta**2 * align_cells(grown["w"] * w / safe, value)
-            )
-            new["mean"] = grown["mean"] + delta * align_cells(w / safe, value)
-        else:
-            new["mean"] = grown["mean"] + (value - grown["mean"]) * align_cells(
-                w / safe, value
-            )
-        new["w"] = w_total
-        return new, ok
+        value, count, mean = fm.mask(pt, live, value, count, mean)
+        return fm.update(pt, estimator, role, grown, value, count, live, mean), ok
 
     # -- the state in the shared variables --------------------------------------
 

@@ -2,7 +2,8 @@
 
 :class:`HostAccumulator` takes the values the compiled estimation function
 returned for one batch (per statistic: value, count, steps pooled) and
-updates each statistic's estimator state (``estimators.update``) in NumPy,
+updates each statistic's estimator state
+(:func:`~popstats._src.estimation.estimators.update`) in NumPy,
 float64, after checking the batch's values: finite, counts valid, the same
 shape as earlier batches. Statistics outside loops estimated with the plain
 mean share one flat buffer, so a batch costs a few NumPy calls for all of
@@ -17,8 +18,10 @@ import numpy as np
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation import estimators as est
+from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import Site
+from popstats._src.export.time_modes import align_cells
 
 __all__ = ["HostAccumulator", "copy_state", "describe_arrays", "fits", "shape_error",
            "stat_shape"]
@@ -108,7 +111,7 @@ class HostAccumulator:
         _, mean, n, w, _, sizes = flat
         n += 1
         w += 1.0
-        mean += (joined - mean) * np.repeat(1.0 / w, sizes)
+        mean[...] = fm.mean_step(mean, joined, np.repeat(1.0 / w, sizes))
         return frozenset(plain)
 
     def _link_plain(self, states: list) -> None:
@@ -158,7 +161,7 @@ class HostAccumulator:
             return state  # no cell reached (its shape may not be the real one)
         finite = np.isfinite(value)
         if reached is not None:
-            finite |= ~est.expand(reached, value)
+            finite |= ~align_cells(reached, value)
         if not finite.all():
             raise PopstatsError(
                 f"{self.call}(batches=...): statistic {site.name!r} (in "
@@ -167,9 +170,9 @@ class HostAccumulator:
                 f"elements; give bn_statistic a count, e.g. the mask's sum, so "
                 f"that steps with no element count as not reached)."
             )
-        if est.bessel_corrected(estimator, site.role) and not (
-            (count > 1) | ~reached
-        ).all():
+        if est.bessel_corrected(estimator, site.role) and not fm.bessel_counts_ok(
+            np, count, reached
+        ):
             raise PopstatsError(
                 f"{self.call}(batches=...): {estimator.name!r} (unbiased) scales "
                 f"{site.name!r} by "

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from popstats._src.estimation import estimators as est
+from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.accumulate_device import grow_fields, new_fields, to_host
 from popstats._src.estimation.accumulate_host import copy_state, stat_shape
 from popstats._src.estimation.device_function import DeviceFunction
@@ -105,7 +106,7 @@ class DevicePass(Pass):
                 # (1 - momentum) in float32 is off by up to 3e-8, and its powers
                 # compound that over 1/momentum batches: the decay of the
                 # partial is (1 - momentum) ** n, n its batches per cell
-                new["decay"] = (1.0 - estimator.momentum) ** new["n"]
+                new["decay"] = fm.ema_decay(estimator.momentum, new["n"])
             if new is None or not np.any(new["n"]):
                 states.append(old)
             elif not old:

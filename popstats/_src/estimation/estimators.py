@@ -1,5 +1,14 @@
 """Estimators: small accumulators with ``init`` / ``update`` / ``merge`` / ``finalize``.
 
+Estimation stage. :class:`Estimator` (an estimator and its options), how
+``estimator=`` is checked and resolved per statistic
+(:func:`check_estimator_spec`, :func:`resolve_estimator`), which statistics
+an estimator scales or weighs by their count (:func:`bessel_corrected`,
+:func:`uses_count`), and the host (NumPy) states: :func:`fields`,
+:func:`init`, :func:`grow`, :func:`update`, :func:`merge`, :func:`finalize`
+and :func:`fill_uncovered`. The arithmetic itself is written once, for
+NumPy, PyTensor and JAX alike, in :mod:`~popstats._src.estimation.formulas`.
+
 Each estimator turns a stream of per-batch statistics into a population
 value, cell by cell (a cell is one time step, or one ``(t1, t2)`` pair for a
 statistic two loops deep). Its state is a dict of float64/int64 arrays whose
@@ -11,8 +20,8 @@ Per batch and cell an update receives the statistic ``value``, the number of
 elements it reduced over (``count``, when known), which cells the batch
 reached and, for the pooled variance, the paired batch ``mean``. Under time
 pooling a batch's steps arrive already combined into one value per batch
-(see ``pooling.pool_steps``), so every estimator sees one value per batch
-and cell either way.
+(see :func:`~popstats._src.export.time_modes.pool_steps`), so every
+estimator sees one value per batch and cell either way.
 
 References: the parallel variance combination of Chan, Golub & LeVeque
 (1979); the inference rule of Ioffe & Szegedy (2015), Var[x] =
@@ -30,6 +39,7 @@ from fnmatch import fnmatchcase
 import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation import formulas as fm
 
 __all__ = [
     "ESTIMATORS",
@@ -38,7 +48,6 @@ __all__ = [
     "Estimator",
     "bessel_corrected",
     "check_estimator_spec",
-    "expand",
     "fields",
     "fill_uncovered",
     "resolve_estimator",
@@ -236,7 +245,7 @@ def init(estimator: Estimator, role: str | None, shape: tuple[int, ...],
         elif field in VALUE_FIELDS:
             state[field] = np.zeros(steps + shape, dtype=np.float64)
         else:
-            state[field] = np.ones(steps) if field == "decay" else np.zeros(steps)
+            state[field] = np.full(steps, fm.field_start(field), dtype=np.float64)
     return state
 
 
@@ -253,17 +262,10 @@ def grow(state: State, steps: tuple[int, ...]) -> State:
     grown: State = {}
     for field, array in state.items():
         shape = new + array.shape[len(have) :]
-        fill = 1.0 if field == "decay" else 0
-        out = np.full(shape, fill, dtype=array.dtype)
+        out = np.full(shape, fm.field_start(field), dtype=array.dtype)
         out[tuple(slice(0, n) for n in array.shape)] = array
         grown[field] = out
     return grown
-
-
-def expand(cell_array: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """Broadcast a per-cell array against a value with the statistic's shape."""
-    return cell_array.reshape(cell_array.shape + (1,) * (value.ndim - cell_array.ndim))
-
 
 
 def update(
@@ -281,9 +283,7 @@ def update(
     place and returned. ``reached`` (None: all) marks the cells the batch
     reached; a cell it did not reach (a step where a mask left no element,
     count 0, or a pooled loop that ran no step) changes nothing, not even
-    coverage. Every reached cell counts as one batch: with equal weight for
-    ``"mean"``, ``"unbiased"`` and ``"ema"``, by its ``count`` for
-    ``"weighted"`` and ``"pooled"``.
+    coverage. The formulas are :func:`~popstats._src.estimation.formulas.update`'s.
     """
     depth = state["n"].ndim
     cells = (*(slice(0, n) for n in value.shape[:depth]), Ellipsis)
@@ -291,60 +291,18 @@ def update(
     if reached is not None and reached.all():
         reached = None
     if reached is not None:
-        value = np.where(expand(reached, value), value, 0.0)
-        if mean is not None:
-            mean = np.where(expand(reached, mean), mean, 0.0)
-        if count is not None:
-            count = np.where(reached, count, 0.0)
-    view["n"] += 1 if reached is None else reached
-    name = estimator.name
-    if name == "ema":
-        if estimator.unbiased and role in ("var", "std"):
-            value = _bessel(value, count, role)
-        m = estimator.momentum
-        decay_m = m
-        if reached is not None:
-            decay_m = np.where(reached, m, 0.0)  # cells not reached: unchanged
-            m = expand(decay_m, value)
-        view["acc"] *= 1.0 - m
-        view["acc"] += m * value
-        view["decay"] *= 1.0 - decay_m
-        return state
-    if reached is None and name == "mean":
-        # Unit weights: w_total == w + 1 > 0. Same arithmetic as below (so the
-        # same result, bit for bit) without building weights per batch: this
-        # runs per statistic and batch and dominated estimate()'s own cost.
-        view["w"] += 1.0
-        view["mean"] += (value - view["mean"]) * expand(1.0 / view["w"], value)
-        return state
-    if name == "unbiased" and role in ("var", "std"):
-        variance = value if role == "var" else value**2
-        safe_count = np.where(count > 1, count, 2.0)  # cells not reached: unused
-        value = variance * expand(safe_count / (safe_count - 1.0), value)
-    if name in ("weighted", "pooled"):
-        w = count
-    else:
-        w = np.ones(value.shape[:depth]) if reached is None else reached * 1.0
-    w_total = view["w"] + w
-    safe = np.where(w_total > 0, w_total, 1.0)
-    if name == "pooled" and role in ("var", "std"):
-        variance = value if role == "var" else value**2
-        delta = mean - view["mean"]
-        view["m2"] += expand(w, value) * variance + delta**2 * expand(
-            view["w"] * w / safe, value
-        )
-        view["mean"] += delta * expand(w / safe, value)
-    else:
-        view["mean"] += (value - view["mean"]) * expand(w / safe, value)
-    view["w"][...] = w_total
+        value, count, mean = fm.mask(np, reached, value, count, mean)
+    if estimator.unbiased and role in ("var", "std"):
+        _check_bessel(count, role)
+    new = fm.update(np, estimator, role, view, value, count, reached, mean)
+    for field, array in new.items():
+        view[field][...] = array
     return state
 
 
-def _bessel(value: np.ndarray, count: np.ndarray | None, role: str) -> np.ndarray:
-    """A batch variance times m/(m-1), a std times its square root (``ema``).
-
-    Cells with count 0 (not reached) are left as they are.
-    """
+def _check_bessel(count: np.ndarray | None, role: str) -> None:
+    """Raise unless every reached cell has a count above 1 (``ema``,
+    ``unbiased=True``; ``count`` is 0 in cells not reached)."""
     if count is None or not (count[count > 0] > 1).all():
         got = "no count" if count is None else f"count {count[count > 0].min():g}"
         raise PopstatsError(
@@ -353,9 +311,6 @@ def _bessel(value: np.ndarray, count: np.ndarray | None, role: str) -> np.ndarra
             f"its count (bn_statistic(..., count=...)) and batches of at least "
             f"2 elements, or use unbiased=False."
         )
-    m = np.where(count > 1, count, 2.0)
-    factor = m / (m - 1.0)
-    return value * expand(factor if role == "var" else np.sqrt(factor), value)
 
 
 def merge(estimator: Estimator, role: str | None, a: State, b: State) -> State:
@@ -363,36 +318,19 @@ def merge(estimator: Estimator, role: str | None, a: State, b: State) -> State:
 
     Every field is an array, 0-d ones included (NumPy arithmetic on 0-d
     arrays gives scalars, which later in-place updates would not reach).
+    The formulas are :func:`~popstats._src.estimation.formulas.merge`'s.
     """
     steps = tuple(max(x, y) for x, y in zip(steps_of(a), steps_of(b), strict=True))
-    a, b = grow(a, steps), grow(b, steps)
-    out = {"n": a["n"] + b["n"]}
-    if estimator.name == "ema":
-        out["decay"] = a["decay"] * b["decay"]
-        out["acc"] = a["acc"] * expand(b["decay"], a["acc"]) + b["acc"]
-        return {k: np.asarray(v) for k, v in out.items()}
-    w = a["w"] + b["w"]
-    frac = np.divide(b["w"], w, out=np.zeros_like(w), where=w > 0)
-    delta = b["mean"] - a["mean"]
-    out["w"] = w
-    out["mean"] = a["mean"] + delta * expand(frac, delta)
-    if "m2" in a:
-        out["m2"] = a["m2"] + b["m2"] + delta**2 * expand(a["w"] * frac, delta)
-    return {k: np.asarray(v) for k, v in out.items()}
+    merged = fm.merge(np, estimator, grow(a, steps), grow(b, steps))
+    return {k: np.asarray(v) for k, v in merged.items()}
 
 
 def finalize(estimator: Estimator, role: str | None, state: State) -> np.ndarray:
-    """The population value per cell (cells no batch reached are left as 0)."""
-    if estimator.name == "ema":
-        start = 1.0 if role in ("var", "std") else 0.0
-        return state["acc"] + start * expand(state["decay"], state["acc"])
-    if "m2" in state:
-        w = state["w"]
-        variance = state["m2"] / expand(np.where(w > 0, w, 1.0), state["m2"])
-        return variance if role == "var" else np.sqrt(variance)
-    if estimator.name == "unbiased" and role == "std":
-        return np.sqrt(state["mean"])
-    return state["mean"].copy()
+    """The population value per cell (cells no batch reached are left as 0);
+    an array of its own
+    (:func:`~popstats._src.estimation.formulas.finalize`)."""
+    value = fm.finalize(np, estimator, role, state)
+    return value.copy() if value is state.get("mean") else value
 
 
 def fill_uncovered(value: np.ndarray, coverage: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
+from typing import Any
 
 import numpy as np
 import pytensor.tensor as pt
@@ -134,8 +135,13 @@ def _weighted_mean(value: Variable, w: Variable, total: Variable) -> Variable:
     return summed / align_cells(total, summed)
 
 
-def align_cells(cells: Variable, value: Variable) -> Variable:
-    """A per-cell array with trailing axes added to broadcast against ``value``."""
+def align_cells(cells: Any, value: Any) -> Any:
+    """A per-cell array with trailing axes added to broadcast against ``value``.
+
+    The one per-cell broadcast of the package: indexing with ``None``, so
+    it takes NumPy, PyTensor and JAX arrays alike (the estimators' formulas,
+    :mod:`~popstats._src.estimation.formulas`, use it on all three).
+    """
     return cells[(Ellipsis,) + (None,) * (value.ndim - cells.ndim)]
 
 

@@ -20,6 +20,7 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
 from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.estimators import Estimator, fill_uncovered
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import Site, export
@@ -113,21 +114,7 @@ def _extent(coverage: np.ndarray, axis: int) -> int:
 
 
 def _initial(site: Site) -> float:
-    return 1.0 if site.role in ("var", "std") else 0.0
-
-
-def _bessel(stat: Any, count: Any, role: str) -> Any:
-    """A batch variance times m/(m-1), a std times its square root, symbolically.
-
-    ``count`` has the statistic's time axes (if any); it is broadcast over the
-    statistic's own axes.
-    """
-    m = pt.as_tensor_variable(count)
-    factor = m / (m - 1)
-    if role == "std":
-        factor = pt.sqrt(factor)
-    factor = factor.dimshuffle(*range(m.ndim), *["x"] * (stat.ndim - m.ndim))
-    return stat * factor
+    return fm.ema_start(site.role)
 
 
 def running_average_updates(
@@ -253,7 +240,9 @@ def running_average_updates(
                     f"Pass count=... to bn_statistic (e.g. count=x.shape[0]; "
                     f"batch_norm does), or use unbiased=False."
                 )
-            stat = _bessel(stat, count, site.role)
+            # no safe counts: a batch of 1 element makes the running value
+            # infinite (as_statistics refuses it), as in PyTorch
+            stat = fm.scale_bessel(pt, stat, pt.as_tensor_variable(count), site.role)
         if depth and max_steps is None:
             raise PopstatsError(
                 f"running_average_updates(max_steps=None): statistic {site.name!r} "
@@ -277,7 +266,7 @@ def running_average_updates(
             cut = tuple(slice(0, pt.minimum(stat.shape[k], max_steps))
                         for k in range(depth))
             old = run[cut]
-            new = (1 - momentum) * old + momentum * stat[cut]
+            new = fm.ema_step(old, stat[cut], momentum)
             reached = pt.ones(old.shape[:depth], dtype="bool")
             if count is not None:
                 reached = pt.gt(count[cut], 0)
@@ -285,7 +274,7 @@ def running_average_updates(
             updates[run] = pt.set_subtensor(old, pt.cast(new, run.dtype))
             updates[cov] = pt.inc_subtensor(cov[cut], pt.cast(reached, "int64"))
         else:
-            new = (1 - momentum) * run + momentum * stat
+            new = fm.ema_step(run, stat, momentum)
             step = 1
             if count is not None:
                 reached = pt.gt(count, 0)
