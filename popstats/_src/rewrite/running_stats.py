@@ -148,11 +148,24 @@ def _per_step(stat: Statistic, variable: SharedVariable, depth: int, reason: str
     return value, np.pad(coverage, pad)
 
 
+def _same_statistic(site: Any, stats: PopulationStatistics) -> Statistic | None:
+    """The statistic ``site`` (of running_average_updates' graph) is in ``stats``.
+
+    Matched by the mark's key, which the outputs running_average_updates
+    returns share with those it was given (their loops rebuilt, so their
+    fingerprints differ); by identity too when a mark is applied twice.
+    """
+    same = [s for s in stats.values() if s.site.id.key == site.id.key]
+    if len(same) > 1:
+        same = [s for s in same if s.site.id == site.id]
+    return same[0] if len(same) == 1 else None
+
+
 def _nn_targets(sets: list[Any], stats: PopulationStatistics, claimed: set[str]):
     targets, extra = [], []
     for running in sets:
         for site in running.sites:
-            stat = stats.lookup(site.id)
+            stat = _same_statistic(site, stats)
             if stat is None:
                 raise PopstatsError(
                     f"{CALL}(running=...): the running average of {site.name!r} "
@@ -269,8 +282,9 @@ def update_running_stats(
     with collect_applications() as found:
         sites = export(outputs).sites
     running_ptml.check_applications(sites, found)
-    nn_ids = {site.id for r in sets for site in r.sites}
-    stray = [s for s in sites if (s.group or "") not in found and s.id not in nn_ids]
+    nn_keys = {site.id.key for r in sets for site in r.sites}
+    stray = [s for s in sites
+             if (s.group or "") not in found and s.id.key not in nn_keys]
     if stray:
         _no_variable(stray[0].name, running)
     if "time" not in options:
