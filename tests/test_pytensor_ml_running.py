@@ -104,7 +104,7 @@ def _rnn_errors():
 
 
 def test_recurrent_cell_pools_steps_and_rewrite_is_better():
-    model, batches, written, errors = _rnn_errors()
+    model, batches, _, errors = _rnn_errors()
     stats = popstats.estimate([model.X], model.y, _feed(batches), mode=FAST,
                               time="pooled")
     bn = model.bns[0]

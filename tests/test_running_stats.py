@@ -28,7 +28,7 @@ def _batches(n=5, rows=(4, 6, 8, 4, 10)):
 
 def test_feedforward_values_are_the_mean_of_batch_moments():
     x, bn = _mlp()
-    y, updates, running = nn.running_average_updates(bn.output)
+    y, _, running = nn.running_average_updates(bn.output)
     batches = _batches()
     written = popstats.update_running_stats([x], y, [{"x": b} for b in batches],
                                             running=running)
