@@ -13,7 +13,9 @@ The pipeline, one public verb per stage:
 
 Batch norms of other libraries (pytensor-ml's) are found without marks by
 registered recognizers (:func:`register_recognizer`).
-:func:`get_inference_graph` runs 3 and 4 in one call; :func:`drift` compares
+:func:`get_inference_graph` runs 3 and 4 in one call;
+:func:`update_running_stats` writes 3's results into a model's own running
+statistics (pytensor-ml's, :mod:`popstats.nn`'s); :func:`drift` compares
 new data with population statistics, per layer and step.
 """
 
@@ -39,6 +41,11 @@ from popstats._src.graph.recognize import (
 from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
 from popstats._src.rewrite.api import get_inference_graph
 from popstats._src.rewrite.rewriter import bind, population_variables, rewrite
+from popstats._src.rewrite.running_stats import (
+    RunningWrite,
+    WrittenStatistics,
+    update_running_stats,
+)
 from popstats._src.version import __version__ as __version__
 
 __all__ = [
@@ -52,9 +59,11 @@ __all__ = [
     "PopulationStatistics",
     "RecognitionContext",
     "Recognizer",
+    "RunningWrite",
     "Site",
     "Statistic",
     "StatisticDrift",
+    "WrittenStatistics",
     "bind",
     "bn_statistic",
     "describe",
@@ -74,4 +83,5 @@ __all__ = [
     "register_recognizer",
     "rewrite",
     "unregister_recognizer",
+    "update_running_stats",
 ]

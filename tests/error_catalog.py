@@ -45,6 +45,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import importlib.util
 import inspect
 import os
 import re
@@ -73,6 +74,10 @@ except ImportError:  # pragma: no cover
     HAVE_DASK = False
 else:
     HAVE_DASK = True
+#: the pytensor-ml scenarios need pytensor-ml (the ``pytensor-ml`` extra,
+#: Python >= 3.12); only they reach the raise sites of PTML_FILES
+HAVE_PTML = importlib.util.find_spec("pytensor_ml") is not None
+PTML_FILES = frozenset({"popstats/_src/rewrite/running_ptml.py"})
 #: where the raise sites only popstats.dask reaches are
 DASK_FILES = frozenset(f"popstats/_src/distributed/{name}.py"
                        for name in ("api", "cluster", "tasks"))
@@ -173,6 +178,10 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     (
         "Rewriting: ``rewrite``, ``bind``",
         ("rewrite/rewriter.py", "rewrite/matching.py", "rewrite/api.py"),
+    ),
+    (
+        "Running statistics: ``update_running_stats``",
+        ("rewrite/running_stats.py", "rewrite/running_ptml.py"),
     ),
     (
         "Statistics, saving and loading",
@@ -333,16 +342,18 @@ class Scenario:
     fn: Callable
     cli: bool = False
     dask: bool = False  # needs the dask extra
+    ptml: bool = False  # needs pytensor-ml
 
 
 SCENARIOS: list[Scenario] = []
 
 
-def scenario(title: str, *, cli: bool = False, dask: bool = False) -> Callable:
+def scenario(title: str, *, cli: bool = False, dask: bool = False,
+             ptml: bool = False) -> Callable:
     """Register a scenario under ``title`` (the page's heading for it)."""
 
     def register(fn: Callable) -> Callable:
-        SCENARIOS.append(Scenario(fn.__name__, title, fn, cli, dask))
+        SCENARIOS.append(Scenario(fn.__name__, title, fn, cli, dask, ptml))
         return fn
 
     return register
@@ -1666,6 +1677,87 @@ def flag_not_a_bool():
     popstats.Estimation([x], y, compile_now="no")
 
 
+@scenario("Running averages that are not popstats.nn's")
+def running_not_running_averages():
+    x, y = layer()
+    popstats.update_running_stats([x], y, [{"x": data()}], running={"mean": 0.0})
+
+
+@scenario("A statistic without a running variable")
+def running_statistic_without_variable():
+    x, y = layer()
+    popstats.update_running_stats([x], y, [{"x": data()}])
+
+
+@scenario("Running averages of a statistic the outputs do not compute")
+def running_average_of_other_outputs():
+    x = pt.tensor("x", shape=(None, 2))
+    first = nn.batch_norm(x, axes=0, label="first")
+    second = nn.batch_norm(x * 2, axes=0, label="second")
+    (y1, y2), _, running = nn.running_average_updates([first.output, second.output])
+    popstats.update_running_stats([x], y1, [{"x": data()}], running=running)
+
+
+@scenario("Running averages of the other variance convention")
+def running_average_other_convention():
+    x = pt.tensor("x", shape=(None, 2))
+    bn = nn.batch_norm(x, axes=0, label="fc")
+    y, _, running = nn.running_average_updates(bn.output, unbiased=True)
+    popstats.update_running_stats([x], y, [{"x": data()}], running=running)
+
+
+@scenario("Per-step running averages given pooled statistics")
+def running_average_per_step_pooled():
+    x = pt.tensor3("x")  # (time, batch, 2)
+    gamma, beta = nn.bn_params(2, label="rnn")
+    h = pytensor.scan(
+        lambda x_t, g, b: nn.batch_norm(x_t, axes=0, gamma=g, beta=b,
+                                        label="rnn").output,
+        sequences=[x], non_sequences=[gamma, beta], return_updates=False)
+    y, _, running = nn.running_average_updates(h, max_steps=4)
+    popstats.update_running_stats([x], y, [{"x": np.ones((3, 4, 2))}],
+                                  running=running, time="pooled")
+
+
+@scenario("A pytensor-ml BatchNorm without running statistics", ptml=True)
+def ptml_no_running_stats():
+    from pytensor_ml.layers import BatchNorm, Input
+
+    X = Input("X", shape=(None, 2))
+    y = BatchNorm("bn", n_in=2, track_running_stats=False)(X)
+    popstats.update_running_stats([X], y, [{"X": data()}])
+
+
+@scenario("pytensor-ml running statistics that are not shared variables", ptml=True)
+def ptml_running_not_shared():
+    from pytensor_ml.layers.norm import BatchNormLayer
+
+    x = pt.matrix("x")
+    op = BatchNormLayer(name="bn", n_in=2, epsilon=1e-5, momentum=0.1, affine=False)
+    y = op(x, pt.zeros(2), pt.ones(2))[0]
+    popstats.update_running_stats([x], y, [{"x": data()}])
+
+
+@scenario("Per-step statistics for a pytensor-ml layer in a loop", ptml=True)
+def ptml_per_step_in_loop():
+    from pytensor_ml.layers import BatchNorm, Input, Linear, Recurrent
+    from pytensor_ml.layers.recurrent import RecurrentCell
+
+    class Cell(RecurrentCell):
+        def __init__(self):
+            self.lin, self.bn = Linear("lin", n_in=4, n_out=2), BatchNorm("cell_bn")
+
+        def step(self, x_t, h):
+            return (pt.tanh(self.bn(self.lin(pt.concatenate([x_t, h], -1)))),)
+
+        def initial_state(self, X):
+            return (pt.zeros((X.shape[0], 2)),)
+
+    X = Input("X", shape=(None, None, 2))
+    y = Recurrent(Cell(), name="rnn")(X)
+    popstats.update_running_stats([X], y, [{"X": np.ones((4, 3, 2))}], time="step")
+
+
 # --------------------------------------------------------------------------
 # Running the scenarios
 # --------------------------------------------------------------------------
@@ -1782,7 +1874,7 @@ def site_of(result: Result, sites: list[Site]) -> Site | None:
 def run_all(workdirs: Callable[[str], Path]) -> list[Result]:
     """Run every scenario, each in ``workdirs(name)`` (a new empty folder)."""
     results = [run_scenario(s, workdirs(s.name)) for s in SCENARIOS
-               if HAVE_DASK or not s.dask]
+               if (HAVE_DASK or not s.dask) and (HAVE_PTML or not s.ptml)]
     sites, _ = scan_sites()
     attribute_checks(results, sites)
     return results

@@ -73,6 +73,8 @@ def test_every_raise_site_is_reached(
 ) -> None:
     if not cat.HAVE_DASK:  # their scenarios did not run
         sites = [s for s in sites if s.file not in cat.DASK_FILES]
+    if not cat.HAVE_PTML:
+        sites = [s for s in sites if s.file not in cat.PTML_FILES]
     reached = {cat.site_of(r, sites) for r in results}
     allowed = [s for s in sites if any(s.matches(k) for k in cat.UNREACHABLE)]
     missing = [s for s in sites if s not in reached and s not in allowed]
@@ -128,6 +130,8 @@ def test_the_preamble_runs() -> None:
 def test_page_is_current(results: list[cat.Result]) -> None:
     if not cat.HAVE_DASK:
         pytest.skip("the page lists popstats.dask's errors: install the dask extra")
+    if not cat.HAVE_PTML:
+        pytest.skip("the page lists pytensor-ml's errors: install pytensor-ml")
     broken = [r.scenario.name for r in results
               if type(r.exc) is not popstats.PopstatsError or r.file is None]
     assert not broken, f"fix these scenarios before writing the page: {broken}"

@@ -18,6 +18,11 @@ module, so popstats works without it installed.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import pytensor.tensor as pt
@@ -25,7 +30,8 @@ from pytensor.graph.basic import Apply, Variable
 
 from popstats._src.graph.moments import mark_moments
 
-__all__ = ["describe", "expand", "layer_name", "matches"]
+__all__ = ["Application", "collect_applications", "describe", "expand",
+           "layer_name", "matches"]
 
 _MODULE = "pytensor_ml.layers.norm"
 _TRACKING = "BatchNormLayer"
@@ -34,6 +40,52 @@ _NO_RUNNING = "NoRunningStatsBatchNormLayer"
 _SUFFIXES = ("_running_mean", "_running_var", "_loc", "_scale")
 #: pytensor-ml's default layer name, used when nothing names the layer
 _DEFAULT_NAME = "BatchNorm"
+
+
+@dataclass(frozen=True)
+class Application:
+    """One recognized application, as :func:`collect_applications` records it.
+
+    ``running`` is ``(mean, var)``: the variables its running statistics
+    come from (update chain and loops followed out), or None for a
+    ``NoRunningStatsBatchNormLayer``. ``elements`` is the number of
+    elements per batch row it reduces over (product of the static spatial
+    axes; None when one is unknown).
+    """
+
+    layer: str
+    running: tuple[Variable, Variable] | None
+    elements: int | None
+
+
+#: while :func:`collect_applications` runs: statistic group -> application
+_COLLECTING: ContextVar[dict[str, Application] | None] = ContextVar(
+    "popstats_ptml_applications", default=None)
+
+
+@contextmanager
+def collect_applications() -> Iterator[dict[str, Application]]:
+    """Record every application :func:`expand` sees, by statistic group."""
+    found: dict[str, Application] = {}
+    token = _COLLECTING.set(found)
+    try:
+        yield found
+    finally:
+        _COLLECTING.reset(token)
+
+
+def _record(node: Apply, context: Any, group: str, name: str) -> None:
+    found = _COLLECTING.get()
+    if found is None:
+        return
+    X = node.inputs[0]
+    running = None
+    if _kind(node.op) == _TRACKING:
+        mean, var = node.inputs[-2:]
+        running = (_follow_updates(mean, context), _follow_updates(var, context))
+    spatial = X.type.shape[1:-1]
+    elements = None if None in spatial else int(math.prod(spatial))
+    found[group] = Application(name, running, elements)
 
 
 def _kind(op: object) -> str | None:
@@ -107,10 +159,10 @@ def expand(node: Apply, context: Any) -> list[Variable]:
     count = X.shape[0]
     for axis in axes[1:]:
         count = count * X.shape[axis]
-    mean, var = mark_moments(
-        wide.mean(axis=axes), wide.var(axis=axes), layer_name(node, context),
-        count=count,
-    )
+    name = layer_name(node, context)
+    mean, var = mark_moments(wide.mean(axis=axes), wide.var(axis=axes), name,
+                             count=count)
+    _record(node, context, mean.owner.op.group, name)
     normalized = ((wide - mean) / pt.sqrt(var + op.epsilon)).astype(X.dtype)
     if affine:
         normalized = normalized * scale + loc

@@ -258,6 +258,8 @@ def running_average_updates(
         shape = (max_steps,) * depth + tuple(site.shape)
         run = pytensor.shared(np.full(shape, _initial(site), site.dtype),
                               name=f"running.{site.name}", shape=shape)
+        # read by popstats.update_running_stats (which cannot import nn)
+        run.tag.popstats_running = site.name
         cov = pytensor.shared(np.zeros(shape[:depth], np.int64),
                               name=f"running.{site.name}.coverage", shape=shape[:depth])
         # a cell whose count is 0 (a mask left no element) is not reached:
