@@ -170,3 +170,28 @@ def test_modules_are_small():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def _docstring_and_names(path: Path) -> tuple[str, list[str]]:
+    tree = ast.parse(path.read_text())
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "__all__" for t in node.targets
+        ):
+            names = [e.value for e in node.value.elts]
+    return ast.get_docstring(tree) or "", names
+
+
+def test_module_docstrings_name_their_stage_and_members():
+    """Each module says which stage it belongs to (faces: by their folder)
+    and names every member of its ``__all__``."""
+    wrong = []
+    for path in sorted((ROOT / "_src").rglob("*.py")):
+        doc, names = _docstring_and_names(path)
+        if path.name != "__init__.py" and "Stage" not in doc:
+            wrong.append(f"{module_name(path)}: no stage")
+        missing = [n for n in names if n not in doc]
+        if missing:
+            wrong.append(f"{module_name(path)}: does not name {missing}")
+    assert not wrong, "\n".join(wrong)

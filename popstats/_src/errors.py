@@ -1,4 +1,9 @@
-"""The one exception family of popstats."""
+"""The one exception family of popstats.
+
+Stage: base (below every stage folder). Members: :class:`PopstatsError`,
+:func:`check_bool`, :func:`check_choice`, :func:`describe_value`,
+:func:`install_hint`.
+"""
 
 from __future__ import annotations
 

@@ -16,6 +16,10 @@ Only the small final state per group comes back to the client, which
 finalizes it. ``Estimation.merge`` is exact and associative, so the result
 is that of one pass over all the batches in partition order, whatever the
 number of workers, the tree's shape or the order tasks finish in.
+
+Stage: distributed (:mod:`popstats._src.distributed`). Members: :class:`Plan`,
+:func:`finalize_groups`, :func:`group_text`, :func:`plan_pass`,
+:func:`run_pass`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ PyTensor function runs one call at a time, so a busy one is never shared).
 :class:`~popstats.EstimationState`, whose size depends on the statistics,
 not on the data; :func:`merge_states` combines states in the given order
 (the tree reduction's nodes).
+
+Members: :class:`GraphPayload`, :class:`Source`, :func:`merge_states`,
+:func:`run_partition`, :func:`span_text`, :func:`worker_info`.
 """
 
 from __future__ import annotations

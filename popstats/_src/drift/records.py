@@ -1,4 +1,8 @@
-"""The records :func:`~popstats.drift` returns: one per layer or statistic."""
+"""The records :func:`~popstats.drift` returns: one per layer or statistic.
+
+Stage: drift (:mod:`popstats._src.drift`). Members: :class:`Drift`,
+:class:`StatisticDrift`.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ the first layers that moved stand out; and, for statistics inside loops, a
 heat map of the mean drift per step (columns) and layer (rows), showing the
 steps where it grows. Made with :class:`matplotlib.figure.Figure`, without
 ``pyplot``.
+
+Stage: drift (:mod:`popstats._src.drift`). Members: :func:`plot_drift`,
+:func:`write_drift_report`.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@
   :class:`PopulationStatistics`, and its file;
   :mod:`~popstats._src.estimation.persistence` -- the ``.npz`` file layer;
 - :mod:`~popstats._src.estimation.progress` -- the progress bar.
+
+Re-exported: :obj:`Estimation`, :obj:`EstimationState`, :obj:`Estimator`,
+:obj:`PopulationStatistics`, :obj:`Statistic`, :obj:`estimate`, :obj:`load`,
+:obj:`load_state`.
 """
 
 from popstats._src.estimation.api import estimate

@@ -11,6 +11,9 @@ accumulators' cells inside the trace) to all accumulators, and returns the
 checks (values finite, counts valid). The formulas are
 :func:`~popstats._src.estimation.formulas.update`'s, with ``jax.numpy`` as
 the array namespace.
+
+Stage: estimation (:mod:`popstats._src.estimation`). Members:
+:func:`grow_fields`, :func:`make_update`, :func:`new_fields`, :func:`to_host`.
 """
 
 from __future__ import annotations

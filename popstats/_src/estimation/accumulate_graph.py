@@ -18,6 +18,8 @@ shape is taken from the first batch. Cells a batch does not reach (beyond
 its steps, count 0, or a pooled loop with no step) are left unchanged. The
 formulas are :func:`~popstats._src.estimation.formulas.update`'s, with
 PyTensor as the array namespace, as the host's are with NumPy.
+
+Stage: estimation (:mod:`popstats._src.estimation`).
 """
 
 from __future__ import annotations

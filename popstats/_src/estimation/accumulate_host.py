@@ -8,6 +8,10 @@ float64, after checking the batch's values: finite, counts valid, the same
 shape as earlier batches. Statistics outside loops estimated with the plain
 mean share one flat buffer, so a batch costs a few NumPy calls for all of
 them (:meth:`HostAccumulator._add_plain`).
+
+Stage: estimation (:mod:`popstats._src.estimation`). Members:
+:class:`HostAccumulator`, :func:`copy_state`, :func:`describe_arrays`,
+:func:`fits`, :func:`shape_error`, :func:`stat_shape`.
 """
 
 from __future__ import annotations

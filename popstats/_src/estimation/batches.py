@@ -11,6 +11,10 @@ value overflows it. Everything else (floats to integers, complex numbers,
 overflow) is refused naming the input, the batch, both dtypes and the fix.
 ``dtypes="strict"`` refuses any dtype other than the input's (the policies:
 :data:`~popstats._src.estimation.options.DTYPE_POLICIES`).
+
+Stage: estimation (:mod:`popstats._src.estimation`). Members:
+:func:`batch_values`, :func:`check_inputs`, :func:`describe_batch`,
+:func:`iterate`, :func:`run_error`.
 """
 
 from __future__ import annotations

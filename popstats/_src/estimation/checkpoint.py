@@ -1,12 +1,15 @@
 """Checkpoints of an estimation pass: save every so often, resume exactly.
 
-A checkpoint file holds the pass's state and the state the run started
-from (its batch count and digest, see ``state.py``). Resuming is exact only
-when the run is called again as it was first called: the same batches, from
-the same starting state. :func:`open_checkpoint` checks what it can before
-any batch is computed: the file's pass spec against this pass's, and the
-starting state (none, or the one given again); the run checks at its end
-that the batches covered what the checkpoint already counts.
+A checkpoint file holds the pass's state and the state the run started from
+(its batch count and digest, see :mod:`popstats._src.estimation.state`).
+Resuming is exact only when the run is called again as it was first called: the
+same batches, from the same starting state. :func:`open_checkpoint` checks what
+it can before any batch is computed: the file's pass spec against this pass's,
+and the starting state (none, or the one given again); the run checks at its
+end that the batches covered what the checkpoint already counts.
+
+Stage: estimation (:mod:`popstats._src.estimation`). Members:
+:class:`CheckpointedRun`, :func:`check_every`, :func:`open_checkpoint`.
 """
 
 from __future__ import annotations

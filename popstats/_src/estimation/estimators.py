@@ -27,6 +27,11 @@ References: the parallel variance combination of Chan, Golub & LeVeque
 (1979); the inference rule of Ioffe & Szegedy (2015), Var[x] =
 m/(m-1) E[sigma_B^2]; PyTorch's running averages (momentum 0.1, running mean
 starting at 0 and variance at 1).
+
+Stage: estimation (:mod:`popstats._src.estimation`). Members:
+:data:`ESTIMATORS`, :data:`ROLES`, :data:`VALUE_FIELDS`, :class:`Estimator`,
+:func:`bessel_corrected`, :func:`check_estimator_spec`, :func:`fields`,
+:func:`fill_uncovered`, :func:`resolve_estimator`, :func:`uses_count`.
 """
 
 from __future__ import annotations

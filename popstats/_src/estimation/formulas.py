@@ -34,6 +34,8 @@ The states' fields are those of
 :func:`~popstats._src.estimation.estimators.fields`. The functions here are
 pure: they return new arrays and never raise; the callers check the batch
 first (and explain a failed check).
+
+Stage: estimation (:mod:`popstats._src.estimation`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ The public calls that take these options -- :func:`~popstats.estimate`,
 :func:`popstats.dask.estimate` and :func:`popstats.dask.estimate_groups` --
 take them as ``**options`` and pass one record down;
 :func:`~popstats.drift` builds one from its ``mode``.
+
+Members: :data:`ACCUMULATE`, :data:`DTYPE_POLICIES`, :data:`OPTIONS_DOC`,
+:class:`EstimationOptions`, :class:`OptionKeywords`, :func:`check_max_steps`,
+:func:`check_mode`, :func:`takes_options`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Stage: estimation. Members:
 Every pass (these and :class:`~popstats._src.estimation.device_pass.DevicePass`)
 skips the batches a checkpoint already counts and saves checkpoints as the
 run goes (:meth:`Pass.run`, the one batch loop).
+
+Members: :data:`BatchCallback`, :class:`GraphPass`, :class:`HostPass`,
+:class:`Occupancy`, :class:`Pass`, :class:`PassContext`, :func:`explain`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ The format is a NumPy ``.npz`` archive, read without pickle:
 ``meta``
     JSON text. For statistics: ``{"statistics": [...]}`` with, per
     statistic, ``name``, ``label``, ``fingerprint`` (where it is computed,
-    see ``identity.py``), ``path`` (the enclosing loops as ``[name,
+    see :mod:`popstats._src.graph.identity`), ``path`` (the enclosing loops as ``[name,
     fingerprint]`` pairs, outermost first), ``key`` (informative only),
     ``shape`` (static shape, ``null`` where unknown), ``dtype``, ``role``,
     ``group``, ``counted``, ``time`` (per loop: ``"step"`` or ``"pooled"``),
@@ -37,6 +37,11 @@ and renamed, so an interrupted save never leaves a half-written file in
 place. A process killed while saving leaves its temporary file; the next
 save to the same path (or run with that checkpoint) on the same host
 removes it, once its process has ended.
+
+Stage: estimation (:mod:`popstats._src.estimation`). Members:
+:data:`FORMAT_VERSION`, :obj:`STATE`, :data:`STATE_FORMAT_VERSION`,
+:obj:`STATISTICS`, :func:`check_target`, :func:`read`,
+:func:`remove_stale_temporaries`, :func:`write`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The progress bar of an estimation pass (``tqdm``, an optional dependency)."""
+"""The progress bar of an estimation pass (``tqdm``, an optional dependency).
+
+Stage: estimation (:mod:`popstats._src.estimation`). Members:
+:func:`check_progress`, :func:`progress_bar`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exporter: find every statistic and make it an output of the graph.
+"""Export: find every statistic and make it an output of the graph.
 
 Statistics in the outer graph are outputs as they are. A statistic inside a
 Scan becomes an extra ``nit_sot`` output of a rebuilt Scan, recursively: a
@@ -16,6 +16,9 @@ estimable. The user's graph is not modified.
 Stage: export. :func:`export` (and :func:`export_checked`, for calls that
 checked their outputs and name themselves in errors); :func:`as_variables`
 and :func:`restructure` check and rebuild the ``outputs`` argument.
+
+Members: :obj:`EstimationGraph`, :obj:`Site`, :func:`as_variables`,
+:func:`export`, :func:`export_checked`, :func:`restructure`.
 """
 
 from __future__ import annotations

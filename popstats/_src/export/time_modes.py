@@ -6,6 +6,10 @@ a loop's steps inside the graph, right after the loop: each batch's
 statistic over all its steps, as if normalized over batch and time together
 (sequence-wise batch normalization, Laurent et al. 2016); the estimator then
 combines those per-batch values as it combines batches.
+
+Stage: export (:mod:`popstats._src.export`). Members: :data:`TIME_MODES`,
+:func:`align_cells`, :func:`check_patterns`, :func:`check_time`,
+:func:`pool_steps`, :func:`resolve_time`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@
 - :mod:`~popstats._src.graph.walk` -- the one pass over a graph that recurses
   into Scan and OpFromGraph inner graphs (:func:`transform`);
 - :mod:`~popstats._src.graph.surgery` -- all Scan surgery (:class:`ScanEdit`).
+
+Re-exported: :obj:`BNStat`, :obj:`ScanEdit`, :obj:`SiteId`,
+:obj:`bn_statistic`, :obj:`is_statistic`, :obj:`transform`.
 """
 
 from popstats._src.graph.marker import BNStat, bn_statistic, is_statistic

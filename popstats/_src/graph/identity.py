@@ -31,6 +31,9 @@ Two hashes are kept per variable:
     identity. Two applications with the same stable hash but different
     instance hashes differ only by unnamed variables or large constants:
     popstats cannot tell them apart across processes, and refuses.
+
+Stage: graph (:mod:`popstats._src.graph`). Members: :data:`SMALL_CONSTANT`,
+:class:`Fingerprints`, :func:`digest`, :func:`op_token`.
 """
 
 from __future__ import annotations

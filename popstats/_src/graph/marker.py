@@ -1,4 +1,4 @@
-"""Tagger: mark a variable as a batch statistic.
+"""The marker: a variable marked as a batch statistic.
 
 The mark is an identity ``Op`` (:class:`BNStat`) whose props carry a unique
 key, the label, and optionally the statistic's role and group. PyTensor >=
@@ -14,6 +14,11 @@ so a compiled graph with marks is the graph without them.
 The original Theano tool's convention, ``var.tag.bn_statistic = True`` with
 an optional ``var.tag.bn_label`` (and ``bn_role``, ``bn_group``), is
 recognised by :func:`is_statistic` wherever PyTensor keeps tags.
+
+Stage: graph (:mod:`popstats._src.graph`). Members: :data:`ROLES`,
+:class:`BNStat`, :func:`bn_statistic`, :func:`is_statistic`,
+:func:`statistic_count`, :func:`statistic_group`, :func:`statistic_key`,
+:func:`statistic_label`, :func:`statistic_role`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Marking the mean and variance of one normalization as a pair."""
+"""Marking the mean and variance of one normalization as a pair.
+
+Stage: graph (:mod:`popstats._src.graph`). Members: :func:`mark_moments`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The recognizer for pytensor-ml's batch norms (registered in ``recognize.py``).
+"""The recognizer for pytensor-ml's batch norms.
+
+Registered in :mod:`popstats._src.graph.recognize`.
 
 pytensor-ml (>= 0.3) applies ``BatchNorm`` as a ``SymbolicOp``:
 ``BatchNormLayer`` (running statistics tracked) or
@@ -14,6 +16,10 @@ the normalized input; outputs 1 and 2 are the updated running averages
 same way, with the float32 (or input-dtype) mean and variance marked. This
 module never imports pytensor_ml: ops are recognized by class name and
 module, so popstats works without it installed.
+
+Stage: graph (:mod:`popstats._src.graph`). Members: :class:`Application`,
+:func:`collect_applications`, :func:`describe`, :func:`expand`,
+:func:`layer_name`, :func:`matches`.
 """
 
 from __future__ import annotations

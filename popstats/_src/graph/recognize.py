@@ -2,17 +2,22 @@
 
 A *recognizer* claims the applications of some op (a library's batch-norm
 layer, say) and rebuilds each one as a body holding marked statistics. The
-walk (``walk.py``) treats a recognized application exactly like an
+walk (:mod:`popstats._src.graph.walk`) treats a recognized application exactly like an
 ``OpFromGraph`` holding marked statistics: the body, built on the node's own
 inputs, is visited at the node's graph level, once per application, in the
 outer graph and inside ``Scan`` loops at any depth. Every later stage
 (export, estimation, rewrite, describe, drift) therefore sees recognized
 statistics as if the user had marked them.
 
-The registry is ordered; the most recently registered recognizer that
-matches an op wins, so a user can override a shipped one. popstats ships one
-recognizer, ``"pytensor-ml"`` (``pytensor_ml.py``), which does not import
-pytensor-ml: it compares class names and modules.
+The registry is ordered; the most recently registered recognizer that matches
+an op wins, so a user can override a shipped one. popstats ships one
+recognizer, ``"pytensor-ml"`` (:mod:`popstats._src.graph.pytensor_ml`), which
+does not import pytensor-ml: it compares class names and modules.
+
+Stage: graph (:mod:`popstats._src.graph`). Members:
+:class:`RecognitionContext`, :class:`Recognizer`, :obj:`mark_moments`,
+:func:`recognized_token`, :func:`recognizer_for`, :func:`recognizers`,
+:func:`register_recognizer`, :func:`unregister_recognizer`.
 """
 
 from __future__ import annotations

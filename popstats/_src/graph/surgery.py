@@ -12,6 +12,9 @@ Facts relied on (see ``shared/pytensor-notes.md``): ScanInfo is edited with
 untraced states, which was renamed twice; outer outputs are ordered mit_mot,
 mit_sot, sit_sot, nit_sot, untraced; rebuilding with the original options
 and no additions gives an op equal to the original.
+
+Stage: graph (:mod:`popstats._src.graph`). Members: :class:`ScanEdit`,
+:func:`inner_graph_nodes`, :func:`is_gradient_scan`.
 """
 
 from __future__ import annotations

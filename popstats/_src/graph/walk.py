@@ -9,15 +9,20 @@ visitors; the recursion into a Scan is the visitor's choice (it builds a
 its inner graph). An ``OpFromGraph`` holding statistics is inlined: its body,
 applied to the node's own inputs, is visited at the same level, once per
 application. So is the application of an op a registered recognizer claims
-(``recognize.py``): its body, rebuilt with the statistics marked, is
+(:mod:`popstats._src.graph.recognize`): its body, rebuilt with the statistics marked, is
 visited in place of the node.
 
 Sites are identified by a :class:`SiteId`: the chain of Scans leading to the
-statistic (each by name and the fingerprint of its application), the label,
-and the statistic's fingerprint at its level (see ``identity.py``). None of
-these depends on object identity, on the marker's random key, or on which
-other outputs are in the graph being walked: the same statistic of the same
-model code has the same id in every process and in every subset of outputs.
+statistic (each by name and the fingerprint of its application), the label, and
+the statistic's fingerprint at its level (see
+:mod:`popstats._src.graph.identity`). None of these depends on object identity,
+on the marker's random key, or on which other outputs are in the graph being
+walked: the same statistic of the same model code has the same id in every
+process and in every subset of outputs.
+
+Stage: graph (:mod:`popstats._src.graph`). Members: :class:`LoopStep`,
+:class:`SiteId`, :class:`Visitor`, :func:`contains_statistics`,
+:func:`transform`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ popstats[draw]``), plots and reports need matplotlib (``popstats[plot]``).
   (registered here as its ``plot`` and ``report`` methods);
 - :mod:`~popstats._src.inspection.cli` -- the ``popstats`` command;
 - :mod:`~popstats._src.inspection.optional` -- optional packages, unknown names.
+
+Re-exported: :obj:`Description`, :obj:`RewriteDescription`,
+:obj:`StatisticRecord`, :obj:`describe`, :obj:`describe_rewrite`, :obj:`draw`,
+:obj:`draw_rewrite`, :obj:`render`, :obj:`require`, :obj:`unknown_label`.
 """
 
 from __future__ import annotations

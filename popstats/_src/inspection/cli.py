@@ -6,6 +6,8 @@ Examples
 HTML file; ``popstats summary stats.npz`` prints the table and warnings;
 ``popstats --version`` prints the version. ``popstats`` alone prints the
 help and exits with status 2.
+
+Stage: inspection (:mod:`popstats._src.inspection`). Members: :func:`main`.
 """
 
 from __future__ import annotations

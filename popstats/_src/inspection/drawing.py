@@ -6,6 +6,9 @@ Statistics (``BNStat`` nodes, tagged variables) are orange, the population
 variables replacing them green. Scans are clusters holding their inner
 graphs; past ``max_nodes`` apply nodes in all, the drawing is a summary:
 one box per Scan with its counts of nodes and statistics.
+
+Stage: inspection (:mod:`popstats._src.inspection`). Members: :func:`draw`,
+:func:`draw_rewrite`, :func:`render`.
 """
 
 from __future__ import annotations

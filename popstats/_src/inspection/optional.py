@@ -1,4 +1,7 @@
-"""Helpers of the inspection modules: optional packages, unknown names."""
+"""Helpers of the inspection modules: optional packages, unknown names.
+
+Stage: inspection (:mod:`popstats._src.inspection`).
+"""
 
 from __future__ import annotations
 

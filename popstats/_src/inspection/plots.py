@@ -2,6 +2,9 @@
 
 Figures are made with :class:`matplotlib.figure.Figure` directly, not
 through ``pyplot``: no global state, no window, any backend.
+
+Stage: inspection (:mod:`popstats._src.inspection`). Members: :func:`plot`,
+:func:`plot_statistic`.
 """
 
 from __future__ import annotations

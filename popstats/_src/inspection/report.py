@@ -1,4 +1,8 @@
-"""A self-contained HTML report on population statistics."""
+"""A self-contained HTML report on population statistics.
+
+Stage: inspection (:mod:`popstats._src.inspection`). Members:
+:func:`find_warnings`, :func:`summary_rows`, :func:`write_report`.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,9 @@
   (:func:`running_average_updates`).
 
 Public as :mod:`popstats.nn`.
+
+Re-exported: :obj:`BatchNorm`, :obj:`RunningAverages`, :obj:`batch_norm`,
+:obj:`bn_params`, :obj:`running_average_updates`.
 """
 
 from popstats._src.nn.batch_norm import BatchNorm, batch_norm, bn_params

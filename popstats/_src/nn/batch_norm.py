@@ -4,6 +4,9 @@
 marks both with :func:`~popstats.bn_statistic` (role, shared group, element
 count), so every popstats estimator, ``"pooled"`` included, works on it, and
 so does :func:`~popstats.nn.running_average_updates`.
+
+Stage: nn (:mod:`popstats._src.nn`). Members: :class:`BatchNorm`,
+:func:`batch_norm`, :func:`bn_params`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ inside loops) in shared variables updated by the training function; with
 variance, as in PyTorch's ``running_var``. The result's
 :meth:`RunningAverages.as_statistics` makes them a
 :class:`~popstats.PopulationStatistics` for :func:`~popstats.rewrite`.
+
+Stage: nn (:mod:`popstats._src.nn`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ changed upstream in ways the user vouches for). Either way one value never
 goes to two applications that compute different things, and every failure
 is reported at once, after the whole graph was seen: the graph's statistics
 without a value, the values without a statistic, and the closest names.
+
+Stage: rewrite (:mod:`popstats._src.rewrite`). Members: :data:`MATCH_MODES`,
+:class:`Matcher`, :func:`check_match`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rewriter: replace every batch statistic by its population value.
+"""Rewrite: replace every batch statistic by its population value.
 
 In the outer graph a statistic is replaced by a shared variable holding its
 population value. Inside a Scan, the rebuilt loop gets a step-index sequence
@@ -7,6 +7,10 @@ and the population array as a non-sequence; the statistic becomes
 the last one, the rule of recurrent batch normalization, Cooijmans et al.
 2016), recursively for nested loops. One pass over the graph: nothing is
 cloned per statistic.
+
+Stage: rewrite (:mod:`popstats._src.rewrite`). Members: :func:`bind`,
+:func:`population_array`, :func:`population_copies`,
+:func:`population_variables`, :func:`rewrite`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """pytensor-ml's running statistics as targets of :func:`update_running_stats`.
 
 Stage: rewrite (below ``nn``; never imports pytensor_ml). The recognizer
-(``graph/pytensor_ml.py``) records, while a graph is exported, every
-application of a pytensor-ml batch norm by the group of its statistics,
-with the shared variables its running mean and variance come from (update
-chain of a reused layer and loops followed out).
+(:mod:`popstats._src.graph.pytensor_ml`) records, while a graph is exported,
+every application of a pytensor-ml batch norm by the group of its statistics,
+with the shared variables its running mean and variance come from (update chain
+of a reused layer and loops followed out).
 
 One running pair may serve several applications (a layer applied twice)
 and, inside a ``Recurrent`` cell, every time step: its statistics are
@@ -12,6 +12,9 @@ estimated pooled over the steps (``time="pooled"`` for those labels unless
 the caller chose ``time``), and the applications of one pair are pooled
 with weights of elements reduced over (batches that reached it times the
 static spatial size), the between-application spread included.
+
+Members: :class:`Target`, :func:`check_applications`, :func:`pooled_time`,
+:func:`targets`.
 """
 
 from __future__ import annotations

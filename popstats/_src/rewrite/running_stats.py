@@ -1,14 +1,17 @@
 """Precise batch norm: population statistics written into running statistics.
 
 Stage: rewrite. :func:`update_running_stats` is PyTorch's ``update_bn`` and
-fvcore's PreciseBN for PyTensor: it estimates the population statistics of
-a graph (any estimator, as :func:`~popstats.estimate`) and writes them into
-the shared variables the graph's batch norms read at inference, without
-changing the graph: pytensor-ml's ``running_mean`` / ``running_var``
-(``running_ptml.py``) and :func:`popstats.nn.running_average_updates`'
-running averages (passed as ``running=``; found by the tags ``nn`` writes
-on its variables, since this stage cannot import ``nn``). Everything is
-checked before anything is written.
+fvcore's PreciseBN for PyTensor: it estimates the population statistics of a
+graph (any estimator, as :func:`~popstats.estimate`) and writes them into the
+shared variables the graph's batch norms read at inference, without changing
+the graph: pytensor-ml's ``running_mean`` / ``running_var``
+(:mod:`popstats._src.rewrite.running_ptml`) and
+:func:`popstats.nn.running_average_updates`' running averages (passed as
+``running=``; found by the tags ``nn`` writes on its variables, since this
+stage cannot import ``nn``). Everything is checked before anything is written.
+
+Members: :class:`RunningWrite`, :class:`WrittenStatistics`,
+:func:`update_running_stats`.
 """
 
 from __future__ import annotations
