@@ -1471,6 +1471,12 @@ def drift_stats_not_statistics():
     popstats.drift({"mean": np.zeros(2)}, [x], y, [{"x": data()}])
 
 
+@scenario("Drift with a checkpoint, for statistics outside mean/variance pairs")
+def drift_checkpoint_single():
+    x, y, stats = estimated()
+    popstats.drift(stats, [x], y, [{"x": data()}], checkpoint="drift.npz")
+
+
 @scenario("Drift against statistics of another graph")
 def drift_stats_of_another_graph():
     x, y, stats = estimated()

@@ -338,3 +338,50 @@ def test_undefined_units_make_the_summary_nan():
     record = popstats.drift(stats, [x], y, [{"x": new}], mode=MODE)["top"]
     assert np.isnan(record.per_unit[0]) and record.per_unit[1] == 0.0
     assert np.isnan(record.mean) and np.isnan(record.max)
+
+
+def _same_records(a, b):
+    assert list(a) == list(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name].per_unit, b[name].per_unit)
+
+
+def test_graph_accumulation_and_checkpoints_give_the_same_drift(tmp_path):
+    inputs, y = mlp(shift_at=1)
+    data = np.random.default_rng(9).normal(size=(160, 3))
+    stats = popstats.estimate(inputs, y, batches_of(data), mode=MODE)
+    new = batches_of(data, s=(1.0, 0.5, 0.0))
+    host = popstats.drift(stats, inputs, y, new, mode=MODE)
+    graph = popstats.drift(stats, inputs, y, new, mode=MODE, accumulate="graph")
+    for name in host:
+        np.testing.assert_allclose(graph[name].per_unit, host[name].per_unit,
+                                   rtol=1e-12)
+    ck = tmp_path / "drift.ck.npz"
+
+    def interrupted():
+        for i, batch in enumerate(new):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    with pytest.raises(KeyboardInterrupt):
+        popstats.drift(stats, inputs, y, interrupted(), mode=MODE, checkpoint=ck,
+                       checkpoint_every=1)
+    from popstats._src.estimation.state import load_checkpoint
+
+    assert load_checkpoint(ck)[0].n_batches == 2  # the batches before the stop
+    resumed = popstats.drift(stats, inputs, y, new, mode=MODE, checkpoint=ck)
+    _same_records(resumed, host)
+    assert load_checkpoint(ck)[0].n_batches == len(new)
+
+
+def test_checkpoints_are_refused_for_statistics_outside_pairs(tmp_path):
+    x = pt.matrix("x")
+    y = x - popstats.bn_statistic(x.mean(0), "alone")
+    data = np.random.default_rng(2).normal(size=(40, 2))
+    stats = popstats.estimate([x], y, [{"x": data[:20]}, {"x": data[20:]}],
+                              mode=MODE)
+    with pytest.raises(popstats.PopstatsError, match=r"checkpoint=.*'alone'.*pair"):
+        popstats.drift(stats, [x], y, [{"x": data}], mode=MODE,
+                       checkpoint=tmp_path / "ck.npz")
+    assert not (tmp_path / "ck.npz").exists()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -87,8 +88,9 @@ def jeffreys(m0: np.ndarray, v0: np.ndarray, m1: np.ndarray,
 def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
           outputs: Variable | Sequence[Variable], batches: Iterable[Any], *,
           eps: float = 0.0, mode: object = None, match: str = "structure",
-          compare: str = "auto", worst: int = 5,
-          progress: bool | str = "auto") -> Drift:
+          compare: str = "auto", worst: int = 5, dtypes: str = "convert",
+          accumulate: str = "host", checkpoint: str | os.PathLike | None = None,
+          checkpoint_every: int = 100, progress: bool | str = "auto") -> Drift:
     """Compare new batches with population statistics, per statistic and step.
 
     Parameters
@@ -115,6 +117,18 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
         ``"divergence"``: refuse statistics outside such pairs.
     worst : int, default 5
         How many of the most-moved units each record lists.
+    dtypes, accumulate : str
+        As for :func:`~popstats.estimate`: the dtype policy for batch values,
+        and where the new data's batches are added up (``"host"``,
+        ``"graph"``; with a JAX mode the device pass). The estimators and
+        time modes are those of ``stats``.
+    checkpoint, checkpoint_every
+        As for :func:`~popstats.estimate`: the pass over the new data saves
+        its state there and resumes from it. Only where every statistic is in
+        a mean/variance pair: the batch-to-batch spread of the others (for
+        their standardized difference) is not part of an estimation state.
+        Statistics outside pairs are also always added up on the host, where
+        their per-batch values are (the numbers are the same).
     progress : bool or "auto"
         A progress bar over the batches, as for :func:`estimate`.
 
@@ -151,7 +165,8 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
             f"popstats.estimate or popstats.load), got {describe_value(stats)}."
         )
     check_match(match, CALL)
-    options = EstimationOptions.check(CALL, {"mode": mode})
+    options = EstimationOptions.check(
+        CALL, {"mode": mode, "dtypes": dtypes, "accumulate": accumulate})
     check_choice(compare, COMPARE, f"{CALL}(compare=...)")
     if isinstance(worst, bool) or not isinstance(worst, int | np.integer) or worst < 1:
         raise PopstatsError(
@@ -166,7 +181,17 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
         )
     run, found = _estimation(stats, inputs, outputs, options, match)
     pairs, single = _pairs(run, compare)
-    new, spread = _pass(run, batches, progress, single)
+    if checkpoint is not None and single:
+        names = [run.sites[i].name for i in single]
+        raise PopstatsError(
+            f"{CALL}(checkpoint=...): {names} are not in a mean/variance pair, "
+            f"and the batch-to-batch spread their standardized difference needs "
+            f"is not part of a checkpoint, so a resumed pass would lose the "
+            f"batches before it. Drop checkpoint=..., or mark these statistics' "
+            f"means and variances with role='mean'/'var' and one group."
+        )
+    new, spread = _pass(run, batches, single, progress=progress,
+                        checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     for site, old in zip(run.sites, found, strict=True):
         have, got = old.value.shape[site.time_axes:], new[site.name].value.shape[
             site.time_axes:]
@@ -266,7 +291,7 @@ def _pairs(run: Estimation, compare: str):
     return pairs, single
 
 
-def _pass(run: Estimation, batches, progress, single: list[int]):
+def _pass(run: Estimation, batches, single: list[int], **run_options):
     """The new data's population statistics, and for each statistic of
     ``single`` the mean, then the mean square, of its per-batch values (for
     the batch-to-batch spread): ``moments[k]`` and ``moments[k + len(single)]``
@@ -282,8 +307,7 @@ def _pass(run: Estimation, batches, progress, single: list[int]):
         squares = [(v * v, c, w) for v, c, w in picked]
         spread.add(moments, [*picked, *squares], index)
 
-    state = run.run(batches, progress=progress,
-                    on_batch=observe if single else None)
+    state = run.run(batches, on_batch=observe if single else None, **run_options)
     return run.finalize(state), moments
 
 

@@ -315,8 +315,8 @@ class Estimation:
 
         ``progress`` shows a tqdm bar (batches, rate, and time left when
         ``batches`` has a ``len``): True, False, or ``"auto"`` (only when
-        stderr is a terminal). Without tqdm (``pip install
-        popstats[progress]``) there is no bar.
+        stderr is a terminal). Without tqdm (``pip install tqdm``) there is
+        no bar.
 
         ``on_batch(index, per_site)``, if given, is called after each batch
         is added: ``index`` counts the batches of the state (from those of
