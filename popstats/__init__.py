@@ -18,7 +18,7 @@ new data with population statistics, per layer and step.
 from popstats import nn as nn
 from popstats._src.drift.drift import drift
 from popstats._src.drift.records import Drift, StatisticDrift
-from popstats._src.errors import PopstatsError
+from popstats._src.errors import PopstatsError, PopstatsWarning
 from popstats._src.estimation.api import estimate
 from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.estimators import Estimator
@@ -28,6 +28,7 @@ from popstats._src.export.exporter import EstimationGraph, Site, export
 from popstats._src.graph.marker import BNStat, bn_statistic, is_statistic
 from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
 from popstats._src.rewrite.api import get_inference_graph
+from popstats._src.rewrite.check import check_batch_independence
 from popstats._src.rewrite.rewriter import bind, population_variables, rewrite
 from popstats._src.version import __version__ as __version__
 
@@ -39,12 +40,14 @@ __all__ = [
     "EstimationState",
     "Estimator",
     "PopstatsError",
+    "PopstatsWarning",
     "PopulationStatistics",
     "Site",
     "Statistic",
     "StatisticDrift",
     "bind",
     "bn_statistic",
+    "check_batch_independence",
     "describe",
     "describe_rewrite",
     "draw",

@@ -16,7 +16,8 @@ from pytensor.graph.basic import Variable
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.api import estimate_as
 from popstats._src.export.exporter import as_variables
-from popstats._src.rewrite.rewriter import rewrite
+from popstats._src.rewrite.independence import check_batch_axes, data_inputs
+from popstats._src.rewrite.rewriter import rewrite_as
 
 __all__ = ["get_inference_graph"]
 
@@ -37,6 +38,7 @@ def get_inference_graph(
     checkpoint_every: int = ...,
     progress: bool | str = ...,
     return_stats: bool = ...,
+    batch_axes: dict | None = ...,
 ) -> Variable: ...
 @overload
 def get_inference_graph(
@@ -54,11 +56,12 @@ def get_inference_graph(
     checkpoint_every: int = ...,
     progress: bool | str = ...,
     return_stats: bool = ...,
+    batch_axes: dict | None = ...,
 ) -> Sequence[Variable]: ...
 def get_inference_graph(
     inputs, outputs, batches, *, estimator="mean", time="step", max_steps=None,
     mode=None, dtypes="convert", accumulate="host", checkpoint=None,
-    checkpoint_every=100, progress="auto", return_stats=False,
+    checkpoint_every=100, progress="auto", return_stats=False, batch_axes=None,
 ):
     """Estimate population statistics over ``batches`` and rewrite ``outputs``.
 
@@ -86,6 +89,11 @@ def get_inference_graph(
         batches are added up, checkpointing and a progress bar.
     return_stats : bool, default False
         Also return the :class:`~popstats.PopulationStatistics`.
+    batch_axes : dict, optional
+        As for :func:`~popstats.rewrite`: input name to its batch axis (None:
+        none) where the marked statistics do not tell. The inference graph is
+        checked for operations that still mix examples (a batch statistic
+        left unmarked); each is named in a :class:`~popstats.PopstatsWarning`.
 
     Returns
     -------
@@ -114,10 +122,11 @@ def get_inference_graph(
             f"{describe_value(return_stats)}."
         )
     outs = as_variables(outputs, call)
+    check_batch_axes(batch_axes, data_inputs(outs), call)
     stats = estimate_as(
         call, inputs, outs, batches, estimator=estimator, time=time,
         max_steps=max_steps, mode=mode, dtypes=dtypes, accumulate=accumulate,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
     )
-    result = rewrite(outputs, stats)
+    result = rewrite_as(call, outputs, stats, None, "structure", batch_axes, 3)
     return (result, stats) if return_stats else result

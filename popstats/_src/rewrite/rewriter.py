@@ -26,10 +26,11 @@ from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import as_variables, restructure
 from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId, transform
+from popstats._src.rewrite.independence import mixing_operations, warn_mixing
 from popstats._src.rewrite.matching import Matcher, check_match
 
 __all__ = ["bind", "population_array", "population_copies", "population_variables",
-           "rewrite"]
+           "rewrite", "rewrite_as"]
 
 
 class _RewriteLevel:
@@ -202,15 +203,15 @@ def _check_select(select: object, n_sets: int) -> Variable:
 @overload
 def rewrite(
     outputs: Variable, stats: PopulationStatistics | Sequence[PopulationStatistics],
-    *, select: Variable | None = ..., match: str = ...,
+    *, select: Variable | None = ..., match: str = ..., batch_axes: dict | None = ...,
 ) -> Variable: ...
 @overload
 def rewrite(
     outputs: Sequence[Variable],
     stats: PopulationStatistics | Sequence[PopulationStatistics],
-    *, select: Variable | None = ..., match: str = ...,
+    *, select: Variable | None = ..., match: str = ..., batch_axes: dict | None = ...,
 ) -> list[Variable]: ...
-def rewrite(outputs, stats, *, select=None, match="structure"):
+def rewrite(outputs, stats, *, select=None, match="structure", batch_axes=None):
     """Replace every marked statistic in ``outputs`` by its population value.
 
     Parameters
@@ -233,6 +234,11 @@ def rewrite(outputs, stats, *, select=None, match="structure"):
         (so each application of a reused layer gets its own value, in any
         process that builds the same model), or by label and loops alone
         (when the model changed upstream but the values still apply).
+    batch_axes : dict, optional
+        Input name (or variable) to the axis holding its examples, or None
+        for an input without one, where the marked statistics do not tell
+        (see :doc:`/independence`). The result is checked for operations that
+        still mix examples; each is named in a :class:`~popstats.PopstatsWarning`.
 
     Returns
     -------
@@ -260,6 +266,12 @@ def rewrite(outputs, stats, *, select=None, match="structure"):
     >>> pytensor.function([x, k], y_sets)(np.zeros((1, 2)), 1)
     array([[-5., -5.]])
     """
+    return rewrite_as("rewrite", outputs, stats, select, match, batch_axes, 3)
+
+
+def rewrite_as(call: str, outputs: object, stats: object, select: object,
+               match: str, batch_axes: object, stacklevel: int) -> object:
+    """:func:`rewrite`, warning in the name of ``call`` (for the stack level)."""
     sets = _check_stats(stats, select)
     if select is not None:
         select = _check_select(select, len(sets))
@@ -267,6 +279,8 @@ def rewrite(outputs, stats, *, select=None, match="structure"):
     outs = as_variables(outputs, "rewrite")
     new = transform((), outs, _RewriteLevel(matcher, select))
     matcher.check()
+    found, assumed = mixing_operations(outs, new, batch_axes_arg=batch_axes, call=call)
+    warn_mixing(found, assumed, call, stacklevel + 1)
     return restructure(outputs, new)
 
 
