@@ -94,7 +94,8 @@ def _axis(one: np.ndarray, full: np.ndarray, n: int) -> int | str | None:
 
 def _gap(part: np.ndarray, whole: np.ndarray) -> float:
     """The largest difference, NaN against NaN counting as equal."""
-    a, b = np.asarray(part, dtype=np.float64), np.asarray(whole, dtype=np.float64)
+    a = np.atleast_1d(np.asarray(part, dtype=np.float64))
+    b = np.atleast_1d(np.asarray(whole, dtype=np.float64))
     diff = np.abs(a - b)
     diff[np.isnan(a) & np.isnan(b)] = 0.0
     return float(np.nanmax(np.where(np.isnan(diff), np.inf, diff), initial=0.0))
@@ -189,7 +190,8 @@ def check_batch_independence(
     for (what, rows), outs in zip(runs, found, strict=True):
         for j, (got, full) in enumerate(zip(outs, whole, strict=True)):
             axis = batch_axis[j]
-            want = full if axis is None else np.take(full, rows, axis=axis)
+            want = full if axis is None or axis == "shape" else np.take(
+                full, rows, axis=axis)
             if axis == "shape" or got.shape != want.shape:
                 problems.setdefault(j, f"output {j}: shape {got.shape} for {what} "
                                        f"but {full.shape} for the whole batch")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
@@ -79,7 +80,8 @@ class Flow:
         self.where = where
         self.shapes = shapes or Shapes()
         self.events: dict[Apply, Event] = {}
-        self.nested: list[Flow] = []  # flows of inner graphs, for reports
+        self.nested: list[tuple[Apply, Flow]] = []  # inner graphs' flows
+        self.used: set[Apply] = set()  # nodes whose values reach the outputs
         self.marks: list[Variable] = []  # marked statistics of this level
 
     def state(self, var: Variable) -> State:
@@ -91,13 +93,25 @@ class Flow:
 
     def all_flows(self) -> list[Flow]:
         """This level's flow and those of every inner graph, outermost first."""
-        return [self, *(f for inner in self.nested for f in inner.all_flows())]
+        return [self, *(f for _, inner in self.nested for f in inner.all_flows())]
 
     def all_events(self) -> list[Event]:
-        found = list(self.events.values())
-        for inner in self.nested:
-            found += inner.all_events()
+        """Events of nodes whose values (not only shapes) reach the outputs,
+        here and in the inner graphs of such nodes."""
+        found = [e for node, e in self.events.items() if node in self.used]
+        for node, inner in self.nested:
+            if node in self.used:
+                found += inner.all_events()
         return found
+
+    def _mark_used(self, outputs: Sequence[Variable]) -> None:
+        stack = [v.owner for v in outputs if v.owner is not None]
+        while stack:
+            node = stack.pop()
+            if node in self.used:
+                continue
+            self.used.add(node)
+            stack += [v.owner for v in _data_inputs(node) if v.owner is not None]
 
     def run(self, outputs: Sequence[Variable]) -> list[State]:
         for node in toposort(list(outputs)):
@@ -107,6 +121,7 @@ class Flow:
                 for out, state in zip(node.outputs, self.apply(node), strict=True):
                     if state:
                         self.states[out] = state
+        self._mark_used(outputs)
         return [self.state(v) for v in outputs]
 
     def put(self, node: Apply, out: State, hyp: Hyp, place: Place) -> None:
@@ -124,7 +139,7 @@ class Flow:
             return [dict(self.state(ins[0]))] + [{}] * (n_out - 1)
         if isinstance(op, Elemwise):
             out: State = {}
-            for inp in ins:
+            for inp in _data_inputs(node):
                 for hyp, place in self.state(inp).items():
                     self.put(node, out, hyp, place)
             return [out] * n_out
@@ -172,7 +187,7 @@ class Flow:
         if isinstance(op, OpFromGraph):
             inner = type(self)({v: self.state(o) for v, o in zip(
                 op.inner_inputs, ins, strict=False)}, self.where, self.shapes)
-            self.nested.append(inner)
+            self.nested.append((node, inner))
             return inner.run(op.inner_outputs)
         return self.unknown(node)
 
@@ -200,10 +215,11 @@ class Flow:
         axis = getattr(node.op, "axis", None)
         if isinstance(node.op, SortOp | ArgSortOp) and len(node.inputs) > 1:
             axis = const(node.inputs[1])  # PyTensor 3.0: the axis is an input
-        state = self.state(node.inputs[0])
+        ndim = max(node.inputs[0].ndim, 1)
+        axes = None if axis is None else {int(a) % ndim for a in np.atleast_1d(axis)}
         out = {}
-        for hyp, (d, c) in state.items():
-            if axis is None or d == int(axis) % node.inputs[0].ndim:
+        for hyp, (d, c) in self.state(node.inputs[0]).items():
+            if axes is None or d in axes:
                 self.mix(node, hyp, "works along")
             else:
                 out[hyp] = (d, c)
@@ -216,7 +232,8 @@ class Flow:
         for dim in range(x.ndim):
             entry = entries[dim] if dim < len(entries) else slice(None)
             if isinstance(entry, slice):
-                prefix = entry.start is None and entry.step is None
+                prefix = (entry.start is None or const(entry.start) == 0) and (
+                    entry.step is None or const(entry.step) == 1)
                 keep[dim] = (out_dim, prefix)
                 out_dim += 1
             else:
@@ -340,6 +357,18 @@ class Flow:
                 else:
                     self.put(node, out, hyp, (d + n_batch - loop, c))
         return out
+
+
+def _data_inputs(node: Apply) -> list[Variable]:
+    """The inputs whose values (not only their shapes) an operation reads."""
+    op = node.op
+    if isinstance(op, Shape | Shape_i):
+        return []
+    if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Second":
+        return list(node.inputs[1:])  # fill(x, v): x's shape, v's values
+    if isinstance(op, Alloc | Reshape):
+        return list(node.inputs[:1])
+    return list(node.inputs)
 
 
 def walk_back(flow: Flow, var: Variable) -> set[Hyp]:

@@ -86,7 +86,7 @@ def scan_states(flow: Flow, node: Apply) -> list[State]:
             current[k] = merged
         if not changed:
             break
-    flow.nested.append(body)
+    flow.nested.append((node, body))
     result: dict[int, State] = {}
     groups = (
         (args.outer_out_mit_mot, args.inner_out_mit_mot, 1),

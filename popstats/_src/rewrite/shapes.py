@@ -30,8 +30,10 @@ PASS = (BNStat, ViewOp, DeepCopyOp, SpecifyShape, CheckAndRaise)
 WILD = "*"
 
 
-def const(var: Variable) -> object:
+def const(var: Variable | None) -> object:
     """The value of a constant (through casts), else None."""
+    if var is None or isinstance(var, int | np.integer):
+        return None if var is None else int(var)
     while not isinstance(var, Constant) and var.owner is not None and (
         (isinstance(var.owner.op, Elemwise) and len(var.owner.inputs) == 1
         and type(var.owner.op.scalar_op).__name__ in ("Cast", "Identity"))
