@@ -88,6 +88,25 @@ def test_reduction_over_batch_axis_flagged_over_features_not():
     assert mixing(h + pt.argmax(h, axis=0))[0].startswith("<graph>: Argmax")
 
 
+def test_aggregates_mix_only_when_used_per_example():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    loss = (h**2).sum()  # a loss or an accuracy: an output over the batch
+    assert mixing([h, loss, h.max(axis=0), h[0]]) == []
+    assert "reduces over" in mixing(h / loss)[0]
+    assert "single examples" in mixing(h - h[0])[0]
+    # in a loop: a stacked output passes the aggregate on, a state mixes
+    x3 = pt.tensor3("x3")
+    sums = pytensor.scan(lambda xt: marked_bn(xt, "s").sum(axis=0), sequences=[x3],
+                         return_updates=False)
+    assert mixing(sums) == []
+    assert "scan_fn: Sum" in mixing(x3 - sums[:, None, :])[0]
+    total = pytensor.scan(lambda xt, s: s + marked_bn(xt, "s").sum(axis=0),
+                          sequences=[x3], outputs_info=[pt.zeros(x3.shape[2])],
+                          return_updates=False)
+    assert "scan_fn: Sum" in mixing(total)[0]
+
+
 def test_dot_contracting_batch_flagged_over_features_not():
     x = pt.matrix("x")
     w = pytensor.shared(np.ones((3, 3)), name="W")
@@ -95,9 +114,10 @@ def test_dot_contracting_batch_flagged_over_features_not():
     assert mixing(pt.dot(h, w)) == []
     assert mixing(h @ w) == []  # matmul: a Blockwise
     gram = pt.dot(h.T, h)  # (features, features): sums over examples
-    found = mixing(gram)
+    assert mixing(gram) == []  # an aggregate output, like a loss
+    found = mixing(pt.dot(h, gram))  # used per example: mixes
     assert len(found) == 1 and "contracts" in found[0]
-    assert "contracts" in mixing(pt.matmul(h.T, h))[0]
+    assert "contracts" in mixing(h @ pt.matmul(h.T, h))[0]
     pairs = mixing(pt.dot(h, h.T))  # example i against example j
     assert pairs and "two different axes" in pairs[0]
 
@@ -109,9 +129,9 @@ def test_tensordot_folds_are_followed():
     assert mixing(pt.dot(h, pytensor.shared(np.ones((2, 2)), name="V"))) == []
     # the statistics reduce over time and batch alike (candidates 0 and 1): a
     # pooling over one of them is not taken for mixing, over both it is
-    assert mixing(h.mean(axis=0)) == []
-    assert "reduces over" in mixing(h.mean(axis=(0, 1)))[0]
-    assert "reduces over" in mixing(h.mean(axis=0), batch_axes={"x": 0})[0]
+    assert mixing(h - h.mean(axis=0)) == []
+    assert "reduces over" in mixing(h - h.mean(axis=(0, 1)))[0]
+    assert "reduces over" in mixing(h - h.mean(axis=0), batch_axes={"x": 0})[0]
 
 
 def test_reshape_folding_batch_flagged():
@@ -193,10 +213,11 @@ def test_loop_over_the_batch_axis():
 def test_batch_axis_from_statistics_default_and_given():
     x, mask = pt.tensor3("x"), pt.matrix("mask")  # x: (batch, height, features)
     h = marked_bn(x, "conv", axes=(0, 1))  # candidates 0 and 1
-    assert mixing(h.mean(axis=1)) == []  # a pooling over one candidate only
-    assert mixing(h.mean(axis=(0, 1))) != []  # over every candidate
-    assert mixing(h.mean(axis=1), batch_axes={"x": 1}) != []
-    assert mixing(h.mean(axis=0), batch_axes={x: 1}) == []
+    pooled = h.mean(axis=1, keepdims=True)  # over one candidate only
+    assert mixing(h - pooled) == []
+    assert mixing(h - h.mean(axis=(0, 1))) != []  # over every candidate
+    assert mixing(h - pooled, batch_axes={"x": 1}) != []
+    assert mixing(h - h.mean(axis=0), batch_axes={x: 1}) == []
     # an input no statistic reduces over: axis 0 by default
     y = h * mask[:, :, None]
     assert mixing(y) == []
@@ -273,7 +294,8 @@ def test_check_batch_independence_refuses_bad_arguments():
     with pytest.raises(popstats.PopstatsError, match=call + r"batch=\.\.\.\): the "
                        r"batch lacks"):
         popstats.check_batch_independence([x], x, {"y": np.ones((2, 2))})
-    with pytest.raises(popstats.PopstatsError, match=call + r"batch=\.\.\.\): expected"):
+    with pytest.raises(popstats.PopstatsError,
+                       match=call + r"batch=\.\.\.\): expected"):
         popstats.check_batch_independence([x], x, 3)
     with pytest.raises(popstats.PopstatsError, match="at least 2"):
         popstats.check_batch_independence([x], x, {"x": np.ones((1, 2))})

@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 from pytensor.scan.utils import ScanArgs
+from pytensor.tensor import subtensor
 from pytensor.tensor.basic import Alloc, Join, Split
 from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
@@ -36,19 +36,18 @@ from pytensor.tensor.random.op import RandomVariable
 from pytensor.tensor.shape import Reshape, Shape, Shape_i
 from pytensor.tensor.sort import ArgSortOp, SortOp
 from pytensor.tensor.special import LogSoftmax, Softmax
-from pytensor.tensor import subtensor
-from pytensor.tensor.subtensor import IncSubtensor, Subtensor, get_idx_list
+from pytensor.tensor.subtensor import IncSubtensor, Subtensor
 
 from popstats._src.graph.marker import BNStat, is_statistic
-from popstats._src.rewrite.shapes import PASS, Shapes, const, find, resolve
+from popstats._src.rewrite.rules import Hyp, Place, Rules, State
+from popstats._src.rewrite.shapes import PASS, Shapes
 
 __all__ = ["Event", "Flow", "Hyp", "Place", "walk_back"]
 
 #: ``x[indices]`` along axis 0 (PyTensor 3.0; 3.3 has AdvancedSubtensor only)
 _TAKE = getattr(subtensor, "AdvancedSubtensor1", ())
-Hyp = tuple[int, int]  # (root index, axis)
-Place = tuple[int, int]  # (dim, part of a folded dim)
-State = dict[Hyp, Place]
+#: Kinds of mixing that make an aggregate (see :meth:`Flow.mix`).
+_AGGREGATE = ("reduces over", "contracts", "takes single examples")
 
 #: Operations that work along one axis and keep the shape.
 _ALONG = (Softmax, LogSoftmax, CumOp, SortOp, ArgSortOp, Repeat)
@@ -63,7 +62,7 @@ class Event:
     kinds: dict[Hyp, str] = field(default_factory=dict)
 
 
-class Flow:
+class Flow(Rules):
     """Follow hypotheses through one graph level (see the module doc).
 
     Parameters
@@ -75,8 +74,14 @@ class Flow:
     """
 
     def __init__(self, states: dict[Variable, State], where: str,
-                 shapes: Shapes | None = None):
+                 shapes: Shapes | None = None, confirmed: set | None = None):
         self.states = dict(states)
+        #: aggregates over examples (reductions...) a variable holds, per hypothesis
+        self.taint: dict[Variable, dict[Hyp, frozenset[Apply]]] = {}
+        self.pending: dict[Apply, set[Hyp]] = {}
+        #: (node, hypothesis) found mixing; shared with inner graphs' flows
+        self.confirmed: set[tuple[Apply, Hyp]] = set() if confirmed is None else (
+            confirmed)
         self.where = where
         self.shapes = shapes or Shapes()
         self.events: dict[Apply, Event] = {}
@@ -88,8 +93,40 @@ class Flow:
         return self.states.get(var, {})
 
     def mix(self, node: Apply, hyp: Hyp, kind: str) -> None:
+        """Record that ``node`` mixes examples along ``hyp``'s axis.
+
+        An aggregate (a reduction, a contraction, one example taken) mixes
+        only once it meets values that still hold that batch axis (see
+        :meth:`carry`): a loss summed over the batch is an output, not a
+        mistake. Anything else mixes at once.
+        """
         event = self.events.setdefault(node, Event(node, self.where))
         event.kinds.setdefault(hyp, kind)
+        if kind.startswith(_AGGREGATE):
+            self.pending.setdefault(node, set()).add(hyp)
+        else:
+            self.confirmed.add((node, hyp))
+
+    def carry(self, node: Apply, states: list[State]) -> None:
+        """Pass aggregates on to ``node``'s outputs; those that meet their
+        batch axis there (or enter a loop) mix."""
+        incoming: dict[Hyp, set[Apply]] = {}
+        for var in _data_inputs(node):
+            for hyp, nodes in self.taint.get(var, {}).items():
+                incoming.setdefault(hyp, set()).update(nodes)
+        inner = isinstance(node.op, Scan | OpFromGraph)
+        held = set().union(*states) if states else set()
+        out: dict[Hyp, frozenset[Apply]] = {}
+        for hyp, nodes in incoming.items():
+            if inner or hyp in held:
+                self.confirmed.update((n, hyp) for n in nodes)
+            else:
+                out[hyp] = frozenset(nodes)
+        for hyp in self.pending.pop(node, ()):
+            out[hyp] = out.get(hyp, frozenset()) | {node}
+        if out:
+            for var in node.outputs:
+                self.taint[var] = out
 
     def all_flows(self) -> list[Flow]:
         """This level's flow and those of every inner graph, outermost first."""
@@ -98,7 +135,12 @@ class Flow:
     def all_events(self) -> list[Event]:
         """Events of nodes whose values (not only shapes) reach the outputs,
         here and in the inner graphs of such nodes."""
-        found = [e for node, e in self.events.items() if node in self.used]
+        found = []
+        for node, event in self.events.items():
+            kinds = {h: k for h, k in event.kinds.items()
+                     if (node, h) in self.confirmed}
+            if node in self.used and kinds:
+                found.append(Event(node, event.where, kinds))
         for node, inner in self.nested:
             if node in self.used:
                 found += inner.all_events()
@@ -117,20 +159,16 @@ class Flow:
         for node in toposort(list(outputs)):
             self.marks += [out for out in node.outputs if isinstance(
                 node.op, BNStat) or is_statistic(out)]
+            states = [{} for _ in node.outputs]
             if any(self.state(v) for v in node.inputs):
-                for out, state in zip(node.outputs, self.apply(node), strict=True):
+                states = self.apply(node)
+                for out, state in zip(node.outputs, states, strict=True):
                     if state:
                         self.states[out] = state
+            if self.pending.get(node) or any(v in self.taint for v in node.inputs):
+                self.carry(node, states)
         self._mark_used(outputs)
         return [self.state(v) for v in outputs]
-
-    def put(self, node: Apply, out: State, hyp: Hyp, place: Place) -> None:
-        """Place ``hyp`` in an output; the same one in two places mixes."""
-        if out.get(hyp, place) != place:
-            self.mix(node, hyp, "combines examples along two different axes")
-            out.pop(hyp)
-        elif hyp not in out or out[hyp] == place:
-            out[hyp] = place
 
     def apply(self, node: Apply) -> list[State]:
         op, ins = node.op, node.inputs
@@ -186,9 +224,14 @@ class Flow:
             return self.scan(node)
         if isinstance(op, OpFromGraph):
             inner = type(self)({v: self.state(o) for v, o in zip(
-                op.inner_inputs, ins, strict=False)}, self.where, self.shapes)
+                op.inner_inputs, ins, strict=False)}, self.where, self.shapes,
+                self.confirmed)
             self.nested.append((node, inner))
-            return inner.run(op.inner_outputs)
+            states = inner.run(op.inner_outputs)
+            for out, var in zip(node.outputs, op.inner_outputs, strict=True):
+                if var in inner.taint:
+                    self.taint[out] = inner.taint[var]
+            return states
         return self.unknown(node)
 
     def scan(self, node: Apply) -> list[State]:
@@ -200,163 +243,6 @@ class Flow:
             for hyp in self.state(inp):
                 self.mix(node, hyp, "cannot be followed through (unknown operation) on")
         return [{} for _ in node.outputs]
-
-    def reduce(self, node: Apply, state: State, axes, kind: str) -> State:
-        axes = {int(a) % max(node.inputs[0].ndim, 1) for a in axes}
-        out = {}
-        for hyp, (d, c) in state.items():
-            if d in axes:
-                self.mix(node, hyp, kind)
-            else:
-                out[hyp] = (d - sum(a < d for a in axes), c)
-        return out
-
-    def along(self, node: Apply) -> State:
-        axis = getattr(node.op, "axis", None)
-        if isinstance(node.op, SortOp | ArgSortOp) and len(node.inputs) > 1:
-            axis = const(node.inputs[1])  # PyTensor 3.0: the axis is an input
-        ndim = max(node.inputs[0].ndim, 1)
-        axes = None if axis is None else {int(a) % ndim for a in np.atleast_1d(axis)}
-        out = {}
-        for hyp, (d, c) in self.state(node.inputs[0]).items():
-            if axes is None or d in axes:
-                self.mix(node, hyp, "works along")
-            else:
-                out[hyp] = (d, c)
-        return out
-
-    def subtensor(self, node: Apply) -> State:
-        x = node.inputs[0]
-        entries = get_idx_list(node.inputs, node.op.idx_list)
-        keep, out_dim = {}, 0
-        for dim in range(x.ndim):
-            entry = entries[dim] if dim < len(entries) else slice(None)
-            if isinstance(entry, slice):
-                prefix = (entry.start is None or const(entry.start) == 0) and (
-                    entry.step is None or const(entry.step) == 1)
-                keep[dim] = (out_dim, prefix)
-                out_dim += 1
-            else:
-                keep[dim] = None
-        out = {}
-        for hyp, (d, c) in self.state(x).items():
-            if keep[d] is None:
-                self.mix(node, hyp, "takes single examples (an index) along")
-            elif not keep[d][1]:
-                self.mix(node, hyp, "shifts or reorders the examples (a slice) along")
-            else:
-                out[hyp] = (keep[d][0], c)
-        return out
-
-    def inc_subtensor(self, node: Apply) -> State:
-        x, y = node.inputs[:2]
-        entries = get_idx_list(node.inputs, node.op.idx_list)
-        view = []  # x's dims that the view keeps, with whether fully
-        for dim in range(x.ndim):
-            entry = entries[dim] if dim < len(entries) else slice(None)
-            if isinstance(entry, slice):
-                view.append((dim, entry == slice(None)))
-        out = {}
-        for hyp, (d, c) in self.state(x).items():
-            entry = entries[d] if d < len(entries) else slice(None)
-            if entry != slice(None):
-                self.mix(node, hyp, "writes into some examples only along")
-            else:
-                out[hyp] = (d, c)
-        offset = len(view) - y.ndim
-        for hyp, (d, c) in self.state(y).items():
-            dim, full = view[d + offset]
-            if not full:
-                self.mix(node, hyp, "writes the examples into a part of")
-            else:
-                self.put(node, out, hyp, (dim, c))
-        return out
-
-    def reshape(self, node: Apply) -> State:
-        x = node.inputs[0]
-        per_dim = [list(self.shapes.atoms(x, d)) for d in range(x.ndim)]
-        flat_in = [a for atoms in per_dim for a in atoms]
-        sizes = self.shapes.target(node)
-        sizes = None if sizes is None else resolve(flat_in, sizes)
-        out = {}
-        for hyp, (d, c) in self.state(x).items():
-            place = None
-            if sizes is not None and c < len(per_dim[d]):
-                index = sum(len(p) for p in per_dim[:d]) + c
-                place = find(flat_in, index, sizes)
-            if place is None:
-                self.mix(node, hyp, "folds or splits (a reshape it cannot follow)")
-            else:
-                out[hyp] = place
-        return out
-
-    def dot(self, node: Apply) -> State:
-        left, right = node.inputs
-        out = {}
-        for hyp, (d, c) in self.state(left).items():
-            if d == left.ndim - 1:
-                self.mix(node, hyp, "contracts (a matrix product) over")
-            else:
-                self.put(node, out, hyp, (d, c))
-        for hyp, (d, c) in self.state(right).items():
-            if d == 0:
-                self.mix(node, hyp, "contracts (a matrix product) over")
-            else:
-                self.put(node, out, hyp, (left.ndim - 1 + d - 1, c))
-        return out
-
-    def join(self, node: Apply) -> list[State]:
-        op, ins = node.op, list(node.inputs)
-        axis = getattr(op, "axis", None)
-        if ins and ins[0].ndim == 0:  # the axis as an input (PyTensor 3.0)
-            axis = const(ins.pop(0))
-        if isinstance(op, Split):
-            ins = ins[:1]
-        out: State = {}
-        for inp in ins:
-            for hyp, (d, c) in self.state(inp).items():
-                if axis is None or d == int(axis) % inp.ndim:
-                    self.mix(node, hyp, "concatenates or splits along")
-                else:
-                    self.put(node, out, hyp, (d, c))
-        return [out for _ in node.outputs]
-
-    def blockwise(self, node: Apply) -> list[State]:
-        op = node.op
-        in_sig, out_sig = op.inputs_sig, op.outputs_sig
-        n_loop = node.outputs[0].ndim - len(out_sig[0])
-        is_dot = isinstance(op.core_op, Dot) or type(op.core_op).__name__ == "Dot"
-        outs: list[State] = [{} for _ in node.outputs]
-        for inp, sig in zip(node.inputs, in_sig, strict=True):
-            loop = inp.ndim - len(sig)
-            for hyp, (d, c) in self.state(inp).items():
-                if d < loop:
-                    for out in outs:
-                        self.put(node, out, hyp, (d + n_loop - loop, c))
-                    continue
-                name = sig[d - loop]
-                placed = [(k, s.index(name)) for k, s in enumerate(out_sig)
-                          if name in s]
-                if not is_dot or not placed:
-                    kind = ("contracts (a matrix product) over" if is_dot else
-                            f"cannot be followed through the core axes of {op} on")
-                    self.mix(node, hyp, kind)
-                for k, pos in placed if is_dot else ():
-                    self.put(node, outs[k], hyp, (n_loop + pos, c))
-        return outs
-
-    def random(self, node: Apply) -> State:
-        op, draw = node.op, node.outputs[1]
-        n_batch = draw.ndim - op.ndim_supp
-        out: State = {}
-        for param, core in zip(op.dist_params(node), op.ndims_params, strict=True):
-            loop = param.ndim - core
-            for hyp, (d, c) in self.state(param).items():
-                if d >= loop:
-                    self.mix(node, hyp, f"cannot be followed through {op} on")
-                else:
-                    self.put(node, out, hyp, (d + n_batch - loop, c))
-        return out
 
 
 def _data_inputs(node: Apply) -> list[Variable]:

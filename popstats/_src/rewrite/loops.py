@@ -70,7 +70,7 @@ def scan_states(flow: Flow, node: Apply) -> list[State]:
         for (tap_vars, _, _, _), state in zip(stateful, current, strict=True):
             for var in tap_vars:
                 inner[var] = state
-        body = type(flow)(inner, where, flow.shapes)
+        body = type(flow)(inner, where, flow.shapes, flow.confirmed)
         body.run(list(args.inner_outputs))
         changed = False
         for k, (_, outs, _, _) in enumerate(stateful):
@@ -102,6 +102,16 @@ def scan_states(flow: Flow, node: Apply) -> list[State]:
             for var in outs:
                 state.update(_shift(body.state(var), shift))
             result[id(outer)] = state
+    # aggregates: stacked outputs pass them on; states and the condition
+    # feed the next step, so there they are used per example
+    stacked = {id(v) for v in args.inner_out_nit_sot}
+    for var in args.inner_outputs:
+        for hyp, nodes in body.taint.get(var, {}).items():
+            if id(var) not in stacked:
+                flow.confirmed.update((n, hyp) for n in nodes)
+    for outer, var in zip(args.outer_out_nit_sot, args.inner_out_nit_sot, strict=True):
+        if var in body.taint:
+            flow.taint[outer] = body.taint[var]
     if not recurrent:  # a per-example map: the steps are the examples
         for outer in args.outer_out_nit_sot:
             result[id(outer)].update({h: (0, c) for h, c in over.items()})
