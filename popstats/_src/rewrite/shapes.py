@@ -54,13 +54,24 @@ class Shapes:
     there, folded with its neighbours if they share its new axis.
     """
 
+    #: how far back one size is traced (deep graphs: no recursion limit hit;
+    #: both sides of a reshape trace the same variables, so they agree)
+    MAX_DEPTH = 40
+
     def __init__(self) -> None:
         self.memo: dict[tuple[int, int], tuple] = {}
+        self.depth = 0
 
     def atoms(self, var: Variable, dim: int) -> tuple:
         key = (id(var), dim)
         if key not in self.memo:
-            self.memo[key] = self._atoms(var, dim)
+            if self.depth >= self.MAX_DEPTH:
+                return (("v", id(var), dim),)
+            self.depth += 1
+            try:
+                self.memo[key] = self._atoms(var, dim)
+            finally:
+                self.depth -= 1
         return self.memo[key]
 
     def _atoms(self, var: Variable, dim: int) -> tuple:
