@@ -301,3 +301,12 @@ def test_check_batch_independence_refuses_bad_arguments():
         popstats.check_batch_independence([x], x, {"x": np.ones((1, 2))})
     with pytest.raises(popstats.PopstatsError, match=call + r"rtol"):
         popstats.check_batch_independence([x], x, {"x": np.ones((2, 2))}, rtol=-1)
+
+
+def test_split_along_features_followed_along_batch_mixes():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    a, b = pt.split(h, [1, 2], n_splits=2, axis=1)
+    assert mixing(a + b[:, :1]) == []
+    c, d = pt.split(h, [1, 1], n_splits=2, axis=0)
+    assert "splits" in mixing(c + d)[0]

@@ -151,10 +151,10 @@ class Rules:
     def join(self, node: Apply) -> list[State]:
         op, ins = node.op, list(node.inputs)
         axis = getattr(op, "axis", None)
-        if ins and ins[0].ndim == 0:  # the axis as an input (PyTensor 3.0)
+        if isinstance(op, Split):  # (x, axis, splits)
+            axis, ins = const(ins[1]), ins[:1]
+        elif ins and ins[0].ndim == 0:  # the axis as an input (PyTensor 3.0)
             axis = const(ins.pop(0))
-        if isinstance(op, Split):
-            ins = ins[:1]
         out: State = {}
         for inp in ins:
             for hyp, (d, c) in self.state(inp).items():
