@@ -151,8 +151,8 @@ class Rules:
     def join(self, node: Apply) -> list[State]:
         op, ins = node.op, list(node.inputs)
         axis = getattr(op, "axis", None)
-        if isinstance(op, Split):  # (x, axis, splits)
-            axis, ins = const(ins[1]), ins[:1]
+        if isinstance(op, Split):  # (x, axis, splits) on 3.0, (x, splits) on 3.3
+            axis, ins = const(ins[1]) if axis is None else axis, ins[:1]
         elif ins and ins[0].ndim == 0:  # the axis as an input (PyTensor 3.0)
             axis = const(ins.pop(0))
         out: State = {}
