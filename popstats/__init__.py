@@ -22,7 +22,7 @@ new data with population statistics, per layer and step.
 from popstats import nn as nn
 from popstats._src.drift.drift import drift
 from popstats._src.drift.records import Drift, StatisticDrift
-from popstats._src.errors import PopstatsError
+from popstats._src.errors import PopstatsError, PopstatsWarning
 from popstats._src.estimation.api import estimate
 from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.estimators import Estimator
@@ -40,7 +40,9 @@ from popstats._src.graph.recognize import (
 )
 from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
 from popstats._src.rewrite.api import get_inference_graph
-from popstats._src.rewrite.rewriter import bind, population_variables, rewrite
+from popstats._src.rewrite.bind import bind, population_variables
+from popstats._src.rewrite.check import check_batch_independence
+from popstats._src.rewrite.rewriter import rewrite
 from popstats._src.rewrite.running_stats import (
     RunningWrite,
     WrittenStatistics,
@@ -56,6 +58,7 @@ __all__ = [
     "EstimationState",
     "Estimator",
     "PopstatsError",
+    "PopstatsWarning",
     "PopulationStatistics",
     "RecognitionContext",
     "Recognizer",
@@ -66,6 +69,7 @@ __all__ = [
     "WrittenStatistics",
     "bind",
     "bn_statistic",
+    "check_batch_independence",
     "describe",
     "describe_rewrite",
     "draw",

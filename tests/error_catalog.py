@@ -177,11 +177,16 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("Batches and inputs", ("estimation/batches.py",)),
     (
         "Rewriting: ``rewrite``, ``bind``",
-        ("rewrite/rewriter.py", "rewrite/matching.py", "rewrite/api.py"),
+        ("rewrite/rewriter.py", "rewrite/bind.py", "rewrite/matching.py",
+         "rewrite/api.py"),
     ),
     (
         "Running statistics: ``update_running_stats``",
         ("rewrite/running_stats.py", "rewrite/running_ptml.py"),
+    ),
+    (
+        "Batch independence: ``batch_axes``, ``check_batch_independence``",
+        ("rewrite/independence.py", "rewrite/check.py"),
     ),
     (
         "Statistics, saving and loading",
@@ -1020,6 +1025,71 @@ def rewrite_one_value_two_places():
     x1, x2 = pt.matrix("x1"), pt.matrix("x2")
     stats = popstats.estimate([x1], branch(x1), [{"x1": data()}])
     popstats.rewrite([branch(x1), branch(x2)], stats, match="name")
+
+
+# -- batch independence ---------------------------------------------------------
+
+
+@scenario("batch_axes that is not a dict")
+def batch_axes_not_a_dict():
+    x, y, stats = estimated()
+    popstats.rewrite(y, stats, batch_axes=0)
+
+
+@scenario("batch_axes naming no input of the graph")
+def batch_axes_unknown_input():
+    x, y, stats = estimated()
+    popstats.rewrite(y, stats, batch_axes={"inputs": 0})
+
+
+@scenario("A batch axis the input does not have")
+def batch_axes_out_of_range():
+    x, y, stats = estimated()
+    popstats.describe_rewrite(y, popstats.rewrite(y, stats), batch_axes={"x": 2})
+
+
+@scenario("check_batch_independence: inputs that are not free inputs")
+def check_independence_bad_inputs():
+    x, y, stats = estimated()
+    popstats.check_batch_independence([x * 2.0], y, {"x": data()})
+
+
+@scenario("check_batch_independence: an input missing from inputs")
+def check_independence_missing_input():
+    x, y = layer()
+    n = pt.scalar("n")
+    popstats.check_batch_independence([x], y * n, {"x": data()})
+
+
+@scenario("check_batch_independence: the batch lacks an input")
+def check_independence_batch_lacks_input():
+    x, y, stats = estimated()
+    popstats.check_batch_independence([x], popstats.rewrite(y, stats), {"X": data()})
+
+
+@scenario("check_batch_independence: not one batch")
+def check_independence_not_a_batch():
+    x, y, stats = estimated()
+    popstats.check_batch_independence([x], y, [{"x": data()}, {"x": data()}])
+
+
+@scenario("check_batch_independence: a batch of one example")
+def check_independence_one_example():
+    x, y, stats = estimated()
+    popstats.check_batch_independence([x], popstats.rewrite(y, stats),
+                                      {"x": data(rows=1)})
+
+
+@scenario("check_batch_independence: a negative rtol")
+def check_independence_bad_rtol():
+    x, y, stats = estimated()
+    popstats.check_batch_independence([x], y, {"x": data()}, rtol=-1e-6)
+
+
+@scenario("check_batch_independence: outputs that mix examples")
+def check_independence_mixing():
+    x, y = layer()  # the training graph: normalized with the batch's statistics
+    popstats.check_batch_independence([x], y, {"x": data(rows=4)})
 
 
 # -- statistics and persistence -----------------------------------------------

@@ -1,16 +1,16 @@
 """The one exception family of popstats.
 
 Stage: base (below every stage folder). Members: :class:`PopstatsError`,
-:func:`check_bool`, :func:`check_choice`, :func:`describe_value`,
-:func:`install_hint`.
+:class:`PopstatsWarning`, :func:`check_bool`, :func:`check_choice`,
+:func:`describe_value`, :func:`install_hint`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PopstatsError", "check_bool", "check_choice", "describe_value",
-           "install_hint"]
+__all__ = ["PopstatsError", "PopstatsWarning", "check_bool", "check_choice",
+           "describe_value", "install_hint"]
 
 
 class PopstatsError(ValueError):
@@ -18,6 +18,17 @@ class PopstatsError(ValueError):
 
     Messages name the call, the argument, what was received, what is allowed
     and how to fix it. Being a ``ValueError``, it can be caught as one.
+    """
+
+
+class PopstatsWarning(UserWarning):
+    """Warned when a result is likely wrong though popstats could produce it.
+
+    :func:`~popstats.rewrite` and :func:`~popstats.get_inference_graph` warn
+    with it when the inference graph still mixes the examples of a batch
+    (e.g. a batch statistic left unmarked). Being a ``UserWarning``, it is
+    filtered like one: ``warnings.filterwarnings("ignore",
+    category=popstats.PopstatsWarning)``.
     """
 
 

@@ -4,7 +4,7 @@ Stage: inspection. :func:`describe` gives a :class:`Description`, one
 :class:`StatisticRecord` (a table row built on its
 :class:`~popstats.Site`) per statistic; :func:`describe_rewrite` a
 :class:`RewriteDescription` (population variables read by
-:func:`~popstats._src.rewrite.rewriter.population_copies`). :func:`walk_nodes`
+:func:`~popstats._src.rewrite.bind.population_copies`). :func:`walk_nodes`
 and :func:`leftover_statistics` are shared with
 :mod:`popstats._src.inspection.drawing`; tables are drawn by
 :mod:`popstats._src.inspection.tables`.
@@ -25,7 +25,8 @@ from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.graph.identity import digest
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
 from popstats._src.inspection.tables import escape_text, html_table, text_table
-from popstats._src.rewrite.rewriter import population_copies
+from popstats._src.rewrite.bind import population_copies
+from popstats._src.rewrite.independence import mixing_operations
 
 __all__ = [
     "Description",
@@ -238,17 +239,23 @@ class RewriteDescription:
     leftover : tuple of str
         Batch statistics still in the rewritten graph, at any depth; empty
         when the rewrite is complete.
+    mixing : tuple of str
+        Operations of the rewritten graph that still mix the examples of a
+        batch (``"where: operation ... the batch axis of input 'x'"``), as
+        :func:`~popstats.rewrite` warns them (see :doc:`/independence`).
     """
 
     replaced: dict[str, str | None]
     rebuilt: tuple[str, ...]
     kept: tuple[str, ...]
     leftover: tuple[str, ...]
+    mixing: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Every statistic replaced and none left."""
-        return not self.leftover and None not in self.replaced.values()
+        """Every statistic replaced, none left, and nothing mixing examples."""
+        return (not self.leftover and None not in self.replaced.values()
+                and not self.mixing)
 
     def __str__(self) -> str:
         rows = [[name, var or "NOT REPLACED"] for name, var in self.replaced.items()]
@@ -261,6 +268,9 @@ class RewriteDescription:
                          f"{escape_text(', '.join(self.leftover))}")
         else:
             lines.append("No batch statistic left.")
+        if self.mixing:
+            lines.append("Operations still mixing examples:")
+            lines += [f"  {escape_text(item)}" for item in self.mixing]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -268,7 +278,8 @@ class RewriteDescription:
 
 
 def describe_rewrite(original: Variable | Sequence[Variable],
-                     inference: Variable | Sequence[Variable]) -> RewriteDescription:
+                     inference: Variable | Sequence[Variable], *,
+                     batch_axes: dict | None = None) -> RewriteDescription:
     """Compare a training graph with its rewritten (inference) version.
 
     Parameters
@@ -277,12 +288,16 @@ def describe_rewrite(original: Variable | Sequence[Variable],
         Outputs of the training graph given to :func:`~popstats.rewrite`.
     inference : Variable or sequence of Variable
         What :func:`~popstats.rewrite` returned.
+    batch_axes : dict, optional
+        As for :func:`~popstats.rewrite`: input name to its batch axis (None:
+        none), where the marked statistics do not tell.
 
     Returns
     -------
     RewriteDescription
         Which statistics were replaced by which population variables, which
-        Scans were rebuilt, and the batch statistics left (none if complete).
+        Scans were rebuilt, the batch statistics left (none if complete) and
+        the operations still mixing examples (none if batch-independent).
 
     Examples
     --------
@@ -304,5 +319,7 @@ def describe_rewrite(original: Variable | Sequence[Variable],
     rebuilt, kept = [], []
     for where, op in _scans(before):
         (kept if id(op) in after_ops else rebuilt).append(where)
+    mixing, _ = mixing_operations(before, after, batch_axes_arg=batch_axes,
+                                  call="describe_rewrite")
     return RewriteDescription(replaced, tuple(rebuilt), tuple(kept),
-                              tuple(leftover_statistics(after)))
+                              tuple(leftover_statistics(after)), tuple(mixing))

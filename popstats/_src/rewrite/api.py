@@ -21,7 +21,8 @@ from popstats._src.estimation.options import (
     takes_options,
 )
 from popstats._src.export.exporter import as_variables
-from popstats._src.rewrite.rewriter import rewrite
+from popstats._src.rewrite.independence import check_batch_axes, data_inputs
+from popstats._src.rewrite.rewriter import rewrite_as
 
 __all__ = ["get_inference_graph"]
 
@@ -36,6 +37,7 @@ def get_inference_graph(
     checkpoint_every: int = ...,
     progress: bool | str = ...,
     return_stats: bool = ...,
+    batch_axes: dict | None = ...,
     **options: Unpack[OptionKeywords],
 ) -> Variable: ...
 @overload
@@ -48,12 +50,13 @@ def get_inference_graph(
     checkpoint_every: int = ...,
     progress: bool | str = ...,
     return_stats: bool = ...,
+    batch_axes: dict | None = ...,
     **options: Unpack[OptionKeywords],
 ) -> Sequence[Variable]: ...
 @takes_options
 def get_inference_graph(
     inputs, outputs, batches, *, checkpoint=None, checkpoint_every=100,
-    progress="auto", return_stats=False, **options,
+    progress="auto", return_stats=False, batch_axes=None, **options,
 ):
     """Estimate population statistics over ``batches`` and rewrite ``outputs``.
 
@@ -76,6 +79,11 @@ def get_inference_graph(
         As for :func:`~popstats.estimate`: checkpointing and a progress bar.
     return_stats : bool, default False
         Also return the :class:`~popstats.PopulationStatistics`.
+    batch_axes : dict, optional
+        As for :func:`~popstats.rewrite`: input name to its batch axis (None:
+        none) where the marked statistics do not tell. The inference graph is
+        checked for operations that still mix examples (a batch statistic
+        left unmarked); each is named in a :class:`~popstats.PopstatsWarning`.
 
     Returns
     -------
@@ -105,9 +113,10 @@ def get_inference_graph(
             f"{describe_value(return_stats)}."
         )
     outs = as_variables(outputs, call)
+    check_batch_axes(batch_axes, data_inputs(outs), call)
     stats = estimate_as(
         call, inputs, outs, batches, checked, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, progress=progress,
     )
-    result = rewrite(outputs, stats)
+    result = rewrite_as(call, outputs, stats, None, "structure", batch_axes, 3)
     return (result, stats) if return_stats else result

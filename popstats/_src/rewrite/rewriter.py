@@ -8,9 +8,9 @@ the last one, the rule of recurrent batch normalization, Cooijmans et al.
 2016), recursively for nested loops. One pass over the graph: nothing is
 cloned per statistic.
 
-Stage: rewrite (:mod:`popstats._src.rewrite`). Members: :func:`bind`,
-:func:`population_array`, :func:`population_copies`,
-:func:`population_variables`, :func:`rewrite`.
+Stage: rewrite (:mod:`popstats._src.rewrite`). Members: :func:`rewrite`,
+:func:`rewrite_as` (errors naming another call), :func:`population_array`
+and :func:`check_stats` (shared with :mod:`popstats._src.rewrite.bind`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply, Variable
-from pytensor.graph.traversal import toposort
 from pytensor.raise_op import CheckAndRaise
 
 from popstats._src.errors import PopstatsError, describe_value
@@ -30,10 +29,10 @@ from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import as_variables, restructure
 from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId, transform
+from popstats._src.rewrite.independence import mixing_operations, warn_mixing
 from popstats._src.rewrite.matching import Matcher, check_match
 
-__all__ = ["bind", "population_array", "population_copies", "population_variables",
-           "rewrite"]
+__all__ = ["check_stats", "population_array", "rewrite", "rewrite_as"]
 
 
 class _RewriteLevel:
@@ -206,15 +205,15 @@ def _check_select(select: object, n_sets: int) -> Variable:
 @overload
 def rewrite(
     outputs: Variable, stats: PopulationStatistics | Sequence[PopulationStatistics],
-    *, select: Variable | None = ..., match: str = ...,
+    *, select: Variable | None = ..., match: str = ..., batch_axes: dict | None = ...,
 ) -> Variable: ...
 @overload
 def rewrite(
     outputs: Sequence[Variable],
     stats: PopulationStatistics | Sequence[PopulationStatistics],
-    *, select: Variable | None = ..., match: str = ...,
+    *, select: Variable | None = ..., match: str = ..., batch_axes: dict | None = ...,
 ) -> list[Variable]: ...
-def rewrite(outputs, stats, *, select=None, match="structure"):
+def rewrite(outputs, stats, *, select=None, match="structure", batch_axes=None):
     """Replace every marked statistic in ``outputs`` by its population value.
 
     Parameters
@@ -237,6 +236,11 @@ def rewrite(outputs, stats, *, select=None, match="structure"):
         (so each application of a reused layer gets its own value, in any
         process that builds the same model), or by label and loops alone
         (when the model changed upstream but the values still apply).
+    batch_axes : dict, optional
+        Input name (or variable) to the axis holding its examples, or None
+        for an input without one, where the marked statistics do not tell
+        (see :doc:`/independence`). The result is checked for operations that
+        still mix examples; each is named in a :class:`~popstats.PopstatsWarning`.
 
     Returns
     -------
@@ -264,17 +268,25 @@ def rewrite(outputs, stats, *, select=None, match="structure"):
     >>> pytensor.function([x, k], y_sets)(np.zeros((1, 2)), 1)
     array([[-5., -5.]])
     """
-    sets = _check_stats(stats, select)
+    return rewrite_as("rewrite", outputs, stats, select, match, batch_axes, 3)
+
+
+def rewrite_as(call: str, outputs: object, stats: object, select: object,
+               match: str, batch_axes: object, stacklevel: int) -> object:
+    """:func:`rewrite`, warning in the name of ``call`` (for the stack level)."""
+    sets = check_stats(stats, select)
     if select is not None:
         select = _check_select(select, len(sets))
     matcher = Matcher(sets, check_match(match, "rewrite"), "rewrite")
     outs = as_variables(outputs, "rewrite")
     new = transform((), outs, _RewriteLevel(matcher, select))
     matcher.check()
+    found, assumed = mixing_operations(outs, new, batch_axes_arg=batch_axes, call=call)
+    warn_mixing(found, assumed, call, stacklevel + 1)
     return restructure(outputs, new)
 
 
-def _check_stats(
+def check_stats(
     stats: object, select: object, call: str = "rewrite"
 ) -> list[PopulationStatistics]:
     sets = [stats] if isinstance(stats, PopulationStatistics) else stats
@@ -295,144 +307,3 @@ def _check_stats(
             f"time, or pass a single PopulationStatistics."
         )
     return list(sets)
-
-
-def bind(
-    outputs: Variable | Sequence[Variable],
-    stats: PopulationStatistics | Sequence[PopulationStatistics],
-    *,
-    match: str = "structure",
-) -> None:
-    """Put other population values into an inference graph, in place.
-
-    Sets the shared variables of a graph made by :func:`rewrite` (or loaded
-    statistics onto a graph built earlier, in this process or another)
-    without rebuilding or recompiling. A graph built with ``select`` takes a
-    list of sets (their number may change); the others take one
-    :class:`PopulationStatistics`. Values are matched with the graph's
-    statistics as in :func:`rewrite` (``match``); if any statistic has no
-    value, or a value does not fit, nothing is changed.
-
-    Examples
-    --------
-    >>> import numpy as np, pytensor, pytensor.tensor as pt, popstats
-    >>> x = pt.matrix("x")
-    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
-    >>> y_inf = popstats.rewrite(y, popstats.estimate([x], y, [{"x": np.ones((3, 2))}]))
-    >>> f = pytensor.function([x], y_inf)
-    >>> popstats.bind(y_inf, popstats.estimate([x], y, [{"x": np.full((2, 2), 4.0)}]))
-    >>> f(np.zeros((1, 2)))
-    array([[-4., -4.]])
-    """
-    found = population_copies(outputs, "bind")
-    if not found:
-        raise PopstatsError(
-            "bind(outputs=...): the graph holds no population variables; bind "
-            "onto outputs returned by popstats.rewrite or get_inference_graph."
-        )
-    sets = [stats] if isinstance(stats, PopulationStatistics) else stats
-    _check_stats(sets, select=0, call="bind")
-    matcher = Matcher(sets, check_match(match, "bind"), "bind")
-    planned = []
-    for name, var in ((n, v) for n, copies in found.items() for v in copies):
-        stacked = bool(getattr(var.tag, "popstats_stacked", False))
-        if stacked == isinstance(stats, PopulationStatistics):
-            wanted = "a list of PopulationStatistics" if stacked else "one"
-            raise PopstatsError(
-                f"bind(stats=...): the graph was built "
-                f"{'with' if stacked else 'without'} select=..., so pass {wanted} "
-                f"(got {describe_value(stats)})."
-            )
-        group = matcher.find(var.tag.popstats_site)
-        if group is not None:
-            planned.append((name, var, stacked, group))
-    matcher.check()
-    values = []
-    for name, var, stacked, group in planned:
-        built = getattr(var.tag, "popstats_time", None)
-        for k, stat in enumerate(group):
-            if stat.site.time != built:
-                where = "stats" if not stacked else f"stats[{k}]"
-                raise PopstatsError(
-                    f"bind(stats=...): statistic {name!r} was estimated with time "
-                    f"modes {stat.site.time} in {where}, but the graph was built "
-                    f"for {built} (per loop level, outermost first): its time "
-                    f"axes would be indexed as the wrong loops' steps. Estimate "
-                    f"with the graph's time=..., or rewrite the graph again with "
-                    f"these statistics."
-                )
-        value = population_array(group, stacked, "bind")
-        want = var.type.shape
-        # the statistic's own axes (after time axes and the set axis) must be
-        # those of the value in place: a different size, or a 1 that would
-        # broadcast, is a value estimated for another graph
-        own = len(group[0].site.shape)
-        held = var.get_value(borrow=True).shape
-        if value.ndim != len(want) or any(
-            w is not None and w != v for w, v in zip(want, value.shape, strict=True)
-        ) or (own and value.shape[-own:] != held[-own:]):
-            raise PopstatsError(
-                f"bind(stats=...): statistic {name!r} has shape {value.shape} in "
-                f"stats (statistic shape {value.shape[value.ndim - own:]}), but "
-                f"the graph holds shape {held} (statistic shape "
-                f"{held[len(held) - own:]}). These values were estimated for "
-                f"another graph; estimate on this one."
-            )
-        values.append((var, value.astype(var.dtype)))
-    for var, value in values:
-        var.set_value(value)
-
-
-def population_variables(outputs: Variable | Sequence[Variable]) -> dict[str, Variable]:
-    """The shared variables holding population values in a rewritten graph.
-
-    Returns a dict from statistic name to shared variable; update one with
-    ``set_value`` to change the value without rebuilding or recompiling.
-    Outputs rewritten in separate :func:`rewrite` calls hold one variable per
-    call for a statistic they share; then this refuses (setting one would
-    leave the others stale) and :func:`bind` is the way to update them all.
-
-    Examples
-    --------
-    >>> import numpy as np, pytensor.tensor as pt, popstats
-    >>> x = pt.matrix("x")
-    >>> y = x - popstats.bn_statistic(x.mean(axis=0), label="mean")
-    >>> y_inf = popstats.rewrite(y, popstats.estimate([x], y, [{"x": np.ones((3, 2))}]))
-    >>> popstats.population_variables(y_inf)["mean"].get_value()
-    array([1., 1.])
-    """
-    call = "population_variables"
-    found = population_copies(outputs, call)
-    shared = {name: len(copies) for name, copies in found.items() if len(copies) > 1}
-    if shared:
-        raise PopstatsError(
-            f"{call}(outputs=...): the graph holds several population variables "
-            f"for the same statistic ({shared}: name and number of copies), "
-            f"because its outputs were rewritten in separate rewrite calls; "
-            f"setting one copy would leave the others with the old value. Use "
-            f"popstats.bind(outputs, stats), which sets every copy, or rewrite "
-            f"all outputs in one call: rewrite([y, loss], stats)."
-        )
-    return {name: copies[0] for name, copies in found.items()}
-
-
-def population_copies(outputs: object, call: str) -> dict[str, list[Variable]]:
-    """Per statistic name, every shared variable holding its population value
-    in the graph of ``outputs`` (several when the outputs come from separate
-    :func:`rewrite` calls), in graph order."""
-    outs = as_variables(outputs, call)
-    found: dict[str, list[Variable]] = {}
-
-    def add(var: Variable) -> None:
-        name = getattr(var.tag, "popstats_statistic", None)
-        if name is not None and var.owner is None:
-            copies = found.setdefault(name, [])
-            if not any(var is other for other in copies):
-                copies.append(var)
-
-    for node in toposort(list(outs)):
-        for var in node.inputs:
-            add(var)
-    for var in outs:
-        add(var)
-    return found

@@ -1,0 +1,287 @@
+"""Where each input's batch axis goes in a graph, and which operations mix it.
+
+Stage: rewrite (used by :mod:`popstats._src.rewrite.independence`). A
+*hypothesis* ``(k, a)`` says "axis ``a`` of root ``k`` indexes examples". A
+:class:`Flow` follows every hypothesis through one graph level in
+topological order: each variable maps each hypothesis to a *place*
+``(dim, part)``, the axis holding the examples and, when a reshape folded
+several axes into that one, the factor of it that is the batch (``part``,
+0 otherwise; a fold is followed, see :class:`Shapes`). An operation that
+combines values of different examples along a hypothesis' axis records an
+*event* for it (reduction, contraction, sort, concatenation along it, a loop
+carrying state over it, an operation the rules cannot follow). The rules
+are in :meth:`Flow.apply` and documented in ``docs/independence.rst``.
+
+Nothing here mutates a graph: frozen inner graphs (PyTensor >= 3.1) are
+read as they are.
+
+Members: :class:`Event`, :class:`Flow`, :obj:`Hyp`, :obj:`Place`,
+:func:`walk_back`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pytensor.compile.builders import OpFromGraph
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.traversal import toposort
+from pytensor.scan.op import Scan
+from pytensor.scan.utils import ScanArgs
+from pytensor.tensor import subtensor
+from pytensor.tensor.basic import Alloc, Join, Split
+from pytensor.tensor.blockwise import Blockwise
+from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
+from pytensor.tensor.extra_ops import CumOp, Repeat
+from pytensor.tensor.math import Argmax, Dot
+from pytensor.tensor.random.op import RandomVariable
+from pytensor.tensor.shape import Reshape, Shape, Shape_i
+from pytensor.tensor.sort import ArgSortOp, SortOp
+from pytensor.tensor.special import LogSoftmax, Softmax
+from pytensor.tensor.subtensor import IncSubtensor, Subtensor
+
+from popstats._src.graph.marker import BNStat, is_statistic
+from popstats._src.rewrite.rules import Hyp, Place, Rules, State
+from popstats._src.rewrite.shapes import PASS, Shapes
+
+__all__ = ["Event", "Flow", "Hyp", "Place", "walk_back"]
+
+#: ``x[indices]`` along axis 0 (PyTensor 3.0; 3.3 has AdvancedSubtensor only)
+_TAKE = getattr(subtensor, "AdvancedSubtensor1", ())
+#: Kinds of mixing that make an aggregate (see :meth:`Flow.mix`).
+_AGGREGATE = ("reduces over", "contracts", "takes single examples")
+
+#: Operations that work along one axis and keep the shape.
+_ALONG = (Softmax, LogSoftmax, CumOp, SortOp, ArgSortOp, Repeat)
+
+
+@dataclass
+class Event:
+    """Operations of one node that mix examples, per hypothesis."""
+
+    node: Apply
+    where: str
+    kinds: dict[Hyp, str] = field(default_factory=dict)
+
+
+class Flow(Rules):
+    """Follow hypotheses through one graph level (see the module doc).
+
+    Parameters
+    ----------
+    states : dict
+        Variable -> State for the level's roots (inputs, inner inputs).
+    where : str
+        The level's place: ``"<graph>"`` or the loop path ``"outer/inner"``.
+    """
+
+    def __init__(self, states: dict[Variable, State], where: str,
+                 shapes: Shapes | None = None, confirmed: set | None = None):
+        self.states = dict(states)
+        #: aggregates over examples (reductions...) a variable holds, per hypothesis
+        self.taint: dict[Variable, dict[Hyp, frozenset[Apply]]] = {}
+        self.pending: dict[Apply, set[Hyp]] = {}
+        #: (node, hypothesis) found mixing; shared with inner graphs' flows
+        self.confirmed: set[tuple[Apply, Hyp]] = set() if confirmed is None else (
+            confirmed)
+        self.where = where
+        self.shapes = shapes or Shapes()
+        self.events: dict[Apply, Event] = {}
+        self.nested: list[tuple[Apply, Flow]] = []  # inner graphs' flows
+        self.used: set[Apply] = set()  # nodes whose values reach the outputs
+        self.marks: list[Variable] = []  # marked statistics of this level
+
+    def state(self, var: Variable) -> State:
+        return self.states.get(var, {})
+
+    def mix(self, node: Apply, hyp: Hyp, kind: str) -> None:
+        """Record that ``node`` mixes examples along ``hyp``'s axis.
+
+        An aggregate (a reduction, a contraction, one example taken) mixes
+        only once it meets values that still hold that batch axis (see
+        :meth:`carry`): a loss summed over the batch is an output, not a
+        mistake. Anything else mixes at once.
+        """
+        event = self.events.setdefault(node, Event(node, self.where))
+        event.kinds.setdefault(hyp, kind)
+        if kind.startswith(_AGGREGATE):
+            self.pending.setdefault(node, set()).add(hyp)
+        else:
+            self.confirmed.add((node, hyp))
+
+    def carry(self, node: Apply, states: list[State]) -> None:
+        """Pass aggregates on to ``node``'s outputs; those that meet their
+        batch axis there (or enter a loop) mix."""
+        incoming: dict[Hyp, set[Apply]] = {}
+        for var in _data_inputs(node):
+            for hyp, nodes in self.taint.get(var, {}).items():
+                incoming.setdefault(hyp, set()).update(nodes)
+        inner = isinstance(node.op, Scan | OpFromGraph)
+        held = set().union(*states) if states else set()
+        out: dict[Hyp, frozenset[Apply]] = {}
+        for hyp, nodes in incoming.items():
+            if inner or hyp in held:
+                self.confirmed.update((n, hyp) for n in nodes)
+            else:
+                out[hyp] = frozenset(nodes)
+        for hyp in self.pending.pop(node, ()):
+            out[hyp] = out.get(hyp, frozenset()) | {node}
+        if out:
+            for var in node.outputs:
+                self.taint[var] = out
+
+    def all_flows(self) -> list[Flow]:
+        """This level's flow and those of every inner graph, outermost first."""
+        return [self, *(f for _, inner in self.nested for f in inner.all_flows())]
+
+    def all_events(self) -> list[Event]:
+        """Events of nodes whose values (not only shapes) reach the outputs,
+        here and in the inner graphs of such nodes."""
+        found = []
+        for node, event in self.events.items():
+            kinds = {h: k for h, k in event.kinds.items()
+                     if (node, h) in self.confirmed}
+            if node in self.used and kinds:
+                found.append(Event(node, event.where, kinds))
+        for node, inner in self.nested:
+            if node in self.used:
+                found += inner.all_events()
+        return found
+
+    def _mark_used(self, outputs: Sequence[Variable]) -> None:
+        stack = [v.owner for v in outputs if v.owner is not None]
+        while stack:
+            node = stack.pop()
+            if node in self.used:
+                continue
+            self.used.add(node)
+            stack += [v.owner for v in _data_inputs(node) if v.owner is not None]
+
+    def run(self, outputs: Sequence[Variable]) -> list[State]:
+        for node in toposort(list(outputs)):
+            self.marks += [out for out in node.outputs if isinstance(
+                node.op, BNStat) or is_statistic(out)]
+            states = [{} for _ in node.outputs]
+            if any(self.state(v) for v in node.inputs):
+                states = self.apply(node)
+                for out, state in zip(node.outputs, states, strict=True):
+                    if state:
+                        self.states[out] = state
+            if self.pending.get(node) or any(v in self.taint for v in node.inputs):
+                self.carry(node, states)
+        self._mark_used(outputs)
+        return [self.state(v) for v in outputs]
+
+    def apply(self, node: Apply) -> list[State]:
+        op, ins = node.op, node.inputs
+        n_out = len(node.outputs)
+        if isinstance(op, PASS):
+            return [dict(self.state(ins[0]))] + [{}] * (n_out - 1)
+        if isinstance(op, Elemwise):
+            out: State = {}
+            for inp in _data_inputs(node):
+                for hyp, place in self.state(inp).items():
+                    self.put(node, out, hyp, place)
+            return [out] * n_out
+        if isinstance(op, DimShuffle):
+            order = list(op.new_order)
+            return [{h: (order.index(d), c) for h, (d, c) in self.state(ins[0]).items()
+                     if d in order}]
+        if isinstance(op, CAReduce | Argmax):
+            axes = getattr(op, "axis", None)
+            axes = range(ins[0].ndim) if axes is None else axes
+            return [self.reduce(node, self.state(ins[0]), axes, "reduces over")]
+        if isinstance(op, _ALONG):
+            return [self.along(node)]
+        if isinstance(op, Shape | Shape_i):
+            return [{}]
+        if isinstance(op, Alloc):
+            shift = node.outputs[0].ndim - ins[0].ndim
+            return [{h: (d + shift, c) for h, (d, c) in self.state(ins[0]).items()}]
+        if isinstance(op, Subtensor):
+            return [self.subtensor(node)]
+        if _TAKE and isinstance(op, _TAKE):
+            out = {}
+            for hyp, (d, c) in self.state(ins[0]).items():
+                if d == 0:
+                    self.mix(node, hyp, "gathers examples by index along")
+                else:
+                    self.put(node, out, hyp, (d + ins[1].ndim - 1, c))
+            for hyp, place in self.state(ins[1]).items():
+                self.put(node, out, hyp, place)
+            return [out]
+        if isinstance(op, IncSubtensor):
+            return [self.inc_subtensor(node)]
+        if isinstance(op, Reshape):
+            return [self.reshape(node)]
+        if isinstance(op, Dot):
+            return [self.dot(node)]
+        if isinstance(op, Join | Split):
+            return self.join(node)
+        if isinstance(op, Blockwise):
+            return self.blockwise(node)
+        if isinstance(op, RandomVariable):
+            return [{}, self.random(node)]
+        if isinstance(op, Scan):
+            return self.scan(node)
+        if isinstance(op, OpFromGraph):
+            inner = type(self)({v: self.state(o) for v, o in zip(
+                op.inner_inputs, ins, strict=False)}, self.where, self.shapes,
+                self.confirmed)
+            self.nested.append((node, inner))
+            states = inner.run(op.inner_outputs)
+            for out, var in zip(node.outputs, op.inner_outputs, strict=True):
+                if var in inner.taint:
+                    self.taint[out] = inner.taint[var]
+            return states
+        return self.unknown(node)
+
+    def scan(self, node: Apply) -> list[State]:
+        """A loop: :class:`~popstats._src.rewrite.loops.LoopFlow` follows it."""
+        return self.unknown(node)
+
+    def unknown(self, node: Apply) -> list[State]:
+        for inp in node.inputs:
+            for hyp in self.state(inp):
+                self.mix(node, hyp, "cannot be followed through (unknown operation) on")
+        return [{} for _ in node.outputs]
+
+
+def _data_inputs(node: Apply) -> list[Variable]:
+    """The inputs whose values (not only their shapes) an operation reads."""
+    op = node.op
+    if isinstance(op, Shape | Shape_i):
+        return []
+    if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Second":
+        return list(node.inputs[1:])  # fill(x, v): x's shape, v's values
+    if isinstance(op, Alloc | Reshape):
+        return list(node.inputs[:1])
+    return list(node.inputs)
+
+
+def walk_back(flow: Flow, var: Variable) -> set[Hyp]:
+    """The hypotheses mixed to compute ``var`` (a marked statistic).
+
+    Walks back from ``var`` through elementwise operations, dimshuffles and
+    marks to the nearest operations that mix (a statistic's own reductions)
+    and collects what they mix; it goes no further.
+    """
+    found: set[Hyp] = set()
+    stack, seen = [var], set()
+    while stack:
+        node = stack.pop().owner
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in flow.events:
+            found.update(flow.events[node].kinds)
+        elif isinstance(node.op, (Elemwise, DimShuffle, *PASS)):
+            stack.extend(node.inputs[:1] if isinstance(node.op, BNStat)
+                         else node.inputs)
+    return found
+
+
+def scan_args(node: Apply) -> ScanArgs:
+    """The partition of a Scan's inputs and outputs (frozen graphs read as is)."""
+    return ScanArgs.from_node(node)

@@ -1,0 +1,204 @@
+"""The rules of :class:`~popstats._src.rewrite.flow.Flow` for operations
+that move, reduce or contract axes.
+
+Stage: rewrite. Each method takes an apply node whose inputs hold
+hypotheses (``state``) and returns its outputs' states, recording with
+``mix`` what mixes examples. The rules, in words, are in
+``docs/independence.rst``.
+
+Members: :data:`Hyp`, :data:`Place`, :class:`Rules`, :data:`State`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pytensor.graph.basic import Apply
+from pytensor.tensor.basic import Split
+from pytensor.tensor.math import Dot
+from pytensor.tensor.sort import ArgSortOp, SortOp
+from pytensor.tensor.subtensor import get_idx_list
+
+from popstats._src.rewrite.shapes import Shapes, const, find, resolve
+
+__all__ = ["Hyp", "Place", "Rules", "State"]
+
+Hyp = tuple[int, int]  # (root index, axis)
+Place = tuple[int, int]  # (dim, part of a folded dim)
+State = dict[Hyp, Place]
+
+
+class Rules:
+    """Per-operation rules; mixed into :class:`~.flow.Flow`."""
+
+    shapes: Shapes
+
+    def state(self, var) -> State:  # provided by Flow
+        raise NotImplementedError
+
+    def mix(self, node: Apply, hyp: Hyp, kind: str) -> None:  # provided by Flow
+        raise NotImplementedError
+
+    def put(self, node: Apply, out: State, hyp: Hyp, place: Place) -> None:
+        """Place ``hyp`` in an output; the same one in two places mixes."""
+        if out.get(hyp, place) != place:
+            self.mix(node, hyp, "combines examples along two different axes")
+            out.pop(hyp)
+        else:
+            out[hyp] = place
+
+    def reduce(self, node: Apply, state: State, axes, kind: str) -> State:
+        axes = {int(a) % max(node.inputs[0].ndim, 1) for a in axes}
+        out = {}
+        for hyp, (d, c) in state.items():
+            if d in axes:
+                self.mix(node, hyp, kind)
+            else:
+                out[hyp] = (d - sum(a < d for a in axes), c)
+        return out
+
+    def along(self, node: Apply) -> State:
+        axis = getattr(node.op, "axis", None)
+        if isinstance(node.op, SortOp | ArgSortOp) and len(node.inputs) > 1:
+            axis = const(node.inputs[1])  # PyTensor 3.0: the axis is an input
+        ndim = max(node.inputs[0].ndim, 1)
+        axes = None if axis is None else {int(a) % ndim for a in np.atleast_1d(axis)}
+        out = {}
+        for hyp, (d, c) in self.state(node.inputs[0]).items():
+            if axes is None or d in axes:
+                self.mix(node, hyp, "works along")
+            else:
+                out[hyp] = (d, c)
+        return out
+
+    def subtensor(self, node: Apply) -> State:
+        x = node.inputs[0]
+        entries = get_idx_list(node.inputs, node.op.idx_list)
+        keep, out_dim = {}, 0
+        for dim in range(x.ndim):
+            entry = entries[dim] if dim < len(entries) else slice(None)
+            if isinstance(entry, slice):
+                prefix = (entry.start is None or const(entry.start) == 0) and (
+                    entry.step is None or const(entry.step) == 1)
+                keep[dim] = (out_dim, prefix)
+                out_dim += 1
+            else:
+                keep[dim] = None
+        out = {}
+        for hyp, (d, c) in self.state(x).items():
+            if keep[d] is None:
+                self.mix(node, hyp, "takes single examples (an index) along")
+            elif not keep[d][1]:
+                self.mix(node, hyp, "shifts or reorders the examples (a slice) along")
+            else:
+                out[hyp] = (keep[d][0], c)
+        return out
+
+    def inc_subtensor(self, node: Apply) -> State:
+        x, y = node.inputs[:2]
+        entries = get_idx_list(node.inputs, node.op.idx_list)
+        view = []  # x's dims that the view keeps, with whether fully
+        for dim in range(x.ndim):
+            entry = entries[dim] if dim < len(entries) else slice(None)
+            if isinstance(entry, slice):
+                view.append((dim, entry == slice(None)))
+        out = {}
+        for hyp, (d, c) in self.state(x).items():
+            entry = entries[d] if d < len(entries) else slice(None)
+            if entry != slice(None):
+                self.mix(node, hyp, "writes into some examples only along")
+            else:
+                out[hyp] = (d, c)
+        offset = len(view) - y.ndim
+        for hyp, (d, c) in self.state(y).items():
+            dim, full = view[d + offset]
+            if not full:
+                self.mix(node, hyp, "writes the examples into a part of")
+            else:
+                self.put(node, out, hyp, (dim, c))
+        return out
+
+    def reshape(self, node: Apply) -> State:
+        x = node.inputs[0]
+        per_dim = [list(self.shapes.atoms(x, d)) for d in range(x.ndim)]
+        flat_in = [a for atoms in per_dim for a in atoms]
+        sizes = self.shapes.target(node)
+        sizes = None if sizes is None else resolve(flat_in, sizes)
+        out = {}
+        for hyp, (d, c) in self.state(x).items():
+            place = None
+            if sizes is not None and c < len(per_dim[d]):
+                index = sum(len(p) for p in per_dim[:d]) + c
+                place = find(flat_in, index, sizes)
+            if place is None:
+                self.mix(node, hyp, "folds or splits (a reshape it cannot follow)")
+            else:
+                out[hyp] = place
+        return out
+
+    def dot(self, node: Apply) -> State:
+        left, right = node.inputs
+        out = {}
+        for hyp, (d, c) in self.state(left).items():
+            if d == left.ndim - 1:
+                self.mix(node, hyp, "contracts (a matrix product) over")
+            else:
+                self.put(node, out, hyp, (d, c))
+        for hyp, (d, c) in self.state(right).items():
+            if d == 0:
+                self.mix(node, hyp, "contracts (a matrix product) over")
+            else:
+                self.put(node, out, hyp, (left.ndim - 1 + d - 1, c))
+        return out
+
+    def join(self, node: Apply) -> list[State]:
+        op, ins = node.op, list(node.inputs)
+        axis = getattr(op, "axis", None)
+        if isinstance(op, Split):  # (x, axis, splits) on 3.0, (x, splits) on 3.3
+            axis, ins = const(ins[1]) if axis is None else axis, ins[:1]
+        elif ins and ins[0].ndim == 0:  # the axis as an input (PyTensor 3.0)
+            axis = const(ins.pop(0))
+        out: State = {}
+        for inp in ins:
+            for hyp, (d, c) in self.state(inp).items():
+                if axis is None or d == int(axis) % inp.ndim:
+                    self.mix(node, hyp, "concatenates or splits along")
+                else:
+                    self.put(node, out, hyp, (d, c))
+        return [out for _ in node.outputs]
+
+    def blockwise(self, node: Apply) -> list[State]:
+        op = node.op
+        in_sig, out_sig = op.inputs_sig, op.outputs_sig
+        n_loop = node.outputs[0].ndim - len(out_sig[0])
+        is_dot = isinstance(op.core_op, Dot) or type(op.core_op).__name__ == "Dot"
+        outs: list[State] = [{} for _ in node.outputs]
+        for inp, sig in zip(node.inputs, in_sig, strict=True):
+            loop = inp.ndim - len(sig)
+            for hyp, (d, c) in self.state(inp).items():
+                if d < loop:
+                    for out in outs:
+                        self.put(node, out, hyp, (d + n_loop - loop, c))
+                    continue
+                name = sig[d - loop]
+                placed = [(k, s.index(name)) for k, s in enumerate(out_sig)
+                          if name in s]
+                if not is_dot or not placed:
+                    kind = ("contracts (a matrix product) over" if is_dot else
+                            f"cannot be followed through the core axes of {op} on")
+                    self.mix(node, hyp, kind)
+                for k, pos in placed if is_dot else ():
+                    self.put(node, outs[k], hyp, (n_loop + pos, c))
+        return outs
+
+    def random(self, node: Apply) -> State:
+        op, draw = node.op, node.outputs[1]
+        n_batch = draw.ndim - op.ndim_supp
+        out: State = {}
+        for param, core in zip(op.dist_params(node), op.ndims_params, strict=True):
+            loop = param.ndim - core
+            for hyp, (d, c) in self.state(param).items():
+                if d >= loop:
+                    self.mix(node, hyp, f"cannot be followed through {op} on")
+                else:
+                    self.put(node, out, hyp, (d + n_batch - loop, c))
+        return out

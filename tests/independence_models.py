@@ -1,0 +1,57 @@
+"""Generated models with one statistic left unmarked, for the batch
+independence tests (``test_independence_generated.py``).
+
+:func:`fake_statistics` gives every statistic of a graph a population value
+without estimating (zeros of its shape): enough for :func:`popstats.rewrite`
+and its structural analysis, which compiles nothing. :func:`build_unmarked`
+builds a description with the marks of one label left out (every
+application of it: an ``OpFromGraph`` body and copied branches share marks).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import generated as gen
+import numpy as np
+
+import popstats
+from popstats._src.estimation.statistics import PopulationStatistics, Statistic
+
+
+def fake_statistics(outputs) -> PopulationStatistics:
+    """Zeros for every statistic of ``outputs`` (one step per loop level)."""
+    stats = []
+    for site in popstats.export(outputs).sites:
+        steps = (1,) * site.time.count("step")
+        shape = tuple(1 if s is None else s for s in site.shape)
+        stats.append(Statistic(site.name, site.label, site, np.zeros(
+            steps + shape, dtype=site.dtype), np.ones(steps, dtype=np.int64), 1))
+    return PopulationStatistics(tuple(stats))
+
+
+@contextmanager
+def _unmarked(label: str):
+    mark = popstats.bn_statistic
+
+    def maybe(var, *args, **kwargs):
+        if kwargs.get("label", args[0] if args else None) == label:
+            return var
+        return mark(var, *args, **kwargs)
+
+    popstats.bn_statistic = maybe
+    try:
+        yield
+    finally:
+        popstats.bn_statistic = mark
+
+
+def build_unmarked(desc: dict, label: str) -> gen.Model:
+    """``gen.build(desc)`` with the statistic ``label`` computed, not marked."""
+    with _unmarked(label):
+        return gen.build(desc)
+
+
+def labels(model: gen.Model) -> list[str]:
+    """The labels of a built model's statistics, sorted."""
+    return sorted({site.label for site in popstats.export(model.outputs).sites})

@@ -1,0 +1,312 @@
+"""The batch-independence analysis, rule by rule, and check_batch_independence.
+
+Each rule has a graph that mixes examples (it must be named in the
+``PopstatsWarning`` of ``rewrite``) and a neighbour that does not (no
+warning: pytest turns warnings into errors). Population values come from
+``fake_statistics`` (zeros, nothing compiled) except where numbers matter.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from independence_models import fake_statistics
+
+import popstats
+
+MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
+
+
+def mixing(outputs, **kwargs) -> list[str]:
+    """The operations ``rewrite`` warns about (one line each)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        popstats.rewrite(outputs, fake_statistics(outputs), **kwargs)
+    found = [w for w in caught if issubclass(w.category, popstats.PopstatsWarning)]
+    assert len(found) <= 1
+    if not found:
+        return []
+    return [line[4:] for line in str(found[0].message).splitlines()
+            if line.startswith("  - ")]
+
+
+def marked_bn(h, label, axes=0):
+    mean = popstats.bn_statistic(h.mean(axis=axes), label=f"{label}.mean")
+    var = popstats.bn_statistic(h.var(axis=axes), label=f"{label}.var")
+    return (h - mean) / pt.sqrt(var + 1e-5)
+
+
+# --------------------------------------------------------------------------
+# the issue's example
+
+
+def test_issue_example_warns_names_the_variance_and_fails_on_data():
+    x = pt.matrix("x")
+    a = x * 2.0
+    m = popstats.bn_statistic(a.mean(axis=0), label="bn.mean")
+    y = (a - m) / pt.sqrt(a.var(axis=0) + 1e-5)  # the variance is not marked
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.normal(size=(6, 3))} for _ in range(2)]
+    with pytest.warns(popstats.PopstatsWarning) as record:
+        y_inf = popstats.get_inference_graph([x], y, batches, mode=MODE)
+    text = str(record[0].message)
+    assert text.startswith("get_inference_graph: 1 operation(s)")
+    assert "<graph>: Sum{axis=0} reduces over the batch axis of input 'x'" in text
+    assert record[0].filename == __file__  # points at the caller
+    change = popstats.describe_rewrite(y, y_inf)
+    assert not change.ok and change.leftover == ()
+    assert change.mixing and "Sum" in change.mixing[0]
+    assert "Operations still mixing examples" in str(change)
+    with pytest.raises(popstats.PopstatsError, match="depend on other examples"):
+        popstats.check_batch_independence([x], y_inf, batches[0], mode=MODE)
+
+
+def test_issue_example_marked_is_clean_and_proven():
+    x = pt.matrix("x")
+    y = marked_bn(x * 2.0, "bn")
+    batches = [{"x": np.random.default_rng(1).normal(size=(6, 3))}]
+    y_inf = popstats.get_inference_graph([x], y, batches, mode=MODE)
+    assert popstats.describe_rewrite(y, y_inf).ok
+    assert popstats.check_batch_independence([x], y_inf, batches[0], mode=MODE) < 1e-12
+
+
+# --------------------------------------------------------------------------
+# rules
+
+
+def test_reduction_over_batch_axis_flagged_over_features_not():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    assert mixing(h - h.max(axis=1, keepdims=True)) == []
+    found = mixing(h - h.max(axis=0))
+    assert len(found) == 1 and "Max" in found[0] and "reduces over" in found[0]
+    assert mixing(h + pt.argmax(h, axis=0))[0].startswith("<graph>: Argmax")
+
+
+def test_aggregates_mix_only_when_used_per_example():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    loss = (h**2).sum()  # a loss or an accuracy: an output over the batch
+    assert mixing([h, loss, h.max(axis=0), h[0]]) == []
+    assert "reduces over" in mixing(h / loss)[0]
+    assert "single examples" in mixing(h - h[0])[0]
+    # in a loop: a stacked output passes the aggregate on, a state mixes
+    x3 = pt.tensor3("x3")
+    sums = pytensor.scan(lambda xt: marked_bn(xt, "s").sum(axis=0), sequences=[x3],
+                         return_updates=False)
+    assert mixing(sums) == []
+    assert "scan_fn: Sum" in mixing(x3 - sums[:, None, :])[0]
+    total = pytensor.scan(lambda xt, s: s + marked_bn(xt, "s").sum(axis=0),
+                          sequences=[x3], outputs_info=[pt.zeros(x3.shape[2])],
+                          return_updates=False)
+    assert "scan_fn: Sum" in mixing(total)[0]
+
+
+def test_dot_contracting_batch_flagged_over_features_not():
+    x = pt.matrix("x")
+    w = pytensor.shared(np.ones((3, 3)), name="W")
+    h = marked_bn(pt.dot(x, w), "bn")
+    assert mixing(pt.dot(h, w)) == []
+    assert mixing(h @ w) == []  # matmul: a Blockwise
+    gram = pt.dot(h.T, h)  # (features, features): sums over examples
+    assert mixing(gram) == []  # an aggregate output, like a loss
+    found = mixing(pt.dot(h, gram))  # used per example: mixes
+    assert len(found) == 1 and "contracts" in found[0]
+    assert "contracts" in mixing(h @ pt.matmul(h.T, h))[0]
+    pairs = mixing(pt.dot(h, h.T))  # example i against example j
+    assert pairs and "two different axes" in pairs[0]
+
+
+def test_tensordot_folds_are_followed():
+    x = pt.tensor3("x")  # (time, batch, features)
+    w = pytensor.shared(np.ones((3, 2)), name="W")
+    h = marked_bn(pt.dot(x, w), "bn", axes=(0, 1))  # reshape, dot, reshape back
+    assert mixing(pt.dot(h, pytensor.shared(np.ones((2, 2)), name="V"))) == []
+    # the statistics reduce over time and batch alike (candidates 0 and 1): a
+    # pooling over one of them is not taken for mixing, over both it is
+    assert mixing(h - h.mean(axis=0)) == []
+    assert "reduces over" in mixing(h - h.mean(axis=(0, 1)))[0]
+    assert "reduces over" in mixing(h - h.mean(axis=0), batch_axes={"x": 0})[0]
+
+
+def test_reshape_folding_batch_flagged():
+    x = pt.tensor("x", shape=(None, 3))
+    h = marked_bn(x, "bn")
+    assert mixing(h.reshape((h.shape[0], 1, h.shape[1]))) == []
+    assert mixing(h.reshape((-1, 3))) == []  # the batch axis is the -1
+    swapped = mixing(h.reshape((h.shape[1], h.shape[0])))
+    assert swapped and "reshape it cannot follow" in swapped[0]
+    assert "reshape" in mixing(h.reshape((2, -1)))[0]
+    flat = mixing(h.flatten().sum() + h)  # folded, then reduced
+    assert flat and "Sum" in flat[0]
+
+
+def test_sort_cumsum_softmax_concatenate_subtensor():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    assert mixing(pt.special.softmax(h, axis=1)) == []
+    assert "works along" in mixing(pt.special.softmax(h, axis=0))[0]
+    assert "works along" in mixing(pt.sort(h, axis=0))[0]
+    assert mixing(pt.sort(h, axis=1)) == []
+    assert "works along" in mixing(pt.cumsum(h, axis=0))[0]
+    assert mixing(pt.concatenate([h, h * 2], axis=1)) == []
+    assert "concatenates" in mixing(pt.concatenate([h, h], axis=0))[0]
+    assert mixing(h[:, 1:] + h[:, :1]) == []
+    assert "single examples" in mixing(h - h[0])[0]
+    assert "reorders" in mixing(h[::-1])[0]
+
+
+def test_scan_sequence_shifts_the_batch_axis():
+    x = pt.tensor3("x")  # (time, batch, features): the loop slices axis 0
+
+    def step(xt, feature_sum):
+        h = marked_bn(xt, "step")  # over inner axis 0: batch axis 1 of x
+        return [h, feature_sum(h)]
+
+    def build(feature_sum):
+        outs = pytensor.scan(lambda xt: step(xt, feature_sum), sequences=[x],
+                             return_updates=False)
+        return outs[0] + outs[1]
+
+    assert mixing(build(lambda h: h.sum(axis=1, keepdims=True))) == []
+    found = mixing(build(lambda h: h.sum(axis=0)))
+    assert len(found) == 1 and found[0].startswith("scan_fn: Sum{axis=0}")
+    assert "axis 1" in found[0]
+
+
+def test_nested_loop_path_and_state():
+    x = pt.tensor4("x")  # (words, characters, batch, features)
+
+    def build(extra):
+        def char_step(c, h):
+            m = popstats.bn_statistic(c.mean(axis=0), label="char.mean")
+            return pt.tanh(c - m + h + extra(c))
+
+        def word_step(w):
+            hs = pytensor.scan(char_step, sequences=[w], outputs_info=[
+                pt.zeros_like(w[0])], return_updates=False)
+            return hs[-1]
+
+        return pytensor.scan(word_step, sequences=[x], return_updates=False)
+
+    assert mixing(build(lambda c: 0.0)) == []
+    found = mixing(build(lambda c: c.var(axis=0)))
+    assert found and found[0].startswith("scan_fn/scan_fn: Sum")
+
+
+def test_loop_over_the_batch_axis():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    per_example = pytensor.scan(lambda r: pt.tanh(r).sum(), sequences=[h],
+                                return_updates=False)
+    assert mixing(per_example) == []  # a map: outputs stack the examples
+    running = pytensor.scan(lambda r, s: s + r, sequences=[h],
+                            outputs_info=[pt.zeros_like(h[0])], return_updates=False)
+    assert "from example to example" in mixing(running)[0]
+
+
+def test_batch_axis_from_statistics_default_and_given():
+    x, mask = pt.tensor3("x"), pt.matrix("mask")  # x: (batch, height, features)
+    h = marked_bn(x, "conv", axes=(0, 1))  # candidates 0 and 1
+    pooled = h.mean(axis=1, keepdims=True)  # over one candidate only
+    assert mixing(h - pooled) == []
+    assert mixing(h - h.mean(axis=(0, 1))) != []  # over every candidate
+    assert mixing(h - pooled, batch_axes={"x": 1}) != []
+    assert mixing(h - h.mean(axis=0), batch_axes={x: 1}) == []
+    # an input no statistic reduces over: axis 0 by default
+    y = h * mask[:, :, None]
+    assert mixing(y) == []
+    assert "'mask' (axis 0)" in mixing(y + mask.sum(axis=0)[None, :, None])[0]
+    assert mixing(y + mask.sum(axis=0)[None, :, None], batch_axes={"mask": None}) == []
+
+
+def test_scalar_inputs_and_population_variables_are_not_tracked():
+    x, n = pt.matrix("x"), pt.scalar("n")
+    h = marked_bn(x, "bn")
+    assert mixing(h * n + h.shape[0]) == []
+
+
+def test_bad_batch_axes_are_refused():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    stats = fake_statistics(h)
+    with pytest.raises(popstats.PopstatsError, match=r"rewrite\(batch_axes=\.\.\.\): "
+                       r"key 'y' \(str\) names no input"):
+        popstats.rewrite(h, stats, batch_axes={"y": 0})
+    with pytest.raises(popstats.PopstatsError, match="must be an int in"):
+        popstats.rewrite(h, stats, batch_axes={"x": 2})
+    with pytest.raises(popstats.PopstatsError, match="expected a dict"):
+        popstats.rewrite(h, stats, batch_axes=[0])
+
+
+def test_user_graph_unchanged_and_frozen_inner_graphs_read():
+    x = pt.tensor3("x")
+    outs = pytensor.scan(lambda xt: marked_bn(xt, "s"), sequences=[x],
+                         return_updates=False)
+    before = pytensor.dprint(outs, file="str")
+    assert mixing(outs) == []
+    assert pytensor.dprint(outs, file="str") == before
+
+
+# --------------------------------------------------------------------------
+# check_batch_independence
+
+
+def test_check_batch_independence_passes_scalars_whole_and_uses_batch_axes():
+    x, n = pt.tensor3("x"), pt.scalar("n")  # x: (time, batch, features)
+    y = pt.tanh(x * n).cumsum(axis=0)
+    batch = {"x": np.random.default_rng(2).normal(size=(3, 4, 2)), "n": 2.0}
+    assert popstats.check_batch_independence(
+        [x, n], y, batch, batch_axes={"x": 1}, mode=MODE) < 1e-12
+    with pytest.raises(popstats.PopstatsError, match="output 0"):
+        popstats.check_batch_independence([x, n], y, batch, mode=MODE)  # axis 0
+
+
+def test_check_batch_independence_sees_an_output_without_batch_axis():
+    x = pt.matrix("x")
+    batch = {"x": np.arange(8.0).reshape(4, 2)}
+    assert popstats.check_batch_independence(
+        [x], [x * 1.0, pt.ones(3)], batch, mode=MODE) == 0.0
+    with pytest.raises(popstats.PopstatsError, match=r"output 1: .*differs"):
+        popstats.check_batch_independence([x], [x * 1.0, x.sum()], batch, mode=MODE)
+    with pytest.raises(popstats.PopstatsError, match=r"output 0: shape"):
+        popstats.check_batch_independence([x], x.flatten(), batch, mode=MODE)
+
+
+def test_check_batch_independence_sees_a_permutation():
+    x = pt.matrix("x")
+    batch = {"x": np.arange(8.0).reshape(4, 2)}  # sorted already
+    # each example alone equals its row, but the batch permuted does not
+    with pytest.raises(popstats.PopstatsError, match="permuted batch"):
+        popstats.check_batch_independence([x], pt.sort(x, axis=0), batch, mode=MODE)
+
+
+def test_check_batch_independence_refuses_bad_arguments():
+    x = pt.matrix("x")
+    call = r"check_batch_independence\("
+    with pytest.raises(popstats.PopstatsError, match=call + r"inputs=\.\.\.\)"):
+        popstats.check_batch_independence([x * 2], x, {"x": np.ones((2, 2))})
+    with pytest.raises(popstats.PopstatsError, match=call + r"batch=\.\.\.\): the "
+                       r"batch lacks"):
+        popstats.check_batch_independence([x], x, {"y": np.ones((2, 2))})
+    with pytest.raises(popstats.PopstatsError,
+                       match=call + r"batch=\.\.\.\): expected"):
+        popstats.check_batch_independence([x], x, 3)
+    with pytest.raises(popstats.PopstatsError, match="at least 2"):
+        popstats.check_batch_independence([x], x, {"x": np.ones((1, 2))})
+    with pytest.raises(popstats.PopstatsError, match=call + r"rtol"):
+        popstats.check_batch_independence([x], x, {"x": np.ones((2, 2))}, rtol=-1)
+
+
+def test_split_along_features_followed_along_batch_mixes():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    a, b = pt.split(h, [1, 2], n_splits=2, axis=1)
+    assert mixing(a + b[:, :1]) == []
+    c, d = pt.split(h, [1, 1], n_splits=2, axis=0)
+    assert "splits" in mixing(c + d)[0]
