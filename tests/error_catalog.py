@@ -846,6 +846,18 @@ def batch_value_strict_dtype():
     popstats.estimate([x], y, [{"x": data().astype("int64")}], dtypes="strict")
 
 
+@scenario("An input given twice in ``inputs``")
+def estimate_input_twice():
+    x, y = layer()
+    popstats.estimate([x, x], y, [(data(), data())])
+
+
+@scenario("A NumPy array given as ``batches``")
+def estimate_batches_array():
+    x, y = layer()
+    popstats.estimate([x], y, data())
+
+
 @scenario("``inputs`` that is not a list")
 def estimate_inputs_not_a_list():
     x, y = layer()

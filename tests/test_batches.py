@@ -252,3 +252,43 @@ def test_bind_checks_the_statistic_shape():
                               [{"x": np.full((2, 3), 7.0)}], mode=MODE)
     popstats.bind(inference, other)
     np.testing.assert_array_equal(shared.get_value(), np.full(3, 7.0))
+
+
+def _layer(x):
+    m = popstats.bn_statistic(x.mean(axis=0), "m", role="mean", group="bn")
+    v = popstats.bn_statistic(x.var(axis=0), "v", role="var", group="bn")
+    return (x - m) / pt.sqrt(v + 1e-5)
+
+
+def test_an_input_given_twice_is_refused_up_front():
+    x = pt.matrix("x")
+    y = _layer(x)
+    batches = [(np.ones((3, 2)), np.ones((3, 2)))]
+    with pytest.raises(popstats.PopstatsError, match=r"inputs=.*'x' is given more "
+                                                     r"than once"):
+        popstats.estimate([x, x], y, batches, mode=MODE)
+    with pytest.raises(popstats.PopstatsError, match="more than once"):
+        popstats.Estimation([x, x], y, mode=MODE)
+    stats = popstats.estimate([x], y, [{"x": np.ones((3, 2))}], mode=MODE)
+    with pytest.raises(popstats.PopstatsError, match="more than once"):
+        popstats.drift(stats, [x, x], y, batches, mode=MODE)
+
+
+def test_an_unnamed_input_is_named_by_position_with_the_fix():
+    x = pt.matrix()  # no name: no string key can reach it
+    y = _layer(x)
+    with pytest.raises(popstats.PopstatsError) as caught:
+        popstats.estimate([x], y, [{"x": np.ones((3, 2))}], mode=MODE)
+    text = str(caught.value)
+    assert "input 0 (unnamed" in text and "pt.matrix('x')" in text
+    assert "{x: array}" in text
+    # keyed by the variable itself, it works
+    stats = popstats.estimate([x], y, [{x: np.ones((3, 2))}], mode=MODE)
+    assert sorted(stats) == ["m", "v"]
+
+
+def test_a_numpy_array_as_batches_gets_the_fix():
+    x = pt.matrix("x")
+    with pytest.raises(popstats.PopstatsError,
+                       match=r"NumPy array.*rows, not batches.*\[\{'x': array\}\]"):
+        popstats.estimate([x], _layer(x), np.ones((8, 2)), mode=MODE)

@@ -385,3 +385,18 @@ def test_checkpoints_are_refused_for_statistics_outside_pairs(tmp_path):
         popstats.drift(stats, [x], y, [{"x": data}], mode=MODE,
                        checkpoint=tmp_path / "ck.npz")
     assert not (tmp_path / "ck.npz").exists()
+
+
+def test_records_of_nn_layers_answer_to_the_label_given():
+    from popstats import nn
+
+    x = pt.tensor("x", shape=(None, 3))
+    h = nn.batch_norm(x, axes=0, label="fc1").output
+    y = nn.batch_norm(pt.tanh(h), axes=0, label="fc2").output
+    data = np.random.default_rng(4).normal(size=(80, 3))
+    batches = [{"x": data[i:i + 40]} for i in (0, 40)]
+    stats = popstats.estimate([x], y, batches, mode=MODE)
+    moved = popstats.drift(stats, [x], y, [{"x": data + 1.0}], mode=MODE)
+    assert sorted(moved) == ["fc1", "fc2"]
+    assert moved["fc1"].names == ("fc1.mean", "fc1.var")
+    assert moved["fc1"].mean > 0.1 > moved["fc2"].mean >= 0.0

@@ -259,4 +259,5 @@ def test_drift_sees_recognized_statistics():
     (record,) = moved.values()
     (unmoved,) = same.values()
     assert (record.label, record.where) == ("cell_bn.mean", "cell_recurrence")
+    assert list(moved) == ["cell_bn"]  # the layer's name, as the user gave it
     assert record.mean > 10 * unmoved.mean

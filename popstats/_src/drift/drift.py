@@ -350,7 +350,7 @@ def _record(run, new, i, order, kind, names, per_unit, worst) -> StatisticDrift:
         flat = np.nan_to_num(per_step, nan=-np.inf)
         peak = tuple(int(k) for k in np.unravel_index(np.argmax(flat), flat.shape))
     return StatisticDrift(
-        name=site.group if kind == "divergence" else site.name,
+        name=_layer_name(site.group) if kind == "divergence" else site.name,
         names=names, label=site.label, kind=kind, where=site.where, order=order,
         per_unit=per_unit, per_step=per_step,
         # NaN when a unit's drift is undefined (standardized, a single batch)
@@ -359,6 +359,17 @@ def _record(run, new, i, order, kind, names, per_unit, worst) -> StatisticDrift:
         worst=worst_units, peak_step=peak, coverage=coverage.copy(),
         n_batches=new[site.name].n_batches,
     )
+
+
+def _layer_name(group: str) -> str:
+    """The name a pair's record answers to: its group, less the ``@`` and 8
+    hex digits that :func:`popstats.nn.batch_norm` and the recognizers add to
+    keep each application's group apart (``"fc1@1a2b3c4d"`` -> ``"fc1"``);
+    two records left with one name are told apart by their statistics'
+    names (see :func:`drift`)."""
+    stem, at, tail = group.rpartition("@")
+    hexdigits = set("0123456789abcdef")
+    return stem if at and stem and len(tail) == 8 and set(tail) <= hexdigits else group
 
 
 def _pair_record(run, new, found, var_i, mean_i, worst, eps) -> StatisticDrift:

@@ -148,6 +148,14 @@ def check_inputs(
                 f"(it is computed, constant or shared). Pass the root variables "
                 f"the batches provide values for."
             )
+    twice = sorted({str(v) for i, v in enumerate(inputs)
+                    if any(v is w for w in inputs[:i])})
+    if twice:
+        raise PopstatsError(
+            f"{call}(inputs=...): {', '.join(map(repr, twice))} "
+            f"{'is' if len(twice) == 1 else 'are'} given more than once. Give "
+            f"each input once (a batch has one value per input)."
+        )
     in_graph = set(graph_inputs(outputs))
     strangers = [str(v) for v in inputs if v not in in_graph]
     if strangers:
@@ -200,13 +208,23 @@ def _raw_values(batch: Any, inputs: Sequence[Variable], index: int, call: str) -
                 pos = next((i for i, v in enumerate(inputs) if v is key), None)
             if pos is not None:
                 values[pos], found[pos] = value, True
-        lacking = [str(inputs[i]) for i, ok in enumerate(found) if not ok]
+        lacking = [i for i, ok in enumerate(found) if not ok]
         if lacking:
+            unnamed = [i for i in lacking if inputs[i].name is None]
+            hint = ""
+            if unnamed:
+                hint = (f" Input(s) {unnamed} (positions in inputs) have no name, "
+                        f"so no string key can name them: create them with a "
+                        f"name (pt.matrix('x')), key the batch by the variable "
+                        f"itself ({{x: array}}), or give tuples in the order of "
+                        f"inputs.")
+            shown = [str(inputs[i]) if inputs[i].name is not None
+                     else f"input {i} (unnamed, {inputs[i].type})" for i in lacking]
             raise PopstatsError(
                 f"{call}(batches=...): batch {index} lacks "
-                f"{', '.join(map(repr, lacking))}; it has keys "
+                f"{', '.join(map(repr, shown))}; it has keys "
                 f"{sorted(map(str, batch))}. Key each batch by input name (or "
-                f"input variable), one entry per input."
+                f"input variable), one entry per input.{hint}"
             )
         return values
     if isinstance(batch, list | tuple):
@@ -225,6 +243,14 @@ def _raw_values(batch: Any, inputs: Sequence[Variable], index: int, call: str) -
 
 
 def iterate(batches: Any, call: str = "estimate") -> Iterator:
+    if isinstance(batches, np.ndarray):
+        raise PopstatsError(
+            f"{call}(batches=...): got a NumPy array ({describe_value(batches)}); "
+            f"iterating it would give its rows, not batches. Pass batches keyed "
+            f"by input: batches=[{{'x': array}}] for one batch, or a list or "
+            f"generator of such dicts (e.g. [{{'x': array[i:i + 64]}} for i in "
+            f"range(0, len(array), 64)])."
+        )
     if isinstance(batches, Mapping) or not isinstance(batches, Iterable):
         raise PopstatsError(
             f"{call}(batches=...): expected an iterable of batches (a list or a "
