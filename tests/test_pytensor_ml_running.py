@@ -1,8 +1,9 @@
 """update_running_stats on pytensor-ml models: NumPy and PyTorch references.
 
 Skipped without pytensor-ml (Python 3.11 line). The PyTorch comparison runs
-``torch_update_bn.py`` with an interpreter that has torch (``POPSTATS_TORCH_PYTHON``
-or ``/work/v311/bin/python``) and skips cleanly where there is none.
+``torch_update_bn.py`` with the interpreter ``POPSTATS_TORCH_PYTHON`` names
+(``.ci/run`` sets it to its Python 3.11 environment, which has torch) and
+skips cleanly where there is none.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ptml_models as models
 
 FAST = "FAST_COMPILE"
-TORCH = os.environ.get("POPSTATS_TORCH_PYTHON", "/work/v311/bin/python")
+#: an interpreter with torch (.ci/run sets it to its Python 3.11 environment)
+TORCH = os.environ.get("POPSTATS_TORCH_PYTHON", "")
 
 
 def _feed(batches):
@@ -139,7 +141,7 @@ def test_save_state_holds_the_estimate(tmp_path):
 
 
 def _torch_python():
-    if not Path(TORCH).exists():
+    if not TORCH or not Path(TORCH).exists():
         return None
     probe = subprocess.run([TORCH, "-c", "import torch"], capture_output=True)
     return TORCH if probe.returncode == 0 else None
