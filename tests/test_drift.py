@@ -400,3 +400,37 @@ def test_records_of_nn_layers_answer_to_the_label_given():
     assert sorted(moved) == ["fc1", "fc2"]
     assert moved["fc1"].names == ("fc1.mean", "fc1.var")
     assert moved["fc1"].mean > 0.1 > moved["fc2"].mean >= 0.0
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6, 1e4])
+def test_the_standardized_difference_keeps_its_digits_far_from_zero(offset):
+    x = pt.vector("x")
+    y = x - popstats.bn_statistic(x.mean(), "m")  # no role: standardized
+    stats = popstats.estimate([x], y, [{"x": np.full(4, offset)}], mode=MODE)
+    means = offset + np.arange(4) * 1e-3
+    moved = popstats.drift(stats, [x], y, [{"x": np.full(4, m)} for m in means],
+                           mode=MODE)
+    # |new - population| / the Bessel-corrected spread of the batch values
+    want = abs(means.mean() - offset) / np.std(means - offset, ddof=1)
+    np.testing.assert_allclose(moved["m"].per_unit, want, rtol=1e-6)
+    assert abs(float(moved["m"].per_unit) - 1.1619) < 1e-4
+
+
+def test_the_standardized_difference_per_step_with_sequences_of_other_lengths():
+    xs = pt.tensor3("xs")  # (steps, batch, features)
+
+    def step(x):
+        return x - popstats.bn_statistic(x.max(0), "top")  # no role
+
+    ys = scan(step, sequences=[xs])
+    rng = np.random.default_rng(11)
+    old = [rng.normal(size=(4, 10, 2)) for _ in range(3)]
+    stats = popstats.estimate([xs], ys, [{"xs": a} for a in old], mode=MODE)
+    new = [1e4 + rng.normal(size=(n, 10, 2)) for n in (2, 4, 3, 4, 1)]
+    record = popstats.drift(stats, [xs], ys, [{"xs": a} for a in new],
+                            mode=MODE)["top"]
+    population = np.mean([a.max(1) for a in old], axis=0)  # (4, 2)
+    for t in range(4):
+        values = np.array([a[t].max(0) for a in new if len(a) > t])
+        want = np.abs(values.mean(0) - population[t]) / values.std(0, ddof=1)
+        np.testing.assert_allclose(record.per_unit[t], want, rtol=1e-7)

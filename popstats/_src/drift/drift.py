@@ -301,9 +301,20 @@ def _pass(run: Estimation, batches, single: list[int], **run_options):
     spread = HostAccumulator(sites, (_MEAN,) * len(sites), (None,) * len(sites),
                              slots, run.max_steps, CALL)
     moments: list = [{} for _ in sites]
+    # per cell, the value of the first batch that reached it: the values are
+    # added up as differences from it, so that the spread (mean square less
+    # squared mean) keeps its digits when the values are far from 0 relative
+    # to their spread; a cell's shift never changes once set
+    shifts: list = [None] * len(single)
 
     def observe(index: int, per_site: list) -> None:
-        picked = [per_site[i] for i in single]
+        picked = []
+        for k, i in enumerate(single):
+            value, count, weight = per_site[i]
+            axes = run.sites[i].time_axes
+            shifts[k] = _first_seen(shifts[k], np.asarray(value, np.float64), axes)
+            cells = tuple(slice(0, n) for n in value.shape[:axes])
+            picked.append((value - shifts[k][cells], count, weight))
         squares = [(v * v, c, w) for v, c, w in picked]
         spread.add(moments, [*picked, *squares], index)
 
@@ -314,7 +325,29 @@ def _pass(run: Estimation, batches, single: list[int], **run_options):
 def _aligned(old: Statistic, cells: tuple[int, ...]) -> np.ndarray:
     """The population value inference uses at each of ``cells``: steps
     beyond the population's repeat its last one."""
-    value = old.value
+    return _repeat_last(old.value, cells)
+
+
+def _first_seen(shift: np.ndarray | None, value: np.ndarray,
+                axes: int) -> np.ndarray:
+    """``shift`` grown to cover the cells of ``value`` (its ``axes`` leading
+    time axes): cells it already has keep their values, new ones take
+    ``value``'s (0 where neither has the cell)."""
+    if shift is None:
+        return value.copy()
+    shape = tuple(max(a, b) for a, b in zip(shift.shape[:axes], value.shape[:axes],
+                                             strict=True))
+    if shape == shift.shape[:axes]:
+        return shift
+    grown = np.zeros(shape + shift.shape[axes:])
+    grown[tuple(slice(0, n) for n in value.shape[:axes])] = value
+    grown[tuple(slice(0, n) for n in shift.shape[:axes])] = shift
+    return grown
+
+
+def _repeat_last(value: np.ndarray, cells: tuple[int, ...]) -> np.ndarray:
+    """``value`` over ``cells`` (its leading axes): steps beyond its own
+    repeat its last one."""
     for axis, size in enumerate(cells):
         have = value.shape[axis]
         take = np.minimum(np.arange(size), have - 1)
