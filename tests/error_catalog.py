@@ -1248,6 +1248,13 @@ def checkpoint_folder_not_writable(monkeypatch):
     popstats.estimate([x], y, [{"x": data()}], checkpoint="pass.npz")
 
 
+@scenario("A checkpoint reused for a pass over other data")
+def checkpoint_other_data():
+    x, y = layer()
+    popstats.estimate([x], y, [{"x": data()}], checkpoint="pass.npz")
+    popstats.estimate([x], y, [{"x": data() + 1.0}], checkpoint="pass.npz")
+
+
 @scenario("Loading a folder")
 def load_a_folder():
     os.mkdir("stats")

@@ -310,3 +310,17 @@ def test_split_along_features_followed_along_batch_mixes():
     assert mixing(a + b[:, :1]) == []
     c, d = pt.split(h, [1, 1], n_splits=2, axis=0)
     assert "splits" in mixing(c + d)[0]
+
+
+def test_a_fold_by_minus_one_and_back_is_followed():
+    # im2col-style: (batch, t, f) folded to (-1, f) for a product, then split
+    # back by the sizes of the unfolded value: the batch axis is followed
+    x = pt.tensor3("x")
+    w = pytensor.shared(np.ones((3, 5)), name="w")
+    h = marked_bn(x, "bn", axes=(0, 1))
+    flat = h.reshape((-1, h.shape[2]))
+    out = pt.dot(flat, w).reshape((h.shape[0], h.shape[1], 5))
+    assert mixing(out) == []
+    # split back with the sizes in another order: the batch lands elsewhere
+    wrong = pt.dot(flat, w).reshape((h.shape[1], h.shape[0], 5))
+    assert "reshape it cannot follow" in mixing(wrong)[0]

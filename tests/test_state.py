@@ -606,3 +606,70 @@ def test_loading_a_checkpoint_as_a_state_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="popstats"):
         popstats.load_state(tmp_path / "s.npz")
     assert caplog.text == ""
+
+
+def _one_layer():
+    x = pt.matrix("x")
+    return x, x - popstats.bn_statistic(x.mean(0), "m")
+
+
+def test_a_checkpoint_reused_for_other_data_is_refused(tmp_path):
+    # the case: a finished pass over zeros, then ones with the same path
+    x, y = _one_layer()
+    ck = tmp_path / "ck.npz"
+    zeros = [{"x": np.zeros((3, 2))}] * 4
+    first = popstats.estimate([x], y, zeros, mode=MODE, checkpoint=ck)
+    with pytest.raises(popstats.PopstatsError, match=r"checkpoint=.*not those the "
+                                                     r"checkpoint .* counts"):
+        popstats.estimate([x], y, [{"x": np.ones((3, 2))}] * 4, mode=MODE,
+                          checkpoint=ck)
+    # a finished checkpoint is a finished pass: the same batches give its result
+    again = popstats.estimate([x], y, zeros, mode=MODE, checkpoint=ck)
+    np.testing.assert_array_equal(again["m"].value, first["m"].value)
+
+
+def test_a_resume_checks_the_batches_it_skips(tmp_path):
+    x, y = _one_layer()
+    ck = tmp_path / "ck.npz"
+    rng = np.random.default_rng(5)
+    batches = [{"x": rng.normal(size=(3, 2))} for _ in range(6)]
+
+    def stopped():
+        for i, batch in enumerate(batches):
+            if i == 4:
+                raise KeyboardInterrupt
+            yield batch
+
+    run = popstats.Estimation([x], y, mode=MODE)
+    with pytest.raises(KeyboardInterrupt):
+        run.run(stopped(), checkpoint=ck, checkpoint_every=2)
+    other = [{"x": b["x"] + (k == 1)} for k, b in enumerate(batches)]
+    with pytest.raises(popstats.PopstatsError, match="first 4 batches given"):
+        run.run(other, checkpoint=ck)
+    # batches after the skipped ones may be anything: only those are checked
+    resumed = run.finalize(run.run(batches, checkpoint=ck))
+    whole = run.finalize(run.run(batches))
+    np.testing.assert_array_equal(resumed["m"].value, whole["m"].value)
+
+
+def test_a_checkpoint_without_a_digest_of_its_batches_is_refused(tmp_path):
+    import dataclasses
+
+    from popstats._src.estimation.state import load_checkpoint, save_state
+
+    x, y = _one_layer()
+    ck = tmp_path / "ck.npz"
+    batches = [{"x": np.full((3, 2), float(k))} for k in range(4)]
+
+    def stopped():
+        yield from batches[:2]
+        raise KeyboardInterrupt
+
+    run = popstats.Estimation([x], y, mode=MODE)
+    with pytest.raises(KeyboardInterrupt):
+        run.run(stopped(), checkpoint=ck, checkpoint_every=1)
+    state, began = load_checkpoint(ck)
+    assert began.data  # recorded
+    save_state(state, ck, checkpoint=dataclasses.replace(began, data=""))
+    with pytest.raises(popstats.PopstatsError, match="earlier popstats"):
+        run.run(batches, checkpoint=ck)

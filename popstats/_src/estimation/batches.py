@@ -15,10 +15,14 @@ overflow) is refused naming the input, the batch, both dtypes and the fix.
 Stage: estimation (:mod:`popstats._src.estimation`). Members:
 :func:`batch_values`, :func:`check_inputs`, :func:`describe_batch`,
 :func:`iterate`, :func:`run_error`.
+
+Members: :func:`batch_digest`, :func:`batch_values`, :func:`check_inputs`,
+:func:`describe_batch`, :func:`iterate`, :func:`run_error`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +34,8 @@ from pytensor.graph.traversal import graph_inputs
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import EstimationGraph
 
-__all__ = ["batch_values", "check_inputs", "describe_batch", "iterate", "run_error"]
+__all__ = ["batch_digest", "batch_values", "check_inputs", "describe_batch", "iterate",
+           "run_error"]
 
 
 def _lossless(array: np.ndarray, target: np.dtype) -> np.ndarray | None:
@@ -195,6 +200,18 @@ def batch_values(
         _convert(value, var, index, call, dtypes)
         for value, var in zip(values, inputs, strict=True)
     ]
+
+
+def batch_digest(batch: Any, inputs: Sequence[Variable], index: int,
+                 call: str = "estimate") -> bytes:
+    """What identifies one batch's data: a digest of each input's value (its
+    dtype, shape and bytes, in the order of ``inputs``), as given."""
+    h = hashlib.blake2b(digest_size=16)
+    for value in _raw_values(batch, inputs, index, call):
+        array = np.ascontiguousarray(np.asarray(value))
+        h.update(f"{array.dtype.str}{array.shape}".encode())
+        h.update(array.tobytes() if array.dtype != object else repr(value).encode())
+    return h.digest()
 
 
 def _raw_values(batch: Any, inputs: Sequence[Variable], index: int, call: str) -> list:

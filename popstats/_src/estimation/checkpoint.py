@@ -14,9 +14,13 @@ Stage: estimation (:mod:`popstats._src.estimation`). Members:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +55,9 @@ class CheckpointedRun:
     """A run's checkpoint: where to save, how often, and what to skip.
 
     ``skip`` is the number of this run's batches the checkpoint already
-    counts: they are passed over, not computed.
+    counts: they are passed over, not computed, but their data is checked
+    against the checkpoint's digest of them (``counts``) before any other
+    batch is added. ``digest_batch(batch, index)`` gives one batch's digest.
     """
 
     path: str
@@ -59,6 +65,37 @@ class CheckpointedRun:
     start: Checkpoint
     skip: int
     where: str
+    digest_batch: Callable[[Any, int], bytes] | None = None
+    counts: str = ""
+    _chain: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16),
+                        repr=False)
+
+    def count(self, batch: Any, position: int) -> None:
+        """Add batch ``position`` of this run to the digest of its data; after
+        the batches the checkpoint counts, check they are the same."""
+        if self.digest_batch is None:
+            return
+        self._chain.update(self.digest_batch(batch, self.start.start_batches
+                                             + position))
+        if position + 1 == self.skip and self._chain.hexdigest() != self.counts:
+            raise PopstatsError(self._other_data())
+
+    def _other_data(self) -> str:
+        if not self.counts:
+            return (
+                f"{self.where}: the checkpoint {self.path!r} records no digest of "
+                f"the batches it counts (it was written by an earlier popstats), "
+                f"so whether the given batches are those is unknown. Delete it "
+                f"to start the pass over."
+            )
+        return (
+            f"{self.where}: the first {_batches(self.skip)} given are not those "
+            f"the checkpoint {self.path!r} counts (their data differ), so "
+            f"resuming would return statistics of other data. A checkpoint "
+            f"resumes one pass over the same batches: pass those again, or use "
+            f"another checkpoint path (or delete this one) for a pass over "
+            f"other data."
+        )
 
     def due(self, n_batches: int) -> bool:
         """Whether to save after the state counts ``n_batches``: every
@@ -66,7 +103,9 @@ class CheckpointedRun:
         return (n_batches - self.start.start_batches) % self.every == 0
 
     def save(self, state: EstimationState) -> None:
-        save_state(state, self.path, self.where, self.start)
+        data = self._chain.hexdigest() if self.digest_batch is not None else ""
+        save_state(state, self.path, self.where,
+                   dataclasses.replace(self.start, data=data))
 
     def check_consumed(self, consumed: int) -> None:
         """Raise if the run ended before passing the checkpoint's batches."""
@@ -88,12 +127,15 @@ def open_checkpoint(
     check_state,
     where: str,
     parameters: str = "",
+    digest_batch: Callable[[Any, int], bytes] | None = None,
 ) -> tuple[CheckpointedRun, EstimationState]:
     """The checkpoint of a run and the state to continue from.
 
     ``given`` is the ``state=`` of the run (None: from ``empty``);
     ``check_state(state, where, fix)`` checks a state belongs to this pass;
-    ``parameters`` is the digest of the model's shared variables now.
+    ``parameters`` is the digest of the model's shared variables now;
+    ``digest_batch`` identifies a batch's data (the run checks the batches
+    a checkpoint counts are the given ones).
     """
     every = check_every(every, where.replace("checkpoint=", "checkpoint_every="))
     path = check_target(path, where)
@@ -102,7 +144,8 @@ def open_checkpoint(
                        parameters)
     if not os.path.exists(path):
         remove_stale_temporaries(path)
-        return CheckpointedRun(path, every, start, 0, where), start_state
+        return CheckpointedRun(path, every, start, 0, where,
+                               digest_batch), start_state
     saved, began = load_checkpoint(path, where.split("(")[0], where)
     if began is None:
         raise PopstatsError(
@@ -129,7 +172,8 @@ def open_checkpoint(
     skip = saved.n_batches - began.start_batches
     log.info("%s: resuming from %r, which counts %d batch(es) of this run: "
              "skipping them", where, path, skip)
-    return CheckpointedRun(path, every, start, skip, where), saved
+    return CheckpointedRun(path, every, start, skip, where, digest_batch,
+                           began.data), saved
 
 
 def _batches(n: int) -> str:

@@ -31,6 +31,7 @@ from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_graph import GraphAccumulator
 from popstats._src.estimation.accumulate_host import HostAccumulator
 from popstats._src.estimation.batches import (
+    batch_digest,
     batch_values,
     check_inputs,
     iterate,
@@ -253,6 +254,10 @@ class Estimation:
         )
         return self._pass(state).run([batch])
 
+    def _batch_digest(self, batch: Any, index: int) -> bytes:
+        """What identifies a batch's data (checkpoints record it)."""
+        return batch_digest(batch, self.inputs, index, self.call)
+
     def _values(self, batch: Any, index: int) -> list:
         """A batch's values, checked and converted for the inputs."""
         return batch_values(batch, self.inputs, index, self.call, self.dtypes)
@@ -361,6 +366,7 @@ class Estimation:
             saver, state = open_checkpoint(
                 checkpoint, checkpoint_every, given, self.init(), self.check_state,
                 self._method("run", "checkpoint"), self.parameters_digest(),
+                self._batch_digest,
             )
         skip = 0 if saver is None else saver.skip
         stream = progress_bar(iterate(batches, self.call), batches, show)

@@ -142,6 +142,8 @@ class Pass:
             consumed = 0
             for position, batch in enumerate(batches):
                 consumed = position + 1
+                if saver is not None:
+                    saver.count(batch, position)
                 if position < skip:
                     continue
                 n = self.step(batch)

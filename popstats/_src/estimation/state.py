@@ -264,11 +264,15 @@ class Checkpoint:
     ``start_digest``; a run from nothing starts at 0 batches.
     ``parameters``: :func:`parameters_digest` of the model's shared
     variables when the run started (the statistics depend on them).
+    ``data``: a chained digest of the batches of this run the state counts
+    (:func:`~popstats._src.estimation.batches.batch_digest` of each), so
+    that a resume over other batches is refused ("": not recorded).
     """
 
     start_batches: int
     start_digest: str
     parameters: str = ""
+    data: str = ""
 
 
 def save_state(
@@ -290,6 +294,7 @@ def save_state(
             "start_batches": checkpoint.start_batches,
             "start_digest": checkpoint.start_digest,
             "parameters": checkpoint.parameters,
+            "data": checkpoint.data,
         },
     }
     write(path, STATE, meta, arrays, where)
@@ -334,7 +339,7 @@ def load_checkpoint(
         start = meta["checkpoint"]
         checkpoint = None if start is None else Checkpoint(
             int(start["start_batches"]), str(start["start_digest"]),
-            str(start["parameters"]),
+            str(start["parameters"]), str(start.get("data", "")),
         )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(

@@ -106,6 +106,13 @@ def matches(op: object) -> bool:
     return _kind(op) is not None
 
 
+def per_example(op: object) -> bool:
+    """pytensor-ml's ``Im2Col`` (inside its ``Conv2D``): each example's
+    windows, batch axis first."""
+    cls = type(op)
+    return cls.__name__ == "Im2Col" and cls.__module__.startswith("pytensor_ml")
+
+
 def describe(op: Any) -> str:
     """The op's class and props; never its ``name`` (equal ops are interned)."""
     props = tuple((p, getattr(op, p)) for p in getattr(op, "__props__", ()))

@@ -98,12 +98,19 @@ class Recognizer:
         loops holding it. The default is the op's class and its
         ``__props__`` values (not its ``name``: PyTensor interns equal ops
         in loop bodies, so a name may be another layer's).
+    per_example : callable, optional
+        ``per_example(op) -> bool``: whether ``op`` (another op of the same
+        library, e.g. pytensor-ml's ``Im2Col``) computes each example alone,
+        along axis 0 of its first input and output; the batch-independence
+        check of :func:`~popstats.rewrite` follows the batch axis through
+        such ops instead of reporting them as unknown.
     """
 
     name: str
     matches: Callable[[Any], bool]
     expand: Callable[[Apply, RecognitionContext], Sequence[Variable]]
     describe: Callable[[Any], str] | None = None
+    per_example: Callable[[Any], bool] | None = None
 
 
 _REGISTRY: dict[str, Recognizer] = {}
@@ -222,6 +229,13 @@ def recognizer_for(op: object) -> Recognizer | None:
     return None
 
 
+def acts_per_example(op: object) -> bool:
+    """Whether a registered recognizer says ``op`` computes each example
+    alone along axis 0 (its ``per_example``)."""
+    return any(r.per_example is not None and r.per_example(op)
+               for r in _REGISTRY.values())
+
+
 def recognized_token(op: object) -> str | None:
     """A process-independent description of a recognized op, or None.
 
@@ -243,5 +257,6 @@ def recognized_token(op: object) -> str | None:
 
 
 register_recognizer(Recognizer(
-    "pytensor-ml", _pytensor_ml.matches, _pytensor_ml.expand, _pytensor_ml.describe
+    "pytensor-ml", _pytensor_ml.matches, _pytensor_ml.expand, _pytensor_ml.describe,
+    _pytensor_ml.per_example,
 ))

@@ -42,6 +42,7 @@ from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import IncSubtensor, Subtensor
 
 from popstats._src.graph.marker import BNStat, is_statistic
+from popstats._src.graph.recognize import acts_per_example
 from popstats._src.rewrite.rules import Hyp, Place, Rules, State
 from popstats._src.rewrite.shapes import PASS, Shapes
 
@@ -235,6 +236,14 @@ class Flow(Rules):
                 if var in inner.taint:
                     self.taint[out] = inner.taint[var]
             return states
+        if acts_per_example(op):  # e.g. pytensor-ml's Im2Col (its recognizer says)
+            out = {}
+            for hyp, (d, c) in self.state(ins[0]).items():
+                if d == 0:
+                    out[hyp] = (0, c)
+                else:
+                    self.mix(node, hyp, f"cannot be followed through {op} on")
+            return [out] + [{}] * (n_out - 1)
         return self.unknown(node)
 
     def scan(self, node: Apply) -> list[State]:

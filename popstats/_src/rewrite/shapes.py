@@ -18,12 +18,14 @@ import numpy as np
 from pytensor.compile.ops import DeepCopyOp, ViewOp
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.raise_op import CheckAndRaise
+from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
 from pytensor.tensor.subtensor import Subtensor
 
 from popstats._src.graph.marker import BNStat
+from popstats._src.graph.recognize import acts_per_example
 
 __all__ = ["PASS", "WILD", "Shapes", "const", "find", "resolve"]
 
@@ -96,10 +98,22 @@ class Shapes:
                     return self.atoms(inp, dim)
         if isinstance(op, Reshape):
             sizes = self.target(node)
+            if sizes is not None and sizes[dim] == WILD:  # -1: what it stands for
+                x = node.inputs[0]
+                sizes = resolve([a for d in range(x.ndim) for a in self.atoms(x, d)],
+                                sizes)
             if sizes is not None and sizes[dim] != WILD:
                 return sizes[dim]
         if isinstance(op, Dot) and node.inputs[0].ndim == node.inputs[1].ndim == 2:
             return self.atoms(node.inputs[dim], dim)
+        if isinstance(op, Blockwise) and _is_dot(op.core_op):  # matmul
+            out_ndim, a, b = var.ndim, node.inputs[0], node.inputs[1]
+            if dim == out_ndim - 2 and a.ndim >= 2:
+                return self.atoms(a, a.ndim - 2)
+            if dim == out_ndim - 1 and b.ndim >= 2:
+                return self.atoms(b, b.ndim - 1)
+        if dim == 0 and acts_per_example(op):  # e.g. pytensor-ml's Im2Col
+            return self.atoms(node.inputs[0], 0)
         return (own,)
 
     def factors(self, scalar: Variable) -> tuple:
@@ -140,6 +154,10 @@ class Shapes:
         for item in shape.owner.inputs[:ndim]:
             sizes.append(WILD if const(item) == -1 else self.factors(item))
         return sizes
+
+
+def _is_dot(core: object) -> bool:
+    return isinstance(core, Dot) or type(core).__name__ in ("Dot", "Matmul")
 
 
 def _sig(atoms: Sequence) -> tuple:
