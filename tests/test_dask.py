@@ -264,6 +264,10 @@ def test_options_are_checked_before_anything_runs(dask_client):
     with pytest.raises(popstats.PopstatsError, match="not a loader"):
         popstats.dask.estimate(inputs, outputs, loaders.batches(0, 2),
                                client=dask_client)
+    # an input given twice: refused here, not as PyTensor's error on a worker
+    with pytest.raises(popstats.PopstatsError, match="given more than once"):
+        popstats.dask.estimate([*inputs, inputs[0]], outputs, never,
+                               client=dask_client)
 
 
 def test_no_client():

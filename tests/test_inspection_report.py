@@ -220,3 +220,22 @@ def test_report_renders_in_chromium(stats, tmp_path):
 
     pixels = imread(shot)
     assert pixels.std() > 0.01  # not blank
+
+
+def test_per_step_figure_reads_clearly(stats):
+    """The step axis is labelled above the coverage panel, whose title says
+    what it counts; legends sit beside the axes, never over the lines; the
+    coverage axis counts whole batches."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    result, _ = stats
+    fig = result.plot("per_step")
+    FigureCanvasAgg(fig).draw()
+    ax, cov = [a for a in fig.axes if a.get_legend() is not None][:2]
+    assert ax.get_xlabel() == "step"
+    assert cov.get_title() == "coverage: batches that reached each step"
+    for axes in (ax, cov):
+        legend = axes.get_legend().get_window_extent()
+        assert legend.x0 >= axes.get_window_extent().x1
+    ticks = cov.get_yticks()
+    assert len(ticks) and np.all(ticks == np.round(ticks))
