@@ -282,7 +282,7 @@ def test_resume_equals_an_uninterrupted_run(setup, tmp_path):
     assert_same_statistics(whole, again)
 
 
-def test_resume_skips_counted_batches_without_computing_them(tmp_path):
+def test_resume_skips_counted_batches_without_computing_them(tmp_path, monkeypatch):
     model = Masked()
     batches = Masked.batches(7, lengths=(3, 5, 2, 4, 3))
     path = tmp_path / "checkpoint.npz"
@@ -290,15 +290,26 @@ def test_resume_skips_counted_batches_without_computing_them(tmp_path):
     with pytest.raises(Interrupted):
         estimate(model, interrupted_after(batches, 3), checkpoint=path,
                  checkpoint_every=1)
-    # batches already counted are not computed again: poison them
+    # batches already counted are read (their digest is checked against the
+    # checkpoint's) but not computed again: count the batches computed
+    computed = []
+    real = popstats.Estimation._statistics
+
+    def counting(self, values, index, *args, **kwargs):
+        computed.append(index)
+        return real(self, values, index, *args, **kwargs)
+
+    monkeypatch.setattr(popstats.Estimation, "_statistics", counting)
+    resumed = estimate(model, batches, checkpoint=path, checkpoint_every=1)
+    assert computed == list(range(3, len(batches)))  # only those after the 3
+    assert_same_statistics(whole, resumed)
+    # poisoned counted batches are other data now: refused, not used
     poisoned = [
         {"x": np.full_like(b["x"], np.nan), "mask": b["mask"]} if i < 3 else b
         for i, b in enumerate(batches)
     ]
-    with fails("not finite in batch 0"):
-        estimate(model, poisoned)  # (the poison works)
-    resumed = estimate(model, poisoned, checkpoint=path, checkpoint_every=1)
-    assert_same_statistics(whole, resumed)
+    with fails("not those the checkpoint"):
+        estimate(model, poisoned, checkpoint=path, checkpoint_every=1)
 
 
 def test_checkpoint_of_another_graph(tmp_path):
