@@ -100,7 +100,8 @@ def test_population_variables_can_be_updated_without_recompiling():
 # -- the estimation options: one record, the same keywords everywhere ---------
 
 OPTION_DEFAULTS = {"estimator": "mean", "time": "step", "max_steps": None,
-                   "mode": None, "dtypes": "convert", "accumulate": "host"}
+                   "mode": None, "dtypes": "convert", "accumulate": "host",
+                   "upstream": "batch", "upstream_tol": 1e-10, "upstream_passes": 50}
 
 
 def _public_calls():

@@ -58,7 +58,9 @@ from popstats._src.estimation.state import (
     parameters_digest,
 )
 from popstats._src.estimation.statistics import PopulationStatistics
+from popstats._src.estimation.upstream import FixedPoint, fixed_point_driver
 from popstats._src.export.exporter import Site, as_variables, export_checked
+from popstats._src.export.sites import EstimationGraph
 from popstats._src.export.time_modes import check_patterns
 
 if TYPE_CHECKING:
@@ -141,10 +143,31 @@ class Estimation:
         new._build(inputs, as_variables(outputs, call), options, compile_now, call)
         return new
 
+    @classmethod
+    def of_graph(
+        cls, inputs: Sequence[Variable], outputs: Sequence[Variable],
+        graph: EstimationGraph, options: EstimationOptions, call: str,
+        upstream: str,
+    ) -> Estimation:
+        """The pass over an estimation graph made by a later stage (the
+        inference graph's, :mod:`popstats._src.rewrite.consistent`);
+        ``upstream`` goes into its :class:`PassSpec`."""
+        new = cls.__new__(cls)
+        new._build(inputs, list(outputs), options, True, call, graph, upstream)
+        return new
+
     def _build(self, inputs: Sequence[Variable], outs: list[Variable],
-               options: EstimationOptions, compile_now: bool, call: str) -> None:
+               options: EstimationOptions, compile_now: bool, call: str,
+               graph: EstimationGraph | None = None,
+               upstream: str = "batch") -> None:
         compile_now = check_bool(compile_now, f"{call}(compile_now=...)")
-        graph = export_checked(outs, call, options.time)
+        if graph is None:
+            graph = export_checked(outs, call, options.time)
+        #: the inputs and outputs it was built from
+        self.given = (tuple(inputs), tuple(outs))
+        #: with ``upstream="population"``, the passes of the last :meth:`run`
+        self.fixed_point: FixedPoint | None = None
+        self._final: Estimation | None = None
         #: the options this pass was built with
         self.options = options
         self.dtypes = options.dtypes
@@ -161,7 +184,7 @@ class Estimation:
         self.spec = PassSpec(
             tuple(StatisticSpec.of(s, e)
                   for s, e in zip(self.sites, self.estimators, strict=True)),
-            max_steps,
+            max_steps, upstream,
         )
         self.partners = find_partners(self.sites, self.estimators, call)
         check_counts(self.sites, self.estimators, call)
@@ -247,6 +270,13 @@ class Estimation:
         ``state`` is not changed (its arrays are copied first; :meth:`run`
         copies once per pass instead).
         """
+        if self.options.upstream == "population":
+            raise PopstatsError(
+                f"{self._method('update', 'batch')}: this Estimation has "
+                f"upstream='population', whose statistics are a fixed point over "
+                f"all the batches: one batch cannot be added. Call run(batches), "
+                f"or build the Estimation with upstream='batch'."
+            )
         state = self.check_state(
             state, self._method("update", "state"),
             "Pass a state made by this Estimation (or one of the same graph and "
@@ -341,10 +371,20 @@ class Estimation:
         ...                 on_batch=lambda i, stats: seen.append(float(stats[0][0])))
         >>> seen, float(run.finalize(state)["m"].value)
         ([2.0, 5.0], 3.5)
+
+        With ``upstream="population"``, ``run`` takes the passes to the fixed
+        point (:doc:`/upstream`; :attr:`fixed_point` records them) and
+        returns the last pass's state; ``state`` and ``on_batch`` are refused.
         """
         from popstats._src.estimation.checkpoint import check_every, open_checkpoint
         from popstats._src.estimation.progress import check_progress, progress_bar
 
+        if self.options.upstream == "population" and self.spec.upstream == "batch":
+            # the passes to the fixed point (popstats._src.rewrite.fixed_point)
+            self._final, last, self.fixed_point = fixed_point_driver(self.call)(
+                self, batches, state, on_batch, checkpoint, checkpoint_every,
+                progress)
+            return last
         show = check_progress(progress, self._method("run", "progress")[:-len(
             "(progress=...)")])
         if on_batch is not None and not callable(on_batch):
@@ -390,12 +430,17 @@ class Estimation:
     def merge(self, a: EstimationState, b: EstimationState) -> EstimationState:
         """The state over the batches of ``a`` and ``b`` together (exact)."""
         fix = "Merge states made by Estimations of the same graph and options."
+        if self._final is not None and a.spec.upstream != "batch":
+            return self._final.merge(a, b)
         self.check_state(a, self._method("merge", "a"), fix)
         self.check_state(b, self._method("merge", "b"), fix)
         return merge_states(self.sites, self.estimators, a, b)
 
     def finalize(self, state: EstimationState) -> PopulationStatistics:
         """The population statistics of a state."""
+        if self._final is not None and getattr(getattr(state, "spec", None),
+                                               "upstream", "batch") != "batch":
+            return self._final.finalize(state).with_fixed_point(self.fixed_point)
         self.check_state(
             state, self._method("finalize", "state"),
             "Finalize a state made by an Estimation of the same graph.",

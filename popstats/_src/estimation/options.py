@@ -3,7 +3,8 @@
 Stage: estimation. Members:
 
 - :class:`EstimationOptions` -- the frozen record of the options
-  (``estimator, time, max_steps, mode, dtypes, accumulate``) with their
+  (``estimator, time, max_steps, mode, dtypes, accumulate, upstream,
+  upstream_tol, upstream_passes``) with their
   defaults; :meth:`EstimationOptions.check` is the one place they are
   checked, errors naming the public call;
 - :class:`OptionKeywords` -- the same options as keywords, for
@@ -18,6 +19,7 @@ take them as ``**options`` and pass one record down;
 :func:`~popstats.drift` builds one from its ``mode``.
 
 Members: :data:`ACCUMULATE`, :data:`DTYPE_POLICIES`, :data:`OPTIONS_DOC`,
+:data:`UPSTREAM`,
 :class:`EstimationOptions`, :class:`OptionKeywords`, :func:`check_max_steps`,
 :func:`check_mode`, :func:`takes_options`.
 """
@@ -42,6 +44,7 @@ __all__ = [
     "ACCUMULATE",
     "DTYPE_POLICIES",
     "OPTIONS_DOC",
+    "UPSTREAM",
     "EstimationOptions",
     "OptionKeywords",
     "check_max_steps",
@@ -54,6 +57,15 @@ DTYPE_POLICIES = {
     "convert": "convert batch values to the inputs' dtypes when nothing that "
     "matters is lost",
     "strict": "refuse any other dtype",
+}
+
+#: what the layers upstream of a statistic normalize with while it is
+#: estimated (option -> meaning)
+UPSTREAM = {
+    "batch": "their batch statistics, as in training (one pass; PyTorch's "
+    "update_bn, fvcore's PreciseBN)",
+    "population": "their population values, as at inference (passes until the "
+    "values are a fixed point)",
 }
 
 #: where an estimation pass adds up its batches (option -> meaning)
@@ -91,6 +103,9 @@ class EstimationOptions:
     mode: str | pytensor.compile.Mode | None = None
     dtypes: str = "convert"
     accumulate: str = "host"
+    upstream: str = "batch"
+    upstream_tol: float = 1e-10
+    upstream_passes: int = 50
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -121,7 +136,27 @@ class EstimationOptions:
         check_mode(given.mode, call)
         check_estimator_spec(given.estimator, call)
         check_time(given.time, call)
-        return dataclasses.replace(given, max_steps=max_steps)
+        check_choice(given.upstream, UPSTREAM, f"{call}(upstream=...)")
+        tol = given.upstream_tol
+        if (isinstance(tol, bool | np.bool_)
+                or not isinstance(tol, int | float | np.number)
+                or not np.isfinite(tol) or tol < 0):
+            raise PopstatsError(
+                f"{call}(upstream_tol=...): expected a finite number >= 0 (the "
+                f"largest relative change between two passes at the fixed point, "
+                f"e.g. 1e-10), got {describe_value(tol)}."
+            )
+        passes = given.upstream_passes
+        if (isinstance(passes, bool | np.bool_)
+                or not isinstance(passes, int | np.integer) or passes < 2):
+            raise PopstatsError(
+                f"{call}(upstream_passes=...): expected an int >= 2 (the most "
+                f"passes over the batches upstream='population' may take, the "
+                f"first in batch mode included), got {describe_value(passes)}."
+            )
+        return dataclasses.replace(given, max_steps=max_steps,
+                                   upstream_tol=float(tol),
+                                   upstream_passes=int(passes))
 
 
 class OptionKeywords(TypedDict, total=False):
@@ -133,6 +168,9 @@ class OptionKeywords(TypedDict, total=False):
     mode: str | pytensor.compile.Mode | None
     dtypes: Literal["convert", "strict"]
     accumulate: Literal["host", "graph"]
+    upstream: Literal["batch", "population"]
+    upstream_tol: float
+    upstream_passes: int
 
 
 def check_max_steps(max_steps: object, call: str) -> int | None:
@@ -212,6 +250,23 @@ accumulate : {"host", "graph"}, default "host"
     float64 on the host every 16 batches (see :doc:`/pytensor-versions`,
     "Estimation in each backend"). One Estimation runs one shared-variable
     graph pass at a time (its accumulators hold it).
+upstream : {"batch", "population"}, default "batch"
+    What the batch norms upstream of a statistic normalize with while it
+    is estimated. ``"batch"``: their batch statistics, as in training (one
+    pass; what every peer does). ``"population"``: their population
+    values, as in the inference graph, so that each statistic is that of
+    the input its layer sees at inference: passes over the same batches,
+    each on the inference graph of the previous pass's values, until the
+    values are a fixed point (see :doc:`/upstream`). ``batches`` must then
+    be iterable more than once (a list, or a loader whose ``__iter__``
+    starts again), giving the same data every time.
+upstream_tol : float, default 1e-10
+    With ``upstream="population"``: stop when no value changed between two
+    passes by more than this, relative to the largest magnitude of its
+    statistic.
+upstream_passes : int, default 50
+    With ``upstream="population"``: the most passes to take (the first, in
+    batch mode, included); not converged by then is an error.
 """
 
 _MARKER = re.compile(r"^([ \t]*)\[estimation options\]$", re.MULTILINE)

@@ -136,30 +136,46 @@ class PassSpec:
         In the order of :attr:`Estimation.sites`.
     max_steps : int or None
         The pass's cap on steps per time axis.
+    upstream : str
+        ``"batch"`` (the training graph's statistics), or, for a pass of
+        ``upstream="population"``, ``"population:<digest>"``: the digest of
+        the population values the layers upstream of the statistics
+        normalized with (states of passes over other values do not mix).
     """
 
     statistics: tuple[StatisticSpec, ...]
     max_steps: int | None
+    upstream: str = "batch"
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.statistics)
 
     def to_json(self) -> dict[str, Any]:
-        return {"statistics": [s.to_json() for s in self.statistics],
+        meta = {"statistics": [s.to_json() for s in self.statistics],
                 "max_steps": self.max_steps}
+        if self.upstream != "batch":  # files of batch passes stay as they were
+            meta["upstream"] = self.upstream
+        return meta
 
     @classmethod
     def from_json(cls, meta: dict[str, Any]) -> PassSpec:
         cap = meta["max_steps"]
         return cls(tuple(StatisticSpec.from_json(s) for s in meta["statistics"]),
-                   None if cap is None else int(cap))
+                   None if cap is None else int(cap),
+                   str(meta.get("upstream", "batch")))
 
 
 def _estimator_text(e: Estimator) -> str:
     if e.name != "ema":
         return repr(e.name)
     return f"'ema' (momentum {e.momentum}{', unbiased' if e.unbiased else ''})"
+
+
+def _upstream_text(upstream: str) -> str:
+    if upstream == "batch":
+        return "batch statistics"
+    return f"population values (digest {upstream.partition(':')[2]})"
 
 
 def spec_differences(have: PassSpec, want: PassSpec, limit: int = 6) -> list[str]:
@@ -182,6 +198,9 @@ def spec_differences(have: PassSpec, want: PassSpec, limit: int = 6) -> list[str
         return out
     if have.max_steps != want.max_steps:
         out.append(f"max_steps {have.max_steps} in the state, {want.max_steps} here")
+    if have.upstream != want.upstream:
+        out.append(f"upstream layers normalized with {_upstream_text(have.upstream)} "
+                   f"in the state, {_upstream_text(want.upstream)} here")
     for a, b in zip(have.statistics, want.statistics, strict=True):
         if a.id != b.id:
             out.append(f"{a.name!r}: computed differently (another graph, or other "

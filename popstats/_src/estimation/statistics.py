@@ -12,6 +12,7 @@ module imports nothing above estimation.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +25,7 @@ from popstats._src.errors import PopstatsError
 from popstats._src.estimation.estimators import Estimator
 from popstats._src.estimation.persistence import STATISTICS, read, write
 from popstats._src.estimation.state import StatisticSpec
+from popstats._src.estimation.upstream import FixedPoint
 from popstats._src.export.exporter import Site
 from popstats._src.graph.walk import SiteId
 
@@ -54,6 +56,10 @@ class Statistic:
         How the value was estimated.
     max_steps : int or None
         The ``max_steps`` of the estimation pass (None: every step kept).
+    upstream : str
+        What the layers upstream normalized with while it was estimated:
+        ``"batch"`` (their batch statistics) or ``"population"`` (their
+        population values: the fixed point of ``upstream="population"``).
     """
 
     name: str
@@ -64,6 +70,7 @@ class Statistic:
     n_batches: int
     estimator: Estimator = _MEAN
     max_steps: int | None = None
+    upstream: str = "batch"
 
     @property
     def depth(self) -> int:
@@ -116,7 +123,10 @@ class PopulationStatistics(Mapping[str, Statistic]):
     (as many times as needed, for any graph holding these statistics).
     """
 
-    def __init__(self, statistics: tuple[Statistic, ...]):
+    def __init__(self, statistics: tuple[Statistic, ...],
+                 fixed_point: FixedPoint | None = None):
+        #: with ``upstream="population"``: the passes that made these values
+        self.fixed_point = fixed_point
         self._by_name = {s.name: s for s in statistics}
         self._by_id: dict[SiteId, Statistic] = {s.site.id: s for s in statistics}
         self._by_base: dict[tuple, list[Statistic]] = {}
@@ -137,6 +147,14 @@ class PopulationStatistics(Mapping[str, Statistic]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
+
+    def with_fixed_point(self, record: FixedPoint | None) -> PopulationStatistics:
+        """These values, marked as made by the passes of ``record`` (the
+        fixed point of ``upstream="population"``)."""
+        return PopulationStatistics(
+            tuple(dataclasses.replace(s, upstream="population") for s in self.values()),
+            record,
+        )
 
     def get(self, name: str, default: object = None) -> object:
         return self._by_name.get(name, default)
@@ -198,18 +216,24 @@ class PopulationStatistics(Mapping[str, Statistic]):
             )
             if s.estimator.name != "mean":
                 row += f", {s.estimator.name}"
+            if s.upstream != "batch":
+                row += f", upstream {s.upstream}"
             if s.uncovered_steps:
                 row += f", {s.uncovered_steps} steps never reached"
             rows.append(row)
+        if self.fixed_point is not None:
+            rows.append(f"  {self.fixed_point}")
         return "PopulationStatistics(\n" + "\n".join(rows) + "\n)"
 
 
 def _site_meta(
-    site: Site, estimator: Estimator, n_batches: int, max_steps: int | None
+    site: Site, estimator: Estimator, n_batches: int, max_steps: int | None,
+    upstream: str = "batch",
 ) -> dict[str, Any]:
     """A statistic's entry: the spec of its accumulators, the rest of its
     site, and what the pass gave."""
     return {
+        "upstream": upstream,
         **StatisticSpec.of(site, estimator).to_json(),
         "key": site.id.key,
         "shape": list(site.shape),
@@ -250,10 +274,13 @@ def save_statistics(
     metas, arrays = [], {}
     for i, stat in enumerate(stats.values()):
         metas.append(_site_meta(stat.site, stat.estimator, stat.n_batches,
-                                stat.max_steps))
+                                stat.max_steps, stat.upstream))
         arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
         arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
-    write(path, STATISTICS, {"statistics": metas}, arrays, where)
+    meta: dict[str, Any] = {"statistics": metas}
+    if stats.fixed_point is not None:
+        meta["fixed_point"] = stats.fixed_point.to_json()
+    write(path, STATISTICS, meta, arrays, where)
 
 
 def load(path: str | os.PathLike) -> PopulationStatistics:
@@ -279,12 +306,17 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
             coverage = np.array(archive[f"coverage/{i}"], dtype=np.int64)
             if coverage.shape != value.shape[: site.time_axes]:
                 raise ValueError(f"coverage of {site.name!r} does not fit its value")
+            upstream = str(entry.get("upstream", "batch"))  # older files: batch
+            if upstream not in ("batch", "population"):
+                raise ValueError(f"unknown upstream {upstream!r}")
             stats.append(
                 Statistic(site.name, site.label, site, value, coverage, n_batches,
-                          estimator, max_steps)
+                          estimator, max_steps, upstream)
             )
+        record = meta.get("fixed_point")
         # names and identities index the result: they must be hashable
-        return PopulationStatistics(tuple(stats))
+        return PopulationStatistics(
+            tuple(stats), None if record is None else FixedPoint.from_json(record))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
             f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "

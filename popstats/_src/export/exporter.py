@@ -17,15 +17,16 @@ Stage: export. :func:`export` (and :func:`export_checked`, for calls that
 checked their outputs and name themselves in errors); :func:`as_variables`
 and :func:`restructure` check and rebuild the ``outputs`` argument.
 
-Members: :obj:`EstimationGraph`, :obj:`Site`, :func:`as_variables`,
-:func:`export`, :func:`export_checked`, :func:`restructure`.
+Members: :obj:`EstimationGraph`, :class:`ExportLevel` (the visitor),
+:obj:`Site`, :func:`as_variables`, :func:`export`, :func:`export_checked`,
+:func:`export_with`, :func:`restructure`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
@@ -48,15 +49,20 @@ log = logging.getLogger("popstats")
 
 __all__ = [
     "EstimationGraph",
+    "ExportLevel",
     "Site",
     "as_variables",
     "export",
     "export_checked",
+    "export_with",
     "restructure",
 ]
 
 
-class _ExportLevel:
+class ExportLevel:
+    """The export visitor of one graph level: records each statistic found
+    and makes the statistics of loops outputs of the rebuilt loops."""
+
     def __init__(
         self, call: str, time: object, names: Mapping[SiteId, str] | None = None
     ) -> None:
@@ -70,13 +76,21 @@ class _ExportLevel:
         self.found.append(Found(site, var, var, count, None, []))
         return None
 
+    def inner_level(self, path: tuple[LoopStep, ...]) -> ExportLevel:
+        """The visitor of a loop's body (a subclass adds to it)."""
+        return ExportLevel(self.call, self.time, self.names)
+
+    def extend_scan(self, edit: ScanEdit, inner: ExportLevel) -> None:
+        """Add to a rebuilt loop before its statistics become outputs."""
+
     def scan(
         self, node: Apply, inputs: list[Variable], path: tuple[LoopStep, ...]
     ) -> list[Variable]:
         edit = ScanEdit(node, inputs)
-        inner = _ExportLevel(self.call, self.time, self.names)
+        inner = self.inner_level(path)
         inner_outputs = transform(edit.inner_inputs, edit.inner_outputs, inner, path)
         edit.set_inner_outputs(inner_outputs)
+        self.extend_scan(edit, inner)
         slots = []
         for found in inner.found:
             row = []
@@ -307,13 +321,24 @@ def export_checked(
     only once every statistic is found, so the graph is first exported with
     every loop per step to learn them.
     """
+    return export_with(outputs, call, time, ExportLevel)
+
+
+def export_with(
+    outputs: Sequence[Variable], call: str, time: object,
+    make_level: Callable[[str, object, Mapping[SiteId, str] | None], ExportLevel],
+) -> EstimationGraph:
+    """:func:`export_checked` with the outer level's visitor made by
+    ``make_level(call, time, names)``: a subclass of the export visitor that
+    also changes the graph (the rewrite stage's estimation of the inference
+    graph, :mod:`popstats._src.rewrite.consistent`)."""
     check_time(time, call)
     names = None
     if isinstance(time, Mapping):
         first = export_checked(outputs, call)
         names = {site.id: site.name for site in first.sites}
         check_patterns(time, first.sites, call, "time")
-    level = _ExportLevel(call, time, names)
+    level = make_level(call, time, names)
     replaced = transform((), outputs, level)
     if not level.found:
         raise _no_statistics_error(outputs, call)

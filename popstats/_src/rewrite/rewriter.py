@@ -10,7 +10,9 @@ cloned per statistic.
 
 Stage: rewrite (:mod:`popstats._src.rewrite`). Members: :func:`rewrite`,
 :func:`rewrite_as` (errors naming another call), :func:`population_array`
-and :func:`check_stats` (shared with :mod:`popstats._src.rewrite.bind`).
+and :func:`check_stats` (shared with :mod:`popstats._src.rewrite.bind`),
+:class:`RewriteLevel` (the visitor, which
+:mod:`popstats._src.rewrite.consistent` combines with the exporter's).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from popstats._src.graph.walk import LoopStep, SiteId, transform
 from popstats._src.rewrite.independence import mixing_operations, warn_mixing
 from popstats._src.rewrite.matching import Matcher, check_match
 
-__all__ = ["check_stats", "population_array", "rewrite", "rewrite_as"]
+__all__ = ["RewriteLevel", "check_stats", "population_array", "rewrite", "rewrite_as"]
 
 
-class _RewriteLevel:
+class RewriteLevel:
     """One graph level; lends each statistic's value to the level below."""
 
     call = "rewrite"  # named in errors
@@ -44,7 +46,7 @@ class _RewriteLevel:
         self,
         matcher: Matcher,
         select: Variable | None,
-        parent: _RewriteLevel | None = None,
+        parent: RewriteLevel | None = None,
         step: Variable | None = None,
         level: int = -1,
     ):
@@ -104,7 +106,7 @@ class _RewriteLevel:
     ) -> list[Variable]:
         edit = ScanEdit(node, inputs)
         step = pt.scalar(f"{node.op.name}_step", dtype="int64")
-        inner = _RewriteLevel(
+        inner = RewriteLevel(
             self.matcher, self.select, parent=self, step=step, level=len(path) - 1
         )
         edit.set_inner_outputs(
@@ -279,7 +281,7 @@ def rewrite_as(call: str, outputs: object, stats: object, select: object,
         select = _check_select(select, len(sets))
     matcher = Matcher(sets, check_match(match, "rewrite"), "rewrite")
     outs = as_variables(outputs, "rewrite")
-    new = transform((), outs, _RewriteLevel(matcher, select))
+    new = transform((), outs, RewriteLevel(matcher, select))
     matcher.check()
     found, assumed = mixing_operations(outs, new, batch_axes_arg=batch_axes, call=call)
     warn_mixing(found, assumed, call, stacklevel + 1)

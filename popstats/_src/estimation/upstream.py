@@ -1,0 +1,89 @@
+"""``upstream="population"``: the record of its passes, and who runs them.
+
+With ``upstream="population"`` each statistic is estimated on the inference
+graph: the batch norms upstream of it normalize with population values.
+Building that graph is the rewrite stage's job
+(:mod:`popstats._src.rewrite.consistent`), and so is the loop of passes
+that reaches the fixed point (:mod:`popstats._src.rewrite.fixed_point`),
+which registers itself here (:func:`register_fixed_point`) when the rewrite
+stage is imported (``import popstats`` does): estimation never imports the
+stage above it.
+
+Stage: estimation. Members: :class:`FixedPoint` (what the passes did,
+carried by the statistics they made and saved with them),
+:func:`register_fixed_point`, :func:`fixed_point_driver`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from popstats._src.errors import PopstatsError
+
+__all__ = ["FixedPoint", "fixed_point_driver", "register_fixed_point"]
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """The passes an ``upstream="population"`` estimation took.
+
+    Attributes
+    ----------
+    passes : int
+        Passes over the batches, the first (in batch mode) included.
+    changes : tuple of float
+        Per pass after the first, the largest change of any value from the
+        pass before, relative to the largest magnitude of its statistic.
+    worst : tuple of str
+        Per pass after the first, the statistic that changed most.
+    tol : float
+        The ``upstream_tol`` the passes stopped at (the last change is at
+        most this).
+    """
+
+    passes: int
+    changes: tuple[float, ...]
+    worst: tuple[str, ...]
+    tol: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passes": self.passes, "changes": list(self.changes),
+                "worst": list(self.worst), "tol": self.tol}
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any]) -> FixedPoint:
+        return cls(int(meta["passes"]), tuple(float(c) for c in meta["changes"]),
+                   tuple(str(w) for w in meta["worst"]), float(meta["tol"]))
+
+    def __str__(self) -> str:
+        shown = [f"{c:.1e} ({w})" if c else "0" for c, w in
+                 zip(self.changes, self.worst, strict=True)]
+        if len(shown) > 6:
+            shown = [*shown[:3], "...", *shown[-3:]]
+        steps = ", ".join(shown)
+        return (f"fixed point in {self.passes} passes (largest relative change "
+                f"per pass: {steps}; tolerance {self.tol:g})")
+
+
+#: the function running the passes (registered by the rewrite stage)
+_DRIVER: list[Callable[..., Any]] = []
+
+
+def register_fixed_point(driver: Callable[..., Any]) -> None:
+    """Make ``driver(estimation, batches, state, on_batch, checkpoint,
+    checkpoint_every, progress)`` what :meth:`~popstats.Estimation.run` calls with
+    ``upstream="population"``; it returns ``(final pass, its state,
+    FixedPoint)``."""
+    _DRIVER[:] = [driver]
+
+
+def fixed_point_driver(call: str) -> Callable[..., Any]:
+    """The registered driver (``import popstats`` registers it)."""
+    if not _DRIVER:  # pragma: no cover - popstats/__init__ imports rewrite
+        raise PopstatsError(
+            f"{call}(upstream='population'): the rewrite stage is not loaded; "
+            "`import popstats` loads it."
+        )
+    return _DRIVER[0]

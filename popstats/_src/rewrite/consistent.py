@@ -1,0 +1,118 @@
+"""The estimation graph of the inference graph: statistics as inference sees them.
+
+Today's estimation (and PyTorch's ``update_bn``, fvcore's PreciseBN) runs
+the training graph: every batch norm upstream of a statistic normalizes with
+its *batch* statistics. At inference they normalize with population values,
+so a layer's input differs from the one its statistics were measured on
+(the "estimation shift", Huang et al., CVPR 2022). :func:`inference_export`
+builds the graph that measures each statistic on its inference-time input:
+one walk over the training graph (:func:`~popstats._src.graph.walk.transform`)
+with a visitor that is both the exporter's and the rewriter's. At every
+statistic it records the batch statistic, computed from the rewritten
+upstream graph, as an output (per step inside loops, pooled where the time
+modes say), and hands the rest of the graph the population value, exactly
+as :func:`~popstats.rewrite` would (``population[min(t, T - 1)]`` in loops).
+
+The population values sit in shared variables (:class:`InferenceExport`
+holds them by statistic name) so that one compiled function serves every
+pass of the fixed-point iteration
+(:mod:`popstats._src.rewrite.fixed_point`): :meth:`InferenceExport.hold`
+puts new values in place.
+
+Stage: rewrite. Members: :class:`InferenceExport`, :func:`inference_export`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.graph.basic import Variable
+
+from popstats._src.errors import PopstatsError
+from popstats._src.estimation.statistics import PopulationStatistics
+from popstats._src.export.exporter import ExportLevel, export_with
+from popstats._src.export.sites import EstimationGraph
+from popstats._src.graph.surgery import ScanEdit
+from popstats._src.graph.walk import LoopStep, SiteId
+from popstats._src.rewrite.matching import Matcher
+from popstats._src.rewrite.rewriter import RewriteLevel, population_array
+
+__all__ = ["InferenceExport", "inference_export"]
+
+
+class _InferenceLevel(ExportLevel):
+    """Exports each statistic and replaces it downstream by its value."""
+
+    def __init__(self, call: str, time: object, names: Mapping[SiteId, str] | None,
+                 rewrite: RewriteLevel):
+        super().__init__(call, time, names)
+        self.rewrite = rewrite
+
+    def statistic(self, var: Variable, site: SiteId) -> Variable | None:
+        super().statistic(var, site)  # the batch statistic, on rewritten inputs
+        return self.rewrite.statistic(var, site)
+
+    def inner_level(self, path: tuple[LoopStep, ...]) -> _InferenceLevel:
+        step = pt.scalar(f"{path[-1].name}_step", dtype="int64")
+        inner = RewriteLevel(self.rewrite.matcher, None, parent=self.rewrite,
+                              step=step, level=len(path) - 1)
+        return _InferenceLevel(self.call, self.time, self.names, inner)
+
+    def extend_scan(self, edit: ScanEdit, inner: ExportLevel) -> None:
+        rewrite = inner.rewrite  # type: ignore[attr-defined]
+        edit.add_sequence(pt.arange(edit.n_steps, dtype="int64"), rewrite.step)
+        for outer_value, inner_value in rewrite.non_seqs:
+            edit.add_non_sequence(outer_value, inner_value)
+
+
+@dataclass(frozen=True)
+class InferenceExport:
+    """The estimation graph of an inference graph, and the values it holds.
+
+    ``graph`` is an :class:`~popstats.EstimationGraph` whose statistics
+    (same names and identities as :func:`~popstats.export` of the training
+    graph) are computed with every statistic upstream of them at the
+    population values held in ``values`` (statistic name to shared
+    variable).
+    """
+
+    graph: EstimationGraph
+    values: Mapping[str, Variable]
+
+    def hold(self, stats: PopulationStatistics, call: str) -> None:
+        """Put the values of ``stats`` into the graph (same statistics)."""
+        for name, var in self.values.items():
+            stat = stats.get(name)
+            if stat is None or stat.site.time != var.tag.popstats_time:
+                raise PopstatsError(  # pragma: no cover - popstats' own passes
+                    f"{call}: the upstream values lack statistic {name!r} (or "
+                    f"hold it with other time modes); estimate them on this graph."
+                )
+            value = population_array([stat], False, call)
+            held = var.get_value(borrow=True)
+            if value.shape[stat.depth:] != held.shape[stat.depth:]:
+                raise PopstatsError(  # pragma: no cover - popstats' own passes
+                    f"{call}: statistic {name!r} has shape {value.shape} in the "
+                    f"upstream values but {held.shape} in the graph."
+                )
+            var.set_value(np.asarray(value, dtype=held.dtype))
+
+
+def inference_export(
+    outputs: Sequence[Variable], stats: PopulationStatistics, time: object,
+    call: str,
+) -> InferenceExport:
+    """The estimation graph of ``outputs`` rewritten with ``stats``.
+
+    ``stats`` must hold a value for every statistic of ``outputs`` (with the
+    time modes ``time`` gives them); the user's graph is not modified.
+    """
+    matcher = Matcher([stats], "structure", call)
+    root = RewriteLevel(matcher, None)
+    graph = export_with(outputs, call, time,
+                        lambda c, t, names: _InferenceLevel(c, t, names, root))
+    matcher.check()
+    return InferenceExport(graph, dict(root.values))

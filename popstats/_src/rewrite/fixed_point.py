@@ -1,0 +1,223 @@
+"""The passes of ``upstream="population"``: estimate until the values are a fixed point.
+
+Wanted: values P such that, over the estimation data, every statistic of
+the graph rewritten with P equals its own value in P -- each layer
+normalizes its inference-time input. The passes iterate ``P_k =
+E(inference graph of P_{k-1})`` (Jacobi iteration), starting from ``P_0``,
+today's estimate on the training graph:
+
+* a statistic whose upstream holds no statistic is exact after pass 0; one
+  whose upstream statistics are exact after pass k is exact after pass k+1.
+  A feed-forward graph whose statistics lie at most d deep (d statistics on
+  the longest path to one) is therefore exact after pass d, and pass d+1
+  changes nothing: the change is 0 and the passes stop (d + 2 passes);
+* inside a loop, a per-step statistic of step t reads the earlier steps'
+  values through the recurrence: step t is exact after at most about t
+  passes, and in practice the change falls geometrically long before;
+* a statistic pooled over time (``time="pooled"``) reads its own value at
+  earlier steps: there is no finite number of passes, the change falls
+  geometrically.
+
+The passes stop when the largest change of any value (relative to the
+largest magnitude of its statistic) is at most ``upstream_tol``, and fail
+with a clear error after ``upstream_passes``. One mechanism covers every
+model kind popstats rewrites (loops, nested loops, time pooling, every
+estimator): each pass is an ordinary estimation pass, over the graph of
+:func:`~popstats._src.rewrite.consistent.inference_export`, compiled once;
+its population values are shared variables set before each pass.
+
+Every pass must see the same data (the fixed point is that of a data set):
+the batches are hashed in the first pass and each later pass is checked
+against it. With ``checkpoint``, pass k checkpoints to its own file
+(``run.npz`` -> ``run.pass0.npz``, ``run.pass1.npz``, ...); calling again as
+first called replays the finished passes from their files (their data is
+checked, not computed) and resumes the interrupted one. A pass's checkpoint
+records the population values it ran with (in its parameters' digest), so a
+checkpoint of another pass is refused.
+
+Stage: rewrite. Members: :func:`run_fixed_point`, :func:`pass_path`,
+:func:`largest_change`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation.estimation import Estimation
+from popstats._src.estimation.state import EstimationState
+from popstats._src.estimation.statistics import PopulationStatistics
+from popstats._src.estimation.upstream import FixedPoint, register_fixed_point
+from popstats._src.rewrite.consistent import inference_export
+
+__all__ = ["largest_change", "pass_path", "run_fixed_point"]
+
+log = logging.getLogger("popstats")
+
+
+def pass_path(checkpoint: str | os.PathLike | None, k: int) -> str | None:
+    """Pass ``k``'s checkpoint file: ``run.npz`` -> ``run.pass<k>.npz``."""
+    if checkpoint is None:
+        return None
+    root, ext = os.path.splitext(os.fspath(checkpoint))
+    return f"{root}.pass{k}{ext}"
+
+
+def largest_change(old: PopulationStatistics,
+                   new: PopulationStatistics) -> tuple[float, str]:
+    """The largest relative change of any value, and its statistic."""
+    worst, where = 0.0, next(iter(new))
+    for name, stat in new.items():
+        a = np.asarray(old[name].value)
+        b = np.asarray(stat.value)
+        if a.shape != b.shape:  # pragma: no cover - the same data each pass
+            return float("inf"), name
+        scale = float(np.max(np.abs(a))) if a.size else 0.0
+        change = float(np.max(np.abs(b - a))) if a.size else 0.0
+        relative = change / scale if scale > 0 else change
+        if relative > worst:
+            worst, where = relative, name
+    return worst, where
+
+
+def _values_digest(stats: PopulationStatistics) -> str:
+    h = hashlib.blake2b(digest_size=10)
+    for name, stat in stats.items():
+        value = np.ascontiguousarray(stat.value, dtype=np.float64)
+        h.update(f"|{name}|{value.shape}|".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+class _SameData:
+    """The batches, hashed as they pass: the first pass records, the others
+    must match (a loader that shuffles or augments would move the target)."""
+
+    def __init__(self, batches: Iterable[Any], call: str):
+        if iter(batches) is batches:
+            raise PopstatsError(
+                f"{call}(batches=...): upstream='population' runs several passes "
+                f"over the batches, but {describe_value(batches)} can be iterated "
+                f"only once (an iterator or generator). Pass a list, or an "
+                f"iterable whose __iter__ starts again (a loader), giving the same "
+                f"data every time."
+            )
+        self.batches = batches
+        self.call = call
+        self.digests: list[bytes] | None = None
+
+    def over(self, run: Estimation, k: int) -> _Pass:
+        return _Pass(self, run, k)
+
+
+class _Pass:
+    def __init__(self, data: _SameData, run: Estimation, k: int):
+        self.data, self.run, self.k = data, run, k
+
+    def __len__(self) -> int:
+        return len(self.data.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        data, first = self.data, self.data.digests is None
+        seen: list[bytes] = []
+        for i, batch in enumerate(data.batches):
+            digest = self.run._batch_digest(batch, i)
+            if not first and i >= len(data.digests):
+                raise self._moved(f"it gave more than the {len(data.digests)} "
+                                  f"batches of pass 0")
+            if not first and digest != data.digests[i]:
+                raise self._moved(f"batch {i} holds other data than in pass 0")
+            seen.append(digest)
+            yield batch
+        if first:
+            data.digests = seen
+        elif len(seen) != len(data.digests):
+            raise self._moved(f"it gave {len(seen)} batches, pass 0 "
+                              f"{len(data.digests)}")
+
+    def _moved(self, what: str) -> PopstatsError:
+        return PopstatsError(
+            f"{self.data.call}(batches=...): upstream='population' needs the same "
+            f"batches in every pass, but in pass {self.k} {what} (a loader that "
+            f"shuffles or augments?). The fixed point is that of one data set: "
+            f"seed the loader the same way for every pass, or pass a list."
+        )
+
+
+def run_fixed_point(
+    batch_run: Estimation, batches: Iterable[Any], given: object, on_batch: object,
+    checkpoint: str | os.PathLike | None, checkpoint_every: int,
+    progress: bool | str,
+) -> tuple[Estimation, EstimationState, FixedPoint]:
+    """The passes of ``batch_run.run`` (see the module's text); returns the
+    last pass, its state and the record of the passes."""
+    call, options = batch_run.call, batch_run.options
+    for name, value in (("state", given), ("on_batch", on_batch)):
+        if value is not None:
+            where = (f"Estimation.run({name}=...)" if call == "Estimation"
+                     else f"{call}({name}=...)")
+            raise PopstatsError(
+                f"{where}: not available with upstream='population', whose "
+                f"passes start from nothing and run until their values are a "
+                f"fixed point; leave {name} out (or use upstream='batch')."
+            )
+    data = _SameData(batches, call)
+    run_options = {"checkpoint_every": checkpoint_every, "progress": progress}
+    # pass 0 is the plain pass of batch_run (its compiled function, its spec)
+    first = copy.copy(batch_run)
+    first.options = dataclasses.replace(options, upstream="batch")
+    state = first.run(data.over(first, 0), checkpoint=pass_path(checkpoint, 0),
+                      **run_options)
+    stats = first.finalize(state)
+    inputs, outputs = batch_run.given
+    exported = inference_export(outputs, stats, options.time, call)
+    run: Estimation | None = None
+    changes: list[float] = []
+    worst: list[str] = []
+    for k in range(1, options.upstream_passes):
+        exported.hold(stats, call)
+        upstream = f"population:{_values_digest(stats)}"
+        if run is None:
+            run = Estimation.of_graph(inputs, outputs, exported.graph, options,
+                                      call, upstream)
+        else:
+            run.spec = dataclasses.replace(run.spec, upstream=upstream)
+        state = run.run(data.over(run, k), checkpoint=pass_path(checkpoint, k),
+                        **run_options)
+        new = run.finalize(state)
+        change, name = largest_change(stats, new)
+        if not np.isfinite(change):
+            raise PopstatsError(
+                f"{call}(upstream='population'): pass {k} gave non-finite values "
+                f"for statistic {name!r}: the inference graph diverges on these "
+                f"batches (a variance near 0 upstream?). Estimate with "
+                f"upstream='batch', or check the model's epsilon."
+            )
+        changes.append(change)
+        worst.append(name)
+        log.info("popstats: upstream='population' pass %d: largest relative "
+                 "change %.3g (%s)", k, change, name)
+        stats = new
+        if change <= options.upstream_tol:
+            return run, state, FixedPoint(k + 1, tuple(changes), tuple(worst),
+                                          options.upstream_tol)
+    shown = ", ".join(f"{c:.2g}" for c in changes[-5:])
+    raise PopstatsError(
+        f"{call}(upstream_passes=...): upstream='population' did not reach a "
+        f"fixed point in {options.upstream_passes} passes: the largest relative "
+        f"change of the last passes was {shown} (statistic {worst[-1]!r}), above "
+        f"upstream_tol={options.upstream_tol:g}. Allow more passes "
+        f"(upstream_passes=...), a larger upstream_tol, or, if the changes do not "
+        f"fall, estimate with upstream='batch'."
+    )
+
+
+register_fixed_point(run_fixed_point)
