@@ -14,6 +14,7 @@ from typing import Any, Unpack
 from pytensor.graph.basic import Variable
 
 from popstats._src.distributed.cluster import finalize_groups, plan_pass, run_pass
+from popstats._src.distributed.upstream import fixed_point_groups
 from popstats._src.errors import PopstatsError, check_bool, describe_value
 from popstats._src.estimation.options import (
     EstimationOptions,
@@ -113,6 +114,12 @@ def estimate(
     Only ``"ema"`` depends on that order (a running average weighs later
     batches more); every other estimator gives the same value in any order.
 
+    **upstream="population".** Every pass of the fixed point
+    (:doc:`/upstream`) is a distributed pass: the workers build the pass
+    over the inference graph holding the previous pass's values (sent with
+    the graph) and load their partitions again, so a loader must give the
+    same batches every time it is called. ``state`` is refused.
+
     **Faults.** A partition's task is a pure function of its loader: when a
     worker dies, Dask runs its partitions again on another worker, and
     their states replace the lost ones, so no batch is counted twice or
@@ -143,10 +150,14 @@ def estimate(
     checked = EstimationOptions.check(call, options)
     return_state = check_bool(return_state, f"{call}(return_state=...)")
     check_progress(progress, call)
-    plan = plan_pass(
-        call, inputs, outputs, {None: partitions},
-        {} if state is None else {None: state}, split_every, checked,
-    )
+    given = {} if state is None else {None: state}
+    if checked.upstream == "population":
+        found, states = fixed_point_groups(call, inputs, outputs, {None: partitions},
+                                           given, split_every, checked, client,
+                                           progress)
+        return (found[None], states[None]) if return_state else found[None]
+    plan = plan_pass(call, inputs, outputs, {None: partitions}, given, split_every,
+                     checked)
     states = run_pass(call, plan, client, progress)
     stats = finalize_groups(call, plan.run, states)[None]
     return (stats, states[None]) if return_state else stats
@@ -252,6 +263,11 @@ def estimate_groups(
             f"a state to continue that group's pass, got {got}."
         )
     check_progress(progress, call)
+    if checked.upstream == "population":
+        stats, finals = fixed_point_groups(call, inputs, outputs, dict(groups),
+                                           dict(states), split_every, checked,
+                                           client, progress)
+        return (stats, finals) if return_states else stats
     plan = plan_pass(
         call, inputs, outputs, dict(groups), dict(states), split_every, checked,
     )

@@ -43,6 +43,7 @@ from popstats._src.distributed.tasks import (
     KEEP,
     GraphPayload,
     Source,
+    build_pass,
     merge_states,
     run_partition,
 )
@@ -127,8 +128,9 @@ _RECENT_LOCK = threading.Lock()
 
 
 def _payload(run: Estimation, outputs: Any, options: EstimationOptions,
-             call: str) -> GraphPayload:
-    """The graph and options, pickled once for every worker."""
+             call: str, upstream: PopulationStatistics | None = None) -> GraphPayload:
+    """The graph and options (and the upstream values of a pass of
+    ``upstream="population"``), pickled once for every worker."""
     outs = as_variables(outputs, call)
     variables = [*run.inputs, *outs]
     parameters = run.parameters_digest()
@@ -139,7 +141,7 @@ def _payload(run: Estimation, outputs: Any, options: EstimationOptions,
                     and all(r() is v for r, v in zip(refs, variables, strict=True))):
                 return payload
     try:
-        data = cloudpickle.dumps((list(run.inputs), outs, options, call))
+        data = cloudpickle.dumps((list(run.inputs), outs, options, call, upstream))
     except Exception as exc:
         raise PopstatsError(
             f"{call}(outputs=...): the graph cannot be pickled to send it to the "
@@ -232,18 +234,20 @@ def plan_pass(
     states: dict[Hashable, object],
     split_every: object,
     options: EstimationOptions,
+    upstream: PopulationStatistics | None = None,
 ) -> Plan:
     """Check everything and build the Dask graph of a pass (nothing runs).
 
     ``groups`` maps a key (None for :func:`estimate`) to its partitions,
     ``states`` a key to a state to continue, ``options`` the estimation
-    options (checked, naming ``call``).
+    options (checked, naming ``call``); ``upstream``: the values of the
+    previous pass of ``upstream="population"``, for a pass over the
+    inference graph that holds them.
     """
     split_every = _check_split_every(split_every, call)
     if options.mode is None:  # the workers compile in this process's mode
         options = dataclasses.replace(options, mode=pytensor.config.mode)
-    run = Estimation.from_options(inputs, outputs, options, call=call,
-                                  compile_now=False)
+    run = build_pass(inputs, outputs, options, call, upstream, compile_now=False)
     argument = "state" if list(groups) == [None] else "states"
     given = {
         key: run.check_state(
@@ -254,7 +258,7 @@ def plan_pass(
     }
     sources = {key: _sources(parts, call, group_text(key))
                for key, parts in groups.items()}
-    plan = Plan(run, _payload(run, outputs, options, call))
+    plan = Plan(run, _payload(run, outputs, options, call, upstream))
     graph = dask.delayed(plan.payload, name=f"popstats-graph-{plan.payload.token}",
                          traverse=False)
     tag = uuid.uuid4().hex[:12]

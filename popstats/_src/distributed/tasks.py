@@ -20,12 +20,14 @@ PyTensor function runs one call at a time, so a busy one is never shared).
 not on the data; :func:`merge_states` combines states in the given order
 (the tree reduction's nodes).
 
-Members: :class:`GraphPayload`, :class:`Source`, :func:`merge_states`,
+Members: :class:`GraphPayload`, :class:`Source`, :func:`build_pass`,
+:func:`merge_states`,
 :func:`run_partition`, :func:`span_text`, :func:`worker_info`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import threading
 from collections import OrderedDict
@@ -35,10 +37,14 @@ from typing import Any
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.state import EstimationState
+from popstats._src.export.exporter import as_variables
+from popstats._src.rewrite.consistent import inference_export
+from popstats._src.rewrite.fixed_point import inference_pass
 
 __all__ = [
     "GraphPayload",
     "Source",
+    "build_pass",
     "merge_states",
     "run_partition",
     "span_text",
@@ -57,7 +63,9 @@ class GraphPayload:
     token : str
         Digest of ``data``: the key of the workers' cache.
     data : bytes
-        ``pickle`` (cloudpickle) of ``(inputs, outputs, options, call)``,
+        ``pickle`` (cloudpickle) of ``(inputs, outputs, options, call,
+        upstream)`` (``upstream``: None, or the values a pass of
+        ``upstream="population"`` holds upstream),
         ``options`` an
         :class:`~popstats._src.estimation.options.EstimationOptions`
         (checked on the client).
@@ -117,10 +125,25 @@ def _entry(token: str) -> _Entry:
     return entry
 
 
+def build_pass(inputs: Any, outputs: Any, options: Any, call: str,
+               upstream: Any, compile_now: bool) -> Estimation:
+    """The pass of a payload's contents: over the training graph, or, with
+    ``upstream`` values, over the inference graph holding them (a pass of
+    ``upstream="population"``, :mod:`popstats._src.rewrite.fixed_point`)."""
+    if upstream is None:
+        if options.upstream != "batch":
+            options = dataclasses.replace(options, upstream="batch")
+        return Estimation.from_options(inputs, outputs, options, call=call,
+                                       compile_now=compile_now)
+    outs = as_variables(outputs, call)
+    exported = inference_export(outs, upstream, options.time, call)
+    return inference_pass(None, inputs, outs, exported, upstream, options, call,
+                          compile_now)
+
+
 def _build(graph: GraphPayload, compile_now: bool) -> Estimation:
-    inputs, outputs, options, call = pickle.loads(graph.data)
-    return Estimation.from_options(inputs, outputs, options, call=call,
-                                   compile_now=compile_now)
+    inputs, outputs, options, call, upstream = pickle.loads(graph.data)
+    return build_pass(inputs, outputs, options, call, upstream, compile_now)
 
 
 def _acquire(graph: GraphPayload) -> Estimation:

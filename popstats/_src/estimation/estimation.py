@@ -147,13 +147,14 @@ class Estimation:
     def of_graph(
         cls, inputs: Sequence[Variable], outputs: Sequence[Variable],
         graph: EstimationGraph, options: EstimationOptions, call: str,
-        upstream: str,
+        upstream: str, compile_now: bool = True,
     ) -> Estimation:
         """The pass over an estimation graph made by a later stage (the
         inference graph's, :mod:`popstats._src.rewrite.consistent`);
         ``upstream`` goes into its :class:`PassSpec`."""
         new = cls.__new__(cls)
-        new._build(inputs, list(outputs), options, True, call, graph, upstream)
+        new._build(inputs, list(outputs), options, compile_now, call, graph,
+                   upstream)
         return new
 
     def _build(self, inputs: Sequence[Variable], outs: list[Variable],

@@ -139,8 +139,9 @@ class PassSpec:
     upstream : str
         ``"batch"`` (the training graph's statistics), or, for a pass of
         ``upstream="population"``, ``"population:<digest>"``: the digest of
-        the population values the layers upstream of the statistics
-        normalized with (states of passes over other values do not mix).
+        what the pass's graph read, the population values the layers
+        upstream of the statistics normalized with included (states of
+        passes over other values do not mix).
     """
 
     statistics: tuple[StatisticSpec, ...]

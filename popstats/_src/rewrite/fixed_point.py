@@ -35,15 +35,16 @@ checked, not computed) and resumes the interrupted one. A pass's checkpoint
 records the population values it ran with (in its parameters' digest), so a
 checkpoint of another pass is refused.
 
-Stage: rewrite. Members: :func:`run_fixed_point`, :func:`pass_path`,
-:func:`largest_change`.
+Stage: rewrite. Members: :func:`run_fixed_point` (the passes);
+:func:`inference_pass`, :func:`largest_change`, :func:`check_change`,
+:func:`not_converged` (shared with
+:mod:`popstats.dask`'s passes); :func:`pass_path`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -58,7 +59,14 @@ from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.estimation.upstream import FixedPoint, register_fixed_point
 from popstats._src.rewrite.consistent import inference_export
 
-__all__ = ["largest_change", "pass_path", "run_fixed_point"]
+__all__ = [
+    "check_change",
+    "inference_pass",
+    "largest_change",
+    "not_converged",
+    "pass_path",
+    "run_fixed_point",
+]
 
 log = logging.getLogger("popstats")
 
@@ -86,15 +94,6 @@ def largest_change(old: PopulationStatistics,
         if relative > worst:
             worst, where = relative, name
     return worst, where
-
-
-def _values_digest(stats: PopulationStatistics) -> str:
-    h = hashlib.blake2b(digest_size=10)
-    for name, stat in stats.items():
-        value = np.ascontiguousarray(stat.value, dtype=np.float64)
-        h.update(f"|{name}|{value.shape}|".encode())
-        h.update(value.tobytes())
-    return h.hexdigest()
 
 
 class _SameData:
@@ -184,33 +183,59 @@ def run_fixed_point(
     worst: list[str] = []
     for k in range(1, options.upstream_passes):
         exported.hold(stats, call)
-        upstream = f"population:{_values_digest(stats)}"
-        if run is None:
-            run = Estimation.of_graph(inputs, outputs, exported.graph, options,
-                                      call, upstream)
-        else:
-            run.spec = dataclasses.replace(run.spec, upstream=upstream)
+        run = inference_pass(run, inputs, outputs, exported, stats, options, call)
         state = run.run(data.over(run, k), checkpoint=pass_path(checkpoint, k),
                         **run_options)
         new = run.finalize(state)
-        change, name = largest_change(stats, new)
-        if not np.isfinite(change):
-            raise PopstatsError(
-                f"{call}(upstream='population'): pass {k} gave non-finite values "
-                f"for statistic {name!r}: the inference graph diverges on these "
-                f"batches (a variance near 0 upstream?). Estimate with "
-                f"upstream='batch', or check the model's epsilon."
-            )
-        changes.append(change)
-        worst.append(name)
-        log.info("popstats: upstream='population' pass %d: largest relative "
-                 "change %.3g (%s)", k, change, name)
-        stats = new
-        if change <= options.upstream_tol:
+        if check_change(stats, new, k, changes, worst, call, options):
             return run, state, FixedPoint(k + 1, tuple(changes), tuple(worst),
                                           options.upstream_tol)
+        stats = new
+    raise not_converged(changes, worst, call, options)
+
+
+def inference_pass(run: Estimation | None, inputs, outputs, exported,
+                   stats: PopulationStatistics, options, call: str,
+                   compile_now: bool = True) -> Estimation:
+    """The pass over ``exported`` (holding ``stats``): ``run`` again with
+    the spec of these values, or a new Estimation (compiled once).
+
+    The spec records the digest of what the pass's graph reads (the model's
+    parameters and the values it holds that reach a statistic: the last
+    layers' values reach none), so that passes over the same inputs
+    share states, and passes over others refuse them."""
+    if run is None:
+        run = Estimation.of_graph(inputs, outputs, exported.graph, options, call,
+                                  "population", compile_now)
+    upstream = f"population:{run.parameters_digest()[:20]}"
+    run.spec = dataclasses.replace(run.spec, upstream=upstream)
+    return run
+
+
+def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
+                 changes: list[float], worst: list[str], call: str,
+                 options) -> bool:
+    """Record pass ``k``'s largest change; whether it is within the tolerance."""
+    change, name = largest_change(stats, new)
+    if not np.isfinite(change):
+        raise PopstatsError(
+            f"{call}(upstream='population'): pass {k} gave non-finite values "
+            f"for statistic {name!r}: the inference graph diverges on these "
+            f"batches (a variance near 0 upstream?). Estimate with "
+            f"upstream='batch', or check the model's epsilon."
+        )
+    changes.append(change)
+    worst.append(name)
+    log.info("popstats: upstream='population' pass %d: largest relative "
+             "change %.3g (%s)", k, change, name)
+    return change <= options.upstream_tol
+
+
+def not_converged(changes: list[float], worst: list[str], call: str,
+                  options) -> PopstatsError:
+    """The error of passes that did not reach the fixed point."""
     shown = ", ".join(f"{c:.2g}" for c in changes[-5:])
-    raise PopstatsError(
+    return PopstatsError(
         f"{call}(upstream_passes=...): upstream='population' did not reach a "
         f"fixed point in {options.upstream_passes} passes: the largest relative "
         f"change of the last passes was {shown} (statistic {worst[-1]!r}), above "

@@ -1,0 +1,75 @@
+"""``upstream="population"`` on a cluster: every pass a distributed pass.
+
+The passes are those of :mod:`popstats._src.rewrite.fixed_point`: pass 0
+over the training graph, then passes over the inference graph holding the
+previous pass's values, until the largest relative change is at most
+``upstream_tol``. Each pass is one :func:`~popstats._src.distributed.cluster.plan_pass`
+/ ``run_pass``: its payload carries the values it holds, so the workers
+build (and compile, once per pass and worker) the pass over the inference
+graph themselves. The partitions are loaded again for every pass: a loader
+must give the same batches each time it is called (the fixed point is that
+of one data set; a loader that shuffles moves it).
+
+Stage: distributed. Members: :func:`fixed_point_groups`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable
+from typing import Any
+
+from popstats._src.distributed.cluster import finalize_groups, plan_pass, run_pass
+from popstats._src.errors import PopstatsError
+from popstats._src.estimation.options import EstimationOptions
+from popstats._src.estimation.state import EstimationState
+from popstats._src.estimation.statistics import PopulationStatistics
+from popstats._src.estimation.upstream import FixedPoint
+from popstats._src.rewrite.fixed_point import check_change, not_converged
+
+__all__ = ["fixed_point_groups"]
+
+
+def fixed_point_groups(
+    call: str, inputs: Any, outputs: Any, groups: dict[Hashable, object],
+    states: dict[Hashable, object], split_every: object,
+    options: EstimationOptions, client: object, progress: object,
+) -> tuple[dict[Hashable, PopulationStatistics], dict[Hashable, EstimationState]]:
+    """Each group's fixed point (groups one after another) and its last
+    pass's state."""
+    if states:
+        argument = "state" if list(groups) == [None] else "states"
+        raise PopstatsError(
+            f"{call}({argument}=...): not available with upstream='population', "
+            f"whose passes start from nothing and run until their values are a "
+            f"fixed point; leave {argument} out (or use upstream='batch')."
+        )
+    stats, finals = {}, {}
+    for key, partitions in groups.items():
+        stats[key], finals[key] = _fixed_point(
+            call, inputs, outputs, key, partitions, split_every, options, client,
+            progress)
+    return stats, finals
+
+
+def _fixed_point(call, inputs, outputs, key, partitions, split_every, options,
+                 client, progress) -> tuple[PopulationStatistics, EstimationState]:
+    def one_pass(upstream: PopulationStatistics | None):
+        plan = plan_pass(call, inputs, outputs, {key: partitions}, {}, split_every,
+                         pass_options, upstream)
+        state = run_pass(call, plan, client, progress)[key]
+        return finalize_groups(call, plan.run, {key: state})[key], state
+
+    pass_options = dataclasses.replace(options, upstream="batch")
+    stats, _ = one_pass(None)
+    pass_options = options
+    changes: list[float] = []
+    worst: list[str] = []
+    for k in range(1, options.upstream_passes):
+        new, state = one_pass(stats)
+        if check_change(stats, new, k, changes, worst, call, options):
+            record = FixedPoint(k + 1, tuple(changes), tuple(worst),
+                                options.upstream_tol)
+            return new.with_fixed_point(record), state
+        stats = new
+    raise not_converged(changes, worst, call, options)
