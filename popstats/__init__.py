@@ -22,6 +22,7 @@ new data with population statistics, per layer and step.
 from popstats import nn as nn
 from popstats._src.drift.drift import drift
 from popstats._src.drift.records import Drift, StatisticDrift
+from popstats._src.drift.shift import shift
 from popstats._src.errors import PopstatsError, PopstatsWarning
 from popstats._src.estimation.api import estimate
 from popstats._src.estimation.estimation import Estimation
@@ -86,6 +87,7 @@ __all__ = [
     "recognizers",
     "register_recognizer",
     "rewrite",
+    "shift",
     "unregister_recognizer",
     "update_running_stats",
 ]

@@ -22,7 +22,8 @@ new data gives with the values inference would use:
 Cells the new data did not reach are not compared; steps beyond the
 population's are compared with its last step, which inference repeats.
 
-Stage: drift. Members: :func:`drift` and :func:`jeffreys`. The new data's
+Stage: drift. Members: :func:`drift` and :func:`jeffreys` (from
+:mod:`popstats._src.drift.measures`). The new data's
 pass is an :class:`~popstats.Estimation` run (:meth:`~popstats.Estimation.run`,
 the one batch loop, with its progress bar and, in JAX mode, the parameters
 on the device once per pass); the batch-to-batch spread of the statistics
@@ -34,13 +35,18 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from pytensor.graph.basic import Variable
 
+from popstats._src.drift.measures import (
+    aligned,
+    first_seen,
+    jeffreys,
+    nan_reduce,
+)
 from popstats._src.drift.records import Drift, StatisticDrift
 from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.estimation import estimators as est
@@ -48,16 +54,22 @@ from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.accumulate_host import HostAccumulator
 from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.options import EstimationOptions
-from popstats._src.estimation.statistics import PopulationStatistics, Statistic
+from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import as_variables, export_checked
 from popstats._src.export.pairing import Pairs, key_of_site
 from popstats._src.export.time_modes import align_cells
+from popstats._src.rewrite.consistent import inference_export
+from popstats._src.rewrite.fixed_point import inference_pass
 from popstats._src.rewrite.matching import check_match
 
 __all__ = ["drift", "jeffreys"]
 
 CALL = "drift"
 _MEAN = est.Estimator("mean")
+AGAINST = {
+    "estimator": "the new data estimated as stats were",
+    "moments": "the exact moments of the layers' inputs over the new data",
+}
 COMPARE = {
     "auto": "a divergence for each mean/variance pair, a standardized "
             "difference for every other statistic",
@@ -66,30 +78,13 @@ COMPARE = {
 }
 
 
-def jeffreys(m0: np.ndarray, v0: np.ndarray, m1: np.ndarray,
-             v1: np.ndarray) -> np.ndarray:
-    """The symmetric KL divergence of N(m0, v0) and N(m1, v1), elementwise.
-
-    Two equal distributions give 0; a variance of 0 against a positive one
-    gives inf (and two zero variances with equal means, 0).
-
-    >>> float(jeffreys(0.0, 1.0, 2.0, 1.0))  # a shift of 2 standard deviations
-    4.0
-    """
-    m0, v0, m1, v1 = (np.asarray(a, dtype=np.float64) for a in (m0, v0, m1, v1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = (0.5 * (v0 / v1 + v1 / v0) - 1.0
-               + 0.5 * (m1 - m0) ** 2 * (1.0 / v0 + 1.0 / v1))
-    both_zero = (v0 == 0) & (v1 == 0)
-    out = np.where(both_zero, np.where(m0 == m1, 0.0, np.inf), out)
-    return np.where(np.isnan(out), np.inf, out)
-
-
 def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
           outputs: Variable | Sequence[Variable], batches: Iterable[Any], *,
           eps: float = 0.0, mode: object = None, match: str = "structure",
           compare: str = "auto", worst: int = 5, dtypes: str = "convert",
-          accumulate: str = "host", checkpoint: str | os.PathLike | None = None,
+          accumulate: str = "host", upstream: str = "batch",
+          against: str = "estimator",
+          checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 100, progress: bool | str = "auto") -> Drift:
     """Compare new batches with population statistics, per statistic and step.
 
@@ -122,6 +117,26 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
         and where the new data's batches are added up (``"host"``,
         ``"graph"``; with a JAX mode the device pass). The estimators and
         time modes are those of ``stats``.
+    upstream : {"batch", "population"}, default "batch"
+        What the layers upstream of each statistic normalize with on the new
+        data: their batch statistics (the training graph), or the
+        population values of ``stats`` (the inference graph: what each
+        layer's input is when the model is deployed with ``stats``). With
+        ``"population"`` over the estimation data itself, the records
+        measure the *estimation shift* (see :doc:`/upstream`): 0 where a
+        statistic is its layer's inference-time input's own, as after
+        ``estimate(..., upstream="population")``. ``Drift.statistics`` are
+        then the new data's statistics under that inference graph (marked
+        ``upstream="given"``); for statistics consistent on the new data,
+        estimate on it with ``upstream="population"``.
+    against : {"estimator", "moments"}, default "estimator"
+        What the new data's side is: estimated as ``stats`` were (their
+        estimators), or the exact moments of the layers' inputs over the
+        new data (``"pooled"`` for counted means, variances and stds of a
+        group, the statistics' own estimators for the rest). With
+        ``upstream="population"``, ``"moments"`` measures how far each
+        population value is from the moments of its layer's input at
+        inference (:func:`~popstats.shift`).
     checkpoint, checkpoint_every
         As for :func:`~popstats.estimate`: the pass over the new data saves
         its state there and resumes from it. Only where every statistic is in
@@ -166,8 +181,10 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
         )
     check_match(match, CALL)
     options = EstimationOptions.check(
-        CALL, {"mode": mode, "dtypes": dtypes, "accumulate": accumulate})
+        CALL, {"mode": mode, "dtypes": dtypes, "accumulate": accumulate,
+               "upstream": upstream})
     check_choice(compare, COMPARE, f"{CALL}(compare=...)")
+    check_choice(against, AGAINST, f"{CALL}(against=...)")
     if isinstance(worst, bool) or not isinstance(worst, int | np.integer) or worst < 1:
         raise PopstatsError(
             f"{CALL}(worst=...): expected a positive int (units listed per "
@@ -179,7 +196,7 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
             f"{CALL}(eps=...): expected a finite number >= 0 (the epsilon your "
             f"batch normalization adds to variances), got {describe_value(eps)}."
         )
-    run, found = _estimation(stats, inputs, outputs, options, match)
+    run, found = _estimation(stats, inputs, outputs, options, match, against)
     pairs, single = _pairs(run, compare)
     if checkpoint is not None and single:
         names = [run.sites[i].name for i in single]
@@ -217,7 +234,7 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
 
 
 def _estimation(stats: PopulationStatistics, inputs, outputs,
-                options: EstimationOptions, match: str):
+                options: EstimationOptions, match: str, against: str):
     """The pass over new data, built as ``stats`` were (estimators, time
     modes; every step kept, whatever their max_steps) with ``options``
     (drift's ``mode``); and per statistic its population record."""
@@ -242,16 +259,24 @@ def _estimation(stats: PopulationStatistics, inputs, outputs,
     # names escaped: a label may hold fnmatch's special characters; names
     # with '#k' first, so that 'bn' does not take 'bn#1' by its label
     order = sorted(range(len(found)), key=lambda i: "#" not in graph.sites[i].name)
-    estimator = {glob.escape(graph.sites[i].name): _new_side(found[i].estimator)
-                 for i in order}
+    sides = [_new_side(f.estimator) if against == "estimator"
+             else _moments_side(site, f.estimator)
+             for site, f in zip(graph.sites, found, strict=True)]
+    estimator = {glob.escape(graph.sites[i].name): sides[i] for i in order}
     time = {glob.escape(graph.sites[i].name): found[i].site.time for i in order
             if found[i].site.time}
     # every step of the new data: steps beyond a max_steps cap are compared
     # with the last kept one, which inference repeats
     options = dataclasses.replace(options, estimator=estimator, time=time or "step")
-    run = Estimation.from_options(inputs, outputs, options, call=CALL)
-    for site, estimator_i, f in zip(run.sites, run.estimators, found, strict=True):
-        if (estimator_i != _new_side(f.estimator)
+    if options.upstream == "population":  # the inference graph of stats
+        outs = as_variables(outputs, CALL)
+        exported = inference_export(outs, stats, options.time, CALL, match)
+        run = inference_pass(None, inputs, outs, exported, stats, options, CALL)
+    else:
+        run = Estimation.from_options(inputs, outputs, options, call=CALL)
+    for site, estimator_i, f, side in zip(run.sites, run.estimators, found, sides,
+                                          strict=True):
+        if (estimator_i != side
                 or site.time != f.site.time):  # pragma: no cover
             raise PopstatsError(
                 f"{CALL}(stats=...): could not rebuild the pass of "
@@ -269,6 +294,14 @@ def _new_side(estimator: est.Estimator) -> est.Estimator:
     if estimator.name != "ema":
         return estimator
     return est.Estimator("unbiased" if estimator.unbiased else "mean")
+
+
+def _moments_side(site, estimator: est.Estimator) -> est.Estimator:
+    """The exact moments of all the data where a count and a pair allow it."""
+    if site.counted and site.group is not None and site.role in ("mean", "var",
+                                                                  "std"):
+        return est.Estimator("pooled")
+    return _new_side(estimator)
 
 
 def _pairs(run: Estimation, compare: str):
@@ -312,54 +345,18 @@ def _pass(run: Estimation, batches, single: list[int], **run_options):
         for k, i in enumerate(single):
             value, count, weight = per_site[i]
             axes = run.sites[i].time_axes
-            shifts[k] = _first_seen(shifts[k], np.asarray(value, np.float64), axes)
+            shifts[k] = first_seen(shifts[k], np.asarray(value, np.float64), axes)
             cells = tuple(slice(0, n) for n in value.shape[:axes])
             picked.append((value - shifts[k][cells], count, weight))
         squares = [(v * v, c, w) for v, c, w in picked]
         spread.add(moments, [*picked, *squares], index)
 
     state = run.run(batches, on_batch=observe if single else None, **run_options)
-    return run.finalize(state), moments
-
-
-def _aligned(old: Statistic, cells: tuple[int, ...]) -> np.ndarray:
-    """The population value inference uses at each of ``cells``: steps
-    beyond the population's repeat its last one."""
-    return _repeat_last(old.value, cells)
-
-
-def _first_seen(shift: np.ndarray | None, value: np.ndarray,
-                axes: int) -> np.ndarray:
-    """``shift`` grown to cover the cells of ``value`` (its ``axes`` leading
-    time axes): cells it already has keep their values, new ones take
-    ``value``'s (0 where neither has the cell)."""
-    if shift is None:
-        return value.copy()
-    shape = tuple(max(a, b) for a, b in zip(shift.shape[:axes], value.shape[:axes],
-                                             strict=True))
-    if shape == shift.shape[:axes]:
-        return shift
-    grown = np.zeros(shape + shift.shape[axes:])
-    grown[tuple(slice(0, n) for n in value.shape[:axes])] = value
-    grown[tuple(slice(0, n) for n in shift.shape[:axes])] = shift
-    return grown
-
-
-def _repeat_last(value: np.ndarray, cells: tuple[int, ...]) -> np.ndarray:
-    """``value`` over ``cells`` (its leading axes): steps beyond its own
-    repeat its last one."""
-    for axis, size in enumerate(cells):
-        have = value.shape[axis]
-        take = np.minimum(np.arange(size), have - 1)
-        value = np.take(value, take, axis=axis)
-    return value
-
-
-def _nan(reduce, array: np.ndarray, axis=None) -> np.ndarray:
-    """A NaN-ignoring reduction, NaN (without a warning) where all are NaN."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return reduce(array, axis=axis)
+    new = run.finalize(state)
+    if run.spec.upstream != "batch":  # measured under the given values
+        new = PopulationStatistics(tuple(dataclasses.replace(s, upstream="given")
+                                         for s in new.values()))
+    return new, moments
 
 
 def _record(run, new, i, order, kind, names, per_unit, worst) -> StatisticDrift:
@@ -369,8 +366,8 @@ def _record(run, new, i, order, kind, names, per_unit, worst) -> StatisticDrift:
     reached = coverage > 0
     per_unit = np.where(align_cells(reached, per_unit), per_unit, np.nan)
     units = per_unit.reshape((*per_unit.shape[:axes], -1))
-    per_step = _nan(np.nanmean, units, axis=-1)
-    by_unit = _nan(np.nanmax, units.reshape(-1, units.shape[-1]), axis=0)
+    per_step = nan_reduce(np.nanmean, units, axis=-1)
+    by_unit = nan_reduce(np.nanmax, units.reshape(-1, units.shape[-1]), axis=0)
     ranked = [u for u in np.argsort(-np.nan_to_num(by_unit, nan=-np.inf),
                                     kind="stable") if not np.isnan(by_unit[u])]
     unit_shape = per_unit.shape[axes:]
@@ -408,7 +405,7 @@ def _layer_name(group: str) -> str:
 def _pair_record(run, new, found, var_i, mean_i, worst, eps) -> StatisticDrift:
     var_site, mean_site = run.sites[var_i], run.sites[mean_i]
     cells = new[var_site.name].coverage.shape
-    m0, s0 = _aligned(found[mean_i], cells), _aligned(found[var_i], cells)
+    m0, s0 = aligned(found[mean_i], cells), aligned(found[var_i], cells)
     m1, s1 = new[mean_site.name].value, new[var_site.name].value
     if var_site.role == "std":
         s0, s1 = s0**2, s1**2
@@ -421,7 +418,7 @@ def _single_record(run, new, found, first, second, i, worst) -> StatisticDrift:
     site = run.sites[i]
     stat = new[site.name]
     cells = stat.coverage.shape
-    old = _aligned(found[i], cells)
+    old = aligned(found[i], cells)
     mean = est.finalize(_MEAN, None, first)
     square = est.finalize(_MEAN, None, second)
     m = stat.coverage.astype(np.float64)

@@ -58,8 +58,10 @@ class Statistic:
         The ``max_steps`` of the estimation pass (None: every step kept).
     upstream : str
         What the layers upstream normalized with while it was estimated:
-        ``"batch"`` (their batch statistics) or ``"population"`` (their
-        population values: the fixed point of ``upstream="population"``).
+        ``"batch"`` (their batch statistics), ``"population"`` (their
+        population values: the fixed point of ``upstream="population"``) or
+        ``"given"`` (population values given to the pass, not its own:
+        :func:`~popstats.drift` with ``upstream="population"``).
     """
 
     name: str
@@ -200,12 +202,13 @@ class PopulationStatistics(Mapping[str, Statistic]):
         return _view("plot")(self, name, units=units)
 
     def report(self, path: str | os.PathLike, *, title: str = "popstats report",
-               plots: bool = True) -> str:
+               plots: bool = True, shift: Any = None) -> str:
         """Write a self-contained HTML report; return its path.
 
-        See :func:`popstats._src.inspection.report.write_report`.
+        See :func:`popstats._src.inspection.report.write_report` (``shift``:
+        a :func:`popstats.shift` measurement to show).
         """
-        return _view("report")(self, path, title=title, plots=plots)
+        return _view("report")(self, path, title=title, plots=plots, shift=shift)
 
     def __repr__(self) -> str:
         rows = []
@@ -307,7 +310,7 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
             if coverage.shape != value.shape[: site.time_axes]:
                 raise ValueError(f"coverage of {site.name!r} does not fit its value")
             upstream = str(entry.get("upstream", "batch"))  # older files: batch
-            if upstream not in ("batch", "population"):
+            if upstream not in ("batch", "population", "given"):
                 raise ValueError(f"unknown upstream {upstream!r}")
             stats.append(
                 Statistic(site.name, site.label, site, value, coverage, n_batches,

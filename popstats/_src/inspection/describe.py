@@ -13,7 +13,7 @@ and :func:`leftover_statistics` are shared with
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from pytensor.compile.builders import OpFromGraph
@@ -21,6 +21,7 @@ from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
+from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.graph.identity import digest
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
@@ -80,6 +81,9 @@ class StatisticRecord:
     """
 
     site: Site
+    #: with ``describe(..., shift=...)``: the mean estimation shift of the
+    #: statistic's layer (see :func:`~popstats.shift`), else None
+    shift: float | None = None
 
     name = _of_site("name")
     label = _of_site("label")
@@ -105,8 +109,11 @@ class StatisticRecord:
         return self.site.time_axes
 
     def to_dict(self) -> dict[str, object]:
-        """The record as a dict of :data:`FIELDS`."""
-        return {name: getattr(self, name) for name in FIELDS}
+        """The record as a dict of :data:`FIELDS` (and ``shift`` when measured)."""
+        out = {name: getattr(self, name) for name in FIELDS}
+        if self.shift is not None:
+            out["shift"] = self.shift
+        return out
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
@@ -144,12 +151,19 @@ class Description(Sequence[StatisticRecord]):
     def _columns(self) -> tuple[str, ...]:
         """The columns shown: the fingerprint only when a label repeats."""
         labels = [r.label for r in self.records]
-        if len(set(labels)) < len(labels):
-            return _COLUMNS
-        return _COLUMNS[:-1]
+        columns = _COLUMNS if len(set(labels)) < len(labels) else _COLUMNS[:-1]
+        if any(r.shift is not None for r in self.records):
+            columns = (*columns, "shift")
+        return columns
 
     def _rows(self) -> list[list[object]]:
-        return [[getattr(r, c) for c in self._columns()] for r in self.records]
+        def cell(r: StatisticRecord, c: str) -> object:
+            value = getattr(r, c)
+            if c == "shift":
+                return "-" if value is None else f"{value:.3g}"
+            return value
+
+        return [[cell(r, c) for c in self._columns()] for r in self.records]
 
     def __str__(self) -> str:
         return text_table(self._columns(), self._rows())
@@ -161,8 +175,8 @@ class Description(Sequence[StatisticRecord]):
         return html_table(self._columns(), self._rows())
 
 
-def describe(outputs: Variable | Sequence[Variable], *, time: object = "step"
-             ) -> Description:
+def describe(outputs: Variable | Sequence[Variable], *, time: object = "step",
+             shift: Mapping | None = None) -> Description:
     """Every batch statistic of a graph, with where it lives.
 
     Parameters
@@ -171,6 +185,10 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step"
         Outputs of the training graph.
     time : "step", "pooled", tuple or dict, default "step"
         As for :func:`~popstats.export` (sets the ``time`` column).
+    shift : Drift, optional
+        From :func:`~popstats.shift` (or :func:`~popstats.drift`): adds a
+        ``shift`` column, the mean divergence of each statistic's layer
+        (``-`` for a statistic the measurement does not hold).
 
     Returns
     -------
@@ -193,7 +211,22 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step"
     """
     outs = as_variables(outputs, "describe")
     sites = export_checked(outs, "describe", time).sites
-    return Description(StatisticRecord(s) for s in sites)
+    measured = _shift_by_name(shift)
+    return Description(StatisticRecord(s, measured.get(s.name)) for s in sites)
+
+
+def _shift_by_name(shift: object) -> dict[str, float]:
+    """Statistic name to its layer's mean shift, from a Drift (or None)."""
+    if shift is None:
+        return {}
+    records = list(shift.values()) if isinstance(shift, Mapping) else None
+    if records is None or not all(hasattr(r, "names") and hasattr(r, "mean")
+                                  for r in records):
+        raise PopstatsError(
+            f"describe(shift=...): expected the result of popstats.shift(...) "
+            f"(or popstats.drift(...)), got {describe_value(shift)}."
+        )
+    return {name: float(r.mean) for r in records for name in r.names}
 
 
 def walk_nodes(outputs: Sequence[Variable], path: tuple[str, ...] = ()

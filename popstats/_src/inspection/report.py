@@ -1,7 +1,9 @@
 """A self-contained HTML report on population statistics.
 
 Stage: inspection (:mod:`popstats._src.inspection`). Members:
-:func:`find_warnings`, :func:`summary_rows`, :func:`write_report`.
+:func:`find_warnings`, :func:`summary_rows`, :func:`write_report`,
+:func:`render_report`, :func:`upstream_text` (how the statistics were
+estimated), :func:`shift_rows` (a :func:`popstats.shift` measurement).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.statistics import Statistic
 from popstats._src.inspection.tables import (
     escape_text,
@@ -22,7 +25,14 @@ from popstats._src.inspection.tables import (
     written_at,
 )
 
-__all__ = ["find_warnings", "summary_rows", "write_report"]
+__all__ = [
+    "find_warnings",
+    "render_report",
+    "shift_rows",
+    "summary_rows",
+    "upstream_text",
+    "write_report",
+]
 
 #: A variance below this (a std below its square root) is reported as near zero.
 NEAR_ZERO_VAR = 1e-8
@@ -116,17 +126,54 @@ def _coverage_rows(stats: Mapping[str, Statistic]) -> list[list[object]]:
     return rows
 
 
+def upstream_text(stats: Mapping[str, Statistic]) -> str:
+    """How the statistics' upstream layers normalized while they were
+    estimated, in one sentence."""
+    modes = sorted({s.upstream for s in stats.values()})
+    record = getattr(stats, "fixed_point", None)
+    if modes == ["population"] and record is not None:
+        return (f"Estimated on the inference graph (upstream='population'): "
+                f"{record}.")
+    if modes == ["batch"]:
+        return ("Estimated on the training graph (upstream='batch'): layers "
+                "upstream of each statistic normalized with batch statistics.")
+    return f"Upstream layers normalized with: {', '.join(modes)}."
+
+
+def shift_rows(shift: object) -> list[list[object]]:
+    """One row per layer of a :func:`popstats.shift` measurement."""
+    records = list(shift.values()) if isinstance(shift, Mapping) else None
+    if records is None or not all(hasattr(r, "names") and hasattr(r, "mean")
+                                  for r in records):
+        raise PopstatsError(
+            f"PopulationStatistics.report(shift=...): expected the result of "
+            f"popstats.shift(...) (or popstats.drift(...)), got "
+            f"{describe_value(shift)}."
+        )
+    return [[r.name, ", ".join(r.names), r.kind, _fmt(r.mean), _fmt(r.max),
+             "-" if r.peak_step is None else r.peak_step] for r in records]
+
+
 def render_report(stats: Mapping[str, Statistic], *, title: str = "popstats report",
-                  plots: bool = True) -> str:
+                  plots: bool = True, shift: object = None) -> str:
     """The HTML text of the report (see :func:`write_report`)."""
     from popstats._src.inspection.plots import plot_statistic
 
     parts = [
         *page_start(title),
         f"<p>{len(stats)} statistic(s); written {written_at()}.</p>",
+        f"<p>{html.escape(upstream_text(stats))}</p>",
         "<h2>Summary</h2>", html_table(SUMMARY_COLUMNS, summary_rows(stats)),
-        "<h2>Coverage</h2>",
     ]
+    if shift is not None:
+        parts += ["<h2>Estimation shift</h2>",
+                  "<p>Per layer, the divergence of the population values from "
+                  "the moments of the layer's input in the inference graph "
+                  "(popstats.shift; 0: the layer normalizes its inference-time "
+                  "input).</p>",
+                  html_table(("layer", "statistics", "kind", "mean", "max",
+                              "peak step"), shift_rows(shift))]
+    parts.append("<h2>Coverage</h2>")
     coverage = _coverage_rows(stats)
     if coverage:
         parts.append(html_table(("name", "steps", "batches", "fewest batches at a "
@@ -153,13 +200,16 @@ def render_report(stats: Mapping[str, Statistic], *, title: str = "popstats repo
 
 
 def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
-                 title: str = "popstats report", plots: bool = True) -> str:
+                 title: str = "popstats report", plots: bool = True,
+                 shift: object = None) -> str:
     """Write one self-contained HTML file about ``stats``; return its path.
 
     It holds the summary table, the coverage of statistics inside loops,
     warnings (see :func:`find_warnings`) and, with ``plots``, a plot per
     statistic embedded as a PNG (needs matplotlib: ``pip install
-    popstats[plot]``).
+    popstats[plot]``); how the statistics were estimated (upstream batch
+    statistics, or the passes of ``upstream="population"``) and, with
+    ``shift`` (from :func:`popstats.shift`), the estimation shift per layer.
 
     Examples
     --------
@@ -179,5 +229,5 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
         from popstats._src.inspection.optional import require
 
         require("matplotlib", "report(plots=True)")
-    return write_page(path, render_report(stats, title=title, plots=plots),
-                      "report")
+    page = render_report(stats, title=title, plots=plots, shift=shift)
+    return write_page(path, page, "report")

@@ -103,14 +103,15 @@ class InferenceExport:
 
 def inference_export(
     outputs: Sequence[Variable], stats: PopulationStatistics, time: object,
-    call: str,
+    call: str, match: str = "structure",
 ) -> InferenceExport:
     """The estimation graph of ``outputs`` rewritten with ``stats``.
 
     ``stats`` must hold a value for every statistic of ``outputs`` (with the
-    time modes ``time`` gives them); the user's graph is not modified.
+    time modes ``time`` gives them), found as ``match`` says (as in
+    :func:`~popstats.rewrite`); the user's graph is not modified.
     """
-    matcher = Matcher([stats], "structure", call)
+    matcher = Matcher([stats], match, call)
     root = RewriteLevel(matcher, None)
     graph = export_with(outputs, call, time,
                         lambda c, t, names: _InferenceLevel(c, t, names, root))
