@@ -80,7 +80,7 @@ HAVE_PTML = importlib.util.find_spec("pytensor_ml") is not None
 PTML_FILES = frozenset({"popstats/_src/rewrite/running_ptml.py"})
 #: where the raise sites only popstats.dask reaches are
 DASK_FILES = frozenset(f"popstats/_src/distributed/{name}.py"
-                       for name in ("api", "cluster", "tasks"))
+                       for name in ("api", "cluster", "tasks", "upstream"))
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "popstats"
@@ -204,10 +204,13 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
         "Layers and running averages: ``popstats.nn``",
         ("nn/batch_norm.py", "nn/running.py"),
     ),
-    ("Drift: ``drift``", ("drift/drift.py", "drift/records.py", "drift/report.py")),
+    ("Drift: ``drift``, ``shift``",
+     ("drift/drift.py", "drift/records.py", "drift/report.py", "drift/shift.py",
+      "drift/measures.py")),
     (
         "Estimating on a cluster: ``popstats.dask``",
-        ("distributed/api.py", "distributed/cluster.py", "distributed/tasks.py"),
+        ("distributed/api.py", "distributed/cluster.py", "distributed/tasks.py",
+         "distributed/upstream.py"),
     ),
     ("Options given by name (``match=``, ``dtypes=``, flags)", ("errors.py",)),
 ]
@@ -1390,6 +1393,18 @@ def describe_unknown_name():
     popstats.describe(y)["maen"]
 
 
+@scenario("Describing with a shift that is not a measurement")
+def describe_shift_not_a_measurement():
+    x, y = layer()
+    popstats.describe(y, shift=[0.1, 0.2])
+
+
+@scenario("A report with a shift that is not a measurement")
+def report_shift_not_a_measurement():
+    x, y, stats = estimated()
+    stats.report("r.html", plots=False, shift={"bn": 0.1})
+
+
 @scenario("A report path that is not a path")
 def report_not_a_path():
     x, y, stats = estimated()
@@ -1748,6 +1763,28 @@ def dask_partitions_do_not_combine():
 def dask_groups_not_a_dict():
     x, y = layer()
     popstats.dask.estimate_groups([x], y, ["day/part-*.npz", "night/part-*.npz"])
+
+
+@scenario("A state to continue, with upstream='population'", dask=True)
+def dask_state_with_upstream_population():
+    x, y = layer()
+    state = popstats.Estimation([x], y).init()
+    popstats.dask.estimate([x], y, [lambda: [{"x": data()}]], state=state,
+                           upstream="population")
+
+
+@scenario("upstream='population' on a cluster, not converged", dask=True)
+def dask_upstream_not_converged():
+    x = pt.matrix("x")
+    h = x
+    for i in range(3):  # three layers: the fixed point takes four passes
+        h = h @ pytensor.shared(np.eye(2) + 0.5, name=f"W{i}")
+        mean = popstats.bn_statistic(h.mean(0), f"bn{i}.mean")
+        h = pt.tanh(h - mean)
+    with cluster() as client:
+        popstats.dask.estimate([x], h, [lambda: [{"x": data()}, {"x": data() ** 2}]],
+                               client=client, upstream="population",
+                               upstream_passes=2)
 
 
 @scenario("States for groups that are not among the groups", dask=True)
