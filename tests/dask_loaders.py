@@ -4,7 +4,8 @@ They live in a module of their own (small imports) because Dask's worker
 processes import them by name: a loader is sent as a reference
 (``dask_loaders.part``), and each call makes its batches on the worker from
 a seed, so the client never holds them. The batches are those of
-``pass_models.make_batches`` (a masked loop model).
+``pass_models.make_batches`` (a masked loop model), or those of
+``ptml_models.make_batches`` (:func:`ptml_part`, for pytensor-ml models).
 """
 
 from __future__ import annotations
@@ -55,3 +56,13 @@ def kill_once(marker: str, seed: int, lo: int, hi: int) -> list[dict]:
 def returns(value):
     """A loader returning ``value`` (not batches, for the error test)."""
     return value
+
+
+def ptml_part(shape: tuple[int, ...], seed: int, n: int, lo: int, hi: int
+              ) -> list[dict]:
+    """Batches ``lo`` to ``hi - 1`` of ``ptml_models.make_batches(shape, seed=seed,
+    n=n)``, keyed ``"X"`` (imported here: only where pytensor-ml is installed)."""
+    import ptml_models
+
+    made = ptml_models.make_batches(shape, seed=seed, n=n)
+    return [{"X": x} for x in made[lo:hi]]

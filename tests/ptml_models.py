@@ -35,11 +35,15 @@ class Model:
     dtype: str = "float64"
 
     def batches(self, seed: int = 0, n: int = 4, batch: int = 16) -> list[np.ndarray]:
-        rng = np.random.default_rng(seed)
-        return [
-            rng.normal(1.0, 2.0, (batch, *self.shape)).astype(self.dtype)
-            for _ in range(n)
-        ]
+        return make_batches(self.shape, self.dtype, seed, n, batch)
+
+
+def make_batches(shape: tuple[int, ...], dtype: str = "float64", seed: int = 0,
+                 n: int = 4, batch: int = 16) -> list[np.ndarray]:
+    """``n`` batches of ``batch`` rows of ``shape`` (``Model.batches``; also
+    made on Dask workers by ``dask_loaders.ptml_part``)."""
+    rng = np.random.default_rng(seed)
+    return [rng.normal(1.0, 2.0, (batch, *shape)).astype(dtype) for _ in range(n)]
 
 
 def _set(param, rng, scale=1.0, offset=0.0):

@@ -4,6 +4,9 @@
 other names), then the deployed models; estimate, save ``DIR/<model>.npz``
 and print the inference output at one row as JSON. ``fingerprints``: print
 the site fingerprints of models built first thing in the process.
+``resume KIND CHECKPOINT OUT N``: build decoys, then model ``KIND`` (``mlp``
+or ``rnn``), resume the checkpointed pass over its ``N`` batches, save the
+statistics to ``OUT`` and print the batches counted before and after.
 """
 
 from __future__ import annotations
@@ -29,10 +32,25 @@ def fingerprints(model) -> list[str]:
                             site.id.fingerprint]) for site in sites)
 
 
+def resume(kind: str, checkpoint: str, out: str, n: str) -> None:
+    models.mlp("decoy"), models.rnn("decoy")
+    model = models.mlp() if kind == "mlp" else models.rnn()
+    before = popstats.load_state(checkpoint).n_batches
+    batches = [{"X": x} for x in model.batches(n=int(n))]
+    stats = popstats.estimate([model.X], model.y, batches, mode=FAST, progress=False,
+                              checkpoint=checkpoint, checkpoint_every=1)
+    stats.save(out)
+    after = popstats.load_state(checkpoint).n_batches
+    print(json.dumps({"counted_before": before, "counted_after": after}))
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "fingerprints":
         print(json.dumps({"rnn": fingerprints(models.rnn()),
                           "nested": fingerprints(models.nested())}))
+        return
+    if argv[0] == "resume":
+        resume(*argv[1:])
         return
     out = Path(argv[1])
     models.mlp("decoy"), models.rnn("decoy"), models.rnn("decoy2")

@@ -11,6 +11,7 @@ deployed from one process to another (``ptml_worker.py``).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +262,54 @@ def test_drift_sees_recognized_statistics():
     assert (record.label, record.where) == ("cell_bn.mean", "cell_recurrence")
     assert list(moved) == ["cell_bn"]  # the layer's name, as the user gave it
     assert record.mean > 10 * unmoved.mean
+
+
+_NODE = re.compile(r'^\s*(\w+|"[^"]*") \[label="((?:[^"\\]|\\.)*)"([^\]]*)\]', re.M)
+
+
+def _boxes(source: str, text: str) -> list[tuple[str, str]]:
+    """(label, other attributes) of the DOT nodes of ``source`` whose label holds
+    ``text``."""
+    return [(label, attrs) for _, label, attrs in _NODE.findall(source)
+            if text in label]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "rnn", "nested", "reused"])
+def test_draw_highlights_recognized_statistics_with_their_labels(kind):
+    pytest.importorskip("graphviz")
+    # built after another RNN: the loop's interned op carries the other's name
+    models.rnn("decoy")
+    build, layer, where = {
+        "mlp": (models.mlp, "bn", "<graph>"),
+        "rnn": (models.rnn, "cell_bn", "cell_recurrence"),
+        "nested": (models.nested, "deep_bn", "chunks/deep_recurrence"),
+        "reused": (models.reused, "shared_bn", "<graph>")}[kind]
+    model = build()
+    source = popstats.draw(model.y).source
+    boxes = _boxes(source, "BatchNormLayer")
+    assert len(boxes) == (2 if kind == "reused" else 1), boxes
+    for label, attrs in boxes:
+        assert label == f"BatchNormLayer\n[{layer}.mean, {layer}.var]", label
+        assert "fillcolor=orange" in attrs and "style=filled" in attrs, attrs
+    # other pytensor-ml layers in a loop body are named by their class
+    assert "decoy" not in source
+    if kind in ("rnn", "nested"):
+        assert "op LinearLayer" in source and "op cell_lin" not in source
+    # summarized: the statistics counted where they are (in the loop for RNNs)
+    summary = popstats.draw(model.y, max_nodes=3).source
+    (box,) = [b for b in _boxes(summary, "statistics") if b[0].startswith(f"{where}\n")]
+    assert box[0].endswith(f"{2 * len(boxes)} statistics"), box
+    assert "fillcolor=orange" in box[1], box
+
+
+def test_draw_rewrite_shows_recognized_statistics_replaced():
+    pytest.importorskip("graphviz")
+    model = models.rnn()
+    graph = popstats.rewrite(model.y, _estimate(model, model.batches()))
+    source = popstats.draw_rewrite(model.y, graph).source
+    before, after = source.split("subgraph cluster_after")
+    assert _boxes(before, "BatchNormLayer\n[cell_bn.mean, cell_bn.var]")
+    assert "BatchNormLayer" not in after and "orange" not in after
+    for name in ("cell_bn.mean", "cell_bn.var"):
+        (box,) = _boxes(after, f"{name}\n(population)")
+        assert "fillcolor=palegreen" in box[1], box

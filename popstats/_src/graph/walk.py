@@ -22,7 +22,7 @@ process and in every subset of outputs.
 
 Stage: graph (:mod:`popstats._src.graph`). Members: :class:`LoopStep`,
 :class:`SiteId`, :class:`Visitor`, :func:`contains_statistics`,
-:func:`transform`.
+:func:`scan_outer_input`, :func:`transform`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ from popstats._src.graph.marker import (
 from popstats._src.graph.recognize import RecognitionContext, recognizer_for
 from popstats._src.graph.surgery import inner_graph_nodes, is_gradient_scan
 
-__all__ = ["LoopStep", "SiteId", "Visitor", "contains_statistics", "transform"]
+__all__ = ["LoopStep", "SiteId", "Visitor", "contains_statistics", "scan_outer_input",
+           "transform"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,15 @@ def recognized_body(
     return checked
 
 
+def scan_outer_input(node: Apply, position: int, n_inner: int) -> Variable | None:
+    """The outer variable a Scan gives its inner input ``position`` (of
+    ``n_inner``) when that input is a non-sequence, else None."""
+    from_end = n_inner - position
+    if from_end > node.op.info.n_non_seqs:
+        return None
+    return node.inputs[-from_end]
+
+
 #: the Scan being rebuilt by a visitor, with its node and level, so that the
 #: level of its inner graph can trace its inputs out (``RecognitionContext``)
 _ENTERING: ContextVar[tuple | None] = ContextVar("popstats_entering_scan", default=None)
@@ -231,10 +241,10 @@ class _Level:
             outer, node = level.parent
             position = level.positions.get(var)
             if position is not None:
-                from_end = len(level.inputs) - position
-                if from_end > node.op.info.n_non_seqs:
+                given = scan_outer_input(node, position, len(level.inputs))
+                if given is None:
                     return var
-                var = node.inputs[-from_end]
+                var = given
             level = outer
         return var
 

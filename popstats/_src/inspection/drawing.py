@@ -3,9 +3,14 @@
 :func:`draw` always builds a :class:`graphviz.Digraph` (its DOT source is
 ``.source``); only :func:`render` needs Graphviz's ``dot`` program.
 Statistics (``BNStat`` nodes, tagged variables) are orange, the population
-variables replacing them green. Scans are clusters holding their inner
-graphs; past ``max_nodes`` apply nodes in all, the drawing is a summary:
-one box per Scan with its counts of nodes and statistics.
+variables replacing them green. An application of an op a registered
+recognizer claims (pytensor-ml's ``BatchNormLayer``) is one orange box
+labelled with the labels of the statistics it holds (``bn.mean``,
+``bn.var``), found by expanding it as every other stage does. Scans are
+clusters holding their inner graphs (a ``SymbolicOp`` in a loop body is
+named by its class: interned, its own name may be another layer's); past
+``max_nodes`` apply nodes in all, the drawing is a summary: one box per
+Scan with its counts of nodes and statistics.
 
 Stage: inspection (:mod:`popstats._src.inspection`). Members: :func:`draw`,
 :func:`draw_rewrite`, :func:`render`.
@@ -27,6 +32,8 @@ from pytensor.scan.op import Scan
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import as_variables
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
+from popstats._src.graph.recognize import RecognitionContext, recognizer_for
+from popstats._src.graph.walk import scan_outer_input
 from popstats._src.inspection.describe import walk_nodes
 
 __all__ = ["draw", "draw_rewrite", "render"]
@@ -45,6 +52,48 @@ def _is_stat_node(node) -> bool:
     return isinstance(node.op, BNStat) or any(is_statistic(o) for o in node.outputs)
 
 
+def _recognized_labels(node, loops: tuple[str, ...], origin=None) -> list[str] | None:
+    """The labels of the statistics a recognized application holds, sorted;
+    None when no recognizer claims the node's op."""
+    recognizer = recognizer_for(node.op)
+    if recognizer is None:
+        return None
+    body = recognizer.expand(node, RecognitionContext(loops, origin))
+    return sorted({statistic_label(out)
+                   for inner in toposort(list(body), blockers=list(node.inputs))
+                   for out in inner.outputs
+                   if isinstance(inner.op, BNStat) or is_statistic(out)})
+
+
+def _op_name(op: object, loops: tuple[str, ...]) -> str:
+    """How a Scan or ``OpFromGraph`` is named in a drawing. In a loop body,
+    an op defined by its ``__props__`` (a ``SymbolicOp``: pytensor-ml's
+    layers) is named by its class: PyTensor interns equal ops there, so its
+    ``name`` may be another layer's."""
+    if loops and isinstance(op, OpFromGraph) and getattr(type(op), "__props__", None):
+        return type(op).__name__
+    return getattr(op, "name", None) or type(op).__name__
+
+
+def _origin(frames: tuple) -> object:
+    """``RecognitionContext.origin`` for the drawer: an inner input traced out
+    through the enclosing Scans (non-sequences) and ``OpFromGraph``s."""
+
+    def origin(var: Variable) -> Variable:
+        for node, positions in reversed(frames):
+            position = positions.get(var)
+            if position is None:
+                return var
+            given = (scan_outer_input(node, position, len(positions))
+                     if isinstance(node.op, Scan) else node.inputs[position])
+            if given is None:
+                return var  # a sequence or a state: no outer variable stands for it
+            var = given
+        return var
+
+    return origin
+
+
 def _population_name(var: Variable) -> str | None:
     return getattr(var.tag, "popstats_statistic", None)
 
@@ -61,10 +110,17 @@ class _Drawer:
             self.names[key] = f"{self.prefix}{next(self.ids)}"
         return self.names[key]
 
-    def level(self, graph, outputs: Sequence[Variable], inputs: Sequence[Variable]):
-        """Draw one graph level into ``graph``; inner graphs as clusters."""
+    def level(self, graph, outputs: Sequence[Variable], inputs: Sequence[Variable],
+              frames: tuple = ()):
+        """Draw one graph level into ``graph``; inner graphs as clusters.
+
+        ``frames`` are the enclosing Scan and ``OpFromGraph`` nodes, outermost
+        first, each with its inner inputs' positions.
+        """
         gv = _graphviz()
         blockers = list(inputs)
+        loops = tuple(n.op.name or "scan" for n, _ in frames if isinstance(n.op, Scan))
+        origin = _origin(frames)
         for var in inputs:
             graph.node(self.node_id(var), var.name or "input", shape="ellipse",
                        color="gray")
@@ -74,13 +130,19 @@ class _Drawer:
                     self._root(graph, var)
             op = node.op
             here = self.node_id(node)
-            if isinstance(op, Scan | OpFromGraph):
+            labels = _recognized_labels(node, loops, origin)
+            if labels is not None:
+                graph.node(here, f"{type(op).__name__}\n[{', '.join(labels)}]",
+                           shape="box3d", **STATISTIC)
+            elif isinstance(op, Scan | OpFromGraph):
                 kind = "scan" if isinstance(op, Scan) else "op"
-                name = getattr(op, "name", None) or type(op).__name__
+                name = _op_name(op, loops)
                 cluster = gv.Digraph(name=f"cluster_{here}")
                 cluster.attr(label=f"{kind} {name}", style="rounded", color="blue")
                 cluster.node(here, f"{kind} {name}", shape="box3d", color="blue")
-                self.level(cluster, op.fgraph.outputs, op.fgraph.inputs)
+                positions = {v: i for i, v in enumerate(op.fgraph.inputs)}
+                self.level(cluster, op.fgraph.outputs, op.fgraph.inputs,
+                           (*frames, (node, positions)))
                 for inner in op.fgraph.outputs:
                     if inner.owner is not None or id(inner) in self.names:
                         src = (self.node_id(inner.owner) if inner.owner is not None
@@ -117,7 +179,8 @@ def _summary(graph, outputs: Sequence[Variable], prefix: str) -> None:
     for path, node in walk_nodes(outputs):
         where = "/".join(path) or "<graph>"
         nodes[where] += 1
-        stats[where] += _is_stat_node(node)
+        labels = _recognized_labels(node, path)
+        stats[where] += _is_stat_node(node) if labels is None else len(labels)
         if not path:
             pops += sum(_population_name(v) is not None for v in node.inputs
                         if v.owner is None)
