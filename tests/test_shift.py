@@ -170,8 +170,9 @@ def test_given_statistics_save_and_load_as_given(tmp_path):
 def test_dask_passes_equal_the_passes_here(dask_client):
     pytest.importorskip("distributed")
     import dask_loaders as loaders
-    import popstats.dask
     import pass_models
+
+    import popstats.dask
 
     inputs, outputs = pass_models.model()
     options = dict(estimator=pass_models.estimator_spec("pooled"), mode=MODE,
