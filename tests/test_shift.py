@@ -10,7 +10,9 @@ passes in this process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +203,21 @@ def test_dask_passes_equal_the_passes_here(dask_client):
     with pytest.raises(popstats.PopstatsError, match=r"estimate\(state=\.\.\.\)"):
         popstats.dask.estimate(inputs, outputs, parts, client=dask_client,
                                state=state, progress=False, **options)
+
+
+def test_the_summary_command_says_how_consistent_statistics_were_made(tmp_path):
+    from popstats._src.inspection import cli
+
+    x, y, _, data = _mlp()
+    batches = [{"x": d} for d in data]
+    consistent = popstats.estimate([x], y, batches, upstream="population",
+                                   mode=MODE, progress=False)
+    consistent.save(tmp_path / "c.npz")
+    loaded = popstats.load(tmp_path / "c.npz")
+    assert loaded.fixed_point == consistent.fixed_point
+    assert {s.upstream for s in loaded.values()} == {"population"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["summary", str(tmp_path / "c.npz")]) == 0
+    lines = out.getvalue().splitlines()
+    assert f"fixed point in {consistent.fixed_point.passes} passes" in lines[-1]

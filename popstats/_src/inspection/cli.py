@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SUMMARY_COLUMNS,
         find_warnings,
         summary_rows,
+        upstream_text,
         write_report,
     )
     from popstats._src.inspection.tables import text_table
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {path}")
         else:
             print(text_table(SUMMARY_COLUMNS, summary_rows(stats)))
+            if any(s.upstream != "batch" for s in stats.values()):
+                print(upstream_text(stats))
             for warning in find_warnings(stats):
                 print(f"warning: {warning}")
             sys.stdout.flush()
