@@ -1890,6 +1890,16 @@ def ptml_per_step_in_loop():
     popstats.update_running_stats([X], y, [{"X": np.ones((4, 3, 2))}], time="step")
 
 
+@scenario("upstream='population' for a pytensor-ml layer applied twice", ptml=True)
+def ptml_consistent_reused_layer():
+    from pytensor_ml.layers import BatchNorm, Input
+
+    X = Input("X", shape=(None, 2))
+    bn = BatchNorm("bn", n_in=2)
+    y = bn(bn(X) * 2.0)
+    popstats.update_running_stats([X], y, [{"X": data()}], upstream="population")
+
+
 # --------------------------------------------------------------------------
 # Running the scenarios
 # --------------------------------------------------------------------------

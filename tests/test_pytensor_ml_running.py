@@ -174,3 +174,32 @@ def test_written_values_match_pytorch_update_bn(tmp_path):
     m = 32
     np.testing.assert_allclose(bn.running_var.get_value() * m / (m - 1),
                                torch["running_var"], rtol=1e-12)
+
+
+def test_consistent_running_statistics_of_a_recurrent_cell():
+    """upstream='population' writes the fixed point of pytensor-ml's own
+    prediction graph: one running pair for every step (pooled over them)."""
+    model = models.rnn()
+    batches = [{"X": b} for b in model.batches()]
+    written = popstats.update_running_stats([model.X], model.y, batches,
+                                            upstream="population")
+    assert written.statistics.fixed_point.passes > 2
+    alone = popstats.estimate([model.X], model.y, batches, time="pooled",
+                              upstream="population")
+    for write in written:
+        (name,) = write.statistics
+        np.testing.assert_allclose(write.value, alone[name].value, rtol=1e-12)
+        np.testing.assert_allclose(write.variable.get_value(), alone[name].value,
+                                   rtol=1e-12)
+    assert {s.upstream for s in written.statistics.values()} == {"population"}
+
+
+def test_consistent_running_statistics_refuse_a_layer_applied_twice():
+    model = models.reused()
+    before = [bn.running_mean.get_value().copy() for bn in model.bns]
+    with pytest.raises(popstats.PopstatsError, match="applied 2 times"):
+        popstats.update_running_stats([model.X], model.y,
+                                      [{"X": b} for b in model.batches()],
+                                      upstream="population")
+    for bn, value in zip(model.bns, before, strict=True):
+        np.testing.assert_array_equal(bn.running_mean.get_value(), value)

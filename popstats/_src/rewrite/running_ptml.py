@@ -13,7 +13,8 @@ the caller chose ``time``), and the applications of one pair are pooled
 with weights of elements reduced over (batches that reached it times the
 static spatial size), the between-application spread included.
 
-Members: :class:`Target`, :func:`check_applications`, :func:`pooled_time`,
+Members: :class:`Target`, :func:`check_applications`,
+:func:`check_consistent`, :func:`pooled_time`,
 :func:`targets`.
 """
 
@@ -30,7 +31,8 @@ from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.sites import Site
 from popstats._src.graph.pytensor_ml import Application
 
-__all__ = ["Target", "check_applications", "pooled_time", "targets"]
+__all__ = ["Target", "check_applications", "check_consistent", "pooled_time",
+           "targets"]
 
 CALL = "update_running_stats"
 
@@ -75,6 +77,29 @@ def check_applications(sites: Sequence[Site], found: Mapping[str, Application]) 
                 f"popstats cannot be sure which variable holds them. Apply the "
                 f"layer as BatchNorm(...)(x) (it reads its own running_mean and "
                 f"running_var), or use popstats.rewrite."
+            )
+
+
+def check_consistent(found: Mapping[str, Application]) -> None:
+    """Refuse ``upstream="population"`` where one running pair serves
+    several applications of a layer: the statistics would be consistent
+    with an inference graph giving each application its own values, while
+    pytensor-ml's prediction gives them all the pooled pair."""
+    users: dict[tuple[int, int], list[Application]] = {}
+    for app in found.values():
+        if app.running is not None:
+            users.setdefault((id(app.running[0]), id(app.running[1])), []).append(app)
+    for apps in users.values():
+        if len(apps) > 1:
+            raise PopstatsError(
+                f"{CALL}(upstream='population'): the pytensor-ml BatchNorm "
+                f"{apps[0].layer!r} is applied {len(apps)} times with one running "
+                f"pair, which gets the pool of its applications' statistics; "
+                f"each application's statistics would be estimated downstream of "
+                f"the others' own values, not of the pool pytensor-ml predicts "
+                f"with, so they would not be consistent. Use "
+                f"popstats.get_inference_graph(..., upstream='population') (each "
+                f"application its own values), or upstream='batch' here."
             )
 
 

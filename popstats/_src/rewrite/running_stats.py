@@ -285,6 +285,8 @@ def update_running_stats(
     with collect_applications() as found:
         sites = export(outputs).sites
     running_ptml.check_applications(sites, found)
+    if opts.upstream == "population":
+        running_ptml.check_consistent(found)
     nn_keys = {site.id.key for r in sets for site in r.sites}
     stray = [s for s in sites
              if (s.group or "") not in found and s.id.key not in nn_keys]
