@@ -221,3 +221,36 @@ def test_the_summary_command_says_how_consistent_statistics_were_made(tmp_path):
         assert cli.main(["summary", str(tmp_path / "c.npz")]) == 0
     lines = out.getvalue().splitlines()
     assert f"fixed point in {consistent.fixed_point.passes} passes" in lines[-1]
+
+
+@pytest.mark.parametrize("in_loop", [False, True])
+def test_a_variance_computed_from_its_layers_mean_reads_the_batch_mean(in_loop):
+    """Statistics of one group are one layer: the variance's own mean is not
+    upstream of it (in the inference graph's pass it stays the batch mean)."""
+    rng = np.random.default_rng(1)
+    x = pt.tensor3("x") if in_loop else pt.matrix("x")
+
+    def layer(a, from_mean):
+        m = popstats.bn_statistic(a.mean(0), "bn.mean", role="mean", group="bn")
+        var = ((a - m) ** 2).mean(0) if from_mean else a.var(0)
+        v = popstats.bn_statistic(var, "bn.var", role="var", group="bn")
+        return pt.tanh((a - m) / pt.sqrt(v + EPS))
+
+    W = pytensor.shared(rng.normal(size=(3, 3)), name="W")
+
+    def model(from_mean):
+        if not in_loop:
+            return layer(x @ W, from_mean)
+        return pytensor.scan(lambda xt, h: layer(xt + h @ W, from_mean),
+                             sequences=[x], outputs_info=[pt.zeros_like(x[0])],
+                             name="rnn", return_updates=False)
+
+    shape = (5, 4, 3) if in_loop else (4, 3)
+    batches = [{"x": rng.normal(size=shape) + i} for i in range(4)]
+    results = [popstats.estimate([x], model(f), batches, upstream="population",
+                                 mode=MODE, progress=False) for f in (False, True)]
+    for name in results[0]:
+        np.testing.assert_allclose(results[1][name].value, results[0][name].value,
+                                   rtol=1e-12, atol=1e-14)
+    if not in_loop:  # one layer: nothing upstream, the batch pass is the answer
+        assert results[1].fixed_point.passes == 2

@@ -12,6 +12,10 @@ statistic it records the batch statistic, computed from the rewritten
 upstream graph, as an output (per step inside loops, pooled where the time
 modes say), and hands the rest of the graph the population value, exactly
 as :func:`~popstats.rewrite` would (``population[min(t, T - 1)]`` in loops).
+Statistics of one ``group`` (one layer) are not upstream of each other: a
+variance computed from its layer's marked mean is exported computed from
+the batch mean, as in training (statistics of one layer must share a group
+for this, as :mod:`popstats.nn`'s and pytensor-ml's do).
 
 The population values sit in shared variables (:class:`InferenceExport`
 holds them by statistic name) so that one compiled function serves every
@@ -30,11 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
+from pytensor.graph.replace import clone_replace
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import ExportLevel, export_with
 from popstats._src.export.sites import EstimationGraph
+from popstats._src.graph.marker import statistic_group
 from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId
 from popstats._src.rewrite.matching import Matcher
@@ -50,10 +56,22 @@ class _InferenceLevel(ExportLevel):
                  rewrite: RewriteLevel):
         super().__init__(call, time, names)
         self.rewrite = rewrite
+        #: per group at this level, each statistic's value in the graph
+        #: (its population value) and its batch value
+        self.layers: dict[str, dict[Variable, Variable]] = {}
 
     def statistic(self, var: Variable, site: SiteId) -> Variable | None:
-        super().statistic(var, site)  # the batch statistic, on rewritten inputs
-        return self.rewrite.statistic(var, site)
+        # The batch statistic, on rewritten inputs -- but a statistic of the
+        # same layer (group) is not upstream of it: a variance computed
+        # from its layer's mean reads the batch mean, as in training.
+        group = statistic_group(var)
+        siblings = self.layers.setdefault(group, {}) if group is not None else {}
+        batch = clone_replace(var, replace=siblings) if siblings else var
+        super().statistic(batch, site)
+        replacement = self.rewrite.statistic(var, site)
+        if group is not None and replacement is not None:
+            siblings[replacement] = batch
+        return replacement
 
     def inner_level(self, path: tuple[LoopStep, ...]) -> _InferenceLevel:
         step = pt.scalar(f"{path[-1].name}_step", dtype="int64")
