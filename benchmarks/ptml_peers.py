@@ -18,7 +18,8 @@ timed interleaved (popstats, forward, ..., PyTorch; best and median of
 * **popstats**: ``popstats.Estimation([X], y, mode=...)`` compiled once,
   then ``run.finalize(run.run(batches))``: the pass ``popstats.estimate``
   and ``popstats.update_running_stats`` make after compiling. The BatchNorms
-  are recognized without marks.
+  are recognized without marks. ``--accumulate host,graph`` gives a row for
+  each place the statistics are summed (default ``host``, NumPy).
 * **forward**: pytensor-ml's own ``pytensorf.function([X], y, mode=...)``
   (train mode: batch statistics), called on every batch (``np.asarray`` of
   each result: JAX dispatches asynchronously). popstats / forward is the
@@ -215,54 +216,66 @@ def max_diff(values, refs) -> float:
     return max(peers.rel_diff(a, b) for a, b in zip(values, refs, strict=True))
 
 
-def measure_mode(mode, model, arrays, test, peer, repeats) -> dict:
+def unbiased(values: list[np.ndarray], m: list[int]) -> list[np.ndarray]:
+    """(mean, var) pairs with each variance times m/(m-1) (m per pair)."""
+    return [v * (m[i // 2] / (m[i // 2] - 1)) if i % 2 else v
+            for i, v in enumerate(values)]
+
+
+def measure_mode(mode, accumulates, model, arrays, test, peer):
+    """Rows (one per ``accumulate``) and the candidates to time: one popstats
+    pass per row, then the forward pass."""
     from pytensor_ml.pytensorf import compile_predict, function
 
     X, y = model.X, model.y
     batches = [{"X": a} for a in arrays]
-    r = {"mode": C.mode_label(mode)}
+    m, label = model.elements(), C.mode_label(mode)
+    rows, runs, results = [], [], []
+    for accumulate in accumulates:
+        t0 = C.now()
+        run = popstats.Estimation([X], y, mode=mode, accumulate=accumulate)
+        t1 = C.now()
+        stats = run.finalize(run.run(batches, progress=False))
+        rows.append({"mode": label, "accumulate": accumulate, "n_stats": len(stats),
+                     "compile": [t1 - t0, C.now() - t1]})
+        runs.append(run)
+        results.append([stats[f"bn{k}.{kind}"].value for k in range(len(model.bns))
+                        for kind in ("mean", "var")])
     t0 = C.now()
-    run = popstats.Estimation([X], y, mode=mode)
-    t1 = C.now()
-    stats = run.finalize(run.run(batches, progress=False))
-    t2 = C.now()
     fn = function([X], y, mode=mode)
-    t3 = C.now()
+    t1 = C.now()
     y0 = np.asarray(fn(arrays[0]))
-    t4 = C.now()
+    t2 = C.now()
     popstats.update_running_stats([X], y, batches, mode=mode, progress=False,
                                   estimator="unbiased")
-    t5 = C.now()
-    r["compile"] = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]
-    r["n_stats"] = len(stats)
+    shared = {"compile_forward": [t1 - t0, t2 - t1, C.now() - t2]}
     if peer is not None:
         ref = [peer.values[f"running_{kind}{k}"] for k in range(len(model.bns))
                for kind in ("mean", "var")]
-        r["unbiased"] = max_diff(running(model), ref)
+        shared["unbiased"] = max_diff(running(model), ref)
         predict = compile_predict(y, inputs=[X], compile_kwargs={"mode": mode})
-        r["predict"] = peers.rel_diff(predict(test), peer.values["predicted"])
+        shared["predict"] = peers.rel_diff(predict(test), peer.values["predicted"])
         popstats.update_running_stats([X], y, batches, mode=mode, progress=False)
-        biased, m = running(model), model.elements()
-        r["biased_raw"] = max_diff(biased, ref)
-        corrected = [v * (m[i // 2] / (m[i // 2] - 1) if i % 2 else 1.0)
-                     for i, v in enumerate(biased)]
-        r["biased"] = max_diff(corrected, ref)
-        estimated = [stats[f"bn{k}.{kind}"].value for k in range(len(model.bns))
-                     for kind in ("mean", "var")]
-        r["estimate"] = max_diff([v * (m[i // 2] / (m[i // 2] - 1) if i % 2 else 1.0)
-                                  for i, v in enumerate(estimated)], ref)
-        r["forward"] = peers.rel_diff(y0, peer.values["forward"])
-
-    def pop():
-        return run.finalize(run.run(batches, progress=False))
+        shared["biased_raw"] = max_diff(running(model), ref)
+        shared["biased"] = max_diff(unbiased(running(model), m), ref)
+        shared["forward"] = peers.rel_diff(y0, peer.values["forward"])
+        for r, values in zip(rows, results, strict=True):
+            r["estimate"] = max_diff(unbiased(values, m), ref)
+    for r in rows:
+        r.update(shared)
 
     def forward():
         for batch in batches:
             np.asarray(fn(**batch))  # waits for JAX's asynchronous result
 
     forward()  # the first whole pass, untimed as popstats' was
-    r["fns"] = [lambda: C.time_call(pop)[0], lambda: C.time_call(forward)[0]]
-    return r
+    fns = [_timed(lambda run=run: run.finalize(run.run(batches, progress=False)))
+           for run in runs]
+    return rows, [*fns, _timed(forward)]
+
+
+def _timed(fn):
+    return lambda: C.time_call(fn)[0]
 
 
 def ptml_version() -> str:
@@ -295,6 +308,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="only the value checks")
     parser.add_argument("--quick", action="store_true",
                         help="channels 4,8, batch 16, 3 batches, 2 repeats")
+    parser.add_argument("--accumulate", default=["host"], type=peers.parse_accumulate,
+                        help="popstats' Estimation(accumulate=...): host, graph or "
+                             "host,graph (a row each)")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="also write the figures to FILE")
     args = parser.parse_args()
@@ -323,21 +339,23 @@ def main() -> None:
         peer = None if python is None else TorchPeer(python, model, arrays, test,
                                                      clock, tmp)
         try:
-            rows = [measure_mode(m, model, arrays, test, peer, args.repeats)
-                    for m in args.modes]
-            if not args.check:
-                fns = [f for r in rows for f in r["fns"]]
-                if peer is not None:
-                    fns.append(peer.time_pass)
-                times = [[] for _ in fns]
-                for _ in range(args.repeats):
-                    for i, fn in enumerate(fns):
-                        times[i].append(fn() / args.batches)
+            rows, fns = [], []
+            for mode in args.modes:
+                mode_rows, candidates = measure_mode(mode, args.accumulate, model,
+                                                     arrays, test, peer)
+                for k, r in enumerate(mode_rows):  # (its popstats, the forward)
+                    r["slots"] = (len(fns) + k, len(fns) + len(candidates) - 1)
+                rows += mode_rows
+                fns += candidates
+            if peer is not None:
+                fns.append(peer.time_pass)
+            times = [[] for _ in fns]
+            for _ in range(0 if args.check else args.repeats):
+                for i, fn in enumerate(fns):
+                    times[i].append(fn() / args.batches)
         finally:
             if peer is not None:
                 peer.close()
-    for r in rows:
-        del r["fns"]
     report(args, model, source, peer, why, clock, rows,
            None if args.check else times)
     print(f"\nTotal wall time of this script: {time.perf_counter() - started:.1f} s")
@@ -358,49 +376,52 @@ def report(args, model, source, peer, why, clock, rows, times) -> None:
                       f"threads, timed there on the same clock)")
     print(f"{torch_line}; BLAS/OpenMP/Numba/XLA threads {peers.THREADS}; machine: "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end\n")
+    slots = [r.pop("slots") for r in rows]
     out = {"desc": model.desc, "source": source, "clock": clock, "rows": rows,
            "torch": None if peer is None else peer.info, "torch_missing": why}
-    if times is not None:
-        n = len(rows)
+    if not args.check:
         best = [C.best(t) for t in times]
         med = [C.median(t) for t in times]
         tb, tm = (best[-1], med[-1]) if peer is not None else (None, None)
         table = []
-        for k, r in enumerate(rows):
-            pb, fb, pm, fm = best[2 * k], best[2 * k + 1], med[2 * k], med[2 * k + 1]
+        for r, (i, j) in zip(rows, slots, strict=True):
+            pb, fb, pm, fm = best[i], best[j], med[i], med[j]
             r.update(pop_s=pb, forward_s=fb, pop_median_s=pm, forward_median_s=fm,
                      torch_s=tb, torch_median_s=tm)
             torch_cells = ["n/a"] * 5 if tb is None else [
                 C.fmt_s(tb), C.fmt_ratio(tb / pb), C.fmt_ratio(tm / pm),
                 C.fmt_ratio(tb / fb), C.fmt_ratio(tm / fm)]
-            table.append([r["mode"], r["n_stats"], C.fmt_s(pb), C.fmt_s(fb),
-                          C.fmt_ratio(pb / fb), C.fmt_ratio(pm / fm), *torch_cells])
+            table.append([r["mode"], r["accumulate"], r["n_stats"], C.fmt_s(pb),
+                          C.fmt_s(fb), C.fmt_ratio(pb / fb), C.fmt_ratio(pm / fm),
+                          *torch_cells])
         print(f"Per batch, best of {args.repeats} (interleaved, compile excluded); "
-              f"{n} mode(s) and PyTorch in one run:\n")
-        print(C.table(["mode", "statistics", "popstats / batch", "forward / batch",
-                       "popstats / forward (best)", "(median)", "PyTorch / batch",
-                       "popstats speed vs PyTorch (best)", "(median)",
-                       "forward speed vs PyTorch (best)", "(median)"], table))
+              f"every mode and PyTorch in one run:\n")
+        print(C.table(["mode", "accumulate", "statistics", "popstats / batch",
+                       "forward / batch", "popstats / forward (best)", "(median)",
+                       "PyTorch / batch", "popstats speed vs PyTorch (best)",
+                       "(median)", "forward speed vs PyTorch (best)", "(median)"],
+                      table))
         print()
-    comp = [[r["mode"], *(C.fmt_s(t) for t in r["compile"])] for r in rows]
+    comp = [[r["mode"], r["accumulate"], *(C.fmt_s(t) for t in r["compile"]),
+             *(C.fmt_s(t) for t in r["compile_forward"])] for r in rows]
     if peer is not None:
         comp.append([f"PyTorch (its process: {C.fmt_s(peer.info['process_s'])} "
-                     f"wall to ready)", "—", "—", "—", "—",
+                     f"wall to ready)", "", "", "", "", "",
                      f"import torch {C.fmt_s(peer.info['import_s'])}; build + first "
                      f"update_bn {C.fmt_s(peer.info['build_and_first_s'])} (wall)"])
     print("Compile and first calls (not in the per-batch figures):\n")
-    print(C.table(["mode", "Estimation build (export + compile)", "its first pass",
-                   "forward compile", "its first call",
+    print(C.table(["mode", "accumulate", "Estimation build (export + compile)",
+                   "its first pass", "forward compile", "its first call",
                    "update_running_stats, one call (caches warm)"], comp))
     print("\nValues, max |a - b| / max |b| against PyTorch (float32 on both sides):\n")
     print(C.table(
-        ["mode", "written, estimator='unbiased' vs update_bn",
+        ["mode", "accumulate", "written, estimator='unbiased' vs update_bn",
          "written, default (biased) x m/(m-1)", "(without m/(m-1))",
          "Estimation pass x m/(m-1)", "train-mode forward, batch 1",
          "eval prediction after the write"],
-        [[r["mode"], *(fmt_diff(r, k) for k in ("unbiased", "biased", "biased_raw",
-                                                 "estimate", "forward", "predict"))]
-         for r in rows]))
+        [[r["mode"], r["accumulate"],
+          *(fmt_diff(r, k) for k in ("unbiased", "biased", "biased_raw", "estimate",
+                                     "forward", "predict"))] for r in rows]))
     print(f"\nm (elements per channel and batch): {model.elements()}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
