@@ -375,7 +375,10 @@ def report(args, model, source, peer, why, clock, rows, times) -> None:
                       f"{i['threads']} intra-op / {i['interop_threads']} inter-op "
                       f"threads, timed there on the same clock)")
     print(f"{torch_line}; BLAS/OpenMP/Numba/XLA threads {peers.THREADS}; machine: "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end\n")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end  ")
+    if "JAX" in args.modes:
+        print(peers.jax_line())
+    print()
     slots = [r.pop("slots") for r in rows]
     out = {"desc": model.desc, "source": source, "clock": clock, "rows": rows,
            "torch": None if peer is None else peer.info, "torch_missing": why}
