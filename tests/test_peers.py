@@ -714,3 +714,39 @@ def test_gpu_peers_dry_run_lists_the_runs():
     assert "--device cpu" in line and line.endswith("--quick")
     bad = _bench(str(BENCH / "gpu_peers.py"), "--dry-run", "--precisions", "tf16")
     assert bad.returncode == 2 and "--precisions" in bad.stderr
+
+
+# --------------------------------------------------------------------------
+# benchmarks/ptml_peers.py (issue 20): a pytensor-ml conv net against
+# PyTorch's update_bn, PyTorch in the interpreter POPSTATS_TORCH_PYTHON names
+# --------------------------------------------------------------------------
+
+
+def test_ptml_peers_quick_runs_and_values_agree(tmp_path):
+    pytest.importorskip("pytensor_ml")
+    figures = tmp_path / "ptml.json"
+    done = _bench(str(BENCH / "ptml_peers.py"), "--quick", "--modes", "FAST_COMPILE",
+                  "--repeats", "1", "--json", str(figures))
+    assert done.returncode == 0, done.stderr
+    assert "popstats / forward (best)" in done.stdout
+    out = json.loads(figures.read_text())
+    (row,) = out["rows"]
+    assert row["n_stats"] == 4 and row["pop_s"] > 0 and row["forward_s"] > 0
+    if out["torch"] is None:  # no interpreter with torch: its columns read n/a
+        assert row["torch_s"] is None
+        assert "POPSTATS_TORCH_PYTHON" in out["torch_missing"]
+        assert "PyTorch: n/a" in done.stdout
+        return
+    assert row["torch_s"] > 0
+    # update_bn's values: float32 rounding apart (unbiased, or biased x m/(m-1)),
+    # and the biased ones uncorrected visibly off (about 1/m)
+    for key in ("unbiased", "biased", "estimate", "forward", "predict"):
+        assert row[key] < 1e-4, (key, row[key])
+    assert row["biased_raw"] > 1e-3
+
+
+def test_ptml_peers_names_a_missing_torch_python():
+    pytest.importorskip("pytensor_ml")
+    done = _bench(str(BENCH / "ptml_peers.py"), "--check", "--torch-python",
+                  "/no/such/python")
+    assert done.returncode == 2 and "/no/such/python does not exist" in done.stderr
