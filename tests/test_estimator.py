@@ -212,6 +212,30 @@ def test_plain_statistics_share_one_buffer_without_changing_results():
         run.run([{"x": data[0]}, {"x": data[1]}, {"x": np.ones((5, 4))}])
 
 
+def test_counted_plain_statistics_share_the_buffer_and_skip_unreached_batches():
+    """A count only says whether a batch reached a "mean" statistic: counted
+    statistics use the shared buffer too, and a batch with count 0 (or an
+    invalid count) takes the checked per-statistic path."""
+    x = pt.matrix("x")
+    n = pt.sum(pt.neq(x[:, 0], 0.0))  # rows with a nonzero first entry
+    a = popstats.bn_statistic(x.sum(0) / pt.maximum(n, 1), "a", role="mean",
+                              group="g", count=n)
+    b = popstats.bn_statistic((x**2).max(0), "b")
+    y = (x - a) * b
+    rng = np.random.default_rng(4)
+    data = [rng.normal(size=(5, 3)) for _ in range(6)]
+    data[4][:, 0] = 0.0  # batch 4 does not reach 'a'
+    run = popstats.Estimation([x], y, mode="FAST_COMPILE", accumulate="host")
+    stats = run.finalize(run.run([{"x": d} for d in data]))
+    assert run._host._flat is not None and run._host._counted
+    reached = [d for k, d in enumerate(data) if k != 4]
+    np.testing.assert_array_equal(
+        stats["a"].value, _running_mean([d.sum(0) / 5 for d in reached]))
+    assert int(stats["a"].coverage) == 5 and int(stats["b"].coverage) == 6
+    np.testing.assert_array_equal(
+        stats["b"].value, _running_mean([(d**2).max(0) for d in data]))
+
+
 def _running_mean(values):
     mean = np.zeros_like(values[0])
     for k, v in enumerate(values, start=1):

@@ -62,8 +62,9 @@ class HostAccumulator:
         self.partners = tuple(partners)
         self.max_steps = max_steps
         self.call = call
-        # Statistics outside loops with the plain mean and no count: updated
-        # together (see _add_plain).
+        # Statistics outside loops with the plain mean (no weight; a count
+        # only says whether the batch reached them): updated together (see
+        # _add_plain).
         self._plain = tuple(
             i
             for i, (site, estimator) in enumerate(
@@ -71,8 +72,9 @@ class HostAccumulator:
             )
             if site.time_axes == 0
             and estimator.name == "mean"
-            and tuple(slots[i])[1:] == (None, None)  # no count to check, no weight
+            and tuple(slots[i])[2] is None  # no weight
         )
+        self._counted = tuple(i for i in self._plain if slots[i][1] is not None)
         self._flat: tuple | None = None
 
     def add(self, states: list, per_site: list, index: int) -> list:
@@ -97,7 +99,8 @@ class HostAccumulator:
         costs a few NumPy calls instead of several per statistic. Returns the
         indices handled; none when the states are not linked to the buffer
         (first batch, a loaded or merged state) or anything needs the checks
-        of the per-statistic path (a non-finite value, a changed shape).
+        of the per-statistic path (a non-finite value, a changed shape, a
+        count that is not a positive number).
         """
         flat = self._flat
         plain = self._plain
@@ -109,6 +112,10 @@ class HostAccumulator:
         values = [np.asarray(per_site[i][0]) for i in plain]
         if any(v.shape != shape for v, shape in zip(values, flat[4], strict=True)):
             return frozenset()
+        if self._counted:  # every count a positive number: the batch reached all
+            counts = np.array([per_site[i][1] for i in self._counted], np.float64)
+            if not (np.isfinite(counts) & (counts > 0)).all():
+                return frozenset()
         joined = np.concatenate([v.ravel() for v in values])
         if not np.isfinite(joined).all():
             return frozenset()
