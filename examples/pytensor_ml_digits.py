@@ -11,7 +11,8 @@ with its ``adam`` and ``CrossEntropy``), on scikit-learn's 8x8 digits
           - Linear(H) - BatchNorm - ReLU - Linear(10)
 
   (the first BatchNorm has one statistic per channel, over the batch and
-  the 6x6 positions; the second one per unit, over the batch only);
+  the 6x6 positions; the second one per unit, over the batch only; BN
+  scales start at 0.1 here too);
 * ``rnn``: a ``Recurrent`` layer over the rows of the image (8 steps of 8
   pixels) whose cell is the batch-normalized LSTM of Cooijmans et al. 2016
   written with pytensor-ml layers (``Linear`` and three ``BatchNorm``, every
@@ -62,7 +63,7 @@ a float32 run set ``PYTENSOR_FLAGS=floatX=float32``, do not cast.
 Run::
 
     python examples/pytensor_ml_digits.py          # full setting
-    python examples/pytensor_ml_digits.py --fast   # seconds (used by the tests)
+    python examples/pytensor_ml_digits.py --fast   # small (used by the tests)
     python examples/pytensor_ml_digits.py --models conv --mode FAST_COMPILE
 
 It compiles in PyTensor's default mode (Numba) unless ``--mode`` says
