@@ -231,8 +231,7 @@ def build_conv(channels: int, hidden: int):
     conv_bn = BatchNorm("conv_bn", n_in=channels)
     fc_bn = BatchNorm("fc_bn", n_in=hidden)
     features = Sequential(
-        # "valid": padding="same" pads with a set_subtensor that popstats'
-        # independence check takes for mixing examples (see the docs).
+        # "valid": the 8x8 digits keep 6x6 positions per channel
         Conv2D("conv", in_channels=1, out_channels=channels, kernel_size=3,
                bias=False),
         conv_bn,  # one statistic per channel, over batch and 6x6 positions

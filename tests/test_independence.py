@@ -324,3 +324,27 @@ def test_a_fold_by_minus_one_and_back_is_followed():
     # split back with the sizes in another order: the batch lands elsewhere
     wrong = pt.dot(flat, w).reshape((h.shape[1], h.shape[0], 5))
     assert "reshape it cannot follow" in mixing(wrong)[0]
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect", "symmetric", "wrap"])
+def test_padding_the_feature_axes_keeps_examples_padding_the_batch_axis_mixes(mode):
+    """PyTensor's Pad by what it means (pytensor-ml's Conv2D(padding="same")):
+    examples stay put along an axis padded by 0; the batch axis padded moves
+    them, which check_batch_independence confirms on data."""
+    x = pt.tensor4("x")
+    h = marked_bn(x, "bn")
+    assert mixing(pt.pad(h, ((0, 0), (1, 2), (2, 1), (0, 0)), mode=mode)) == []
+    found = mixing(pt.pad(h, ((1, 0), (0, 0), (0, 0), (0, 0)), mode=mode))
+    assert len(found) == 1 and "pads (moves the examples along)" in found[0]
+    # a statistic mode (reads means along the padded axes) is not trusted
+    # by meaning: its body is followed, and it is flagged
+    assert mixing(pt.pad(h, ((0, 0), (1, 1), (0, 0), (0, 0)), mode="mean"))
+    if mode != "reflect":
+        return
+    # data confirms the verdict (once: each mode costs a compile)
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(5, 3, 3, 2))}
+    stats = popstats.estimate([x], h, [batch], mode=MODE, progress=False)
+    kept = popstats.rewrite(pt.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode),
+                            stats)
+    assert popstats.check_batch_independence([x], kept, batch, mode=MODE) == 0.0

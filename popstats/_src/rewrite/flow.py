@@ -35,6 +35,7 @@ from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from pytensor.tensor.extra_ops import CumOp, Repeat
 from pytensor.tensor.math import Argmax, Dot
+from pytensor.tensor.pad import Pad
 from pytensor.tensor.random.op import RandomVariable
 from pytensor.tensor.shape import Reshape, Shape, Shape_i
 from pytensor.tensor.sort import ArgSortOp, SortOp
@@ -226,6 +227,10 @@ class Flow(Rules):
             return [{}, self.random(node)]
         if isinstance(op, Scan):
             return self.scan(node)
+        if isinstance(op, Pad):
+            states = self.pad(node)
+            if states is not None:
+                return states
         if isinstance(op, OpFromGraph):
             inner = type(self)({v: self.state(o) for v, o in zip(
                 op.inner_inputs, ins, strict=False)}, self.where, self.shapes,

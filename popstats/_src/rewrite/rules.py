@@ -6,13 +6,14 @@ hypotheses (``state``) and returns its outputs' states, recording with
 ``mix`` what mixes examples. The rules, in words, are in
 ``docs/independence.rst``.
 
-Members: :data:`Hyp`, :data:`Place`, :class:`Rules`, :data:`State`.
+Members: :data:`Hyp`, :data:`PAD_MODES`, :data:`Place`, :class:`Rules`,
+:data:`State`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from pytensor.graph.basic import Apply
+from pytensor.graph.basic import Apply, Constant
 from pytensor.tensor.basic import Split
 from pytensor.tensor.math import Dot
 from pytensor.tensor.sort import ArgSortOp, SortOp
@@ -20,7 +21,11 @@ from pytensor.tensor.subtensor import get_idx_list
 
 from popstats._src.rewrite.shapes import Shapes, const, find, resolve
 
-__all__ = ["Hyp", "Place", "Rules", "State"]
+__all__ = ["PAD_MODES", "Hyp", "Place", "Rules", "State"]
+
+#: the modes of ``pytensor.tensor.pad`` that only move values along the
+#: padded axes (``"mean"``, ``"maximum"``... read statistics: not these)
+PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 
 Hyp = tuple[int, int]  # (root index, axis)
 Place = tuple[int, int]  # (dim, part of a folded dim)
@@ -116,6 +121,29 @@ class Rules:
             else:
                 self.put(node, out, hyp, (dim, c))
         return out
+
+    def pad(self, node: Apply) -> list[State] | None:
+        """PyTensor's ``Pad`` (an ``OpFromGraph``) by what it means: along an
+        axis padded by 0 on both sides every example stays where it is (the
+        position-based modes move values along the padded axes only, within
+        each example). None (inline its body instead) where the widths are
+        not constants, the mode reads statistics, or the pad values carry
+        examples."""
+        x, widths = node.inputs[0], node.inputs[1]
+        if getattr(node.op, "pad_mode", None) not in PAD_MODES or not isinstance(
+                widths, Constant) or any(self.state(v) for v in node.inputs[2:]):
+            return None
+        try:
+            width = np.broadcast_to(np.asarray(widths.data), (x.ndim, 2))
+        except ValueError:
+            return None
+        out = {}
+        for hyp, (d, c) in self.state(x).items():
+            if width[d].any():
+                self.mix(node, hyp, "pads (moves the examples along)")
+            else:
+                out[hyp] = (d, c)
+        return [out]
 
     def reshape(self, node: Apply) -> State:
         x = node.inputs[0]
