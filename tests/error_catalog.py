@@ -141,6 +141,17 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
     ("popstats/_src/estimation/passes.py", "explain", "failed the estimation"): (
         "the host checks run on the same batch raise first"
     ),
+    ("popstats/_src/estimation/upstream.py", "fixed_point_driver", "is not loaded"): (
+        "importing any part of popstats runs popstats/__init__.py, which "
+        "imports the rewrite stage that registers the passes"
+    ),
+    ("popstats/_src/rewrite/consistent.py", "InferenceExport.hold", "lack statistic"): (
+        "the passes hold the values of the pass before, estimated on the same "
+        "graph with the same time modes"
+    ),
+    ("popstats/_src/rewrite/consistent.py", "InferenceExport.hold", "has shape"): (
+        "the passes hold the values of the pass before, over the same batches"
+    ),
 }
 
 #: Messages that do not start with ``call(...)``, by scenario, with why.
@@ -173,6 +184,10 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
             "passes", "accumulate_graph", "checkpoint", "options", "api",
             "progress",
         )),
+    ),
+    (
+        "Estimating on the inference graph: ``upstream='population'``",
+        ("estimation/upstream.py", "rewrite/consistent.py", "rewrite/fixed_point.py"),
     ),
     ("Batches and inputs", ("estimation/batches.py",)),
     (
@@ -415,6 +430,20 @@ def paired_layer(name="x"):
     return x, (x - mean) / pt.sqrt(var + 1e-5)
 
 
+def stacked(layers=3, epsilon=1e-5):
+    """``layers`` batch-normalized layers, each on the one before: each
+    layer's statistics depend on the statistics of the layers below it."""
+    x = h = pt.matrix("x")
+    for i in range(layers):
+        n = h.shape[0]
+        mean = popstats.bn_statistic(h.mean(axis=0), label=f"mean{i}", role="mean",
+                                     group=f"bn{i}", count=n)
+        var = popstats.bn_statistic(h.var(axis=0), label=f"var{i}", role="var",
+                                    group=f"bn{i}", count=n)
+        h = pt.tanh((h - mean) / pt.sqrt(var + epsilon))
+    return x, h
+
+
 def estimated(cols=2):
     """``layer()`` and its statistics, estimated on two batches."""
     x, y = layer()
@@ -460,7 +489,7 @@ def cluster():
 
 
 HELPERS = (data, layer, estimated, recurrent, popstats_file, popstats_cli,
-           paired_layer, cluster)
+           paired_layer, stacked, cluster)
 
 
 # -- tagger -------------------------------------------------------------------
@@ -801,6 +830,122 @@ def get_inference_graph_bad_return_stats():
 def estimate_bad_progress():
     x, y = layer()
     popstats.estimate([x], y, [{"x": data()}], progress="yes")
+
+
+# -- upstream='population' ---------------------------------------------------
+
+
+@scenario("``upstream`` that is not 'batch' or 'population'")
+def estimate_unknown_upstream():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], upstream="inference")
+
+
+@scenario("``upstream_tol`` that is not a number >= 0")
+def estimate_bad_upstream_tol():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], upstream="population",
+                      upstream_tol=-1e-8)
+
+
+@scenario("``upstream_passes`` below 2")
+def estimate_bad_upstream_passes():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], upstream="population",
+                      upstream_passes=1)
+
+
+@scenario("upstream='population' over batches that can be iterated once")
+def upstream_generator():
+    x, y = stacked()
+    batches = ({"x": data(rows)} for rows in (3, 4))
+    popstats.estimate([x], y, batches, upstream="population")
+
+
+@scenario("upstream='population' over a loader that shuffles between passes")
+def upstream_shuffled():
+    x, y = stacked()
+
+    class Shuffling:  # a loader whose every pass gives the batches in a new order
+        def __init__(self):
+            self.rng = np.random.default_rng(0)
+
+        def __iter__(self):
+            order = self.rng.permutation(3)
+            return iter([{"x": data(3) * (k + 1)} for k in order])
+
+    popstats.estimate([x], y, Shuffling(), upstream="population")
+
+
+@scenario("upstream='population' over a loader that gives another batch later")
+def upstream_more_batches():
+    x, y = stacked()
+
+    class Growing:  # a loader whose every pass adds a batch
+        def __init__(self):
+            self.batches = [{"x": data(3)}, {"x": data(4)}]
+
+        def __iter__(self):
+            self.batches.append({"x": data(5)})
+            return iter(list(self.batches))
+
+    popstats.estimate([x], y, Growing(), upstream="population")
+
+
+@scenario("upstream='population' over a loader that drops a batch later")
+def upstream_fewer_batches():
+    x, y = stacked()
+
+    class Shrinking:  # a loader whose every pass drops its last batch
+        def __init__(self):
+            self.batches = [{"x": data(rows)} for rows in (3, 4, 5, 6)]
+
+        def __iter__(self):
+            given, self.batches = self.batches, self.batches[:-1]
+            return iter(given)
+
+    popstats.estimate([x], y, Shrinking(), upstream="population")
+
+
+@scenario("upstream='population' continuing a state")
+def upstream_with_state():
+    x, y = stacked()
+    run = popstats.Estimation([x], y, upstream="population")
+    state = run.run([{"x": data(3)}, {"x": data(4)}])
+    run.run([{"x": data(5)}], state=state)
+
+
+@scenario("Adding one batch with upstream='population'")
+def upstream_update():
+    x, y = stacked()
+    run = popstats.Estimation([x], y, upstream="population")
+    run.update(run.init(), {"x": data()})
+
+
+@scenario("upstream='population' without a fixed point in ``upstream_passes``")
+def upstream_not_converged():
+    x, y = stacked(layers=3)  # exact after 3 passes, the 4th changes nothing
+    popstats.estimate([x], y, [{"x": data(3)}, {"x": data(4) ** 2}],
+                      upstream="population", upstream_passes=3)
+
+
+@scenario("upstream='population' with values that are not finite")
+def upstream_not_finite():
+    x = pt.matrix("x")
+    # no variance within a batch and an epsilon of 1e-300: at inference the
+    # layer's output is about 1e156, and the next layer's pooled variance
+    # overflows (NumPy's overflow warnings are silenced below)
+    n = x.shape[0]
+    m = popstats.bn_statistic(x.mean(axis=0), "m", role="mean", group="a", count=n)
+    v = popstats.bn_statistic(x.var(axis=0), "v", role="var", group="a", count=n)
+    h = (x - m) / pt.sqrt(v + 1e-300)
+    m2 = popstats.bn_statistic(h.mean(axis=0), "m2", role="mean", group="b", count=n)
+    v2 = popstats.bn_statistic(h.var(axis=0), "v2", role="var", group="b", count=n)
+    y = (h - m2) / pt.sqrt(v2 + 1e-5)
+    batches = [{"x": np.full((2, 2), 1e6)}, {"x": np.full((3, 2), -1e6)}]
+    with np.errstate(over="ignore", invalid="ignore"):
+        popstats.estimate([x], y, batches, upstream="population",
+                          estimator={"m": "mean", "v": "mean", "*": "pooled"})
 
 
 # -- batches ------------------------------------------------------------------

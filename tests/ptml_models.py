@@ -88,6 +88,38 @@ def mlp(prefix: str = "bn", floatX: str = "float64", track: bool = True) -> Mode
     return Model(X, y, [bn], reference, stats, (8,), floatX)
 
 
+def mlp2() -> Model:
+    """Two BatchNorm layers, the second on the first's (normalized) output.
+
+    ``model.forward(x, bn)`` is the NumPy twin with a batch-norm callback
+    ``bn(name, steps, h) -> (mean, var)`` (``tests/reference.py``'s rules):
+    it gives the statistics consistent with the inference graph
+    (``upstream="population"``) as well as today's.
+    """
+    rng = np.random.default_rng(7)
+    X = Input("X", shape=(None, 6))
+    fc1 = Linear("fc1", n_in=6, n_out=5, bias=False)
+    bn1 = BatchNorm("bn1", n_in=5)
+    fc2 = Linear("fc2", n_in=5, n_out=4, bias=False)
+    bn2 = BatchNorm("bn2", n_in=4)
+    out = Linear("out", n_in=4, n_out=3)
+    y = Sequential(fc1, bn1, ReLU(), fc2, bn2, ReLU(), out)(X)
+    W1, W2 = _set(fc1.W, rng, 0.5), _set(fc2.W, rng, 0.5)
+    W3, b3 = _set(out.W, rng, 0.5), _set(out.b, rng)
+    (s1, l1), (s2, l2) = _affine(bn1, rng), _affine(bn2, rng)
+
+    def forward(x, bn):
+        h = x.astype("float64") @ W1
+        a = np.maximum(_norm(h, *bn("bn1", (), h), s1, l1), 0)
+        h = a @ W2
+        a = np.maximum(_norm(h, *bn("bn2", (), h), s2, l2), 0)
+        return a @ W3 + b3
+
+    model = Model(X, y, [bn1, bn2], None, None, (6,))
+    model.forward = forward
+    return model
+
+
 def half(dtype: str = "float16") -> Model:
     """BatchNorm straight on a float16 input: statistics accumulate in float32."""
     rng = np.random.default_rng(2)

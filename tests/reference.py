@@ -100,6 +100,17 @@ def reference_estimate(
             sums[idx] = sums.get(idx, 0.0) + v[idx]
             counts[idx] = counts.get(idx, 0) + 1
     raw = {idx: sums[idx] / counts[idx] for idx in sums}
+    return fill_cells(raw, counts, extent, stat_shape)
+
+
+def fill_cells(
+    raw: dict[tuple[int, ...], np.ndarray], counts: dict[tuple[int, ...], int],
+    extent: tuple[int, ...], stat_shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The table of per-cell values ``raw`` (time index -> value) over
+    ``extent``, holes filled as :func:`reference_estimate` says, and the
+    coverage ``counts`` (time index -> batches that reached it)."""
+    depth = len(extent)
 
     def filled(idx: tuple[int, ...], axis: int):
         # value after the passes over axes >= ``axis`` (None: still a hole)
@@ -122,9 +133,228 @@ def reference_estimate(
     return value, coverage
 
 
-def clamp_rows(pop: np.ndarray, steps: int) -> np.ndarray:
-    """``pop[min(t, T - 1)]`` for t < steps along the first axis."""
-    return pop[np.minimum(np.arange(steps), pop.shape[0] - 1)]
+def at_steps(table: np.ndarray, steps: tuple[int, ...]) -> np.ndarray:
+    """``table[min(t1, T1 - 1)][min(t2, T2 - 1)]...``: a population value as
+    the rewritten graph reads it at time index ``steps``."""
+    for t in steps:
+        table = table[min(t, table.shape[0] - 1)]
+    return table
+
+
+# --------------------------------------------------------------------------
+# Statistics consistent with the inference graph (upstream="population")
+# --------------------------------------------------------------------------
+#
+# The models below (and those of ``upstream_models.py``) call
+# ``bn(name, steps, observation)`` at every statistic and use what it
+# returns. A *rule* says what an observation is and how the batches'
+# observations of one cell (a statistic at one time index) combine:
+# :class:`ValueRule` (the observation is the batch statistic itself, the
+# plain mean over batches) or :class:`MomentRule` (the observation is the
+# elements of a batch norm's input, one cell a mean/var pair, combined by
+# each estimator's definition).
+
+Cell = tuple[str, tuple[int, ...]]
+
+
+def combine_moments(
+    estimator: str, elements: Sequence[np.ndarray], momentum: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, var) population value of a mean/var pair from the element
+    arrays (rows: examples) of the batches that reached it, in batch order,
+    as each estimator is defined."""
+    means = [e.mean(axis=0) for e in elements]
+    variances = [e.var(axis=0) for e in elements]
+    if estimator == "mean":
+        return np.mean(means, axis=0), np.mean(variances, axis=0)
+    if estimator == "weighted":  # weighted by the batch's element count
+        weights = [len(e) for e in elements]
+        return (np.average(means, axis=0, weights=weights),
+                np.average(variances, axis=0, weights=weights))
+    if estimator == "pooled":  # the moments of all elements together
+        every = np.concatenate(elements)
+        return every.mean(axis=0), every.var(axis=0)
+    if estimator == "unbiased":  # Bessel's correction per batch
+        return (np.mean(means, axis=0),
+                np.mean([e.var(axis=0, ddof=1) for e in elements], axis=0))
+    if estimator == "ema":  # from PyTorch's running_mean = 0, running_var = 1
+        mean, var = np.zeros_like(means[0]), np.ones_like(variances[0])
+        for m, v in zip(means, variances, strict=True):
+            mean = (1 - momentum) * mean + momentum * m
+            var = (1 - momentum) * var + momentum * v
+        return mean, var
+    raise AssertionError(estimator)
+
+
+class ValueRule:
+    """Cells of the models above: the observation is the batch statistic;
+    the population value is the mean over the batches that reached it."""
+
+    def measure(self, name: str, observation: np.ndarray) -> np.ndarray:
+        return np.asarray(observation, dtype=np.float64)
+
+    def combine(self, name: str, observations: list) -> np.ndarray:
+        return np.mean([self.measure(name, o) for o in observations], axis=0)
+
+    def split(self, name: str, value) -> dict[str, np.ndarray]:
+        return {name: value}
+
+    def lookup(self, tables: dict[str, np.ndarray]):
+        return lambda name, steps: at_steps(tables[name], steps)
+
+
+class MomentRule:
+    """Cells ``name`` standing for the pair ``name.mean`` / ``name.var``; the
+    observation is the elements (rows) of the batch norm's input.
+    ``estimator``: one for every pair, or pair name -> (estimator, momentum)."""
+
+    def __init__(self, estimator: str | dict = "mean", momentum: float = 0.1):
+        self.estimator, self.momentum = estimator, momentum
+
+    def measure(self, name: str, elements: np.ndarray):
+        return elements.mean(axis=0), elements.var(axis=0)
+
+    def combine(self, name: str, observations: list):
+        estimator, momentum = self.estimator, self.momentum
+        if isinstance(estimator, dict):
+            estimator, momentum = estimator[name]
+        return combine_moments(estimator, observations, momentum)
+
+    def split(self, name: str, value) -> dict[str, np.ndarray]:
+        return {f"{name}.mean": value[0], f"{name}.var": value[1]}
+
+    def lookup(self, tables: dict[str, np.ndarray]):
+        return lambda name, steps: (at_steps(tables[f"{name}.mean"], steps),
+                                    at_steps(tables[f"{name}.var"], steps))
+
+
+def _tables(cells: dict[Cell, tuple[object, int]], rule) -> dict[str, tuple]:
+    """name -> (value table, coverage) from cell -> (value, batches)."""
+    raw: dict[str, dict] = {}
+    counts: dict[str, dict] = {}
+    for (name, steps), (value, n) in cells.items():
+        for stat, v in rule.split(name, value).items():
+            raw.setdefault(stat, {})[steps] = np.asarray(v, dtype=np.float64)
+            counts.setdefault(stat, {})[steps] = n
+    out = {}
+    for stat, table in raw.items():
+        depth = len(next(iter(table)))
+        extent = tuple(max(s[k] for s in table) + 1 for k in range(depth))
+        out[stat] = fill_cells(table, counts[stat], extent,
+                               next(iter(table.values())).shape)
+    return out
+
+
+class _Visit:
+    """One batch's forward in one stage: cells already known give their
+    population value; the first unknown cell is observed on an upstream at
+    population values only ("clean"); the cells after it are not."""
+
+    def __init__(self, known: dict[Cell, object], rule):
+        self.known, self.rule = known, rule
+        self.reached: list[Cell] = []
+        self.clean: dict[Cell, object] = {}
+        self.met_unknown = False
+
+    def __call__(self, name: str, steps: tuple[int, ...], observation):
+        cell = (name, tuple(steps))
+        if cell in self.reached:
+            raise AssertionError(f"{cell} visited twice in one forward")
+        self.reached.append(cell)
+        if cell in self.known:
+            return self.known[cell]
+        if not self.met_unknown:  # every cell before it is at population
+            self.clean[cell] = observation
+        self.met_unknown = True
+        return self.rule.measure(name, observation)
+
+
+def staged_estimate(forward: Callable, batches: Sequence, rule) -> dict[str, tuple]:
+    """The statistics consistent with the inference graph, stage by stage.
+
+    ``forward(batch, bn)`` runs a NumPy model. Each stage runs every batch
+    with the cells found so far at their population values; a cell whose
+    every reaching batch computed it before meeting any unknown cell (so on
+    an upstream entirely at population values) gets its population value
+    from those observations. Stages repeat until every reached cell is
+    known. No iteration to a tolerance: each value is computed once, from
+    exact upstream values. Returns name -> (value table, coverage), holes
+    filled as :func:`reference_estimate` fills them.
+    """
+    known: dict[Cell, object] = {}
+    count: dict[Cell, int] = {}
+    while True:
+        visits = []
+        for batch in batches:
+            visit = _Visit(dict(known), rule)
+            forward(batch, visit)
+            visits.append(visit)
+        todo = {c for v in visits for c in v.reached} - known.keys()
+        if not todo:
+            return _tables({c: (known[c], count[c]) for c in known}, rule)
+        ready = [c for c in todo
+                 if all(c in v.clean for v in visits if c in v.reached)]
+        if not ready:
+            raise AssertionError("no cell ready: the batches order them differently")
+        for cell in ready:
+            observed = [v.clean[cell] for v in visits if cell in v.reached]
+            known[cell] = rule.combine(cell[0], observed)
+            count[cell] = len(observed)
+
+
+def numpy_pass(forward: Callable, batches: Sequence, rule,
+               tables: dict[str, np.ndarray] | None = None,
+               pooled: bool | tuple[bool, ...] = False) -> dict[str, tuple]:
+    """One estimation pass in NumPy: over the training graph (``tables``
+    None: every statistic normalizes with its batch value) or over the
+    inference graph of ``tables`` (name -> population table, read at the
+    clamped step). ``pooled``: per loop level (outermost first; one bool:
+    every level), whether the statistics pool that level's steps: a batch's
+    observation of a cell is then the elements of all the pooled steps
+    together. Returns name -> (value table, coverage)."""
+    lookup = None if tables is None else rule.lookup(tables)
+
+    def kept(steps):
+        modes = pooled if isinstance(pooled, tuple) else (pooled,) * len(steps)
+        return tuple(t for t, p in zip(steps, modes, strict=False) if not p)
+
+    observed: dict[Cell, list] = {}
+    for batch in batches:
+        seen: dict[Cell, list] = {}
+
+        def bn(name, steps, observation, seen=seen):
+            cell = (name, kept(tuple(steps)))
+            seen.setdefault(cell, []).append(observation)
+            if lookup is None:
+                return rule.measure(name, observation)
+            return lookup(*cell)
+
+        forward(batch, bn)
+        for cell, parts in seen.items():
+            if pooled is False and len(parts) != 1:
+                raise AssertionError(f"{cell} visited {len(parts)} times")
+            observed.setdefault(cell, []).append(np.concatenate(parts))
+    return _tables({c: (rule.combine(c[0], o), len(o)) for c, o in observed.items()},
+                   rule)
+
+
+def numpy_fixed_point(forward: Callable, batches: Sequence, rule,
+                      pooled: bool | tuple[bool, ...] = False, tol: float = 1e-14,
+                      passes: int = 500) -> dict[str, tuple]:
+    """:func:`numpy_pass` iterated from the training graph's values until the
+    largest change of a value (relative to its statistic's largest
+    magnitude) is at most ``tol`` -- the reference where no stage order
+    exists (statistics pooled over time read their own earlier steps)."""
+    values = numpy_pass(forward, batches, rule, pooled=pooled)
+    for _ in range(passes):
+        new = numpy_pass(forward, batches, rule, {n: v for n, (v, _) in values.items()},
+                         pooled=pooled)
+        change = max(np.max(np.abs(new[n][0] - v)) / (np.max(np.abs(v)) or 1.0)
+                     for n, (v, _) in values.items())
+        values = new
+        if change <= tol:
+            return values
+    raise AssertionError(f"no fixed point in {passes} passes (change {change:g})")
 
 
 # --------------------------------------------------------------------------

@@ -43,11 +43,12 @@ Stage: rewrite. Members: :func:`run_fixed_point` (the passes);
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,8 @@ def largest_change(old: PopulationStatistics,
         b = np.asarray(stat.value)
         if a.shape != b.shape:  # pragma: no cover - the same data each pass
             return float("inf"), name
+        if not np.isfinite(b).all():  # NaN compares False: never the largest
+            return float("inf"), name
         scale = float(np.max(np.abs(a))) if a.size else 0.0
         change = float(np.max(np.abs(b - a))) if a.size else 0.0
         relative = change / scale if scale > 0 else change
@@ -101,7 +104,9 @@ class _SameData:
     must match (a loader that shuffles or augments would move the target)."""
 
     def __init__(self, batches: Iterable[Any], call: str):
-        if iter(batches) is batches:
+        # not iter(batches) is batches: starting a loader's epoch costs (a
+        # DataLoader starts its workers) and may move it (an epoch counter)
+        if isinstance(batches, Iterator):
             raise PopstatsError(
                 f"{call}(batches=...): upstream='population' runs several passes "
                 f"over the batches, but {describe_value(batches)} can be iterated "
@@ -114,15 +119,14 @@ class _SameData:
         self.digests: list[bytes] | None = None
 
     def over(self, run: Estimation, k: int) -> _Pass:
-        return _Pass(self, run, k)
+        # sized only if the batches are (a progress bar asks len() of Sized)
+        sized = isinstance(self.batches, Sized)
+        return (_SizedPass if sized else _Pass)(self, run, k)
 
 
 class _Pass:
     def __init__(self, data: _SameData, run: Estimation, k: int):
         self.data, self.run, self.k = data, run, k
-
-    def __len__(self) -> int:
-        return len(self.data.batches)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
         data, first = self.data, self.data.digests is None
@@ -151,6 +155,22 @@ class _Pass:
         )
 
 
+class _SizedPass(_Pass):
+    def __len__(self) -> int:
+        return len(self.data.batches)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Finalize a pass without its coverage warnings: every pass sees the same
+    batches, and the final statistics warn once when they are finalized."""
+    was, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = was
+
+
 def run_fixed_point(
     batch_run: Estimation, batches: Iterable[Any], given: object, on_batch: object,
     checkpoint: str | os.PathLike | None, checkpoint_every: int,
@@ -175,7 +195,8 @@ def run_fixed_point(
     first.options = dataclasses.replace(options, upstream="batch")
     state = first.run(data.over(first, 0), checkpoint=pass_path(checkpoint, 0),
                       **run_options)
-    stats = first.finalize(state)
+    with _quiet():
+        stats = first.finalize(state)
     inputs, outputs = batch_run.given
     exported = inference_export(outputs, stats, options.time, call)
     run: Estimation | None = None
@@ -186,7 +207,8 @@ def run_fixed_point(
         run = inference_pass(run, inputs, outputs, exported, stats, options, call)
         state = run.run(data.over(run, k), checkpoint=pass_path(checkpoint, k),
                         **run_options)
-        new = run.finalize(state)
+        with _quiet():
+            new = run.finalize(state)
         if check_change(stats, new, k, changes, worst, call, options):
             return run, state, FixedPoint(k + 1, tuple(changes), tuple(worst),
                                           options.upstream_tol)
