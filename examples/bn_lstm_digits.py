@@ -211,10 +211,18 @@ def init_params(n_in: int, n_hidden: int, rng: np.random.Generator) -> dict:
 
 
 def batch_norm(a, gamma, label, beta=None):
-    """Normalize ``a`` (batch, units) with its batch statistics, marked for popstats."""
-    mean = popstats.bn_statistic(a.mean(axis=0), label=f"{label}.mean", role="mean")
-    # The role makes the running average of a variance start at 1.
-    var = popstats.bn_statistic(a.var(axis=0), label=f"{label}.var", role="var")
+    """Normalize ``a`` (batch, units) with its batch statistics, marked for popstats.
+
+    The role makes the running average of a variance start at 1; the group
+    pairs the mean and variance of one normalization (``popstats.drift``
+    compares them as a distribution) and the count (the batch size) lets
+    every estimator run, ``"pooled"`` included (``examples/upstream_digits.py``).
+    """
+    n = a.shape[0]
+    mean = popstats.bn_statistic(a.mean(axis=0), label=f"{label}.mean", role="mean",
+                                 group=label, count=n)
+    var = popstats.bn_statistic(a.var(axis=0), label=f"{label}.var", role="var",
+                                group=label, count=n)
     out = gamma * (a - mean) / pt.sqrt(var + EPS)
     return out if beta is None else out + beta
 
