@@ -133,6 +133,11 @@ def fill_cells(
     return value, coverage
 
 
+def clamp_rows(pop: np.ndarray, steps: int) -> np.ndarray:
+    """``pop[min(t, T - 1)]`` for t < steps along the first axis."""
+    return pop[np.minimum(np.arange(steps), pop.shape[0] - 1)]
+
+
 def at_steps(table: np.ndarray, steps: tuple[int, ...]) -> np.ndarray:
     """``table[min(t1, T1 - 1)][min(t2, T2 - 1)]...``: a population value as
     the rewritten graph reads it at time index ``steps``."""
