@@ -66,3 +66,18 @@ def ptml_part(shape: tuple[int, ...], seed: int, n: int, lo: int, hi: int
 
     made = ptml_models.make_batches(shape, seed=seed, n=n)
     return [{"X": x} for x in made[lo:hi]]
+
+
+def noisy(seed: int, n: int, rows: int = 4, cols: int = 3) -> list[dict]:
+    """``n`` batches of ``rows`` x ``cols`` from ``seed``, plus fresh noise at
+    every call (an augmenting loader: never the same data twice)."""
+    rng, fresh = np.random.default_rng(seed), np.random.default_rng()
+    shape = (rows, cols)
+    return [{"x": rng.normal(size=shape) + 1e-6 * fresh.normal(size=shape)}
+            for _ in range(n)]
+
+
+def table(seed: int, n: int, rows: int = 4, cols: int = 3) -> list[dict]:
+    """The same batches as :func:`noisy` without the noise."""
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(rows, cols))} for _ in range(n)]

@@ -855,6 +855,31 @@ def estimate_bad_upstream_passes():
                       upstream_passes=1)
 
 
+@scenario("``upstream_tol`` without upstream='population'")
+def estimate_upstream_tol_without_population():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], upstream_tol=1e-6)
+
+
+@scenario("upstream='population': a statistic computed from another, no group")
+def upstream_statistics_without_groups():
+    x = pt.matrix("x")
+    mean = popstats.bn_statistic(x.mean(axis=0), label="mean")
+    var = popstats.bn_statistic(((x - mean) ** 2).mean(axis=0), label="var")
+    y = (x - mean) / pt.sqrt(var + 1e-5)
+    popstats.estimate([x], y, [{"x": data()}], upstream="population")
+
+
+@scenario("upstream='population' with random numbers (dropout) in the graph")
+def upstream_random_numbers():
+    x = pt.matrix("x")
+    rng = pytensor.shared(np.random.default_rng(0))
+    _, keep = pt.random.bernoulli(0.5, size=x.shape, rng=rng, return_next_rng=True)
+    h = x * keep * 2.0  # dropout
+    mean = popstats.bn_statistic(h.mean(axis=0), label="mean", group="bn")
+    popstats.estimate([x], h - mean, [{"x": data()}], upstream="population")
+
+
 @scenario("upstream='population' over batches that can be iterated once")
 def upstream_generator():
     x, y = stacked()
@@ -1538,6 +1563,44 @@ def describe_unknown_name():
     popstats.describe(y)["maen"]
 
 
+@scenario("Describing with a shift of another graph")
+def describe_shift_of_another_graph():
+    x, y = stacked(layers=2)
+    stats = popstats.estimate([x], y, [{"x": data()}, {"x": data() ** 2}])
+    measured = popstats.shift(stats, [x], y, [{"x": data()}])
+    z = pt.matrix("z")
+    popstats.describe(z - popstats.bn_statistic(z.mean(0), "z.mean"), shift=measured)
+
+
+@scenario("A report with a shift of other statistics")
+def report_shift_of_other_statistics():
+    x, y, stats = estimated()
+    x2, y2 = stacked(layers=2)
+    deep = popstats.estimate([x2], y2, [{"x": data()}, {"x": data() ** 2}])
+    stats.report("r.html", plots=False,
+                 shift=popstats.shift(deep, [x2], y2, [{"x": data()}]))
+
+
+@scenario("The shift of statistics without counts")
+def shift_without_counts():
+    x = pt.matrix("x")
+    mean = popstats.bn_statistic(x.mean(axis=0), "mean", role="mean", group="bn")
+    var = popstats.bn_statistic(x.var(axis=0), "var", role="var", group="bn")
+    y = (x - mean) / pt.sqrt(var + 1e-5)
+    stats = popstats.estimate([x], y, [{"x": data()}])
+    popstats.shift(stats, [x], y, [{"x": data()}])
+
+
+@scenario("Drift against the exact moments, without counts")
+def drift_moments_without_counts():
+    x = pt.matrix("x")
+    mean = popstats.bn_statistic(x.mean(axis=0), "mean", role="mean", group="bn")
+    var = popstats.bn_statistic(x.var(axis=0), "var", role="var", group="bn")
+    y = (x - mean) / pt.sqrt(var + 1e-5)
+    stats = popstats.estimate([x], y, [{"x": data()}])
+    popstats.drift(stats, [x], y, [{"x": data()}], against="moments")
+
+
 @scenario("Describing with a shift that is not a measurement")
 def describe_shift_not_a_measurement():
     x, y = layer()
@@ -1918,13 +1981,25 @@ def dask_state_with_upstream_population():
                            upstream="population")
 
 
+@scenario("upstream='population' on a cluster, a loader that augments", dask=True)
+def dask_upstream_data_moved():
+    x, y = stacked(layers=2)
+
+    def load():  # runs on a worker: new noise at every call
+        noise = np.random.default_rng().normal(size=(3, 2)) * 1e-6
+        return [{"x": data() + noise}, {"x": data() ** 2}]
+
+    with cluster() as client:
+        popstats.dask.estimate([x], y, [load], client=client, upstream="population")
+
+
 @scenario("upstream='population' on a cluster, not converged", dask=True)
 def dask_upstream_not_converged():
     x = pt.matrix("x")
     h = x
     for i in range(3):  # three layers: the fixed point takes four passes
         h = h @ pytensor.shared(np.eye(2) + 0.5, name=f"W{i}")
-        mean = popstats.bn_statistic(h.mean(0), f"bn{i}.mean")
+        mean = popstats.bn_statistic(h.mean(0), f"bn{i}.mean", group=f"bn{i}")
         h = pt.tanh(h - mean)
     with cluster() as client:
         popstats.dask.estimate([x], h, [lambda: [{"x": data()}, {"x": data() ** 2}]],

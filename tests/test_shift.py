@@ -112,20 +112,71 @@ def test_drift_on_the_inference_graph_is_zero_at_the_fixed_point(estimator):
     assert moved["bn2"].mean > 1e-4
 
 
-def test_against_moments_needs_counts_and_falls_back_to_the_estimator():
+def test_against_moments_needs_counts_and_groups():
     x, y, _, data = _mlp(counted=False)
     batches = [{"x": d} for d in data]
     stats = popstats.estimate([x], y, batches, upstream="population", mode=MODE,
                               progress=False)
-    # no counts: the new side is the statistics' own estimator ("mean"),
-    # so consistent values do not move
-    measured = popstats.shift(stats, [x], y, batches, eps=EPS, mode=MODE,
-                              progress=False)
-    assert max(r.max for r in measured.values()) < 1e-12
+    # no counts: the exact moments cannot be computed, and shift says so
+    # (in its own name) rather than comparing with the "mean" estimator
+    with pytest.raises(popstats.PopstatsError,
+                       match=r"^shift\(against='moments'\): statistic 'bn0\.\w+'.*"
+                             r"has no count"):
+        popstats.shift(stats, [x], y, batches, eps=EPS, mode=MODE, progress=False)
+    same = popstats.drift(stats, [x], y, batches, upstream="population", eps=EPS,
+                          mode=MODE, progress=False)  # against its estimator
+    assert max(r.max for r in same.values()) < 1e-12
     with pytest.raises(popstats.PopstatsError, match=r"drift\(against=\.\.\.\)"):
         popstats.drift(stats, [x], y, batches, against="exact")
     with pytest.raises(popstats.PopstatsError, match=r"drift\(upstream=\.\.\.\)"):
         popstats.drift(stats, [x], y, batches, upstream="inference")
+    with pytest.raises(popstats.PopstatsError, match=r"^shift\(stats=\.\.\.\)"):
+        popstats.shift(None, [x], y, batches)
+
+
+def test_statistics_without_groups_that_read_each_other_are_refused():
+    """A statistic computed from another where a group is missing: its layer
+    cannot be told (its own: batch value; upstream: population value)."""
+    x = pt.matrix("x")
+    m = popstats.bn_statistic(x.mean(0), "bn.mean")
+    v = popstats.bn_statistic(((x - m) ** 2).mean(0), "bn.var")
+    y = (x - m) / pt.sqrt(v + EPS)
+    batches = [{"x": np.random.default_rng(i).normal(size=(4, 2)) + i}
+               for i in range(3)]
+    with pytest.raises(popstats.PopstatsError,
+                       match=r"'bn\.var' is computed from statistic 'bn\.mean'.*"
+                             r"neither has group"):
+        popstats.estimate([x], y, batches, upstream="population", mode=MODE)
+    # independent statistics need no group
+    v2 = popstats.bn_statistic(x.var(0), "bn.var")
+    y2 = (x - m) / pt.sqrt(v2 + EPS)
+    one = popstats.estimate([x], y2, batches, upstream="population", mode=MODE,
+                            progress=False)
+    assert one.fixed_point.passes == 2
+
+
+def test_random_numbers_in_the_graph_are_refused():
+    rng = pytensor.shared(np.random.default_rng(0))
+    x = pt.matrix("x")
+    _, mask = pt.random.bernoulli(0.5, size=x.shape, rng=rng, return_next_rng=True)
+    d = x * mask * 2.0
+    n = d.shape[0]
+    m = popstats.bn_statistic(d.mean(0), "bn.mean", role="mean", group="bn", count=n)
+    v = popstats.bn_statistic(d.var(0), "bn.var", role="var", group="bn", count=n)
+    y = (d - m) / pt.sqrt(v + EPS)
+    batches = [{"x": np.ones((4, 2))}] * 2
+    with pytest.raises(popstats.PopstatsError, match="depend on random numbers"):
+        popstats.estimate([x], y, batches, upstream="population", mode=MODE)
+
+
+def test_tolerance_and_passes_need_upstream_population():
+    x, y, _, data = _mlp()
+    with pytest.raises(popstats.PopstatsError,
+                       match=r"estimate\(upstream_tol=\.\.\.\): applies to "
+                             r"upstream='population' only"):
+        popstats.estimate([x], y, [{"x": data[0]}], upstream_tol=1e-3)
+    with pytest.raises(popstats.PopstatsError, match=r"upstream_passes=\.\.\."):
+        popstats.get_inference_graph([x], y, [{"x": data[0]}], upstream_passes=3)
 
 
 def test_describe_and_report_show_the_shift(tmp_path):
@@ -142,6 +193,10 @@ def test_describe_and_report_show_the_shift(tmp_path):
     assert "shift" not in str(popstats.describe(y)).splitlines()[0]
     with pytest.raises(popstats.PopstatsError, match=r"describe\(shift=\.\.\.\)"):
         popstats.describe(y, shift=[1.0])
+    z = pt.matrix("z")
+    other = popstats.bn_statistic(z.mean(0), "other.mean")
+    with pytest.raises(popstats.PopstatsError, match="none of these outputs"):
+        popstats.describe(z - other, shift=measured)
     page = stats.report(tmp_path / "r.html", plots=False, shift=measured)
     text = Path(page).read_text()
     assert "<h2>Estimation shift</h2>" in text and "upstream=&#x27;batch&#x27;" in text
@@ -152,6 +207,9 @@ def test_describe_and_report_show_the_shift(tmp_path):
     assert "Estimation shift" not in text
     with pytest.raises(popstats.PopstatsError, match=r"report\(shift=\.\.\.\)"):
         stats.report(tmp_path / "bad.html", plots=False, shift={"a": 1})
+    single = popstats.estimate([z], z - other, [{"z": data[0]}], progress=False)
+    with pytest.raises(popstats.PopstatsError, match="another graph"):
+        single.report(tmp_path / "bad.html", plots=False, shift=measured)
 
 
 def test_given_statistics_save_and_load_as_given(tmp_path):
@@ -254,3 +312,26 @@ def test_a_variance_computed_from_its_layers_mean_reads_the_batch_mean(in_loop):
                                    rtol=1e-12, atol=1e-14)
     if not in_loop:  # one layer: nothing upstream, the batch pass is the answer
         assert results[1].fixed_point.passes == 2
+
+
+def test_dask_passes_refuse_loaders_that_move_and_take_a_generator(dask_client):
+    pytest.importorskip("distributed")
+    import dask_loaders as loaders
+
+    import popstats.dask
+
+    x, y, _, _ = _mlp()
+    parts = (functools.partial(loaders.table, seed, 3) for seed in (1, 2))
+    stats = popstats.dask.estimate([x], y, parts, client=dask_client, mode=MODE,
+                                   upstream="population", progress=False)
+    here = popstats.estimate([x], y, loaders.table(1, 3) + loaders.table(2, 3),
+                             mode=MODE, upstream="population", progress=False)
+    assert stats.fixed_point.passes == here.fixed_point.passes
+    for name, stat in here.items():
+        np.testing.assert_allclose(stats[name].value, stat.value, rtol=1e-12)
+    moving = [functools.partial(loaders.noisy, seed, 3) for seed in (1, 2)]
+    with pytest.raises(popstats.PopstatsError,
+                       match=r"statistic 'bn0\.\w+', which no other statistic is "
+                             r"upstream of, moved by"):
+        popstats.dask.estimate([x], y, moving, client=dask_client, mode=MODE,
+                               upstream="population", progress=False)

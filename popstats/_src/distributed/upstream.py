@@ -8,7 +8,9 @@ previous pass's values, until the largest relative change is at most
 build (and compile, once per pass and worker) the pass over the inference
 graph themselves. The partitions are loaded again for every pass: a loader
 must give the same batches each time it is called (the fixed point is that
-of one data set; a loader that shuffles moves it).
+of one data set; a loader that shuffles moves it). The workers do not hash
+the batches; a statistic with no statistic upstream that moves between
+passes is refused instead (``check_change``).
 
 Stage: distributed. Members: :func:`fixed_point_groups`.
 """
@@ -16,7 +18,7 @@ Stage: distributed. Members: :func:`fixed_point_groups`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 from popstats._src.distributed.cluster import finalize_groups, plan_pass, run_pass
@@ -25,7 +27,9 @@ from popstats._src.estimation.options import EstimationOptions
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.estimation.upstream import FixedPoint
-from popstats._src.rewrite.fixed_point import check_change, not_converged
+from popstats._src.export.exporter import as_variables
+from popstats._src.rewrite.consistent import inference_export
+from popstats._src.rewrite.fixed_point import check_change, not_converged, quiet
 
 __all__ = ["fixed_point_groups"]
 
@@ -46,6 +50,8 @@ def fixed_point_groups(
         )
     stats, finals = {}, {}
     for key, partitions in groups.items():
+        if isinstance(partitions, Iterator):  # loaded again every pass
+            partitions = list(partitions)
         stats[key], finals[key] = _fixed_point(
             call, inputs, outputs, key, partitions, split_every, options, client,
             progress)
@@ -58,18 +64,23 @@ def _fixed_point(call, inputs, outputs, key, partitions, split_every, options,
         plan = plan_pass(call, inputs, outputs, {key: partitions}, {}, split_every,
                          pass_options, upstream)
         state = run_pass(call, plan, client, progress)[key]
-        return finalize_groups(call, plan.run, {key: state})[key], state
+        with quiet():  # every pass sees the same data: the result warns once
+            return finalize_groups(call, plan.run, {key: state})[key], state, plan
 
     pass_options = dataclasses.replace(options, upstream="batch")
-    stats, _ = one_pass(None)
+    stats, _, _ = one_pass(None)
     pass_options = options
+    independent = inference_export(as_variables(outputs, call), stats, options.time,
+                                   call).independent
     changes: list[float] = []
     worst: list[str] = []
     for k in range(1, options.upstream_passes):
-        new, state = one_pass(stats)
-        if check_change(stats, new, k, changes, worst, call, options):
+        new, state, plan = one_pass(stats)
+        if check_change(stats, new, k, changes, worst, call, options,
+                        independent):
             record = FixedPoint(k + 1, tuple(changes), tuple(worst),
                                 options.upstream_tol)
-            return new.with_fixed_point(record), state
+            final = finalize_groups(call, plan.run, {key: state})[key]
+            return final.with_fixed_point(record), state
         stats = new
     raise not_converged(changes, worst, call, options)

@@ -297,11 +297,22 @@ def _new_side(estimator: est.Estimator) -> est.Estimator:
 
 
 def _moments_side(site, estimator: est.Estimator) -> est.Estimator:
-    """The exact moments of all the data where a count and a pair allow it."""
-    if site.counted and site.group is not None and site.role in ("mean", "var",
-                                                                  "std"):
-        return est.Estimator("pooled")
-    return _new_side(estimator)
+    """The exact moments of all the data (``"pooled"``) for a mean, variance
+    or std; the statistic's own estimator for any other."""
+    if site.role not in ("mean", "var", "std"):
+        return _new_side(estimator)
+    if not site.counted or site.group is None:
+        missing = "count" if not site.counted else "group"
+        raise PopstatsError(
+            f"{CALL}(against='moments'): statistic {site.name!r} (role "
+            f"{site.role!r}) has no {missing}, so the exact moments of its "
+            f"layer's input cannot be computed (they need the elements behind "
+            f"each batch's value, and its pair). Mark it with "
+            f"bn_statistic(..., role={site.role!r}, group='layer', "
+            f"count=h.shape[0]) (popstats.nn's and pytensor-ml's layers do), or "
+            f"compare with its own estimator (against='estimator')."
+        )
+    return est.Estimator("pooled")
 
 
 def _pairs(run: Estimation, compare: str):

@@ -22,6 +22,7 @@ from pytensor.graph.basic import Variable
 
 from popstats._src.drift.drift import drift
 from popstats._src.drift.records import Drift
+from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import PopulationStatistics
 
 __all__ = ["shift"]
@@ -43,7 +44,8 @@ def shift(stats: PopulationStatistics, inputs: Sequence[Variable],
     from ``estimate(..., upstream="population", estimator="pooled")`` have
     a shift of 0 (up to rounding); ``"mean"``'s keep its small-batch
     variance bias. See :doc:`/upstream`; the arguments are
-    :func:`~popstats.drift`'s, and its errors name ``drift``.
+    :func:`~popstats.drift`'s. Means, variances and stds need a ``count``
+    and a ``group`` (the exact moments are computed from them).
 
     Returns
     -------
@@ -78,6 +80,12 @@ def shift(stats: PopulationStatistics, inputs: Sequence[Variable],
     >>> before["bn2"].mean > 1e-3, after["bn2"].mean < 1e-12
     (True, True)
     """
-    return drift(stats, inputs, outputs, batches, eps=eps, mode=mode, match=match,
-                 worst=worst, dtypes=dtypes, accumulate=accumulate,
-                 upstream="population", against="moments", progress=progress)
+    try:
+        return drift(stats, inputs, outputs, batches, eps=eps, mode=mode,
+                     match=match, worst=worst, dtypes=dtypes, accumulate=accumulate,
+                     upstream="population", against="moments", progress=progress)
+    except PopstatsError as exc:  # the same error, naming this call
+        message = str(exc)
+        if not message.startswith("drift("):
+            raise
+        raise PopstatsError("shift(" + message.removeprefix("drift(")) from exc

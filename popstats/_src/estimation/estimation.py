@@ -28,6 +28,8 @@ from pytensor.tensor.sharedvar import TensorSharedVariable
 
 from popstats._src.errors import PopstatsError, check_bool, describe_value
 from popstats._src.estimation import estimators as est
+from popstats._src.estimation import upstream as up
+from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.estimation.accumulate_graph import GraphAccumulator
 from popstats._src.estimation.accumulate_host import HostAccumulator
 from popstats._src.estimation.batches import (
@@ -58,7 +60,6 @@ from popstats._src.estimation.state import (
     parameters_digest,
 )
 from popstats._src.estimation.statistics import PopulationStatistics
-from popstats._src.estimation.upstream import FixedPoint, fixed_point_driver
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.export.sites import EstimationGraph
 from popstats._src.export.time_modes import check_patterns
@@ -167,7 +168,7 @@ class Estimation:
         #: the inputs and outputs it was built from
         self.given = (tuple(inputs), tuple(outs))
         #: with ``upstream="population"``, the passes of the last :meth:`run`
-        self.fixed_point: FixedPoint | None = None
+        self.fixed_point: up.FixedPoint | None = None
         self._final: Estimation | None = None
         #: the options this pass was built with
         self.options = options
@@ -272,12 +273,7 @@ class Estimation:
         copies once per pass instead).
         """
         if self.options.upstream == "population":
-            raise PopstatsError(
-                f"{self._method('update', 'batch')}: this Estimation has "
-                f"upstream='population', whose statistics are a fixed point over "
-                f"all the batches: one batch cannot be added. Call run(batches), "
-                f"or build the Estimation with upstream='batch'."
-            )
+            raise one_batch_error(self._method("update", "batch"))
         state = self.check_state(
             state, self._method("update", "state"),
             "Pass a state made by this Estimation (or one of the same graph and "
@@ -382,7 +378,7 @@ class Estimation:
 
         if self.options.upstream == "population" and self.spec.upstream == "batch":
             # the passes to the fixed point (popstats._src.rewrite.fixed_point)
-            self._final, last, self.fixed_point = fixed_point_driver(self.call)(
+            self._final, last, self.fixed_point = up.fixed_point_driver(self.call)(
                 self, batches, state, on_batch, checkpoint, checkpoint_every,
                 progress)
             return last
@@ -430,7 +426,8 @@ class Estimation:
 
     def merge(self, a: EstimationState, b: EstimationState) -> EstimationState:
         """The state over the batches of ``a`` and ``b`` together (exact)."""
-        fix = "Merge states made by Estimations of the same graph and options."
+        fix = up.fix_for(a, "Merge states made by Estimations of the same graph and "
+                         "options.")
         if self._final is not None and a.spec.upstream != "batch":
             return self._final.merge(a, b)
         self.check_state(a, self._method("merge", "a"), fix)
@@ -444,7 +441,8 @@ class Estimation:
             return self._final.finalize(state).with_fixed_point(self.fixed_point)
         self.check_state(
             state, self._method("finalize", "state"),
-            "Finalize a state made by an Estimation of the same graph.",
+            up.fix_for(state, "Finalize a state made by an Estimation of the same "
+                           "graph."),
         )
         return finalize_state(self.call, self.sites, self.estimators,
                               self.max_steps, state)

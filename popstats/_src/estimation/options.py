@@ -154,6 +154,14 @@ class EstimationOptions:
                 f"passes over the batches upstream='population' may take, the "
                 f"first in batch mode included), got {describe_value(passes)}."
             )
+        stray = [k for k in ("upstream_tol", "upstream_passes") if k in keywords]
+        if stray and given.upstream != "population":
+            raise PopstatsError(
+                f"{call}({stray[0]}=...): applies to upstream='population' only "
+                f"(the passes to a fixed point), but upstream is "
+                f"{given.upstream!r}. Pass upstream='population' too, or leave "
+                f"{stray[0]} out."
+            )
         return dataclasses.replace(given, max_steps=max_steps,
                                    upstream_tol=float(tol),
                                    upstream_passes=int(passes))
@@ -259,7 +267,10 @@ upstream : {"batch", "population"}, default "batch"
     each on the inference graph of the previous pass's values, until the
     values are a fixed point (see :doc:`/upstream`). ``batches`` must then
     be iterable more than once (a list, or a loader whose ``__iter__``
-    starts again), giving the same data every time.
+    starts again), giving the same data every time. With ``checkpoint``,
+    pass k saves to its own file (``run.npz``: ``run.pass0.npz``,
+    ``run.pass1.npz``, ...; kept when done: called again, the finished
+    passes replay from them; delete them all to start afresh).
 upstream_tol : float, default 1e-10
     With ``upstream="population"``: stop when no value changed between two
     passes by more than this, relative to the largest magnitude of its

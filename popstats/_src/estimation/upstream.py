@@ -11,7 +11,8 @@ stage above it.
 
 Stage: estimation. Members: :class:`FixedPoint` (what the passes did,
 carried by the statistics they made and saved with them),
-:func:`register_fixed_point`, :func:`fixed_point_driver`.
+:func:`register_fixed_point`, :func:`fixed_point_driver`, :func:`fix_for`
+(what to do with a state of another pass), :func:`one_batch_error`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from typing import Any
 
 from popstats._src.errors import PopstatsError
 
-__all__ = ["FixedPoint", "fixed_point_driver", "register_fixed_point"]
+__all__ = [
+    "FixedPoint",
+    "fix_for",
+    "fixed_point_driver",
+    "one_batch_error",
+    "register_fixed_point",
+]
 
 
 @dataclass(frozen=True)
@@ -87,3 +94,25 @@ def fixed_point_driver(call: str) -> Callable[..., Any]:
             "`import popstats` loads it."
         )
     return _DRIVER[0]
+
+
+def fix_for(state: object, default: str) -> str:
+    """The fix an error about ``state`` suggests: ``default``, or, for a
+    state of a pass of ``upstream="population"``, where such states belong."""
+    upstream = getattr(getattr(state, "spec", None), "upstream", "batch")
+    if upstream == "batch":
+        return default
+    return ("This state is from a pass of upstream='population' (it holds the "
+            "values of the pass before it upstream): only the Estimation whose "
+            "last run made it finalizes or merges it, and each run replaces its "
+            "passes. Finalize right after the run, and keep the statistics "
+            "(PopulationStatistics.save) rather than the state.")
+
+
+def one_batch_error(where: str) -> PopstatsError:
+    """``Estimation.update`` with ``upstream="population"``: refused."""
+    return PopstatsError(
+        f"{where}: this Estimation has upstream='population', whose statistics "
+        f"are a fixed point over all the batches: one batch cannot be added. "
+        f"Call run(batches), or build the Estimation with upstream='batch'."
+    )

@@ -212,6 +212,13 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step",
     outs = as_variables(outputs, "describe")
     sites = export_checked(outs, "describe", time).sites
     measured = _shift_by_name(shift)
+    if measured and not any(s.name in measured for s in sites):
+        raise PopstatsError(
+            f"describe(shift=...): the measurement holds statistics "
+            f"{sorted(measured)[:6]}, none of these outputs' "
+            f"({[s.name for s in sites][:6]}). Pass popstats.shift(...) of these "
+            f"outputs."
+        )
     return Description(StatisticRecord(s, measured.get(s.name)) for s in sites)
 
 

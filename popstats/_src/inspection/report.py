@@ -140,7 +140,7 @@ def upstream_text(stats: Mapping[str, Statistic]) -> str:
     return f"Upstream layers normalized with: {', '.join(modes)}."
 
 
-def shift_rows(shift: object) -> list[list[object]]:
+def shift_rows(shift: object, stats: Mapping[str, Statistic]) -> list[list[object]]:
     """One row per layer of a :func:`popstats.shift` measurement."""
     records = list(shift.values()) if isinstance(shift, Mapping) else None
     if records is None or not all(hasattr(r, "names") and hasattr(r, "mean")
@@ -149,6 +149,14 @@ def shift_rows(shift: object) -> list[list[object]]:
             f"PopulationStatistics.report(shift=...): expected the result of "
             f"popstats.shift(...) (or popstats.drift(...)), got "
             f"{describe_value(shift)}."
+        )
+    foreign = [n for r in records for n in r.names if n not in stats]
+    if foreign:
+        raise PopstatsError(
+            f"PopulationStatistics.report(shift=...): the measurement holds "
+            f"statistics these statistics do not ({foreign[:6]}): it was made "
+            f"for another graph or other statistics. Pass popstats.shift(stats, "
+            f"...) of these statistics."
         )
     return [[r.name, ", ".join(r.names), r.kind, _fmt(r.mean), _fmt(r.max),
              "-" if r.peak_step is None else r.peak_step] for r in records]
@@ -172,7 +180,7 @@ def render_report(stats: Mapping[str, Statistic], *, title: str = "popstats repo
                   "(popstats.shift; 0: the layer normalizes its inference-time "
                   "input).</p>",
                   html_table(("layer", "statistics", "kind", "mean", "max",
-                              "peak step"), shift_rows(shift))]
+                              "peak step"), shift_rows(shift, stats))]
     parts.append("<h2>Coverage</h2>")
     coverage = _coverage_rows(stats)
     if coverage:

@@ -14,8 +14,8 @@ modes say), and hands the rest of the graph the population value, exactly
 as :func:`~popstats.rewrite` would (``population[min(t, T - 1)]`` in loops).
 Statistics of one ``group`` (one layer) are not upstream of each other: a
 variance computed from its layer's marked mean is exported computed from
-the batch mean, as in training (statistics of one layer must share a group
-for this, as :mod:`popstats.nn`'s and pytensor-ml's do).
+the batch mean, as in training. A statistic that reads another's value
+where either has no group is refused: its layer cannot be told.
 
 The population values sit in shared variables (:class:`InferenceExport`
 holds them by statistic name) so that one compiled function serves every
@@ -33,14 +33,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytensor.tensor as pt
+from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace
+from pytensor.graph.traversal import ancestors, toposort
+from pytensor.scan.op import Scan
+from pytensor.tensor.random.op import RandomVariable
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import ExportLevel, export_with
 from popstats._src.export.sites import EstimationGraph
-from popstats._src.graph.marker import statistic_group
+from popstats._src.graph.marker import statistic_group, statistic_label
 from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId
 from popstats._src.rewrite.matching import Matcher
@@ -59,6 +63,10 @@ class _InferenceLevel(ExportLevel):
         #: per group at this level, each statistic's value in the graph
         #: (its population value) and its batch value
         self.layers: dict[str, dict[Variable, Variable]] = {}
+        #: every statistic's value in the graph at this level: (label, group)
+        self.replaced: dict[Variable, tuple[str, str | None]] = {}
+        #: the labels of this level's statistics that read another's value
+        self.dependent: set[str] = set()
 
     def statistic(self, var: Variable, site: SiteId) -> Variable | None:
         # The batch statistic, on rewritten inputs -- but a statistic of the
@@ -67,11 +75,38 @@ class _InferenceLevel(ExportLevel):
         group = statistic_group(var)
         siblings = self.layers.setdefault(group, {}) if group is not None else {}
         batch = clone_replace(var, replace=siblings) if siblings else var
+        self._check_reads(batch, statistic_label(var), group)
         super().statistic(batch, site)
         replacement = self.rewrite.statistic(var, site)
-        if group is not None and replacement is not None:
-            siblings[replacement] = batch
+        if replacement is not None:
+            self.replaced[replacement] = (statistic_label(var), group)
+            if group is not None:
+                siblings[replacement] = batch
         return replacement
+
+    def _check_reads(self, batch: Variable, label: str, group: str | None) -> None:
+        """Refuse a statistic reading another's value where a group is
+        missing: popstats cannot tell the other's layer (its own: the batch
+        value; one upstream: the population value)."""
+        if not self.replaced:
+            return
+        read = [self.replaced[v] for v in ancestors([batch]) if v in self.replaced]
+        if read:
+            self.dependent.add(label)
+        for other, other_group in read:
+            if group is None or other_group is None:
+                which = ("neither has" if group is None and other_group is None
+                         else "one has no")
+                raise PopstatsError(
+                    f"{self.call}(upstream='population'): statistic {label!r} is "
+                    f"computed from statistic {other!r}, and {which} group, so "
+                    f"popstats cannot tell whether {other!r} is of "
+                    f"{label!r}'s own layer (then read as its batch value, as in "
+                    f"training: a variance from its layer's mean) or of a layer "
+                    f"upstream (then read as its population value). Give the "
+                    f"statistics of each layer one group: bn_statistic(..., "
+                    f"group='layer1') (popstats.nn's and pytensor-ml's layers do)."
+                )
 
     def inner_level(self, path: tuple[LoopStep, ...]) -> _InferenceLevel:
         step = pt.scalar(f"{path[-1].name}_step", dtype="int64")
@@ -99,6 +134,10 @@ class InferenceExport:
 
     graph: EstimationGraph
     values: Mapping[str, Variable]
+    #: the statistics outside loops that read no population value (no
+    #: statistic upstream): every pass over the same data gives them the
+    #: same value, which :mod:`~popstats._src.rewrite.fixed_point` checks
+    independent: frozenset[str] = frozenset()
 
     def hold(self, stats: PopulationStatistics, call: str) -> None:
         """Put the values of ``stats`` into the graph (same statistics)."""
@@ -134,4 +173,31 @@ def inference_export(
     graph = export_with(outputs, call, time,
                         lambda c, t, names: _InferenceLevel(c, t, names, root))
     matcher.check()
-    return InferenceExport(graph, dict(root.values))
+    _check_not_random(graph, call)
+    held = set(root.values.values())
+    independent = frozenset(
+        site.name for site, out in zip(graph.sites, graph.outputs, strict=True)
+        if not site.depth and not held.intersection(ancestors([out])))
+    return InferenceExport(graph, dict(root.values), independent)
+
+
+def _check_not_random(graph: EstimationGraph, call: str) -> None:
+    """Refuse random numbers in the estimation graph (dropout): their fixed
+    point is not defined, and inference usually leaves them out."""
+    def nodes(outputs):
+        for node in toposort(list(outputs)):
+            yield node
+            if isinstance(node.op, Scan | OpFromGraph):
+                yield from nodes(node.op.inner_outputs)
+
+    for node in nodes([*graph.outputs, *(c for c in graph.counts if c is not None)]):
+        if isinstance(node.op, RandomVariable):
+            raise PopstatsError(
+                f"{call}(upstream='population'): the statistics depend on random "
+                f"numbers ({node.op}, dropout or noise?), which change from "
+                f"batch to batch and pass to pass, and which an inference graph "
+                f"leaves out: the fixed point of such a graph is not the one "
+                f"deployed. Estimate on the graph built for inference (without "
+                f"dropout: e.g. pytensor-ml's Model in eval mode, or the outputs "
+                f"built with training=False), or use upstream='batch'."
+            )

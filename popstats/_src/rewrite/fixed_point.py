@@ -37,7 +37,7 @@ checkpoint of another pass is refused.
 
 Stage: rewrite. Members: :func:`run_fixed_point` (the passes);
 :func:`inference_pass`, :func:`largest_change`, :func:`check_change`,
-:func:`not_converged` (shared with
+:func:`not_converged`, :func:`quiet`, :data:`STILL` (shared with
 :mod:`popstats.dask`'s passes); :func:`pass_path`.
 """
 
@@ -61,11 +61,13 @@ from popstats._src.estimation.upstream import FixedPoint, register_fixed_point
 from popstats._src.rewrite.consistent import inference_export
 
 __all__ = [
+    "STILL",
     "check_change",
     "inference_pass",
     "largest_change",
     "not_converged",
     "pass_path",
+    "quiet",
     "run_fixed_point",
 ]
 
@@ -161,7 +163,7 @@ class _SizedPass(_Pass):
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Finalize a pass without its coverage warnings: every pass sees the same
     batches, and the final statistics warn once when they are finalized."""
     was, log.disabled = log.disabled, True
@@ -181,21 +183,21 @@ def run_fixed_point(
     call, options = batch_run.call, batch_run.options
     for name, value in (("state", given), ("on_batch", on_batch)):
         if value is not None:
-            where = (f"Estimation.run({name}=...)" if call == "Estimation"
-                     else f"{call}({name}=...)")
+            where = batch_run._method("run", name)
             raise PopstatsError(
                 f"{where}: not available with upstream='population', whose "
                 f"passes start from nothing and run until their values are a "
                 f"fixed point; leave {name} out (or use upstream='batch')."
             )
-    data = _SameData(batches, call)
+    data = _SameData(batches, batch_run._method("run", "batches")[:-len(
+        "(batches=...)")])
     run_options = {"checkpoint_every": checkpoint_every, "progress": progress}
     # pass 0 is the plain pass of batch_run (its compiled function, its spec)
     first = copy.copy(batch_run)
     first.options = dataclasses.replace(options, upstream="batch")
     state = first.run(data.over(first, 0), checkpoint=pass_path(checkpoint, 0),
                       **run_options)
-    with _quiet():
+    with quiet():
         stats = first.finalize(state)
     inputs, outputs = batch_run.given
     exported = inference_export(outputs, stats, options.time, call)
@@ -207,9 +209,10 @@ def run_fixed_point(
         run = inference_pass(run, inputs, outputs, exported, stats, options, call)
         state = run.run(data.over(run, k), checkpoint=pass_path(checkpoint, k),
                         **run_options)
-        with _quiet():
+        with quiet():
             new = run.finalize(state)
-        if check_change(stats, new, k, changes, worst, call, options):
+        if check_change(stats, new, k, changes, worst, call, options,
+                        exported.independent):
             return run, state, FixedPoint(k + 1, tuple(changes), tuple(worst),
                                           options.upstream_tol)
         stats = new
@@ -234,10 +237,31 @@ def inference_pass(run: Estimation | None, inputs, outputs, exported,
     return run
 
 
+#: how far (relative) a statistic that reads no population value may move
+#: between passes: rounding only (the graphs of passes 0 and 1 differ)
+STILL = 1e-9
+
+
 def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
                  changes: list[float], worst: list[str], call: str,
-                 options) -> bool:
-    """Record pass ``k``'s largest change; whether it is within the tolerance."""
+                 options, independent: frozenset[str] = frozenset()) -> bool:
+    """Record pass ``k``'s largest change; whether it is within the tolerance.
+
+    A statistic of ``independent`` (no statistic upstream) must not move:
+    if it does, the data or the graph changed between passes."""
+    for name in sorted(independent):
+        moved, _ = largest_change(PopulationStatistics((stats[name],)),
+                                  PopulationStatistics((new[name],)))
+        if moved > STILL:
+            raise PopstatsError(
+                f"{call}(batches=...): upstream='population' needs the same data "
+                f"and a deterministic graph in every pass, but statistic "
+                f"{name!r}, which no other statistic is upstream of, moved by "
+                f"{moved:.2g} (relative) from pass {k - 1} to pass {k}: loaders "
+                f"that shuffle or augment, or random numbers in the graph? Give "
+                f"every pass the same batches (seed each loader the same way), "
+                f"or use upstream='batch'."
+            )
     change, name = largest_change(stats, new)
     if not np.isfinite(change):
         raise PopstatsError(
