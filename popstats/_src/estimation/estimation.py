@@ -29,7 +29,6 @@ from pytensor.tensor.sharedvar import TensorSharedVariable
 from popstats._src.errors import PopstatsError, check_bool, describe_value
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import upstream as up
-from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.estimation.accumulate_graph import GraphAccumulator
 from popstats._src.estimation.accumulate_host import HostAccumulator
 from popstats._src.estimation.batches import (
@@ -60,6 +59,7 @@ from popstats._src.estimation.state import (
     parameters_digest,
 )
 from popstats._src.estimation.statistics import PopulationStatistics
+from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.export.sites import EstimationGraph
 from popstats._src.export.time_modes import check_patterns
