@@ -6,7 +6,8 @@ Stage: inspection. :func:`describe` gives a :class:`Description`, one
 :class:`RewriteDescription` (population variables read by
 :func:`~popstats._src.rewrite.bind.population_copies`). :func:`walk_nodes`
 and :func:`leftover_statistics` are shared with
-:mod:`popstats._src.inspection.drawing`; tables are drawn by
+:mod:`popstats._src.inspection.drawing`, :func:`shift_records` with
+:mod:`popstats._src.inspection.report`; tables are drawn by
 :mod:`popstats._src.inspection.tables`.
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "StatisticRecord",
     "describe",
     "describe_rewrite",
+    "shift_records",
     "walk_nodes",
 ]
 
@@ -222,17 +224,24 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step",
     return Description(StatisticRecord(s, measured.get(s.name)) for s in sites)
 
 
-def _shift_by_name(shift: object) -> dict[str, float]:
-    """Statistic name to its layer's mean shift, from a Drift (or None)."""
-    if shift is None:
-        return {}
+def shift_records(shift: object, where: str) -> list:
+    """The records of a :func:`popstats.shift` (or drift) measurement, or a
+    PopstatsError naming ``where`` (``"describe(shift=...)"``)."""
     records = list(shift.values()) if isinstance(shift, Mapping) else None
     if records is None or not all(hasattr(r, "names") and hasattr(r, "mean")
                                   for r in records):
         raise PopstatsError(
-            f"describe(shift=...): expected the result of popstats.shift(...) "
-            f"(or popstats.drift(...)), got {describe_value(shift)}."
+            f"{where}: expected the result of popstats.shift(...) (or "
+            f"popstats.drift(...)), got {describe_value(shift)}."
         )
+    return records
+
+
+def _shift_by_name(shift: object) -> dict[str, float]:
+    """Statistic name to its layer's mean shift, from a Drift (or None)."""
+    if shift is None:
+        return {}
+    records = shift_records(shift, "describe(shift=...)")
     return {name: float(r.mean) for r in records for name in r.names}
 
 

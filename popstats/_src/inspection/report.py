@@ -14,8 +14,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import Statistic
+from popstats._src.inspection.describe import shift_records
 from popstats._src.inspection.tables import (
     escape_text,
     html_table,
@@ -142,14 +143,7 @@ def upstream_text(stats: Mapping[str, Statistic]) -> str:
 
 def shift_rows(shift: object, stats: Mapping[str, Statistic]) -> list[list[object]]:
     """One row per layer of a :func:`popstats.shift` measurement."""
-    records = list(shift.values()) if isinstance(shift, Mapping) else None
-    if records is None or not all(hasattr(r, "names") and hasattr(r, "mean")
-                                  for r in records):
-        raise PopstatsError(
-            f"PopulationStatistics.report(shift=...): expected the result of "
-            f"popstats.shift(...) (or popstats.drift(...)), got "
-            f"{describe_value(shift)}."
-        )
+    records = shift_records(shift, "PopulationStatistics.report(shift=...)")
     foreign = [n for r in records for n in r.names if n not in stats]
     if foreign:
         raise PopstatsError(
