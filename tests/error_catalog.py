@@ -1985,9 +1985,12 @@ def dask_state_with_upstream_population():
 def dask_upstream_data_moved():
     x, y = stacked(layers=2)
 
-    def load():  # runs on a worker: new noise at every call
-        noise = np.random.default_rng().normal(size=(3, 2)) * 1e-6
-        return [{"x": data() + noise}, {"x": data() ** 2}]
+    def load():  # runs on a worker: other noise at every call (counted in a file)
+        with open("calls.txt", "a+") as calls:
+            calls.write("x")
+            calls.seek(0)
+            n = len(calls.read())
+        return [{"x": data() + 1e-6 * n}, {"x": data() ** 2}]
 
     with cluster() as client:
         popstats.dask.estimate([x], y, [load], client=client, upstream="population")
