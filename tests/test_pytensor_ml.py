@@ -313,3 +313,23 @@ def test_draw_rewrite_shows_recognized_statistics_replaced():
     for name in ("cell_bn.mean", "cell_bn.var"):
         (box,) = _boxes(after, f"{name}\n(population)")
         assert "fillcolor=palegreen" in box[1], box
+
+
+def test_an_estimation_pass_through_dropout_warns():
+    """pytensor-ml's Dropout draws its masks from generators that a plain
+    compiled function does not advance: the pass would see one dropped-out
+    network, while prediction drops the layer. popstats says so."""
+    from pytensor_ml.layers import BatchNorm, Dropout, Input, Linear, Sequential
+
+    X = Input("X", shape=(None, 4))
+    with_dropout = Sequential(Linear("fc", n_in=4, n_out=6),
+                              Dropout("drop", p=0.5, random_state=0),
+                              BatchNorm("bn", n_in=6))(X)
+    without = Sequential(Linear("fc2", n_in=4, n_out=6), BatchNorm("bn2", n_in=6))(X)
+    batches = [{"X": np.random.default_rng(i).normal(size=(8, 4))} for i in range(3)]
+    with pytest.warns(popstats.PopstatsWarning, match="pytensor-ml Dropout layers"):
+        popstats.estimate([X], with_dropout, batches, mode="FAST_COMPILE")
+    popstats.estimate([X], without, batches, mode="FAST_COMPILE")  # no warning
+    with pytest.raises(popstats.PopstatsError, match="random numbers"):
+        popstats.estimate([X], with_dropout, batches, mode="FAST_COMPILE",
+                          upstream="population")

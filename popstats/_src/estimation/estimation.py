@@ -63,6 +63,7 @@ from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.export.sites import EstimationGraph
 from popstats._src.export.time_modes import check_patterns
+from popstats._src.graph.pytensor_ml import warn_dropout
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -165,6 +166,7 @@ class Estimation:
         compile_now = check_bool(compile_now, f"{call}(compile_now=...)")
         if graph is None:
             graph = export_checked(outs, call, options.time)
+            warn_dropout(outs, call, options.upstream)
         #: the inputs and outputs it was built from
         self.given = (tuple(inputs), tuple(outs))
         #: with ``upstream="population"``, the passes of the last :meth:`run`

@@ -19,12 +19,14 @@ module, so popstats works without it installed.
 
 Stage: graph (:mod:`popstats._src.graph`). Members: :class:`Application`,
 :func:`collect_applications`, :func:`describe`, :func:`expand`,
-:func:`layer_name`, :func:`matches`.
+:func:`layer_name`, :func:`matches`, :func:`warn_dropout` (an estimation
+pass through pytensor-ml's dropout).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,12 +34,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytensor.tensor as pt
+from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.traversal import toposort
+from pytensor.scan.op import Scan
 
+from popstats._src.errors import PopstatsWarning
 from popstats._src.graph.moments import mark_moments
 
 __all__ = ["Application", "collect_applications", "describe", "expand",
-           "layer_name", "matches"]
+           "layer_name", "matches", "warn_dropout"]
 
 _MODULE = "pytensor_ml.layers.norm"
 _TRACKING = "BatchNormLayer"
@@ -99,6 +105,40 @@ def _kind(op: object) -> str | None:
         if cls.__module__ == _MODULE and cls.__name__ in (_TRACKING, _NO_RUNNING):
             return cls.__name__
     return None
+
+
+def _dropouts(outputs, seen: set) -> Iterator[Apply]:
+    """pytensor-ml's ``DropoutLayer`` applications, in loops and bodies too."""
+    for node in toposort(list(outputs)):
+        cls = type(node.op)
+        if cls.__name__ == "DropoutLayer" and cls.__module__.startswith("pytensor_ml"):
+            yield node
+        inner = getattr(node.op, "inner_outputs", None)
+        if isinstance(node.op, Scan | OpFromGraph) and id(node.op) not in seen:
+            seen.add(id(node.op))
+            yield from _dropouts(inner, seen)
+
+
+def warn_dropout(outputs, call: str, upstream: str = "batch") -> None:
+    """Warn when an estimation pass runs through pytensor-ml's ``Dropout``:
+    its masks come from generators a plain compiled function does not
+    advance (one mask for every batch of a shape), while prediction
+    (``compile_predict``, ``Model.predict``) drops the layer.
+    (``upstream="population"`` refuses random numbers instead.)"""
+    if upstream != "batch":
+        return
+    found = next(_dropouts(outputs, set()), None)
+    if found is None:
+        return
+    warnings.warn(PopstatsWarning(
+        f"{call}: the graph holds pytensor-ml Dropout layers ({found.op}): the "
+        f"estimation pass runs them with their generators as they are (the same "
+        f"mask for every batch of a shape), so each statistic is that of one "
+        f"dropped-out network, while prediction drops the layers. Estimate on "
+        f"the model built again without its Dropout layers (new layer objects: "
+        f"a BatchNorm applied again chains to its first application), with the "
+        f"same weights, as it is predicted."
+    ), stacklevel=4)
 
 
 def matches(op: object) -> bool:
