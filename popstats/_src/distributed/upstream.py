@@ -26,10 +26,9 @@ from popstats._src.errors import PopstatsError
 from popstats._src.estimation.options import EstimationOptions
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
-from popstats._src.estimation.upstream import FixedPoint
 from popstats._src.export.exporter import as_variables
 from popstats._src.rewrite.consistent import inference_export
-from popstats._src.rewrite.fixed_point import check_change, not_converged, quiet
+from popstats._src.rewrite.fixed_point import iterate, quiet
 
 __all__ = ["fixed_point_groups"]
 
@@ -60,27 +59,20 @@ def fixed_point_groups(
 
 def _fixed_point(call, inputs, outputs, key, partitions, split_every, options,
                  client, progress) -> tuple[PopulationStatistics, EstimationState]:
-    def one_pass(upstream: PopulationStatistics | None):
+    plans = []
+
+    def one_pass(upstream: PopulationStatistics | None, k: int = 0):
         plan = plan_pass(call, inputs, outputs, {key: partitions}, {}, split_every,
-                         pass_options, upstream)
+                         options if k else first, upstream)
+        plans[:] = [plan]
         state = run_pass(call, plan, client, progress)[key]
         with quiet():  # every pass sees the same data: the result warns once
-            return finalize_groups(call, plan.run, {key: state})[key], state, plan
+            return finalize_groups(call, plan.run, {key: state})[key], state
 
-    pass_options = dataclasses.replace(options, upstream="batch")
-    stats, _, _ = one_pass(None)
-    pass_options = options
+    first = dataclasses.replace(options, upstream="batch")
+    stats, _ = one_pass(None)
     independent = inference_export(as_variables(outputs, call), stats, options.time,
                                    call).independent
-    changes: list[float] = []
-    worst: list[str] = []
-    for k in range(1, options.upstream_passes):
-        new, state, plan = one_pass(stats)
-        if check_change(stats, new, k, changes, worst, call, options,
-                        independent):
-            record = FixedPoint(k + 1, tuple(changes), tuple(worst),
-                                options.upstream_tol)
-            final = finalize_groups(call, plan.run, {key: state})[key]
-            return final.with_fixed_point(record), state
-        stats = new
-    raise not_converged(changes, worst, call, options)
+    state, record = iterate(stats, one_pass, call, options, independent)
+    final = finalize_groups(call, plans[0].run, {key: state})[key]  # warns once
+    return final.with_fixed_point(record), state

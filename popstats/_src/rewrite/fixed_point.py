@@ -36,6 +36,7 @@ records the population values it ran with (in its parameters' digest), so a
 checkpoint of another pass is refused.
 
 Stage: rewrite. Members: :func:`run_fixed_point` (the passes);
+:func:`iterate` (the loop of passes, given how to run one),
 :func:`inference_pass`, :func:`largest_change`, :func:`check_change`,
 :func:`not_converged`, :func:`quiet`, :data:`STILL` (shared with
 :mod:`popstats.dask`'s passes); :func:`pass_path`.
@@ -64,6 +65,7 @@ __all__ = [
     "STILL",
     "check_change",
     "inference_pass",
+    "iterate",
     "largest_change",
     "not_converged",
     "pass_path",
@@ -82,22 +84,28 @@ def pass_path(checkpoint: str | os.PathLike | None, k: int) -> str | None:
     return f"{root}.pass{k}{ext}"
 
 
+def _relative(old: np.ndarray, new: np.ndarray) -> float:
+    """How far ``new`` moved from ``old``, relative to ``old``'s largest
+    magnitude (inf for a non-finite value: NaN compares False)."""
+    a, b = np.asarray(old), np.asarray(new)
+    if a.shape != b.shape or not np.isfinite(b).all():
+        return float("inf")  # shapes differ only if the data did
+    if not a.size:
+        return 0.0
+    scale, change = float(np.max(np.abs(a))), float(np.max(np.abs(b - a)))
+    return change / scale if scale > 0 else change
+
+
 def largest_change(old: PopulationStatistics,
                    new: PopulationStatistics) -> tuple[float, str]:
     """The largest relative change of any value, and its statistic."""
     worst, where = 0.0, next(iter(new))
     for name, stat in new.items():
-        a = np.asarray(old[name].value)
-        b = np.asarray(stat.value)
-        if a.shape != b.shape:  # pragma: no cover - the same data each pass
-            return float("inf"), name
-        if not np.isfinite(b).all():  # NaN compares False: never the largest
-            return float("inf"), name
-        scale = float(np.max(np.abs(a))) if a.size else 0.0
-        change = float(np.max(np.abs(b - a))) if a.size else 0.0
-        relative = change / scale if scale > 0 else change
-        if relative > worst:
+        relative = _relative(old[name].value, stat.value)
+        if not relative <= worst:  # the first inf is kept
             worst, where = relative, name
+            if relative == float("inf"):
+                break
     return worst, where
 
 
@@ -201,20 +209,34 @@ def run_fixed_point(
         stats = first.finalize(state)
     inputs, outputs = batch_run.given
     exported = inference_export(outputs, stats, options.time, call)
-    run: Estimation | None = None
+    runs: list[Estimation] = []  # one, compiled once, for every pass
+
+    def one_pass(upstream: PopulationStatistics, k: int):
+        exported.hold(upstream, call)
+        runs[:] = [inference_pass(runs[0] if runs else None, inputs, outputs,
+                                  exported, upstream, options, call)]
+        state = runs[0].run(data.over(runs[0], k),
+                            checkpoint=pass_path(checkpoint, k), **run_options)
+        with quiet():
+            return runs[0].finalize(state), state
+
+    state, record = iterate(stats, one_pass, call, options, exported.independent)
+    return runs[0], state, record
+
+
+def iterate(stats: PopulationStatistics, one_pass, call: str, options,
+            independent: frozenset[str]) -> tuple[EstimationState, FixedPoint]:
+    """Passes 1, 2, ... from pass 0's ``stats`` until the fixed point:
+    ``one_pass(upstream, k)`` runs pass ``k`` on the inference graph holding
+    ``upstream`` and gives its statistics and state. Returns the last
+    pass's state and the record of the passes."""
     changes: list[float] = []
     worst: list[str] = []
     for k in range(1, options.upstream_passes):
-        exported.hold(stats, call)
-        run = inference_pass(run, inputs, outputs, exported, stats, options, call)
-        state = run.run(data.over(run, k), checkpoint=pass_path(checkpoint, k),
-                        **run_options)
-        with quiet():
-            new = run.finalize(state)
-        if check_change(stats, new, k, changes, worst, call, options,
-                        exported.independent):
-            return run, state, FixedPoint(k + 1, tuple(changes), tuple(worst),
-                                          options.upstream_tol)
+        new, state = one_pass(stats, k)
+        if check_change(stats, new, k, changes, worst, call, options, independent):
+            return state, FixedPoint(k + 1, tuple(changes), tuple(worst),
+                                     options.upstream_tol)
         stats = new
     raise not_converged(changes, worst, call, options)
 
@@ -250,8 +272,7 @@ def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
     A statistic of ``independent`` (no statistic upstream) must not move:
     if it does, the data or the graph changed between passes."""
     for name in sorted(independent):
-        moved, _ = largest_change(PopulationStatistics((stats[name],)),
-                                  PopulationStatistics((new[name],)))
+        moved = _relative(stats[name].value, new[name].value)
         if moved > STILL:
             raise PopstatsError(
                 f"{call}(batches=...): upstream='population' needs the same data "
