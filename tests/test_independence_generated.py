@@ -9,8 +9,8 @@ batch at inference, and ``rewrite`` must name an operation mixing examples.
 Population values are zeros (``fake_statistics``): nothing is compiled.
 Models with a single label have nothing left to rewrite once it is unmarked
 (``export`` refuses a graph without statistics); they check the first half
-only. ``POPSTATS_GENERATED_EXAMPLES`` sets the number of models, as for
-``test_generated.py`` (default 100).
+only. The number of models is ``test_generated.py``'s (30; 1,000 under
+``POPSTATS_LONG=1``).
 """
 
 from __future__ import annotations

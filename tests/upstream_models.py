@@ -22,6 +22,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from reference import EPS
+from shared import Interrupted
 
 import popstats
 
@@ -284,7 +285,3 @@ class SizedLoader(Loader):
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-class Interrupted(Exception):
-    pass
