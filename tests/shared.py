@@ -75,6 +75,17 @@ def mark(var: Any, label: str, role: str | None = None, group: str | None = None
     return popstats.bn_statistic(var, label, role=role, group=group, count=count)
 
 
+def bn_pair(a: Any, group: str, axis: int = 0, eps: float = 1e-3,
+            counted: bool = True) -> Any:
+    """A batch norm of ``a`` over ``axis`` with a marked (mean, var) pair
+    ``{group}.mean``, ``{group}.var`` (counted by ``a``'s size along ``axis``
+    unless not ``counted``): ``(a - mean) / sqrt(var + eps)``."""
+    n = a.shape[axis] if counted else None
+    mean = mark(a.mean(axis), f"{group}.mean", "mean", group, n)
+    var = mark(a.var(axis), f"{group}.var", "var", group, n)
+    return (a - mean) / pt.sqrt(var + eps)
+
+
 def pair_loop(label: str = "bn", outer: str | None = None, dtype: str = "float64",
               count_dtype: str | None = None, eps: float = 1e-3) -> tuple[list, Any]:
     """A loop over x (time, batch, feature) with a (mean, var) pair per step.

@@ -29,9 +29,9 @@ distributed = pytest.importorskip("distributed")
 
 import dask_loaders as loaders  # noqa: E402
 import pass_models  # noqa: E402
-from conftest import MODE  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from shared import MODE  # noqa: E402
 
 import popstats  # noqa: E402
 import popstats.dask  # noqa: E402
