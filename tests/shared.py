@@ -9,10 +9,12 @@ comparison of two estimation states, and the size of the property tests.
 1,000 generated models (``test_generated.py``, ``test_independence_generated.py``),
 400 runs of the pass machine with 50 kill scenarios (``test_pass_machine.py``),
 the float32 device accumulation over 10,000 batches and every estimator and
-time mode on the device (``test_device_pass.py``), and graph accumulation
-against host accumulation for every estimator in every backend
-(``test_backends.py``). The default run proves every one of these
-properties in a smaller form (:func:`sized`).
+time mode on the device (``test_device_pass.py``), 12 estimator and time
+mode combinations on a Dask cluster (``test_dask.py``), and graph accumulation
+against host accumulation for every estimator in PyTensor's default (Numba)
+and C (CVM) modes too (``test_accumulate_graph.py``). The default run
+proves every one of these properties in a smaller form (:func:`sized`,
+:func:`chosen`); tests marked ``slow`` run only under the switch.
 
 >>> sized(3, 30) in (3, 30)
 True
