@@ -64,7 +64,7 @@ class GraphPayload:
         Digest of ``data``: the key of the workers' cache.
     data : bytes
         ``pickle`` (cloudpickle) of ``(inputs, outputs, options, call,
-        upstream)`` (``upstream``: None, or the values a pass of
+        upstream)`` (``upstream``: None, or the values a round of
         ``upstream="population"`` holds upstream),
         ``options`` an
         :class:`~popstats._src.estimation.options.EstimationOptions`
@@ -128,7 +128,7 @@ def _entry(token: str) -> _Entry:
 def build_pass(inputs: Any, outputs: Any, options: Any, call: str,
                upstream: Any, compile_now: bool) -> Estimation:
     """The pass of a payload's contents: over the training graph, or, with
-    ``upstream`` values, over the inference graph holding them (a pass of
+    ``upstream`` values, over the inference graph holding them (a round of
     ``upstream="population"``, :mod:`popstats._src.upstream.fixed_point`)."""
     if upstream is None:
         if options.upstream != "batch":
