@@ -1,8 +1,8 @@
 """Stage 3, estimation: the estimation graph run over batches.
 
-- :mod:`~popstats._src.estimation.estimation` -- :class:`Estimation`, the
+- :mod:`~popstats._src.estimation.pass_object` -- :class:`Estimation`, the
   pass (``init`` / ``update`` / ``merge`` / ``finalize``, ``run``);
-- :mod:`~popstats._src.estimation.api` -- :func:`estimate`, the one call;
+- :mod:`~popstats._src.estimation.one_call` -- :func:`estimate`, the one call;
 - :mod:`~popstats._src.estimation.estimators` -- :class:`Estimator` and the
   estimators' host (NumPy) states;
 - :mod:`~popstats._src.estimation.formulas` -- the estimators' formulas
@@ -29,9 +29,9 @@ Re-exported: :obj:`Estimation`, :obj:`EstimationState`, :obj:`Estimator`,
 :obj:`load_state`.
 """
 
-from popstats._src.estimation.api import estimate
-from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.estimators import Estimator
+from popstats._src.estimation.one_call import estimate
+from popstats._src.estimation.pass_object import Estimation
 from popstats._src.estimation.state import EstimationState, load_state
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic, load
 
