@@ -76,7 +76,11 @@ def check_cells(xp: Any, value: Any, count: Any, reached: Any,
 
 def passed(checks: BatchChecks) -> Any:
     """Whether every check passed (a boolean of the checks' namespace)."""
-    return checks.finite & checks.counts & checks.enough
+    ok = checks.finite
+    for check in (checks.counts, checks.enough):
+        if check is not True:  # PyTensor takes no Python bool as an operand
+            ok = ok & check
+    return ok
 
 
 def raise_failed(checks: BatchChecks, call: str, site: Site,

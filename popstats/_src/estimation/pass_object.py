@@ -154,8 +154,9 @@ class Estimation:
     """
 
     #: what :meth:`run` hands its passes to with ``upstream="population"``
-    #: (a :class:`PassDriver`); ``popstats/__init__.py`` sets it to the fixed
-    #: point's passes, :class:`~popstats._src.rewrite.fixed_point.FixedPointDriver`
+    #: (a :class:`~popstats._src.estimation.pass_object.PassDriver`);
+    #: ``popstats/__init__.py`` sets it to the fixed point's passes
+    #: (:class:`~popstats._src.rewrite.fixed_point.FixedPointDriver`)
     driver: ClassVar[PassDriver] = up.NO_DRIVER
 
     def __init__(
