@@ -88,7 +88,7 @@ class HostEngine:
     accumulate = "host"
 
     def __init__(self, inputs: Sequence[Variable], outputs: Sequence[Variable],
-                 mode: object, function: Callable[..., Any] | None = None) -> None:
+                 mode: Any, function: Callable[..., Any] | None = None) -> None:
         self.inputs, self.outputs, self.mode = list(inputs), list(outputs), mode
         self.function = function
 
@@ -156,7 +156,7 @@ class DeviceEngine:
     (:class:`~popstats._src.estimation.device_function.DeviceFunction`)."""
 
     def __init__(self, inputs: Sequence[Variable], outputs: Sequence[Variable],
-                 mode: object, accumulate: str, sites: Sequence[Site],
+                 mode: Any, accumulate: str, sites: Sequence[Site],
                  estimators: Sequence[est.Estimator],
                  partners: Sequence[int | None], max_steps: int | None,
                  slots: Sequence[tuple[int | None, ...]]) -> None:
@@ -199,7 +199,7 @@ class DeviceEngine:
         return cast(DeviceFunction, self.device)
 
 
-def choose_engine(inputs: Sequence[Variable], trios: Trios, mode: object,
+def choose_engine(inputs: Sequence[Variable], trios: Trios, mode: Any,
                   accumulate: str, sites: Sequence[Site],
                   estimators: Sequence[est.Estimator],
                   partners: Sequence[int | None], max_steps: int | None,
