@@ -250,7 +250,7 @@ def popstats_pass(model: Model, stats, mode, **options):
     its value in ``stats``), built as the passes build it."""
     from popstats._src.estimation.options import EstimationOptions
     from popstats._src.estimation.plan import EstimationPlan
-    from popstats._src.rewrite.consistent import inference_export
+    from popstats._src.upstream.inference_export import inference_export
 
     opts = EstimationOptions.check("estimate", {"mode": mode, **options})
     exported = inference_export(model.outputs, stats, opts.time, "estimate")

@@ -22,7 +22,7 @@ With ``upstream="population"``, :meth:`Estimation.run` hands its passes to
 a :class:`PassDriver`, the class attribute :attr:`Estimation.driver`:
 estimation never imports the stage that runs them, and
 ``popstats/__init__.py`` is the one place that sets it (to
-:class:`~popstats._src.rewrite.fixed_point.FixedPointDriver`). A driver
+:class:`~popstats._src.upstream.fixed_point.FixedPointDriver`). A driver
 uses only public members: :attr:`~Estimation.call`,
 :attr:`~Estimation.options`, :attr:`~Estimation.given`,
 :meth:`~Estimation.where`, :meth:`~Estimation.batch_digest`,
@@ -156,7 +156,7 @@ class Estimation:
     #: what :meth:`run` hands its passes to with ``upstream="population"``
     #: (a :class:`~popstats._src.estimation.pass_object.PassDriver`);
     #: ``popstats/__init__.py`` sets it to the fixed point's passes
-    #: (:class:`~popstats._src.rewrite.fixed_point.FixedPointDriver`)
+    #: (:class:`~popstats._src.upstream.fixed_point.FixedPointDriver`)
     driver: ClassVar[PassDriver] = up.NO_DRIVER
 
     def __init__(

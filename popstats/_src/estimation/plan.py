@@ -41,7 +41,7 @@ class EstimationPlan:
         As for :class:`~popstats.Estimation`.
     graph : EstimationGraph or None
         The estimation graph to run, made by a later stage (the inference
-        graph's, :mod:`popstats._src.rewrite.consistent`); None: exported
+        graph's, :mod:`popstats._src.upstream.inference_export`); None: exported
         from ``outputs``.
     upstream : str
         The ``upstream`` of the pass's

@@ -2,9 +2,9 @@
 
 With ``upstream="population"`` each statistic is estimated on the inference
 graph: the batch norms upstream of it normalize with population values.
-Building that graph is the rewrite stage's job
-(:mod:`popstats._src.rewrite.consistent`), and so is the loop of passes
-that reaches the fixed point (:mod:`popstats._src.rewrite.fixed_point`):
+Building that graph is the job of the upstream stage
+(:mod:`popstats._src.upstream.inference_export`), and so is the loop of
+passes that reaches the fixed point (:mod:`popstats._src.upstream.fixed_point`):
 :meth:`~popstats.Estimation.run` hands them to its
 :attr:`~popstats.Estimation.driver`, a
 :class:`~popstats._src.estimation.pass_object.PassDriver` that
