@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from shared import MODE, bn_pair, fails, scan
 
 import popstats
-from popstats._src.drift.drift import jeffreys
+from popstats._src.drift.comparison import jeffreys
 
 EPS = 1e-5
 
