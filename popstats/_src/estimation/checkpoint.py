@@ -22,9 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_int
 from popstats._src.estimation.persistence import check_target, remove_stale_temporaries
 from popstats._src.estimation.state import (
     Checkpoint,
@@ -41,13 +39,7 @@ log = logging.getLogger("popstats")
 
 def check_every(every: object, where: str) -> int:
     """``checkpoint_every`` if it is a positive int, else a PopstatsError."""
-    if (isinstance(every, bool | np.bool_) or not isinstance(every, int | np.integer)
-            or every < 1):
-        raise PopstatsError(
-            f"{where}: expected a positive int (save every so many batches), got "
-            f"{describe_value(every)}."
-        )
-    return int(every)
+    return check_int(every, where, what="save every so many batches")
 
 
 @dataclass
