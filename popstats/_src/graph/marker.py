@@ -26,6 +26,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply, Variable
@@ -201,7 +202,7 @@ def bn_statistic(
 
 
 def _check_count(count: Any) -> Variable:
-    if isinstance(count, bool) or as_number(count) is not None:
+    if isinstance(count, bool | np.bool_) or as_number(count) is not None:
         check_number(count, "bn_statistic(count=...)", minimum=0, above=True,
                              what="the number of elements reduced over")
     try:
