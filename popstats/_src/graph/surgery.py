@@ -20,8 +20,7 @@ mit_sot, sit_sot, nit_sot, untraced; rebuilding with the original options
 and no additions gives an op equal to the original.
 
 Stage: graph (:mod:`popstats._src.graph`). Members: :class:`ScanEdit`,
-:func:`inner_graph_nodes`, :func:`inner_outputs`, :func:`is_gradient_scan`,
-:func:`walk_nodes`.
+:func:`inner_outputs`, :func:`is_gradient_scan`, :func:`walk_nodes`.
 """
 
 from __future__ import annotations
@@ -35,8 +34,7 @@ from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 from pytensor.scan.utils import ScanArgs
 
-__all__ = ["ScanEdit", "inner_graph_nodes", "inner_outputs", "is_gradient_scan",
-           "walk_nodes"]
+__all__ = ["ScanEdit", "inner_outputs", "is_gradient_scan", "walk_nodes"]
 
 
 def inner_outputs(op: object) -> list[Variable]:
@@ -84,11 +82,6 @@ def is_gradient_scan(op: Scan) -> bool:
     """
     name = op.name or ""
     return op.info.n_mit_mot > 0 or name.startswith(("grad_of_", "rop_of_"))
-
-
-def inner_graph_nodes(op: Scan) -> Sequence[Apply]:
-    """The apply nodes of a Scan's inner graph (frozen or not), unordered."""
-    return tuple(op.fgraph.apply_nodes)
 
 
 class ScanEdit:
