@@ -14,6 +14,8 @@ Stage: base (below every stage folder). Members: :class:`PopstatsError`,
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import numpy as np
 
 __all__ = ["PopstatsError", "PopstatsWarning", "as_int", "as_number", "check_bool",
@@ -88,6 +90,16 @@ def as_number(value: object) -> float | None:
 
 def _detail(what: str, fix: str) -> tuple[str, str]:
     return (f" ({what})" if what else ""), (f" {fix}" if fix else "")
+
+
+@overload
+def check_int(value: object, where: str, *, minimum: int = 1,
+              none: Literal[False] = False, what: str = "", fix: str = "") -> int: ...
+
+
+@overload
+def check_int(value: object, where: str, *, minimum: int = 1, none: Literal[True],
+              what: str = "", fix: str = "") -> int | None: ...
 
 
 def check_int(value: object, where: str, *, minimum: int = 1, none: bool = False,

@@ -106,28 +106,26 @@ def bn_params(shape: Any, label: str = "bn", dtype: str | None = None) -> tuple:
     return gamma, beta
 
 
-def _check_axes(axes: object, ndim: int) -> tuple[int, ...]:
-    items = (axes,) if as_int(axes) is not None else axes
+def _check_axes(axes: Any, ndim: int) -> tuple[int, ...]:
+    given = (axes,) if as_int(axes) is not None else axes
     try:
-        items = tuple(items)
-    except TypeError:
-        items = None
+        items = [as_int(a) for a in given]
+    except TypeError:  # not iterable
+        items = []
     fix = f"Pass an int or a tuple of distinct ints in [-{ndim}, {ndim})"
-    if (
-        not items
-        or any(as_int(a) is None for a in items)
-    ):
+    ints = [a for a in items if a is not None]
+    if not items or len(ints) < len(items):
         raise PopstatsError(
             f"batch_norm(axes=...): expected an int or a non-empty tuple of ints, "
             f"got {describe_value(axes)}. {fix}, e.g. axes=0 (feed-forward) or "
             f"axes=(0, 2, 3) (NCHW)."
         )
-    if any(not -ndim <= a < ndim for a in items):
+    if any(not -ndim <= a < ndim for a in ints):
         raise PopstatsError(
             f"batch_norm(axes=...): axis out of range for a {ndim}-d x: "
             f"{describe_value(axes)}. {fix}."
         )
-    norm = tuple(sorted(int(a) % ndim for a in items))
+    norm = tuple(sorted(a % ndim for a in ints))
     if len(set(norm)) != len(norm):
         raise PopstatsError(
             f"batch_norm(axes=...): duplicated axes {describe_value(axes)}. {fix}."
