@@ -1,41 +1,43 @@
-"""The passes of ``upstream="population"``: estimate until the values are a fixed point.
+"""The rounds of ``upstream="population"``: estimate until the values are a fixed point.
 
 Wanted: values P such that, over the estimation data, every statistic of
 the graph rewritten with P equals its own value in P -- each layer
-normalizes its inference-time input. The passes iterate ``P_k =
+normalizes its inference-time input. The rounds iterate ``P_k =
 E(inference graph of P_{k-1})`` (Jacobi iteration), starting from ``P_0``,
-today's estimate on the training graph:
+today's estimate on the training graph. A round is one estimation pass
+over the batches; the public option ``upstream_passes`` and
+``FixedPoint.passes`` count rounds.
 
-* a statistic whose upstream holds no statistic is exact after pass 0; one
-  whose upstream statistics are exact after pass k is exact after pass k+1.
+* a statistic whose upstream holds no statistic is exact after round 0; one
+  whose upstream statistics are exact after round k is exact after round k+1.
   A feed-forward graph whose statistics lie at most d deep (d statistics on
-  the longest path to one) is therefore exact after pass d, and pass d+1
-  changes nothing: the change is 0 and the passes stop (d + 2 passes);
+  the longest path to one) is therefore exact after round d, and round d+1
+  changes nothing: the change is 0 and the rounds stop (d + 2 rounds);
 * inside a loop, a per-step statistic of step t reads the earlier steps'
   values through the recurrence: step t is exact after at most about t
-  passes, and in practice the change falls geometrically long before;
+  rounds, and in practice the change falls geometrically long before;
 * a statistic pooled over time (``time="pooled"``) reads its own value at
-  earlier steps: there is no finite number of passes, the change falls
+  earlier steps: there is no finite number of rounds, the change falls
   geometrically.
 
-The passes stop when the largest change of any value (relative to the
+The rounds stop when the largest change of any value (relative to the
 largest magnitude of its statistic) is at most ``upstream_tol``, and fail
 with a clear error after ``upstream_passes``. One mechanism covers every
 model kind popstats rewrites (loops, nested loops, time pooling, every
-estimator): each pass is an ordinary estimation pass, over the graph of
-:func:`~popstats._src.rewrite.consistent.inference_export`, compiled once;
-its population values are shared variables set before each pass.
+estimator): each round is an ordinary estimation pass, over the graph of
+:func:`~popstats._src.upstream.inference_export.inference_export`, compiled once;
+its population values are shared variables set before each round.
 
-Every pass must see the same data (the fixed point is that of a data set):
-the batches are hashed in the first pass and each later pass is checked
-against it. With ``checkpoint``, pass k checkpoints to its own file
+Every round must see the same data (the fixed point is that of a data set):
+the batches are hashed in round 0 and each later round is checked
+against it. With ``checkpoint``, round k checkpoints to its own file
 (``run.npz`` -> ``run.pass0.npz``, ``run.pass1.npz``, ...); calling again as
-first called replays the finished passes from their files (their data is
-checked, not computed) and resumes the interrupted one. A pass's checkpoint
+first called replays the finished rounds from their files (their data is
+checked, not computed) and resumes the interrupted one. A round's checkpoint
 records the population values it ran with (in its parameters' digest), so a
-checkpoint of another pass is refused.
+checkpoint of another round is refused.
 
-Stage: rewrite. Members: :func:`run_fixed_point` (the passes);
+Stage: upstream. Members: :func:`run_fixed_point` (the passes);
 :func:`iterate` (the loop of passes, given how to run one),
 :func:`inference_pass`, :func:`largest_change`, :func:`check_change`,
 :func:`not_converged`, :func:`quiet`, :data:`STILL` (shared with
@@ -59,7 +61,7 @@ from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.estimation.upstream import FixedPoint, register_fixed_point
-from popstats._src.rewrite.consistent import inference_export
+from popstats._src.upstream.inference_export import inference_export
 
 __all__ = [
     "STILL",
@@ -77,7 +79,7 @@ log = logging.getLogger("popstats")
 
 
 def pass_path(checkpoint: str | os.PathLike | None, k: int) -> str | None:
-    """Pass ``k``'s checkpoint file: ``run.npz`` -> ``run.pass<k>.npz``."""
+    """Round ``k``'s checkpoint file: ``run.npz`` -> ``run.pass<k>.npz``."""
     if checkpoint is None:
         return None
     root, ext = os.path.splitext(os.fspath(checkpoint))
@@ -110,8 +112,8 @@ def largest_change(old: PopulationStatistics,
 
 
 class _SameData:
-    """The batches, hashed as they pass: the first pass records, the others
-    must match (a loader that shuffles or augments would move the target)."""
+    """The batches, hashed as they pass: round 0 records, the others must
+    match (a loader that shuffles or augments would move the target)."""
 
     def __init__(self, batches: Iterable[Any], call: str):
         # not iter(batches) is batches: starting a loader's epoch costs (a
@@ -186,8 +188,8 @@ def run_fixed_point(
     checkpoint: str | os.PathLike | None, checkpoint_every: int,
     progress: bool | str,
 ) -> tuple[Estimation, EstimationState, FixedPoint]:
-    """The passes of ``batch_run.run`` (see the module's text); returns the
-    last pass, its state and the record of the passes."""
+    """The rounds of ``batch_run.run`` (see the module's text); returns the
+    last round's pass, its state and the record of the rounds."""
     call, options = batch_run.call, batch_run.options
     for name, value in (("state", given), ("on_batch", on_batch)):
         if value is not None:
@@ -209,9 +211,9 @@ def run_fixed_point(
         stats = first.finalize(state)
     inputs, outputs = batch_run.given
     exported = inference_export(outputs, stats, options.time, call)
-    runs: list[Estimation] = []  # one, compiled once, for every pass
+    runs: list[Estimation] = []  # one, compiled once, for every round
 
-    def one_pass(upstream: PopulationStatistics, k: int):
+    def one_round(upstream: PopulationStatistics, k: int):
         exported.hold(upstream, call)
         runs[:] = [inference_pass(runs[0] if runs else None, inputs, outputs,
                                   exported, upstream, options, call)]
@@ -220,20 +222,20 @@ def run_fixed_point(
         with quiet():
             return runs[0].finalize(state), state
 
-    state, record = iterate(stats, one_pass, call, options, exported.independent)
+    state, record = iterate(stats, one_round, call, options, exported.independent)
     return runs[0], state, record
 
 
-def iterate(stats: PopulationStatistics, one_pass, call: str, options,
+def iterate(stats: PopulationStatistics, one_round, call: str, options,
             independent: frozenset[str]) -> tuple[EstimationState, FixedPoint]:
-    """Passes 1, 2, ... from pass 0's ``stats`` until the fixed point:
-    ``one_pass(upstream, k)`` runs pass ``k`` on the inference graph holding
-    ``upstream`` and gives its statistics and state. Returns the last
-    pass's state and the record of the passes."""
+    """Rounds 1, 2, ... from round 0's ``stats`` until the fixed point:
+    ``one_round(upstream, k)`` runs round ``k``'s pass on the inference graph
+    holding ``upstream`` and gives its statistics and state. Returns the last
+    round's state and the record of the rounds."""
     changes: list[float] = []
     worst: list[str] = []
     for k in range(1, options.upstream_passes):
-        new, state = one_pass(stats, k)
+        new, state = one_round(stats, k)
         if check_change(stats, new, k, changes, worst, call, options, independent):
             return state, FixedPoint(k + 1, tuple(changes), tuple(worst),
                                      options.upstream_tol)
@@ -260,17 +262,17 @@ def inference_pass(run: Estimation | None, inputs, outputs, exported,
 
 
 #: how far (relative) a statistic that reads no population value may move
-#: between passes: rounding only (the graphs of passes 0 and 1 differ)
+#: between rounds: rounding only (the graphs of rounds 0 and 1 differ)
 STILL = 1e-9
 
 
 def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
                  changes: list[float], worst: list[str], call: str,
                  options, independent: frozenset[str] = frozenset()) -> bool:
-    """Record pass ``k``'s largest change; whether it is within the tolerance.
+    """Record round ``k``'s largest change; whether it is within the tolerance.
 
     A statistic of ``independent`` (no statistic upstream) must not move:
-    if it does, the data or the graph changed between passes."""
+    if it does, the data or the graph changed between rounds."""
     for name in sorted(independent):
         moved = _relative(stats[name].value, new[name].value)
         if moved > STILL:
@@ -300,7 +302,7 @@ def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
 
 def not_converged(changes: list[float], worst: list[str], call: str,
                   options) -> PopstatsError:
-    """The error of passes that did not reach the fixed point."""
+    """The error of rounds that did not reach the fixed point."""
     shown = ", ".join(f"{c:.2g}" for c in changes[-5:])
     return PopstatsError(
         f"{call}(upstream_passes=...): upstream='population' did not reach a "
