@@ -32,7 +32,7 @@ from popstats._src.errors import (
     check_number,
     describe_value,
 )
-from popstats._src.estimation.checkpoint import check_every
+from popstats._src.estimation.state import check_every
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.inspection.drawing import _check_limit
 from popstats._src.inspection.plots import _check_units

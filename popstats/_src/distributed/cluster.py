@@ -48,8 +48,8 @@ from popstats._src.distributed.tasks import (
     run_partition,
 )
 from popstats._src.errors import PopstatsError, check_int, describe_value
-from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.options import EstimationOptions
+from popstats._src.estimation.pass_object import Estimation
 from popstats._src.estimation.progress import check_progress, progress_bar
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics

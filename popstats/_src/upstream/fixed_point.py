@@ -37,7 +37,9 @@ checked, not computed) and resumes the interrupted one. A round's checkpoint
 records the population values it ran with (in its parameters' digest), so a
 checkpoint of another round is refused.
 
-Stage: upstream. Members: :func:`run_fixed_point` (the passes);
+Stage: upstream. Members: :class:`FixedPointDriver` (what
+:meth:`popstats.Estimation.run` hands the passes to), :func:`run_fixed_point`
+(the passes);
 :func:`iterate` (the loop of passes, given how to run one),
 :func:`inference_pass`, :func:`largest_change`, :func:`check_change`,
 :func:`not_converged`, :func:`quiet`, :data:`STILL` (shared with
@@ -47,7 +49,6 @@ Stage: upstream. Members: :func:`run_fixed_point` (the passes);
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import os
@@ -57,14 +58,17 @@ from typing import Any
 import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimation.estimation import Estimation
+from popstats._src.estimation.combine import without_coverage_warnings
+from popstats._src.estimation.pass_object import DrivenRun, Estimation
+from popstats._src.estimation.plan import EstimationPlan
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
-from popstats._src.estimation.upstream import FixedPoint, register_fixed_point
+from popstats._src.estimation.upstream import FixedPoint
 from popstats._src.upstream.inference_export import inference_export
 
 __all__ = [
     "STILL",
+    "FixedPointDriver",
     "check_change",
     "inference_pass",
     "iterate",
@@ -144,7 +148,7 @@ class _Pass:
         data, first = self.data, self.data.digests is None
         seen: list[bytes] = []
         for i, batch in enumerate(data.batches):
-            digest = self.run._batch_digest(batch, i)
+            digest = self.run.batch_digest(batch, i)
             if not first and i >= len(data.digests):
                 raise self._moved(f"it gave more than the {len(data.digests)} "
                                   f"batches of pass 0")
@@ -174,13 +178,24 @@ class _SizedPass(_Pass):
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Finalize a pass without its coverage warnings: every pass sees the same
-    batches, and the final statistics warn once when they are finalized."""
-    was, log.disabled = log.disabled, True
-    try:
+    """Finalize a pass without its coverage warnings (those only): every pass
+    sees the same batches, and the final statistics warn once when they are
+    finalized."""
+    with without_coverage_warnings():
         yield
-    finally:
-        log.disabled = was
+
+
+class FixedPointDriver:
+    """The :class:`~popstats._src.estimation.pass_object.PassDriver` of
+    ``upstream="population"``: :func:`run_fixed_point`
+    (``popstats/__init__.py`` makes it :attr:`popstats.Estimation.driver`)."""
+
+    def run(self, estimation: Estimation, batches: Iterable[Any], *,
+            state: EstimationState | None, on_batch: object,
+            checkpoint: str | os.PathLike | None, checkpoint_every: int,
+            progress: bool | str) -> DrivenRun:
+        return DrivenRun(*run_fixed_point(estimation, batches, state, on_batch,
+                                          checkpoint, checkpoint_every, progress))
 
 
 def run_fixed_point(
@@ -193,22 +208,20 @@ def run_fixed_point(
     call, options = batch_run.call, batch_run.options
     for name, value in (("state", given), ("on_batch", on_batch)):
         if value is not None:
-            where = batch_run._method("run", name)
+            where = batch_run.where("run", name)
             raise PopstatsError(
                 f"{where}: not available with upstream='population', whose "
                 f"passes start from nothing and run until their values are a "
                 f"fixed point; leave {name} out (or use upstream='batch')."
             )
-    data = _SameData(batches, batch_run._method("run", "batches")[:-len(
+    data = _SameData(batches, batch_run.where("run", "batches")[:-len(
         "(batches=...)")])
     run_options = {"checkpoint_every": checkpoint_every, "progress": progress}
     # pass 0 is the plain pass of batch_run (its compiled function, its spec)
-    first = copy.copy(batch_run)
-    first.options = dataclasses.replace(options, upstream="batch")
-    state = first.run(data.over(first, 0), checkpoint=pass_path(checkpoint, 0),
-                      **run_options)
+    state = batch_run.run_pass(data.over(batch_run, 0),
+                               checkpoint=pass_path(checkpoint, 0), **run_options)
     with quiet():
-        stats = first.finalize(state)
+        stats = batch_run.finalize(state)
     inputs, outputs = batch_run.given
     exported = inference_export(outputs, stats, options.time, call)
     runs: list[Estimation] = []  # one, compiled once, for every round
@@ -217,8 +230,8 @@ def run_fixed_point(
         exported.hold(upstream, call)
         runs[:] = [inference_pass(runs[0] if runs else None, inputs, outputs,
                                   exported, upstream, options, call)]
-        state = runs[0].run(data.over(runs[0], k),
-                            checkpoint=pass_path(checkpoint, k), **run_options)
+        state = runs[0].run_pass(data.over(runs[0], k),
+                                 checkpoint=pass_path(checkpoint, k), **run_options)
         with quiet():
             return runs[0].finalize(state), state
 
@@ -254,8 +267,8 @@ def inference_pass(run: Estimation | None, inputs, outputs, exported,
     layers' values reach none), so that passes over the same inputs
     share states, and passes over others refuse them."""
     if run is None:
-        run = Estimation.of_graph(inputs, outputs, exported.graph, options, call,
-                                  "population", compile_now)
+        run = Estimation.of(EstimationPlan(inputs, outputs, options, call,
+                                           compile_now, exported.graph, "population"))
     upstream = f"population:{run.parameters_digest()[:20]}"
     run.spec = dataclasses.replace(run.spec, upstream=upstream)
     return run
@@ -313,5 +326,3 @@ def not_converged(changes: list[float], worst: list[str], call: str,
         f"fall, estimate with upstream='batch'."
     )
 
-
-register_fixed_point(run_fixed_point)
