@@ -11,28 +11,42 @@ Members: :data:`PASS`, :data:`WILD`, :class:`Shapes`, :func:`const`,
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import pytensor.tensor as pt
+from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.ops import DeepCopyOp, ViewOp
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.raise_op import CheckAndRaise
+from pytensor.scan.op import Scan
+from pytensor.tensor.basic import Alloc
 from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
-from pytensor.tensor.subtensor import Subtensor
+from pytensor.tensor.subtensor import Subtensor, get_idx_list
+from pytensor.tensor.type import TensorType
 
 from popstats._src.graph.marker import BNStat
 from popstats._src.graph.recognize import acts_per_example
 
-__all__ = ["PASS", "WILD", "Shapes", "const", "find", "resolve"]
+__all__ = ["JOIN_DIMS", "PASS", "SPLIT_DIMS", "WILD", "Shapes", "const", "find",
+           "resolve"]
 
 #: Operations whose output is their first input (marks, views, checks).
 PASS = (BNStat, ViewOp, DeepCopyOp, SpecifyShape, CheckAndRaise)
 #: A reshape's -1.
 WILD = "*"
+#: ``pt.join_dims`` / ``pt.split_dims`` (reshapes of consecutive axes)
+#: (``pytensor.tensor.reshape`` the attribute is a function: import the module)
+_reshape = importlib.import_module("pytensor.tensor.reshape")
+JOIN_DIMS: tuple[type, ...] = tuple(
+    c for c in (getattr(_reshape, "JoinDims", None),) if c is not None)
+SPLIT_DIMS: tuple[type, ...] = tuple(
+    c for c in (getattr(_reshape, "SplitDims", None),) if c is not None)
 
 
 def const(var: Variable | None) -> object:
@@ -66,6 +80,11 @@ class Shapes:
     def __init__(self) -> None:
         self.memo: dict[tuple[int, int], tuple] = {}
         self.depth = 0
+        #: placeholders of input sizes given to an op's ``infer_shape``
+        #: (id -> (variable, axis)), and what it returned per node (kept
+        #: alive: atoms name unknown sizes by ``id``)
+        self.holders: dict[int, tuple[Variable, int]] = {}
+        self.inferred: dict[Apply, list | None] = {}
 
     def atoms(self, var: Variable, dim: int) -> tuple:
         key = (id(var), dim)
@@ -92,6 +111,26 @@ class Shapes:
         if isinstance(op, DimShuffle):
             src = op.new_order[dim]
             return () if src == "x" else self.atoms(node.inputs[0], src)
+        if isinstance(op, Alloc):  # alloc(value, *sizes): the sizes given
+            return self.factors(node.inputs[1 + dim])
+        if isinstance(op, JOIN_DIMS):
+            start, count, x = op.start_axis, op.n_axes, node.inputs[0]
+            if dim < start:
+                return self.atoms(x, dim)
+            if dim > start or count == 0:
+                return self.atoms(x, dim + count - 1)
+            return tuple(a for d in range(start, start + count)
+                         for a in self.atoms(x, d))
+        if isinstance(op, SPLIT_DIMS):
+            x, axis = node.inputs[0], op.axis
+            count = var.ndim - x.ndim + 1
+            if dim < axis:
+                return self.atoms(x, dim)
+            if dim >= axis + count:
+                return self.atoms(x, dim - count + 1)
+            found = self.entry(node.inputs[1], dim - axis)
+            if found is not None:
+                return found
         if isinstance(op, Elemwise):
             for inp in node.inputs:
                 if inp.type.shape[dim] != 1:
@@ -114,25 +153,83 @@ class Shapes:
                 return self.atoms(b, b.ndim - 1)
         if dim == 0 and acts_per_example(op):  # e.g. pytensor-ml's Im2Col
             return self.atoms(node.inputs[0], 0)
-        return (own,)
+        return self._infer(node, var, dim) or (own,)
+
+    def _infer(self, node: Apply, var: Variable, dim: int) -> tuple | None:
+        """Atoms of an output axis by the op's own ``infer_shape``, given
+        placeholders for its inputs' sizes (None if it has none, fails, or
+        is a loop or an inner graph: those are not traced)."""
+        op = node.op
+        if node not in self.inferred:
+            self.inferred[node] = None
+            if not isinstance(op, Scan | OpFromGraph) and hasattr(op, "infer_shape") \
+                    and all(isinstance(v.type, TensorType) for v in node.inputs):
+                shapes = []
+                for inp in node.inputs:
+                    holders = [pt.lscalar() for _ in range(inp.ndim)]
+                    self.holders.update({id(h): (inp, d)
+                                         for d, h in enumerate(holders)})
+                    shapes.append(tuple(holders))
+                try:
+                    self.inferred[node] = list(op.infer_shape(None, node, shapes))
+                except Exception:  # any failure: not traced
+                    self.inferred[node] = None
+        found = self.inferred[node]
+        if found is None:
+            return None
+        k = node.outputs.index(var)
+        if k >= len(found) or dim >= len(found[k]):
+            return None
+        size = found[k][dim]
+        return self.factors(size if isinstance(size, Variable) else pt.as_tensor(size))
+
+    def entry(self, vec: Variable, k: int) -> tuple | None:
+        """The atoms of entry ``k`` of an integer vector of sizes (a shape,
+        a slice of one, the sizes listed), None where it cannot tell."""
+        node = vec.owner
+        if isinstance(vec, Constant):
+            data = np.asarray(vec.data).ravel()
+            if not -len(data) <= k < len(data):
+                return None
+            return () if data[k] == 1 else (int(data[k]),)
+        if node is None:
+            return None
+        op = node.op
+        if isinstance(op, Shape):
+            shaped = node.inputs[0]
+            return self.atoms(shaped, k % shaped.ndim) if shaped.ndim else None
+        if type(op).__name__ == "MakeVector":
+            return self.factors(node.inputs[k]) if -len(node.inputs) <= k < len(
+                node.inputs) else None
+        if isinstance(op, PASS) or (isinstance(op, Elemwise) and type(
+                op.scalar_op).__name__ in ("Cast", "Identity")):
+            return self.entry(node.inputs[0], k)
+        if isinstance(op, Subtensor) and k >= 0:
+            [index] = get_idx_list(node.inputs, op.idx_list)[:1] or [None]
+            if isinstance(index, slice) and index.step is None:
+                start = 0 if index.start is None else const(index.start)
+                if start is not None and start >= 0:
+                    return self.entry(node.inputs[0], start + k)
+        return None
 
     def factors(self, scalar: Variable) -> tuple:
         """The atoms of an integer scalar expression (a size)."""
         value = const(scalar)
         if value is not None:
             return () if value == 1 else (int(value),)
+        if id(scalar) in self.holders:  # a size given to infer_shape
+            return self.atoms(*self.holders[id(scalar)])
         node = scalar.owner
         if node is not None:
             op = node.op
             if isinstance(op, Shape_i):
                 return self.atoms(node.inputs[0], op.i)
-            if isinstance(op, Subtensor) and node.inputs[0].owner is not None and (
-                isinstance(node.inputs[0].owner.op, Shape) and len(node.inputs) == 2
-            ):
+            if isinstance(op, Subtensor) and len(node.inputs) == 2 and (
+                    node.inputs[0].ndim == 1 and scalar.ndim == 0):
                 k = const(node.inputs[1])
-                if k is not None:
-                    shaped = node.inputs[0].owner.inputs[0]
-                    return self.atoms(shaped, int(k) % shaped.ndim)
+                found = None if k is None else self.entry(node.inputs[0], int(k))
+                if found is not None:
+                    return found
             if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Mul":
                 return tuple(a for inp in node.inputs for a in self.factors(inp))
             if (isinstance(op, Elemwise) and len(node.inputs) == 1 and type(
