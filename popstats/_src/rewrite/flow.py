@@ -238,6 +238,7 @@ class Flow(Rules):
             if states is not None:
                 return states
         if isinstance(op, OpFromGraph):
+            self.shapes.alias(op.inner_inputs, ins)
             inner = type(self)({v: self.state(o) for v, o in zip(
                 op.inner_inputs, ins, strict=False)}, self.where, self.shapes,
                 self.confirmed)

@@ -85,6 +85,16 @@ class Shapes:
         #: alive: atoms name unknown sizes by ``id``)
         self.holders: dict[int, tuple[Variable, int]] = {}
         self.inferred: dict[Apply, list | None] = {}
+        #: inner inputs of an ``OpFromGraph`` -> the outer values they stand for
+        self.aliases: dict[int, Variable] = {}
+
+    def alias(self, inner: Sequence[Variable], outer: Sequence[Variable]) -> None:
+        """Sizes of ``inner`` (an inner graph's inputs) are those of ``outer``."""
+        for var, value in zip(inner, outer, strict=False):
+            if var.ndim == value.ndim and self.aliases.get(id(var), value) is not value:
+                self.memo.clear()  # an inner graph applied again: sizes anew
+            if var.ndim == value.ndim:
+                self.aliases[id(var)] = value
 
     def atoms(self, var: Variable, dim: int) -> tuple:
         key = (id(var), dim)
@@ -104,7 +114,8 @@ class Shapes:
             return () if static == 1 else (int(static),)
         node, own = var.owner, ("v", id(var), dim)
         if node is None:
-            return (own,)
+            outer = self.aliases.get(id(var))
+            return (own,) if outer is None else self.atoms(outer, dim)
         op = node.op
         if isinstance(op, PASS):
             return self.atoms(node.inputs[0], dim)
@@ -245,12 +256,13 @@ class Shapes:
         if isinstance(shape, Constant):
             return [() if v == 1 else WILD if v == -1 else (int(v),)
                     for v in np.asarray(shape.data).ravel()]
-        if shape.owner is None or type(shape.owner.op).__name__ != "MakeVector":
+        if shape.owner is not None and type(shape.owner.op).__name__ == "MakeVector":
+            return [WILD if const(item) == -1 else self.factors(item)
+                    for item in shape.owner.inputs[:ndim]]
+        sizes = [self.entry(shape, k) for k in range(ndim)]  # e.g. another's shape
+        if any(size is None for size in sizes):
             return None
-        sizes = []
-        for item in shape.owner.inputs[:ndim]:
-            sizes.append(WILD if const(item) == -1 else self.factors(item))
-        return sizes
+        return [WILD if size == (-1,) else size for size in sizes]
 
 
 def _is_dot(core: object) -> bool:
