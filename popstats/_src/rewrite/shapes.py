@@ -12,6 +12,7 @@ Members: :data:`PASS`, :data:`WILD`, :class:`Shapes`, :func:`const`,
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections import Counter
 from collections.abc import Sequence
 
@@ -49,8 +50,22 @@ SPLIT_DIMS: tuple[type, ...] = tuple(
     c for c in (getattr(_reshape, "SplitDims", None),) if c is not None)
 
 
-def const(var: Variable | None) -> object:
-    """The value of a constant (through casts), else None."""
+#: scalar operations :func:`const` evaluates on constants (sizes and the
+#: guards ``infer_shape`` writes around them)
+_FOLD = {
+    "Add": lambda *v: sum(v), "Mul": lambda *v: int(np.prod(v)),
+    "Sub": lambda a, b: a - b, "IntDiv": lambda a, b: a // b,
+    "EQ": lambda a, b: a == b, "NEQ": lambda a, b: a != b,
+    "GE": lambda a, b: a >= b, "GT": lambda a, b: a > b,
+    "LE": lambda a, b: a <= b, "LT": lambda a, b: a < b,
+    "Switch": lambda c, a, b: a if c else b,
+    "ScalarMaximum": max, "ScalarMinimum": min,
+}
+
+
+def const(var: Variable | None, depth: int = 8) -> object:
+    """The value of a constant (through casts, and integer arithmetic on
+    constants), else None."""
     if var is None or isinstance(var, int | np.integer):
         return None if var is None else int(var)
     while not isinstance(var, Constant) and var.owner is not None and (
@@ -59,8 +74,14 @@ def const(var: Variable | None) -> object:
         or type(var.owner.op).__name__ in ("ScalarFromTensor", "TensorFromScalar")
     ):
         var = var.owner.inputs[0]
-    return np.asarray(var.data).item() if isinstance(var, Constant) and np.ndim(
-        var.data) == 0 else None
+    if isinstance(var, Constant):
+        return np.asarray(var.data).item() if np.ndim(var.data) == 0 else None
+    node = var.owner
+    if node is None or depth == 0 or var.ndim != 0 or not isinstance(node.op, Elemwise):
+        return None
+    fold = _FOLD.get(type(node.op.scalar_op).__name__)
+    values = [const(v, depth - 1) for v in node.inputs] if fold else [None]
+    return None if any(v is None for v in values) else fold(*values)
 
 
 class Shapes:
@@ -122,6 +143,14 @@ class Shapes:
         if isinstance(op, DimShuffle):
             src = op.new_order[dim]
             return () if src == "x" else self.atoms(node.inputs[0], src)
+        if isinstance(op, Subtensor):  # an axis taken whole keeps its size
+            x = node.inputs[0]
+            entries = list(get_idx_list(node.inputs, op.idx_list))
+            kept = [d for d in range(x.ndim) if d >= len(entries)
+                    or isinstance(entries[d], slice)]
+            entry = entries[kept[dim]] if kept[dim] < len(entries) else slice(None)
+            if entry.stop is None and _from_start(entry):
+                return self.atoms(x, kept[dim])
         if isinstance(op, Alloc):  # alloc(value, *sizes): the sizes given
             return self.factors(node.inputs[1 + dim])
         if isinstance(op, JOIN_DIMS):
@@ -156,6 +185,12 @@ class Shapes:
                 return sizes[dim]
         if isinstance(op, Dot) and node.inputs[0].ndim == node.inputs[1].ndim == 2:
             return self.atoms(node.inputs[dim], dim)
+        if isinstance(op, Blockwise):  # loop axes: broadcast like Elemwise
+            n_loop = var.ndim - len(op.outputs_sig[node.outputs.index(var)])
+            for inp, sig in zip(node.inputs, op.inputs_sig, strict=True):
+                at = dim - (n_loop - (inp.ndim - len(sig)))
+                if dim < n_loop and at >= 0 and inp.type.shape[at] != 1:
+                    return self.atoms(inp, at)
         if isinstance(op, Blockwise) and _is_dot(op.core_op):  # matmul
             out_ndim, a, b = var.ndim, node.inputs[0], node.inputs[1]
             if dim == out_ndim - 2 and a.ndim >= 2:
@@ -181,8 +216,10 @@ class Shapes:
                     self.holders.update({id(h): (inp, d)
                                          for d, h in enumerate(holders)})
                     shapes.append(tuple(holders))
-                try:
-                    self.inferred[node] = list(op.infer_shape(None, node, shapes))
+                try:  # (node, shapes) on PyTensor 3.3, (fgraph, node, shapes) on 3.0
+                    params = inspect.signature(op.infer_shape).parameters
+                    args = (node, shapes) if len(params) == 2 else (None, node, shapes)
+                    self.inferred[node] = list(op.infer_shape(*args))
                 except Exception:  # any failure: not traced
                     self.inferred[node] = None
         found = self.inferred[node]
@@ -243,6 +280,10 @@ class Shapes:
                     return found
             if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Mul":
                 return tuple(a for inp in node.inputs for a in self.factors(inp))
+            if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Switch":
+                cond = const(node.inputs[0])  # a guard on constants: its branch
+                if cond is not None:
+                    return self.factors(node.inputs[1 if cond else 2])
             if (isinstance(op, Elemwise) and len(node.inputs) == 1 and type(
                     op.scalar_op).__name__ == "Cast") or type(op).__name__ in (
                     "ScalarFromTensor", "TensorFromScalar"):
@@ -263,6 +304,12 @@ class Shapes:
         if any(size is None for size in sizes):
             return None
         return [WILD if size == (-1,) else size for size in sizes]
+
+
+def _from_start(entry: slice) -> bool:
+    """A slice from the first element on, one step at a time."""
+    return (entry.start is None or const(entry.start) == 0) and (
+        entry.step is None or const(entry.step) == 1)
 
 
 def _is_dot(core: object) -> bool:
