@@ -21,13 +21,13 @@ import popstats
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 
 
-def fake_statistics(outputs, fill: float = 0.0) -> PopulationStatistics:
+def fake_statistics(outputs, fill: float = 0.0, size: int = 1) -> PopulationStatistics:
     """``fill`` (zeros) for every statistic of ``outputs`` (one step per loop
-    level)."""
+    level; ``size`` along axes of unknown length)."""
     stats = []
     for site in popstats.export(outputs).sites:
         steps = (1,) * site.time.count("step")
-        shape = tuple(1 if s is None else s for s in site.shape)
+        shape = tuple(size if s is None else s for s in site.shape)
         stats.append(Statistic(site.name, site.label, site, np.full(
             steps + shape, fill, dtype=site.dtype), np.ones(steps, dtype=np.int64), 1))
     return PopulationStatistics(tuple(stats))
