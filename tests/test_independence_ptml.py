@@ -88,6 +88,9 @@ CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "Conv1D_same_stride": (after_bn((8, 3), L.Conv1D(
         "c", in_channels=3, out_channels=4, kernel_size=3, padding="same", stride=2,
         padding_mode="reflect")), ("Conv1D",)),
+    "Conv1D_flatten": (after_bn((8, 3), L.Conv1D(
+        "c", in_channels=3, out_channels=2, kernel_size=3), L.Flatten,
+        L.Linear("l", n_in=12, n_out=2)), ("Conv1D", "Flatten")),
     "Conv2D": (after_bn((6, 6, 2), L.Conv2D("c", in_channels=2, out_channels=3,
                                              kernel_size=3)), ("Conv2D",)),
     "Conv2D_same_dilated": (after_bn((6, 6, 2), L.Conv2D(
