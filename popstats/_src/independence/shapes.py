@@ -3,10 +3,14 @@
 Stage: independence. ``tensordot`` (hence ``dot`` of a 3-d value) folds the
 leading axes into one for a matrix product and splits them back after;
 the batch axis is followed through such folds when the sizes tell where
-it goes (:class:`Shapes`, :func:`resolve`, :func:`find`).
+it goes (:class:`Shapes`, :func:`resolve`, :func:`find`). Sizes are read by
+shape arithmetic, not patterns: through ``alloc`` / ``broadcast_to``,
+slices of shapes, another value's shape, ``join_dims`` / ``split_dims``
+(:data:`JOIN_DIMS`, :data:`SPLIT_DIMS`), inner graphs' inputs, constant
+guards, and any other operation's own ``infer_shape``.
 
-Members: :data:`PASS`, :data:`WILD`, :class:`Shapes`, :func:`const`,
-:func:`find`, :func:`resolve`.
+Members: :data:`JOIN_DIMS`, :data:`PASS`, :data:`SPLIT_DIMS`, :data:`WILD`,
+:class:`Shapes`, :func:`const`, :func:`find`, :func:`resolve`.
 """
 
 from __future__ import annotations
