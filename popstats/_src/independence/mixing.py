@@ -161,8 +161,9 @@ def mixing_operations(
     """Operations of ``inference`` that mix examples, and the axes assumed.
 
     Returns the messages (``"where: op kind the batch axis of input 'x'
-    (axis a)"``, in graph order, loops after the graph) and a line naming
-    the batch axis taken for each input.
+    (axis a)"``, in graph order, loops after the graph; those that mix
+    first, then those not followed) and a line naming the batch axis taken
+    for each input.
     """
     inputs = data_inputs(list(training) + list(inference))
     given = check_batch_axes(batch_axes_arg, inputs, call)
@@ -178,6 +179,8 @@ def mixing_operations(
                 text = _message(event, inputs, k, chosen)
                 if text not in found:
                     found.append(text)
+    found = [t for t in found if not unfollowed(t)] + [t for t in found
+                                                       if unfollowed(t)]
     assumed = "; ".join(
         f"{_label(inputs[k], k)!r}: "
         + (f"axis {', '.join(map(str, sorted(chosen)))}" if chosen else "none")
