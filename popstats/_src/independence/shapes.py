@@ -109,6 +109,7 @@ class Shapes:
         #: (id -> (variable, axis)), and what it returned per node (kept
         #: alive: atoms name unknown sizes by ``id``)
         self.holders: dict[int, tuple[Variable, int]] = {}
+        self.kept: list[Variable] = []  # the placeholders (their ids stay theirs)
         self.inferred: dict[Apply, list | None] = {}
         #: inner inputs of an ``OpFromGraph`` -> the outer values they stand for
         self.aliases: dict[int, Variable] = {}
@@ -217,6 +218,7 @@ class Shapes:
                 shapes = []
                 for inp in node.inputs:
                     holders = [pt.lscalar() for _ in range(inp.ndim)]
+                    self.kept += holders
                     self.holders.update({id(h): (inp, d)
                                          for d, h in enumerate(holders)})
                     shapes.append(tuple(holders))
@@ -233,7 +235,10 @@ class Shapes:
         if k >= len(found) or dim >= len(found[k]):
             return None
         size = found[k][dim]
-        return self.factors(size if isinstance(size, Variable) else pt.as_tensor(size))
+        if not isinstance(size, Variable):
+            size = pt.as_tensor(size)
+            self.kept.append(size)
+        return self.factors(size)
 
     def entry(self, vec: Variable, k: int) -> tuple | None:
         """The atoms of entry ``k`` of an integer vector of sizes (a shape,
