@@ -164,6 +164,8 @@ class Estimation:
                graph: EstimationGraph | None = None,
                upstream: str = "batch") -> None:
         compile_now = check_bool(compile_now, f"{call}(compile_now=...)")
+        if isinstance(inputs, Variable):  # one input needs no list
+            inputs = [inputs]
         if graph is None:
             graph = export_checked(outs, call, options.time)
             warn_dropout(outs, call, options.upstream)

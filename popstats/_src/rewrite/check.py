@@ -33,6 +33,23 @@ def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[Variable]:
             f"{_CALL}(inputs=...): expected a list of the graph's free input "
             f"variables, e.g. [x]; got {describe_value(inputs)}."
         )
+    twice = sorted({str(v) for k, v in enumerate(inputs)
+                    if any(v is w for w in inputs[:k])})
+    if twice:
+        raise PopstatsError(
+            f"{_CALL}(inputs=...): {', '.join(map(repr, twice))} "
+            f"{'is' if len(twice) == 1 else 'are'} given more than once. Give "
+            f"each input once, e.g. [x] rather than [x, x]."
+        )
+    alike = sorted({v.name for k, v in enumerate(inputs) if v.name is not None
+                    and any(v.name == w.name for w in inputs[:k])})
+    if alike:
+        raise PopstatsError(
+            f"{_CALL}(inputs=...): several inputs are named "
+            f"{', '.join(map(repr, alike))}, so a batch keyed by name cannot "
+            f"tell them apart. Give each input its own name, e.g. "
+            f"pt.matrix('x2')."
+        )
     missing = [str(v) for v in data_inputs(outputs) if v not in inputs]
     if missing:
         raise PopstatsError(
@@ -173,21 +190,41 @@ def check_batch_independence(
     n = _size(values, axes, ins)
     fn = pytensor.function(ins, outs, mode=mode, on_unused_input="ignore")
 
-    def run(rows: np.ndarray) -> list[np.ndarray]:
+    def run(rows: np.ndarray, what: str = "the whole batch") -> list[np.ndarray]:
         taken = [v if axes[k] is None else np.take(v, rows, axis=axes[k])
                  for k, v in enumerate(values)]
-        return [np.asarray(o) for o in fn(*taken)]
+        try:
+            return [np.asarray(o) for o in fn(*taken)]
+        except Exception as exc:  # the graph's own error, on a smaller batch
+            if what == "the whole batch":
+                raise PopstatsError(
+                    f"{_CALL}(batch=...): the outputs cannot be computed on the "
+                    f"batch given ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}). Give a "
+                    f"batch the graph runs on (shapes "
+                    f"{[np.shape(v) for v in values]})."
+                ) from exc
+            raise PopstatsError(
+                f"{_CALL}(outputs=...): the outputs cannot be computed for "
+                f"{what} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}), though they "
+                f"can for the whole batch of {n}: they depend on other examples "
+                f"of the batch (e.g. index a fixed row of the batch, y[1], or "
+                f"need a batch of a given size). Compute each example from "
+                f"itself alone, or give batch_axes={{'name': axis}} if the "
+                f"batch axis is not axis 0."
+            ) from exc
 
     whole = run(np.arange(n))
     order = np.roll(np.arange(n)[::-1], 1)  # a permutation moving every example
     runs = [(f"example {i} alone", np.array([i])) for i in range(n)]
     worst: dict[int, tuple[float, float, str]] = {}
     problems: dict[int, str] = {}
-    found = [run(rows) for _, rows in runs]
+    found = [run(rows, what) for what, rows in runs]
     batch_axis = [_axis(one, full, n) for one, full in zip(found[0], whole,
                                                            strict=True)]
     runs.append(("the permuted batch", order))
-    found.append(run(order))
+    found.append(run(order, "the permuted batch"))
     for (what, rows), outs in zip(runs, found, strict=True):
         for j, (got, full) in enumerate(zip(outs, whole, strict=True)):
             axis = batch_axis[j]
