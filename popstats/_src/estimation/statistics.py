@@ -286,6 +286,22 @@ def save_statistics(
     write(path, STATISTICS, meta, arrays, where)
 
 
+def _check_loaded(site: Site, value: np.ndarray) -> None:
+    """A loaded value is finite and of the shape its record gives (where the
+    record knows it): a file edited or damaged since it was saved is not."""
+    own = value.shape[site.time_axes:]
+    if len(own) != len(site.shape) or any(
+            s is not None and s != v for s, v in zip(site.shape, own, strict=True)):
+        raise ValueError(
+            f"statistic {site.name!r} has a value of shape {own}, but was saved "
+            f"with shape {tuple(site.shape)}")
+    bad = ~np.isfinite(value)
+    if bad.any():
+        raise ValueError(
+            f"statistic {site.name!r} holds NaN or infinity ({int(bad.sum())} of "
+            f"{value.size} values); a population value is finite")
+
+
 def load(path: str | os.PathLike) -> PopulationStatistics:
     """Load population statistics saved by :meth:`PopulationStatistics.save`.
 
@@ -309,6 +325,7 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
             coverage = np.array(archive[f"coverage/{i}"], dtype=np.int64)
             if coverage.shape != value.shape[: site.time_axes]:
                 raise ValueError(f"coverage of {site.name!r} does not fit its value")
+            _check_loaded(site, value)
             upstream = str(entry.get("upstream", "batch"))  # older files: batch
             if upstream not in ("batch", "population", "given"):
                 raise ValueError(f"unknown upstream {upstream!r}")

@@ -48,7 +48,7 @@ from popstats._src.graph.marker import statistic_group, statistic_label
 from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId
 from popstats._src.rewrite.matching import Matcher
-from popstats._src.rewrite.rewriter import RewriteLevel, population_array
+from popstats._src.rewrite.rewriter import RewriteLevel, check_fits, population_array
 
 __all__ = ["InferenceExport", "inference_export"]
 
@@ -173,6 +173,7 @@ def inference_export(
     graph = export_with(outputs, call, time,
                         lambda c, t, names: _InferenceLevel(c, t, names, root))
     matcher.check()
+    check_fits(root.placed, call)
     _check_not_random(graph, call)
     held = set(root.values.values())
     independent = frozenset(
