@@ -86,7 +86,7 @@ class RewriteLevel:
         return value
 
     def statistic(self, var: Variable, site: SiteId) -> Variable | None:
-        group = self.matcher.find(site)
+        group = self.matcher.find(site, var)
         if group is None:
             return None  # reported by Matcher.check after the pass
         stat = group[0]
