@@ -13,9 +13,11 @@ import numpy as np
 import pytensor
 from pytensor.compile import SharedVariable
 from pytensor.graph.basic import Constant, Variable
+from pytensor.graph.traversal import ancestors
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import as_variables
+from popstats._src.rewrite.independence import batch_axes as find_batch_axes
 from popstats._src.rewrite.independence import check_batch_axes, data_inputs
 
 __all__ = ["check_batch_independence"]
@@ -57,6 +59,51 @@ def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[Variable]:
             f"which inputs lacks. Add every free input of the outputs."
         )
     return list(inputs)
+
+
+def _batch_axes(outputs: Sequence[Variable], inputs: list[Variable],
+                given: dict[int, int | None]) -> tuple[dict[int, int | None], str]:
+    """Each input's batch axis, and a line saying which and why.
+
+    Given ones win; then, for outputs made by :func:`~popstats.rewrite` (or
+    computed from them), the axes the rewrite found from the marked
+    statistics of the training graph (recorded on its outputs); then axis
+    0 of every input with an axis.
+    """
+    records = []
+    for var in ancestors(list(outputs)):
+        record = getattr(var.tag, "popstats_training", None)
+        if record is not None and not any(record is r for r in records):
+            records.append(record)
+    found: dict[int, tuple[frozenset[int], str]] = {}
+    if len(records) == 1:
+        training, argument = records[0]
+        known = [v for v in inputs if v in set(data_inputs(training))]
+        try:
+            recorded = check_batch_axes(argument, known, _CALL)
+        except PopstatsError:  # pragma: no cover - checked by rewrite already
+            recorded = {}
+        from_rewrite = find_batch_axes(training, known, recorded)
+        for k, var in enumerate(inputs):
+            if var in known:
+                chosen, origin = from_rewrite[known.index(var)]
+                if origin != "by default: no marked statistic reduces over it":
+                    found[k] = (chosen, f"as rewrite found: {origin}")
+    axes: dict[int, int | None] = {}
+    why: list[str] = []
+    for k, var in enumerate(inputs):
+        if k in given:
+            axes[k], origin = given[k], "given"
+        elif k in found:
+            chosen, origin = found[k]
+            axes[k] = min(chosen) if chosen else None
+        else:
+            axes[k] = 0 if var.ndim else None
+            origin = "by default" if var.ndim else "a scalar, passed whole"
+        label = var.name if var.name is not None else f"<unnamed input {k}>"
+        why.append(f"{label!r}: {'none' if axes[k] is None else f'axis {axes[k]}'} "
+                   f"({origin})")
+    return axes, "; ".join(why)
 
 
 def _values(batch: object, inputs: list[Variable]) -> list[np.ndarray]:
@@ -185,7 +232,7 @@ def check_batch_independence(
             f"{_CALL}(rtol=...): expected a number >= 0, got {describe_value(rtol)}."
         )
     given = check_batch_axes(batch_axes, ins, _CALL)
-    axes = {k: given.get(k, 0 if v.ndim else None) for k, v in enumerate(ins)}
+    axes, taken = _batch_axes(outs, ins, given)
     values = _values(batch, ins)
     n = _size(values, axes, ins)
     fn = pytensor.function(ins, outs, mode=mode, on_unused_input="ignore")
@@ -249,6 +296,8 @@ def check_batch_independence(
             f"{_CALL}(outputs=...): {len(problems)} output(s) depend on other "
             f"examples of the batch: {listed}. Something still mixes examples: a "
             f"batch statistic left unmarked (rewrite warns naming the operation), "
-            f"or batch_axes names the wrong axis."
+            f"or the batch axis taken is the wrong one. Batch axes taken: "
+            f"{taken}; if the examples are along another axis, pass "
+            f"batch_axes={{'name': axis}} (None: no batch axis)."
         )
     return max((rel for rel, _, _ in worst.values()), default=0.0)

@@ -364,7 +364,21 @@ def rewrite_as(call: str, outputs: object, stats: object, select: object,
     check_fits(root.placed, "rewrite")
     found, assumed = mixing_operations(outs, new, batch_axes_arg=batch_axes, call=call)
     warn_mixing(found, assumed, call, stacklevel + 1)
+    record_training(outs, new, batch_axes)
     return restructure(outputs, new)
+
+
+def record_training(training: Sequence[Variable], inference: Sequence[Variable],
+                    batch_axes: object) -> None:
+    """Keep, on each new output of a rewrite, the training graph it came from
+    and ``batch_axes`` (tag ``popstats_training``):
+    :func:`~popstats.check_batch_independence` finds the batch axes the
+    rewrite found from the marks there (the inference graph has none left).
+    Outputs the rewrite left as they were are the user's: not tagged."""
+    record = (tuple(training), batch_axes)
+    for old, var in zip(training, inference, strict=True):
+        if var is not old:
+            var.tag.popstats_training = record
 
 
 def check_stats(
