@@ -302,6 +302,22 @@ def _check_loaded(site: Site, value: np.ndarray) -> None:
             f"{value.size} values); a population value is finite")
 
 
+def _check_groups(stats: list[Statistic]) -> None:
+    """The moments of one normalization (a group) have one shape: a file in
+    which one was replaced by a value of another length is corrupted."""
+    shapes: dict[tuple, tuple[str, tuple]] = {}
+    for stat in stats:
+        if stat.site.group is None or stat.site.role not in ("mean", "var", "std"):
+            continue
+        key = (stat.site.id.path, stat.site.group)
+        own = stat.value.shape[stat.depth:]
+        first = shapes.setdefault(key, (stat.name, own))
+        if first[1] != own:
+            raise ValueError(
+                f"statistic {stat.name!r} has shape {own} but {first[0]!r} of "
+                f"its group {stat.site.group!r} has {first[1]}")
+
+
 def load(path: str | os.PathLike) -> PopulationStatistics:
     """Load population statistics saved by :meth:`PopulationStatistics.save`.
 
@@ -333,6 +349,7 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
                 Statistic(site.name, site.label, site, value, coverage, n_batches,
                           estimator, max_steps, upstream)
             )
+        _check_groups(stats)
         record = meta.get("fixed_point")
         # names and identities index the result: they must be hashable
         return PopulationStatistics(

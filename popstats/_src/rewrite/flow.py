@@ -30,7 +30,7 @@ from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 from pytensor.scan.utils import ScanArgs
 from pytensor.tensor import subtensor
-from pytensor.tensor.basic import Alloc, Eye, Join, Split
+from pytensor.tensor.basic import Alloc, AllocEmpty, Eye, Join, Split
 from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from pytensor.tensor.extra_ops import CumOp, Repeat
@@ -129,8 +129,7 @@ class Flow(Rules):
         out: dict[Hyp, frozenset[Apply]] = {}
         for hyp, nodes in incoming.items():
             if inner or hyp in held:
-                counted = {n for n in nodes
-                           if self.events[n].kinds.get(hyp) == _COUNTS}
+                counted = {n for n in nodes if _reads_size(n)}
                 if counted != nodes:  # a mean: its reduction is the mixing
                     nodes = nodes - counted
                 self.confirmed.update((n, hyp) for n in nodes)
@@ -303,10 +302,18 @@ class Flow(Rules):
         return [{} for _ in node.outputs]
 
 
+def _reads_size(node: Apply) -> bool:
+    """Whether ``node`` reads sizes of a ``Shape`` (see :meth:`Flow._batch_size`)."""
+    source = node.inputs[0].owner if node.inputs else None
+    return isinstance(node.op, Shape_i) or (
+        isinstance(node.op, Subtensor) and source is not None
+        and isinstance(source.op, Shape))
+
+
 def _data_inputs(node: Apply) -> list[Variable]:
     """The inputs whose values (not only their shapes) an operation reads."""
     op = node.op
-    if isinstance(op, Shape | Shape_i):
+    if isinstance(op, Shape | Shape_i | AllocEmpty):
         return []
     if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Second":
         return list(node.inputs[1:])  # fill(x, v): x's shape, v's values
@@ -314,8 +321,13 @@ def _data_inputs(node: Apply) -> list[Variable]:
         return list(node.inputs[:1])  # sizes, counts and checks: not data
     if isinstance(op, RandomVariable):
         return list(op.dist_params(node))  # not the rng, nor the size
-    if isinstance(op, Scan):
-        return list(node.inputs[1:])  # the number of steps is a size
+    if isinstance(op, Scan):  # the number of steps and output lengths: sizes
+        sizes = {id(v) for v in scan_args(node).outer_in_nit_sot}
+        return [v for v in node.inputs[1:] if id(v) not in sizes]
+    if isinstance(op, Subtensor):  # slice bounds are sizes (x[:n] is all of x)
+        bounds = {id(b) for e in get_idx_list(node.inputs, op.idx_list)
+                  if isinstance(e, slice) for b in (e.start, e.stop, e.step)}
+        return [v for k, v in enumerate(node.inputs) if k == 0 or id(v) not in bounds]
     return list(node.inputs)
 
 
