@@ -541,7 +541,7 @@ def test_regression_single_input_variable_is_accepted():
     single = popstats.estimate(x, y, batches, mode=MODE)
     listed = popstats.estimate([x], y, batches, mode=MODE)
     np.testing.assert_array_equal(single["bn.var"].value, listed["bn.var"].value)
-    y_inf = popstats.get_inference_graph(x, y, batches, mode=MODE)
+    y_inf = popstats.get_inference_graph(x, y, batches, mode=MODE, estimator="pooled")
     data = np.concatenate([b["x"] for b in batches])
     h = data @ np.random.default_rng(99).normal(size=(3, 4))
     got = pytensor.function([x], y_inf, mode=MODE)(data[:2])
@@ -635,7 +635,7 @@ def test_bn_statistic_refuses_what_reduces_nothing():
     popstats.bn_statistic(pt.sqrt(x.var(0) + 1.0), label="s", role="std")
     h = x @ w
     popstats.mark_moments(h.mean(0), h.var(0), "mm", count=h.shape[0])
-    popstats.nn.batch_norm(x, 0, label="bn")
+    popstats.nn.batch_norm(pt.tensor("xs", shape=(None, 2)), 0, label="bn")
     seq = pt.tensor3("seq")
     pytensor.scan(lambda xt: popstats.bn_statistic(xt.mean(0), label="t"),
                   sequences=[seq], return_updates=False)
