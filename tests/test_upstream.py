@@ -333,7 +333,6 @@ def test_dropout_after_the_last_batch_norm_is_accepted_before_it_refused():
     (Linear-BatchNorm-ReLU-Dropout-Linear), so it is accepted, and the fixed
     point is that of the graph without it."""
     import pytensor.tensor as pt
-    from pytensor.tensor.random.utils import RandomStream
 
     rng = np.random.default_rng(0)
     w1 = pytensor.shared(rng.normal(size=(3, 4)), name="W1")
@@ -342,17 +341,22 @@ def test_dropout_after_the_last_batch_norm_is_accepted_before_it_refused():
 
     def model(dropout_at):
         x = pt.matrix("x")
-        srng = RandomStream(0)
+        gen = pytensor.shared(np.random.default_rng(0))
+
+        def draw(h):
+            return pt.random.binomial(1, 0.5, size=h.shape, rng=gen,
+                                      return_next_rng=True)[1]
+
         h = x @ w1
         if dropout_at == "before":
-            h = h * srng.binomial(1, 0.5, size=h.shape)
+            h = h * draw(h)
         n = h.shape[0]
         m = popstats.bn_statistic(h.mean(0), "bn.mean", role="mean", group="bn",
                                   count=n)
         v = popstats.bn_statistic(h.var(0), "bn.var", role="var", group="bn", count=n)
         h = pt.maximum((h - m) / pt.sqrt(v + 1e-5), 0.0)
         if dropout_at == "after":
-            h = h * srng.binomial(1, 0.5, size=h.shape) * 2.0
+            h = h * draw(h) * 2.0
         return x, h @ w2
 
     x, y = model("after")

@@ -173,7 +173,7 @@ def known_shapes(variables: Sequence[Variable]) -> list[tuple[int | None, ...]]:
                                    on_unused_input="ignore")
             for (k, a), size in zip(where, fn(), strict=True):
                 shapes[k][a] = int(size)
-    except Exception:  # noqa: BLE001 - shape inference is a help, never a failure
+    except Exception:  # shape inference is a help, never a failure
         return [(None,) * v.ndim for v in variables]
     return [tuple(s) for s in shapes]
 
