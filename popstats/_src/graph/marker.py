@@ -147,8 +147,12 @@ def bn_statistic(
     Raises
     ------
     PopstatsError
-        If ``var`` is not a PyTensor variable or is already marked, or an
-        option has a wrong type or value.
+        If ``var`` is not a PyTensor variable or is already marked, reduces
+        nothing (an input, a shared variable or a constant marked itself) or
+        does not depend on the batch (computed from shared variables and
+        constants alone), or an option has a wrong type or value. Whether a
+        computed ``var`` reduces over the batch is left to
+        :func:`~popstats.rewrite`'s batch-independence analysis.
 
     Examples
     --------
