@@ -48,7 +48,12 @@ from popstats._src.graph.marker import statistic_group, statistic_label
 from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId
 from popstats._src.rewrite.matching import Matcher
-from popstats._src.rewrite.rewriter import RewriteLevel, check_fits, population_array
+from popstats._src.rewrite.rewriter import (
+    RewriteLevel,
+    check_fits,
+    population_array,
+    step_index,
+)
 
 __all__ = ["InferenceExport", "inference_export"]
 
@@ -116,7 +121,7 @@ class _InferenceLevel(ExportLevel):
 
     def extend_scan(self, edit: ScanEdit, inner: ExportLevel) -> None:
         rewrite = inner.rewrite  # type: ignore[attr-defined]
-        edit.add_sequence(pt.arange(edit.n_steps, dtype="int64"), rewrite.step)
+        edit.add_sequence(step_index(edit.n_steps), rewrite.step)
         for outer_value, inner_value in rewrite.non_seqs:
             edit.add_non_sequence(outer_value, inner_value)
 

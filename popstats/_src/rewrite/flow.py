@@ -323,7 +323,8 @@ def _data_inputs(node: Apply) -> list[Variable]:
         return list(op.dist_params(node))  # not the rng, nor the size
     if isinstance(op, Scan):  # the number of steps and output lengths: sizes
         sizes = {id(v) for v in scan_args(node).outer_in_nit_sot}
-        return [v for v in node.inputs[1:] if id(v) not in sizes]
+        return [v for v in node.inputs[1:] if id(v) not in sizes
+                and not getattr(v.tag, "popstats_step_index", False)]
     if isinstance(op, Subtensor):  # slice bounds are sizes (x[:n] is all of x)
         bounds = {id(b) for e in get_idx_list(node.inputs, op.idx_list)
                   if isinstance(e, slice) for b in (e.start, e.stop, e.step)}

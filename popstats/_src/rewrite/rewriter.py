@@ -35,7 +35,7 @@ from popstats._src.rewrite.independence import mixing_operations, warn_mixing
 from popstats._src.rewrite.matching import Matcher, check_match
 
 __all__ = ["RewriteLevel", "check_finite", "check_fits", "check_stats", "known_shapes",
-           "population_array", "rewrite", "rewrite_as"]
+           "population_array", "rewrite", "rewrite_as", "step_index"]
 
 
 class RewriteLevel:
@@ -120,11 +120,20 @@ class RewriteLevel:
         edit.set_inner_outputs(
             transform(edit.inner_inputs, edit.inner_outputs, inner, path)
         )
-        edit.add_sequence(pt.arange(edit.n_steps, dtype="int64"), step)
+        edit.add_sequence(step_index(edit.n_steps), step)
         for outer_value, inner_value in inner.non_seqs:
             edit.add_non_sequence(outer_value, inner_value)
         replaced, _ = edit.build()
         return replaced
+
+
+def step_index(n_steps: Variable) -> Variable:
+    """The step index a rebuilt loop gets as a sequence (``0 .. n_steps - 1``),
+    tagged ``popstats_step_index``: the batch-independence analysis does not
+    take the loop's length for a number of examples there."""
+    index = pt.arange(n_steps, dtype="int64")
+    index.tag.popstats_step_index = True
+    return index
 
 
 def check_finite(stat: Statistic, call: str) -> None:
