@@ -20,13 +20,13 @@ new data with population statistics, per layer and step.
 """
 
 from popstats import nn as nn
-from popstats._src.drift.drift import drift
+from popstats._src.drift.comparison import drift
 from popstats._src.drift.records import Drift, StatisticDrift
 from popstats._src.drift.shift import shift
 from popstats._src.errors import PopstatsError, PopstatsWarning
-from popstats._src.estimation.api import estimate
-from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.estimators import Estimator
+from popstats._src.estimation.one_call import estimate
+from popstats._src.estimation.pass_object import Estimation
 from popstats._src.estimation.state import EstimationState, load_state
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic, load
 from popstats._src.export.exporter import EstimationGraph, Site, export
@@ -39,16 +39,17 @@ from popstats._src.graph.recognize import (
     register_recognizer,
     unregister_recognizer,
 )
+from popstats._src.independence.check import check_batch_independence
 from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
-from popstats._src.rewrite.api import get_inference_graph
 from popstats._src.rewrite.bind import bind, population_variables
-from popstats._src.rewrite.check import check_batch_independence
+from popstats._src.rewrite.inference_graph import get_inference_graph
 from popstats._src.rewrite.rewriter import rewrite
-from popstats._src.rewrite.running_stats import (
+from popstats._src.running.update import (
     RunningWrite,
     WrittenStatistics,
     update_running_stats,
 )
+from popstats._src.upstream.fixed_point import FixedPointDriver as _FixedPointDriver
 from popstats._src.version import __version__ as __version__
 
 __all__ = [
@@ -91,3 +92,8 @@ __all__ = [
     "unregister_recognizer",
     "update_running_stats",
 ]
+
+# upstream="population": Estimation.run hands its passes to this driver (the
+# fixed point's, a stage above estimation). The one place the two are wired:
+# see popstats._src.estimation.pass_object.PassDriver.
+Estimation.driver = _FixedPointDriver()

@@ -5,14 +5,14 @@ population value. Inside a Scan, the rebuilt loop gets a step-index sequence
 and the population array as a non-sequence; the statistic becomes
 ``population[min(t, T - 1)]`` (steps past the longest sequence seen reuse
 the last one, the rule of recurrent batch normalization, Cooijmans et al.
-2016), recursively for nested loops. One pass over the graph: nothing is
+2016), recursively for nested loops. One walk over the graph: nothing is
 cloned per statistic.
 
 Stage: rewrite (:mod:`popstats._src.rewrite`). Members: :func:`rewrite`,
 :func:`rewrite_as` (errors naming another call), :func:`population_array`
 and :func:`check_stats` (shared with :mod:`popstats._src.rewrite.bind`),
 :class:`RewriteLevel` (the visitor, which
-:mod:`popstats._src.rewrite.consistent` combines with the exporter's).
+:mod:`popstats._src.upstream.inference_export` combines with the exporter's).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import as_variables, restructure
 from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId, transform
-from popstats._src.rewrite.independence import mixing_operations, warn_mixing
+from popstats._src.independence.mixing import mixing_operations, warn_mixing
 from popstats._src.rewrite.matching import Matcher, check_match
 
 __all__ = ["RewriteLevel", "check_finite", "check_fits", "check_stats", "known_shapes",
@@ -88,7 +88,7 @@ class RewriteLevel:
     def statistic(self, var: Variable, site: SiteId) -> Variable | None:
         group = self.matcher.find(site, var)
         if group is None:
-            return None  # reported by Matcher.check after the pass
+            return None  # reported by Matcher.check after the walk
         stat = group[0]
         expected = stat.value.shape[stat.depth :]
         static = var.type.shape

@@ -1,6 +1,6 @@
 """Where each input's batch axis goes in a graph, and which operations mix it.
 
-Stage: rewrite (used by :mod:`popstats._src.rewrite.independence`). A
+Stage: independence (used by :mod:`popstats._src.independence.mixing`). A
 *hypothesis* ``(k, a)`` says "axis ``a`` of root ``k`` indexes examples". A
 :class:`Flow` follows every hypothesis through one graph level in
 topological order: each variable maps each hypothesis to a *place*
@@ -44,8 +44,8 @@ from pytensor.tensor.subtensor import IncSubtensor, Subtensor, get_idx_list
 
 from popstats._src.graph.marker import BNStat, is_statistic
 from popstats._src.graph.recognize import acts_per_example
-from popstats._src.rewrite.rules import Hyp, Place, Rules, State
-from popstats._src.rewrite.shapes import PASS, Shapes, const
+from popstats._src.independence.rules import Hyp, Place, Rules, State
+from popstats._src.independence.shapes import PASS, Shapes, const
 
 __all__ = ["Event", "Flow", "Hyp", "Place", "walk_back"]
 
@@ -292,7 +292,7 @@ class Flow(Rules):
         return [h for h, (d, _) in self.state(var).items() if d in taken]
 
     def scan(self, node: Apply) -> list[State]:
-        """A loop: :class:`~popstats._src.rewrite.loops.LoopFlow` follows it."""
+        """A loop: :class:`~.scan_rule.LoopFlow` follows it."""
         return self.unknown(node)
 
     def unknown(self, node: Apply) -> list[State]:
