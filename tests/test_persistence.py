@@ -491,3 +491,52 @@ def test_failed_save_leaves_the_existing_file_untouched(saved, monkeypatch, kind
     # and a save that works replaces the file
     obj.save(path)
     assert path.read_bytes() != before
+
+
+# --------------------------------------------------------------------------
+# Issue 28: values loaded are checked before anything compiles
+# --------------------------------------------------------------------------
+
+
+def _linear_model():
+    """x @ W then a batch norm: the statistics' shape follows from W."""
+    x = pt.matrix("x")
+    w = pytensor.shared(np.random.default_rng(5).normal(size=(F, 4)), name="W")
+    h = x @ w
+    n = h.shape[0]
+    m = mark(h.mean(0), "lin.mean", "mean", "lin", n)
+    v = mark(h.var(0), "lin.var", "var", "lin", n)
+    return x, (h - m) / pt.sqrt(v + EPS)
+
+
+def test_loaded_value_of_wrong_length_is_refused_before_compiling(tmp_path):
+    x, y = _linear_model()
+    stats = popstats.estimate([x], y, FF.batches(3), mode=MODE)
+    path, bad = tmp_path / "stats.npz", tmp_path / "bad.npz"
+    stats.save(path)
+    index = list(stats).index("lin.mean")
+    # one moment of a group replaced: the file contradicts itself
+    _rewrite_npz(path, bad, **{f"value/{index}": np.zeros(7)})
+    with fails("load(path=...)", str(bad), "corrupted", "'lin.mean'", "(7,)",
+               "Save it again"):
+        popstats.load(bad)
+    # both replaced: the file is consistent, the graph's weights are not
+    arrays = {f"value/{k}": np.zeros(7) for k in range(2)}
+    _rewrite_npz(path, bad, **arrays)
+    with fails("rewrite(stats=...)", "shape (7,) in stats", "shape (4,)",
+               "estimate on this graph"):
+        popstats.rewrite(y, popstats.load(bad))
+
+
+def test_loaded_non_finite_value_is_refused(tmp_path):
+    x, y = _linear_model()
+    stats = popstats.estimate([x], y, FF.batches(3), mode=MODE)
+    path, bad = tmp_path / "stats.npz", tmp_path / "bad.npz"
+    stats.save(path)
+    index = list(stats).index("lin.var")
+    value = stats["lin.var"].value.copy()
+    value[2] = np.nan
+    _rewrite_npz(path, bad, **{f"value/{index}": value})
+    with fails("load(path=...)", str(bad), "'lin.var' holds NaN or infinity",
+               "1 of 4 values", "Save it again"):
+        popstats.load(bad)

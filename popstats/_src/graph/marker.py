@@ -148,8 +148,12 @@ def bn_statistic(
     Raises
     ------
     PopstatsError
-        If ``var`` is not a PyTensor variable or is already marked, or an
-        option has a wrong type or value.
+        If ``var`` is not a PyTensor variable or is already marked, reduces
+        nothing (an input, a shared variable or a constant marked itself) or
+        does not depend on the batch (computed from shared variables and
+        constants alone), or an option has a wrong type or value. Whether a
+        computed ``var`` reduces over the batch is left to
+        :func:`~popstats.rewrite`'s batch-independence analysis.
 
     Examples
     --------
@@ -175,6 +179,7 @@ def bn_statistic(
             f"bn_statistic(var=...): {var} is already marked (label "
             f"{var.owner.op.label!r}). Mark each statistic once."
         )
+    _check_computed(var)
     if label is None:
         label = var.name or "bn_stat"
     if not isinstance(label, str) or not label:
@@ -199,6 +204,35 @@ def bn_statistic(
     marked = BNStat(uuid.uuid4().hex, label, role, group)(var, *extra)
     marked.name = var.name
     return marked
+
+
+def _check_computed(var: Variable) -> None:
+    """Refuse what cannot be a batch statistic: a variable no operation
+    computes (an input, a weight, a constant: it reduces nothing), or one
+    computed from weights and constants alone (it does not depend on the
+    batch). Whether a computed value reduces over the batch is not judged
+    here: the batch-independence analysis of rewrite does."""
+    from pytensor.compile import SharedVariable
+    from pytensor.graph.basic import Constant
+    from pytensor.graph.traversal import graph_inputs
+
+    fix = ("Mark the statistic computed from the batch, not what it is "
+           "computed from, e.g. bn_statistic(h.mean(axis=0), label='mean') "
+           "(inside a loop, mark it where the loop computes it).")
+    if var.owner is None:
+        kind = ("a shared variable (a weight)" if isinstance(var, SharedVariable)
+                else "a constant" if isinstance(var, Constant)
+                else "an input (no operation computes it)")
+        raise PopstatsError(
+            f"bn_statistic(var=...): {var} is {kind}, so it reduces nothing "
+            f"and is no batch statistic. {fix}"
+        )
+    if all(isinstance(v, SharedVariable | Constant) for v in graph_inputs([var])):
+        raise PopstatsError(
+            f"bn_statistic(var=...): {var} is computed from shared variables and "
+            f"constants alone, so it is the same for every batch and is no "
+            f"batch statistic. {fix}"
+        )
 
 
 def _check_count(count: Any) -> Variable:

@@ -305,6 +305,10 @@ class RewriteDescription:
         if self.leftover:
             lines.append(f"Batch statistics left: "
                          f"{escape_text(', '.join(self.leftover))}")
+        elif self.mixing:  # no marked statistic left, yet not independent
+            lines.append("No marked batch statistic left, but the graph still "
+                         "mixes the examples of a batch (a batch statistic left "
+                         "unmarked?), so it is not ready for inference.")
         else:
             lines.append("No batch statistic left.")
         if self.mixing:

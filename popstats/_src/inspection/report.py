@@ -230,6 +230,7 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
     if plots:
         from popstats._src.inspection.optional import require
 
-        require("matplotlib", "report(plots=True)")
+        require("matplotlib", "report(plots=True)",
+                " Or pass plots=False for a report of tables only.")
     page = render_report(stats, title=title, plots=plots, shift=shift)
     return write_page(path, page, "report")

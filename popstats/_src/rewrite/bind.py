@@ -18,7 +18,7 @@ from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import as_variables
 from popstats._src.rewrite.matching import Matcher, check_match
-from popstats._src.rewrite.rewriter import check_stats, population_array
+from popstats._src.rewrite.rewriter import check_finite, check_stats, population_array
 
 __all__ = ["bind", "population_copies", "population_variables"]
 
@@ -87,6 +87,8 @@ def bind(
                     f"with the graph's time=..., or rewrite the graph again with "
                     f"these statistics."
                 )
+        for stat in group:
+            check_finite(stat, "bind")
         value = population_array(group, stacked, "bind")
         want = var.type.shape
         # the statistic's own axes (after time axes and the set axis) must be

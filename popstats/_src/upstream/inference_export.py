@@ -46,7 +46,12 @@ from popstats._src.graph.marker import statistic_group, statistic_label
 from popstats._src.graph.surgery import ScanEdit, walk_nodes
 from popstats._src.graph.walk import LoopStep, SiteId
 from popstats._src.rewrite.matching import Matcher
-from popstats._src.rewrite.rewriter import RewriteLevel, population_array
+from popstats._src.rewrite.rewriter import (
+    RewriteLevel,
+    check_fits,
+    population_array,
+    step_index,
+)
 
 __all__ = ["InferenceExport", "inference_export"]
 
@@ -114,7 +119,7 @@ class _InferenceLevel(ExportLevel):
 
     def extend_scan(self, edit: ScanEdit, inner: ExportLevel) -> None:
         rewrite = inner.rewrite  # type: ignore[attr-defined]
-        edit.add_sequence(pt.arange(edit.n_steps, dtype="int64"), rewrite.step)
+        edit.add_sequence(step_index(edit.n_steps), rewrite.step)
         for outer_value, inner_value in rewrite.non_seqs:
             edit.add_non_sequence(outer_value, inner_value)
 
@@ -171,6 +176,7 @@ def inference_export(
     graph = export_with(outputs, call, time,
                         lambda c, t, names: _InferenceLevel(c, t, names, root))
     matcher.check()
+    check_fits(root.placed, call)
     _check_not_random(graph, call)
     held = set(root.values.values())
     independent = frozenset(
