@@ -106,7 +106,7 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
     import jax.numpy as jnp
 
     def update(fields, stats):
-        prepared = []
+        prepared: list[Any] = []
         for site, old, (value, count, weight) in zip(sites, fields, stats,
                                                       strict=True):
             if old is None:
@@ -115,7 +115,8 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
             cells = old["n"].shape
             prepared.append(_prepare(value, count, weight, site.time_axes,
                                      max_steps, cells, dtype))
-        out, checks = [], []
+        out: list[dict[str, Any] | None] = []
+        checks = []
         for i, (site, estimator, old) in enumerate(
             zip(sites, estimators, fields, strict=True)
         ):
@@ -127,8 +128,9 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
             if count is not None and est.bessel_corrected(estimator, site.role):
                 ok = ok & fm.bessel_counts_ok(jnp, count, reached)
             mean = None
-            if partners[i] is not None:
-                mean = prepared[partners[i]][0]
+            partner = partners[i]
+            if partner is not None:
+                mean = prepared[partner][0]
             new = fm.update(jnp, estimator, site.role, old, value, count, reached,
                             mean)
             out.append({k: new[k].astype(old[k].dtype) for k in old})

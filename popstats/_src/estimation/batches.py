@@ -30,6 +30,7 @@ import numpy as np
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import EstimationGraph
@@ -62,7 +63,9 @@ def _lossless(array: np.ndarray, target: np.dtype) -> np.ndarray | None:
     return None
 
 
-def _convert(value: Any, var: Variable, index: int, call: str, policy: str) -> Any:
+def _convert(
+    value: Any, var: TensorVariable, index: int, call: str, policy: str
+) -> Any:
     """``value`` checked (and converted) for input ``var`` of batch ``index``."""
     where = f"{call}(batches=...): batch {index} gives input {str(var)!r}"
     try:
@@ -133,7 +136,7 @@ def check_inputs(
     eg: EstimationGraph,
     outputs: Sequence[Variable],
     call: str = "estimate",
-) -> list[Variable]:
+) -> list[TensorVariable]:
     if isinstance(inputs, Variable):
         inputs = [inputs]
     if not isinstance(inputs, list | tuple):
@@ -189,7 +192,7 @@ def check_inputs(
 
 def batch_values(
     batch: Any,
-    inputs: Sequence[Variable],
+    inputs: Sequence[TensorVariable],
     index: int,
     call: str = "estimate",
     dtypes: str = "convert",

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytensor
+from pytensor.compile.mode import Mode
 from pytensor.graph.basic import Variable
 
 from popstats._src.estimation import estimators as est
@@ -61,7 +62,7 @@ class DeviceFunction:
         self,
         inputs: Sequence[Variable],
         outputs: Sequence[Variable],
-        mode: object,
+        mode: str | Mode | None,
         sites: Sequence[Site],
         estimators: Sequence[est.Estimator],
         partners: Sequence[int | None],

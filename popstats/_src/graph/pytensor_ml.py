@@ -31,13 +31,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytensor.tensor as pt
 from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsWarning
 from popstats._src.graph.moments import mark_moments
@@ -203,7 +204,8 @@ def layer_name(node: Apply, context: Any) -> str:
 def expand(node: Apply, context: Any) -> list[Variable]:
     """The node's outputs recomputed with its batch mean and variance marked."""
     op = node.op
-    X, *rest = node.inputs
+    # pytensor-ml's batch norm ops take and give tensors
+    X, *rest = cast(list[TensorVariable], node.inputs)
     affine = bool(op.affine)
     loc, scale = rest[:2] if affine else (None, None)
     running = rest[2:] if affine else rest
@@ -228,4 +230,5 @@ def expand(node: Apply, context: Any) -> list[Variable]:
         mean_out = m * mean_out + rest_m * running_mean
         var_out = m * var_out + rest_m * running_var
     body = [normalized, mean_out, var_out]
-    return [new.astype(old.dtype) for new, old in zip(body, node.outputs, strict=True)]
+    outputs = cast(list[TensorVariable], node.outputs)
+    return [new.astype(old.dtype) for new, old in zip(body, outputs, strict=True)]

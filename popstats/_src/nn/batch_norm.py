@@ -111,7 +111,7 @@ def _is_int(value: object) -> bool:
 
 
 def _check_axes(axes: object, ndim: int) -> tuple[int, ...]:
-    items = (axes,) if isinstance(axes, int | np.integer) else axes
+    items: Any = (axes,) if isinstance(axes, int | np.integer) else axes
     try:
         items = tuple(items)
     except TypeError:
@@ -157,7 +157,7 @@ def _check_mask(mask: object, x: TensorVariable, axes: tuple) -> TensorVariable:
         f"ndim {x.ndim} with size 1 on the other axes"
     )
     if mask.ndim == len(axes):
-        pattern = ["x"] * x.ndim
+        pattern: list[str | int] = ["x"] * x.ndim
         for i, a in enumerate(axes):
             pattern[a] = i
         full = mask.dimshuffle(pattern)
@@ -294,7 +294,7 @@ def batch_norm(
             params.append(beta)
     gamma_b = _broadcast_param(gamma, "gamma", x, axes, kept)
     beta_b = _broadcast_param(beta, "beta", x, axes, kept)
-    pattern = ["x"] * x.ndim
+    pattern: list[str | int] = ["x"] * x.ndim
     for i, a in enumerate(kept):
         pattern[a] = i
 
@@ -331,7 +331,7 @@ def _broadcast_param(
     except (TypeError, ValueError, NotImplementedError):
         p = None
     if p is not None and p.ndim == len(kept):
-        pattern = ["x"] * x.ndim
+        pattern: list[str | int] = ["x"] * x.ndim
         for i, a in enumerate(kept):
             pattern[a] = i
         return p.dimshuffle(pattern)
