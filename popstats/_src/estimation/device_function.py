@@ -37,7 +37,9 @@ def lacks_float64(mode: object) -> bool:
         return False
     import jax
 
-    return not jax.config.jax_enable_x64
+    # (jax < 0.12 types Config without its flags; read() refuses this one on
+    # older jax, where it has a context manager)
+    return not jax.config.jax_enable_x64  # type: ignore[attr-defined, unused-ignore]
 
 
 class DeviceFunction:

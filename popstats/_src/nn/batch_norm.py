@@ -144,7 +144,7 @@ def _check_axes(axes: object, ndim: int) -> tuple[int, ...]:
     return norm
 
 
-def _check_mask(mask: object, x: TensorVariable, axes: tuple) -> TensorVariable:
+def _check_mask(mask: Any, x: TensorVariable, axes: tuple) -> TensorVariable:
     try:
         mask = pt.as_tensor_variable(mask)
     except (TypeError, ValueError, NotImplementedError):

@@ -13,6 +13,7 @@ import numpy as np
 import pytensor
 from pytensor.compile import SharedVariable
 from pytensor.graph.basic import Constant, Variable
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import as_variables
@@ -23,7 +24,7 @@ __all__ = ["check_batch_independence"]
 _CALL = "check_batch_independence"
 
 
-def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[Variable]:
+def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[TensorVariable]:
     inputs = [inputs] if isinstance(inputs, Variable) else inputs
     if not isinstance(inputs, list | tuple) or not all(
         isinstance(v, Variable) and v.owner is None
@@ -42,7 +43,7 @@ def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[Variable]:
     return list(inputs)
 
 
-def _values(batch: object, inputs: list[Variable]) -> list[np.ndarray]:
+def _values(batch: object, inputs: list[TensorVariable]) -> list[np.ndarray]:
     if isinstance(batch, Mapping):
         values = []
         for var in inputs:
@@ -67,7 +68,7 @@ def _values(batch: object, inputs: list[Variable]) -> list[np.ndarray]:
 
 
 def _size(values: list[np.ndarray], axes: dict[int, int | None],
-          inputs: list[Variable]) -> int:
+          inputs: list[TensorVariable]) -> int:
     sizes = {str(inputs[k]): values[k].shape[a] for k, a in axes.items()
              if a is not None}
     if not sizes or len(set(sizes.values())) != 1 or min(sizes.values()) < 2:
@@ -188,11 +189,10 @@ def check_batch_independence(
                                                            strict=True)]
     runs.append(("the permuted batch", order))
     found.append(run(order))
-    for (what, rows), outs in zip(runs, found, strict=True):
-        for j, (got, full) in enumerate(zip(outs, whole, strict=True)):
-            axis = batch_axis[j]
-            want = full if axis is None or axis == "shape" else np.take(
-                full, rows, axis=axis)
+    for (what, rows), got_outs in zip(runs, found, strict=True):
+        for j, (got, full) in enumerate(zip(got_outs, whole, strict=True)):
+            axis = batch_axis[j]  # an int, None or "shape"
+            want = np.take(full, rows, axis=axis) if isinstance(axis, int) else full
             if axis == "shape" or got.shape != want.shape:
                 problems.setdefault(j, f"output {j}: shape {got.shape} for {what} "
                                        f"but {full.shape} for the whole batch")

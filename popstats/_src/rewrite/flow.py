@@ -44,7 +44,14 @@ from pytensor.tensor.subtensor import IncSubtensor, Subtensor
 
 from popstats._src.graph.marker import BNStat, is_statistic
 from popstats._src.graph.recognize import acts_per_example
-from popstats._src.rewrite.rules import Hyp, Place, Rules, State
+from popstats._src.rewrite.rules import (
+    Hyp,
+    Place,
+    Rules,
+    State,
+    tensor_inputs,
+    tensor_outputs,
+)
 from popstats._src.rewrite.shapes import PASS, Shapes
 
 __all__ = ["Event", "Flow", "Hyp", "Place", "walk_back"]
@@ -122,11 +129,11 @@ class Flow(Rules):
         inner = isinstance(node.op, Scan | OpFromGraph)
         held = set().union(*states) if states else set()
         out: dict[Hyp, frozenset[Apply]] = {}
-        for hyp, nodes in incoming.items():
+        for hyp, reached in incoming.items():
             if inner or hyp in held:
-                self.confirmed.update((n, hyp) for n in nodes)
+                self.confirmed.update((n, hyp) for n in reached)
             else:
-                out[hyp] = frozenset(nodes)
+                out[hyp] = frozenset(reached)
         for hyp in self.pending.pop(node, ()):
             out[hyp] = out.get(hyp, frozenset()) | {node}
         if out:
@@ -164,7 +171,7 @@ class Flow(Rules):
         for node in toposort(list(outputs)):
             self.marks += [out for out in node.outputs if isinstance(
                 node.op, BNStat) or is_statistic(out)]
-            states = [{} for _ in node.outputs]
+            states: list[State] = [{} for _ in node.outputs]
             if any(self.state(v) for v in node.inputs):
                 states = self.apply(node)
                 for out, state in zip(node.outputs, states, strict=True):
@@ -176,7 +183,7 @@ class Flow(Rules):
         return [self.state(v) for v in outputs]
 
     def apply(self, node: Apply) -> list[State]:
-        op, ins = node.op, node.inputs
+        op, ins = node.op, tensor_inputs(node)
         n_out = len(node.outputs)
         if isinstance(op, PASS):
             return [dict(self.state(ins[0]))] + [{}] * (n_out - 1)
@@ -199,7 +206,7 @@ class Flow(Rules):
         if isinstance(op, Shape | Shape_i):
             return [{}]
         if isinstance(op, Alloc):
-            shift = node.outputs[0].ndim - ins[0].ndim
+            shift = tensor_outputs(node)[0].ndim - ins[0].ndim
             return [{h: (d + shift, c) for h, (d, c) in self.state(ins[0]).items()}]
         if isinstance(op, Subtensor):
             return [self.subtensor(node)]
@@ -237,9 +244,9 @@ class Flow(Rules):
                 self.confirmed)
             self.nested.append((node, inner))
             states = inner.run(op.inner_outputs)
-            for out, var in zip(node.outputs, op.inner_outputs, strict=True):
+            for outer, var in zip(node.outputs, op.inner_outputs, strict=True):
                 if var in inner.taint:
-                    self.taint[out] = inner.taint[var]
+                    self.taint[outer] = inner.taint[var]
             return states
         if acts_per_example(op):  # e.g. pytensor-ml's Im2Col (its recognizer says)
             out = {}

@@ -7,10 +7,12 @@ hypotheses (``state``) and returns its outputs' states, recording with
 ``docs/independence.rst``.
 
 Members: :data:`Hyp`, :data:`PAD_MODES`, :data:`Place`, :class:`Rules`,
-:data:`State`.
+:data:`State`, :func:`tensor_inputs`, :func:`tensor_outputs`.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import numpy as np
 from pytensor.graph.basic import Apply, Constant
@@ -18,10 +20,13 @@ from pytensor.tensor.basic import Split
 from pytensor.tensor.math import Dot
 from pytensor.tensor.sort import ArgSortOp, SortOp
 from pytensor.tensor.subtensor import get_idx_list
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.rewrite.shapes import Shapes, const, find, resolve
 
-__all__ = ["PAD_MODES", "Hyp", "Place", "Rules", "State"]
+__all__ = [
+    "PAD_MODES", "Hyp", "Place", "Rules", "State", "tensor_inputs", "tensor_outputs",
+]
 
 #: the modes of ``pytensor.tensor.pad`` that only move values along the
 #: padded axes (``"mean"``, ``"maximum"``... read statistics: not these)
@@ -30,6 +35,16 @@ PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 Hyp = tuple[int, int]  # (root index, axis)
 Place = tuple[int, int]  # (dim, part of a folded dim)
 State = dict[Hyp, Place]
+
+
+def tensor_inputs(node: Apply) -> list[TensorVariable]:
+    """A node's inputs (a copy): the operations with rules here take tensors."""
+    return cast(list[TensorVariable], list(node.inputs))
+
+
+def tensor_outputs(node: Apply) -> list[TensorVariable]:
+    """A node's outputs: the operations with rules here give tensors."""
+    return cast(list[TensorVariable], node.outputs)
 
 
 class Rules:
@@ -52,7 +67,7 @@ class Rules:
             out[hyp] = place
 
     def reduce(self, node: Apply, state: State, axes, kind: str) -> State:
-        axes = {int(a) % max(node.inputs[0].ndim, 1) for a in axes}
+        axes = {int(a) % max(tensor_inputs(node)[0].ndim, 1) for a in axes}
         out = {}
         for hyp, (d, c) in state.items():
             if d in axes:
@@ -65,7 +80,7 @@ class Rules:
         axis = getattr(node.op, "axis", None)
         if isinstance(node.op, SortOp | ArgSortOp) and len(node.inputs) > 1:
             axis = const(node.inputs[1])  # PyTensor 3.0: the axis is an input
-        ndim = max(node.inputs[0].ndim, 1)
+        ndim = max(tensor_inputs(node)[0].ndim, 1)
         axes = None if axis is None else {int(a) % ndim for a in np.atleast_1d(axis)}
         out = {}
         for hyp, (d, c) in self.state(node.inputs[0]).items():
@@ -76,9 +91,10 @@ class Rules:
         return out
 
     def subtensor(self, node: Apply) -> State:
-        x = node.inputs[0]
+        x = tensor_inputs(node)[0]
         entries = get_idx_list(node.inputs, node.op.idx_list)
-        keep, out_dim = {}, 0
+        keep: dict[int, tuple[int, bool] | None] = {}
+        out_dim = 0
         for dim in range(x.ndim):
             entry = entries[dim] if dim < len(entries) else slice(None)
             if isinstance(entry, slice):
@@ -90,16 +106,17 @@ class Rules:
                 keep[dim] = None
         out = {}
         for hyp, (d, c) in self.state(x).items():
-            if keep[d] is None:
+            kept = keep[d]
+            if kept is None:
                 self.mix(node, hyp, "takes single examples (an index) along")
-            elif not keep[d][1]:
+            elif not kept[1]:
                 self.mix(node, hyp, "shifts or reorders the examples (a slice) along")
             else:
-                out[hyp] = (keep[d][0], c)
+                out[hyp] = (kept[0], c)
         return out
 
     def inc_subtensor(self, node: Apply) -> State:
-        x, y = node.inputs[:2]
+        x, y = tensor_inputs(node)[:2]
         entries = get_idx_list(node.inputs, node.op.idx_list)
         view = []  # x's dims that the view keeps, with whether fully
         for dim in range(x.ndim):
@@ -129,7 +146,7 @@ class Rules:
         each example). None (inline its body instead) where the widths are
         not constants, the mode reads statistics, or the pad values carry
         examples."""
-        x, widths = node.inputs[0], node.inputs[1]
+        x, widths = tensor_inputs(node)[0], node.inputs[1]
         if getattr(node.op, "pad_mode", None) not in PAD_MODES or not isinstance(
                 widths, Constant) or any(self.state(v) for v in node.inputs[2:]):
             return None
@@ -146,7 +163,7 @@ class Rules:
         return [out]
 
     def reshape(self, node: Apply) -> State:
-        x = node.inputs[0]
+        x = tensor_inputs(node)[0]
         per_dim = [list(self.shapes.atoms(x, d)) for d in range(x.ndim)]
         flat_in = [a for atoms in per_dim for a in atoms]
         sizes = self.shapes.target(node)
@@ -164,8 +181,8 @@ class Rules:
         return out
 
     def dot(self, node: Apply) -> State:
-        left, right = node.inputs
-        out = {}
+        left, right = tensor_inputs(node)
+        out: State = {}
         for hyp, (d, c) in self.state(left).items():
             if d == left.ndim - 1:
                 self.mix(node, hyp, "contracts (a matrix product) over")
@@ -179,7 +196,7 @@ class Rules:
         return out
 
     def join(self, node: Apply) -> list[State]:
-        op, ins = node.op, list(node.inputs)
+        op, ins = node.op, tensor_inputs(node)
         axis = getattr(op, "axis", None)
         if isinstance(op, Split):  # (x, axis, splits) on 3.0, (x, splits) on 3.3
             axis, ins = const(ins[1]) if axis is None else axis, ins[:1]
@@ -197,10 +214,10 @@ class Rules:
     def blockwise(self, node: Apply) -> list[State]:
         op = node.op
         in_sig, out_sig = op.inputs_sig, op.outputs_sig
-        n_loop = node.outputs[0].ndim - len(out_sig[0])
+        n_loop = tensor_outputs(node)[0].ndim - len(out_sig[0])
         is_dot = isinstance(op.core_op, Dot) or type(op.core_op).__name__ == "Dot"
         outs: list[State] = [{} for _ in node.outputs]
-        for inp, sig in zip(node.inputs, in_sig, strict=True):
+        for inp, sig in zip(tensor_inputs(node), in_sig, strict=True):
             loop = inp.ndim - len(sig)
             for hyp, (d, c) in self.state(inp).items():
                 if d < loop:
@@ -219,10 +236,11 @@ class Rules:
         return outs
 
     def random(self, node: Apply) -> State:
-        op, draw = node.op, node.outputs[1]
+        op, draw = node.op, tensor_outputs(node)[1]
         n_batch = draw.ndim - op.ndim_supp
         out: State = {}
-        for param, core in zip(op.dist_params(node), op.ndims_params, strict=True):
+        params = cast(list[TensorVariable], op.dist_params(node))  # tensors
+        for param, core in zip(params, op.ndims_params, strict=True):
             loop = param.ndim - core
             for hyp, (d, c) in self.state(param).items():
                 if d >= loop:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from pytensor.compile.ops import DeepCopyOp, ViewOp
@@ -23,6 +24,7 @@ from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
 from pytensor.tensor.subtensor import Subtensor
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.graph.marker import BNStat
 from popstats._src.graph.recognize import acts_per_example
@@ -35,8 +37,8 @@ PASS = (BNStat, ViewOp, DeepCopyOp, SpecifyShape, CheckAndRaise)
 WILD = "*"
 
 
-def const(var: Variable | None) -> object:
-    """The value of a constant (through casts), else None."""
+def const(var: Variable | None) -> int | float | None:
+    """The value of a scalar constant (through casts), else None."""
     if var is None or isinstance(var, int | np.integer):
         return None if var is None else int(var)
     while not isinstance(var, Constant) and var.owner is not None and (
@@ -67,7 +69,7 @@ class Shapes:
         self.memo: dict[tuple[int, int], tuple] = {}
         self.depth = 0
 
-    def atoms(self, var: Variable, dim: int) -> tuple:
+    def atoms(self, var: TensorVariable, dim: int) -> tuple:
         key = (id(var), dim)
         if key not in self.memo:
             if self.depth >= self.MAX_DEPTH:
@@ -79,7 +81,7 @@ class Shapes:
                 self.depth -= 1
         return self.memo[key]
 
-    def _atoms(self, var: Variable, dim: int) -> tuple:
+    def _atoms(self, var: TensorVariable, dim: int) -> tuple:
         static = var.type.shape[dim]
         if static is not None:
             return () if static == 1 else (int(static),)
@@ -144,7 +146,7 @@ class Shapes:
     def target(self, node: Apply) -> list | None:
         """Atoms of each output axis of a reshape (``WILD`` for -1)."""
         shape = node.inputs[1]
-        ndim = node.outputs[0].ndim
+        ndim = cast(TensorVariable, node.outputs[0]).ndim  # Reshape's output
         if isinstance(shape, Constant):
             return [() if v == 1 else WILD if v == -1 else (int(v),)
                     for v in np.asarray(shape.data).ravel()]
