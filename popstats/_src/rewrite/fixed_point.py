@@ -50,7 +50,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sized
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -167,7 +167,7 @@ class _Pass:
 
 class _SizedPass(_Pass):
     def __len__(self) -> int:
-        return len(self.data.batches)  # type: ignore[arg-type]
+        return len(cast(Sized, self.data.batches))  # made for sized batches only
 
 
 @contextlib.contextmanager
