@@ -25,7 +25,7 @@ from _pytest.doctest import DoctestItem
 collect_ignore = []
 if importlib.util.find_spec("distributed") is None:
     collect_ignore += ["popstats/dask.py", "popstats/_src/distributed/cluster.py",
-                       "popstats/_src/distributed/api.py"]
+                       "popstats/_src/distributed/entry.py"]
 #: the pytensor-ml models of tests/test_pytensor_ml.py import pytensor-ml (the
 #: ``pytensor-ml`` extra, Python >= 3.12): without it they are not collected
 #: as doctest modules, nor is docs/pytensor-ml.rst (the test module skips).

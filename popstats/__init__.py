@@ -20,7 +20,7 @@ new data with population statistics, per layer and step.
 """
 
 from popstats import nn as nn
-from popstats._src.drift.drift import drift
+from popstats._src.drift.comparison import drift
 from popstats._src.drift.records import Drift, StatisticDrift
 from popstats._src.drift.shift import shift
 from popstats._src.errors import PopstatsError, PopstatsWarning
@@ -39,16 +39,17 @@ from popstats._src.graph.recognize import (
     register_recognizer,
     unregister_recognizer,
 )
+from popstats._src.independence.check import check_batch_independence
 from popstats._src.inspection import describe, describe_rewrite, draw, draw_rewrite
-from popstats._src.rewrite.api import get_inference_graph
 from popstats._src.rewrite.bind import bind, population_variables
-from popstats._src.rewrite.check import check_batch_independence
+from popstats._src.rewrite.inference_graph import get_inference_graph
 from popstats._src.rewrite.rewriter import rewrite
-from popstats._src.rewrite.running_stats import (
+from popstats._src.running.update import (
     RunningWrite,
     WrittenStatistics,
     update_running_stats,
 )
+from popstats._src.upstream import fixed_point as _fixed_point  # noqa: F401 (registers)
 from popstats._src.version import __version__ as __version__
 
 __all__ = [

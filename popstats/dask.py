@@ -20,6 +20,6 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess
         f"({exc}). Install them with `pip install 'popstats[dask]'`."
     ) from exc
 
-from popstats._src.distributed.api import estimate, estimate_groups
+from popstats._src.distributed.entry import estimate, estimate_groups
 
 __all__ = ["estimate", "estimate_groups"]

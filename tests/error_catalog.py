@@ -77,10 +77,10 @@ else:
 #: the pytensor-ml scenarios need pytensor-ml (the ``pytensor-ml`` extra,
 #: Python >= 3.12); only they reach the raise sites of PTML_FILES
 HAVE_PTML = importlib.util.find_spec("pytensor_ml") is not None
-PTML_FILES = frozenset({"popstats/_src/rewrite/running_ptml.py"})
+PTML_FILES = frozenset({"popstats/_src/running/ptml_targets.py"})
 #: where the raise sites only popstats.dask reaches are
 DASK_FILES = frozenset(f"popstats/_src/distributed/{name}.py"
-                       for name in ("api", "cluster", "tasks", "upstream"))
+                       for name in ("entry", "cluster", "tasks", "upstream"))
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "popstats"
@@ -124,7 +124,8 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
     ),
     # A batch failing the checks of graph accumulation is run again through
     # the host checks, which raise the specific error first.
-    ("popstats/_src/drift/drift.py", "_estimation", "could not rebuild the pass"): (
+    ("popstats/_src/drift/comparison.py", "_estimation",
+     "could not rebuild the pass"): (
         "a safety net: the estimators and time modes are given per name, so "
         "the rebuilt pass has those of stats"
     ),
@@ -143,13 +144,15 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
     ),
     ("popstats/_src/estimation/upstream.py", "fixed_point_driver", "is not loaded"): (
         "importing any part of popstats runs popstats/__init__.py, which "
-        "imports the rewrite stage that registers the passes"
+        "imports the upstream folder that registers the passes"
     ),
-    ("popstats/_src/rewrite/consistent.py", "InferenceExport.hold", "lack statistic"): (
+    ("popstats/_src/upstream/inference_export.py", "InferenceExport.hold",
+     "lack statistic"): (
         "the passes hold the values of the pass before, estimated on the same "
         "graph with the same time modes"
     ),
-    ("popstats/_src/rewrite/consistent.py", "InferenceExport.hold", "has shape"): (
+    ("popstats/_src/upstream/inference_export.py", "InferenceExport.hold",
+     "has shape"): (
         "the passes hold the values of the pass before, over the same batches"
     ),
 }
@@ -187,21 +190,22 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "Estimating on the inference graph: ``upstream='population'``",
-        ("estimation/upstream.py", "rewrite/consistent.py", "rewrite/fixed_point.py"),
+        ("estimation/upstream.py", "upstream/inference_export.py",
+         "upstream/fixed_point.py"),
     ),
     ("Batches and inputs", ("estimation/batches.py",)),
     (
         "Rewriting: ``rewrite``, ``bind``",
         ("rewrite/rewriter.py", "rewrite/bind.py", "rewrite/matching.py",
-         "rewrite/api.py"),
+         "rewrite/inference_graph.py"),
     ),
     (
         "Running statistics: ``update_running_stats``",
-        ("rewrite/running_stats.py", "rewrite/running_ptml.py"),
+        ("running/update.py", "running/ptml_targets.py"),
     ),
     (
         "Batch independence: ``batch_axes``, ``check_batch_independence``",
-        ("rewrite/independence.py", "rewrite/check.py"),
+        ("independence/mixing.py", "independence/check.py"),
     ),
     (
         "Statistics, saving and loading",
@@ -220,11 +224,11 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
         ("nn/batch_norm.py", "nn/running.py"),
     ),
     ("Drift: ``drift``, ``shift``",
-     ("drift/drift.py", "drift/records.py", "drift/report.py", "drift/shift.py",
+     ("drift/comparison.py", "drift/records.py", "drift/report.py", "drift/shift.py",
       "drift/measures.py")),
     (
         "Estimating on a cluster: ``popstats.dask``",
-        ("distributed/api.py", "distributed/cluster.py", "distributed/tasks.py",
+        ("distributed/entry.py", "distributed/cluster.py", "distributed/tasks.py",
          "distributed/upstream.py"),
     ),
     ("Options given by name (``match=``, ``dtypes=``, flags)", ("errors.py",)),

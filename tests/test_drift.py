@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import popstats
-from popstats._src.drift.drift import jeffreys
+from popstats._src.drift.comparison import jeffreys
 
 EPS = 1e-5
 

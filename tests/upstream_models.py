@@ -249,7 +249,7 @@ def popstats_pass(model: Model, stats, mode, **options):
     graph of the inference graph of ``stats`` (every statistic upstream at
     its value in ``stats``), built as the passes build it."""
     from popstats._src.estimation.options import EstimationOptions
-    from popstats._src.rewrite.consistent import inference_export
+    from popstats._src.upstream.inference_export import inference_export
 
     opts = EstimationOptions.check("estimate", {"mode": mode, **options})
     exported = inference_export(model.outputs, stats, opts.time, "estimate")

@@ -1,6 +1,6 @@
 """Above the pipeline: estimation passes on a Dask cluster (the ``dask`` extra).
 
-- :mod:`~popstats._src.distributed.api` -- :func:`estimate`,
+- :mod:`~popstats._src.distributed.entry` -- :func:`estimate`,
   :func:`estimate_groups` (public as :mod:`popstats.dask`);
 - :mod:`~popstats._src.distributed.cluster` -- planning and running a pass
   over partitions, on the client;
@@ -9,6 +9,6 @@
 Importing this folder imports Dask.
 """
 
-from popstats._src.distributed.api import estimate, estimate_groups
+from popstats._src.distributed.entry import estimate, estimate_groups
 
 __all__ = ["estimate", "estimate_groups"]

@@ -38,8 +38,8 @@ from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import as_variables
-from popstats._src.rewrite.consistent import inference_export
-from popstats._src.rewrite.fixed_point import inference_pass
+from popstats._src.upstream.fixed_point import inference_pass
+from popstats._src.upstream.inference_export import inference_export
 
 __all__ = [
     "GraphPayload",
@@ -129,7 +129,7 @@ def build_pass(inputs: Any, outputs: Any, options: Any, call: str,
                upstream: Any, compile_now: bool) -> Estimation:
     """The pass of a payload's contents: over the training graph, or, with
     ``upstream`` values, over the inference graph holding them (a pass of
-    ``upstream="population"``, :mod:`popstats._src.rewrite.fixed_point`)."""
+    ``upstream="population"``, :mod:`popstats._src.upstream.fixed_point`)."""
     if upstream is None:
         if options.upstream != "batch":
             options = dataclasses.replace(options, upstream="batch")

@@ -1,6 +1,6 @@
 """``upstream="population"`` on a cluster: every pass a distributed pass.
 
-The passes are those of :mod:`popstats._src.rewrite.fixed_point`: pass 0
+The passes are those of :mod:`popstats._src.upstream.fixed_point`: pass 0
 over the training graph, then passes over the inference graph holding the
 previous pass's values, until the largest relative change is at most
 ``upstream_tol``. Each pass is one :func:`~popstats._src.distributed.cluster.plan_pass`
@@ -27,8 +27,8 @@ from popstats._src.estimation.options import EstimationOptions
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import as_variables
-from popstats._src.rewrite.consistent import inference_export
-from popstats._src.rewrite.fixed_point import iterate, quiet
+from popstats._src.upstream.fixed_point import iterate, quiet
+from popstats._src.upstream.inference_export import inference_export
 
 __all__ = ["fixed_point_groups"]
 

@@ -1,6 +1,6 @@
 """Above the pipeline: drift of new data against population statistics.
 
-- :mod:`~popstats._src.drift.drift` -- :func:`drift`, the comparison pass;
+- :mod:`~popstats._src.drift.comparison` -- :func:`drift`, the comparison pass;
 - :mod:`~popstats._src.drift.shift` -- :func:`shift`, the estimation shift
   (drift on the inference graph against its layers' input moments);
 - :mod:`~popstats._src.drift.measures` -- the divergence and cell arithmetic;
@@ -8,7 +8,7 @@
 - :mod:`~popstats._src.drift.report` -- its table, plots and HTML report.
 """
 
-from popstats._src.drift.drift import drift
+from popstats._src.drift.comparison import drift
 from popstats._src.drift.records import Drift, StatisticDrift
 from popstats._src.drift.shift import shift
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pytensor.graph.basic import Variable
 
-from popstats._src.drift.drift import drift
+from popstats._src.drift.comparison import drift
 from popstats._src.drift.records import Drift
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import PopulationStatistics

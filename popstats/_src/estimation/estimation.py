@@ -152,7 +152,7 @@ class Estimation:
         upstream: str, compile_now: bool = True,
     ) -> Estimation:
         """The pass over an estimation graph made by a later stage (the
-        inference graph's, :mod:`popstats._src.rewrite.consistent`);
+        inference graph's, :mod:`popstats._src.upstream.inference_export`);
         ``upstream`` goes into its :class:`PassSpec`."""
         new = cls.__new__(cls)
         new._build(inputs, list(outputs), options, compile_now, call, graph,
@@ -379,7 +379,7 @@ class Estimation:
         from popstats._src.estimation.progress import check_progress, progress_bar
 
         if self.options.upstream == "population" and self.spec.upstream == "batch":
-            # the passes to the fixed point (popstats._src.rewrite.fixed_point)
+            # the passes to the fixed point (popstats._src.upstream.fixed_point)
             self._final, last, self.fixed_point = up.fixed_point_driver(self.call)(
                 self, batches, state, on_batch, checkpoint, checkpoint_every,
                 progress)

@@ -3,8 +3,8 @@
 With ``upstream="population"`` each statistic is estimated on the inference
 graph: the batch norms upstream of it normalize with population values.
 Building that graph is the rewrite stage's job
-(:mod:`popstats._src.rewrite.consistent`), and so is the loop of passes
-that reaches the fixed point (:mod:`popstats._src.rewrite.fixed_point`),
+(:mod:`popstats._src.upstream.inference_export`), and so is the loop of passes
+that reaches the fixed point (:mod:`popstats._src.upstream.fixed_point`),
 which registers itself here (:func:`register_fixed_point`) when the rewrite
 stage is imported (``import popstats`` does): estimation never imports the
 stage above it.

@@ -6,7 +6,7 @@ time modes. Three stages read pairs: the exporter pools a variance over time
 with its mean (:mod:`popstats._src.export.exporter`), the ``"pooled"``
 estimator combines them across batches
 (:mod:`popstats._src.estimation.partners`), and drift compares a pair as one
-distribution (:mod:`popstats._src.drift.drift`). They all ask this module.
+distribution (:mod:`popstats._src.drift.comparison`). They all ask this module.
 
 - :class:`PairKey` -- what the rule reads of one statistic; built from a
   finished :class:`~popstats._src.export.sites.Site` by :func:`key_of_site`

@@ -27,9 +27,9 @@ from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.graph.identity import digest
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
+from popstats._src.independence.mixing import mixing_operations
 from popstats._src.inspection.tables import escape_text, html_table, text_table
 from popstats._src.rewrite.bind import population_copies
-from popstats._src.rewrite.independence import mixing_operations
 
 __all__ = [
     "Description",

@@ -12,7 +12,7 @@ Stage: rewrite (:mod:`popstats._src.rewrite`). Members: :func:`rewrite`,
 :func:`rewrite_as` (errors naming another call), :func:`population_array`
 and :func:`check_stats` (shared with :mod:`popstats._src.rewrite.bind`),
 :class:`RewriteLevel` (the visitor, which
-:mod:`popstats._src.rewrite.consistent` combines with the exporter's).
+:mod:`popstats._src.upstream.inference_export` combines with the exporter's).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import as_variables, restructure
 from popstats._src.graph.surgery import ScanEdit
 from popstats._src.graph.walk import LoopStep, SiteId, transform
-from popstats._src.rewrite.independence import mixing_operations, warn_mixing
+from popstats._src.independence.mixing import mixing_operations, warn_mixing
 from popstats._src.rewrite.matching import Matcher, check_match
 
 __all__ = ["RewriteLevel", "check_stats", "population_array", "rewrite", "rewrite_as"]

@@ -1,6 +1,6 @@
 """The batch axis through a ``Scan``: the rule of :class:`~.flow.Flow` for loops.
 
-Stage: rewrite. A loop slices its sequences (and its state buffers) along
+Stage: independence. A loop slices its sequences (and its state buffers) along
 axis 0, so a batch axis ``d`` of the outer value is ``d - 1`` in the loop
 body; non-sequences and untraced states keep it. The body's outputs stack
 the steps first, so an inner axis ``d`` is ``d + 1`` outside (untraced
@@ -21,13 +21,13 @@ from typing import cast
 
 from pytensor.graph.basic import Apply, Variable
 
-from popstats._src.rewrite.flow import Flow, Hyp, State, scan_args
+from popstats._src.independence.flow import Flow, Hyp, State, scan_args
 
 __all__ = ["LoopFlow"]
 
 
 class LoopFlow(Flow):
-    """A :class:`~popstats._src.rewrite.flow.Flow` that follows loops too."""
+    """A :class:`~popstats._src.independence.flow.Flow` that follows loops too."""
 
     def scan(self, node: Apply) -> list[State]:
         return scan_states(self, node)

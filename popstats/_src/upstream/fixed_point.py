@@ -23,7 +23,7 @@ largest magnitude of its statistic) is at most ``upstream_tol``, and fail
 with a clear error after ``upstream_passes``. One mechanism covers every
 model kind popstats rewrites (loops, nested loops, time pooling, every
 estimator): each pass is an ordinary estimation pass, over the graph of
-:func:`~popstats._src.rewrite.consistent.inference_export`, compiled once;
+:func:`~popstats._src.upstream.inference_export.inference_export`, compiled once;
 its population values are shared variables set before each pass.
 
 Every pass must see the same data (the fixed point is that of a data set):
@@ -35,7 +35,7 @@ checked, not computed) and resumes the interrupted one. A pass's checkpoint
 records the population values it ran with (in its parameters' digest), so a
 checkpoint of another pass is refused.
 
-Stage: rewrite. Members: :func:`run_fixed_point` (the passes);
+Stage: upstream. Members: :func:`run_fixed_point` (the passes);
 :func:`iterate` (the loop of passes, given how to run one),
 :func:`inference_pass`, :func:`largest_change`, :func:`check_change`,
 :func:`not_converged`, :func:`quiet`, :data:`STILL` (shared with
@@ -59,7 +59,7 @@ from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.estimation.upstream import FixedPoint, register_fixed_point
-from popstats._src.rewrite.consistent import inference_export
+from popstats._src.upstream.inference_export import inference_export
 
 __all__ = [
     "STILL",

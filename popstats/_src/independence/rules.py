@@ -1,7 +1,7 @@
-"""The rules of :class:`~popstats._src.rewrite.flow.Flow` for operations
+"""The rules of :class:`~popstats._src.independence.flow.Flow` for operations
 that move, reduce or contract axes.
 
-Stage: rewrite. Each method takes an apply node whose inputs hold
+Stage: independence. Each method takes an apply node whose inputs hold
 hypotheses (``state``) and returns its outputs' states, recording with
 ``mix`` what mixes examples. The rules, in words, are in
 ``docs/independence.rst``.
@@ -22,7 +22,7 @@ from pytensor.tensor.sort import ArgSortOp, SortOp
 from pytensor.tensor.subtensor import get_idx_list
 from pytensor.tensor.variable import TensorVariable
 
-from popstats._src.rewrite.shapes import Shapes, const, find, resolve
+from popstats._src.independence.shapes import Shapes, const, find, resolve
 
 __all__ = [
     "PAD_MODES", "Hyp", "Place", "Rules", "State", "tensor_inputs", "tensor_outputs",

@@ -20,10 +20,10 @@ where either has no group is refused: its layer cannot be told.
 The population values sit in shared variables (:class:`InferenceExport`
 holds them by statistic name) so that one compiled function serves every
 pass of the fixed-point iteration
-(:mod:`popstats._src.rewrite.fixed_point`): :meth:`InferenceExport.hold`
+(:mod:`popstats._src.upstream.fixed_point`): :meth:`InferenceExport.hold`
 puts new values in place.
 
-Stage: rewrite. Members: :class:`InferenceExport`, :func:`inference_export`.
+Stage: upstream. Members: :class:`InferenceExport`, :func:`inference_export`.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class InferenceExport:
     values: Mapping[str, TensorSharedVariable]
     #: the statistics outside loops that read no population value (no
     #: statistic upstream): every pass over the same data gives them the
-    #: same value, which :mod:`~popstats._src.rewrite.fixed_point` checks
+    #: same value, which :mod:`~popstats._src.upstream.fixed_point` checks
     independent: frozenset[str] = frozenset()
 
     def hold(self, stats: PopulationStatistics, call: str) -> None:

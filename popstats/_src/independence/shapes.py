@@ -1,6 +1,6 @@
 """Sizes of axes as products of atoms: how :mod:`~.flow` follows reshapes.
 
-Stage: rewrite. ``tensordot`` (hence ``dot`` of a 3-d value) folds the
+Stage: independence. ``tensordot`` (hence ``dot`` of a 3-d value) folds the
 leading axes into one for a matrix product and splits them back after;
 the batch axis is followed through such folds when the sizes tell where
 it goes (:class:`Shapes`, :func:`resolve`, :func:`find`).

@@ -1,6 +1,6 @@
 """pytensor-ml's running statistics as targets of :func:`update_running_stats`.
 
-Stage: rewrite (below ``nn``; never imports pytensor_ml). The recognizer
+Stage: running (below ``nn``; never imports pytensor_ml). The recognizer
 (:mod:`popstats._src.graph.pytensor_ml`) records, while a graph is exported,
 every application of a pytensor-ml batch norm by the group of its statistics,
 with the shared variables its running mean and variance come from (update chain

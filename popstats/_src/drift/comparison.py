@@ -58,9 +58,9 @@ from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import as_variables, export_checked
 from popstats._src.export.pairing import Pairs, key_of_site
 from popstats._src.export.time_modes import align_cells
-from popstats._src.rewrite.consistent import inference_export
-from popstats._src.rewrite.fixed_point import inference_pass
 from popstats._src.rewrite.matching import check_match
+from popstats._src.upstream.fixed_point import inference_pass
+from popstats._src.upstream.inference_export import inference_export
 
 __all__ = ["drift", "jeffreys"]
 

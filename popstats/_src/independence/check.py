@@ -1,6 +1,6 @@
 """Batch independence proven on data: :func:`check_batch_independence`.
 
-Stage: rewrite. The structural analysis of :mod:`~.independence` tells
+Stage: independence. The structural analysis of :mod:`~.mixing` tells
 which operations mix examples; this runs the graph and compares.
 """
 
@@ -17,7 +17,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import as_variables
-from popstats._src.rewrite.independence import check_batch_axes, data_inputs
+from popstats._src.independence.mixing import check_batch_axes, data_inputs
 
 __all__ = ["check_batch_independence"]
 

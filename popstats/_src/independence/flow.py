@@ -1,6 +1,6 @@
 """Where each input's batch axis goes in a graph, and which operations mix it.
 
-Stage: rewrite (used by :mod:`popstats._src.rewrite.independence`). A
+Stage: independence (used by :mod:`popstats._src.independence.mixing`). A
 *hypothesis* ``(k, a)`` says "axis ``a`` of root ``k`` indexes examples". A
 :class:`Flow` follows every hypothesis through one graph level in
 topological order: each variable maps each hypothesis to a *place*
@@ -44,7 +44,7 @@ from pytensor.tensor.subtensor import IncSubtensor, Subtensor
 
 from popstats._src.graph.marker import BNStat, is_statistic
 from popstats._src.graph.recognize import acts_per_example
-from popstats._src.rewrite.rules import (
+from popstats._src.independence.rules import (
     Hyp,
     Place,
     Rules,
@@ -52,7 +52,7 @@ from popstats._src.rewrite.rules import (
     tensor_inputs,
     tensor_outputs,
 )
-from popstats._src.rewrite.shapes import PASS, Shapes
+from popstats._src.independence.shapes import PASS, Shapes
 
 __all__ = ["Event", "Flow", "Hyp", "Place", "walk_back"]
 
@@ -259,7 +259,7 @@ class Flow(Rules):
         return self.unknown(node)
 
     def scan(self, node: Apply) -> list[State]:
-        """A loop: :class:`~popstats._src.rewrite.loops.LoopFlow` follows it."""
+        """A loop: :class:`~.scan_rule.LoopFlow` follows it."""
         return self.unknown(node)
 
     def unknown(self, node: Apply) -> list[State]:

@@ -21,7 +21,7 @@ from popstats._src.estimation.options import (
     takes_options,
 )
 from popstats._src.export.exporter import as_variables
-from popstats._src.rewrite.independence import check_batch_axes, data_inputs
+from popstats._src.independence.mixing import check_batch_axes, data_inputs
 from popstats._src.rewrite.rewriter import rewrite_as
 
 __all__ = ["get_inference_graph"]

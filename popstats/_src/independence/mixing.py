@@ -1,9 +1,9 @@
 """Does an inference graph still mix the examples of a batch?
 
-Stage: rewrite (called by :func:`~popstats.rewrite`, hence
+Stage: independence (called by :func:`~popstats.rewrite`, hence
 :func:`~popstats.get_inference_graph`, and by
 :func:`~popstats.describe_rewrite`). Two passes of
-:class:`~popstats._src.rewrite.loops.LoopFlow`:
+:class:`~popstats._src.independence.scan_rule.LoopFlow`:
 
 1. over the training graph, following every axis of every input: the axes
    each marked statistic reduces over, traced back to the inputs, say which
@@ -29,8 +29,8 @@ from pytensor.graph.traversal import graph_inputs
 from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, PopstatsWarning, describe_value
-from popstats._src.rewrite.flow import Event, walk_back
-from popstats._src.rewrite.loops import LoopFlow
+from popstats._src.independence.flow import Event, walk_back
+from popstats._src.independence.scan_rule import LoopFlow
 
 __all__ = ["batch_axes", "check_batch_axes", "data_inputs", "mixing_operations",
            "warn_mixing"]

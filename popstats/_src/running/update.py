@@ -1,11 +1,11 @@
 """Precise batch norm: population statistics written into running statistics.
 
-Stage: rewrite. :func:`update_running_stats` is PyTorch's ``update_bn`` and
+Stage: running. :func:`update_running_stats` is PyTorch's ``update_bn`` and
 fvcore's PreciseBN for PyTensor: it estimates the population statistics of a
 graph (any estimator, as :func:`~popstats.estimate`) and writes them into the
 shared variables the graph's batch norms read at inference, without changing
 the graph: pytensor-ml's ``running_mean`` / ``running_var``
-(:mod:`popstats._src.rewrite.running_ptml`) and
+(:mod:`popstats._src.running.ptml_targets`) and
 :func:`popstats.nn.running_average_updates`' running averages (passed as
 ``running=``; found by the tags ``nn`` writes on its variables, since this
 stage cannot import ``nn``). Everything is checked before anything is written.
@@ -35,8 +35,8 @@ from popstats._src.estimation.options import (
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import export
 from popstats._src.graph.pytensor_ml import collect_applications
-from popstats._src.rewrite import running_ptml
-from popstats._src.rewrite.running_ptml import CALL, Target
+from popstats._src.running import ptml_targets as running_ptml
+from popstats._src.running.ptml_targets import CALL, Target
 
 __all__ = ["RunningWrite", "WrittenStatistics", "update_running_stats"]
 
