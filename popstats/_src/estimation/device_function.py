@@ -37,9 +37,8 @@ def lacks_float64(mode: object) -> bool:
         return False
     import jax
 
-    # (jax < 0.12 types Config without its flags; read() refuses this one on
-    # older jax, where it has a context manager)
-    return not jax.config.jax_enable_x64  # type: ignore[attr-defined, unused-ignore]
+    # (read() refuses this flag on older jax, where it has a context manager)
+    return not jax.config.jax_enable_x64  # type: ignore[attr-defined, unused-ignore]  # jax < 0.12 types Config without its flags
 
 
 class DeviceFunction:

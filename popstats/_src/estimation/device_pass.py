@@ -63,7 +63,7 @@ class DevicePass(Pass):
 
     def __init__(self, context: PassContext, state: EstimationState) -> None:
         self.context = context
-        self.device: DeviceFunction = context.device  # type: ignore[assignment]  # set for this pass
+        self.device: DeviceFunction = context.device  # type: ignore[assignment]  # optional in PassContext, set where the device function exists, which alone makes this pass
         self.fold_every = (FOLD_EVERY_FLOAT32 if self.device.dtype == "float32"
                            else None)
         self.base = copy_state(state)

@@ -294,8 +294,7 @@ def takes_options(function: F) -> F:
     options]`` becomes :data:`OPTIONS_DOC`, indented as that line. A class
     gets its docstring filled and its ``__init__``'s signature.
     """
-    # (a decorated class's own __init__; mypy flags __init__ read off a value)
-    target: Any = function.__init__ if isinstance(function, type) else function  # type: ignore[misc]
+    target: Any = function.__init__ if isinstance(function, type) else function  # type: ignore[misc]  # a decorated class's own __init__ (mypy: unsound off an instance)
     signature = inspect.signature(target)
     params = [p for p in signature.parameters.values()
               if p.kind is not inspect.Parameter.VAR_KEYWORD]

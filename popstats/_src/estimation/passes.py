@@ -197,10 +197,8 @@ class GraphPass(Pass):
 
     def __init__(self, context: PassContext, state: EstimationState) -> None:
         self.context = context
-        # PassContext holds every engine's handle, optional: the graph engine's
-        # are set for accumulate='graph', which alone makes this pass
-        self.graph: GraphAccumulator = context.graph  # type: ignore[assignment]  # set
-        self.function: Callable[..., Any] = context.graph_function  # type: ignore[assignment]  # set
+        self.graph: GraphAccumulator = context.graph  # type: ignore[assignment]  # optional in PassContext, set for accumulate='graph', which alone makes this pass
+        self.function: Callable[..., Any] = context.graph_function  # type: ignore[assignment]  # likewise
         context.occupancy.take(context.call)
         try:
             self.graph.load(state)
