@@ -24,9 +24,9 @@ from popstats._src.drift.comparison import drift
 from popstats._src.drift.records import Drift, StatisticDrift
 from popstats._src.drift.shift import shift
 from popstats._src.errors import PopstatsError, PopstatsWarning
-from popstats._src.estimation.api import estimate
-from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.estimators import Estimator
+from popstats._src.estimation.one_call import estimate
+from popstats._src.estimation.pass_object import Estimation
 from popstats._src.estimation.state import EstimationState, load_state
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic, load
 from popstats._src.export.exporter import EstimationGraph, Site, export
@@ -49,7 +49,7 @@ from popstats._src.running.update import (
     WrittenStatistics,
     update_running_stats,
 )
-from popstats._src.upstream import fixed_point as _fixed_point  # noqa: F401 (registers)
+from popstats._src.upstream.fixed_point import FixedPointDriver as _FixedPointDriver
 from popstats._src.version import __version__ as __version__
 
 __all__ = [
@@ -92,3 +92,8 @@ __all__ = [
     "unregister_recognizer",
     "update_running_stats",
 ]
+
+# upstream="population": Estimation.run hands its passes to this driver (the
+# fixed point's, a stage above estimation). The one place the two are wired:
+# see popstats._src.estimation.pass_object.PassDriver.
+Estimation.driver = _FixedPointDriver()

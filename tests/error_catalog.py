@@ -142,9 +142,9 @@ UNREACHABLE: dict[tuple[str, str, str], str] = {
     ("popstats/_src/estimation/passes.py", "explain", "failed the estimation"): (
         "the host checks run on the same batch raise first"
     ),
-    ("popstats/_src/estimation/upstream.py", "fixed_point_driver", "is not loaded"): (
-        "importing any part of popstats runs popstats/__init__.py, which "
-        "imports the upstream folder that registers the passes"
+    ("popstats/_src/estimation/upstream.py", "_NoDriver.run", "not loaded"): (
+        "importing any part of popstats runs popstats/__init__.py, which sets "
+        "Estimation.driver to the passes of the fixed point"
     ),
     ("popstats/_src/upstream/inference_export.py", "InferenceExport.hold",
      "lack statistic"): (
@@ -183,9 +183,9 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     (
         "Estimating: ``estimate``, ``Estimation``, ``Estimator``",
         tuple(f"estimation/{name}.py" for name in (
-            "estimation", "combine", "estimators", "partners", "accumulate_host",
-            "passes", "accumulate_graph", "checkpoint", "options", "api",
-            "progress",
+            "pass_object", "combine", "estimators", "partners", "checks",
+            "accumulate_host", "passes", "accumulate_graph", "options",
+            "one_call", "progress",
         )),
     ),
     (

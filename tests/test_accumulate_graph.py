@@ -166,11 +166,11 @@ def test_jax_accumulates_on_the_device_in_float32_without_float64():
     try:
         jax.config.update("jax_enable_x64", False)
         run = popstats.Estimation([x], y, mode="JAX", accumulate="graph")
-        assert run.accumulate == "graph" and run._device.dtype == "float32"
+        assert run.accumulate == "graph" and run._engine.device.dtype == "float32"
     finally:
         jax.config.update("jax_enable_x64", before)
     run = popstats.Estimation([x], y, mode="JAX", accumulate="graph")
-    assert run._device.dtype == ("float64" if before else "float32")
+    assert run._engine.device.dtype == ("float64" if before else "float32")
     assert pytensor.config.floatX == "float64"
 
 

@@ -63,7 +63,8 @@ def pair(config, **options):
                                  **kwargs)
     host = popstats.Estimation(inputs, outputs, mode="FAST_COMPILE",
                                accumulate="host", **kwargs)
-    assert device._device is not None and device._device.dtype == "float64"
+    engine = device._engine
+    assert engine.device is not None and engine.device.dtype == "float64"
     return device, host
 
 
@@ -87,10 +88,11 @@ def test_parameters_cross_once_per_pass_and_are_taken_again(monkeypatch, accumul
     y = h - popstats.bn_statistic(h.mean(0), "m")
     run = popstats.Estimation([x], y, mode="JAX", accumulate=accumulate)
     puts, args = [], []
-    put, jit = run._device.put_parameters, run._device.jit
-    monkeypatch.setattr(run._device, "put_parameters",
+    device = run._engine.device
+    put, jit = device.put_parameters, device.jit
+    monkeypatch.setattr(device, "put_parameters",
                         lambda: puts.append(1) or put())
-    monkeypatch.setattr(run._device, "jit",
+    monkeypatch.setattr(device, "jit",
                         lambda *a: args.append(a) or jit(*a))
     batches = [{"x": np.full((4, 3), float(i))} for i in range(10)]
     first = run.finalize(run.run(batches, progress=False))
@@ -206,7 +208,7 @@ def test_float32_accumulators_keep_float64_accuracy_over_10000_batches(
         monkeypatch.setattr(device_pass, "FOLD_EVERY_FLOAT32", fold)
         run = popstats.Estimation(inputs, outputs, estimator=estimator,
                                   mode="JAX", accumulate="graph")
-        assert run._device.dtype == "float32"
+        assert run._engine.device.dtype == "float32"
         stats = run.finalize(run.run(batches, progress=False))
         assert stats["m"].coverage == reference["m"].coverage == 10_000
         return max(np.max(np.abs(stats[k].value / reference[k].value - 1))

@@ -75,7 +75,7 @@ def test_wheel_contents(dists):
         info = f"popstats-{version}.dist-info"
         assert "popstats/py.typed" in names
         assert "popstats/__init__.py" in names
-        assert "popstats/_src/estimation/api.py" in names
+        assert "popstats/_src/estimation/one_call.py" in names
         assert f"{info}/licenses/LICENSE" in names, sorted(names)
         licence = wheel.read(f"{info}/licenses/LICENSE").decode()
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()

@@ -249,13 +249,15 @@ def popstats_pass(model: Model, stats, mode, **options):
     graph of the inference graph of ``stats`` (every statistic upstream at
     its value in ``stats``), built as the passes build it."""
     from popstats._src.estimation.options import EstimationOptions
+    from popstats._src.estimation.plan import EstimationPlan
     from popstats._src.upstream.inference_export import inference_export
 
     opts = EstimationOptions.check("estimate", {"mode": mode, **options})
     exported = inference_export(model.outputs, stats, opts.time, "estimate")
     exported.hold(stats, "estimate")
-    run = popstats.Estimation.of_graph(model.inputs, model.outputs, exported.graph,
-                                       opts, "estimate", "population:check")
+    run = popstats.Estimation.of(EstimationPlan(
+        model.inputs, model.outputs, opts, "estimate", graph=exported.graph,
+        upstream="population:check"))
     return run.finalize(run.run(model.batches))
 
 

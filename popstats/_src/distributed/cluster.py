@@ -48,8 +48,8 @@ from popstats._src.distributed.tasks import (
     run_partition,
 )
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.options import EstimationOptions
+from popstats._src.estimation.pass_object import Estimation
 from popstats._src.estimation.progress import check_progress, progress_bar
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
@@ -129,7 +129,7 @@ _RECENT_LOCK = threading.Lock()
 
 def _payload(run: Estimation, outputs: Any, options: EstimationOptions,
              call: str, upstream: PopulationStatistics | None = None) -> GraphPayload:
-    """The graph and options (and the upstream values of a pass of
+    """The graph and options (and the upstream values of a round of
     ``upstream="population"``), pickled once for every worker."""
     outs = as_variables(outputs, call)
     variables = [*run.inputs, *outs]
@@ -241,7 +241,7 @@ def plan_pass(
     ``groups`` maps a key (None for :func:`estimate`) to its partitions,
     ``states`` a key to a state to continue, ``options`` the estimation
     options (checked, naming ``call``); ``upstream``: the values of the
-    previous pass of ``upstream="population"``, for a pass over the
+    previous round of ``upstream="population"``, for a pass over the
     inference graph that holds them.
     """
     split_every = _check_split_every(split_every, call)

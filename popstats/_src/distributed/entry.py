@@ -114,9 +114,9 @@ def estimate(
     Only ``"ema"`` depends on that order (a running average weighs later
     batches more); every other estimator gives the same value in any order.
 
-    **upstream="population".** Every pass of the fixed point
+    **upstream="population".** Every round of the fixed point
     (:doc:`/upstream`) is a distributed pass: the workers build the pass
-    over the inference graph holding the previous pass's values (sent with
+    over the inference graph holding the previous round's values (sent with
     the graph) and load their partitions again, so a loader must give the
     same batches every time it is called. ``state`` is refused.
 

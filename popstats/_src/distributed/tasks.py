@@ -35,7 +35,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimation.estimation import Estimation
+from popstats._src.estimation.pass_object import Estimation
+from popstats._src.estimation.plan import EstimationPlan
 from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import as_variables
 from popstats._src.upstream.fixed_point import inference_pass
@@ -64,7 +65,7 @@ class GraphPayload:
         Digest of ``data``: the key of the workers' cache.
     data : bytes
         ``pickle`` (cloudpickle) of ``(inputs, outputs, options, call,
-        upstream)`` (``upstream``: None, or the values a pass of
+        upstream)`` (``upstream``: None, or the values a round of
         ``upstream="population"`` holds upstream),
         ``options`` an
         :class:`~popstats._src.estimation.options.EstimationOptions`
@@ -128,13 +129,13 @@ def _entry(token: str) -> _Entry:
 def build_pass(inputs: Any, outputs: Any, options: Any, call: str,
                upstream: Any, compile_now: bool) -> Estimation:
     """The pass of a payload's contents: over the training graph, or, with
-    ``upstream`` values, over the inference graph holding them (a pass of
+    ``upstream`` values, over the inference graph holding them (a round of
     ``upstream="population"``, :mod:`popstats._src.upstream.fixed_point`)."""
     if upstream is None:
         if options.upstream != "batch":
             options = dataclasses.replace(options, upstream="batch")
-        return Estimation.from_options(inputs, outputs, options, call=call,
-                                       compile_now=compile_now)
+        return Estimation.of(EstimationPlan(inputs, outputs, options, call,
+                                            compile_now))
     outs = as_variables(outputs, call)
     exported = inference_export(outs, upstream, options.time, call)
     return inference_pass(None, inputs, outs, exported, upstream, options, call,

@@ -1,16 +1,17 @@
-"""``upstream="population"`` on a cluster: every pass a distributed pass.
+"""``upstream="population"`` on a cluster: every round a distributed pass.
 
-The passes are those of :mod:`popstats._src.upstream.fixed_point`: pass 0
-over the training graph, then passes over the inference graph holding the
-previous pass's values, until the largest relative change is at most
-``upstream_tol``. Each pass is one :func:`~popstats._src.distributed.cluster.plan_pass`
-/ ``run_pass``: its payload carries the values it holds, so the workers
-build (and compile, once per pass and worker) the pass over the inference
-graph themselves. The partitions are loaded again for every pass: a loader
-must give the same batches each time it is called (the fixed point is that
-of one data set; a loader that shuffles moves it). The workers do not hash
-the batches; a statistic with no statistic upstream that moves between
-passes is refused instead (``check_change``).
+The rounds are those of :mod:`popstats._src.upstream.fixed_point`: round 0
+over the training graph, then rounds over the inference graph holding the
+previous round's values, until the largest relative change is at most
+``upstream_tol``. Each round is one
+:func:`~popstats._src.distributed.cluster.plan_pass` / ``run_pass``: its
+payload carries the values it holds, so the workers build (and compile,
+once per round and worker) the pass over the inference graph themselves.
+The partitions are loaded again for every round: a loader must give the
+same batches each time it is called (the fixed point is that of one data
+set; a loader that shuffles moves it). The workers do not hash the
+batches; a statistic with no statistic upstream that moves between rounds
+is refused instead (``check_change``).
 
 Stage: distributed. Members: :func:`fixed_point_groups`.
 """
@@ -39,7 +40,7 @@ def fixed_point_groups(
     options: EstimationOptions, client: object, progress: object,
 ) -> tuple[dict[Hashable, PopulationStatistics], dict[Hashable, EstimationState]]:
     """Each group's fixed point (groups one after another) and its last
-    pass's state."""
+    round's state."""
     if states:
         argument = "state" if list(groups) == [None] else "states"
         raise PopstatsError(
@@ -49,7 +50,7 @@ def fixed_point_groups(
         )
     stats, finals = {}, {}
     for key, partitions in groups.items():
-        if isinstance(partitions, Iterator):  # loaded again every pass
+        if isinstance(partitions, Iterator):  # loaded again every round
             partitions = list(partitions)
         stats[key], finals[key] = _fixed_point(
             call, inputs, outputs, key, partitions, split_every, options, client,
@@ -61,18 +62,18 @@ def _fixed_point(call, inputs, outputs, key, partitions, split_every, options,
                  client, progress) -> tuple[PopulationStatistics, EstimationState]:
     plans: list[Any] = []
 
-    def one_pass(upstream: PopulationStatistics | None, k: int = 0):
+    def one_round(upstream: PopulationStatistics | None, k: int = 0):
         plan = plan_pass(call, inputs, outputs, {key: partitions}, {}, split_every,
                          options if k else first, upstream)
         plans[:] = [plan]
         state = run_pass(call, plan, client, progress)[key]
-        with quiet():  # every pass sees the same data: the result warns once
+        with quiet():  # every round sees the same data: the result warns once
             return finalize_groups(call, plan.run, {key: state})[key], state
 
     first = dataclasses.replace(options, upstream="batch")
-    stats, _ = one_pass(None)
+    stats, _ = one_round(None)
     independent = inference_export(as_variables(outputs, call), stats, options.time,
                                    call).independent
-    state, record = iterate(stats, one_pass, call, options, independent)
+    state, record = iterate(stats, one_round, call, options, independent)
     final = finalize_groups(call, plans[0].run, {key: state})[key]  # warns once
     return final.with_fixed_point(record), state

@@ -52,8 +52,9 @@ from popstats._src.errors import PopstatsError, check_choice, describe_value
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.accumulate_host import HostAccumulator
-from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.options import EstimationOptions
+from popstats._src.estimation.pass_object import Estimation
+from popstats._src.estimation.plan import EstimationPlan
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import as_variables, export_checked
 from popstats._src.export.pairing import Pairs, key_of_site
@@ -275,7 +276,7 @@ def _estimation(stats: PopulationStatistics, inputs, outputs,
         exported = inference_export(outs, stats, options.time, CALL, match)
         run = inference_pass(None, inputs, outs, exported, stats, options, CALL)
     else:
-        run = Estimation.from_options(inputs, outputs, options, call=CALL)
+        run = Estimation.of(EstimationPlan(inputs, outputs, options, CALL))
     for site, estimator_i, f, side in zip(run.sites, run.estimators, found, sides,
                                           strict=True):
         if (estimator_i != side

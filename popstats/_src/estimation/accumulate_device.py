@@ -8,7 +8,8 @@ the device before a batch that has more time steps than seen so far, and
 :func:`make_update` builds one jitted function that adds a batch's
 statistics (device arrays, capped at ``max_steps`` and padded to the
 accumulators' cells inside the trace) to all accumulators, and returns the
-checks (values finite, counts valid). The formulas are
+checks (values finite, counts valid:
+:mod:`~popstats._src.estimation.checks`). The formulas are
 :func:`~popstats._src.estimation.formulas.update`'s, with ``jax.numpy`` as
 the array namespace.
 
@@ -25,8 +26,8 @@ import numpy as np
 
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import formulas as fm
+from popstats._src.estimation.checks import check_cells, passed, reached_cells
 from popstats._src.export.exporter import Site
-from popstats._src.export.time_modes import align_cells
 
 __all__ = ["grow_fields", "make_update", "new_fields", "to_host"]
 
@@ -63,32 +64,25 @@ def grow_fields(fields: dict[str, Any], cells: tuple) -> dict[str, Any]:
     return out
 
 
-def _prepare(value, count, weight, axes, max_steps, cells, dtype):
-    """A statistic's batch arrays capped, padded to ``cells``; and where the
-    batch reached (False on padding)."""
+def _prepare(value, count, weight, axes, max_steps, cells, dtype, estimator, role):
+    """A statistic's batch arrays capped, padded to ``cells``; where the
+    batch reached (False on padding); and whether its checks passed."""
     import jax.numpy as jnp
 
     cap = (slice(0, max_steps),) * axes if max_steps is not None else ()
     value = value[cap].astype(dtype)
     count = None if count is None else count[cap].astype(dtype)
     weight = None if weight is None else weight[cap]
-    steps = value.shape[:axes]
-    reached = jnp.ones(steps, dtype=bool)
-    if count is not None:
-        reached = reached & (count > 0)
-    if weight is not None:
-        reached = reached & (weight > 0)
-    finite = jnp.all(jnp.isfinite(value) | ~align_cells(reached, value))
-    if count is not None:
-        finite = finite & jnp.all(jnp.isfinite(count) & (count >= 0))
-    pad = [(0, c - s) for c, s in zip(cells, steps, strict=True)]
+    reached = reached_cells(jnp, value.shape[:axes], count, weight)
+    ok = passed(check_cells(jnp, value, count, reached, estimator, role))
+    pad = [(0, c - s) for c, s in zip(cells, value.shape[:axes], strict=True)]
     if any(p for _, p in pad):
         value = jnp.pad(value, pad + [(0, 0)] * (value.ndim - axes))
         reached = jnp.pad(reached, pad, constant_values=False)
         if count is not None:
             count = jnp.pad(count, pad)
     value, count, _ = fm.mask(jnp, reached, value, count)
-    return value, count, reached, finite
+    return value, count, reached, ok
 
 
 def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
@@ -107,14 +101,16 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
 
     def update(fields, stats):
         prepared: list[Any] = []
-        for site, old, (value, count, weight) in zip(sites, fields, stats,
-                                                      strict=True):
+        for site, estimator, old, (value, count, weight) in zip(
+            sites, estimators, fields, stats, strict=True
+        ):
             if old is None:
                 prepared.append(None)
                 continue
             cells = old["n"].shape
             prepared.append(_prepare(value, count, weight, site.time_axes,
-                                     max_steps, cells, dtype))
+                                     max_steps, cells, dtype, estimator,
+                                     site.role))
         out: list[dict[str, Any] | None] = []
         checks = []
         for i, (site, estimator, old) in enumerate(
@@ -125,8 +121,6 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
                 checks.append(jnp.asarray(True))
                 continue
             value, count, reached, ok = prepared[i]
-            if count is not None and est.bessel_corrected(estimator, site.role):
-                ok = ok & fm.bessel_counts_ok(jnp, count, reached)
             mean = None
             partner = partners[i]
             if partner is not None:

@@ -7,8 +7,9 @@ builds their update for one batch as PyTensor expressions: the compiled
 estimation function computes the batch's statistics and adds them to the
 accumulators in the same call, so a batch costs one call whatever the number
 of statistics, and no statistic is copied back to the host. The function
-returns only a small vector of checks (values finite, counts valid, shapes
-as earlier batches); a failed check is explained by
+returns only a small vector of checks (values finite, counts valid:
+:mod:`~popstats._src.estimation.checks`; shapes as earlier batches); a
+failed check is explained by
 :class:`~popstats._src.estimation.accumulate_host.HostAccumulator`
 on the same batch, so errors read as with host accumulation.
 
@@ -35,9 +36,9 @@ from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import formulas as fm
+from popstats._src.estimation.checks import check_cells, passed, reached_cells
 from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import Site
-from popstats._src.export.time_modes import align_cells
 
 __all__ = ["GraphAccumulator"]
 
@@ -72,12 +73,7 @@ class _Cells:
         self.count = None if count is None else count[cap].astype("float64")
         self.weight = None if weight is None else weight[cap]
         steps = [self.value.shape[j] for j in range(axes)]
-        reached = pt.ones(steps, dtype="bool")
-        if self.count is not None:
-            reached = reached & (self.count > 0)
-        if self.weight is not None:
-            reached = reached & (self.weight > 0)
-        self.reached = reached
+        self.reached = reached_cells(pt, steps, self.count, self.weight)
         self.own = [self.value.shape[j] for j in range(axes, self.value.ndim)]
         self.cells = [pt.maximum(n.shape[j], steps[j]) for j in range(axes)]
         self.axes = axes
@@ -157,13 +153,8 @@ class GraphAccumulator:
         role, axes = site.role, site.time_axes
         live = c.pad(c.reached, False) if axes else c.reached
         value = c.value
-        # checks (on the batch's own cells)
-        r = align_cells(c.reached, value)
-        ok = pt.all(pt.isfinite(value) | ~r)
-        if c.count is not None:
-            ok = ok & pt.all(pt.isfinite(c.count) & (c.count >= 0))
-            if est.bessel_corrected(estimator, role):
-                ok = ok & fm.bessel_counts_ok(pt, c.count, c.reached)
+        # checks (on the batch's own cells), and the shape as earlier batches
+        ok = passed(check_cells(pt, value, c.count, c.reached, estimator, role))
         value_field = old["acc"] if "acc" in old else old["mean"]
         empty = pt.eq(value_field.size, 0)
         known = [value_field.shape[j] for j in range(axes, value.ndim)]

@@ -4,8 +4,9 @@
 returned for one batch (per statistic: value, count, steps pooled) and
 updates each statistic's estimator state
 (:func:`~popstats._src.estimation.estimators.update`) in NumPy,
-float64, after checking the batch's values: finite, counts valid, the same
-shape as earlier batches. Statistics outside loops estimated with the plain
+float64, after checking the batch's values: finite, counts valid
+(:mod:`~popstats._src.estimation.checks`, shared with the other engines),
+the same shape as earlier batches. Statistics outside loops estimated with the plain
 mean share one flat buffer, so a batch costs a few NumPy calls for all of
 them (:meth:`HostAccumulator._add_plain`).
 
@@ -23,9 +24,9 @@ import numpy as np
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import formulas as fm
+from popstats._src.estimation.checks import check_cells, raise_failed, reached_cells
 from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import Site
-from popstats._src.export.time_modes import align_cells
 
 __all__ = ["HostAccumulator", "copy_state", "describe_arrays", "fits", "shape_error",
            "stat_shape"]
@@ -157,45 +158,15 @@ class HostAccumulator:
         value = self._cap(np.asarray(value), i)
         count = self._cap(None if count is None else np.asarray(count, "float64"), i)
         weight = self._cap(None if weight is None else np.asarray(weight), i)
-        if count is not None and not (np.isfinite(count) & (count >= 0)).all():
-            raise PopstatsError(
-                f"{self.call}(batches=...): the count of statistic {site.name!r} "
-                f"is {count.min():g} in batch {index}; counts are numbers of "
-                f"elements and must be finite and not negative. Check the count "
-                f"given to bn_statistic."
-            )
-        # cells with count 0, or pooled loops that ran no step: not reached
-        reached = None if count is None else count > 0
-        if weight is not None:
-            reached = weight > 0 if reached is None else reached & (weight > 0)
-        if reached is not None and not reached.any():
-            return state  # no cell reached (its shape may not be the real one)
-        finite = np.isfinite(value)
-        if reached is not None:
-            finite |= ~align_cells(reached, value)
-        if not finite.all():
-            raise PopstatsError(
-                f"{self.call}(batches=...): statistic {site.name!r} (in "
-                f"{site.where}) is not finite in batch {index}. Check that batch "
-                f"for NaN/inf inputs or empty reductions (a mean over zero "
-                f"elements; give bn_statistic a count, e.g. the mask's sum, so "
-                f"that steps with no element count as not reached)."
-            )
-        if est.bessel_corrected(estimator, site.role) and not fm.bessel_counts_ok(
-            np, count, reached
-        ):
-            raise PopstatsError(
-                f"{self.call}(batches=...): {estimator.name!r} (unbiased) scales "
-                f"{site.name!r} by "
-                f"m/(m-1), but its count is {count[count > 0].min():g} in batch "
-                f"{index}. Use batches of at least 2 elements, or another "
-                f"estimator."
-            )
-        steps, shape = value.shape[:axes], value.shape[axes:]
-        if 0 in steps:
-            # A loop of zero steps reaches no cell; PyTensor may give its
-            # stacked outputs a shape unlike their static one: not read.
+        reached = reached_cells(np, value.shape[:axes], count, weight)
+        raise_failed(check_cells(np, value, count, reached, estimator, site.role),
+                     self.call, site, estimator, index, count)
+        if not reached.any():
+            # no cell reached (count 0, a pooled loop with no step, or a loop
+            # of zero steps, whose stacked outputs PyTensor may shape unlike
+            # their static shape): its shape may not be the real one
             return state
+        steps, shape = value.shape[:axes], value.shape[axes:]
         if not state:
             state = est.init(estimator, site.role, shape, axes)
         elif stat_shape(state, axes) != shape:

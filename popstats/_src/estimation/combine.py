@@ -10,13 +10,17 @@ and :meth:`~popstats.Estimation.finalize`:
   (:func:`~popstats._src.estimation.estimators.merge` per statistic);
 - :func:`finalize_state` -- the population statistics of a state, cells no
   batch reached filled from earlier steps
-  (:func:`~popstats._src.estimation.estimators.fill_uncovered`).
+  (:func:`~popstats._src.estimation.estimators.fill_uncovered`), with a
+  warning on the ``popstats`` logger for steps reached by few batches or
+  none (:data:`COVERAGE_WARNING`; :func:`without_coverage_warnings` holds
+  it back for a while, nothing else).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -24,13 +28,36 @@ from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_host import describe_arrays, fits, stat_shape
 from popstats._src.estimation.estimators import fill_uncovered
-from popstats._src.estimation.state import EstimationState, PassSpec, spec_differences
+from popstats._src.estimation.spec import PassSpec, spec_differences
+from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.export.exporter import Site
 
-__all__ = ["check_state", "finalize_state", "merge_states"]
+__all__ = ["COVERAGE_WARNING", "check_state", "finalize_state", "merge_states",
+           "without_coverage_warnings"]
 
 log = logging.getLogger("popstats")
+
+#: the warning :func:`finalize_state` logs per statistic with thin coverage
+COVERAGE_WARNING = ("statistic %r: %d step(s) never reached (filled from earlier "
+                    "steps), %d reached by under 10%% of the batches")
+
+
+class _NoCoverageWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg is not COVERAGE_WARNING
+
+
+@contextlib.contextmanager
+def without_coverage_warnings() -> Iterator[None]:
+    """Hold back :data:`COVERAGE_WARNING` on the ``popstats`` logger while the
+    block runs (a filter on those records only; removed after it)."""
+    drop = _NoCoverageWarnings()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def check_state(spec: PassSpec, sites: Sequence[Site],
@@ -125,9 +152,6 @@ def finalize_state(call: str, sites: Sequence[Site],
     result = PopulationStatistics(tuple(stats))
     for stat in result.values():
         if stat.uncovered_steps or stat.thin_steps:
-            log.warning(
-                "statistic %r: %d step(s) never reached (filled from earlier "
-                "steps), %d reached by under 10%% of the batches",
-                stat.name, stat.uncovered_steps, stat.thin_steps,
-            )
+            log.warning(COVERAGE_WARNING, stat.name, stat.uncovered_steps,
+                        stat.thin_steps)
     return result

@@ -35,6 +35,7 @@ it calls are a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -58,12 +59,17 @@ FOLD_EVERY_FLOAT32 = 16
 class DevicePass(Pass):
     """A run whose accumulators and parameters stay on the device.
 
-    Same protocol as :class:`~popstats._src.estimation.passes.HostPass`.
+    Same protocol as :class:`~popstats._src.estimation.passes.HostPass`;
+    ``device`` is the engine's jitted function, ``slots`` per statistic the
+    positions of its (value, count, weight) among the function's outputs.
     """
 
-    def __init__(self, context: PassContext, state: EstimationState) -> None:
+    def __init__(self, context: PassContext, state: EstimationState,
+                 device: DeviceFunction,
+                 slots: Sequence[tuple[int | None, ...]]) -> None:
         self.context = context
-        self.device: DeviceFunction = context.device  # type: ignore[assignment]  # optional in PassContext, set where the device function exists, which alone makes this pass
+        self.device = device
+        self.slots = tuple(slots)
         self.fold_every = (FOLD_EVERY_FLOAT32 if self.device.dtype == "float32"
                            else None)
         self.base = copy_state(state)
@@ -135,7 +141,7 @@ class DevicePass(Pass):
             self._on_host(values)
             return self.n  # pragma: no cover - the call above raised
         stats = [tuple(None if k is None else flat[k] for k in slot)
-                 for slot in context.slots]
+                 for slot in self.slots]
         fields = self._fit(stats)
         if fields is None:
             # another statistic shape than earlier batches: the host's checks

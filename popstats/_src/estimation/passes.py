@@ -3,8 +3,10 @@
 Stage: estimation. Members:
 
 - :class:`PassContext` -- what a run uses of its
-  :class:`~popstats.Estimation` (a frozen record the Estimation makes), and
-  :class:`Occupancy`, which lets one shared-variable run hold it at a time;
+  :class:`~popstats.Estimation` (a frozen record the Estimation makes;
+  the handles of an engine, :mod:`~popstats._src.estimation.engines`, are
+  given to the runs of that engine), and :class:`Occupancy`, which lets one
+  shared-variable run hold the accumulators at a time;
 - :class:`HostPass` keeps the state as NumPy arrays and adds each batch's
   statistics on the host
   (:class:`~popstats._src.estimation.accumulate_host.HostAccumulator`); it
@@ -36,13 +38,13 @@ import numpy as np
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_host import HostAccumulator, copy_state
-from popstats._src.estimation.state import EstimationState, PassSpec
+from popstats._src.estimation.spec import PassSpec
+from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import Site
 
 if TYPE_CHECKING:
     from popstats._src.estimation.accumulate_graph import GraphAccumulator
-    from popstats._src.estimation.checkpoint import CheckpointedRun
-    from popstats._src.estimation.device_function import DeviceFunction
+    from popstats._src.estimation.state import CheckpointedRun
 
 __all__ = ["BatchCallback", "GraphPass", "HostPass", "Occupancy", "Pass",
            "PassContext", "explain"]
@@ -77,7 +79,9 @@ class Occupancy:
 
 @dataclass(frozen=True)
 class PassContext:
-    """What a run of an estimation pass uses of its Estimation.
+    """What a run of an estimation pass uses of its Estimation, whatever its
+    engine (:mod:`~popstats._src.estimation.engines` gives each run the
+    handles of its own).
 
     Attributes
     ----------
@@ -87,9 +91,6 @@ class PassContext:
         The spec of the states the run makes.
     sites, estimators, max_steps
         As in :class:`~popstats.Estimation`.
-    slots : tuple
-        Per statistic, the positions of (value, count, weight) among the
-        estimation function's outputs (None: absent).
     host : HostAccumulator
         Adds a batch's statistics to states on the host.
     values : callable
@@ -98,13 +99,6 @@ class PassContext:
         ``statistics(values, index, params=None)``: per statistic (value,
         count, weight) of a batch, NumPy arrays (``params``: the
         parameters on the device, in JAX mode).
-    occupancy : Occupancy
-        Held by a run in the shared-variable accumulators.
-    graph, graph_function
-        The accumulators in shared variables and the compiled function that
-        updates them (``accumulate="graph"``), else None.
-    device : DeviceFunction or None
-        The jitted function in JAX mode, else None.
     """
 
     call: str
@@ -112,14 +106,9 @@ class PassContext:
     sites: tuple[Site, ...]
     estimators: tuple[est.Estimator, ...]
     max_steps: int | None
-    slots: tuple[tuple[int | None, ...], ...]
     host: HostAccumulator
     values: Callable[[Any, int], list]
     statistics: Callable[..., list]
-    occupancy: Occupancy
-    graph: GraphAccumulator | None = None
-    graph_function: Callable[..., Any] | None = None
-    device: DeviceFunction | None = None
 
 
 class Pass:
@@ -166,13 +155,13 @@ class HostPass(Pass):
     """
 
     def __init__(self, context: PassContext, state: EstimationState,
-                 on_batch: BatchCallback | None = None) -> None:
+                 on_batch: BatchCallback | None = None,
+                 params: list | None = None) -> None:
         self.context = context
         self.on_batch = on_batch
         self.current = copy_state(state)
-        # JAX: the parameters cross to the device once per pass, not per call
-        device = context.device
-        self.params = None if device is None else device.put_parameters()
+        # JAX: the parameters on the device, put there once per pass
+        self.params = params
 
     def step(self, batch: Any) -> int:
         context, index = self.context, self.current.n_batches
@@ -192,20 +181,25 @@ class GraphPass(Pass):
     """The state in the compiled function's accumulators.
 
     An :class:`~popstats.Estimation` has one set of accumulators, so it runs
-    one such pass at a time (its :class:`Occupancy`).
+    one such pass at a time (``occupancy``, its engine's). ``function`` is
+    the compiled function that adds a batch to ``graph`` and returns its
+    checks.
     """
 
-    def __init__(self, context: PassContext, state: EstimationState) -> None:
+    def __init__(self, context: PassContext, state: EstimationState,
+                 graph: GraphAccumulator, function: Callable[..., Any],
+                 occupancy: Occupancy) -> None:
         self.context = context
-        self.graph: GraphAccumulator = context.graph  # type: ignore[assignment]  # optional in PassContext, set for accumulate='graph', which alone makes this pass
-        self.function: Callable[..., Any] = context.graph_function  # type: ignore[assignment]  # likewise
-        context.occupancy.take(context.call)
+        self.graph = graph
+        self.function = function
+        self.occupancy = occupancy
+        occupancy.take(context.call)
         try:
             self.graph.load(state)
             self.n = state.n_batches
             self.own = self.graph.own_shapes()
         except BaseException:
-            context.occupancy.release()
+            occupancy.release()
             raise
 
     def step(self, batch: Any) -> int:
@@ -240,7 +234,7 @@ class GraphPass(Pass):
         return self.graph.read(self.context.spec, self.n)
 
     def close(self) -> None:
-        self.context.occupancy.release()
+        self.occupancy.release()
 
 
 def explain(context: PassContext, values: list,

@@ -20,7 +20,7 @@ The format is a NumPy ``.npz`` archive, read without pickle:
     ``estimator`` (``{"name": ..., "momentum": ..., "unbiased": ...}``),
     ``max_steps`` and ``n_batches``. For states: ``{"spec": ..., "n_batches":
     int, "checkpoint": null or {"start_batches": int, "start_digest": str}}``
-    where ``spec`` is the :class:`~popstats._src.estimation.state.PassSpec` (per
+    where ``spec`` is the :class:`~popstats._src.estimation.spec.PassSpec` (per
     statistic its identity, role, time modes and estimator; ``max_steps``)
     and ``checkpoint``, for a file written by ``Estimation.run(checkpoint=
     ...)``, the state the run started from (its batch count and

@@ -1,222 +1,66 @@
-"""What an estimation state is a state *of*: the pass's spec, and the state.
+"""The estimation state, its file, and checkpoints of a run.
 
-An :class:`EstimationState` carries, beside its accumulators, the
-:class:`PassSpec` of the :class:`~popstats.Estimation` that made it: per
-statistic a :class:`StatisticSpec` (a site's name, identity, role and
-time modes, with its estimator: :meth:`StatisticSpec.of`), and the pass's
-``max_steps``. Everything that combines states
-(resume, merge, finalize, a checkpoint) compares specs first and refuses,
-naming what differs, when they are not the same pass: the arrays of a
-``"mean"`` state read as ``"weighted"`` ones, or steps kept under another
-``max_steps``, would give wrong numbers without any error.
+An :class:`EstimationState` holds a pass's accumulators with the
+:class:`~popstats._src.estimation.spec.PassSpec` of the
+:class:`~popstats.Estimation` that made it. :func:`save_state` /
+:func:`load_state` write and read it (``.npz``, through
+:mod:`~popstats._src.estimation.persistence`); the digests
+:func:`state_digest` and :func:`parameters_digest` identify a state and the
+model's parameters.
 
-Stage: estimation. Also :func:`spec_differences`, :func:`save_state`,
-:func:`load_state` / :func:`load_checkpoint`, :class:`Checkpoint` and the
-digests :func:`state_digest`, :func:`parameters_digest`.
+A checkpoint is a state file that also records where its run started
+(:class:`Checkpoint`: the starting state's batch count and digest, the
+parameters' digest, a digest of the batches counted); :func:`load_checkpoint`
+reads both. Resuming is exact only when the run is called again as it was
+first called: the same batches, from the same starting state.
+:func:`open_checkpoint` checks what it can before any batch is computed: the
+file's pass spec against this pass's, and the starting state (none, or the
+one given again); the run (:class:`CheckpointedRun`) checks the batches the
+checkpoint counts against its digest of them, and at its end that the
+batches covered what the checkpoint already counts.
+
+Stage: estimation. Members: :class:`EstimationState`, :func:`save_state`,
+:func:`load_state`, :func:`state_digest`, :func:`parameters_digest`;
+:class:`Checkpoint`, :func:`load_checkpoint`, :class:`CheckpointedRun`,
+:func:`open_checkpoint`, :func:`check_every`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError
-from popstats._src.estimation.estimators import Estimator
-from popstats._src.estimation.persistence import STATE, read, write
-from popstats._src.export.sites import Site
-from popstats._src.graph.walk import LoopStep, SiteId
+from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation.persistence import (
+    STATE,
+    check_target,
+    read,
+    remove_stale_temporaries,
+    write,
+)
+from popstats._src.estimation.spec import PassSpec
 
 log = logging.getLogger("popstats")
 
 __all__ = [
     "Checkpoint",
+    "CheckpointedRun",
     "EstimationState",
-    "PassSpec",
-    "StatisticSpec",
+    "check_every",
     "load_checkpoint",
     "load_state",
+    "open_checkpoint",
     "parameters_digest",
     "save_state",
-    "spec_differences",
     "state_digest",
 ]
-
-
-@dataclass(frozen=True)
-class StatisticSpec:
-    """What determines the meaning of one statistic's accumulators.
-
-    A :class:`~popstats.Site`'s identity, role and time modes, with the
-    estimator of the pass (:meth:`of`); the rest of a site (shape, dtype,
-    group, count) does not change what the arrays mean.
-
-    Attributes
-    ----------
-    name : str
-        As in :class:`~popstats.Site`.
-    id : SiteId
-        Its identity (loops, label, fingerprint), as ``Site.id``.
-    role : str or None
-        ``"mean"``, ``"var"``, ``"std"`` or None.
-    time : tuple of str
-        Per enclosing loop, ``"step"`` or ``"pooled"``.
-    estimator : Estimator
-        How its batches are combined.
-    label : str
-        ``id.label`` (a property, as are the two below).
-    path : tuple of (str, str)
-        The enclosing loops, outermost first, as (name, fingerprint).
-    fingerprint : str
-        Where the statistic is computed (see :doc:`/names`).
-    """
-
-    name: str
-    id: SiteId
-    role: str | None
-    time: tuple[str, ...]
-    estimator: Estimator
-
-    @classmethod
-    def of(cls, site: Site, estimator: Estimator) -> StatisticSpec:
-        """The spec of ``site`` estimated by ``estimator``."""
-        return cls(site.name, site.id, site.role, site.time, estimator)
-
-    @property
-    def label(self) -> str:
-        return self.id.label
-
-    @property
-    def path(self) -> tuple[tuple[str, str], ...]:
-        return tuple((step.name, step.fingerprint) for step in self.id.path)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.id.fingerprint
-
-    def to_json(self) -> dict[str, Any]:
-        """The spec as files write it; a statistics file's entry extends it."""
-        e = self.estimator
-        return {
-            "name": self.name, "label": self.label,
-            "path": [list(step) for step in self.path],
-            "fingerprint": self.fingerprint, "role": self.role,
-            "time": list(self.time),
-            "estimator": {"name": e.name, "momentum": e.momentum,
-                          "unbiased": e.unbiased},
-        }
-
-    @classmethod
-    def from_json(cls, meta: dict[str, Any]) -> StatisticSpec:
-        """The spec written by :meth:`to_json` (``key``, informative, if given)."""
-        e = meta["estimator"]
-        path = tuple(LoopStep(str(n), str(f)) for n, f in meta["path"])
-        return cls(
-            str(meta["name"]),
-            SiteId(path, str(meta["label"]), str(meta["fingerprint"]),
-                   str(meta.get("key", ""))),
-            None if meta["role"] is None else str(meta["role"]),
-            tuple(str(t) for t in meta["time"]),
-            Estimator(str(e["name"]), e["momentum"], unbiased=bool(e["unbiased"])),
-        )
-
-
-@dataclass(frozen=True)
-class PassSpec:
-    """The options of an estimation pass that its states depend on.
-
-    Attributes
-    ----------
-    statistics : tuple of StatisticSpec
-        In the order of :attr:`Estimation.sites`.
-    max_steps : int or None
-        The pass's cap on steps per time axis.
-    upstream : str
-        ``"batch"`` (the training graph's statistics), or, for a pass of
-        ``upstream="population"``, ``"population:<digest>"``: the digest of
-        what the pass's graph read, the population values the layers
-        upstream of the statistics normalized with included (states of
-        passes over other values do not mix).
-    """
-
-    statistics: tuple[StatisticSpec, ...]
-    max_steps: int | None
-    upstream: str = "batch"
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.statistics)
-
-    def to_json(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "statistics": [s.to_json() for s in self.statistics],
-            "max_steps": self.max_steps}
-        if self.upstream != "batch":  # files of batch passes stay as they were
-            meta["upstream"] = self.upstream
-        return meta
-
-    @classmethod
-    def from_json(cls, meta: dict[str, Any]) -> PassSpec:
-        cap = meta["max_steps"]
-        return cls(tuple(StatisticSpec.from_json(s) for s in meta["statistics"]),
-                   None if cap is None else int(cap),
-                   str(meta.get("upstream", "batch")))
-
-
-def _estimator_text(e: Estimator) -> str:
-    if e.name != "ema":
-        return repr(e.name)
-    return f"'ema' (momentum {e.momentum}{', unbiased' if e.unbiased else ''})"
-
-
-def _upstream_text(upstream: str) -> str:
-    if upstream == "batch":
-        return "batch statistics"
-    return f"population values (digest {upstream.partition(':')[2]})"
-
-
-def spec_differences(have: PassSpec, want: PassSpec, limit: int = 6) -> list[str]:
-    """What differs between the spec of a state (``have``) and a pass's.
-
-    Empty when they are the same pass. Each entry is a phrase such as
-    ``"'bn.var': estimator 'mean' in the state, 'weighted' here"``.
-    """
-    out: list[str] = []
-    if have.names != want.names:
-        missing = [n for n in want.names if n not in have.names]
-        extra = [n for n in have.names if n not in want.names]
-        if missing:
-            out.append(f"statistics {missing} are not in the state")
-        if extra:
-            out.append(f"the state has statistics {extra} this graph has not")
-        if not missing and not extra:
-            out.append(f"statistics in another order: {list(have.names)} in the "
-                       f"state, {list(want.names)} here")
-        return out
-    if have.max_steps != want.max_steps:
-        out.append(f"max_steps {have.max_steps} in the state, {want.max_steps} here")
-    if have.upstream != want.upstream:
-        out.append(f"upstream layers normalized with {_upstream_text(have.upstream)} "
-                   f"in the state, {_upstream_text(want.upstream)} here")
-    for a, b in zip(have.statistics, want.statistics, strict=True):
-        if a.id != b.id:
-            out.append(f"{a.name!r}: computed differently (another graph, or other "
-                       f"loops or inputs)")
-        elif a.role != b.role:
-            out.append(f"{a.name!r}: role {a.role!r} in the state, {b.role!r} here")
-        if a.time != b.time:
-            out.append(f"{a.name!r}: time modes {a.time} in the state, {b.time} here")
-        if a.estimator != b.estimator:
-            out.append(f"{a.name!r}: estimator {_estimator_text(a.estimator)} in "
-                       f"the state, {_estimator_text(b.estimator)} here")
-    if len(out) > limit:
-        out = [*out[:limit], f"and {len(out) - limit} more differences"]
-    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -368,3 +212,170 @@ def load_checkpoint(
             f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
         ) from None
     return EstimationState(spec, tuple(states), n_batches), checkpoint
+
+
+def check_every(every: object, where: str) -> int:
+    """``checkpoint_every`` if it is a positive int, else a PopstatsError."""
+    if (isinstance(every, bool | np.bool_) or not isinstance(every, int | np.integer)
+            or every < 1):
+        raise PopstatsError(
+            f"{where}: expected a positive int (save every so many batches), got "
+            f"{describe_value(every)}."
+        )
+    return int(every)
+
+
+@dataclass
+class CheckpointedRun:
+    """A run's checkpoint: where to save, how often, and what to skip.
+
+    ``skip`` is the number of this run's batches the checkpoint already
+    counts: they are passed over, not computed, but their data is checked
+    against the checkpoint's digest of them (``counts``) before any other
+    batch is added. ``digest_batch(batch, index)`` gives one batch's digest.
+    """
+
+    path: str
+    every: int
+    start: Checkpoint
+    skip: int
+    where: str
+    digest_batch: Callable[[Any, int], bytes] | None = None
+    counts: str = ""
+    _chain: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16),
+                        repr=False)
+
+    def count(self, batch: Any, position: int) -> None:
+        """Add batch ``position`` of this run to the digest of its data; after
+        the batches the checkpoint counts, check they are the same."""
+        if self.digest_batch is None:
+            return
+        self._chain.update(self.digest_batch(batch, self.start.start_batches
+                                             + position))
+        if position + 1 == self.skip and self._chain.hexdigest() != self.counts:
+            raise PopstatsError(self._other_data())
+
+    def _other_data(self) -> str:
+        if not self.counts:
+            return (
+                f"{self.where}: the checkpoint {self.path!r} records no digest of "
+                f"the batches it counts (it was written by an earlier popstats), "
+                f"so whether the given batches are those is unknown. Delete it "
+                f"to start the pass over."
+            )
+        return (
+            f"{self.where}: the first {_batches(self.skip)} given are not those "
+            f"the checkpoint {self.path!r} counts (their data differ), so "
+            f"resuming would return statistics of other data. A checkpoint "
+            f"resumes one pass over the same batches: pass those again, or use "
+            f"another checkpoint path (or delete this one) for a pass over "
+            f"other data."
+        )
+
+    def due(self, n_batches: int) -> bool:
+        """Whether to save after the state counts ``n_batches``: every
+        ``every`` batches of this run."""
+        return (n_batches - self.start.start_batches) % self.every == 0
+
+    def save(self, state: EstimationState) -> None:
+        data = self._chain.hexdigest() if self.digest_batch is not None else ""
+        save_state(state, self.path, self.where,
+                   dataclasses.replace(self.start, data=data))
+
+    def check_consumed(self, consumed: int) -> None:
+        """Raise if the run ended before passing the checkpoint's batches."""
+        if consumed < self.skip:
+            raise PopstatsError(
+                f"{self.where}: the checkpoint {self.path!r} already counts "
+                f"{_batches(self.skip)} of this run, but only {consumed} "
+                f"{'was' if consumed == 1 else 'were'} given. Pass the same "
+                f"batches again (those the checkpoint counts are skipped, not "
+                f"computed), or delete the checkpoint to start over."
+            )
+
+
+def open_checkpoint(
+    path: object,
+    every: object,
+    given: EstimationState | None,
+    empty: EstimationState,
+    check_state,
+    where: str,
+    parameters: str = "",
+    digest_batch: Callable[[Any, int], bytes] | None = None,
+) -> tuple[CheckpointedRun, EstimationState]:
+    """The checkpoint of a run and the state to continue from.
+
+    ``given`` is the ``state=`` of the run (None: from ``empty``);
+    ``check_state(state, where, fix)`` checks a state belongs to this pass;
+    ``parameters`` is the digest of the model's shared variables now;
+    ``digest_batch`` identifies a batch's data (the run checks the batches
+    a checkpoint counts are the given ones).
+    """
+    every = check_every(every, where.replace("checkpoint=", "checkpoint_every="))
+    path = check_target(path, where)
+    start_state = empty if given is None else given
+    start = Checkpoint(start_state.n_batches, state_digest(start_state),
+                       parameters)
+    if not os.path.exists(path):
+        remove_stale_temporaries(path)
+        return CheckpointedRun(path, every, start, 0, where,
+                               digest_batch), start_state
+    saved, began = load_checkpoint(path, where.split("(")[0], where)
+    if began is None:
+        raise PopstatsError(
+            f"{where}: {path!r} holds a state saved with EstimationState.save, "
+            f"not a checkpoint of Estimation.run, so which of the given batches "
+            f"it counts is unknown. Continue from it with "
+            f"run(batches, state=popstats.load_state(path)) and another "
+            f"checkpoint path."
+        )
+    check_state(saved, where, "Resume with the same graph and options, or delete "
+                "the checkpoint to start over.")
+    if (began.start_batches, began.start_digest) != (start.start_batches,
+                                                      start.start_digest):
+        raise PopstatsError(_start_error(where, path, began, given, saved))
+    if began.parameters != parameters:
+        raise PopstatsError(
+            f"{where}: the model's parameters (its shared variables' values or "
+            f"shapes) are not those the checkpoint {path!r} was made with: its "
+            f"batches were computed with other weights, and resuming would mix "
+            f"them. Restore the weights of that run, or delete the checkpoint "
+            f"to start over."
+        )
+    remove_stale_temporaries(path)
+    skip = saved.n_batches - began.start_batches
+    log.info("%s: resuming from %r, which counts %d batch(es) of this run: "
+             "skipping them", where, path, skip)
+    return CheckpointedRun(path, every, start, skip, where, digest_batch,
+                           began.data), saved
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch" if n == 1 else f"{n} batches"
+
+
+def _start_error(where, path, began, given, saved) -> str:
+    if given is not None and state_digest(given) == state_digest(saved):
+        return (
+            f"{where}: the state given (state=...) is the checkpoint's own "
+            f"state, not the one the checkpointed run started from. To resume, "
+            f"call run again as it was first called: with the same batches and "
+            f"the same starting state (state=None if it started from nothing)."
+        )
+    if began.start_batches == 0 and given is not None:
+        return (
+            f"{where}: the checkpoint {path!r} is of a run that started from "
+            f"nothing, but a state of {_batches(given.n_batches)} is given. Call "
+            f"run as it was first called (without state=), or delete the "
+            f"checkpoint to start over."
+        )
+    got = "no state" if given is None else f"a state of {_batches(given.n_batches)}"
+    return (
+        f"{where}: the checkpoint {path!r} is of a run that continued a state "
+        f"of {_batches(began.start_batches)}, but {got} is given"
+        f"{' (another one)' if given is not None else ''}. Pass that same "
+        f"starting state again (state=...), or delete the checkpoint to start "
+        f"over: resuming from another state would count batches twice or not "
+        f"at all."
+    )

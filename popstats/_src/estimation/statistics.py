@@ -4,7 +4,7 @@ Stage: estimation. :class:`PopulationStatistics` maps names to
 :class:`Statistic` records; :func:`save_statistics` and :func:`load` write and
 read them (the layout of the file is documented in
 :mod:`popstats._src.estimation.persistence`; a statistic's entry extends
-the JSON of its :class:`~popstats._src.estimation.state.StatisticSpec`).
+the JSON of its :class:`~popstats._src.estimation.spec.StatisticSpec`).
 Its ``plot`` and ``report`` methods call views that
 :mod:`popstats._src.inspection` registers (:func:`register_view`), so this
 module imports nothing above estimation.
@@ -24,7 +24,7 @@ import numpy as np
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.estimators import Estimator
 from popstats._src.estimation.persistence import STATISTICS, read, write
-from popstats._src.estimation.state import StatisticSpec
+from popstats._src.estimation.spec import StatisticSpec
 from popstats._src.estimation.upstream import FixedPoint
 from popstats._src.export.exporter import Site
 from popstats._src.graph.walk import SiteId

@@ -1,35 +1,29 @@
-"""``upstream="population"``: the record of its passes, and who runs them.
+"""``upstream="population"`` as the estimation stage sees it: the record of its passes.
 
 With ``upstream="population"`` each statistic is estimated on the inference
 graph: the batch norms upstream of it normalize with population values.
-Building that graph is the rewrite stage's job
-(:mod:`popstats._src.upstream.inference_export`), and so is the loop of passes
-that reaches the fixed point (:mod:`popstats._src.upstream.fixed_point`),
-which registers itself here (:func:`register_fixed_point`) when the rewrite
-stage is imported (``import popstats`` does): estimation never imports the
-stage above it.
+Building that graph is the job of the upstream stage
+(:mod:`popstats._src.upstream.inference_export`), and so is the loop of
+passes that reaches the fixed point (:mod:`popstats._src.upstream.fixed_point`):
+:meth:`~popstats.Estimation.run` hands them to its
+:attr:`~popstats.Estimation.driver`, a
+:class:`~popstats._src.estimation.pass_object.PassDriver` that
+``popstats/__init__.py`` sets; estimation never imports the stage above it.
 
 Stage: estimation. Members: :class:`FixedPoint` (what the passes did,
-carried by the statistics they made and saved with them),
-:func:`register_fixed_point`, :func:`fixed_point_driver`, :func:`fix_for`
-(what to do with a state of another pass), :func:`one_batch_error`.
+carried by the statistics they made and saved with them), :data:`NO_DRIVER`
+(the driver before it is set), :func:`fix_for` (what to do with a state of
+another pass), :func:`one_batch_error`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from popstats._src.errors import PopstatsError
 
-__all__ = [
-    "FixedPoint",
-    "fix_for",
-    "fixed_point_driver",
-    "one_batch_error",
-    "register_fixed_point",
-]
+__all__ = ["NO_DRIVER", "FixedPoint", "fix_for", "one_batch_error"]
 
 
 @dataclass(frozen=True)
@@ -74,26 +68,21 @@ class FixedPoint:
                 f"per pass: {steps}; tolerance {self.tol:g})")
 
 
-#: the function running the passes (registered by the rewrite stage)
-_DRIVER: list[Callable[..., Any]] = []
+class _NoDriver:
+    """The :attr:`~popstats.Estimation.driver` before ``popstats/__init__.py``
+    sets it: refuses to run (see
+    :class:`~popstats._src.estimation.pass_object.PassDriver`)."""
 
-
-def register_fixed_point(driver: Callable[..., Any]) -> None:
-    """Make ``driver(estimation, batches, state, on_batch, checkpoint,
-    checkpoint_every, progress)`` what :meth:`~popstats.Estimation.run` calls with
-    ``upstream="population"``; it returns ``(final pass, its state,
-    FixedPoint)``."""
-    _DRIVER[:] = [driver]
-
-
-def fixed_point_driver(call: str) -> Callable[..., Any]:
-    """The registered driver (``import popstats`` registers it)."""
-    if not _DRIVER:  # pragma: no cover - popstats/__init__ imports rewrite
+    def run(self, estimation: Any, batches: Any, **arguments: Any) -> Any:
         raise PopstatsError(
-            f"{call}(upstream='population'): the rewrite stage is not loaded; "
-            "`import popstats` loads it."
+            f"{estimation.call}(upstream='population'): the passes of the fixed "
+            f"point are not loaded; `import popstats` loads them."
         )
-    return _DRIVER[0]
+
+
+#: the :attr:`~popstats.Estimation.driver` of an Estimation class nothing
+#: has wired yet
+NO_DRIVER = _NoDriver()
 
 
 def fix_for(state: object, default: str) -> str:

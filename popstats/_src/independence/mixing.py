@@ -2,7 +2,7 @@
 
 Stage: independence (called by :func:`~popstats.rewrite`, hence
 :func:`~popstats.get_inference_graph`, and by
-:func:`~popstats.describe_rewrite`). Two passes of
+:func:`~popstats.describe_rewrite`). Two walks of
 :class:`~popstats._src.independence.scan_rule.LoopFlow`:
 
 1. over the training graph, following every axis of every input: the axes

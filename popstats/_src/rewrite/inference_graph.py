@@ -1,6 +1,6 @@
 """Estimate, then rewrite, in one call: :func:`get_inference_graph`.
 
-Stage: rewrite (it runs :func:`popstats._src.estimation.api.estimate_as` and
+Stage: rewrite (it runs :func:`popstats._src.estimation.one_call.estimate_as` and
 then :func:`popstats._src.rewrite.rewriter.rewrite`; the estimation options
 are :class:`~popstats._src.estimation.options.EstimationOptions`).
 """
@@ -14,7 +14,7 @@ from typing import Any, Unpack, overload
 from pytensor.graph.basic import Variable
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimation.api import estimate_as
+from popstats._src.estimation.one_call import estimate_as
 from popstats._src.estimation.options import (
     EstimationOptions,
     OptionKeywords,

@@ -5,7 +5,7 @@ population value. Inside a Scan, the rebuilt loop gets a step-index sequence
 and the population array as a non-sequence; the statistic becomes
 ``population[min(t, T - 1)]`` (steps past the longest sequence seen reuse
 the last one, the rule of recurrent batch normalization, Cooijmans et al.
-2016), recursively for nested loops. One pass over the graph: nothing is
+2016), recursively for nested loops. One walk over the graph: nothing is
 cloned per statistic.
 
 Stage: rewrite (:mod:`popstats._src.rewrite`). Members: :func:`rewrite`,
@@ -85,7 +85,7 @@ class RewriteLevel:
     def statistic(self, var: Variable, site: SiteId) -> Variable | None:
         group = self.matcher.find(site)
         if group is None:
-            return None  # reported by Matcher.check after the pass
+            return None  # reported by Matcher.check after the walk
         stat = group[0]
         expected = stat.value.shape[stat.depth :]
         static = var.type.shape

@@ -25,8 +25,8 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Variable
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimation.api import estimate_as
 from popstats._src.estimation.estimators import bessel_corrected
+from popstats._src.estimation.one_call import estimate_as
 from popstats._src.estimation.options import (
     EstimationOptions,
     OptionKeywords,

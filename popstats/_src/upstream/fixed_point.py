@@ -1,41 +1,45 @@
-"""The passes of ``upstream="population"``: estimate until the values are a fixed point.
+"""The rounds of ``upstream="population"``: estimate until the values are a fixed point.
 
 Wanted: values P such that, over the estimation data, every statistic of
 the graph rewritten with P equals its own value in P -- each layer
-normalizes its inference-time input. The passes iterate ``P_k =
+normalizes its inference-time input. The rounds iterate ``P_k =
 E(inference graph of P_{k-1})`` (Jacobi iteration), starting from ``P_0``,
-today's estimate on the training graph:
+today's estimate on the training graph. A round is one estimation pass
+over the batches; the public option ``upstream_passes`` and
+``FixedPoint.passes`` count rounds.
 
-* a statistic whose upstream holds no statistic is exact after pass 0; one
-  whose upstream statistics are exact after pass k is exact after pass k+1.
+* a statistic whose upstream holds no statistic is exact after round 0; one
+  whose upstream statistics are exact after round k is exact after round k+1.
   A feed-forward graph whose statistics lie at most d deep (d statistics on
-  the longest path to one) is therefore exact after pass d, and pass d+1
-  changes nothing: the change is 0 and the passes stop (d + 2 passes);
+  the longest path to one) is therefore exact after round d, and round d+1
+  changes nothing: the change is 0 and the rounds stop (d + 2 rounds);
 * inside a loop, a per-step statistic of step t reads the earlier steps'
   values through the recurrence: step t is exact after at most about t
-  passes, and in practice the change falls geometrically long before;
+  rounds, and in practice the change falls geometrically long before;
 * a statistic pooled over time (``time="pooled"``) reads its own value at
-  earlier steps: there is no finite number of passes, the change falls
+  earlier steps: there is no finite number of rounds, the change falls
   geometrically.
 
-The passes stop when the largest change of any value (relative to the
+The rounds stop when the largest change of any value (relative to the
 largest magnitude of its statistic) is at most ``upstream_tol``, and fail
 with a clear error after ``upstream_passes``. One mechanism covers every
 model kind popstats rewrites (loops, nested loops, time pooling, every
-estimator): each pass is an ordinary estimation pass, over the graph of
+estimator): each round is an ordinary estimation pass, over the graph of
 :func:`~popstats._src.upstream.inference_export.inference_export`, compiled once;
-its population values are shared variables set before each pass.
+its population values are shared variables set before each round.
 
-Every pass must see the same data (the fixed point is that of a data set):
-the batches are hashed in the first pass and each later pass is checked
-against it. With ``checkpoint``, pass k checkpoints to its own file
+Every round must see the same data (the fixed point is that of a data set):
+the batches are hashed in round 0 and each later round is checked
+against it. With ``checkpoint``, round k checkpoints to its own file
 (``run.npz`` -> ``run.pass0.npz``, ``run.pass1.npz``, ...); calling again as
-first called replays the finished passes from their files (their data is
-checked, not computed) and resumes the interrupted one. A pass's checkpoint
+first called replays the finished rounds from their files (their data is
+checked, not computed) and resumes the interrupted one. A round's checkpoint
 records the population values it ran with (in its parameters' digest), so a
-checkpoint of another pass is refused.
+checkpoint of another round is refused.
 
-Stage: upstream. Members: :func:`run_fixed_point` (the passes);
+Stage: upstream. Members: :class:`FixedPointDriver` (what
+:meth:`popstats.Estimation.run` hands the passes to), :func:`run_fixed_point`
+(the passes);
 :func:`iterate` (the loop of passes, given how to run one),
 :func:`inference_pass`, :func:`largest_change`, :func:`check_change`,
 :func:`not_converged`, :func:`quiet`, :data:`STILL` (shared with
@@ -45,7 +49,6 @@ Stage: upstream. Members: :func:`run_fixed_point` (the passes);
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import os
@@ -55,14 +58,17 @@ from typing import Any, cast
 import numpy as np
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.estimation.estimation import Estimation
+from popstats._src.estimation.combine import without_coverage_warnings
+from popstats._src.estimation.pass_object import DrivenRun, Estimation
+from popstats._src.estimation.plan import EstimationPlan
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
-from popstats._src.estimation.upstream import FixedPoint, register_fixed_point
+from popstats._src.estimation.upstream import FixedPoint
 from popstats._src.upstream.inference_export import inference_export
 
 __all__ = [
     "STILL",
+    "FixedPointDriver",
     "check_change",
     "inference_pass",
     "iterate",
@@ -77,7 +83,7 @@ log = logging.getLogger("popstats")
 
 
 def pass_path(checkpoint: str | os.PathLike | None, k: int) -> str | None:
-    """Pass ``k``'s checkpoint file: ``run.npz`` -> ``run.pass<k>.npz``."""
+    """Round ``k``'s checkpoint file: ``run.npz`` -> ``run.pass<k>.npz``."""
     if checkpoint is None:
         return None
     root, ext = os.path.splitext(os.fspath(checkpoint))
@@ -110,8 +116,8 @@ def largest_change(old: PopulationStatistics,
 
 
 class _SameData:
-    """The batches, hashed as they pass: the first pass records, the others
-    must match (a loader that shuffles or augments would move the target)."""
+    """The batches, hashed as they pass: round 0 records, the others must
+    match (a loader that shuffles or augments would move the target)."""
 
     def __init__(self, batches: Iterable[Any], call: str):
         # not iter(batches) is batches: starting a loader's epoch costs (a
@@ -142,7 +148,7 @@ class _Pass:
         data, first = self.data, self.data.digests  # first: None in pass 0
         seen: list[bytes] = []
         for i, batch in enumerate(data.batches):
-            digest = self.run._batch_digest(batch, i)
+            digest = self.run.batch_digest(batch, i)
             if first is not None and i >= len(first):
                 raise self._moved(f"it gave more than the {len(first)} "
                                   f"batches of pass 0")
@@ -172,13 +178,24 @@ class _SizedPass(_Pass):
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Finalize a pass without its coverage warnings: every pass sees the same
-    batches, and the final statistics warn once when they are finalized."""
-    was, log.disabled = log.disabled, True
-    try:
+    """Finalize a pass without its coverage warnings (those only): every pass
+    sees the same batches, and the final statistics warn once when they are
+    finalized."""
+    with without_coverage_warnings():
         yield
-    finally:
-        log.disabled = was
+
+
+class FixedPointDriver:
+    """The :class:`~popstats._src.estimation.pass_object.PassDriver` of
+    ``upstream="population"``: :func:`run_fixed_point`
+    (``popstats/__init__.py`` makes it :attr:`popstats.Estimation.driver`)."""
+
+    def run(self, estimation: Estimation, batches: Iterable[Any], *,
+            state: EstimationState | None, on_batch: object,
+            checkpoint: str | os.PathLike | None, checkpoint_every: int,
+            progress: bool | str) -> DrivenRun:
+        return DrivenRun(*run_fixed_point(estimation, batches, state, on_batch,
+                                          checkpoint, checkpoint_every, progress))
 
 
 def run_fixed_point(
@@ -186,55 +203,53 @@ def run_fixed_point(
     checkpoint: str | os.PathLike | None, checkpoint_every: int,
     progress: bool | str,
 ) -> tuple[Estimation, EstimationState, FixedPoint]:
-    """The passes of ``batch_run.run`` (see the module's text); returns the
-    last pass, its state and the record of the passes."""
+    """The rounds of ``batch_run.run`` (see the module's text); returns the
+    last round's pass, its state and the record of the rounds."""
     call, options = batch_run.call, batch_run.options
     for name, value in (("state", given), ("on_batch", on_batch)):
         if value is not None:
-            where = batch_run._method("run", name)
+            where = batch_run.where("run", name)
             raise PopstatsError(
                 f"{where}: not available with upstream='population', whose "
                 f"passes start from nothing and run until their values are a "
                 f"fixed point; leave {name} out (or use upstream='batch')."
             )
-    data = _SameData(batches, batch_run._method("run", "batches")[:-len(
+    data = _SameData(batches, batch_run.where("run", "batches")[:-len(
         "(batches=...)")])
     run_options: dict[str, Any] = {"checkpoint_every": checkpoint_every,
                                    "progress": progress}
     # pass 0 is the plain pass of batch_run (its compiled function, its spec)
-    first = copy.copy(batch_run)
-    first.options = dataclasses.replace(options, upstream="batch")
-    state = first.run(data.over(first, 0), checkpoint=pass_path(checkpoint, 0),
-                      **run_options)
+    state = batch_run.run_pass(data.over(batch_run, 0),
+                               checkpoint=pass_path(checkpoint, 0), **run_options)
     with quiet():
-        stats = first.finalize(state)
+        stats = batch_run.finalize(state)
     inputs, outputs = batch_run.given
     exported = inference_export(outputs, stats, options.time, call)
-    runs: list[Estimation] = []  # one, compiled once, for every pass
+    runs: list[Estimation] = []  # one, compiled once, for every round
 
-    def one_pass(upstream: PopulationStatistics, k: int):
+    def one_round(upstream: PopulationStatistics, k: int):
         exported.hold(upstream, call)
         runs[:] = [inference_pass(runs[0] if runs else None, inputs, outputs,
                                   exported, upstream, options, call)]
-        state = runs[0].run(data.over(runs[0], k),
-                            checkpoint=pass_path(checkpoint, k), **run_options)
+        state = runs[0].run_pass(data.over(runs[0], k),
+                                 checkpoint=pass_path(checkpoint, k), **run_options)
         with quiet():
             return runs[0].finalize(state), state
 
-    state, record = iterate(stats, one_pass, call, options, exported.independent)
+    state, record = iterate(stats, one_round, call, options, exported.independent)
     return runs[0], state, record
 
 
-def iterate(stats: PopulationStatistics, one_pass, call: str, options,
+def iterate(stats: PopulationStatistics, one_round, call: str, options,
             independent: frozenset[str]) -> tuple[EstimationState, FixedPoint]:
-    """Passes 1, 2, ... from pass 0's ``stats`` until the fixed point:
-    ``one_pass(upstream, k)`` runs pass ``k`` on the inference graph holding
-    ``upstream`` and gives its statistics and state. Returns the last
-    pass's state and the record of the passes."""
+    """Rounds 1, 2, ... from round 0's ``stats`` until the fixed point:
+    ``one_round(upstream, k)`` runs round ``k``'s pass on the inference graph
+    holding ``upstream`` and gives its statistics and state. Returns the last
+    round's state and the record of the rounds."""
     changes: list[float] = []
     worst: list[str] = []
     for k in range(1, options.upstream_passes):
-        new, state = one_pass(stats, k)
+        new, state = one_round(stats, k)
         if check_change(stats, new, k, changes, worst, call, options, independent):
             return state, FixedPoint(k + 1, tuple(changes), tuple(worst),
                                      options.upstream_tol)
@@ -253,25 +268,25 @@ def inference_pass(run: Estimation | None, inputs, outputs, exported,
     layers' values reach none), so that passes over the same inputs
     share states, and passes over others refuse them."""
     if run is None:
-        run = Estimation.of_graph(inputs, outputs, exported.graph, options, call,
-                                  "population", compile_now)
+        run = Estimation.of(EstimationPlan(inputs, outputs, options, call,
+                                           compile_now, exported.graph, "population"))
     upstream = f"population:{run.parameters_digest()[:20]}"
     run.spec = dataclasses.replace(run.spec, upstream=upstream)
     return run
 
 
 #: how far (relative) a statistic that reads no population value may move
-#: between passes: rounding only (the graphs of passes 0 and 1 differ)
+#: between rounds: rounding only (the graphs of rounds 0 and 1 differ)
 STILL = 1e-9
 
 
 def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
                  changes: list[float], worst: list[str], call: str,
                  options, independent: frozenset[str] = frozenset()) -> bool:
-    """Record pass ``k``'s largest change; whether it is within the tolerance.
+    """Record round ``k``'s largest change; whether it is within the tolerance.
 
     A statistic of ``independent`` (no statistic upstream) must not move:
-    if it does, the data or the graph changed between passes."""
+    if it does, the data or the graph changed between rounds."""
     for name in sorted(independent):
         moved = _relative(stats[name].value, new[name].value)
         if moved > STILL:
@@ -301,7 +316,7 @@ def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
 
 def not_converged(changes: list[float], worst: list[str], call: str,
                   options) -> PopstatsError:
-    """The error of passes that did not reach the fixed point."""
+    """The error of rounds that did not reach the fixed point."""
     shown = ", ".join(f"{c:.2g}" for c in changes[-5:])
     return PopstatsError(
         f"{call}(upstream_passes=...): upstream='population' did not reach a "
@@ -312,5 +327,3 @@ def not_converged(changes: list[float], worst: list[str], call: str,
         f"fall, estimate with upstream='batch'."
     )
 
-
-register_fixed_point(run_fixed_point)

@@ -19,7 +19,7 @@ where either has no group is refused: its layer cannot be told.
 
 The population values sit in shared variables (:class:`InferenceExport`
 holds them by statistic name) so that one compiled function serves every
-pass of the fixed-point iteration
+round of the fixed-point iteration
 (:mod:`popstats._src.upstream.fixed_point`): :meth:`InferenceExport.hold`
 puts new values in place.
 
@@ -138,7 +138,7 @@ class InferenceExport:
     graph: EstimationGraph
     values: Mapping[str, TensorSharedVariable]
     #: the statistics outside loops that read no population value (no
-    #: statistic upstream): every pass over the same data gives them the
+    #: statistic upstream): every round over the same data gives them the
     #: same value, which :mod:`~popstats._src.upstream.fixed_point` checks
     independent: frozenset[str] = frozenset()
 
@@ -147,14 +147,14 @@ class InferenceExport:
         for name, var in self.values.items():
             stat = stats.get(name)
             if stat is None or stat.site.time != var.tag.popstats_time:
-                raise PopstatsError(  # pragma: no cover - popstats' own passes
+                raise PopstatsError(  # pragma: no cover - popstats' own rounds
                     f"{call}: the upstream values lack statistic {name!r} (or "
                     f"hold it with other time modes); estimate them on this graph."
                 )
             value = population_array([stat], False, call)
             held = var.get_value(borrow=True)
             if value.shape[stat.depth:] != held.shape[stat.depth:]:
-                raise PopstatsError(  # pragma: no cover - popstats' own passes
+                raise PopstatsError(  # pragma: no cover - popstats' own rounds
                     f"{call}: statistic {name!r} has shape {value.shape} in the "
                     f"upstream values but {held.shape} in the graph."
                 )

@@ -1,4 +1,4 @@
-"""The estimation pass: run the estimation graph over batches.
+"""The :class:`Estimation` object: the estimation graph compiled once, run over batches.
 
 Stage: estimation. :class:`Estimation` compiles the estimation graph once
 and keeps, per statistic, the state of its estimator
@@ -6,22 +6,44 @@ and keeps, per statistic, the state of its estimator
 independent of the number of batches. In the style of Optax, ``init`` /
 ``update`` / ``merge`` / ``finalize`` work on an :class:`EstimationState`,
 which can be saved mid-pass and resumed. Its options are an
-:class:`~popstats._src.estimation.options.EstimationOptions`; a run gets a
-:class:`~popstats._src.estimation.passes.PassContext` of it.
+:class:`~popstats._src.estimation.options.EstimationOptions`.
+
+Built one way: ``Estimation(inputs, outputs, **options)`` makes an
+:class:`~popstats._src.estimation.plan.EstimationPlan` of its arguments,
+and the calls that check the options themselves, or give the estimation
+graph of a later stage, build it with :meth:`Estimation.of` of a plan. Its
+engine (host, graph or device, :mod:`~popstats._src.estimation.engines`) is
+chosen then, once; each pass
+(:meth:`Estimation.run_pass`) is a run of that engine
+(:mod:`~popstats._src.estimation.passes`), given a
+:class:`~popstats._src.estimation.passes.PassContext`.
+
+With ``upstream="population"``, :meth:`Estimation.run` hands its passes to
+a :class:`PassDriver`, the class attribute :attr:`Estimation.driver`:
+estimation never imports the stage that runs them, and
+``popstats/__init__.py`` is the one place that sets it (to
+:class:`~popstats._src.upstream.fixed_point.FixedPointDriver`). A driver
+uses only public members: :attr:`~Estimation.call`,
+:attr:`~Estimation.options`, :attr:`~Estimation.given`,
+:meth:`~Estimation.where`, :meth:`~Estimation.batch_digest`,
+:meth:`~Estimation.run_pass`, :meth:`~Estimation.finalize`.
 
 Inside loops the estimate is per time step, over the batches that reached
 each step (coverage); cells no batch reached are filled from the nearest
 covered earlier step (:func:`fill_uncovered`).
+
+Members: :class:`Estimation`, :class:`PassDriver`, :class:`DrivenRun`;
+re-exported: :class:`EstimationState`, :func:`fill_uncovered`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-import pytensor
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import graph_inputs
 from pytensor.tensor.sharedvar import TensorSharedVariable
@@ -29,7 +51,6 @@ from pytensor.tensor.sharedvar import TensorSharedVariable
 from popstats._src.errors import PopstatsError, check_bool, describe_value
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import upstream as up
-from popstats._src.estimation.accumulate_graph import GraphAccumulator
 from popstats._src.estimation.accumulate_host import HostAccumulator
 from popstats._src.estimation.batches import (
     batch_digest,
@@ -39,29 +60,23 @@ from popstats._src.estimation.batches import (
     run_error,
 )
 from popstats._src.estimation.combine import check_state, finalize_state, merge_states
-from popstats._src.estimation.device_function import DeviceFunction, is_jax
-from popstats._src.estimation.device_pass import DevicePass
+from popstats._src.estimation.engines import choose_engine
 from popstats._src.estimation.estimators import fill_uncovered
 from popstats._src.estimation.options import EstimationOptions, takes_options
 from popstats._src.estimation.partners import check_counts, find_partners
-from popstats._src.estimation.passes import (
-    BatchCallback,
-    GraphPass,
-    HostPass,
-    Occupancy,
-    Pass,
-    PassContext,
-)
+from popstats._src.estimation.passes import BatchCallback, HostPass, Pass, PassContext
+from popstats._src.estimation.plan import EstimationPlan
+from popstats._src.estimation.progress import check_progress, progress_bar
+from popstats._src.estimation.spec import PassSpec, StatisticSpec
 from popstats._src.estimation.state import (
     EstimationState,
-    PassSpec,
-    StatisticSpec,
+    check_every,
+    open_checkpoint,
     parameters_digest,
 )
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.export.exporter import Site, as_variables, export_checked
-from popstats._src.export.sites import EstimationGraph
 from popstats._src.export.time_modes import check_patterns
 from popstats._src.graph.pytensor_ml import warn_dropout
 
@@ -70,7 +85,31 @@ if TYPE_CHECKING:
 
     from popstats._src.estimation.options import OptionKeywords
 
-__all__ = ["Estimation", "EstimationState", "fill_uncovered"]
+__all__ = ["DrivenRun", "Estimation", "EstimationState", "PassDriver", "fill_uncovered"]
+
+
+@dataclass(frozen=True)
+class DrivenRun:
+    """What a :class:`PassDriver` returns: its last pass (which finalizes and
+    merges that pass's states), the state of that pass, and the record of
+    the passes."""
+
+    final: Estimation
+    state: EstimationState
+    fixed_point: up.FixedPoint
+
+
+class PassDriver(Protocol):
+    """Runs :meth:`Estimation.run` for an Estimation of
+    ``upstream="population"`` (:attr:`Estimation.driver`)."""
+
+    def run(self, estimation: Estimation, batches: Iterable[Any], *,
+            state: EstimationState | None, on_batch: BatchCallback | None,
+            checkpoint: str | os.PathLike | None, checkpoint_every: int,
+            progress: bool | str) -> DrivenRun:
+        """The passes over ``batches`` (the arguments are ``run``'s), each an
+        :meth:`Estimation.run_pass`."""
+        ...
 
 
 @takes_options
@@ -90,7 +129,7 @@ class Estimation:
     States are values: :meth:`update`, :meth:`run` and :meth:`merge` return
     new states and never change the ones they are given (``run`` copies a
     given state once, then updates its own copy batch by batch). A state
-    carries the :class:`~popstats._src.estimation.state.PassSpec` of the pass that made
+    carries the :class:`~popstats._src.estimation.spec.PassSpec` of the pass that made
     it (statistics, time modes, estimators, ``max_steps``); resuming,
     merging and finalizing refuse states of another spec, naming what
     differs.
@@ -114,6 +153,12 @@ class Estimation:
     True
     """
 
+    #: what :meth:`run` hands its passes to with ``upstream="population"``
+    #: (a :class:`~popstats._src.estimation.pass_object.PassDriver`);
+    #: ``popstats/__init__.py`` sets it to the fixed point's passes
+    #: (:class:`~popstats._src.upstream.fixed_point.FixedPointDriver`)
+    driver: ClassVar[PassDriver] = up.NO_DRIVER
+
     def __init__(
         self,
         inputs: Sequence[Variable],
@@ -124,51 +169,28 @@ class Estimation:
         **options: Unpack[OptionKeywords],
     ):
         outs = as_variables(outputs, call)
-        self._build(inputs, outs, EstimationOptions.check(call, options),
-                    compile_now, call)
+        self._setup(EstimationPlan(inputs, outs, EstimationOptions.check(call, options),
+                                   call, compile_now))
 
     @classmethod
-    def from_options(
-        cls,
-        inputs: Sequence[Variable],
-        outputs: Variable | Sequence[Variable],
-        options: EstimationOptions,
-        *,
-        compile_now: bool = True,
-        call: str = "Estimation",
-    ) -> Estimation:
-        """An Estimation with ``options`` checked already (by
-        :meth:`EstimationOptions.check
-        <popstats._src.estimation.options.EstimationOptions.check>`, naming
-        ``call``): how the public calls that take the options build it."""
+    def of(cls, plan: EstimationPlan) -> Estimation:
+        """The Estimation of ``plan``: how the calls that check the options
+        themselves, and the later stages, build one (``Estimation(...)``
+        makes its plan of its arguments)."""
         new = cls.__new__(cls)
-        new._build(inputs, as_variables(outputs, call), options, compile_now, call)
+        new._setup(plan)
         return new
 
-    @classmethod
-    def of_graph(
-        cls, inputs: Sequence[Variable], outputs: Sequence[Variable],
-        graph: EstimationGraph, options: EstimationOptions, call: str,
-        upstream: str, compile_now: bool = True,
-    ) -> Estimation:
-        """The pass over an estimation graph made by a later stage (the
-        inference graph's, :mod:`popstats._src.upstream.inference_export`);
-        ``upstream`` goes into its :class:`PassSpec`."""
-        new = cls.__new__(cls)
-        new._build(inputs, list(outputs), options, compile_now, call, graph,
-                   upstream)
-        return new
-
-    def _build(self, inputs: Sequence[Variable], outs: list[Variable],
-               options: EstimationOptions, compile_now: bool, call: str,
-               graph: EstimationGraph | None = None,
-               upstream: str = "batch") -> None:
-        compile_now = check_bool(compile_now, f"{call}(compile_now=...)")
+    def _setup(self, plan: EstimationPlan) -> None:
+        call, options = plan.call, plan.options
+        compile_now = check_bool(plan.compile_now, f"{call}(compile_now=...)")
+        outs = as_variables(plan.outputs, call)
+        graph = plan.graph
         if graph is None:
             graph = export_checked(outs, call, options.time)
             warn_dropout(outs, call, options.upstream)
         #: the inputs and outputs it was built from
-        self.given = (tuple(inputs), tuple(outs))
+        self.given = (tuple(plan.inputs), tuple(outs))
         #: with ``upstream="population"``, the passes of the last :meth:`run`
         self.fixed_point: up.FixedPoint | None = None
         self._final: Estimation | None = None
@@ -177,7 +199,7 @@ class Estimation:
         self.dtypes = options.dtypes
         self.call = call
         self.sites: tuple[Site, ...] = graph.sites
-        self.inputs = check_inputs(inputs, graph, outs, call)
+        self.inputs = check_inputs(plan.inputs, graph, outs, call)
         estimator, max_steps = options.estimator, options.max_steps
         if isinstance(estimator, Mapping):
             check_patterns(estimator, self.sites, call, "estimator")
@@ -188,73 +210,39 @@ class Estimation:
         self.spec = PassSpec(
             tuple(StatisticSpec.of(s, e)
                   for s, e in zip(self.sites, self.estimators, strict=True)),
-            max_steps, upstream,
+            max_steps, plan.upstream,
         )
         self.partners = find_partners(self.sites, self.estimators, call)
         check_counts(self.sites, self.estimators, call)
-        flat, slots = [], []
-        for trio in zip(graph.outputs, graph.counts, graph.weights, strict=True):
-            slot = []
-            for var in trio:
-                slot.append(None if var is None else len(flat))
-                if var is not None:
-                    flat.append(var)
-            slots.append(tuple(slot))
+        trios = list(zip(graph.outputs, graph.counts, graph.weights, strict=True))
+        self._engine, slots = choose_engine(
+            self.inputs, trios, options.mode, options.accumulate, self.sites,
+            self.estimators, self.partners, max_steps)
         #: per statistic, the positions of (value, count, weight) among the
         #: estimation function's outputs (None: not marked)
-        self.slots: tuple[tuple[int | None, ...], ...] = tuple(slots)
-        self._flat_outputs, self._mode = flat, options.mode
+        self.slots: tuple[tuple[int | None, ...], ...] = slots
         #: the model's parameters: a checkpoint records their digest
-        self._shared = [v for v in graph_inputs(flat)
+        self._shared = [v for v in graph_inputs([v for t in trios for v in t
+                                                 if v is not None])
                         if isinstance(v, TensorSharedVariable)]
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
                                      self.slots, max_steps, call)
-        self._fn = self._graph = self._gfn = self._device = None
-        self._jax = is_jax(options.mode)  # params on the device once per pass
-        if options.accumulate == "graph" and not self._jax:
-            trios = zip(graph.outputs, graph.counts, graph.weights, strict=True)
-            self._graph = GraphAccumulator(self.sites, self.estimators,
-                                           self.partners, list(trios), max_steps)
-        #: "graph" or "host": where this pass accumulates
-        self.accumulate = options.accumulate
-        self._occupancy = Occupancy()
         if compile_now:
             self._compile()
 
     @property
+    def accumulate(self) -> str:
+        """``"graph"`` or ``"host"``: where this pass accumulates."""
+        return self._engine.accumulate
+
+    @property
     def compiled(self) -> bool:
         """Whether the estimation function is compiled (see ``compile_now``)."""
-        return (self._device if self._jax else self._fn if self._graph is None
-                else self._gfn) is not None
+        return self._engine.compiled
 
     def _compile(self) -> None:
         """Compile the function this pass runs its batches with (once)."""
-        if self._jax and self._device is None:
-            try:
-                self._device = DeviceFunction(
-                    self.inputs, self._flat_outputs, self._mode, self.sites,
-                    self.estimators, self.partners, self.max_steps)
-                self._fn = self._device.function
-            except TypeError:  # pragma: no cover - another JAX linker layout
-                self._jax, self.accumulate = False, "host"
-                self._graph = None
-        if self._jax:
-            return
-        if self._graph is None:
-            self._host_fn()
-        elif self._gfn is None:
-            self._gfn = pytensor.function(self.inputs, self._graph.checks,
-                                          updates=self._graph.updates,
-                                          mode=self._mode, on_unused_input="ignore")
-
-    def _host_fn(self):
-        """The function returning the statistics of a batch (compiled once)."""
-        if self._fn is None:
-            self._fn = pytensor.function(
-                self.inputs, self._flat_outputs, mode=self._mode,
-                on_unused_input="ignore",
-            )
-        return self._fn
+        self._engine = self._engine.compile()
 
     def parameters_digest(self) -> str:
         """The digest of the model parameters' current values.
@@ -275,16 +263,17 @@ class Estimation:
         copies once per pass instead).
         """
         if self.options.upstream == "population":
-            raise one_batch_error(self._method("update", "batch"))
+            raise one_batch_error(self.where("update", "batch"))
         state = self.check_state(
-            state, self._method("update", "state"),
+            state, self.where("update", "state"),
             "Pass a state made by this Estimation (or one of the same graph and "
             "options).",
         )
         return self._pass(state).run([batch])
 
-    def _batch_digest(self, batch: Any, index: int) -> bytes:
-        """What identifies a batch's data (checkpoints record it)."""
+    def batch_digest(self, batch: Any, index: int) -> bytes:
+        """What identifies batch ``index``'s data (checkpoints record it; the
+        passes of ``upstream="population"`` check every pass sees the same)."""
         return batch_digest(batch, self.inputs, index, self.call)
 
     def _values(self, batch: Any, index: int) -> list:
@@ -294,8 +283,7 @@ class Estimation:
     def _statistics(self, values: list, index: int, params: Any = None) -> list:
         """Per statistic (value, count, weight) of a batch, on the host."""
         try:
-            results = (self._host_fn()(*values) if params is None
-                       else self._device.jit(*values, *params))
+            results = self._engine.evaluate(values, params)
         except Exception as exc:
             raise run_error(self.call, exc, values, index, self.inputs,
                             self.sites) from exc
@@ -303,27 +291,18 @@ class Estimation:
         return [tuple(None if k is None else np.asarray(results[k]) for k in slot)
                 for slot in self.slots]
 
-    def _context(self) -> PassContext:
-        """What a run uses of this pass (compiled first)."""
-        self._compile()
-        return PassContext(
-            self.call, self.spec, self.sites, self.estimators, self.max_steps,
-            self.slots, self._host, self._values, self._statistics,
-            self._occupancy, self._graph, self._gfn, self._device,
-        )
-
     def _pass(self, state: EstimationState,
               on_batch: BatchCallback | None = None) -> Pass:
-        """A run from ``state``: in the graph's accumulators, or on the host
+        """A run from ``state``: where the engine accumulates, or on the host
         (always, with ``on_batch``: it is given each batch's statistics)."""
-        context = self._context()
+        self._compile()
+        context = PassContext(
+            self.call, self.spec, self.sites, self.estimators, self.max_steps,
+            self._host, self._values, self._statistics,
+        )
         if on_batch is not None:
-            return HostPass(context, state, on_batch)
-        if self._device is not None and self.accumulate == "graph":
-            return DevicePass(context, state)
-        if self._graph is not None:
-            return GraphPass(context, state)
-        return HostPass(context, state)
+            return HostPass(context, state, on_batch, self._engine.parameters())
+        return self._engine.pass_for(context, state)
 
     def run(
         self,
@@ -375,46 +354,63 @@ class Estimation:
         point (:doc:`/upstream`; :attr:`fixed_point` records them) and
         returns the last pass's state; ``state`` and ``on_batch`` are refused.
         """
-        from popstats._src.estimation.checkpoint import check_every, open_checkpoint
-        from popstats._src.estimation.progress import check_progress, progress_bar
-
         if self.options.upstream == "population" and self.spec.upstream == "batch":
-            # the passes to the fixed point (popstats._src.upstream.fixed_point)
-            self._final, last, self.fixed_point = up.fixed_point_driver(self.call)(
-                self, batches, state, on_batch, checkpoint, checkpoint_every,
-                progress)
-            return last
-        show = check_progress(progress, self._method("run", "progress")[:-len(
+            # the passes to the fixed point, each a run_pass (see driver)
+            driven = self.driver.run(
+                self, batches, state=state, on_batch=on_batch, checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every, progress=progress)
+            self._final, self.fixed_point = driven.final, driven.fixed_point
+            return driven.state
+        return self.run_pass(batches, state, checkpoint=checkpoint,
+                             checkpoint_every=checkpoint_every, progress=progress,
+                             on_batch=on_batch)
+
+    def run_pass(
+        self,
+        batches: Iterable[Any],
+        state: EstimationState | None = None,
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 100,
+        progress: bool | str = "auto",
+        on_batch: BatchCallback | None = None,
+    ) -> EstimationState:
+        """One pass over ``batches``, as :meth:`run` describes, whatever the
+        ``upstream`` option: what :meth:`run` does with ``upstream="batch"``,
+        and what a :class:`PassDriver` runs for each of its passes."""
+        show = check_progress(progress, self.where("run", "progress")[:-len(
             "(progress=...)")])
         if on_batch is not None and not callable(on_batch):
             raise PopstatsError(
-                f"{self._method('run', 'on_batch')}: expected a callable "
+                f"{self.where('run', 'on_batch')}: expected a callable "
                 f"on_batch(index, per_site) or None, got {describe_value(on_batch)}."
             )
         given = None
         if state is not None:
             given = self.check_state(
-                state, self._method("run", "state"),
+                state, self.where("run", "state"),
                 "Pass a state made by an Estimation of the same graph and options.",
             )
         saver = None
         if checkpoint is None:
-            check_every(checkpoint_every, self._method("run", "checkpoint_every"))
+            check_every(checkpoint_every, self.where("run", "checkpoint_every"))
             state = self.init() if given is None else given
         else:
             saver, state = open_checkpoint(
                 checkpoint, checkpoint_every, given, self.init(), self.check_state,
-                self._method("run", "checkpoint"), self.parameters_digest(),
-                self._batch_digest,
+                self.where("run", "checkpoint"), self.parameters_digest(),
+                self.batch_digest,
             )
         skip = 0 if saver is None else saver.skip
         stream = progress_bar(iterate(batches, self.call), batches, show)
         return self._pass(state, on_batch).run(stream, skip, saver)
 
-    def _method(self, name: str, argument: str) -> str:
-        """How errors name a method's argument: ``Estimation.run(state=...)``."""
+    def where(self, method: str, argument: str) -> str:
+        """How errors name an argument of a method of this pass:
+        ``Estimation.run(state=...)``, or, for a pass a public call built,
+        that call's (``estimate(state=...)``)."""
         if self.call == "Estimation":
-            return f"Estimation.{name}({argument}=...)"
+            return f"Estimation.{method}({argument}=...)"
         return f"{self.call}({argument}=...)"
 
     def check_state(self, state: object, where: str, fix: str) -> EstimationState:
@@ -432,8 +428,8 @@ class Estimation:
                          "options.")
         if self._final is not None and a.spec.upstream != "batch":
             return self._final.merge(a, b)
-        self.check_state(a, self._method("merge", "a"), fix)
-        self.check_state(b, self._method("merge", "b"), fix)
+        self.check_state(a, self.where("merge", "a"), fix)
+        self.check_state(b, self.where("merge", "b"), fix)
         return merge_states(self.sites, self.estimators, a, b)
 
     def finalize(self, state: EstimationState) -> PopulationStatistics:
@@ -442,7 +438,7 @@ class Estimation:
                                                "upstream", "batch") != "batch":
             return self._final.finalize(state).with_fixed_point(self.fixed_point)
         self.check_state(
-            state, self._method("finalize", "state"),
+            state, self.where("finalize", "state"),
             up.fix_for(state, "Finalize a state made by an Estimation of the same "
                            "graph."),
         )

@@ -14,12 +14,13 @@ from typing import Any, Unpack
 
 from pytensor.graph.basic import Variable
 
-from popstats._src.estimation.estimation import Estimation
 from popstats._src.estimation.options import (
     EstimationOptions,
     OptionKeywords,
     takes_options,
 )
+from popstats._src.estimation.pass_object import Estimation
+from popstats._src.estimation.plan import EstimationPlan
 from popstats._src.estimation.statistics import PopulationStatistics
 
 __all__ = ["estimate", "estimate_as"]
@@ -102,15 +103,15 @@ def estimate_as(
     ``options`` are checked already (naming ``call``); the run's other
     arguments are checked before the graph is exported or compiled.
     """
-    from popstats._src.estimation.checkpoint import check_every
     from popstats._src.estimation.persistence import check_target
     from popstats._src.estimation.progress import check_progress
+    from popstats._src.estimation.state import check_every
 
     check_progress(progress, call)
     check_every(checkpoint_every, f"{call}(checkpoint_every=...)")
     if checkpoint is not None:
         check_target(checkpoint, f"{call}(checkpoint=...)")
-    run = Estimation.from_options(inputs, outputs, options, call=call)
+    run = Estimation.of(EstimationPlan(inputs, outputs, options, call))
     state = run.run(batches, checkpoint=checkpoint,
                     checkpoint_every=checkpoint_every, progress=progress)
     return run.finalize(state)
