@@ -335,7 +335,7 @@ def export_with(
 ) -> EstimationGraph:
     """:func:`export_checked` with the outer level's visitor made by
     ``make_level(call, time, names)``: a subclass of the export visitor that
-    also changes the graph (the rewrite stage's estimation of the inference
+    also changes the graph (the upstream folder's estimation of the inference
     graph, :mod:`popstats._src.upstream.inference_export`)."""
     check_time(time, call)
     names = None
