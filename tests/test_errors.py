@@ -14,12 +14,12 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from pytensor.graph.traversal import toposort
+from shared import PT_VERSION
 
 import popstats
 
 MODE = "FAST_COMPILE"  # errors do not depend on the backend; keep compiles cheap
 EPS = 1e-3
-PT_VERSION = tuple(int(p) for p in re.findall(r"\d+", pytensor.__version__)[:2])
 FROZEN_SCAN = PT_VERSION >= (3, 1)  # Scan inner graphs frozen, tags dropped
 
 

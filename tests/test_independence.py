@@ -8,7 +8,6 @@ warning: pytest turns warnings into errors). Population values come from
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -16,10 +15,9 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from independence_models import fake_statistics
+from shared import MODE
 
 import popstats
-
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
 
 
 def mixing(outputs, **kwargs) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE
+from shared import MODE
 
 import popstats
 from popstats._src.drift.measures import jeffreys

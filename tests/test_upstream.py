@@ -23,9 +23,9 @@ import pytensor
 import pytest
 import reference as ref
 import upstream_models as um
-from conftest import MODE, fails
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared import MODE, fails
 
 import popstats
 from popstats import Estimator
