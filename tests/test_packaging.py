@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Not part of a source tree: build outputs, environments, caches.
 IGNORE = shutil.ignore_patterns(
     ".git", ".venv*", ".ci-venv*", "build", "dist", "*.egg-info", "__pycache__",
-    ".pytest_cache", ".ruff_cache", "_build", "output",
+    ".pytest_cache", ".ruff_cache", ".mypy_cache", "_build", "output",
 )
 
 

@@ -17,7 +17,7 @@ import difflib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from popstats._src.export.exporter import Site
 from popstats._src.graph.walk import SiteId
 
 __all__ = ["PopulationStatistics", "Statistic", "load", "save_statistics"]
+
+_T = TypeVar("_T")
 
 _MEAN = Estimator("mean")  # frozen, safe to share
 
@@ -158,6 +160,10 @@ class PopulationStatistics(Mapping[str, Statistic]):
             record,
         )
 
+    @overload
+    def get(self, name: str, /) -> Statistic | None: ...
+    @overload
+    def get(self, name: str, default: Statistic | _T, /) -> Statistic | _T: ...
     def get(self, name: str, default: object = None) -> object:
         return self._by_name.get(name, default)
 

@@ -7,12 +7,13 @@ which operations mix examples; this runs the graph and compares.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytensor
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, check_number, describe_value
 from popstats._src.export.exporter import as_variables
@@ -24,7 +25,7 @@ __all__ = ["check_batch_independence"]
 _CALL = "check_batch_independence"
 
 
-def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[Variable]:
+def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[TensorVariable]:
     inputs = as_variables(inputs, _CALL, "inputs")
     twice = sorted({str(v) for k, v in enumerate(inputs)
                     if any(v is w for w in inputs[:k])})
@@ -49,10 +50,10 @@ def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[Variable]:
             f"{_CALL}(inputs=...): the outputs depend on {', '.join(missing)}, "
             f"which inputs lacks. Add every free input of the outputs."
         )
-    return list(inputs)
+    return cast(list[TensorVariable], list(inputs))  # data inputs: tensors
 
 
-def _batch_axes(outputs: Sequence[Variable], inputs: list[Variable],
+def _batch_axes(outputs: Sequence[Variable], inputs: list[TensorVariable],
                 given: dict[int, int | None]) -> tuple[dict[int, int | None], str]:
     """Each input's batch axis, and a line saying which and why.
 
@@ -61,7 +62,7 @@ def _batch_axes(outputs: Sequence[Variable], inputs: list[Variable],
     statistics of the training graph (recorded on its outputs); then axis
     0 of every input with an axis.
     """
-    records = []
+    records: list[tuple[Sequence[TensorVariable], object]] = []
     for var in ancestors(list(outputs)):
         record = getattr(var.tag, "popstats_training", None)
         if record is not None and not any(record is r for r in records):
@@ -97,7 +98,7 @@ def _batch_axes(outputs: Sequence[Variable], inputs: list[Variable],
     return axes, "; ".join(why)
 
 
-def _values(batch: object, inputs: list[Variable]) -> list[np.ndarray]:
+def _values(batch: object, inputs: list[TensorVariable]) -> list[np.ndarray]:
     if isinstance(batch, Mapping):
         values = []
         for var in inputs:
@@ -122,7 +123,7 @@ def _values(batch: object, inputs: list[Variable]) -> list[np.ndarray]:
 
 
 def _size(values: list[np.ndarray], axes: dict[int, int | None],
-          inputs: list[Variable]) -> int:
+          inputs: list[TensorVariable]) -> int:
     sizes = {str(inputs[k]): values[k].shape[a] for k, a in axes.items()
              if a is not None}
     if not sizes or len(set(sizes.values())) != 1 or min(sizes.values()) < 2:
@@ -260,11 +261,10 @@ def check_batch_independence(
                                                            strict=True)]
     runs.append(("the permuted batch", order))
     found.append(run(order, "the permuted batch"))
-    for (what, rows), outs in zip(runs, found, strict=True):
-        for j, (got, full) in enumerate(zip(outs, whole, strict=True)):
-            axis = batch_axis[j]
-            want = full if axis is None or axis == "shape" else np.take(
-                full, rows, axis=axis)
+    for (what, rows), got_outs in zip(runs, found, strict=True):
+        for j, (got, full) in enumerate(zip(got_outs, whole, strict=True)):
+            axis = batch_axis[j]  # an int, None or "shape"
+            want = np.take(full, rows, axis=axis) if isinstance(axis, int) else full
             if axis == "shape" or got.shape != want.shape:
                 problems.setdefault(j, f"output {j}: shape {got.shape} for {what} "
                                        f"but {full.shape} for the whole batch")

@@ -44,7 +44,14 @@ from pytensor.tensor.subtensor import IncSubtensor, Subtensor, get_idx_list
 
 from popstats._src.graph.marker import BNStat, is_statistic
 from popstats._src.graph.recognize import acts_per_example
-from popstats._src.independence.rules import Hyp, Place, Rules, State
+from popstats._src.independence.rules import (
+    Hyp,
+    Place,
+    Rules,
+    State,
+    tensor_inputs,
+    tensor_outputs,
+)
 from popstats._src.independence.shapes import JOIN_DIMS, PASS, SPLIT_DIMS, Shapes, const
 
 __all__ = ["Event", "Flow", "Hyp", "Place", "walk_back"]
@@ -127,14 +134,14 @@ class Flow(Rules):
         # in an input the operation combines it with (K @ h, K from the batch)
         held = set().union(*states, *(self.state(v) for v in _data_inputs(node)))
         out: dict[Hyp, frozenset[Apply]] = {}
-        for hyp, nodes in incoming.items():
+        for hyp, reached in incoming.items():
             if inner or hyp in held:
                 counted = {n for n in nodes if _reads_size(n)}
                 if counted != nodes:  # a mean: its reduction is the mixing
                     nodes = nodes - counted
                 self.confirmed.update((n, hyp) for n in nodes)
             else:
-                out[hyp] = frozenset(nodes)
+                out[hyp] = frozenset(reached)
         for hyp in self.pending.pop(node, ()):
             out[hyp] = out.get(hyp, frozenset()) | {node}
         if out:
@@ -174,7 +181,7 @@ class Flow(Rules):
                 node.op, BNStat) or is_statistic(out)]
             for hyp in self._batch_size(node):
                 self.mix(node, hyp, _COUNTS)
-            states = [{} for _ in node.outputs]
+            states: list[State] = [{} for _ in node.outputs]
             if any(self.state(v) for v in node.inputs):
                 states = self.apply(node)
                 for out, state in zip(node.outputs, states, strict=True):
@@ -186,7 +193,7 @@ class Flow(Rules):
         return [self.state(v) for v in outputs]
 
     def apply(self, node: Apply) -> list[State]:
-        op, ins = node.op, node.inputs
+        op, ins = node.op, tensor_inputs(node)
         n_out = len(node.outputs)
         if isinstance(op, PASS):
             return [dict(self.state(ins[0]))] + [{}] * (n_out - 1)
@@ -209,7 +216,7 @@ class Flow(Rules):
         if isinstance(op, Shape | Shape_i):
             return [{}]
         if isinstance(op, Alloc):
-            shift = node.outputs[0].ndim - ins[0].ndim
+            shift = tensor_outputs(node)[0].ndim - ins[0].ndim
             return [{h: (d + shift, c) for h, (d, c) in self.state(ins[0]).items()}]
         if isinstance(op, Subtensor):
             return [self.subtensor(node)]
@@ -254,9 +261,9 @@ class Flow(Rules):
                 self.confirmed)
             self.nested.append((node, inner))
             states = inner.run(op.inner_outputs)
-            for out, var in zip(node.outputs, op.inner_outputs, strict=True):
+            for outer, var in zip(node.outputs, op.inner_outputs, strict=True):
                 if var in inner.taint:
-                    self.taint[out] = inner.taint[var]
+                    self.taint[outer] = inner.taint[var]
             return states
         if acts_per_example(op):  # e.g. pytensor-ml's Im2Col (its recognizer says)
             out = {}
@@ -291,7 +298,7 @@ class Flow(Rules):
             if any(b is None and e is not None for b, e in zip(
                     bounds, (entry.start, entry.stop, entry.step), strict=True)):
                 return []
-            taken = set(range(var.ndim)[slice(*bounds)])
+            taken = set(range(var.ndim)[slice(*bounds)])  # type: ignore[arg-type]  # const folds ints here
         else:
             index = const(entry)
             if index is None:

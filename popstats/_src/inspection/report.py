@@ -49,7 +49,7 @@ def _fmt(x: float) -> str:
 
 def summary_rows(stats: Mapping[str, Statistic]) -> list[list[object]]:
     """One row per statistic, in :data:`SUMMARY_COLUMNS` order."""
-    rows = []
+    rows: list[list[object]] = []
     for s in stats.values():
         finite = s.value[np.isfinite(s.value)]
         lo, mid, hi = ((_fmt(finite.min()), _fmt(finite.mean()), _fmt(finite.max()))

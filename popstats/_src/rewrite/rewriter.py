@@ -18,13 +18,14 @@ and :func:`check_stats` (shared with :mod:`popstats._src.rewrite.bind`),
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import overload
+from typing import cast, overload
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply, Variable
 from pytensor.raise_op import CheckAndRaise
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
@@ -46,7 +47,7 @@ class RewriteLevel:
     def __init__(
         self,
         matcher: Matcher,
-        select: Variable | None,
+        select: TensorVariable | None,
         parent: RewriteLevel | None = None,
         step: Variable | None = None,
         level: int = -1,
@@ -56,13 +57,13 @@ class RewriteLevel:
         self.parent = parent
         self.step = step
         self.level = level  # index of this loop among the enclosing ones
-        self.values: dict[str, Variable] = {}
+        self.values: dict[str, TensorVariable] = {}
         self.non_seqs: list[tuple[Variable, Variable]] = []
         #: outside loops: each statistic of the graph and the value it gets,
         #: checked by :func:`check_fits` once the pass is over
         self.placed: list[tuple[Variable, Statistic]] = []
 
-    def value(self, group: list[Statistic], site: SiteId) -> Variable:
+    def value(self, group: list[Statistic], site: SiteId) -> TensorVariable:
         """The population value at this level (remaining time axes first).
 
         ``group`` holds the statistic's value in each set; ``site`` is the
@@ -105,8 +106,9 @@ class RewriteLevel:
         if self.parent is None:
             self.placed.append((var, stat))
         value = self.value(group, site)
-        if value.dtype != var.dtype:
-            value = value.astype(var.dtype)
+        dtype = cast(TensorVariable, var).dtype  # statistics mark tensors
+        if value.dtype != dtype:
+            value = value.astype(dtype)
         return var.type.filter_variable(value)
 
     def scan(
@@ -153,7 +155,7 @@ def check_finite(stat: Statistic, call: str) -> None:
         )
 
 
-def known_shapes(variables: Sequence[Variable]) -> list[tuple[int | None, ...]]:
+def known_shapes(variables: Sequence[TensorVariable]) -> list[tuple[int | None, ...]]:
     """Each variable's shape where it follows from the graph alone (weights
     and constants, not the inputs' values); None where it does not, and for
     every axis when PyTensor cannot infer it."""
@@ -166,8 +168,9 @@ def known_shapes(variables: Sequence[Variable]) -> list[tuple[int | None, ...]]:
 
     shapes: list[list[int | None]] = [[None] * v.ndim for v in variables]
     try:
-        vectors = rewrite_graph([v.shape for v in variables],
-                                include=("canonicalize", "ShapeOpt"), clone=True)
+        vectors = cast(list[TensorVariable], rewrite_graph(  # a list in, a list out
+            [v.shape for v in variables], include=("canonicalize", "ShapeOpt"),
+            clone=True))
         wanted, where = [], []
         for k, (var, vec) in enumerate(zip(variables, vectors, strict=True)):
             dims = (vec.owner.inputs if vec.owner is not None and isinstance(
@@ -178,7 +181,7 @@ def known_shapes(variables: Sequence[Variable]) -> list[tuple[int | None, ...]]:
                     wanted.append(dim)
                     where.append((k, a))
         if wanted:
-            fn = pytensor.function([], wanted, mode=Mode(linker="py", optimizer=None),
+            fn = pytensor.function([], wanted, mode=Mode(linker="py", optimizer="None"),
                                    on_unused_input="ignore")
             for (k, a), size in zip(where, fn(), strict=True):
                 shapes[k][a] = int(size)
@@ -191,7 +194,8 @@ def check_fits(placed: Sequence[tuple[Variable, Statistic]], call: str) -> None:
     """Refuse values whose shape is not the one the graph computes there
     (matched by name in a changed model, or a file edited since): the
     compiled function would fail on a broadcast, or silently broadcast."""
-    found = known_shapes([var for var, _ in placed])
+    found = known_shapes([cast(TensorVariable, var)  # statistics mark tensors
+                          for var, _ in placed])
     for (_, stat), shape in zip(placed, found, strict=True):
         held = stat.value.shape[stat.depth:]
         if len(shape) == len(held) and any(
@@ -249,8 +253,8 @@ def population_array(
 
 
 def _root_value(
-    group: list[Statistic], select: Variable | None, site_id: SiteId
-) -> Variable:
+    group: list[Statistic], select: TensorVariable | None, site_id: SiteId
+) -> TensorVariable:
     stat = group[0]
     site = stat.site
     stacked = select is not None
@@ -261,25 +265,27 @@ def _root_value(
     var.tag.popstats_site = site_id  # the graph's statistic (what bind matches)
     var.tag.popstats_stacked = stacked
     var.tag.popstats_time = site.time  # how the graph indexes its time axes
-    if not stacked:
+    if select is None:  # not stacked
         return var
     n_sets = var.shape[0]
     checked = _set_index_check(select, (select >= 0) & (select < n_sets))
     return var[checked]
 
 
-def _set_index_check(select: Variable, in_range: Variable) -> Variable:
+def _set_index_check(
+    select: TensorVariable, in_range: TensorVariable
+) -> TensorVariable:
     check = CheckAndRaise(
         PopstatsError,
         "rewrite(select=...): the statistic set index is out of range at run "
         "time; it must be in [0, number of sets). (The JAX backend cannot "
         "raise here: it clamps a too-large index and wraps a negative one.)",
     )
-    return check(select, in_range)
+    return cast(TensorVariable, check(select, in_range))  # CheckAndRaise's one output
 
 
-def _check_select(select: object, n_sets: int) -> Variable:
-    if not isinstance(select, Variable) or select.ndim != 0 or not (
+def _check_select(select: object, n_sets: int) -> TensorVariable:
+    if not isinstance(select, TensorVariable) or select.ndim != 0 or not (
         select.dtype.startswith(("int", "uint"))
     ):
         raise PopstatsError(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pytensor.tensor as pt
@@ -37,6 +38,7 @@ from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.random.op import RandomVariable
+from pytensor.tensor.sharedvar import TensorSharedVariable
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import PopulationStatistics
@@ -136,7 +138,7 @@ class InferenceExport:
     """
 
     graph: EstimationGraph
-    values: Mapping[str, Variable]
+    values: Mapping[str, TensorSharedVariable]
     #: the statistics outside loops that read no population value (no
     #: statistic upstream): every round over the same data gives them the
     #: same value, which :mod:`~popstats._src.upstream.fixed_point` checks
@@ -182,7 +184,9 @@ def inference_export(
     independent = frozenset(
         site.name for site, out in zip(graph.sites, graph.outputs, strict=True)
         if not site.depth and not held.intersection(ancestors([out])))
-    return InferenceExport(graph, dict(root.values), independent)
+    # without select the values are the shared variables themselves
+    values = cast(dict[str, TensorSharedVariable], root.values)
+    return InferenceExport(graph, dict(values), independent)
 
 
 def _check_not_random(graph: EstimationGraph, call: str) -> None:
