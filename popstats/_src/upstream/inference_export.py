@@ -120,8 +120,9 @@ class _InferenceLevel(ExportLevel):
         return _InferenceLevel(self.call, self.time, self.names, inner)
 
     def extend_scan(self, edit: ScanEdit, inner: ExportLevel) -> None:
-        rewrite = inner.rewrite  # type: ignore[attr-defined]
-        edit.add_sequence(step_index(edit.n_steps), rewrite.step)
+        rewrite = cast(_InferenceLevel, inner).rewrite  # made by inner_level
+        step = cast(Variable, rewrite.step)  # inner_level gave it one
+        edit.add_sequence(step_index(edit.n_steps), step)
         for outer_value, inner_value in rewrite.non_seqs:
             edit.add_non_sequence(outer_value, inner_value)
 
