@@ -120,19 +120,19 @@ class Estimator:
     >>> Estimator("ema", unbiased=True)   # PyTorch's BatchNorm running averages
     Estimator(name='ema', momentum=0.1, unbiased=True)
 
-    Debiased, the first batch's value after one batch, where the plain
-    average is still mostly its start (0 for a mean):
+    Debiased, one batch gives that batch's mean, where the plain average is
+    still mostly its start (0 for a mean):
 
-    >>> import numpy as np
-    >>> from popstats._src.estimation import estimators as est
-    >>> batch = np.array([4.0, 8.0])
+    >>> import numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.vector("x")
+    >>> y = x - popstats.bn_statistic(x.mean(), "m", role="mean")
+    >>> batches = [{"x": np.array([4.0, 8.0])}]
     >>> for debias in (False, True):
     ...     e = Estimator("ema", momentum=0.1, debias=debias)
-    ...     state = est.update(e, "mean", est.init(e, "mean", (2,), 0), batch,
-    ...                        None, None, None)
-    ...     print(e, est.finalize(e, "mean", state))
-    Estimator(name='ema', momentum=0.1) [0.4 0.8]
-    Estimator(name='ema', momentum=0.1, debias=True) [4. 8.]
+    ...     stats = popstats.estimate([x], y, batches, estimator=e)
+    ...     print(e, round(float(stats["m"].value), 6))
+    Estimator(name='ema', momentum=0.1) 0.6
+    Estimator(name='ema', momentum=0.1, debias=True) 6.0
     """
 
     name: str
