@@ -440,3 +440,19 @@ def test_debias_only_for_ema(name):
 def test_debias_is_keyword_only():
     with pytest.raises(TypeError):
         Estimator("ema", 0.1, False, True)  # type: ignore[misc]
+
+
+def test_per_statistic_mapping():
+    inputs, hs = masked_model()
+    batches = masked_batches()
+    plain = Estimator("ema", momentum=0.2)
+    stats = popstats.estimate(inputs, hs, batches, mode=MODE,
+                              estimator={"s.var": DEBIASED, "*": plain})
+    assert stats["s.var"].estimator == DEBIASED and stats["s.mean"].estimator == plain
+    np.testing.assert_allclose(stats["s.var"].value,
+                               step_reference(batches, "s.var", 0.2), rtol=1e-10)
+    steps = [[batch_stat("mean", b["x"][t][b["mask"][t] > 0]) for b in batches
+              if len(b["x"]) > t] for t in range(5)]
+    np.testing.assert_allclose(
+        stats["s.mean"].value,
+        np.stack([biased_reference(s, 0.2, 0.0) for s in steps]), rtol=1e-10)
