@@ -231,7 +231,8 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
         ("distributed/entry.py", "distributed/cluster.py", "distributed/tasks.py",
          "distributed/upstream.py"),
     ),
-    ("Options given by name (``match=``, ``dtypes=``, flags)", ("errors.py",)),
+    ("Options: names, flags, ints and numbers (``match=``, ``dtypes=``, "
+     "``max_steps=``, ``eps=``, ...)", ("errors.py",)),
 ]
 
 

@@ -99,3 +99,33 @@ def test_gradient_scan_is_recognised():
         n for n in pytensor.graph.traversal.toposort([grad]) if isinstance(n.op, Scan)
     ]
     assert any(is_gradient_scan(n.op) for n in grad_scans)
+
+
+def test_walk_nodes_reads_every_inner_graph_with_its_scan_path():
+    from conftest import scan
+    from pytensor.compile.builders import OpFromGraph
+
+    from popstats._src.graph.surgery import walk_nodes
+
+    a = pt.dscalar("a")
+    body = OpFromGraph([a], [pt.exp(a) * 2.0], name="body")
+    xs = pt.matrix("xs")
+    inner = scan(lambda row: scan(lambda v: body(v), sequences=[row], name="in"),
+                 sequences=[xs], name="out")
+    walked = list(walk_nodes([inner.sum()]))
+    # the reference: op type names at each path, read level by level by hand
+    outer_scan = inner.owner.op
+    in_scan = next(n.op for n in outer_scan.fgraph.toposort()
+                   if isinstance(n.op, Scan))
+    body_op = next(n.op for n in in_scan.fgraph.toposort()
+                   if isinstance(n.op, OpFromGraph))
+    by_path = {}
+    for path, node in walked:
+        by_path.setdefault(path, []).append(node)
+    assert set(by_path) == {(), ("out",), ("out", "in")}
+    assert set(by_path[("out",)]) == set(outer_scan.fgraph.apply_nodes)
+    assert set(by_path[("out", "in")]) == (set(in_scan.fgraph.apply_nodes)
+                                          | set(body_op.fgraph.apply_nodes))
+    assert sum(isinstance(n.op, OpFromGraph) for _, n in walked) == 1
+    assert [type(n.op.scalar_op).__name__ for n in body_op.fgraph.toposort()
+            if hasattr(n.op, "scalar_op")] == ["Exp", "Mul"]

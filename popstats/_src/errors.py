@@ -1,16 +1,26 @@
 """The one exception family of popstats.
 
+The checks of options every call shares live here too, each rule once:
+:func:`check_choice` (a name), :func:`check_bool` (a flag), :func:`check_int`
+and :func:`check_number` (ints and numbers, NumPy scalars alike; a bool is
+neither). :func:`as_int` and :func:`as_number` are their tests, for checks
+with messages of their own (axes, shapes).
+
 Stage: base (below every stage folder). Members: :class:`PopstatsError`,
-:class:`PopstatsWarning`, :func:`check_bool`, :func:`check_choice`,
-:func:`describe_value`, :func:`install_hint`.
+:class:`PopstatsWarning`, :func:`as_int`, :func:`as_number`,
+:func:`check_bool`, :func:`check_choice`, :func:`check_int`,
+:func:`check_number`, :func:`describe_value`, :func:`install_hint`.
 """
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import numpy as np
 
-__all__ = ["PopstatsError", "PopstatsWarning", "check_bool", "check_choice",
-           "describe_value", "install_hint"]
+__all__ = ["PopstatsError", "PopstatsWarning", "as_int", "as_number", "check_bool",
+           "check_choice", "check_int", "check_number", "describe_value",
+           "install_hint"]
 
 
 class PopstatsError(ValueError):
@@ -57,6 +67,106 @@ def check_bool(value: object, where: str) -> bool:
         return bool(value)
     raise PopstatsError(
         f"{where}: expected True or False, got {describe_value(value)}."
+    )
+
+
+def as_int(value: object) -> int | None:
+    """``value`` as a Python int if it is an integer, Python's or NumPy's (a
+    bool is not one), else None."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        return None
+    return int(value)
+
+
+def as_number(value: object) -> float | None:
+    """``value`` as a Python float if it is a real number: an int, a float or
+    a NumPy integer or floating scalar (a bool is not one; NaN and infinity
+    are numbers here), else None."""
+    if isinstance(value, bool | np.bool_) or not isinstance(
+            value, int | float | np.integer | np.floating):
+        return None
+    return float(value)
+
+
+def _detail(what: str, fix: str) -> tuple[str, str]:
+    return (f" ({what})" if what else ""), (f" {fix}" if fix else "")
+
+
+@overload
+def check_int(value: object, where: str, *, minimum: int = 1,
+              none: Literal[False] = False, what: str = "", fix: str = "") -> int: ...
+
+
+@overload
+def check_int(value: object, where: str, *, minimum: int = 1, none: Literal[True],
+              what: str = "", fix: str = "") -> int | None: ...
+
+
+def check_int(value: object, where: str, *, minimum: int = 1, none: bool = False,
+              what: str = "", fix: str = "") -> int | None:
+    """``value`` as a Python int if it is an integer >= ``minimum`` (or None
+    where ``none``), else raise naming ``where`` (the call and argument, e.g.
+    ``"draw(max_nodes=...)"``); ``what`` says what the number counts, ``fix``
+    how to pass one.
+
+    >>> check_int(np.int64(3), "f(n=...)")
+    3
+    >>> check_int(True, "f(n=...)")
+    Traceback (most recent call last):
+    ...
+    popstats._src.errors.PopstatsError: f(n=...): expected a positive int, got True...
+    """
+    if value is None and none:
+        return None
+    number = as_int(value)
+    if number is not None and number >= minimum:
+        return number
+    kind = {1: "a positive int", 0: "a non-negative int"}.get(
+        minimum, f"an int >= {minimum}")
+    what, fix = _detail(what, fix)
+    raise PopstatsError(
+        f"{where}: expected {kind}{' or None' if none else ''}{what}, got "
+        f"{describe_value(value)}.{fix}"
+    )
+
+
+def check_number(value: object, where: str, *, minimum: float | None = None,
+                 maximum: float | None = None, above: bool = False,
+                 finite: bool = True, what: str = "", fix: str = "") -> float:
+    """``value`` as a Python float if it is a number in range, else raise
+    naming ``where``.
+
+    The range is ``>= minimum`` (``> minimum`` where ``above``) and
+    ``<= maximum``, each bound if given. NaN is never a number here;
+    infinity is one only where ``finite`` is False (a level to compare
+    with) and no bound excludes it.
+
+    >>> check_number(np.float32(0.5), "f(momentum=...)", minimum=0, maximum=1,
+    ...              above=True)
+    0.5
+    >>> check_number(float("inf"), "f(e=...)", minimum=0)
+    Traceback (most recent call last):
+    ...
+    popstats._src.errors.PopstatsError: f(e=...): expected a finite number >= 0...
+    """
+    number = as_number(value)
+    if number is not None and not (
+        np.isnan(number)
+        or (finite and np.isinf(number))
+        or (minimum is not None and (number <= minimum if above else number < minimum))
+        or (maximum is not None and number > maximum)
+    ):
+        return number
+    if maximum is not None:
+        low = f"{'(' if above else '['}{-np.inf if minimum is None else minimum:g}"
+        kind = f"a number in {low}, {maximum:g}]"
+    else:
+        kind = "a finite number" if finite else "a number"
+        if minimum is not None:
+            kind += f" {'>' if above else '>='} {minimum:g}"
+    what, fix = _detail(what, fix)
+    raise PopstatsError(
+        f"{where}: expected {kind}{what}, got {describe_value(value)}.{fix}"
     )
 
 

@@ -47,7 +47,7 @@ from popstats._src.distributed.tasks import (
     merge_states,
     run_partition,
 )
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_int, describe_value
 from popstats._src.estimation.options import EstimationOptions
 from popstats._src.estimation.pass_object import Estimation
 from popstats._src.estimation.progress import check_progress, progress_bar
@@ -159,14 +159,8 @@ def _payload(run: Estimation, outputs: Any, options: EstimationOptions,
 
 
 def _check_split_every(split_every: object, call: str) -> int:
-    if isinstance(split_every, bool) or not isinstance(split_every, int) or (
-        split_every < 2
-    ):
-        raise PopstatsError(
-            f"{call}(split_every=...): expected an int of at least 2 (how many "
-            f"states one merge task combines), got {describe_value(split_every)}."
-        )
-    return split_every
+    return check_int(split_every, f"{call}(split_every=...)", minimum=2,
+                     what="how many states one merge task combines")
 
 
 def group_text(key: Hashable) -> str:

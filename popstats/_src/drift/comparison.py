@@ -48,7 +48,13 @@ from popstats._src.drift.measures import (
     nan_reduce,
 )
 from popstats._src.drift.records import Drift, StatisticDrift
-from popstats._src.errors import PopstatsError, check_choice, describe_value
+from popstats._src.errors import (
+    PopstatsError,
+    check_choice,
+    check_int,
+    check_number,
+    describe_value,
+)
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.accumulate_host import HostAccumulator
@@ -186,17 +192,9 @@ def drift(stats: PopulationStatistics, inputs: Sequence[Variable],
                "upstream": upstream})
     check_choice(compare, COMPARE, f"{CALL}(compare=...)")
     check_choice(against, AGAINST, f"{CALL}(against=...)")
-    if isinstance(worst, bool) or not isinstance(worst, int | np.integer) or worst < 1:
-        raise PopstatsError(
-            f"{CALL}(worst=...): expected a positive int (units listed per "
-            f"record), got {describe_value(worst)}."
-        )
-    if (isinstance(eps, bool) or not isinstance(eps, int | float | np.number)
-            or not np.isfinite(eps) or eps < 0):
-        raise PopstatsError(
-            f"{CALL}(eps=...): expected a finite number >= 0 (the epsilon your "
-            f"batch normalization adds to variances), got {describe_value(eps)}."
-        )
+    worst = check_int(worst, f"{CALL}(worst=...)", what="units listed per record")
+    eps = check_number(eps, f"{CALL}(eps=...)", minimum=0, what="the epsilon your "
+                       "batch normalization adds to variances")
     run, found = _estimation(stats, inputs, outputs, options, match, against)
     pairs, single = _pairs(run, compare)
     if checkpoint is not None and single:

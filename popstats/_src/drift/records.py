@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_number
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.inspection.optional import unknown_label
 from popstats._src.inspection.tables import html_table, text_table
@@ -92,13 +92,8 @@ class StatisticDrift:
 
 
 def _threshold(value: object, call: str) -> float:
-    if (isinstance(value, bool) or not isinstance(value, int | float | np.number)
-            or np.isnan(value)):
-        raise PopstatsError(
-            f"{call}(threshold=...): expected a number (a drift level), got "
-            f"{describe_value(value)}."
-        )
-    return float(value)
+    return check_number(value, f"{call}(threshold=...)", finite=False,
+                        what="a drift level")
 
 
 def _fmt(x: float) -> str:

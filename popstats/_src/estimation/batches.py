@@ -32,7 +32,7 @@ from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs
 
 from popstats._src.errors import PopstatsError, describe_value
-from popstats._src.export.exporter import EstimationGraph
+from popstats._src.export.exporter import EstimationGraph, as_variables
 
 __all__ = ["batch_digest", "batch_values", "check_inputs", "describe_batch", "iterate",
            "run_error"]
@@ -134,25 +134,7 @@ def check_inputs(
     outputs: Sequence[Variable],
     call: str = "estimate",
 ) -> list[Variable]:
-    if isinstance(inputs, Variable):
-        inputs = [inputs]
-    if not isinstance(inputs, list | tuple):
-        raise PopstatsError(
-            f"{call}(inputs=...): expected a list of input variables, got "
-            f"{describe_value(inputs)}."
-        )
-    for i, var in enumerate(inputs):
-        if not isinstance(var, Variable):
-            raise PopstatsError(
-                f"{call}(inputs=...): element {i} is {describe_value(var)}, not "
-                f"a PyTensor variable. Pass the symbolic inputs, e.g. [x, mask]."
-            )
-        if var.owner is not None or isinstance(var, Constant | SharedVariable):
-            raise PopstatsError(
-                f"{call}(inputs=...): {var} is not a free input of the graph "
-                f"(it is computed, constant or shared). Pass the root variables "
-                f"the batches provide values for."
-            )
+    inputs = as_variables(inputs, call, "inputs")
     twice = sorted({str(v) for i, v in enumerate(inputs)
                     if any(v is w for w in inputs[:i])})
     if twice:

@@ -43,7 +43,7 @@ from fnmatch import fnmatchcase
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_number, describe_value
 from popstats._src.estimation import formulas as fm
 
 __all__ = [
@@ -147,18 +147,11 @@ class Estimator:
                 f"{', '.join(map(repr, ESTIMATORS))}."
             )
         if self.name == "ema":
-            momentum = 0.1 if self.momentum is None else self.momentum
-            if (
-                isinstance(momentum, bool | np.bool_)
-                or not isinstance(momentum, int | float | np.integer | np.floating)
-                or not 0 < momentum <= 1
-            ):
-                raise PopstatsError(
-                    f"Estimator(momentum=...): expected a number in (0, 1], got "
-                    f"{describe_value(self.momentum)}. PyTorch's default is 0.1 "
-                    f"(Keras' momentum=0.99 is 0.01 here)."
-                )
-            object.__setattr__(self, "momentum", float(momentum))
+            momentum = check_number(
+                0.1 if self.momentum is None else self.momentum,
+                "Estimator(momentum=...)", minimum=0, maximum=1, above=True,
+                fix="PyTorch's default is 0.1 (Keras' momentum=0.99 is 0.01 here).")
+            object.__setattr__(self, "momentum", momentum)
         elif self.momentum is not None:
             raise PopstatsError(
                 f"Estimator(momentum=...): only 'ema' takes a momentum; got "

@@ -33,10 +33,15 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypedDict, TypeVar
 
-import numpy as np
 import pytensor
 
-from popstats._src.errors import PopstatsError, check_choice, describe_value
+from popstats._src.errors import (
+    PopstatsError,
+    check_choice,
+    check_int,
+    check_number,
+    describe_value,
+)
 from popstats._src.estimation.estimators import check_estimator_spec
 from popstats._src.export.time_modes import check_time
 
@@ -137,23 +142,13 @@ class EstimationOptions:
         check_estimator_spec(given.estimator, call)
         check_time(given.time, call)
         check_choice(given.upstream, UPSTREAM, f"{call}(upstream=...)")
-        tol = given.upstream_tol
-        if (isinstance(tol, bool | np.bool_)
-                or not isinstance(tol, int | float | np.number)
-                or not np.isfinite(tol) or tol < 0):
-            raise PopstatsError(
-                f"{call}(upstream_tol=...): expected a finite number >= 0 (the "
-                f"largest relative change between two passes at the fixed point, "
-                f"e.g. 1e-10), got {describe_value(tol)}."
-            )
-        passes = given.upstream_passes
-        if (isinstance(passes, bool | np.bool_)
-                or not isinstance(passes, int | np.integer) or passes < 2):
-            raise PopstatsError(
-                f"{call}(upstream_passes=...): expected an int >= 2 (the most "
-                f"passes over the batches upstream='population' may take, the "
-                f"first in batch mode included), got {describe_value(passes)}."
-            )
+        tol = check_number(given.upstream_tol, f"{call}(upstream_tol=...)", minimum=0,
+                           what="the largest relative change between two passes "
+                           "at the fixed point, e.g. 1e-10")
+        passes = check_int(given.upstream_passes, f"{call}(upstream_passes=...)",
+                           minimum=2, what="the most passes over the batches "
+                           "upstream='population' may take, the first in batch "
+                           "mode included")
         stray = [k for k in ("upstream_tol", "upstream_passes") if k in keywords]
         if stray and given.upstream != "population":
             raise PopstatsError(
@@ -162,9 +157,8 @@ class EstimationOptions:
                 f"{given.upstream!r}. Pass upstream='population' too, or leave "
                 f"{stray[0]} out."
             )
-        return dataclasses.replace(given, max_steps=max_steps,
-                                   upstream_tol=float(tol),
-                                   upstream_passes=int(passes))
+        return dataclasses.replace(given, max_steps=max_steps, upstream_tol=tol,
+                                   upstream_passes=passes)
 
 
 class OptionKeywords(TypedDict, total=False):
@@ -183,15 +177,7 @@ class OptionKeywords(TypedDict, total=False):
 
 def check_max_steps(max_steps: object, call: str) -> int | None:
     """``max_steps`` as an int or None, or a PopstatsError."""
-    if max_steps is None:
-        return None
-    if (isinstance(max_steps, bool | np.bool_)
-            or not isinstance(max_steps, int | np.integer) or max_steps < 1):
-        raise PopstatsError(
-            f"{call}(max_steps=...): expected a positive int or None, got "
-            f"{describe_value(max_steps)}."
-        )
-    return int(max_steps)
+    return check_int(max_steps, f"{call}(max_steps=...)", none=True)
 
 
 def check_mode(mode: object, call: str) -> None:

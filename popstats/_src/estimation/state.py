@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_int
 from popstats._src.estimation.persistence import (
     STATE,
     check_target,
@@ -216,13 +216,7 @@ def load_checkpoint(
 
 def check_every(every: object, where: str) -> int:
     """``checkpoint_every`` if it is a positive int, else a PopstatsError."""
-    if (isinstance(every, bool | np.bool_) or not isinstance(every, int | np.integer)
-            or every < 1):
-        raise PopstatsError(
-            f"{where}: expected a positive int (save every so many batches), got "
-            f"{describe_value(every)}."
-        )
-    return int(every)
+    return check_int(every, where, what="save every so many batches")
 
 
 @dataclass

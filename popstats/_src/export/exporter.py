@@ -28,7 +28,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from pytensor.graph.basic import Apply, Variable
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
@@ -146,31 +147,52 @@ def _pooling_use(call: str) -> PairUse:
     )
 
 
-def as_variables(outputs: object, call: str) -> list[Variable]:
-    """Check ``outputs`` is a variable or a sequence of them; return a list.
+#: per argument of :func:`as_variables`: what it takes, and how to pass it
+#: as a whole and element by element
+_VARIABLES = {
+    "outputs": ("a PyTensor variable or a non-empty list, tuple or namedtuple of "
+                "them", " Pass the symbolic output(s) of the model, e.g. "
+                "outputs=y or [y, loss].", "Pass the symbolic outputs of the model "
+                "(nested lists are not accepted: flatten them)."),
+    "inputs": ("a list of input variables", "", "Pass the symbolic inputs, e.g. "
+               "[x, mask]."),
+}
 
-    A list, tuple or namedtuple is accepted (see :func:`restructure`).
+
+def as_variables(value: object, call: str, argument: str = "outputs"
+                 ) -> list[Variable]:
+    """Check ``value`` is a variable or a sequence of them; return a list.
+
+    The one check of a list of variables: ``argument`` is ``"outputs"`` (the
+    outputs of a model: at least one; a list, tuple or namedtuple, see
+    :func:`restructure`) or ``"inputs"`` (the free inputs batches give values
+    for: none computed, constant or shared).
     """
-    seq = [outputs] if isinstance(outputs, Variable) else outputs
-    if not isinstance(seq, list | tuple) or not seq:
+    what, fix, element = _VARIABLES[argument]
+    where = f"{call}({argument}=...)"
+    seq = [value] if isinstance(value, Variable) else value
+    if not isinstance(seq, list | tuple) or (argument == "outputs" and not seq):
         hint = (
             " A dict is not accepted: pass list(d.values()) and rebuild the dict "
             "from the result."
-            if isinstance(outputs, Mapping)
+            if isinstance(value, Mapping)
             else ""
         )
         raise PopstatsError(
-            f"{call}(outputs=...): expected a PyTensor variable or a non-empty "
-            f"list, tuple or namedtuple of them, got {describe_value(outputs)}. "
-            f"Pass the symbolic output(s) of the model, e.g. outputs=y or "
-            f"[y, loss].{hint}"
+            f"{where}: expected {what}, got {describe_value(value)}.{fix}{hint}"
         )
     for i, var in enumerate(seq):
         if not isinstance(var, Variable):
             raise PopstatsError(
-                f"{call}(outputs=...): element {i} is {describe_value(var)}, not "
-                f"a PyTensor variable. Pass the symbolic outputs of the model "
-                f"(nested lists are not accepted: flatten them)."
+                f"{where}: element {i} is {describe_value(var)}, not a PyTensor "
+                f"variable. {element}"
+            )
+        if argument == "inputs" and (
+                var.owner is not None or isinstance(var, Constant | SharedVariable)):
+            raise PopstatsError(
+                f"{where}: {var} is not a free input of the graph (it is computed, "
+                f"constant or shared). Pass the root variables the batches provide "
+                f"values for."
             )
     return list(seq)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply, Variable
@@ -37,7 +38,7 @@ from pytensor.tensor.rewriting.basic import (
     register_useless,
 )
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, as_number, check_number, describe_value
 
 __all__ = [
     "ROLES",
@@ -201,13 +202,9 @@ def bn_statistic(
 
 
 def _check_count(count: Any) -> Variable:
-    if isinstance(count, bool) or (
-        isinstance(count, int | float) and not count > 0
-    ):
-        raise PopstatsError(
-            f"bn_statistic(count=...): expected a positive number of elements, "
-            f"got {describe_value(count)}."
-        )
+    if isinstance(count, bool | np.bool_) or as_number(count) is not None:
+        check_number(count, "bn_statistic(count=...)", minimum=0, above=True,
+                             what="the number of elements reduced over")
     try:
         count = pt.as_tensor_variable(count)
     except (TypeError, ValueError, NotImplementedError):

@@ -34,13 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytensor.tensor as pt
-from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply, Variable
-from pytensor.graph.traversal import toposort
-from pytensor.scan.op import Scan
 
 from popstats._src.errors import PopstatsWarning
 from popstats._src.graph.moments import mark_moments
+from popstats._src.graph.surgery import walk_nodes
 
 __all__ = ["Application", "collect_applications", "describe", "expand",
            "layer_name", "matches", "warn_dropout"]
@@ -107,16 +105,12 @@ def _kind(op: object) -> str | None:
     return None
 
 
-def _dropouts(outputs, seen: set) -> Iterator[Apply]:
+def _dropouts(outputs) -> Iterator[Apply]:
     """pytensor-ml's ``DropoutLayer`` applications, in loops and bodies too."""
-    for node in toposort(list(outputs)):
+    for _, node in walk_nodes(list(outputs)):
         cls = type(node.op)
         if cls.__name__ == "DropoutLayer" and cls.__module__.startswith("pytensor_ml"):
             yield node
-        inner = getattr(node.op, "inner_outputs", None)
-        if isinstance(node.op, Scan | OpFromGraph) and id(node.op) not in seen:
-            seen.add(id(node.op))
-            yield from _dropouts(inner, seen)
 
 
 def warn_dropout(outputs, call: str, upstream: str = "batch") -> None:
@@ -127,7 +121,7 @@ def warn_dropout(outputs, call: str, upstream: str = "batch") -> None:
     (``upstream="population"`` refuses random numbers instead.)"""
     if upstream != "batch":
         return
-    found = next(_dropouts(outputs, set()), None)
+    found = next(_dropouts(outputs), None)
     if found is None:
         return
     warnings.warn(PopstatsWarning(

@@ -1,4 +1,10 @@
-"""All Scan surgery of popstats, in one place.
+"""All Scan surgery of popstats, and the one read-only walk of a graph.
+
+:func:`walk_nodes` is every read of "every node, inner graphs too": each
+apply node of a graph and, recursively, of the inner graphs of its ops
+(Scan, OpFromGraph and its subclasses such as pytensor-ml's layers: any op
+PyTensor calls ``HasInnerGraph``). :func:`~popstats._src.graph.walk.transform`
+is the walk that rebuilds a graph.
 
 A :class:`ScanEdit` is a detached, mutable copy of one Scan application:
 its inner graph unfrozen (PyTensor >= 3.1 freezes inner graphs and interns
@@ -14,19 +20,57 @@ mit_sot, sit_sot, nit_sot, untraced; rebuilding with the original options
 and no additions gives an op equal to the original.
 
 Stage: graph (:mod:`popstats._src.graph`). Members: :class:`ScanEdit`,
-:func:`inner_graph_nodes`, :func:`is_gradient_scan`.
+:func:`inner_outputs`, :func:`is_gradient_scan`, :func:`walk_nodes`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.op import HasInnerGraph
+from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 from pytensor.scan.utils import ScanArgs
 
-__all__ = ["ScanEdit", "inner_graph_nodes", "is_gradient_scan"]
+__all__ = ["ScanEdit", "inner_outputs", "is_gradient_scan", "walk_nodes"]
+
+
+def inner_outputs(op: object) -> list[Variable]:
+    """The outputs of the inner graphs of ``op``: its one graph (a Scan, an
+    OpFromGraph, any ``HasInnerGraph``), each of several (PyTensor >= 3.1's
+    ``inner_graphs``, e.g. a lazy ``ifelse``'s branches), or none."""
+    graphs = getattr(op, "inner_graphs", None)
+    if isinstance(graphs, Mapping):
+        return [out for graph in graphs.values() for out in graph.outputs]
+    if isinstance(op, HasInnerGraph):
+        return list(op.inner_outputs)
+    return []
+
+
+def walk_nodes(outputs: Sequence[Variable], path: tuple[str, ...] = ()
+               ) -> Iterator[tuple[tuple[str, ...], Apply]]:
+    """Every apply node of the graph of ``outputs``, inner graphs too.
+
+    Yields ``(path, node)`` in topological order, each node followed by the
+    nodes of its op's inner graphs (:func:`inner_outputs`), once per
+    application; ``path`` is the names of the Scans the node is inside,
+    outermost first (an OpFromGraph adds none).
+
+    >>> import pytensor.tensor as pt
+    >>> from pytensor.compile.builders import OpFromGraph
+    >>> a = pt.vector("a")
+    >>> body = OpFromGraph([a], [pt.exp(a)])
+    >>> [type(node.op).__name__ for _, node in walk_nodes([body(pt.vector("x"))])]
+    ['OpFromGraph', 'Elemwise']
+    """
+    for node in toposort(list(outputs)):
+        yield path, node
+        inner = inner_outputs(node.op)
+        if inner:
+            scan = (node.op.name or "scan",) if isinstance(node.op, Scan) else ()
+            yield from walk_nodes(inner, (*path, *scan))
 
 
 def is_gradient_scan(op: Scan) -> bool:
@@ -38,11 +82,6 @@ def is_gradient_scan(op: Scan) -> bool:
     """
     name = op.name or ""
     return op.info.n_mit_mot > 0 or name.startswith(("grad_of_", "rop_of_"))
-
-
-def inner_graph_nodes(op: Scan) -> Sequence[Apply]:
-    """The apply nodes of a Scan's inner graph (frozen or not), unordered."""
-    return tuple(op.fgraph.apply_nodes)
 
 
 class ScanEdit:

@@ -1,4 +1,7 @@
-"""One pass over a graph that recurses into Scan inner graphs.
+"""One pass over a graph that recurses into Scan inner graphs, rebuilding it.
+
+(Reading every node, inner graphs too, is
+:func:`popstats._src.graph.surgery.walk_nodes`.)
 
 :func:`transform` visits the apply nodes of a graph level in topological
 order, clones only what changed (one memo, no per-statistic cloning), and
@@ -47,7 +50,7 @@ from popstats._src.graph.marker import (
     statistic_label,
 )
 from popstats._src.graph.recognize import RecognitionContext, recognizer_for
-from popstats._src.graph.surgery import inner_graph_nodes, is_gradient_scan
+from popstats._src.graph.surgery import inner_outputs, is_gradient_scan, walk_nodes
 
 __all__ = ["LoopStep", "SiteId", "Visitor", "contains_statistics", "scan_outer_input",
            "transform"]
@@ -124,13 +127,11 @@ def contains_statistics(op: object) -> bool:
     """Whether a Scan or OpFromGraph holds a statistic, marked or recognized."""
     if not isinstance(op, Scan | OpFromGraph):
         return False
-    nodes = inner_graph_nodes(op) if isinstance(op, Scan) else op.fgraph.apply_nodes
     return any(
         isinstance(node.op, BNStat)
         or any(is_statistic(out) for out in node.outputs)
         or recognizer_for(node.op) is not None
-        or contains_statistics(node.op)
-        for node in nodes
+        for _, node in walk_nodes(inner_outputs(op))
     )
 
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytensor
-from pytensor.compile import SharedVariable
-from pytensor.graph.basic import Constant, Variable
+from pytensor.graph.basic import Variable
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_number, describe_value
 from popstats._src.export.exporter import as_variables
 from popstats._src.independence.mixing import check_batch_axes, data_inputs
 
@@ -24,15 +23,7 @@ _CALL = "check_batch_independence"
 
 
 def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[Variable]:
-    inputs = [inputs] if isinstance(inputs, Variable) else inputs
-    if not isinstance(inputs, list | tuple) or not all(
-        isinstance(v, Variable) and v.owner is None
-        and not isinstance(v, SharedVariable | Constant) for v in inputs
-    ):
-        raise PopstatsError(
-            f"{_CALL}(inputs=...): expected a list of the graph's free input "
-            f"variables, e.g. [x]; got {describe_value(inputs)}."
-        )
+    inputs = as_variables(inputs, _CALL, "inputs")
     missing = [str(v) for v in data_inputs(outputs) if v not in inputs]
     if missing:
         raise PopstatsError(
@@ -163,10 +154,7 @@ def check_batch_independence(
     """
     outs = as_variables(outputs, _CALL)
     ins = _inputs(inputs, outs)
-    if isinstance(rtol, bool) or not isinstance(rtol, int | float) or not rtol >= 0:
-        raise PopstatsError(
-            f"{_CALL}(rtol=...): expected a number >= 0, got {describe_value(rtol)}."
-        )
+    rtol = check_number(rtol, f"{_CALL}(rtol=...)", minimum=0)
     given = check_batch_axes(batch_axes, ins, _CALL)
     axes = {k: given.get(k, 0 if v.ndim else None) for k, v in enumerate(ins)}
     values = _values(batch, ins)

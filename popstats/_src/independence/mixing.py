@@ -28,7 +28,7 @@ from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs
 from pytensor.tensor.variable import TensorVariable
 
-from popstats._src.errors import PopstatsError, PopstatsWarning, describe_value
+from popstats._src.errors import PopstatsError, PopstatsWarning, as_int, describe_value
 from popstats._src.independence.flow import Event, walk_back
 from popstats._src.independence.scan_rule import LoopFlow
 
@@ -75,14 +75,14 @@ def check_batch_axes(
                 f"variable itself."
             )
         ndim = inputs[index].ndim
-        if axis is not None and (isinstance(axis, bool) or not isinstance(
-                axis, int) or not -ndim <= axis < ndim):
+        number = as_int(axis)
+        if axis is not None and (number is None or not -ndim <= number < ndim):
             raise PopstatsError(
                 f"{where}: input {_label(inputs[index], index)!r} has {ndim} "
                 f"axes, so its batch axis must be an int in [{-ndim}, {ndim}) or "
                 f"None (no batch axis); got {describe_value(axis)}."
             )
-        chosen[index] = None if axis is None else axis % ndim
+        chosen[index] = None if number is None else number % ndim
     return chosen
 
 

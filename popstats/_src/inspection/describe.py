@@ -4,8 +4,9 @@ Stage: inspection. :func:`describe` gives a :class:`Description`, one
 :class:`StatisticRecord` (a table row built on its
 :class:`~popstats.Site`) per statistic; :func:`describe_rewrite` a
 :class:`RewriteDescription` (population variables read by
-:func:`~popstats._src.rewrite.bind.population_copies`). :func:`walk_nodes`
-and :func:`leftover_statistics` are shared with
+:func:`~popstats._src.rewrite.bind.population_copies`; nodes walked by
+:func:`~popstats._src.graph.surgery.walk_nodes`). :func:`leftover_statistics`
+is shared with
 :mod:`popstats._src.inspection.drawing`, :func:`shift_records` with
 :mod:`popstats._src.inspection.report`; tables are drawn by
 :mod:`popstats._src.inspection.tables`.
@@ -14,18 +15,17 @@ and :func:`leftover_statistics` are shared with
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pytensor.compile.builders import OpFromGraph
-from pytensor.graph.basic import Apply, Variable
-from pytensor.graph.traversal import toposort
+from pytensor.graph.basic import Variable
 from pytensor.scan.op import Scan
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.graph.identity import digest
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
+from popstats._src.graph.surgery import walk_nodes
 from popstats._src.independence.mixing import mixing_operations
 from popstats._src.inspection.tables import escape_text, html_table, text_table
 from popstats._src.rewrite.bind import population_copies
@@ -37,7 +37,6 @@ __all__ = [
     "describe",
     "describe_rewrite",
     "shift_records",
-    "walk_nodes",
 ]
 
 #: what a record shows of its site, in the order of :meth:`StatisticRecord.to_dict`
@@ -243,18 +242,6 @@ def _shift_by_name(shift: object) -> dict[str, float]:
         return {}
     records = shift_records(shift, "describe(shift=...)")
     return {name: float(r.mean) for r in records for name in r.names}
-
-
-def walk_nodes(outputs: Sequence[Variable], path: tuple[str, ...] = ()
-               ) -> Iterator[tuple[tuple[str, ...], Apply]]:
-    """Every apply node with the chain of Scan names above it, recursively."""
-    for node in toposort(list(outputs)):
-        yield path, node
-        op = node.op
-        if isinstance(op, Scan):
-            yield from walk_nodes(op.fgraph.outputs, (*path, op.name or "scan"))
-        elif isinstance(op, OpFromGraph):
-            yield from walk_nodes(op.fgraph.outputs, path)
 
 
 def leftover_statistics(outputs: Sequence[Variable]) -> list[str]:

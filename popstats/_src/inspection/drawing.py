@@ -29,12 +29,12 @@ from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_int
 from popstats._src.export.exporter import as_variables
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
 from popstats._src.graph.recognize import RecognitionContext, recognizer_for
+from popstats._src.graph.surgery import walk_nodes
 from popstats._src.graph.walk import scan_outer_input
-from popstats._src.inspection.describe import walk_nodes
 
 __all__ = ["draw", "draw_rewrite", "render"]
 
@@ -215,12 +215,7 @@ def _fill(graph, outputs: Sequence[Variable], prefix: str, max_nodes: int) -> bo
 
 
 def _check_limit(max_nodes: object) -> int:
-    if not isinstance(max_nodes, int) or isinstance(max_nodes, bool) or max_nodes < 0:
-        raise PopstatsError(
-            f"draw(max_nodes=...): expected a non-negative int, got "
-            f"{describe_value(max_nodes)}."
-        )
-    return max_nodes
+    return check_int(max_nodes, "draw(max_nodes=...)", minimum=0)
 
 
 def draw(outputs: Variable | Sequence[Variable], *, max_nodes: int = 200):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, check_int, describe_value
 from popstats._src.estimation.statistics import Statistic
 from popstats._src.inspection.tables import escape_text
 
@@ -45,13 +45,8 @@ def _units(value: np.ndarray, axes: int) -> np.ndarray:
 
 def _check_units(units: object, call: str) -> int:
     """``units`` as an int if it is a positive integer, else a PopstatsError."""
-    if (isinstance(units, bool) or not isinstance(units, int | np.integer)
-            or units < 1):
-        raise PopstatsError(
-            f"{call}(units=...): expected a positive int (how many units to draw "
-            f"over time), got {describe_value(units)}. Pass e.g. units=8."
-        )
-    return int(units)
+    return check_int(units, f"{call}(units=...)",
+                     what="how many units to draw over time", fix="Pass e.g. units=8.")
 
 
 def _title(ax, text: str) -> None:

@@ -19,7 +19,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, as_int, check_number, describe_value
 from popstats._src.graph.marker import bn_statistic
 
 __all__ = ["BatchNorm", "batch_norm", "bn_params"]
@@ -89,12 +89,12 @@ def bn_params(shape: Any, label: str = "bn", dtype: str | None = None) -> tuple:
     ('layer1.gamma', [1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
     """
     _label_ok(label, "bn_params")
-    items = (shape,) if isinstance(shape, int | np.integer) else shape
+    items = (shape,) if as_int(shape) is not None else shape
     try:
         dims = tuple(items)
     except TypeError:
         dims = (None,)
-    if not dims or any(not _is_int(d) or d < 1 for d in dims):
+    if not dims or any((as_int(d) or 0) < 1 for d in dims):
         raise PopstatsError(
             f"bn_params(shape=...): expected positive ints, got "
             f"{describe_value(shape)}. Pass e.g. shape=(64,)."
@@ -106,32 +106,26 @@ def bn_params(shape: Any, label: str = "bn", dtype: str | None = None) -> tuple:
     return gamma, beta
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _check_axes(axes: object, ndim: int) -> tuple[int, ...]:
-    items = (axes,) if isinstance(axes, int | np.integer) else axes
+def _check_axes(axes: Any, ndim: int) -> tuple[int, ...]:
+    given = (axes,) if as_int(axes) is not None else axes
     try:
-        items = tuple(items)
-    except TypeError:
-        items = None
+        items = [as_int(a) for a in given]
+    except TypeError:  # not iterable
+        items = []
     fix = f"Pass an int or a tuple of distinct ints in [-{ndim}, {ndim})"
-    if (
-        not items
-        or not all(map(_is_int, items))
-    ):
+    ints = [a for a in items if a is not None]
+    if not items or len(ints) < len(items):
         raise PopstatsError(
             f"batch_norm(axes=...): expected an int or a non-empty tuple of ints, "
             f"got {describe_value(axes)}. {fix}, e.g. axes=0 (feed-forward) or "
             f"axes=(0, 2, 3) (NCHW)."
         )
-    if any(not -ndim <= a < ndim for a in items):
+    if any(not -ndim <= a < ndim for a in ints):
         raise PopstatsError(
             f"batch_norm(axes=...): axis out of range for a {ndim}-d x: "
             f"{describe_value(axes)}. {fix}."
         )
-    norm = tuple(sorted(int(a) % ndim for a in items))
+    norm = tuple(sorted(a % ndim for a in ints))
     if len(set(norm)) != len(norm):
         raise PopstatsError(
             f"batch_norm(axes=...): duplicated axes {describe_value(axes)}. {fix}."
@@ -265,15 +259,8 @@ def batch_norm(
         )
     axes = _check_axes(axes, x.ndim)
     _label_ok(label, "batch_norm")
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, int | float | np.floating)
-        or not epsilon >= 0
-    ):
-        raise PopstatsError(
-            f"batch_norm(epsilon=...): expected a number >= 0, got "
-            f"{describe_value(epsilon)}. The usual value is 1e-5."
-        )
+    epsilon = check_number(epsilon, "batch_norm(epsilon=...)", minimum=0,
+                           fix="The usual value is 1e-5.")
     kept = [a for a in range(x.ndim) if a not in axes]
     kept_shape = tuple(x.type.shape[a] for a in kept)
     params: list = []

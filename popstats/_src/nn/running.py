@@ -21,7 +21,12 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import (
+    PopstatsError,
+    check_int,
+    check_number,
+    describe_value,
+)
 from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.estimators import Estimator, fill_uncovered
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
@@ -198,25 +203,12 @@ def running_average_updates(
     >>> running.variables["fc.var"].get_value().tolist()
     [1.5]
     """
-    if (
-        isinstance(momentum, bool)
-        or not isinstance(momentum, int | float | np.floating)
-        or not 0 < momentum <= 1
-    ):
-        raise PopstatsError(
-            f"running_average_updates(momentum=...): expected a number in (0, 1], "
-            f"got {describe_value(momentum)}. PyTorch's default is 0.1."
-        )
-    if max_steps is not None and (
-        isinstance(max_steps, bool)
-        or not isinstance(max_steps, int | np.integer)
-        or max_steps < 1
-    ):
-        raise PopstatsError(
-            f"running_average_updates(max_steps=...): expected a positive int or "
-            f"None, got {describe_value(max_steps)}. Pass the longest sequence "
-            f"length to keep per-step averages for, e.g. max_steps=100."
-        )
+    momentum = check_number(momentum, "running_average_updates(momentum=...)",
+                            minimum=0, maximum=1, above=True,
+                            fix="PyTorch's default is 0.1.")
+    max_steps = check_int(max_steps, "running_average_updates(max_steps=...)",
+                          none=True, fix="Pass the longest sequence length to keep "
+                          "per-step averages for, e.g. max_steps=100.")
     if not isinstance(unbiased, bool | np.bool_):
         raise PopstatsError(
             f"running_average_updates(unbiased=...): expected True or False, got "

@@ -33,11 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytensor.tensor as pt
-from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace
-from pytensor.graph.traversal import ancestors, toposort
-from pytensor.scan.op import Scan
+from pytensor.graph.traversal import ancestors
 from pytensor.tensor.random.op import RandomVariable
 
 from popstats._src.errors import PopstatsError
@@ -45,7 +43,7 @@ from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import ExportLevel, export_with
 from popstats._src.export.sites import EstimationGraph
 from popstats._src.graph.marker import statistic_group, statistic_label
-from popstats._src.graph.surgery import ScanEdit
+from popstats._src.graph.surgery import ScanEdit, walk_nodes
 from popstats._src.graph.walk import LoopStep, SiteId
 from popstats._src.rewrite.matching import Matcher
 from popstats._src.rewrite.rewriter import RewriteLevel, population_array
@@ -184,13 +182,8 @@ def inference_export(
 def _check_not_random(graph: EstimationGraph, call: str) -> None:
     """Refuse random numbers in the estimation graph (dropout): their fixed
     point is not defined, and inference usually leaves them out."""
-    def nodes(outputs):
-        for node in toposort(list(outputs)):
-            yield node
-            if isinstance(node.op, Scan | OpFromGraph):
-                yield from nodes(node.op.inner_outputs)
-
-    for node in nodes([*graph.outputs, *(c for c in graph.counts if c is not None)]):
+    outputs = [*graph.outputs, *(c for c in graph.counts if c is not None)]
+    for _, node in walk_nodes(outputs):
         if isinstance(node.op, RandomVariable):
             raise PopstatsError(
                 f"{call}(upstream='population'): the statistics depend on random "
