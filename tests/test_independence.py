@@ -140,7 +140,7 @@ def test_reshape_folding_batch_flagged():
     assert mixing(h.reshape((h.shape[0], 1, h.shape[1]))) == []
     assert mixing(h.reshape((-1, 3))) == []  # the batch axis is the -1
     swapped = mixing(h.reshape((h.shape[1], h.shape[0])))
-    assert swapped and "reshape it cannot follow" in swapped[0]
+    assert swapped and "a reshape whose sizes do not tell" in swapped[0]
     assert "reshape" in mixing(h.reshape((2, -1)))[0]
     flat = mixing(h.flatten().sum() + h)  # folded, then reduced
     assert flat and "Sum" in flat[0]
@@ -323,7 +323,7 @@ def test_a_fold_by_minus_one_and_back_is_followed():
     assert mixing(out) == []
     # split back with the sizes in another order: the batch lands elsewhere
     wrong = pt.dot(flat, w).reshape((h.shape[1], h.shape[0], 5))
-    assert "reshape it cannot follow" in mixing(wrong)[0]
+    assert "a reshape whose sizes do not tell" in mixing(wrong)[0]
 
 
 @pytest.mark.parametrize("mode", ["constant", "edge", "reflect", "symmetric", "wrap"])
@@ -348,3 +348,92 @@ def test_padding_the_feature_axes_keeps_examples_padding_the_batch_axis_mixes(mo
     kept = popstats.rewrite(pt.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode),
                             stats)
     assert popstats.check_batch_independence([x], kept, batch, mode=MODE) == 0.0
+
+
+# --------------------------------------------------------------------------
+# issue 28: shape arithmetic, not patterns (each of these was a false alarm)
+
+PY = pytensor.compile.Mode(linker="py", optimizer="fast_compile")
+
+
+def _ids_lookup(h, ids, how):
+    table = pytensor.shared(np.arange(21.0).reshape(7, 3), name="E")
+    found = table[ids] if how == "index" else pt.take(table, ids, axis=0)
+    return h[:, :3] * found
+
+
+FOLLOWED = {
+    "repeat": lambda h, ids: pt.repeat(h, 2, axis=1),
+    "tile": lambda h, ids: pt.tile(h, (1, 2)),
+    "broadcast_reshape": lambda h, ids: pt.broadcast_to(
+        h[:, None, :], (h.shape[0], 2, 4)).reshape((h.shape[0], 8)),
+    "reshape_flatten": lambda h, ids: h.reshape((h.shape[0], 2, 2)).flatten(2),
+    "split_dims": lambda h, ids: pt.split_dims(h, (2, 2), axis=1),
+    "join_dims": lambda h, ids: pt.join_dims(
+        h.reshape((h.shape[0], 2, 2)), start_axis=1, n_axes=2),
+    "split_dims_batch": lambda h, ids: pt.join_dims(
+        pt.split_dims(h.T, (h.shape[0],), axis=1), start_axis=1, n_axes=1).T,
+    "embedding_index": lambda h, ids: _ids_lookup(h, ids, "index"),
+    "embedding_take": lambda h, ids: _ids_lookup(h, ids, "take"),
+}
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("name", sorted(FOLLOWED))
+def test_issue_28_shape_arithmetic_is_followed_and_proven(name, static):
+    """No warning, describe_rewrite ok, and the data agree (difference 0)."""
+    x = pt.tensor("x", shape=(None, 4) if static else (None, None))
+    ids = pt.lvector("ids")
+    y = FOLLOWED[name](marked_bn(x, "bn"), ids)
+    inputs = [v for v in (x, ids) if v in pytensor.graph.graph_inputs([y])]
+    assert mixing(y) == []
+    inference = popstats.rewrite(y, fake_statistics(y, fill=1.0, size=4))
+    assert popstats.describe_rewrite(y, inference).ok
+    batch = {"x": np.random.default_rng(0).normal(size=(3, 4)), "ids": [4, 0, 6]}
+    batch = {v.name: batch[v.name] for v in inputs}
+    assert popstats.check_batch_independence(inputs, inference, batch, mode=PY) == 0.0
+    # the same with the batch mean subtracted: flagged as mixing
+    assert "reduces over the batch axis" in mixing(y - y.mean(axis=0))[0]
+
+
+class _Twice(pytensor.graph.op.Op):
+    """An operation the analysis does not know (it is per example)."""
+
+    def make_node(self, x):
+        return pytensor.graph.basic.Apply(self, [x], [x.type()])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = 2.0 * inputs[0]
+
+
+def test_two_kinds_of_message_unknown_is_softer_than_mixing():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    unknown = _Twice()(h)
+    with pytest.warns(popstats.PopstatsWarning) as record:
+        inference = popstats.rewrite(unknown, fake_statistics(unknown, 1.0, 2))
+    text = str(record[0].message)
+    assert text.startswith("rewrite: the analysis could not follow 1 operation(s)")
+    assert "they may or may not mix examples" in text
+    line = ("  - <graph>: could not follow _Twice (an operation the rules do not "
+            "know) on the batch axis of input 'x' (axis 0)")
+    assert line in text.splitlines()
+    assert ("Run popstats.check_batch_independence(inputs, outputs, batch) to "
+            "check on data") in text
+    assert "still mix" not in text
+    change = popstats.describe_rewrite(unknown, inference)
+    assert not change.ok and change.mixing == (line[4:],)
+    # the data decide: this one is per example
+    batch = {"x": np.random.default_rng(0).normal(size=(3, 2))}
+    assert popstats.check_batch_independence([x], inference, batch, mode=PY) == 0.0
+    # with an operation that mixes too: that one first, then the other
+    both = _Twice()(h) + (h - h.mean(axis=0))
+    with pytest.warns(popstats.PopstatsWarning) as record:
+        popstats.rewrite(both, fake_statistics(both))
+    text = str(record[0].message)
+    assert text.startswith("rewrite: 1 operation(s) of the inference graph still "
+                           "mix the examples of a batch")
+    assert "Besides, the analysis could not follow 1 operation(s)" in text
+    lines = [line for line in text.splitlines() if line.startswith("  - ")]
+    assert "reduces over the batch axis" in lines[0]
+    assert ": could not follow _Twice" in lines[1]

@@ -141,10 +141,12 @@ def matches(op: object) -> bool:
 
 
 def per_example(op: object) -> bool:
-    """pytensor-ml's ``Im2Col`` (inside its ``Conv2D``): each example's
-    windows, batch axis first."""
+    """pytensor-ml's ``Im2Col`` (inside its convolutions and pooling): each
+    example's windows, batch axis first; ``Col2Im`` (inside its transposed
+    convolutions): each example's windows added back, batch axis first."""
     cls = type(op)
-    return cls.__name__ == "Im2Col" and cls.__module__.startswith("pytensor_ml")
+    return cls.__name__ in ("Im2Col", "Col2Im") and cls.__module__.startswith(
+        "pytensor_ml")
 
 
 def describe(op: Any) -> str:

@@ -45,7 +45,7 @@ from pytensor.tensor.subtensor import IncSubtensor, Subtensor
 from popstats._src.graph.marker import BNStat, is_statistic
 from popstats._src.graph.recognize import acts_per_example
 from popstats._src.independence.rules import Hyp, Place, Rules, State
-from popstats._src.independence.shapes import PASS, Shapes
+from popstats._src.independence.shapes import JOIN_DIMS, PASS, SPLIT_DIMS, Shapes
 
 __all__ = ["Event", "Flow", "Hyp", "Place", "walk_back"]
 
@@ -213,10 +213,16 @@ class Flow(Rules):
             for hyp, place in self.state(ins[1]).items():
                 self.put(node, out, hyp, place)
             return [out]
+        if isinstance(op, subtensor.AdvancedSubtensor):
+            return [self.advanced_subtensor(node)]
         if isinstance(op, IncSubtensor):
             return [self.inc_subtensor(node)]
         if isinstance(op, Reshape):
             return [self.reshape(node)]
+        if isinstance(op, JOIN_DIMS):
+            return [self.join_dims(node)]
+        if isinstance(op, SPLIT_DIMS):
+            return [self.split_dims(node)]
         if isinstance(op, Dot):
             return [self.dot(node)]
         if isinstance(op, Join | Split):
@@ -232,6 +238,7 @@ class Flow(Rules):
             if states is not None:
                 return states
         if isinstance(op, OpFromGraph):
+            self.shapes.alias(op.inner_inputs, ins)
             inner = type(self)({v: self.state(o) for v, o in zip(
                 op.inner_inputs, ins, strict=False)}, self.where, self.shapes,
                 self.confirmed)
@@ -247,7 +254,8 @@ class Flow(Rules):
                 if d == 0:
                     out[hyp] = (0, c)
                 else:
-                    self.mix(node, hyp, f"cannot be followed through {op} on")
+                    self.unfollowed(node, hyp, "a per-example operation on another "
+                                    "axis")
             return [out] + [{}] * (n_out - 1)
         return self.unknown(node)
 
@@ -258,7 +266,7 @@ class Flow(Rules):
     def unknown(self, node: Apply) -> list[State]:
         for inp in node.inputs:
             for hyp in self.state(inp):
-                self.mix(node, hyp, "cannot be followed through (unknown operation) on")
+                self.unfollowed(node, hyp, "an operation the rules do not know")
         return [{} for _ in node.outputs]
 
 
@@ -269,7 +277,7 @@ def _data_inputs(node: Apply) -> list[Variable]:
         return []
     if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Second":
         return list(node.inputs[1:])  # fill(x, v): x's shape, v's values
-    if isinstance(op, Alloc | Reshape):
+    if isinstance(op, (Alloc, Reshape, *SPLIT_DIMS)):
         return list(node.inputs[:1])
     return list(node.inputs)
 

@@ -13,8 +13,14 @@ Stage: independence (called by :func:`~popstats.rewrite`, hence
 
 The rules are documented in ``docs/independence.rst``.
 
+Two kinds of finding: an operation that mixes examples (``"where: op
+reduces over the batch axis of input 'x' (axis 0)"``) and one the rules
+could not follow (``"where: could not follow op (why) on the batch axis
+..."``; :func:`unfollowed` tells them apart), which may or may not mix and
+is left to :func:`~popstats.check_batch_independence`.
+
 Members: :func:`batch_axes`, :func:`check_batch_axes`, :func:`data_inputs`,
-:func:`mixing_operations`, :func:`warn_mixing`.
+:func:`mixing_operations`, :func:`unfollowed`, :func:`warn_mixing`.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, PopstatsWarning, as_int, describe_value
 from popstats._src.independence.flow import Event, walk_back
+from popstats._src.independence.rules import UNFOLLOWED
 from popstats._src.independence.scan_rule import LoopFlow
 
 __all__ = ["batch_axes", "check_batch_axes", "data_inputs", "mixing_operations",
-           "warn_mixing"]
+           "unfollowed", "warn_mixing"]
 
 
 def data_inputs(outputs: Sequence[Variable]) -> list[Variable]:
@@ -131,8 +138,17 @@ def _message(event: Event, inputs: Sequence[Variable], k: int, axes: frozenset) 
     named = [o.name for o in node.outputs if o.name]
     what = f"{node.op}" + (f" (output {named[0]!r})" if named else "")
     which = ", ".join(map(str, sorted(axes)))
-    return (f"{event.where}: {what} {kind} the batch axis of input "
-            f"{_label(inputs[k], k)!r} (axis {which})")
+    tail = f"the batch axis of input {_label(inputs[k], k)!r} (axis {which})"
+    if kind.startswith(UNFOLLOWED):
+        return f"{event.where}: {UNFOLLOWED} {what} {kind[len(UNFOLLOWED):].strip()} " \
+               f"on {tail}"
+    return f"{event.where}: {what} {kind} {tail}"
+
+
+def unfollowed(text: str) -> bool:
+    """Whether a finding of :func:`mixing_operations` is an operation the
+    rules could not follow (not one that mixes examples)."""
+    return f": {UNFOLLOWED} " in text
 
 
 def mixing_operations(
@@ -145,8 +161,9 @@ def mixing_operations(
     """Operations of ``inference`` that mix examples, and the axes assumed.
 
     Returns the messages (``"where: op kind the batch axis of input 'x'
-    (axis a)"``, in graph order, loops after the graph) and a line naming
-    the batch axis taken for each input.
+    (axis a)"``, in graph order, loops after the graph; those that mix
+    first, then those not followed) and a line naming the batch axis taken
+    for each input.
     """
     inputs = data_inputs(list(training) + list(inference))
     given = check_batch_axes(batch_axes_arg, inputs, call)
@@ -162,6 +179,8 @@ def mixing_operations(
                 text = _message(event, inputs, k, chosen)
                 if text not in found:
                     found.append(text)
+    found = [t for t in found if not unfollowed(t)] + [t for t in found
+                                                       if unfollowed(t)]
     assumed = "; ".join(
         f"{_label(inputs[k], k)!r}: "
         + (f"axis {', '.join(map(str, sorted(chosen)))}" if chosen else "none")
@@ -171,17 +190,37 @@ def mixing_operations(
 
 
 def warn_mixing(found: list[str], assumed: str, call: str, stacklevel: int) -> None:
-    """Warn with a :class:`~popstats.PopstatsWarning` naming each operation."""
+    """Warn with a :class:`~popstats.PopstatsWarning` naming each operation:
+    those that mix examples first, then those the rules could not follow."""
     if not found:
         return
-    lines = "\n".join(f"  - {text}" for text in found)
-    warnings.warn(PopstatsWarning(
-        f"{call}: {len(found)} operation(s) of the inference graph still mix the "
-        f"examples of a batch, so its outputs depend on the other examples (at "
-        f"batch size 1 they are wrong):\n{lines}\nBatch axes taken: {assumed}.\n"
-        f"A batch statistic left unmarked? Mark it with popstats.bn_statistic "
-        f"and estimate again. If the batch axis is another one, pass "
-        f"batch_axes={{'name': axis}} (None: no batch axis); if the mixing is "
-        f"meant, filter the warning (category popstats.PopstatsWarning). "
-        f"popstats.check_batch_independence tests the graph on data."
-    ), stacklevel=stacklevel)
+    mixing = [t for t in found if not unfollowed(t)]
+    unknown = [t for t in found if unfollowed(t)]
+    parts = []
+    if mixing:
+        parts.append(
+            f"{call}: {len(mixing)} operation(s) of the inference graph still mix "
+            f"the examples of a batch, so its outputs depend on the other examples "
+            f"(at batch size 1 they are wrong):\n"
+            + "\n".join(f"  - {text}" for text in mixing))
+    if unknown:
+        parts.append(
+            ("Besides, the analysis " if mixing else f"{call}: the analysis ")
+            + f"could not follow {len(unknown)} operation(s) of the inference "
+            f"graph on the batch axis (it does not know what they do with it: "
+            f"they may or may not mix examples):\n"
+            + "\n".join(f"  - {text}" for text in unknown))
+    advice = (
+        "A batch statistic left unmarked? Mark it with popstats.bn_statistic "
+        "and estimate again. If the batch axis is another one, pass "
+        "batch_axes={'name': axis} (None: no batch axis); if the mixing is "
+        "meant, filter the warning (category popstats.PopstatsWarning). "
+        "popstats.check_batch_independence tests the graph on data."
+    ) if mixing else (
+        "Run popstats.check_batch_independence(inputs, outputs, batch) to "
+        "check on data; if it passes, filter the warning (category "
+        "popstats.PopstatsWarning). If the batch axis is another one, pass "
+        "batch_axes={'name': axis} (None: no batch axis)."
+    )
+    parts.append(f"Batch axes taken: {assumed}.\n{advice}")
+    warnings.warn(PopstatsWarning("\n".join(parts)), stacklevel=stacklevel)

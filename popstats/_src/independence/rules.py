@@ -6,8 +6,14 @@ hypotheses (``state``) and returns its outputs' states, recording with
 ``mix`` what mixes examples. The rules, in words, are in
 ``docs/independence.rst``.
 
+Two kinds of event: an operation that provably mixes examples (``mix``
+with what it does: "reduces over", "works along"...), and one whose effect
+on the batch axis the rules cannot tell (``unfollowed``: an unknown
+operation, a reshape whose sizes do not say where the batch goes), which
+may or may not mix; its kind starts with :data:`UNFOLLOWED`.
+
 Members: :data:`Hyp`, :data:`PAD_MODES`, :data:`Place`, :class:`Rules`,
-:data:`State`.
+:data:`State`, :data:`UNFOLLOWED`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,11 @@ from pytensor.tensor.subtensor import get_idx_list
 
 from popstats._src.independence.shapes import Shapes, const, find, resolve
 
-__all__ = ["PAD_MODES", "Hyp", "Place", "Rules", "State"]
+__all__ = ["PAD_MODES", "UNFOLLOWED", "Hyp", "Place", "Rules", "State"]
+
+#: how the kind of an event the rules cannot follow starts (the rest, in
+#: parentheses, says why)
+UNFOLLOWED = "could not follow"
 
 #: the modes of ``pytensor.tensor.pad`` that only move values along the
 #: padded axes (``"mean"``, ``"maximum"``... read statistics: not these)
@@ -42,6 +52,11 @@ class Rules:
 
     def mix(self, node: Apply, hyp: Hyp, kind: str) -> None:  # provided by Flow
         raise NotImplementedError
+
+    def unfollowed(self, node: Apply, hyp: Hyp, why: str) -> None:
+        """Record that the rules cannot tell what ``node`` does to ``hyp``'s
+        axis (it may or may not mix examples)."""
+        self.mix(node, hyp, f"{UNFOLLOWED} ({why})")
 
     def put(self, node: Apply, out: State, hyp: Hyp, place: Place) -> None:
         """Place ``hyp`` in an output; the same one in two places mixes."""
@@ -158,9 +173,80 @@ class Rules:
                 index = sum(len(p) for p in per_dim[:d]) + c
                 place = find(flat_in, index, sizes)
             if place is None:
-                self.mix(node, hyp, "folds or splits (a reshape it cannot follow)")
+                self.unfollowed(node, hyp, "a reshape whose sizes do not tell "
+                                "where the batch axis goes")
             else:
                 out[hyp] = place
+        return out
+
+    def join_dims(self, node: Apply) -> State:
+        """``pt.join_dims``: axes ``start .. start + n - 1`` become one; the
+        batch axis among them is that part of the joined axis."""
+        x, start, count = node.inputs[0], node.op.start_axis, node.op.n_axes
+        out = {}
+        for hyp, (d, c) in self.state(x).items():
+            if d < start:
+                out[hyp] = (d, c)
+            elif d >= start + count:
+                out[hyp] = (d - count + 1, c)
+            else:
+                before = sum(len(self.shapes.atoms(x, k)) for k in range(start, d))
+                out[hyp] = (start, before + c)
+        return out
+
+    def split_dims(self, node: Apply) -> State:
+        """``pt.split_dims``: axis ``axis`` becomes several; the batch axis
+        split is followed where the sizes tell where it goes."""
+        x, out_var, axis = node.inputs[0], node.outputs[0], node.op.axis
+        count = out_var.ndim - x.ndim + 1
+        out = {}
+        for hyp, (d, c) in self.state(x).items():
+            if d != axis:
+                out[hyp] = (d if d < axis else d + count - 1, c)
+                continue
+            atoms = list(self.shapes.atoms(x, axis))
+            sizes = [self.shapes.atoms(out_var, axis + k) for k in range(count)]
+            place = find(atoms, c, sizes) if c < len(atoms) else None
+            if place is None:
+                self.unfollowed(node, hyp, "a split whose sizes do not tell where "
+                                "the batch axis goes")
+            else:
+                out[hyp] = (axis + place[0], place[1])
+        return out
+
+    def advanced_subtensor(self, node: Apply) -> State:
+        """NumPy's advanced indexing (``E[ids]``, ``take``): integer arrays
+        along some axes, slices along the others. Examples of ``x`` stay
+        along a full (or prefix) slice and are gathered along an indexed
+        axis; an index's own batch axis lands in the block of broadcast index
+        axes (first when the indexed axes are not adjacent)."""
+        x = node.inputs[0]
+        entries = list(get_idx_list(node.inputs, node.op.idx_list))
+        entries += [slice(None)] * (x.ndim - len(entries))
+        arrays = [k for k, e in enumerate(entries) if not isinstance(e, slice)]
+        if any(entries[k].dtype == "bool" for k in arrays):
+            for var in node.inputs:
+                for hyp in self.state(var):
+                    self.unfollowed(node, hyp, "a boolean index")
+            return {}
+        width = max(entries[k].ndim for k in arrays)
+        adjacent = arrays == list(range(arrays[0], arrays[-1] + 1))
+        block = arrays[0] if adjacent else 0
+        out: State = {}
+        for hyp, (d, c) in self.state(x).items():
+            entry = entries[d]
+            if not isinstance(entry, slice):
+                self.mix(node, hyp, "gathers examples by index along")
+            elif not ((entry.start is None or const(entry.start) == 0) and (
+                    entry.step is None or const(entry.step) == 1)):
+                self.mix(node, hyp, "shifts or reorders the examples (a slice) along")
+            else:
+                slices_before = sum(isinstance(e, slice) for e in entries[:d])
+                after = not adjacent or d > arrays[0]
+                self.put(node, out, hyp, (slices_before + width * after, c))
+        for k in arrays:
+            for hyp, (d, c) in self.state(entries[k]).items():
+                self.put(node, out, hyp, (block + width - entries[k].ndim + d, c))
         return out
 
     def dot(self, node: Apply) -> State:
@@ -210,10 +296,10 @@ class Rules:
                 name = sig[d - loop]
                 placed = [(k, s.index(name)) for k, s in enumerate(out_sig)
                           if name in s]
-                if not is_dot or not placed:
-                    kind = ("contracts (a matrix product) over" if is_dot else
-                            f"cannot be followed through the core axes of {op} on")
-                    self.mix(node, hyp, kind)
+                if is_dot and not placed:
+                    self.mix(node, hyp, "contracts (a matrix product) over")
+                elif not is_dot:
+                    self.unfollowed(node, hyp, "the core axes of a Blockwise")
                 for k, pos in placed if is_dot else ():
                     self.put(node, outs[k], hyp, (n_loop + pos, c))
         return outs
@@ -226,7 +312,7 @@ class Rules:
             loop = param.ndim - core
             for hyp, (d, c) in self.state(param).items():
                 if d >= loop:
-                    self.mix(node, hyp, f"cannot be followed through {op} on")
+                    self.unfollowed(node, hyp, "the core axes of a random variable")
                 else:
                     self.put(node, out, hyp, (d + n_batch - loop, c))
         return out

@@ -3,40 +3,73 @@
 Stage: independence. ``tensordot`` (hence ``dot`` of a 3-d value) folds the
 leading axes into one for a matrix product and splits them back after;
 the batch axis is followed through such folds when the sizes tell where
-it goes (:class:`Shapes`, :func:`resolve`, :func:`find`).
+it goes (:class:`Shapes`, :func:`resolve`, :func:`find`). Sizes are read by
+shape arithmetic, not patterns: through ``alloc`` / ``broadcast_to``,
+slices of shapes, another value's shape, ``join_dims`` / ``split_dims``
+(:data:`JOIN_DIMS`, :data:`SPLIT_DIMS`), inner graphs' inputs, constant
+guards, and any other operation's own ``infer_shape``.
 
-Members: :data:`PASS`, :data:`WILD`, :class:`Shapes`, :func:`const`,
-:func:`find`, :func:`resolve`.
+Members: :data:`JOIN_DIMS`, :data:`PASS`, :data:`SPLIT_DIMS`, :data:`WILD`,
+:class:`Shapes`, :func:`const`, :func:`find`, :func:`resolve`.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import pytensor.tensor as pt
+from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.ops import DeepCopyOp, ViewOp
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.raise_op import CheckAndRaise
+from pytensor.scan.op import Scan
+from pytensor.tensor.basic import Alloc
 from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
-from pytensor.tensor.subtensor import Subtensor
+from pytensor.tensor.subtensor import Subtensor, get_idx_list
+from pytensor.tensor.type import TensorType
 
 from popstats._src.graph.marker import BNStat
 from popstats._src.graph.recognize import acts_per_example
 
-__all__ = ["PASS", "WILD", "Shapes", "const", "find", "resolve"]
+__all__ = ["JOIN_DIMS", "PASS", "SPLIT_DIMS", "WILD", "Shapes", "const", "find",
+           "resolve"]
 
 #: Operations whose output is their first input (marks, views, checks).
 PASS = (BNStat, ViewOp, DeepCopyOp, SpecifyShape, CheckAndRaise)
 #: A reshape's -1.
 WILD = "*"
+#: ``pt.join_dims`` / ``pt.split_dims`` (reshapes of consecutive axes)
+#: (``pytensor.tensor.reshape`` the attribute is a function: import the module)
+_reshape = importlib.import_module("pytensor.tensor.reshape")
+JOIN_DIMS: tuple[type, ...] = tuple(
+    c for c in (getattr(_reshape, "JoinDims", None),) if c is not None)
+SPLIT_DIMS: tuple[type, ...] = tuple(
+    c for c in (getattr(_reshape, "SplitDims", None),) if c is not None)
 
 
-def const(var: Variable | None) -> object:
-    """The value of a constant (through casts), else None."""
+#: scalar operations :func:`const` evaluates on constants (sizes and the
+#: guards ``infer_shape`` writes around them)
+_FOLD = {
+    "Add": lambda *v: sum(v), "Mul": lambda *v: int(np.prod(v)),
+    "Sub": lambda a, b: a - b, "IntDiv": lambda a, b: a // b,
+    "EQ": lambda a, b: a == b, "NEQ": lambda a, b: a != b,
+    "GE": lambda a, b: a >= b, "GT": lambda a, b: a > b,
+    "LE": lambda a, b: a <= b, "LT": lambda a, b: a < b,
+    "Switch": lambda c, a, b: a if c else b,
+    "ScalarMaximum": max, "ScalarMinimum": min,
+}
+
+
+def const(var: Variable | None, depth: int = 8) -> object:
+    """The value of a constant (through casts, and integer arithmetic on
+    constants), else None."""
     if var is None or isinstance(var, int | np.integer):
         return None if var is None else int(var)
     while not isinstance(var, Constant) and var.owner is not None and (
@@ -45,8 +78,14 @@ def const(var: Variable | None) -> object:
         or type(var.owner.op).__name__ in ("ScalarFromTensor", "TensorFromScalar")
     ):
         var = var.owner.inputs[0]
-    return np.asarray(var.data).item() if isinstance(var, Constant) and np.ndim(
-        var.data) == 0 else None
+    if isinstance(var, Constant):
+        return np.asarray(var.data).item() if np.ndim(var.data) == 0 else None
+    node = var.owner
+    if node is None or depth == 0 or var.ndim != 0 or not isinstance(node.op, Elemwise):
+        return None
+    fold = _FOLD.get(type(node.op.scalar_op).__name__)
+    values = [const(v, depth - 1) for v in node.inputs] if fold else [None]
+    return None if any(v is None for v in values) else fold(*values)
 
 
 class Shapes:
@@ -66,6 +105,22 @@ class Shapes:
     def __init__(self) -> None:
         self.memo: dict[tuple[int, int], tuple] = {}
         self.depth = 0
+        #: placeholders of input sizes given to an op's ``infer_shape``
+        #: (id -> (variable, axis)), and what it returned per node (kept
+        #: alive: atoms name unknown sizes by ``id``)
+        self.holders: dict[int, tuple[Variable, int]] = {}
+        self.kept: list[Variable] = []  # the placeholders (their ids stay theirs)
+        self.inferred: dict[Apply, list | None] = {}
+        #: inner inputs of an ``OpFromGraph`` -> the outer values they stand for
+        self.aliases: dict[int, Variable] = {}
+
+    def alias(self, inner: Sequence[Variable], outer: Sequence[Variable]) -> None:
+        """Sizes of ``inner`` (an inner graph's inputs) are those of ``outer``."""
+        for var, value in zip(inner, outer, strict=False):
+            if var.ndim == value.ndim and self.aliases.get(id(var), value) is not value:
+                self.memo.clear()  # an inner graph applied again: sizes anew
+            if var.ndim == value.ndim:
+                self.aliases[id(var)] = value
 
     def atoms(self, var: Variable, dim: int) -> tuple:
         key = (id(var), dim)
@@ -85,13 +140,42 @@ class Shapes:
             return () if static == 1 else (int(static),)
         node, own = var.owner, ("v", id(var), dim)
         if node is None:
-            return (own,)
+            outer = self.aliases.get(id(var))
+            return (own,) if outer is None else self.atoms(outer, dim)
         op = node.op
         if isinstance(op, PASS):
             return self.atoms(node.inputs[0], dim)
         if isinstance(op, DimShuffle):
             src = op.new_order[dim]
             return () if src == "x" else self.atoms(node.inputs[0], src)
+        if isinstance(op, Subtensor):  # an axis taken whole keeps its size
+            x = node.inputs[0]
+            entries = list(get_idx_list(node.inputs, op.idx_list))
+            kept = [d for d in range(x.ndim) if d >= len(entries)
+                    or isinstance(entries[d], slice)]
+            entry = entries[kept[dim]] if kept[dim] < len(entries) else slice(None)
+            if entry.stop is None and _from_start(entry):
+                return self.atoms(x, kept[dim])
+        if isinstance(op, Alloc):  # alloc(value, *sizes): the sizes given
+            return self.factors(node.inputs[1 + dim])
+        if isinstance(op, JOIN_DIMS):
+            start, count, x = op.start_axis, op.n_axes, node.inputs[0]
+            if dim < start:
+                return self.atoms(x, dim)
+            if dim > start or count == 0:
+                return self.atoms(x, dim + count - 1)
+            return tuple(a for d in range(start, start + count)
+                         for a in self.atoms(x, d))
+        if isinstance(op, SPLIT_DIMS):
+            x, axis = node.inputs[0], op.axis
+            count = var.ndim - x.ndim + 1
+            if dim < axis:
+                return self.atoms(x, dim)
+            if dim >= axis + count:
+                return self.atoms(x, dim - count + 1)
+            found = self.entry(node.inputs[1], dim - axis)
+            if found is not None:
+                return found
         if isinstance(op, Elemwise):
             for inp in node.inputs:
                 if inp.type.shape[dim] != 1:
@@ -106,6 +190,12 @@ class Shapes:
                 return sizes[dim]
         if isinstance(op, Dot) and node.inputs[0].ndim == node.inputs[1].ndim == 2:
             return self.atoms(node.inputs[dim], dim)
+        if isinstance(op, Blockwise):  # loop axes: broadcast like Elemwise
+            n_loop = var.ndim - len(op.outputs_sig[node.outputs.index(var)])
+            for inp, sig in zip(node.inputs, op.inputs_sig, strict=True):
+                at = dim - (n_loop - (inp.ndim - len(sig)))
+                if dim < n_loop and at >= 0 and inp.type.shape[at] != 1:
+                    return self.atoms(inp, at)
         if isinstance(op, Blockwise) and _is_dot(op.core_op):  # matmul
             out_ndim, a, b = var.ndim, node.inputs[0], node.inputs[1]
             if dim == out_ndim - 2 and a.ndim >= 2:
@@ -114,27 +204,95 @@ class Shapes:
                 return self.atoms(b, b.ndim - 1)
         if dim == 0 and acts_per_example(op):  # e.g. pytensor-ml's Im2Col
             return self.atoms(node.inputs[0], 0)
-        return (own,)
+        return self._infer(node, var, dim) or (own,)
+
+    def _infer(self, node: Apply, var: Variable, dim: int) -> tuple | None:
+        """Atoms of an output axis by the op's own ``infer_shape``, given
+        placeholders for its inputs' sizes (None if it has none, fails, or
+        is a loop or an inner graph: those are not traced)."""
+        op = node.op
+        if node not in self.inferred:
+            self.inferred[node] = None
+            if not isinstance(op, Scan | OpFromGraph) and hasattr(op, "infer_shape") \
+                    and all(isinstance(v.type, TensorType) for v in node.inputs):
+                shapes = []
+                for inp in node.inputs:
+                    holders = [pt.lscalar() for _ in range(inp.ndim)]
+                    self.kept += holders
+                    self.holders.update({id(h): (inp, d)
+                                         for d, h in enumerate(holders)})
+                    shapes.append(tuple(holders))
+                try:  # (node, shapes) on PyTensor 3.3, (fgraph, node, shapes) on 3.0
+                    params = inspect.signature(op.infer_shape).parameters
+                    args = (node, shapes) if len(params) == 2 else (None, node, shapes)
+                    self.inferred[node] = list(op.infer_shape(*args))
+                except Exception:  # any failure: not traced
+                    self.inferred[node] = None
+        found = self.inferred[node]
+        if found is None:
+            return None
+        k = node.outputs.index(var)
+        if k >= len(found) or dim >= len(found[k]):
+            return None
+        size = found[k][dim]
+        if not isinstance(size, Variable):
+            size = pt.as_tensor(size)
+            self.kept.append(size)
+        return self.factors(size)
+
+    def entry(self, vec: Variable, k: int) -> tuple | None:
+        """The atoms of entry ``k`` of an integer vector of sizes (a shape,
+        a slice of one, the sizes listed), None where it cannot tell."""
+        node = vec.owner
+        if isinstance(vec, Constant):
+            data = np.asarray(vec.data).ravel()
+            if not -len(data) <= k < len(data):
+                return None
+            return () if data[k] == 1 else (int(data[k]),)
+        if node is None:
+            return None
+        op = node.op
+        if isinstance(op, Shape):
+            shaped = node.inputs[0]
+            return self.atoms(shaped, k % shaped.ndim) if shaped.ndim else None
+        if type(op).__name__ == "MakeVector":
+            return self.factors(node.inputs[k]) if -len(node.inputs) <= k < len(
+                node.inputs) else None
+        if isinstance(op, PASS) or (isinstance(op, Elemwise) and type(
+                op.scalar_op).__name__ in ("Cast", "Identity")):
+            return self.entry(node.inputs[0], k)
+        if isinstance(op, Subtensor) and k >= 0:
+            [index] = get_idx_list(node.inputs, op.idx_list)[:1] or [None]
+            if isinstance(index, slice) and index.step is None:
+                start = 0 if index.start is None else const(index.start)
+                if start is not None and start >= 0:
+                    return self.entry(node.inputs[0], start + k)
+        return None
 
     def factors(self, scalar: Variable) -> tuple:
         """The atoms of an integer scalar expression (a size)."""
         value = const(scalar)
         if value is not None:
             return () if value == 1 else (int(value),)
+        if id(scalar) in self.holders:  # a size given to infer_shape
+            return self.atoms(*self.holders[id(scalar)])
         node = scalar.owner
         if node is not None:
             op = node.op
             if isinstance(op, Shape_i):
                 return self.atoms(node.inputs[0], op.i)
-            if isinstance(op, Subtensor) and node.inputs[0].owner is not None and (
-                isinstance(node.inputs[0].owner.op, Shape) and len(node.inputs) == 2
-            ):
+            if isinstance(op, Subtensor) and len(node.inputs) == 2 and (
+                    node.inputs[0].ndim == 1 and scalar.ndim == 0):
                 k = const(node.inputs[1])
-                if k is not None:
-                    shaped = node.inputs[0].owner.inputs[0]
-                    return self.atoms(shaped, int(k) % shaped.ndim)
+                found = None if k is None else self.entry(node.inputs[0], int(k))
+                if found is not None:
+                    return found
             if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Mul":
                 return tuple(a for inp in node.inputs for a in self.factors(inp))
+            if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Switch":
+                cond = const(node.inputs[0])  # a guard on constants: its branch
+                if cond is not None:
+                    return self.factors(node.inputs[1 if cond else 2])
             if (isinstance(op, Elemwise) and len(node.inputs) == 1 and type(
                     op.scalar_op).__name__ == "Cast") or type(op).__name__ in (
                     "ScalarFromTensor", "TensorFromScalar"):
@@ -148,12 +306,19 @@ class Shapes:
         if isinstance(shape, Constant):
             return [() if v == 1 else WILD if v == -1 else (int(v),)
                     for v in np.asarray(shape.data).ravel()]
-        if shape.owner is None or type(shape.owner.op).__name__ != "MakeVector":
+        if shape.owner is not None and type(shape.owner.op).__name__ == "MakeVector":
+            return [WILD if const(item) == -1 else self.factors(item)
+                    for item in shape.owner.inputs[:ndim]]
+        sizes = [self.entry(shape, k) for k in range(ndim)]  # e.g. another's shape
+        if any(size is None for size in sizes):
             return None
-        sizes = []
-        for item in shape.owner.inputs[:ndim]:
-            sizes.append(WILD if const(item) == -1 else self.factors(item))
-        return sizes
+        return [WILD if size == (-1,) else size for size in sizes]
+
+
+def _from_start(entry: slice) -> bool:
+    """A slice from the first element on, one step at a time."""
+    return (entry.start is None or const(entry.start) == 0) and (
+        entry.step is None or const(entry.step) == 1)
 
 
 def _is_dot(core: object) -> bool:

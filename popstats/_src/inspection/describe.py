@@ -277,7 +277,10 @@ class RewriteDescription:
         when the rewrite is complete.
     mixing : tuple of str
         Operations of the rewritten graph that still mix the examples of a
-        batch (``"where: operation ... the batch axis of input 'x'"``), as
+        batch (``"where: operation ... the batch axis of input 'x'"``), then
+        those the analysis could not follow (``"where: could not follow
+        operation (why) on the batch axis ..."``: check them on data with
+        :func:`~popstats.check_batch_independence`), as
         :func:`~popstats.rewrite` warns them (see :doc:`/independence`).
     """
 
