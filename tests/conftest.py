@@ -14,10 +14,8 @@ another mode). ``test_backends.py`` covers the other modes.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,13 +28,23 @@ from pytensor.graph.traversal import ancestors, toposort
 from pytensor.scan import until
 from pytensor.scan.op import Scan
 
+# The helpers of every test module live in shared.py; imported here too, for
+# the modules that take them from conftest.
+from shared import FROZEN_INNER, LONG, MODE, PT_VERSION, fails, scan  # noqa: F401
+
 import popstats
 
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
-PT_VERSION = tuple(int(p) for p in pytensor.__version__.split(".")[:2])
-#: PyTensor >= 3.1 freezes Scan inner graphs and drops tags of inner variables.
-FROZEN_INNER = PT_VERSION >= (3, 1)
 EPS = ref.EPS
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run under ``POPSTATS_LONG=1`` only."""
+    if LONG:
+        return
+    skip = pytest.mark.skip(reason="a long run: POPSTATS_LONG=1 runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_configure(config):
@@ -704,25 +712,6 @@ def pipeline():
 
 def population_of(stats) -> dict:
     return {name: stat.value for name, stat in stats.items()}
-
-
-# --------------------------------------------------------------------------
-# helpers shared by the test modules
-
-
-@contextmanager
-def fails(*parts: str):
-    """Expect a PopstatsError whose message contains every part."""
-    with pytest.raises(popstats.PopstatsError) as info:
-        yield info
-    message = str(info.value)
-    for part in parts:
-        assert part in message, f"{part!r} not in message: {message}"
-
-
-def scan(fn, **kwargs):
-    """``pytensor.scan`` with the new return convention (no updates)."""
-    return pytensor.scan(fn, return_updates=False, **kwargs)
 
 
 # --------------------------------------------------------------------------

@@ -1881,6 +1881,81 @@ def drift_report_name_too_long():
     x, y, stats = estimated()
     moved = popstats.drift(stats, [x], y, [{"x": data()}])
     moved.report("r" * 300 + ".html")
+# -- checked values and inputs (issue 28) -------------------------------------
+
+
+@scenario("A statistic that reduces nothing: an input marked itself")
+def bn_statistic_of_an_input():
+    x = pt.matrix("x")
+    popstats.bn_statistic(x, label="mean")
+
+
+@scenario("A statistic computed from weights alone")
+def bn_statistic_of_weights():
+    w = pytensor.shared(np.ones((2, 2)), name="W")
+    popstats.bn_statistic(w.mean(axis=0), label="mean")
+
+
+@scenario("Two inputs named alike")
+def estimate_inputs_named_alike():
+    x, x_again = pt.matrix("x"), pt.matrix("x")
+    mean = popstats.bn_statistic((x + x_again).mean(axis=0), label="mean")
+    popstats.estimate([x, x_again], x + x_again - mean, [{"x": data()}])
+
+
+@scenario("check_batch_independence: an input given twice")
+def check_independence_input_twice():
+    x = pt.matrix("x")
+    popstats.check_batch_independence([x, x], x * 2.0, {"x": data()})
+
+
+@scenario("check_batch_independence: two inputs named alike")
+def check_independence_inputs_named_alike():
+    x, x_again = pt.matrix("x"), pt.matrix("x")
+    popstats.check_batch_independence([x, x_again], x + x_again, {"x": data()})
+
+
+@scenario("check_batch_independence: a batch the graph cannot run")
+def check_independence_batch_fails():
+    x = pt.matrix("x")
+    w = pytensor.shared(np.ones((3, 3)), name="W")
+    popstats.check_batch_independence([x], x @ w, {"x": data(3, 2)})
+
+
+@scenario("check_batch_independence: a graph that cannot run one example alone")
+def check_independence_one_example_fails():
+    x = pt.matrix("x")
+    y = x * 2.0
+    popstats.check_batch_independence([x], y - y[1], {"x": data()})
+
+
+@scenario("A population value holding NaN")
+def rewrite_nan_value():
+    x, y, stats = estimated()
+    stats["mean"].value[0] = np.nan
+    popstats.rewrite(y, stats)
+
+
+@scenario("Values matched by name whose shape the graph does not compute")
+def rewrite_match_name_other_shape():
+    def linear(width):
+        x = pt.matrix("x")
+        h = x @ pytensor.shared(np.ones((2, width)), name="W")
+        mean = popstats.bn_statistic(h.mean(axis=0), label="mean")
+        return x, h - mean
+
+    x, y = linear(4)
+    stats = popstats.estimate([x], y, [{"x": data()}])
+    x5, y5 = linear(5)
+    popstats.rewrite(y5, stats, match="name")
+
+
+@scenario("shift on statistics without a role")
+def shift_without_roles():
+    x, y, stats = estimated()
+    popstats.shift(stats, [x], y, [{"x": data()}])
+
+
 # -- recognizers --------------------------------------------------------------
 
 

@@ -19,15 +19,22 @@ import pytensor.tensor as pt
 
 import popstats
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
+from popstats._src.rewrite.rewriter import known_shapes
 
 
 def fake_statistics(outputs, fill: float = 0.0, size: int = 1) -> PopulationStatistics:
     """``fill`` (zeros) for every statistic of ``outputs`` (one step per loop
     level; ``size`` along axes of unknown length)."""
     stats = []
-    for site in popstats.export(outputs).sites:
+    graph = popstats.export(outputs)
+    # outside loops the shape the graph computes (rewrite checks it; a 1
+    # that would broadcast is refused), else 1
+    known = known_shapes(graph.outputs)
+    for site, found in zip(graph.sites, known, strict=True):
         steps = (1,) * site.time.count("step")
-        shape = tuple(size if s is None else s for s in site.shape)
+        own = found[len(found) - len(site.shape):] if not site.depth else site.shape
+        shape = tuple(size if s is None else s for s in (
+            o if o is not None else s for o, s in zip(own, site.shape, strict=True)))
         stats.append(Statistic(site.name, site.label, site, np.full(
             steps + shape, fill, dtype=site.dtype), np.ones(steps, dtype=np.int64), 1))
     return PopulationStatistics(tuple(stats))

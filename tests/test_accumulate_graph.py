@@ -4,8 +4,11 @@ The estimators' updates built as PyTensor expressions must give the host's
 (NumPy) numbers for every estimator, time mode and ``max_steps``, with time
 axes growing and shrinking between batches; its errors must read as the
 host's; a failed or re-entered pass must leave the Estimation usable. The
-other backends are compared in ``test_backends.py``; the state machine of
-``test_pass_machine.py`` draws both accumulations.
+other backends are compared in ``test_backends.py`` (one estimator, many
+loops) and ``test_device_pass.py`` (JAX); under ``POPSTATS_LONG=1`` every
+estimator and time mode here runs in PyTensor's default (Numba) and C (CVM)
+modes too. The state machine of ``test_pass_machine.py`` draws both
+accumulations.
 """
 
 from __future__ import annotations
@@ -15,42 +18,32 @@ import pass_models
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE, fails
+from shared import MODE, assert_same_state, chosen, fails
 
 import popstats
 
+#: the modes of the every-estimator proof: the test mode; the long run adds
+#: PyTensor's default (Numba) and C (CVM) modes
+MODES = list(dict.fromkeys(chosen([MODE, None, "CVM"], [MODE])))
 
-def both(config, **options):
+
+def both(config, mode=MODE, **options):
     inputs, outputs = pass_models.model()
     kwargs = dict(estimator=pass_models.estimator_spec(config[0]), time=config[1],
-                  max_steps=config[2], mode=MODE, **options)
+                  max_steps=config[2], mode=mode, **options)
     graph = popstats.Estimation(inputs, outputs, accumulate="graph", **kwargs)
     host = popstats.Estimation(inputs, outputs, accumulate="host", **kwargs)
     return graph, host
 
 
-def assert_same_state(a, b, exact=True):
-    assert a.names == b.names and a.n_batches == b.n_batches
-    for name, sa, sb in zip(a.names, a.states, b.states, strict=True):
-        assert set(sa) == set(sb), name
-        for field in sa:
-            assert sa[field].dtype == sb[field].dtype, (name, field)
-            assert sa[field].shape == sb[field].shape, (name, field)
-            if exact:
-                np.testing.assert_array_equal(sa[field], sb[field],
-                                              err_msg=f"{name}.{field}")
-            else:
-                np.testing.assert_allclose(sa[field], sb[field], rtol=1e-12,
-                                           atol=1e-14, err_msg=f"{name}.{field}")
-
-
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m or "default")
 @pytest.mark.parametrize("config", pass_models.CONFIGS,
                          ids=["-".join(map(str, c)) for c in pass_models.CONFIGS])
-def test_graph_equals_host_for_every_estimator_and_time_mode(config):
-    graph, host = both(config)
+def test_graph_equals_host_for_every_estimator_and_time_mode(config, mode):
+    graph, host = both(config, mode)
     assert graph.accumulate == "graph" and host.accumulate == "host"
     batches = pass_models.make_batches(11, 8)  # 1 to 6 steps, some unreached
-    exact = MODE == "FAST_COMPILE"  # the same operations in the same order
+    exact = mode == "FAST_COMPILE"  # the same operations in the same order
     a, b = graph.run(batches, progress=False), host.run(batches, progress=False)
     assert_same_state(a, b, exact)
     # continuing, one update, a merge: states are interchangeable

@@ -132,10 +132,17 @@ def test_loops_inference(runs, mode):
     _check_inference(case, infer, reference)
 
 
-@pytest.mark.parametrize("mode", [*MODES, pytest.param("PYTORCH", id="PYTORCH")])
+#: FAST_COMPILE's graph accumulation is proven in test_accumulate_graph.py,
+#: for every estimator and time mode, bit for bit
+ACCUMULATION_MODES = [m for m in MODES if m.id != "FAST_COMPILE"]
+
+
+@pytest.mark.parametrize("mode", [*ACCUMULATION_MODES,
+                                  pytest.param("PYTORCH", id="PYTORCH")])
 def test_graph_accumulation_equals_host_accumulation(runs, mode):
     """The estimators' updates inside the compiled function give what NumPy's
-    on the host give, per statistic and step, counts exactly."""
+    on the host give, per statistic and step, counts exactly (on JAX: the
+    device pass, here over nested and side-by-side loops)."""
     _needs(mode)
     kind = "ff" if mode == "PYTORCH" else "zoo"
     case, stats, _, _ = runs(kind, mode)

@@ -14,7 +14,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE, fails
+from shared import MODE, fails
 
 import popstats
 

@@ -29,9 +29,9 @@ distributed = pytest.importorskip("distributed")
 
 import dask_loaders as loaders  # noqa: E402
 import pass_models  # noqa: E402
-from conftest import MODE  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from shared import MODE, chosen  # noqa: E402
 
 import popstats  # noqa: E402
 import popstats.dask  # noqa: E402
@@ -84,8 +84,15 @@ def assert_same(got, want):
 # the result equals one pass here
 
 
-@pytest.mark.parametrize("config", [c for c in pass_models.CONFIGS if c[2] is None]
-                         + [("pooled", "step", 3), ("ema", "step", 3)], ids=str)
+#: every estimator, both time modes, a cap (all 12 under POPSTATS_LONG=1)
+CLUSTER_CONFIGS = chosen(
+    [c for c in pass_models.CONFIGS if c[2] is None]
+    + [("pooled", "step", 3), ("ema", "step", 3)],
+    [("mean", "step", None), ("weighted", "pooled", None),
+     ("unbiased", "step", None), ("pooled", "step", 3), ("ema", "step", 3)])
+
+
+@pytest.mark.parametrize("config", CLUSTER_CONFIGS, ids=str)
 def test_every_estimator_equals_one_pass(dask_client, config):
     got = on_cluster(config, parts(1, [2, 3, 7, 9]), dask_client, split_every=2)
     assert_same(got, reference(config, loaders.batches(1, 12)))

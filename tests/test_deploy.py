@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pytensor
 import pytest
+from shared import PT_VERSION
 
 import popstats
 
 WORKER = Path(__file__).with_name("deploy_worker.py")
 TIMEOUT = 300  # seconds per worker process
-PT_VERSION = tuple(int(p) for p in pytensor.__version__.split(".")[:2])
 #: PyTensor >= 3.1 drops ``.tag`` of variables inside Scan inner graphs
 TAGS_IN_LOOPS = PT_VERSION < (3, 1)
 tags_in_loops = pytest.mark.skipif(

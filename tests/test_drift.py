@@ -15,9 +15,9 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE, fails, scan
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared import MODE, bn_pair, fails, scan
 
 import popstats
 from popstats._src.drift.comparison import jeffreys
@@ -44,12 +44,7 @@ def test_jeffreys_at_zero_variances():
 
 
 def bn(h, name, count=True):
-    n = h.shape[0] if count else None
-    m = popstats.bn_statistic(h.mean(0), f"{name}.mean", role="mean", group=name,
-                              count=n)
-    v = popstats.bn_statistic(h.var(0), f"{name}.var", role="var", group=name,
-                              count=n)
-    return (h - m) / pt.sqrt(v + EPS)
+    return bn_pair(h, name, eps=EPS, counted=count)
 
 
 def mlp(shift_at=None):

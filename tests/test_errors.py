@@ -14,12 +14,12 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from pytensor.graph.traversal import toposort
+from shared import PT_VERSION
 
 import popstats
 
 MODE = "FAST_COMPILE"  # errors do not depend on the backend; keep compiles cheap
 EPS = 1e-3
-PT_VERSION = tuple(int(p) for p in re.findall(r"\d+", pytensor.__version__)[:2])
 FROZEN_SCAN = PT_VERSION >= (3, 1)  # Scan inner graphs frozen, tags dropped
 
 
@@ -516,3 +516,126 @@ def test_bn_statistic_bad_label(label, shown):
         popstats.bn_statistic(m, label=label)
     assert snapshot([m]) == before
     assert not popstats.is_statistic(m)
+
+
+# ------------------------------------------------- issue 28: errors, not raw ones
+
+
+def _linear_bn(width: int, name: str | None = "W1", seed: int = 0):
+    """x -> x @ W -> batch norm (mean and var marked, grouped, counted)."""
+    rng = np.random.default_rng(seed)
+    x = pt.matrix("x")
+    w = pytensor.shared(np.random.default_rng(99).normal(size=(3, width)), name=name)
+    h = x @ w
+    n = h.shape[0]
+    m = popstats.bn_statistic(h.mean(0), "bn.mean", role="mean", group="bn", count=n)
+    v = popstats.bn_statistic(h.var(0), "bn.var", role="var", group="bn", count=n)
+    batches = [{"x": rng.normal(size=(8, 3))} for _ in range(3)]
+    return x, (h - m) / pt.sqrt(v + EPS), batches
+
+
+def test_regression_single_input_variable_is_accepted():
+    """estimate/get_inference_graph took one variable as inputs before the
+    upstream work (TensorType does not support iteration since)."""
+    x, y, batches = _linear_bn(4)
+    single = popstats.estimate(x, y, batches, mode=MODE)
+    listed = popstats.estimate([x], y, batches, mode=MODE)
+    np.testing.assert_array_equal(single["bn.var"].value, listed["bn.var"].value)
+    y_inf = popstats.get_inference_graph(x, y, batches, mode=MODE, estimator="pooled")
+    data = np.concatenate([b["x"] for b in batches])
+    h = data @ np.random.default_rng(99).normal(size=(3, 4))
+    got = pytensor.function([x], y_inf, mode=MODE)(data[:2])
+    np.testing.assert_allclose(got, ((h - h.mean(0)) / np.sqrt(h.var(0) + EPS))[:2],
+                               rtol=1e-10)
+    population = popstats.estimate(x, y, batches, mode=MODE, upstream="population")
+    np.testing.assert_allclose(population["bn.mean"].value, h.mean(0), rtol=1e-12)
+
+
+def test_check_batch_independence_repeated_input():
+    x = pt.matrix("x")
+    with fails("check_batch_independence(inputs=...)", "'x' is given more than once",
+               "[x]"):
+        popstats.check_batch_independence([x, x], x * 2.0, {"x": np.ones((3, 2))})
+
+
+def test_check_batch_independence_graph_that_cannot_run_one_example():
+    x = pt.matrix("x")
+    y = x * 2.0
+    with fails("check_batch_independence(outputs=...)", "example 0 alone",
+               "IndexError", "depend on other examples", "y[1]"):
+        popstats.check_batch_independence([x], y - y[1], {"x": np.ones((3, 2))})
+
+
+def test_inputs_named_alike_are_refused_naming_them():
+    x, x2 = pt.matrix("x"), pt.matrix("x")
+    m = popstats.bn_statistic((x + x2).mean(0), label="m")
+    out = x + x2 - m
+    for batch in ({"x": np.ones((3, 2))}, (np.ones((3, 2)), np.ones((3, 2)))):
+        with fails("estimate(inputs=...)", "several inputs are named 'x'",
+                   "pt.matrix('x2')"):
+            popstats.estimate([x, x2], out, [batch], mode=MODE)
+    with fails("check_batch_independence(inputs=...)", "several inputs are named 'x'"):
+        popstats.check_batch_independence([x, x2], x + x2, {"x": np.ones((3, 2))})
+
+
+def test_rewrite_match_name_refuses_statistics_of_another_shape():
+    x, y, batches = _linear_bn(4)
+    stats = popstats.estimate([x], y, batches, mode=MODE)
+    x5, y5, _ = _linear_bn(5)
+    before = snapshot([y5])
+    with fails("rewrite(stats=...)", "statistic 'bn.", "shape (4,) in stats",
+               "shape (5,)", "estimate on this graph"):
+        popstats.rewrite(y5, stats, match="name")
+    assert snapshot([y5]) == before
+    # bind refuses the same values (its own check)
+    y5_inf = popstats.rewrite(y5, popstats.estimate([x5], y5, batches, mode=MODE))
+    with fails("bind(stats=...)", "estimated for another graph"):
+        popstats.bind(y5_inf, stats, match="name")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_rewrite_and_bind_refuse_non_finite_values(bad):
+    x, y, batches = _linear_bn(4)
+    stats = popstats.estimate([x], y, batches, mode=MODE)
+    good = popstats.rewrite(y, stats)
+    stats["bn.mean"].value[1] = bad
+    kind = "NaN" if np.isnan(bad) else "infinity"
+    with fails("rewrite(stats=...)", "statistic 'bn.mean' holds", kind,
+               "1 of 4 values", "finite"):
+        popstats.rewrite(y, stats)
+    with fails("bind(stats=...)", "statistic 'bn.mean' holds", kind):
+        popstats.bind(good, stats)
+
+
+def test_unnamed_weights_message_names_the_shared_variables():
+    x, y, batches = _linear_bn(4, name="W1")
+    stats = popstats.estimate([x], y, batches, mode=MODE)
+    _, y_unnamed, _ = _linear_bn(4, name=None)  # the same values, no name
+    with fails("rewrite(stats=...)", "computed differently",
+               "1 shared variable(s) without a name (shapes (3, 4))",
+               "name='W1'"):
+        popstats.rewrite(y_unnamed, stats)
+    _, y_renamed, _ = _linear_bn(4, name="W2")
+    with fails("rewrite(stats=...)", "the shared variables 'W2'", "renamed"):
+        popstats.rewrite(y_renamed, stats)
+
+
+def test_bn_statistic_refuses_what_reduces_nothing():
+    x = pt.matrix("x")
+    w = pytensor.shared(np.ones((2, 2)), name="W")
+    for var, kind in ((x, "an input"), (w, "a shared variable"),
+                      (pt.constant(np.ones(2)), "a constant")):
+        with fails("bn_statistic(var=...)", kind, "reduces nothing", "h.mean(axis=0)"):
+            popstats.bn_statistic(var)
+    with fails("bn_statistic(var=...)", "shared variables and constants alone"):
+        popstats.bn_statistic(w.sum(axis=0))
+    # no false alarm on real statistics: reductions, moments, masked, in loops
+    popstats.bn_statistic(x.mean(0), label="m")
+    popstats.bn_statistic(x.var(0), label="v", role="var", group="g", count=x.shape[0])
+    popstats.bn_statistic(pt.sqrt(x.var(0) + 1.0), label="s", role="std")
+    h = x @ w
+    popstats.mark_moments(h.mean(0), h.var(0), "mm", count=h.shape[0])
+    popstats.nn.batch_norm(pt.tensor("xs", shape=(None, 2)), 0, label="bn")
+    seq = pt.tensor3("seq")
+    pytensor.scan(lambda xt: popstats.bn_statistic(xt.mean(0), label="t"),
+                  sequences=[seq], return_updates=False)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytensor.tensor as pt
 import pytest
-from conftest import CASES, MODE, build_case
+from conftest import CASES, build_case
 from reference import reference_estimate
+from shared import MODE
 
 import popstats
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE, fails, scan
+from shared import MODE, fails, mark, nested_loop, scan
 
 import popstats
 from popstats import Estimator
@@ -217,10 +217,6 @@ def test_a_cell_not_reached_changes_nothing(name):
 # --------------------------------------------------------------------------
 # Graphs
 # --------------------------------------------------------------------------
-
-
-def mark(var, label, role=None, group=None, count=None):
-    return popstats.bn_statistic(var, label, role=role, group=group, count=count)
 
 
 def ff_model(counted=True):
@@ -572,20 +568,7 @@ def test_rewrite_of_time_pooled_statistics_uses_one_value_at_every_step():
 
 def nested_model():
     """Outer loop over x[t1] (T2, B, F); inner loop over its rows."""
-    x = pt.tensor4("x4")
-
-    def inner(xt, g):
-        n = xt.shape[0]
-        m = mark(xt.mean(0), "in.mean", "mean", "in", n)
-        v = mark(xt.var(0), "in.var", "var", "in", n)
-        return g + (xt - m) / pt.sqrt(v + EPS)
-
-    def outer(xs, h):
-        gs = scan(inner, sequences=[xs], outputs_info=[h])
-        return gs[-1] + mark(xs.mean((0, 1)), "out.mean")
-
-    hs = scan(outer, sequences=[x], outputs_info=[pt.zeros_like(x[0, 0])])
-    return [x], hs
+    return nested_loop(EPS)
 
 
 NESTED_SHAPES = ((2, 3, 4), (3, 2, 3), (1, 4, 5), (3, 3, 4))

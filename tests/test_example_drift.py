@@ -10,16 +10,15 @@ the new domain must recover accuracy that the original statistics lose.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from shared import MODE
 
 pytest.importorskip("sklearn", reason="the drift example needs sklearn")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "drift_digits.py"
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
 
 
 @pytest.fixture(scope="module")

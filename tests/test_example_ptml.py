@@ -31,17 +31,16 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from shared import MODE
 
 pytest.importorskip("pytensor_ml")
 pytest.importorskip("sklearn", reason="the example needs scikit-learn's digits")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "pytensor_ml_digits.py"
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
 EPS = 1e-5  # pytensor-ml's BatchNorm default
 ROWS = [  # (model, steps, batch size)
     ("conv", 8, 256),

@@ -25,15 +25,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
+from shared import MODE
 
 pytest.importorskip("sklearn", reason="the example needs scikit-learn's digits")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "upstream_digits.py"
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
 DEPTH = 4  # the --fast MLP
 CONFIGS = ["batch/mean", "population/mean", "batch/pooled", "population/pooled"]
 

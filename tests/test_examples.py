@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared import MODE
 
 pytest.importorskip("sklearn", reason="the example needs scikit-learn's digits")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "bn_lstm_digits.py"
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
 ROWS = {
     "batch_256": ("batch", 256, 8),
     "batch_1": ("batch", 1, 8),

@@ -15,16 +15,15 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from shared import MODE
 
 pytest.importorskip("sklearn", reason="the feedforward example needs sklearn")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
 
 
 def _load(name: str):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytensor
 import pytest
-from conftest import CASES, FROZEN_INNER, MODE, build_case
+from conftest import CASES, build_case
 from reference import fingerprint
+from shared import FROZEN_INNER, MODE
 
 import popstats
 

@@ -34,12 +34,10 @@ function holds the outputs rewritten together and one by one) in
 ``FAST_COMPILE`` (``POPSTATS_TEST_MODE`` as elsewhere). Examples are drawn
 with a fixed seed (``derandomize``) and no example database.
 
-Environment:
-
-``POPSTATS_GENERATED_EXAMPLES``
-    Number of models of ``test_generated_models`` (default 100; e.g. 1000 for
-    a long run). ``test_generated_models_without_reuse`` (no OpFromGraph, no
-    copies: every label reached once) runs a tenth of it, at least 10.
+Size: ``test_generated_models`` checks 30 models; 1,000 under
+``POPSTATS_LONG=1`` (the long runs, README's "Tests").
+``test_generated_models_without_reuse`` (no OpFromGraph, no copies: every
+label reached once) runs a tenth of it, at least 10.
 """
 
 from __future__ import annotations
@@ -57,11 +55,11 @@ import numpy as np
 import pytensor
 import reference as ref
 from hypothesis import HealthCheck, given, settings
+from shared import MODE, sized
 
 import popstats
 
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
-EXAMPLES = int(os.environ.get("POPSTATS_GENERATED_EXAMPLES", "100"))
+EXAMPLES = sized(30, 1000)
 PLAIN_EXAMPLES = max(10, EXAMPLES // 10)
 
 #: estimated against reference statistics (relative; absolute near zero)

@@ -11,10 +11,10 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE, fails, scan
 from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.replace import clone_replace
 from pytensor.graph.traversal import toposort
+from shared import MODE, fails, scan
 
 import popstats
 

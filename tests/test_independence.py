@@ -8,7 +8,6 @@ warning: pytest turns warnings into errors). Population values come from
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -16,10 +15,9 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from independence_models import fake_statistics
+from shared import MODE
 
 import popstats
-
-MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
 
 
 def mixing(outputs, **kwargs) -> list[str]:
@@ -228,7 +226,8 @@ def test_batch_axis_from_statistics_default_and_given():
 def test_scalar_inputs_and_population_variables_are_not_tracked():
     x, n = pt.matrix("x"), pt.scalar("n")
     h = marked_bn(x, "bn")
-    assert mixing(h * n + h.shape[0]) == []
+    # the feature size is no aggregate; the batch size as a value is (below)
+    assert mixing(h * n + h.shape[1]) == []
 
 
 def test_bad_batch_axes_are_refused():
@@ -437,3 +436,82 @@ def test_two_kinds_of_message_unknown_is_softer_than_mixing():
     lines = [line for line in text.splitlines() if line.startswith("  - ")]
     assert "reduces over the batch axis" in lines[0]
     assert ": could not follow _Twice" in lines[1]
+
+
+# --------------------------------------------------------------------------
+# issue 28: the analysis and the data check agree; the check knows the axes
+
+
+def _inference(y, x, batch):
+    """``y`` rewritten with statistics estimated on ``batch``, quietly."""
+    stats = popstats.estimate([x], y, [batch], mode=MODE, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", popstats.PopstatsWarning)
+        return popstats.rewrite(y, stats)
+
+
+def _agree(y, x, batch):
+    """The analysis reports it and the data check fails it (both say so)."""
+    found = mixing(y)
+    with pytest.raises(popstats.PopstatsError, match="depend on other examples"):
+        popstats.check_batch_independence([x], _inference(y, x, batch), batch,
+                                          mode=MODE)
+    return found
+
+
+def test_batch_size_as_a_value_mixes_examples():
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    batch = {"x": np.random.default_rng(0).normal(size=(4, 3))}
+    found = _agree(h / h.shape[0], x, batch)
+    assert len(found) == 1 and "the batch size as a value" in found[0]
+    assert "the batch size as a value" in _agree(
+        h * pt.cast(x.shape[0], "float64"), x, batch)[0]
+    # as a shape it is no data: no warning, and the data check passes
+    for y in (h + pt.zeros((h.shape[0], 3)), (h * 2).reshape((h.shape[0], 3)),
+              h.mean(1) / h.shape[1], h + pt.zeros_like(h)):
+        assert mixing(y) == []
+        assert popstats.check_batch_independence([x], _inference(y, x, batch), batch,
+                                                 mode=MODE) < 1e-12
+
+
+def test_batch_mean_matrix_as_output_mixes_examples():
+    """y = K @ h, K = ones((n, n)) / n: every output row is the batch mean."""
+    x = pt.matrix("x")
+    h = marked_bn(x, "bn")
+    n = h.shape[0]
+    batch = {"x": np.random.default_rng(0).normal(size=(4, 3))}
+    found = _agree(pt.ones((n, n)) / n @ h, x, batch)
+    assert found and "the batch size as a value" in found[0]
+    # a loss or a Gram matrix as an output is still not reported
+    assert mixing(h.mean()) == [] and mixing(pt.dot(h.T, h)) == []
+
+
+def test_time_major_rnn_check_uses_the_axes_rewrite_found():
+    rng = np.random.default_rng(0)
+    x = pt.tensor3("x")  # (time, batch, features)
+    w = pytensor.shared(rng.normal(size=(3, 3)) * 0.5, name="W")
+    u = pytensor.shared(rng.normal(size=(3, 3)) * 0.5, name="U")
+
+    def step(xt, h):
+        a = xt @ w + h @ u
+        n = a.shape[0]
+        m = popstats.bn_statistic(a.mean(0), "bn.mean", role="mean", group="bn",
+                                  count=n)
+        v = popstats.bn_statistic(a.var(0), "bn.var", role="var", group="bn", count=n)
+        return pt.tanh((a - m) / pt.sqrt(v + 1e-5))
+
+    hs = pytensor.scan(step, sequences=[x], outputs_info=[pt.zeros((x.shape[1], 3))],
+                       return_updates=False, name="rnn")
+    batches = [{"x": rng.normal(size=(5, 8, 3))} for _ in range(3)]
+    y_inf = popstats.get_inference_graph([x], hs, batches, mode=MODE, progress=False)
+    batch = {"x": rng.normal(size=(5, 4, 3))}
+    assert popstats.check_batch_independence([x], y_inf, batch, mode=MODE) < 1e-12
+    # computed from the rewritten outputs too
+    assert popstats.check_batch_independence([x], y_inf.sum(-1), batch,
+                                             mode=MODE) < 1e-12
+    # a graph rewrite did not make: axis 0 by default, said in the error
+    with pytest.raises(popstats.PopstatsError,
+                       match=r"Batch axes taken: 'x': axis 0 \(by default\).*"
+                             r"batch_axes=\{'name': axis\}"):
+        popstats.check_batch_independence([x], hs, batch, mode=MODE)

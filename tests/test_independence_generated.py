@@ -9,8 +9,8 @@ batch at inference, and ``rewrite`` must name an operation mixing examples.
 Population values are zeros (``fake_statistics``): nothing is compiled.
 Models with a single label have nothing left to rewrite once it is unmarked
 (``export`` refuses a graph without statistics); they check the first half
-only. ``POPSTATS_GENERATED_EXAMPLES`` sets the number of models, as for
-``test_generated.py`` (default 100).
+only. The number of models is ``test_generated.py``'s (30; 1,000 under
+``POPSTATS_LONG=1``).
 
 Then per-example graphs drawn from a menu of PyTensor operations
 (``independence_models.OPERATIONS``: elementwise, reductions and products
@@ -22,7 +22,7 @@ ok) and ``check_batch_independence`` passes on data; the same graph with one
 operation of ``MIXING`` inserted (a reduction, a cumsum, a sort, a softmax
 along the batch axis, a transpose then a reduction, a Gram matrix...) is
 flagged every time. One compile per example (without C code); a third of
-``POPSTATS_GENERATED_EXAMPLES`` graphs (default 33).
+the number of models, at least 10 (10; 333 under ``POPSTATS_LONG=1``).
 """
 
 from __future__ import annotations

@@ -295,3 +295,34 @@ def test_estimate_accepts_progress():
     stats = popstats.estimate(inputs, out, BATCHES, mode=MODE, progress=False)
     data = np.concatenate([b["x"] for b in BATCHES])
     np.testing.assert_allclose(stats["bn1_mean"].value, data.mean(0))
+
+
+# --- issue 28 ------------------------------------------------------------------
+
+
+def test_describe_rewrite_with_an_unmarked_variance_is_not_all_fine():
+    x = pt.matrix("x")
+    m = popstats.bn_statistic(x.mean(0), label="mean")
+    y = (x - m) / pt.sqrt(x.var(0) + 1e-5)  # the variance left unmarked
+    stats = popstats.estimate([x], y, [{"x": np.random.default_rng(0).normal(
+        size=(4, 2))}], mode=MODE, progress=False)
+    with pytest.warns(popstats.PopstatsWarning):
+        y_inf = popstats.rewrite(y, stats)
+    change = popstats.describe_rewrite(y, y_inf)
+    text = str(change)
+    assert not change.ok and change.mixing
+    assert "No batch statistic left." not in text
+    assert "still mixes the examples" in text and "not ready for inference" in text
+    assert "Operations still mixing examples:" in text
+
+
+def test_report_without_matplotlib_mentions_plots_false(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    inputs, out = feedforward()
+    stats = popstats.estimate(inputs, out, BATCHES, mode=MODE, progress=False)
+    with pytest.raises(popstats.PopstatsError,
+                       match=r"report\(plots=True\).*popstats\[plot\].*plots=False"):
+        stats.report(tmp_path / "r.html")
+    with open(stats.report(tmp_path / "r.html", plots=False)) as handle:
+        assert "<html" in handle.read().lower()

@@ -12,7 +12,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE
+from shared import MODE
 
 from popstats import nn
 

@@ -119,7 +119,7 @@ OPTIONS = [
     Option("bn_params(shape=...)", lambda v: nn.bn_params(v),
            (*INTS, (np.int64(2), 3)), (*POSITIVE_BAD, (2, 0), (2, True), ())),
     Option("bn_statistic(count=...)",
-           lambda v: popstats.bn_statistic(pt.vector("v"), "s", count=v),
+           lambda v: popstats.bn_statistic(pt.matrix("v").mean(0), "s", count=v),
            (4, 0.5, np.int64(4), np.float32(2.0)), (0, -1, np.int64(0), NAN, INF)),
     Option("draw(max_nodes=...)", _check_limit,
            (0, *INTS), (-1, np.int64(-1), 2.0, NAN)),

@@ -5,8 +5,12 @@ sdist of a copy of the checkout, then the wheel from that sdist, without
 build isolation (no download: the setuptools of this environment builds;
 without setuptools >= 70.1 or ``wheel`` the tests skip).
 The wheel must hold the ``py.typed`` marker, the licence and the ``popstats``
-command; the sdist the licence, the changelog and the marker. ``.ci/run``
-also installs the wheel into a fresh environment and runs it.
+command; the sdist the licence, the changelog and the marker.
+
+``.ci/run`` builds the two files once (isolated) and names their folder in
+``POPSTATS_DIST``: the tests then check those files and build nothing (the
+package is built once per CI run, not once per Python line). ``.ci/run`` also
+installs the wheel into a fresh environment and runs it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Not part of a source tree: build outputs, environments, caches.
 IGNORE = shutil.ignore_patterns(
     ".git", ".venv*", ".ci-venv*", "build", "dist", "*.egg-info", "__pycache__",
-    ".pytest_cache", ".ruff_cache", "_build", "output",
+    ".pytest_cache", ".ruff_cache", ".mypy_cache", "_build", "output",
 )
 
 
@@ -46,6 +50,8 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if os.environ.get("POPSTATS_DIST"):
+        return found(Path(os.environ["POPSTATS_DIST"]))
     out = tmp_path_factory.mktemp("dist")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = subprocess.run([sys.executable, "-c", PROBE], cwd=out, env=env,
@@ -62,6 +68,11 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cwd=out, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return found(out)
+
+
+def found(out: Path) -> dict[str, Path]:
+    """The one wheel and the one sdist in ``out``."""
     wheels, sdists = list(out.glob("*.whl")), list(out.glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, sorted(p.name for p in out.iterdir())
     return {"wheel": wheels[0], "sdist": sdists[0]}

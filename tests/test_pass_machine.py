@@ -18,9 +18,8 @@ in the middle of writing its checkpoint) and started again, until it
 finishes; its statistics must equal this process's uninterrupted pass bit
 for bit, and no temporary file may be left.
 
-``POPSTATS_PASS_EXAMPLES`` sets the number of machine runs (default 60;
-one kill scenario per 8 of them, at least 4). 400 (50 kill scenarios) pass
-on both PyTensor lines.
+The default run draws 30 machine runs and 4 kill scenarios; the long run
+(``POPSTATS_LONG=1``) 400 and 50, which pass on both PyTensor lines.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pass_models
 import pytest
-from conftest import MODE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -49,10 +47,11 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from shared import MODE, Interrupted, interrupted_after, sized
 
 import popstats
 
-EXAMPLES = int(os.environ.get("POPSTATS_PASS_EXAMPLES", "60"))
+EXAMPLES = sized(30, 400)
 KILL_EXAMPLES = max(4, EXAMPLES // 8)
 WORKER = Path(__file__).with_name("pass_worker.py")
 _RUNS: dict = {}
@@ -64,17 +63,6 @@ def estimation(config, accumulate: str = "host") -> popstats.Estimation:
     if key not in _RUNS:
         _RUNS[key] = pass_models.estimation(config, MODE, accumulate)
     return _RUNS[key]
-
-
-class Interrupted(Exception):
-    """Stands for a crash or Ctrl-C in the middle of a run."""
-
-
-def stopping_at(batches, k):
-    for i, batch in enumerate(batches):
-        if i == k:
-            raise Interrupted
-        yield batch
 
 
 def assert_same(got, want, exact: bool) -> None:
@@ -145,11 +133,11 @@ class PassMachine(RuleBasedStateMachine):
         path = self.path("checkpoint")
         stop = min(stop, len(chunk) - 1)
         with pytest.raises(Interrupted):
-            self.run.run(stopping_at(chunk, stop), state=self.state, checkpoint=path,
-                         checkpoint_every=every, progress=False)
+            self.run.run(interrupted_after(chunk, stop), state=self.state,
+                         checkpoint=path, checkpoint_every=every, progress=False)
         if again:  # interrupted twice
             with pytest.raises(Interrupted):
-                self.run.run(stopping_at(chunk, stop), state=self.state,
+                self.run.run(interrupted_after(chunk, stop), state=self.state,
                              checkpoint=path, checkpoint_every=every,
                              progress=False)
         resumed = self.run.run(chunk, state=self.state, checkpoint=path,

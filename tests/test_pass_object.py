@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE
+from shared import MODE
 
 import popstats
 from popstats._src.estimation import engines, passes

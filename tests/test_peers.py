@@ -37,7 +37,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE, fails, scan
+from shared import MODE, fails, scan
 
 import popstats
 from popstats import Estimator, nn

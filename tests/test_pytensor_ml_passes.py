@@ -5,9 +5,9 @@ models are those of ``ptml_models.py`` with nothing marked: an MLP with a
 ``BatchNorm`` and a ``Recurrent`` model with a ``BatchNorm`` in its cell
 (per-step statistics). A pass on the session's Dask cluster (``dask_client``
 in ``conftest.py``: 2 worker processes, the batches made on the workers by
-``dask_loaders.ptml_part``), and a checkpointed pass interrupted and resumed
-(here, and in a fresh process that built other models first, so that its
-loop bodies intern ops under other names), must equal the plain
+``dask_loaders.ptml_part``), and a checkpointed pass interrupted here and
+resumed in a fresh process that built other models first (so that its loop
+bodies intern ops under other names), must equal the plain
 :func:`popstats.estimate` of this process to 1e-12 relative, and the NumPy
 statistics of ``ptml_models.py``.
 """
@@ -31,6 +31,7 @@ import popstats
 sys.path.insert(0, str(Path(__file__).parent))
 import dask_loaders as loaders
 import ptml_models as models
+from shared import Interrupted, interrupted_after
 
 WORKER = Path(__file__).with_name("ptml_worker.py")
 FAST = "FAST_COMPILE"
@@ -82,30 +83,7 @@ def test_a_dask_pass_equals_one_pass_and_numpy(dask_client, kind):
     _assert_equal(got, _estimate(model, _feed(model)), _numpy(kind, model))
 
 
-class Interrupted(Exception):
-    pass
-
-
-def _interrupted_after(batches, n):
-    for i, batch in enumerate(batches):
-        if i == n:
-            raise Interrupted(f"stopped before batch {n}")
-        yield batch
-
-
-@pytest.mark.parametrize("kind", sorted(BUILD))
-def test_an_interrupted_checkpoint_resumes(kind, tmp_path):
-    model = BUILD[kind]()
-    batches = _feed(model)
-    path = tmp_path / "pass.npz"
-    with pytest.raises(Interrupted):
-        _estimate(model, _interrupted_after(batches, 5), checkpoint=path,
-                  checkpoint_every=2)
-    assert popstats.load_state(path).n_batches == 4
-    resumed = _estimate(model, batches, checkpoint=path, checkpoint_every=2)
-    _assert_equal(resumed, _estimate(model, batches), _numpy(kind, model))
-
-
+# (resumed in this process: test_pass_machine.py, for every estimator)
 @pytest.mark.parametrize("kind", sorted(BUILD))
 def test_a_checkpoint_resumes_in_another_process(kind, tmp_path):
     """Interrupted here; resumed by a process that built other models first."""
@@ -113,7 +91,7 @@ def test_a_checkpoint_resumes_in_another_process(kind, tmp_path):
     batches = _feed(model)
     path = tmp_path / "pass.npz"
     with pytest.raises(Interrupted):
-        _estimate(model, _interrupted_after(batches, 3), checkpoint=path,
+        _estimate(model, interrupted_after(batches, 3), checkpoint=path,
                   checkpoint_every=1)
     out = tmp_path / "stats.npz"
     proc = subprocess.run(

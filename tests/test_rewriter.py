@@ -14,10 +14,11 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import CASES, MODE, build_case
+from conftest import CASES, build_case
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.scan.op import Scan
 from reference import clamp_rows, fingerprint, iter_nodes
+from shared import MODE
 
 import popstats
 

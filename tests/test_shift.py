@@ -19,7 +19,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE
+from shared import MODE
 
 import popstats
 from popstats._src.drift.measures import jeffreys
@@ -335,3 +335,21 @@ def test_dask_passes_refuse_loaders_that_move_and_take_a_generator(dask_client):
                              r"upstream of, moved by"):
         popstats.dask.estimate([x], y, moving, client=dask_client, mode=MODE,
                                upstream="population", progress=False)
+
+
+def test_shift_refuses_statistics_without_role():
+    """Issue 28: statistics with no mean/var/std role have no moments to
+    measure; shift refused them instead of returning zeros."""
+    rng = np.random.default_rng(0)
+    x = pt.matrix("x")
+    h = x @ pytensor.shared(rng.normal(size=(3, 3)), name="W0")
+    m = popstats.bn_statistic(h.mean(0), "bn.mean")
+    v = popstats.bn_statistic(h.var(0), "bn.var")
+    y = pt.tanh((h - m) / pt.sqrt(v + EPS))
+    batches = [{"x": rng.normal(size=(4, 3))} for _ in range(4)]
+    stats = popstats.estimate([x], y, batches, mode=MODE, progress=False)
+    with pytest.raises(popstats.PopstatsError,
+                       match=r"^shift\(stats=\.\.\.\): none of the statistics "
+                             r"\('bn\.\w+', 'bn\.\w+'\) has a role.*role='mean'.*"
+                             r"popstats\.drift\(\.\.\., upstream='population'\)"):
+        popstats.shift(stats, [x], y, batches, eps=EPS, mode=MODE, progress=False)

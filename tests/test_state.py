@@ -17,8 +17,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import MODE, fails, scan
-from test_persistence import Nested
+from shared import MODE, fails, mark, nested_loop, pair_loop, scan
 
 import popstats
 from popstats import Estimator
@@ -29,21 +28,10 @@ EPS = 1e-3
 F = 2
 
 
-def mark(var, label, role=None, group=None, count=None):
-    return popstats.bn_statistic(var, label, role=role, group=group, count=count)
-
-
 def rnn():
-    """A loop with a (mean, var) pair counted by the batch size."""
-    x = pt.tensor3("x")  # (time, batch, feature)
-
-    def step(xt, h):
-        n = xt.shape[0]
-        m = mark(xt.mean(0), "bn.mean", "mean", "bn", n)
-        v = mark(xt.var(0), "bn.var", "var", "bn", n)
-        return h + (xt - m) / pt.sqrt(v + EPS)
-
-    return [x], scan(step, sequences=[x], outputs_info=[pt.zeros_like(x[0])])
+    """A loop over x (time, batch, feature) with a (mean, var) pair counted by
+    the batch size."""
+    return pair_loop("bn", eps=EPS)
 
 
 def batches(seed=0, lengths=(3, 5, 2, 4, 3, 4), size=4):
@@ -265,8 +253,7 @@ def test_state_digest_sees_every_array():
 
 def nested():
     """Two loop levels (in.mean, in.var inside, out.mean outside)."""
-    model = Nested()
-    return model.inputs, model.outputs[0]
+    return nested_loop(EPS)
 
 
 def test_max_steps_with_the_outer_loop_pooled():

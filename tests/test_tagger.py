@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
@@ -14,13 +12,13 @@ from pytensor.graph.replace import clone_replace
 from pytensor.graph.rewriting.basic import MergeOptimizer
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
+from shared import PT_VERSION
 
 import popstats
 from popstats import BNStat
 
 MODE = "FAST_COMPILE"
 EPS = 1e-3
-PT_VERSION = tuple(int(p) for p in re.findall(r"\d+", pytensor.__version__)[:2])
 FROZEN_SCAN = PT_VERSION >= (3, 1)  # Scan inner graphs frozen and interned
 # The op's own perform and grad, without the rewrite that removes it.
 NO_REWRITES = Mode(linker="py", optimizer=None)

@@ -23,9 +23,9 @@ import pytensor
 import pytest
 import reference as ref
 import upstream_models as um
-from conftest import MODE, fails
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared import MODE, fails
 
 import popstats
 from popstats import Estimator
@@ -325,3 +325,49 @@ def test_pytensor_ml_mlp_with_two_batch_norms():
     np.testing.assert_allclose(
         infer(x1), model.forward(x1, lambda name, steps, a: lookup(name, steps)),
         rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_after_the_last_batch_norm_is_accepted_before_it_refused():
+    """Issue 28, decided: upstream='population' refuses random numbers a
+    statistic depends on; a dropout after the last batch norm moves none
+    (Linear-BatchNorm-ReLU-Dropout-Linear), so it is accepted, and the fixed
+    point is that of the graph without it."""
+    import pytensor.tensor as pt
+
+    rng = np.random.default_rng(0)
+    w1 = pytensor.shared(rng.normal(size=(3, 4)), name="W1")
+    w2 = pytensor.shared(rng.normal(size=(4, 2)), name="W2")
+    batches = [{"x": rng.normal(size=(6, 3))} for _ in range(4)]
+
+    def model(dropout_at):
+        x = pt.matrix("x")
+        gen = pytensor.shared(np.random.default_rng(0))
+
+        def draw(h):
+            return pt.random.binomial(1, 0.5, size=h.shape, rng=gen,
+                                      return_next_rng=True)[1]
+
+        h = x @ w1
+        if dropout_at == "before":
+            h = h * draw(h)
+        n = h.shape[0]
+        m = popstats.bn_statistic(h.mean(0), "bn.mean", role="mean", group="bn",
+                                  count=n)
+        v = popstats.bn_statistic(h.var(0), "bn.var", role="var", group="bn", count=n)
+        h = pt.maximum((h - m) / pt.sqrt(v + 1e-5), 0.0)
+        if dropout_at == "after":
+            h = h * draw(h) * 2.0
+        return x, h @ w2
+
+    x, y = model("after")
+    after = popstats.estimate([x], y, batches, mode=MODE, upstream="population",
+                              progress=False)
+    x0, y0 = model(None)
+    plain = popstats.estimate([x0], y0, batches, mode=MODE, upstream="population",
+                              progress=False)
+    for name in ("bn.mean", "bn.var"):
+        np.testing.assert_array_equal(after[name].value, plain[name].value)
+    xb, yb = model("before")
+    with fails("upstream='population'", "depend on random numbers"):
+        popstats.estimate([xb], yb, batches, mode=MODE, upstream="population",
+                          progress=False)

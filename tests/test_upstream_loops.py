@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import reference as ref
 import upstream_models as um
-from conftest import MODE
+from shared import MODE
 
 import popstats
 from popstats import Estimator

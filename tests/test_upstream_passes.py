@@ -16,7 +16,7 @@ import numpy as np
 import pytensor.tensor as pt
 import pytest
 import upstream_models as um
-from conftest import MODE, fails
+from shared import MODE, fails
 
 import popstats
 from popstats._src.estimation.state import load_checkpoint

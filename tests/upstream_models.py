@@ -22,6 +22,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from reference import EPS
+from shared import Interrupted, bn_pair
 
 import popstats
 
@@ -40,12 +41,7 @@ class Model:
 
 def mark_pair(a, group, axis=0):
     """A batch norm's statistics of ``a`` over ``axis``: a marked mean/var pair."""
-    n = a.shape[axis]
-    mean = popstats.bn_statistic(a.mean(axis), f"{group}.mean", role="mean",
-                                 group=group, count=n)
-    var = popstats.bn_statistic(a.var(axis), f"{group}.var", role="var",
-                                group=group, count=n)
-    return (a - mean) / pt.sqrt(var + EPS)
+    return bn_pair(a, group, axis, EPS)
 
 
 def _norm(a, moments):
@@ -286,7 +282,3 @@ class SizedLoader(Loader):
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-class Interrupted(Exception):
-    pass

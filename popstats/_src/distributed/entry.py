@@ -150,7 +150,7 @@ def estimate(
     checked = EstimationOptions.check(call, options)
     return_state = check_bool(return_state, f"{call}(return_state=...)")
     check_progress(progress, call)
-    given = {} if state is None else {None: state}
+    given: dict[Hashable, object] = {} if state is None else {None: state}
     if checked.upstream == "population":
         found, states = fixed_point_groups(call, inputs, outputs, {None: partitions},
                                            given, split_every, checked, client,

@@ -60,7 +60,7 @@ def fixed_point_groups(
 
 def _fixed_point(call, inputs, outputs, key, partitions, split_every, options,
                  client, progress) -> tuple[PopulationStatistics, EstimationState]:
-    plans = []
+    plans: list[Any] = []
 
     def one_round(upstream: PopulationStatistics | None, k: int = 0):
         plan = plan_pass(call, inputs, outputs, {key: partitions}, {}, split_every,

@@ -238,8 +238,9 @@ def _estimation(stats: PopulationStatistics, inputs, outputs,
     modes; every step kept, whatever their max_steps) with ``options``
     (drift's ``mode``); and per statistic its population record."""
     graph = export_checked(as_variables(outputs, CALL), CALL, "step")
-    found = [stats.lookup(site.id, match) for site in graph.sites]
-    missing = [s.name for s, f in zip(graph.sites, found, strict=True) if f is None]
+    looked_up = [stats.lookup(site.id, match) for site in graph.sites]
+    missing = [s.name for s, f in zip(graph.sites, looked_up, strict=True)
+               if f is None]
     if missing:
         raise PopstatsError(
             f"{CALL}(stats=...): no statistic in stats matches {missing} of "
@@ -248,6 +249,7 @@ def _estimation(stats: PopulationStatistics, inputs, outputs,
             f"with other code or another PyTensor version, try "
             f"match='name' (see rewrite)."
         )
+    found = [f for f in looked_up if f is not None]  # all (none missing)
     caps = {f.max_steps for f in found}
     if len(caps) > 1:
         raise PopstatsError(

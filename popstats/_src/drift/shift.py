@@ -45,7 +45,11 @@ def shift(stats: PopulationStatistics, inputs: Sequence[Variable],
     a shift of 0 (up to rounding); ``"mean"``'s keep its small-batch
     variance bias. See :doc:`/upstream`; the arguments are
     :func:`~popstats.drift`'s. Means, variances and stds need a ``count``
-    and a ``group`` (the exact moments are computed from them).
+    and a ``group`` (the exact moments are computed from them); statistics
+    without a role are compared by their standardized difference, and
+    ``stats`` holding no mean, variance or std at all is refused (there is
+    no moment to measure: use :func:`~popstats.drift` with
+    ``upstream="population"``).
 
     Returns
     -------
@@ -80,6 +84,17 @@ def shift(stats: PopulationStatistics, inputs: Sequence[Variable],
     >>> before["bn2"].mean > 1e-3, after["bn2"].mean < 1e-12
     (True, True)
     """
+    if isinstance(stats, PopulationStatistics) and not any(
+            s.site.role in ("mean", "var", "std") for s in stats.values()):
+        raise PopstatsError(
+            f"shift(stats=...): none of the statistics ({', '.join(map(repr, stats))}) "
+            f"has a role (mean, var or std), so there are no moments to measure "
+            f"the shift of (the result would be zeros that mean nothing). Mark "
+            f"the batch norms' moments with bn_statistic(..., role='mean' or "
+            f"'var', group='layer', count=h.shape[0]) (popstats.nn's and "
+            f"pytensor-ml's layers do), or compare statistics of any kind with "
+            f"popstats.drift(..., upstream='population')."
+        )
     try:
         return drift(stats, inputs, outputs, batches, eps=eps, mode=mode,
                      match=match, worst=worst, dtypes=dtypes, accumulate=accumulate,

@@ -100,7 +100,7 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
     import jax.numpy as jnp
 
     def update(fields, stats):
-        prepared = []
+        prepared: list[Any] = []
         for site, estimator, old, (value, count, weight) in zip(
             sites, estimators, fields, stats, strict=True
         ):
@@ -111,7 +111,8 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
             prepared.append(_prepare(value, count, weight, site.time_axes,
                                      max_steps, cells, dtype, estimator,
                                      site.role))
-        out, checks = [], []
+        out: list[dict[str, Any] | None] = []
+        checks = []
         for i, (site, estimator, old) in enumerate(
             zip(sites, estimators, fields, strict=True)
         ):
@@ -121,8 +122,9 @@ def make_update(sites: Sequence[Site], estimators: Sequence[est.Estimator],
                 continue
             value, count, reached, ok = prepared[i]
             mean = None
-            if partners[i] is not None:
-                mean = prepared[partners[i]][0]
+            partner = partners[i]
+            if partner is not None:
+                mean = prepared[partner][0]
             new = fm.update(jnp, estimator, site.role, old, value, count, reached,
                             mean)
             out.append({k: new[k].astype(old[k].dtype) for k in old})

@@ -26,11 +26,13 @@ Stage: estimation (:mod:`popstats._src.estimation`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
-from pytensor.graph.basic import Variable
+from pytensor.tensor.sharedvar import TensorSharedVariable
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import formulas as fm
@@ -40,11 +42,14 @@ from popstats._src.export.exporter import Site
 
 __all__ = ["GraphAccumulator"]
 
-def _fit(array: Variable, shape: Sequence[Variable], fill: float) -> Variable:
+def _fit(
+    array: TensorVariable, shape: Sequence[TensorVariable], fill: float
+) -> TensorVariable:
     """``array`` in the corner of a ``fill``-ed array of ``shape`` (cropped)."""
     if array.ndim == 0:
         return array
-    out = pt.alloc(np.asarray(fill, dtype=array.dtype), *shape)
+    # Alloc's one output (Op.__call__ is typed for any number of outputs)
+    out = cast(TensorVariable, pt.alloc(np.asarray(fill, dtype=array.dtype), *shape))
     corner = tuple(
         slice(0, pt.minimum(array.shape[j], shape[j])) for j in range(array.ndim)
     )
@@ -73,7 +78,9 @@ class _Cells:
         self.cells = [pt.maximum(n.shape[j], steps[j]) for j in range(axes)]
         self.axes = axes
 
-    def pad(self, array: Variable, fill: float = 0.0, own=None) -> Variable:
+    def pad(
+        self, array: TensorVariable, fill: float = 0.0, own=None
+    ) -> TensorVariable:
         """A batch array (cells first) padded to the grown cells (and to
         ``own`` trailing sizes, default its own)."""
         if own is None:
@@ -98,13 +105,15 @@ class GraphAccumulator:
         sites: Sequence[Site],
         estimators: Sequence[est.Estimator],
         partners: Sequence[int | None],
-        outputs: Sequence[tuple[Variable, Variable | None, Variable | None]],
+        outputs: Sequence[
+            tuple[TensorVariable, TensorVariable | None, TensorVariable | None]
+        ],
         max_steps: int | None,
     ) -> None:
         self.sites = tuple(sites)
         self.estimators = tuple(estimators)
-        self.shared: list[dict[str, Variable]] = []
-        self.updates: list[tuple[Variable, Variable]] = []
+        self.shared: list[dict[str, TensorSharedVariable]] = []
+        self.updates: list[tuple[TensorSharedVariable, TensorVariable]] = []
         checks = []
         cells = []
         for site, estimator, (value, count, weight) in zip(

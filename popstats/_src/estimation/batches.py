@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.exporter import EstimationGraph, as_variables
@@ -62,7 +63,9 @@ def _lossless(array: np.ndarray, target: np.dtype) -> np.ndarray | None:
     return None
 
 
-def _convert(value: Any, var: Variable, index: int, call: str, policy: str) -> Any:
+def _convert(
+    value: Any, var: TensorVariable, index: int, call: str, policy: str
+) -> Any:
     """``value`` checked (and converted) for input ``var`` of batch ``index``."""
     where = f"{call}(batches=...): batch {index} gives input {str(var)!r}"
     try:
@@ -133,7 +136,7 @@ def check_inputs(
     eg: EstimationGraph,
     outputs: Sequence[Variable],
     call: str = "estimate",
-) -> list[Variable]:
+) -> list[TensorVariable]:
     inputs = as_variables(inputs, call, "inputs")
     twice = sorted({str(v) for i, v in enumerate(inputs)
                     if any(v is w for w in inputs[:i])})
@@ -142,6 +145,14 @@ def check_inputs(
             f"{call}(inputs=...): {', '.join(map(repr, twice))} "
             f"{'is' if len(twice) == 1 else 'are'} given more than once. Give "
             f"each input once (a batch has one value per input)."
+        )
+    alike = sorted({v.name for i, v in enumerate(inputs) if v.name is not None
+                    and any(v.name == w.name for w in inputs[:i])})
+    if alike:
+        raise PopstatsError(
+            f"{call}(inputs=...): several inputs are named "
+            f"{', '.join(map(repr, alike))}, so batches keyed by name cannot "
+            f"tell them apart. Give each input its own name, e.g. pt.matrix('x2')."
         )
     in_graph = set(graph_inputs(outputs))
     strangers = [str(v) for v in inputs if v not in in_graph]
@@ -166,12 +177,12 @@ def check_inputs(
             f"{[str(v) for v in inputs]}. Add "
             f"{'it' if len(missing) == 1 else 'them'} to inputs."
         )
-    return list(inputs)
+    return cast(list[TensorVariable], list(inputs))  # inputs a batch feeds: tensors
 
 
 def batch_values(
     batch: Any,
-    inputs: Sequence[Variable],
+    inputs: Sequence[TensorVariable],
     index: int,
     call: str = "estimate",
     dtypes: str = "convert",

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytensor
+from pytensor.compile.mode import Mode
 from pytensor.graph.basic import Variable
 
 from popstats._src.estimation import estimators as est
@@ -36,7 +37,8 @@ def lacks_float64(mode: object) -> bool:
         return False
     import jax
 
-    return not jax.config.jax_enable_x64
+    # (read() refuses this flag on older jax, where it has a context manager)
+    return not jax.config.jax_enable_x64  # type: ignore[attr-defined, unused-ignore]  # jax < 0.12 types Config without its flags
 
 
 class DeviceFunction:
@@ -61,7 +63,7 @@ class DeviceFunction:
         self,
         inputs: Sequence[Variable],
         outputs: Sequence[Variable],
-        mode: object,
+        mode: str | Mode | None,
         sites: Sequence[Site],
         estimators: Sequence[est.Estimator],
         partners: Sequence[int | None],

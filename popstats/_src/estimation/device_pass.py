@@ -85,7 +85,7 @@ class DevicePass(Pass):
     def _restart(self) -> None:
         """Device fields counting nothing, shaped as ``base``'s (so shapes are
         checked against them); none where ``base`` has no state."""
-        fields = []
+        fields: list[dict | None] = []
         for site, estimator, arrays in zip(self.context.sites, self.context.estimators,
                                            self.base.states, strict=True):
             if not arrays:
@@ -108,11 +108,13 @@ class DevicePass(Pass):
             self.fields, strict=True,
         ):
             new = None if fields is None else to_host(fields)
-            if new is not None and "decay" in new and self.device.dtype == "float32":
+            momentum = estimator.momentum  # set for 'ema', the one with a decay
+            if (new is not None and "decay" in new and momentum is not None
+                    and self.device.dtype == "float32"):
                 # (1 - momentum) in float32 is off by up to 3e-8, and its powers
                 # compound that over 1/momentum batches: the decay of the
                 # partial is (1 - momentum) ** n, n its batches per cell
-                new["decay"] = fm.ema_decay(estimator.momentum, new["n"])
+                new["decay"] = fm.ema_decay(momentum, new["n"])
             if new is None or not np.any(new["n"]):
                 states.append(old)
             elif not old:

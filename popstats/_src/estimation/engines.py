@@ -31,6 +31,7 @@ from typing import Any, Protocol, cast
 
 import pytensor
 from pytensor.graph.basic import Variable
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_graph import GraphAccumulator
@@ -49,7 +50,9 @@ from popstats._src.export.sites import Site
 __all__ = ["DeviceEngine", "Engine", "GraphEngine", "HostEngine", "choose_engine"]
 
 #: per statistic its (value, count or None, weight or None) outputs
-Trios = Sequence[tuple[Variable, Variable | None, Variable | None]]
+Trios = Sequence[
+    tuple[TensorVariable, TensorVariable | None, TensorVariable | None]
+]
 
 
 class Engine(Protocol):
@@ -97,14 +100,19 @@ class HostEngine:
         return self.function is not None
 
     def compile(self) -> HostEngine:
+        self._function()
+        return self
+
+    def _function(self) -> Callable[..., Any]:
+        """The compiled function (compiled on the first call)."""
         if self.function is None:
             self.function = pytensor.function(self.inputs, self.outputs,
                                               mode=self.mode,
                                               on_unused_input="ignore")
-        return self
+        return self.function
 
     def evaluate(self, values: list, params: list | None) -> Sequence[Any]:
-        return self.compile().function(*values)  # type: ignore[misc]
+        return self._function()(*values)
 
     def parameters(self) -> list | None:
         return None
@@ -131,13 +139,18 @@ class GraphEngine:
         return self.function is not None
 
     def compile(self) -> GraphEngine:
+        self._function()
+        return self
+
+    def _function(self) -> Callable[..., Any]:
+        """The compiled update of the accumulators (compiled on the first call)."""
         if self.function is None:
             host = self.host
             self.function = pytensor.function(
                 host.inputs, self.accumulator.checks,
                 updates=self.accumulator.updates, mode=host.mode,
                 on_unused_input="ignore")
-        return self
+        return self.function
 
     def evaluate(self, values: list, params: list | None) -> Sequence[Any]:
         return self.host.evaluate(values, params)
@@ -146,8 +159,7 @@ class GraphEngine:
         return None
 
     def pass_for(self, context: PassContext, state: EstimationState) -> Pass:
-        return GraphPass(context, state, self.accumulator,
-                         self.compile().function,  # type: ignore[arg-type]
+        return GraphPass(context, state, self.accumulator, self._function(),
                          self.occupancy)
 
 

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from fnmatch import fnmatchcase
+from types import EllipsisType
 
 import numpy as np
 
@@ -327,7 +328,8 @@ def update(
     coverage. The formulas are :func:`~popstats._src.estimation.formulas.update`'s.
     """
     depth = state["n"].ndim
-    cells = (*(slice(0, n) for n in value.shape[:depth]), Ellipsis)
+    cells: tuple[slice | EllipsisType, ...] = (
+        *(slice(0, n) for n in value.shape[:depth]), Ellipsis)
     view = {field: array[cells] for field, array in state.items()}
     if reached is not None and reached.all():
         reached = None
@@ -371,7 +373,7 @@ def finalize(estimator: Estimator, role: str | None, state: State) -> np.ndarray
     an array of its own
     (:func:`~popstats._src.estimation.formulas.finalize`)."""
     value = fm.finalize(np, estimator, role, state)
-    return value.copy() if value is state.get("mean") else value
+    return value.copy() if "mean" in state and value is state["mean"] else value
 
 
 def fill_uncovered(value: np.ndarray, coverage: np.ndarray) -> np.ndarray:

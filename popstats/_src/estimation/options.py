@@ -134,7 +134,7 @@ class EstimationOptions:
                     f"{call}() got an unexpected keyword argument {key!r}{hint} "
                     f"(the estimation options are {', '.join(names)})"
                 )
-        given = cls(**keywords)
+        given = cls(**keywords)  # type: ignore[arg-type]  # values checked below
         check_choice(given.dtypes, DTYPE_POLICIES, f"{call}(dtypes=...)")
         check_choice(given.accumulate, ACCUMULATE, f"{call}(accumulate=...)")
         max_steps = check_max_steps(given.max_steps, call)
@@ -281,7 +281,7 @@ def takes_options(function: F) -> F:
     options]`` becomes :data:`OPTIONS_DOC`, indented as that line. A class
     gets its docstring filled and its ``__init__``'s signature.
     """
-    target = function.__init__ if isinstance(function, type) else function
+    target: Any = function.__init__ if isinstance(function, type) else function  # type: ignore[misc]  # a decorated class's own __init__ (mypy: unsound off an instance)
     signature = inspect.signature(target)
     params = [p for p in signature.parameters.values()
               if p.kind is not inspect.Parameter.VAR_KEYWORD]

@@ -189,8 +189,11 @@ class Estimation:
         if graph is None:
             graph = export_checked(outs, call, options.time)
             warn_dropout(outs, call, options.upstream)
+        inputs = plan.inputs
+        if isinstance(inputs, Variable):  # one input needs no list
+            inputs = [inputs]
         #: the inputs and outputs it was built from
-        self.given = (tuple(plan.inputs), tuple(outs))
+        self.given = (tuple(inputs), tuple(outs))
         #: with ``upstream="population"``, the passes of the last :meth:`run`
         self.fixed_point: up.FixedPoint | None = None
         self._final: Estimation | None = None
@@ -199,7 +202,7 @@ class Estimation:
         self.dtypes = options.dtypes
         self.call = call
         self.sites: tuple[Site, ...] = graph.sites
-        self.inputs = check_inputs(plan.inputs, graph, outs, call)
+        self.inputs = check_inputs(inputs, graph, outs, call)
         estimator, max_steps = options.estimator, options.max_steps
         if isinstance(estimator, Mapping):
             check_patterns(estimator, self.sites, call, "estimator")

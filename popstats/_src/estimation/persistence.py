@@ -205,7 +205,7 @@ def remove_stale_temporaries(path: str) -> list[str]:
     """
     folder = os.path.dirname(os.path.abspath(path))
     prefix = _tmp_prefix(path)
-    removed = []
+    removed: list[str] = []
     try:
         entries = os.listdir(folder)
     except OSError:

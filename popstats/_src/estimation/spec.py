@@ -135,8 +135,9 @@ class PassSpec:
         return tuple(s.name for s in self.statistics)
 
     def to_json(self) -> dict[str, Any]:
-        meta = {"statistics": [s.to_json() for s in self.statistics],
-                "max_steps": self.max_steps}
+        meta: dict[str, Any] = {
+            "statistics": [s.to_json() for s in self.statistics],
+            "max_steps": self.max_steps}
         if self.upstream != "batch":  # files of batch passes stay as they were
             meta["upstream"] = self.upstream
         return meta

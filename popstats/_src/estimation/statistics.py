@@ -17,7 +17,7 @@ import difflib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from popstats._src.export.exporter import Site
 from popstats._src.graph.walk import SiteId
 
 __all__ = ["PopulationStatistics", "Statistic", "load", "save_statistics"]
+
+_T = TypeVar("_T")
 
 _MEAN = Estimator("mean")  # frozen, safe to share
 
@@ -158,6 +160,10 @@ class PopulationStatistics(Mapping[str, Statistic]):
             record,
         )
 
+    @overload
+    def get(self, name: str, /) -> Statistic | None: ...
+    @overload
+    def get(self, name: str, default: Statistic | _T, /) -> Statistic | _T: ...
     def get(self, name: str, default: object = None) -> object:
         return self._by_name.get(name, default)
 
@@ -286,6 +292,38 @@ def save_statistics(
     write(path, STATISTICS, meta, arrays, where)
 
 
+def _check_loaded(site: Site, value: np.ndarray) -> None:
+    """A loaded value is finite and of the shape its record gives (where the
+    record knows it): a file edited or damaged since it was saved is not."""
+    own = value.shape[site.time_axes:]
+    if len(own) != len(site.shape) or any(
+            s is not None and s != v for s, v in zip(site.shape, own, strict=True)):
+        raise ValueError(
+            f"statistic {site.name!r} has a value of shape {own}, but was saved "
+            f"with shape {tuple(site.shape)}")
+    bad = ~np.isfinite(value)
+    if bad.any():
+        raise ValueError(
+            f"statistic {site.name!r} holds NaN or infinity ({int(bad.sum())} of "
+            f"{value.size} values); a population value is finite")
+
+
+def _check_groups(stats: list[Statistic]) -> None:
+    """The moments of one normalization (a group) have one shape: a file in
+    which one was replaced by a value of another length is corrupted."""
+    shapes: dict[tuple, tuple[str, tuple]] = {}
+    for stat in stats:
+        if stat.site.group is None or stat.site.role not in ("mean", "var", "std"):
+            continue
+        key = (stat.site.id.path, stat.site.group)
+        own = stat.value.shape[stat.depth:]
+        first = shapes.setdefault(key, (stat.name, own))
+        if first[1] != own:
+            raise ValueError(
+                f"statistic {stat.name!r} has shape {own} but {first[0]!r} of "
+                f"its group {stat.site.group!r} has {first[1]}")
+
+
 def load(path: str | os.PathLike) -> PopulationStatistics:
     """Load population statistics saved by :meth:`PopulationStatistics.save`.
 
@@ -309,6 +347,7 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
             coverage = np.array(archive[f"coverage/{i}"], dtype=np.int64)
             if coverage.shape != value.shape[: site.time_axes]:
                 raise ValueError(f"coverage of {site.name!r} does not fit its value")
+            _check_loaded(site, value)
             upstream = str(entry.get("upstream", "batch"))  # older files: batch
             if upstream not in ("batch", "population", "given"):
                 raise ValueError(f"unknown upstream {upstream!r}")
@@ -316,6 +355,7 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
                 Statistic(site.name, site.label, site, value, coverage, n_batches,
                           estimator, max_steps, upstream)
             )
+        _check_groups(stats)
         record = meta.get("fixed_point")
         # names and identities index the result: they must be hashable
         return PopulationStatistics(

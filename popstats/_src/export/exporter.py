@@ -27,11 +27,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.pairing import Pairs, PairUse, key_of_found
@@ -72,9 +74,10 @@ class ExportLevel:
         self.names = names or {}  # statistic names, for time patterns
         self.found: list[Found] = []
 
-    def statistic(self, var: Variable, site: SiteId) -> None:
+    def statistic(self, var: Variable, site: SiteId) -> Variable | None:
         count = statistic_count(var)
-        self.found.append(Found(site, var, var, count, None, []))
+        stat = cast(TensorVariable, var)  # statistics mark tensors
+        self.found.append(Found(site, stat, stat, count, None, []))
         return None
 
     def inner_level(self, path: tuple[LoopStep, ...]) -> ExportLevel:
@@ -103,9 +106,11 @@ class ExportLevel:
         replaced, added = edit.build()
         stacked = iter(added)
         for found, row in zip(inner.found, slots, strict=True):
-            found.value, found.count, found.weight = (
-                next(stacked) if present else None for present in row
-            )
+            # the loop's outputs for value (always), count and weight (if any)
+            has_count, has_weight = row[1], row[2]
+            found.value = cast(TensorVariable, next(stacked))
+            found.count = cast(TensorVariable, next(stacked)) if has_count else None
+            found.weight = cast(TensorVariable, next(stacked)) if has_weight else None
         level = len(path) - 1
         for found in inner.found:
             modes = resolve_time(self.time, found.site.label, found.site.depth,

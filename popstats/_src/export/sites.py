@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pytensor.graph.basic import Variable
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.graph.walk import SiteId
 
@@ -90,10 +91,10 @@ class EstimationGraph:
     share its rebuilt loops, so a function computing both runs each loop once.
     """
 
-    outputs: tuple[Variable, ...]
+    outputs: tuple[TensorVariable, ...]
     sites: tuple[Site, ...]
-    counts: tuple[Variable | None, ...] = ()
-    weights: tuple[Variable | None, ...] = ()
+    counts: tuple[TensorVariable | None, ...] = ()
+    weights: tuple[TensorVariable | None, ...] = ()
     replaced: tuple[Variable, ...] = ()
 
     def __post_init__(self) -> None:
@@ -110,8 +111,8 @@ class Found:
     """A statistic as seen from one graph level, during the export pass."""
 
     site: SiteId
-    stat: Variable  # the marked variable where it is computed
-    value: Variable
-    count: Variable | None
-    weight: Variable | None
+    stat: TensorVariable  # the marked variable where it is computed
+    value: TensorVariable
+    count: TensorVariable | None
+    weight: TensorVariable | None
     time: list[str]  # per loop level from this level inwards, filled outwards

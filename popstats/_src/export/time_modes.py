@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytensor.tensor as pt
-from pytensor.graph.basic import Variable
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.sites import Found, Site
@@ -83,7 +83,8 @@ def resolve_time(
         return ("step",) * depth
     if isinstance(spec, str):
         return (spec,) * depth
-    return (*spec[:depth], *(("step",) * (depth - len(spec))))
+    modes = cast(Sequence[str], spec)  # check_time allowed a sequence here
+    return (*modes[:depth], *(("step",) * (depth - len(modes))))
 
 
 def pool_steps(found: Found, partner: Found | None) -> None:
@@ -106,7 +107,8 @@ def pool_steps(found: Found, partner: Found | None) -> None:
     cells = 1 + found.time[1:].count("step")  # this axis and inner step axes
     weight = found.weight
     if weight is None:
-        weight = pt.alloc(np.float64(1.0), *(value.shape[i] for i in range(cells)))
+        ones = pt.alloc(np.float64(1.0), *(value.shape[i] for i in range(cells)))
+        weight = cast(TensorVariable, ones)  # Alloc's one output
     live = None
     if count is not None:
         # A step whose count is 0 (a mask left no element; its value is 0/0)
@@ -133,7 +135,9 @@ def pool_steps(found: Found, partner: Found | None) -> None:
     found.weight = weight.sum(axis=0)
 
 
-def _weighted_mean(value: Variable, w: Variable, total: Variable) -> Variable:
+def _weighted_mean(
+    value: TensorVariable, w: TensorVariable, total: TensorVariable
+) -> TensorVariable:
     """sum_t w_t value_t / total over the leading axis (cells aligned)."""
     summed = (value * align_cells(w, value)).sum(axis=0)
     return summed / align_cells(total, summed)

@@ -24,7 +24,8 @@ Stage: graph (:mod:`popstats._src.graph`). Members: :data:`ROLES`,
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import pytensor.tensor as pt
@@ -37,6 +38,7 @@ from pytensor.tensor.rewriting.basic import (
     register_infer_shape,
     register_useless,
 )
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, as_number, check_number, describe_value
 
@@ -74,11 +76,13 @@ class BNStat(Op):
         self.role = role
         self.group = group
 
-    def make_node(self, x: Variable, *count: Variable) -> Apply:
-        x = pt.as_tensor_variable(x)
-        return Apply(self, [x, *map(pt.as_tensor_variable, count)], [x.type()])
+    def make_node(self, *inputs: Variable) -> Apply:
+        x, *count = map(pt.as_tensor_variable, inputs)
+        return Apply(self, [x, *count], [x.type()])
 
-    def perform(self, node: Apply, inputs: list, output_storage: list) -> None:
+    def perform(
+        self, node: Apply, inputs: Sequence[Any], output_storage: list[list[Any]]
+    ) -> None:
         output_storage[0][0] = inputs[0]
 
     def infer_shape(self, *args: Any) -> list:
@@ -88,7 +92,12 @@ class BNStat(Op):
     def connection_pattern(self, node: Apply) -> list[list[bool]]:
         return [[True]] + [[False]] * (len(node.inputs) - 1)
 
-    def pullback(self, inputs: list, outputs: list, output_grads: list) -> list:
+    def pullback(
+        self,
+        inputs: Sequence[Variable],
+        outputs: Sequence[Variable],
+        output_grads: Sequence[Variable],
+    ) -> list[Variable]:
         return [output_grads[0]] + [disconnected_type() for _ in inputs[1:]]
 
     def __str__(self) -> str:
@@ -111,7 +120,7 @@ def bn_statistic(
     role: str | None = None,
     group: str | None = None,
     count: Any = None,
-) -> Variable:
+) -> TensorVariable:
     """Mark ``var`` as a batch statistic and return the marked variable.
 
     Use the returned variable in place of ``var`` (downstream computations
@@ -148,8 +157,12 @@ def bn_statistic(
     Raises
     ------
     PopstatsError
-        If ``var`` is not a PyTensor variable or is already marked, or an
-        option has a wrong type or value.
+        If ``var`` is not a PyTensor variable or is already marked, reduces
+        nothing (an input, a shared variable or a constant marked itself) or
+        does not depend on the batch (computed from shared variables and
+        constants alone), or an option has a wrong type or value. Whether a
+        computed ``var`` reduces over the batch is left to
+        :func:`~popstats.rewrite`'s batch-independence analysis.
 
     Examples
     --------
@@ -175,6 +188,7 @@ def bn_statistic(
             f"bn_statistic(var=...): {var} is already marked (label "
             f"{var.owner.op.label!r}). Mark each statistic once."
         )
+    _check_computed(var)
     if label is None:
         label = var.name or "bn_stat"
     if not isinstance(label, str) or not label:
@@ -196,9 +210,41 @@ def bn_statistic(
     extra = []
     if count is not None:
         extra = [_check_count(count)]
-    marked = BNStat(uuid.uuid4().hex, label, role, group)(var, *extra)
+    # Op.__call__ is typed for any number of outputs; BNStat has one tensor.
+    marked = cast(
+        TensorVariable, BNStat(uuid.uuid4().hex, label, role, group)(var, *extra)
+    )
     marked.name = var.name
     return marked
+
+
+def _check_computed(var: Variable) -> None:
+    """Refuse what cannot be a batch statistic: a variable no operation
+    computes (an input, a weight, a constant: it reduces nothing), or one
+    computed from weights and constants alone (it does not depend on the
+    batch). Whether a computed value reduces over the batch is not judged
+    here: the batch-independence analysis of rewrite does."""
+    from pytensor.compile import SharedVariable
+    from pytensor.graph.basic import Constant
+    from pytensor.graph.traversal import graph_inputs
+
+    fix = ("Mark the statistic computed from the batch, not what it is "
+           "computed from, e.g. bn_statistic(h.mean(axis=0), label='mean') "
+           "(inside a loop, mark it where the loop computes it).")
+    if var.owner is None:
+        kind = ("a shared variable (a weight)" if isinstance(var, SharedVariable)
+                else "a constant" if isinstance(var, Constant)
+                else "an input (no operation computes it)")
+        raise PopstatsError(
+            f"bn_statistic(var=...): {var} is {kind}, so it reduces nothing "
+            f"and is no batch statistic. {fix}"
+        )
+    if all(isinstance(v, SharedVariable | Constant) for v in graph_inputs([var])):
+        raise PopstatsError(
+            f"bn_statistic(var=...): {var} is computed from shared variables and "
+            f"constants alone, so it is the same for every batch and is no "
+            f"batch statistic. {fix}"
+        )
 
 
 def _check_count(count: Any) -> Variable:
@@ -261,11 +307,11 @@ def statistic_group(var: Variable) -> str | None:
     return getattr(var.tag, "bn_group", None)
 
 
-def statistic_count(var: Variable) -> Variable | None:
+def statistic_count(var: Variable) -> TensorVariable | None:
     """The element count given to :func:`bn_statistic`, if any."""
     owner = var.owner
     if owner is not None and isinstance(owner.op, BNStat) and len(owner.inputs) > 1:
-        return owner.inputs[1]
+        return cast(TensorVariable, owner.inputs[1])  # make_node made it a tensor
     return None
 
 

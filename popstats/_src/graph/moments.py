@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pytensor.graph.basic import Variable
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.graph.marker import bn_statistic
 
@@ -16,8 +16,8 @@ __all__ = ["mark_moments"]
 
 
 def mark_moments(
-    mean: Variable, var: Variable, label: str, *, count: Any = None
-) -> tuple[Variable, Variable]:
+    mean: TensorVariable, var: TensorVariable, label: str, *, count: Any = None
+) -> tuple[TensorVariable, TensorVariable]:
     """Mark the batch mean and variance of one normalization.
 
     Labels ``f"{label}.mean"`` and ``f"{label}.var"``, roles ``"mean"`` and

@@ -31,10 +31,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply, Variable
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsWarning
 from popstats._src.graph.moments import mark_moments
@@ -199,7 +200,8 @@ def layer_name(node: Apply, context: Any) -> str:
 def expand(node: Apply, context: Any) -> list[Variable]:
     """The node's outputs recomputed with its batch mean and variance marked."""
     op = node.op
-    X, *rest = node.inputs
+    # pytensor-ml's batch norm ops take and give tensors
+    X, *rest = cast(list[TensorVariable], node.inputs)
     affine = bool(op.affine)
     loc, scale = rest[:2] if affine else (None, None)
     running = rest[2:] if affine else rest
@@ -224,4 +226,5 @@ def expand(node: Apply, context: Any) -> list[Variable]:
         mean_out = m * mean_out + rest_m * running_mean
         var_out = m * var_out + rest_m * running_var
     body = [normalized, mean_out, var_out]
-    return [new.astype(old.dtype) for new, old in zip(body, node.outputs, strict=True)]
+    outputs = cast(list[TensorVariable], node.outputs)
+    return [new.astype(old.dtype) for new, old in zip(body, outputs, strict=True)]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
 
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.op import HasInnerGraph
@@ -233,7 +234,7 @@ class ScanEdit:
             *outer_non_seqs,
             *(o for o, _ in self.extra_non_seqs),
         ]
-        new_outputs = new_op(*new_outer, return_list=True)
+        new_outputs = cast(list[Variable], new_op(*new_outer, return_list=True))
 
         n_first = info.n_mit_mot + info.n_mit_sot + n_sit_sot + n_nit
         k = len(self.extra_nit_sot)

@@ -7,14 +7,17 @@ which operations mix examples; this runs the graph and compares.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytensor
 from pytensor.graph.basic import Variable
+from pytensor.graph.traversal import ancestors
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, check_number, describe_value
 from popstats._src.export.exporter import as_variables
+from popstats._src.independence.mixing import batch_axes as find_batch_axes
 from popstats._src.independence.mixing import check_batch_axes, data_inputs
 
 __all__ = ["check_batch_independence"]
@@ -22,18 +25,80 @@ __all__ = ["check_batch_independence"]
 _CALL = "check_batch_independence"
 
 
-def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[Variable]:
+def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[TensorVariable]:
     inputs = as_variables(inputs, _CALL, "inputs")
+    twice = sorted({str(v) for k, v in enumerate(inputs)
+                    if any(v is w for w in inputs[:k])})
+    if twice:
+        raise PopstatsError(
+            f"{_CALL}(inputs=...): {', '.join(map(repr, twice))} "
+            f"{'is' if len(twice) == 1 else 'are'} given more than once. Give "
+            f"each input once, e.g. [x] rather than [x, x]."
+        )
+    alike = sorted({v.name for k, v in enumerate(inputs) if v.name is not None
+                    and any(v.name == w.name for w in inputs[:k])})
+    if alike:
+        raise PopstatsError(
+            f"{_CALL}(inputs=...): several inputs are named "
+            f"{', '.join(map(repr, alike))}, so a batch keyed by name cannot "
+            f"tell them apart. Give each input its own name, e.g. "
+            f"pt.matrix('x2')."
+        )
     missing = [str(v) for v in data_inputs(outputs) if v not in inputs]
     if missing:
         raise PopstatsError(
             f"{_CALL}(inputs=...): the outputs depend on {', '.join(missing)}, "
             f"which inputs lacks. Add every free input of the outputs."
         )
-    return list(inputs)
+    return cast(list[TensorVariable], list(inputs))  # data inputs: tensors
 
 
-def _values(batch: object, inputs: list[Variable]) -> list[np.ndarray]:
+def _batch_axes(outputs: Sequence[Variable], inputs: list[TensorVariable],
+                given: dict[int, int | None]) -> tuple[dict[int, int | None], str]:
+    """Each input's batch axis, and a line saying which and why.
+
+    Given ones win; then, for outputs made by :func:`~popstats.rewrite` (or
+    computed from them), the axes the rewrite found from the marked
+    statistics of the training graph (recorded on its outputs); then axis
+    0 of every input with an axis.
+    """
+    records: list[tuple[Sequence[TensorVariable], object]] = []
+    for var in ancestors(list(outputs)):
+        record = getattr(var.tag, "popstats_training", None)
+        if record is not None and not any(record is r for r in records):
+            records.append(record)
+    found: dict[int, tuple[frozenset[int], str]] = {}
+    if len(records) == 1:
+        training, argument = records[0]
+        known = [v for v in inputs if v in set(data_inputs(training))]
+        try:
+            recorded = check_batch_axes(argument, known, _CALL)
+        except PopstatsError:  # pragma: no cover - checked by rewrite already
+            recorded = {}
+        from_rewrite = find_batch_axes(training, known, recorded)
+        for k, var in enumerate(inputs):
+            if var in known:
+                chosen, origin = from_rewrite[known.index(var)]
+                if origin != "by default: no marked statistic reduces over it":
+                    found[k] = (chosen, f"as rewrite found: {origin}")
+    axes: dict[int, int | None] = {}
+    why: list[str] = []
+    for k, var in enumerate(inputs):
+        if k in given:
+            axes[k], origin = given[k], "given"
+        elif k in found:
+            chosen, origin = found[k]
+            axes[k] = min(chosen) if chosen else None
+        else:
+            axes[k] = 0 if var.ndim else None
+            origin = "by default" if var.ndim else "a scalar, passed whole"
+        label = var.name if var.name is not None else f"<unnamed input {k}>"
+        why.append(f"{label!r}: {'none' if axes[k] is None else f'axis {axes[k]}'} "
+                   f"({origin})")
+    return axes, "; ".join(why)
+
+
+def _values(batch: object, inputs: list[TensorVariable]) -> list[np.ndarray]:
     if isinstance(batch, Mapping):
         values = []
         for var in inputs:
@@ -58,7 +123,7 @@ def _values(batch: object, inputs: list[Variable]) -> list[np.ndarray]:
 
 
 def _size(values: list[np.ndarray], axes: dict[int, int | None],
-          inputs: list[Variable]) -> int:
+          inputs: list[TensorVariable]) -> int:
     sizes = {str(inputs[k]): values[k].shape[a] for k, a in axes.items()
              if a is not None}
     if not sizes or len(set(sizes.values())) != 1 or min(sizes.values()) < 2:
@@ -156,31 +221,50 @@ def check_batch_independence(
     ins = _inputs(inputs, outs)
     rtol = check_number(rtol, f"{_CALL}(rtol=...)", minimum=0)
     given = check_batch_axes(batch_axes, ins, _CALL)
-    axes = {k: given.get(k, 0 if v.ndim else None) for k, v in enumerate(ins)}
+    axes, taken = _batch_axes(outs, ins, given)
     values = _values(batch, ins)
     n = _size(values, axes, ins)
     fn = pytensor.function(ins, outs, mode=mode, on_unused_input="ignore")
 
-    def run(rows: np.ndarray) -> list[np.ndarray]:
+    def run(rows: np.ndarray, what: str = "the whole batch") -> list[np.ndarray]:
         taken = [v if axes[k] is None else np.take(v, rows, axis=axes[k])
                  for k, v in enumerate(values)]
-        return [np.asarray(o) for o in fn(*taken)]
+        try:
+            return [np.asarray(o) for o in fn(*taken)]
+        except Exception as exc:  # the graph's own error, on a smaller batch
+            if what == "the whole batch":
+                raise PopstatsError(
+                    f"{_CALL}(batch=...): the outputs cannot be computed on the "
+                    f"batch given ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}). Give a "
+                    f"batch the graph runs on (shapes "
+                    f"{[np.shape(v) for v in values]})."
+                ) from exc
+            raise PopstatsError(
+                f"{_CALL}(outputs=...): the outputs cannot be computed for "
+                f"{what} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}), though they "
+                f"can for the whole batch of {n}: they depend on other examples "
+                f"of the batch (e.g. index a fixed row of the batch, y[1], or "
+                f"need a batch of a given size). Compute each example from "
+                f"itself alone, or give batch_axes={{'name': axis}} if the "
+                f"batch axis is not axis 0."
+            ) from exc
 
     whole = run(np.arange(n))
     order = np.roll(np.arange(n)[::-1], 1)  # a permutation moving every example
     runs = [(f"example {i} alone", np.array([i])) for i in range(n)]
     worst: dict[int, tuple[float, float, str]] = {}
     problems: dict[int, str] = {}
-    found = [run(rows) for _, rows in runs]
+    found = [run(rows, what) for what, rows in runs]
     batch_axis = [_axis(one, full, n) for one, full in zip(found[0], whole,
                                                            strict=True)]
     runs.append(("the permuted batch", order))
-    found.append(run(order))
-    for (what, rows), outs in zip(runs, found, strict=True):
-        for j, (got, full) in enumerate(zip(outs, whole, strict=True)):
-            axis = batch_axis[j]
-            want = full if axis is None or axis == "shape" else np.take(
-                full, rows, axis=axis)
+    found.append(run(order, "the permuted batch"))
+    for (what, rows), got_outs in zip(runs, found, strict=True):
+        for j, (got, full) in enumerate(zip(got_outs, whole, strict=True)):
+            axis = batch_axis[j]  # an int, None or "shape"
+            want = np.take(full, rows, axis=axis) if isinstance(axis, int) else full
             if axis == "shape" or got.shape != want.shape:
                 problems.setdefault(j, f"output {j}: shape {got.shape} for {what} "
                                        f"but {full.shape} for the whole batch")
@@ -200,6 +284,8 @@ def check_batch_independence(
             f"{_CALL}(outputs=...): {len(problems)} output(s) depend on other "
             f"examples of the batch: {listed}. Something still mixes examples: a "
             f"batch statistic left unmarked (rewrite warns naming the operation), "
-            f"or batch_axes names the wrong axis."
+            f"or the batch axis taken is the wrong one. Batch axes taken: "
+            f"{taken}; if the examples are along another axis, pass "
+            f"batch_axes={{'name': axis}} (None: no batch axis)."
         )
     return max((rel for rel, _, _ in worst.values()), default=0.0)

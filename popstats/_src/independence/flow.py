@@ -30,7 +30,7 @@ from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 from pytensor.scan.utils import ScanArgs
 from pytensor.tensor import subtensor
-from pytensor.tensor.basic import Alloc, Join, Split
+from pytensor.tensor.basic import Alloc, AllocEmpty, Eye, Join, Split
 from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from pytensor.tensor.extra_ops import CumOp, Repeat
@@ -40,19 +40,29 @@ from pytensor.tensor.random.op import RandomVariable
 from pytensor.tensor.shape import Reshape, Shape, Shape_i
 from pytensor.tensor.sort import ArgSortOp, SortOp
 from pytensor.tensor.special import LogSoftmax, Softmax
-from pytensor.tensor.subtensor import IncSubtensor, Subtensor
+from pytensor.tensor.subtensor import IncSubtensor, Subtensor, get_idx_list
 
 from popstats._src.graph.marker import BNStat, is_statistic
 from popstats._src.graph.recognize import acts_per_example
-from popstats._src.independence.rules import Hyp, Place, Rules, State
-from popstats._src.independence.shapes import JOIN_DIMS, PASS, SPLIT_DIMS, Shapes
+from popstats._src.independence.rules import (
+    Hyp,
+    Place,
+    Rules,
+    State,
+    tensor_inputs,
+    tensor_outputs,
+)
+from popstats._src.independence.shapes import JOIN_DIMS, PASS, SPLIT_DIMS, Shapes, const
 
 __all__ = ["Event", "Flow", "Hyp", "Place", "walk_back"]
 
 #: ``x[indices]`` along axis 0 (PyTensor 3.0; 3.3 has AdvancedSubtensor only)
 _TAKE = getattr(subtensor, "AdvancedSubtensor1", ())
+#: The batch size read as a value (``h / h.shape[0]``): an aggregate, the
+#: number of examples; as a shape (``zeros((n, k))``, a reshape) it is not.
+_COUNTS = "counts the examples (the batch size as a value) of"
 #: Kinds of mixing that make an aggregate (see :meth:`Flow.mix`).
-_AGGREGATE = ("reduces over", "contracts", "takes single examples")
+_AGGREGATE = ("reduces over", "contracts", "takes single examples", _COUNTS)
 
 #: Operations that work along one axis and keep the shape.
 _ALONG = (Softmax, LogSoftmax, CumOp, SortOp, ArgSortOp, Repeat)
@@ -120,13 +130,18 @@ class Flow(Rules):
             for hyp, nodes in self.taint.get(var, {}).items():
                 incoming.setdefault(hyp, set()).update(nodes)
         inner = isinstance(node.op, Scan | OpFromGraph)
-        held = set().union(*states) if states else set()
+        # an aggregate mixes where it meets the batch axis: in an output, or
+        # in an input the operation combines it with (K @ h, K from the batch)
+        held = set().union(*states, *(self.state(v) for v in _data_inputs(node)))
         out: dict[Hyp, frozenset[Apply]] = {}
-        for hyp, nodes in incoming.items():
+        for hyp, reached in incoming.items():
             if inner or hyp in held:
+                counted = {n for n in nodes if _reads_size(n)}
+                if counted != nodes:  # a mean: its reduction is the mixing
+                    nodes = nodes - counted
                 self.confirmed.update((n, hyp) for n in nodes)
             else:
-                out[hyp] = frozenset(nodes)
+                out[hyp] = frozenset(reached)
         for hyp in self.pending.pop(node, ()):
             out[hyp] = out.get(hyp, frozenset()) | {node}
         if out:
@@ -164,7 +179,9 @@ class Flow(Rules):
         for node in toposort(list(outputs)):
             self.marks += [out for out in node.outputs if isinstance(
                 node.op, BNStat) or is_statistic(out)]
-            states = [{} for _ in node.outputs]
+            for hyp in self._batch_size(node):
+                self.mix(node, hyp, _COUNTS)
+            states: list[State] = [{} for _ in node.outputs]
             if any(self.state(v) for v in node.inputs):
                 states = self.apply(node)
                 for out, state in zip(node.outputs, states, strict=True):
@@ -176,7 +193,7 @@ class Flow(Rules):
         return [self.state(v) for v in outputs]
 
     def apply(self, node: Apply) -> list[State]:
-        op, ins = node.op, node.inputs
+        op, ins = node.op, tensor_inputs(node)
         n_out = len(node.outputs)
         if isinstance(op, PASS):
             return [dict(self.state(ins[0]))] + [{}] * (n_out - 1)
@@ -199,7 +216,7 @@ class Flow(Rules):
         if isinstance(op, Shape | Shape_i):
             return [{}]
         if isinstance(op, Alloc):
-            shift = node.outputs[0].ndim - ins[0].ndim
+            shift = tensor_outputs(node)[0].ndim - ins[0].ndim
             return [{h: (d + shift, c) for h, (d, c) in self.state(ins[0]).items()}]
         if isinstance(op, Subtensor):
             return [self.subtensor(node)]
@@ -244,9 +261,9 @@ class Flow(Rules):
                 self.confirmed)
             self.nested.append((node, inner))
             states = inner.run(op.inner_outputs)
-            for out, var in zip(node.outputs, op.inner_outputs, strict=True):
+            for outer, var in zip(node.outputs, op.inner_outputs, strict=True):
                 if var in inner.taint:
-                    self.taint[out] = inner.taint[var]
+                    self.taint[outer] = inner.taint[var]
             return states
         if acts_per_example(op):  # e.g. pytensor-ml's Im2Col (its recognizer says)
             out = {}
@@ -259,6 +276,36 @@ class Flow(Rules):
             return [out] + [{}] * (n_out - 1)
         return self.unknown(node)
 
+    def _batch_size(self, node: Apply) -> list[Hyp]:
+        """The hypotheses whose batch-axis size ``node`` reads: ``Shape_i``
+        of that axis, or an index or slice of a ``Shape`` taking it."""
+        op = node.op
+        if isinstance(op, Shape_i):
+            return [h for h, (d, _) in self.state(node.inputs[0]).items()
+                    if d == op.i]
+        source = node.inputs[0].owner if node.inputs else None
+        if not isinstance(op, Subtensor) or source is None or not isinstance(
+                source.op, Shape):
+            return []
+        var = source.inputs[0]
+        entries = get_idx_list(node.inputs, op.idx_list)
+        if len(entries) != 1:
+            return []
+        entry = entries[0]
+        if isinstance(entry, slice):
+            bounds = [None if b is None else const(b)
+                      for b in (entry.start, entry.stop, entry.step)]
+            if any(b is None and e is not None for b, e in zip(
+                    bounds, (entry.start, entry.stop, entry.step), strict=True)):
+                return []
+            taken = set(range(var.ndim)[slice(*bounds)])  # type: ignore[arg-type]  # const folds ints here
+        else:
+            index = const(entry)
+            if index is None:
+                return []
+            taken = {int(index) % max(var.ndim, 1)}
+        return [h for h, (d, _) in self.state(var).items() if d in taken]
+
     def scan(self, node: Apply) -> list[State]:
         """A loop: :class:`~.scan_rule.LoopFlow` follows it."""
         return self.unknown(node)
@@ -270,15 +317,33 @@ class Flow(Rules):
         return [{} for _ in node.outputs]
 
 
+def _reads_size(node: Apply) -> bool:
+    """Whether ``node`` reads sizes of a ``Shape`` (see :meth:`Flow._batch_size`)."""
+    source = node.inputs[0].owner if node.inputs else None
+    return isinstance(node.op, Shape_i) or (
+        isinstance(node.op, Subtensor) and source is not None
+        and isinstance(source.op, Shape))
+
+
 def _data_inputs(node: Apply) -> list[Variable]:
     """The inputs whose values (not only their shapes) an operation reads."""
     op = node.op
-    if isinstance(op, Shape | Shape_i):
+    if isinstance(op, Shape | Shape_i | AllocEmpty):
         return []
     if isinstance(op, Elemwise) and type(op.scalar_op).__name__ == "Second":
         return list(node.inputs[1:])  # fill(x, v): x's shape, v's values
-    if isinstance(op, (Alloc, Reshape, *SPLIT_DIMS)):
-        return list(node.inputs[:1])
+    if isinstance(op, (Alloc, Reshape, Eye, *SPLIT_DIMS, *PASS)):
+        return list(node.inputs[:1])  # sizes, counts and checks: not data
+    if isinstance(op, RandomVariable):
+        return list(op.dist_params(node))  # not the rng, nor the size
+    if isinstance(op, Scan):  # the number of steps and output lengths: sizes
+        sizes = {id(v) for v in scan_args(node).outer_in_nit_sot}
+        return [v for v in node.inputs[1:] if id(v) not in sizes
+                and not getattr(v.tag, "popstats_step_index", False)]
+    if isinstance(op, Subtensor):  # slice bounds are sizes (x[:n] is all of x)
+        bounds = {id(b) for e in get_idx_list(node.inputs, op.idx_list)
+                  if isinstance(e, slice) for b in (e.start, e.stop, e.step)}
+        return [v for k, v in enumerate(node.inputs) if k == 0 or id(v) not in bounds]
     return list(node.inputs)
 
 
@@ -296,8 +361,9 @@ def walk_back(flow: Flow, var: Variable) -> set[Hyp]:
         if node is None or node in seen:
             continue
         seen.add(node)
-        if node in flow.events:
-            found.update(flow.events[node].kinds)
+        if node in flow.events:  # a mean's count is not what it reduces over
+            found.update(h for h, k in flow.events[node].kinds.items()
+                         if k != _COUNTS)
         elif isinstance(node.op, (Elemwise, DimShuffle, *PASS)):
             stack.extend(node.inputs[:1] if isinstance(node.op, BNStat)
                          else node.inputs)

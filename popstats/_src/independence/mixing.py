@@ -43,7 +43,7 @@ __all__ = ["batch_axes", "check_batch_axes", "data_inputs", "mixing_operations",
            "unfollowed", "warn_mixing"]
 
 
-def data_inputs(outputs: Sequence[Variable]) -> list[Variable]:
+def data_inputs(outputs: Sequence[Variable]) -> list[TensorVariable]:
     """The free tensor inputs of a graph (no shared variables, no constants)."""
     return [v for v in graph_inputs(list(outputs))
             if isinstance(v, TensorVariable) and not isinstance(
@@ -55,7 +55,7 @@ def _label(var: Variable, k: int) -> str:
 
 
 def check_batch_axes(
-    batch_axes: object, inputs: Sequence[Variable], call: str
+    batch_axes: object, inputs: Sequence[TensorVariable], call: str
 ) -> dict[int, int | None]:
     """``batch_axes`` (input name or variable -> axis or None) by input index."""
     if batch_axes is None:
@@ -95,7 +95,7 @@ def check_batch_axes(
 
 def batch_axes(
     training: Sequence[Variable],
-    inputs: Sequence[Variable],
+    inputs: Sequence[TensorVariable],
     given: Mapping[int, int | None],
 ) -> dict[int, tuple[frozenset[int], str]]:
     """Per input index, its candidate batch axes and where they come from.

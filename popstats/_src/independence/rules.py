@@ -13,10 +13,13 @@ operation, a reshape whose sizes do not say where the batch goes), which
 may or may not mix; its kind starts with :data:`UNFOLLOWED`.
 
 Members: :data:`Hyp`, :data:`PAD_MODES`, :data:`Place`, :class:`Rules`,
-:data:`State`, :data:`UNFOLLOWED`.
+:data:`State`, :data:`UNFOLLOWED`, :func:`tensor_inputs`,
+:func:`tensor_outputs`.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import numpy as np
 from pytensor.graph.basic import Apply, Constant
@@ -24,10 +27,14 @@ from pytensor.tensor.basic import Split
 from pytensor.tensor.math import Dot
 from pytensor.tensor.sort import ArgSortOp, SortOp
 from pytensor.tensor.subtensor import get_idx_list
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.independence.shapes import Shapes, const, find, resolve
 
-__all__ = ["PAD_MODES", "UNFOLLOWED", "Hyp", "Place", "Rules", "State"]
+__all__ = [
+    "PAD_MODES", "UNFOLLOWED", "Hyp", "Place", "Rules", "State", "tensor_inputs",
+    "tensor_outputs",
+]
 
 #: how the kind of an event the rules cannot follow starts (the rest, in
 #: parentheses, says why)
@@ -40,6 +47,16 @@ PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 Hyp = tuple[int, int]  # (root index, axis)
 Place = tuple[int, int]  # (dim, part of a folded dim)
 State = dict[Hyp, Place]
+
+
+def tensor_inputs(node: Apply) -> list[TensorVariable]:
+    """A node's inputs (a copy): the operations with rules here take tensors."""
+    return cast(list[TensorVariable], list(node.inputs))
+
+
+def tensor_outputs(node: Apply) -> list[TensorVariable]:
+    """A node's outputs: the operations with rules here give tensors."""
+    return cast(list[TensorVariable], node.outputs)
 
 
 class Rules:
@@ -67,7 +84,7 @@ class Rules:
             out[hyp] = place
 
     def reduce(self, node: Apply, state: State, axes, kind: str) -> State:
-        axes = {int(a) % max(node.inputs[0].ndim, 1) for a in axes}
+        axes = {int(a) % max(tensor_inputs(node)[0].ndim, 1) for a in axes}
         out = {}
         for hyp, (d, c) in state.items():
             if d in axes:
@@ -80,7 +97,7 @@ class Rules:
         axis = getattr(node.op, "axis", None)
         if isinstance(node.op, SortOp | ArgSortOp) and len(node.inputs) > 1:
             axis = const(node.inputs[1])  # PyTensor 3.0: the axis is an input
-        ndim = max(node.inputs[0].ndim, 1)
+        ndim = max(tensor_inputs(node)[0].ndim, 1)
         axes = None if axis is None else {int(a) % ndim for a in np.atleast_1d(axis)}
         out = {}
         for hyp, (d, c) in self.state(node.inputs[0]).items():
@@ -91,9 +108,10 @@ class Rules:
         return out
 
     def subtensor(self, node: Apply) -> State:
-        x = node.inputs[0]
+        x = tensor_inputs(node)[0]
         entries = get_idx_list(node.inputs, node.op.idx_list)
-        keep, out_dim = {}, 0
+        keep: dict[int, tuple[int, bool] | None] = {}
+        out_dim = 0
         for dim in range(x.ndim):
             entry = entries[dim] if dim < len(entries) else slice(None)
             if isinstance(entry, slice):
@@ -105,16 +123,17 @@ class Rules:
                 keep[dim] = None
         out = {}
         for hyp, (d, c) in self.state(x).items():
-            if keep[d] is None:
+            kept = keep[d]
+            if kept is None:
                 self.mix(node, hyp, "takes single examples (an index) along")
-            elif not keep[d][1]:
+            elif not kept[1]:
                 self.mix(node, hyp, "shifts or reorders the examples (a slice) along")
             else:
-                out[hyp] = (keep[d][0], c)
+                out[hyp] = (kept[0], c)
         return out
 
     def inc_subtensor(self, node: Apply) -> State:
-        x, y = node.inputs[:2]
+        x, y = tensor_inputs(node)[:2]
         entries = get_idx_list(node.inputs, node.op.idx_list)
         view = []  # x's dims that the view keeps, with whether fully
         for dim in range(x.ndim):
@@ -144,7 +163,7 @@ class Rules:
         each example). None (inline its body instead) where the widths are
         not constants, the mode reads statistics, or the pad values carry
         examples."""
-        x, widths = node.inputs[0], node.inputs[1]
+        x, widths = tensor_inputs(node)[0], node.inputs[1]
         if getattr(node.op, "pad_mode", None) not in PAD_MODES or not isinstance(
                 widths, Constant) or any(self.state(v) for v in node.inputs[2:]):
             return None
@@ -161,7 +180,7 @@ class Rules:
         return [out]
 
     def reshape(self, node: Apply) -> State:
-        x = node.inputs[0]
+        x = tensor_inputs(node)[0]
         per_dim = [list(self.shapes.atoms(x, d)) for d in range(x.ndim)]
         flat_in = [a for atoms in per_dim for a in atoms]
         sizes = self.shapes.target(node)
@@ -197,7 +216,7 @@ class Rules:
     def split_dims(self, node: Apply) -> State:
         """``pt.split_dims``: axis ``axis`` becomes several; the batch axis
         split is followed where the sizes tell where it goes."""
-        x, out_var, axis = node.inputs[0], node.outputs[0], node.op.axis
+        x, out_var, axis = tensor_inputs(node)[0], tensor_outputs(node)[0], node.op.axis
         count = out_var.ndim - x.ndim + 1
         out = {}
         for hyp, (d, c) in self.state(x).items():
@@ -220,7 +239,7 @@ class Rules:
         along a full (or prefix) slice and are gathered along an indexed
         axis; an index's own batch axis lands in the block of broadcast index
         axes (first when the indexed axes are not adjacent)."""
-        x = node.inputs[0]
+        x = tensor_inputs(node)[0]
         entries = list(get_idx_list(node.inputs, node.op.idx_list))
         entries += [slice(None)] * (x.ndim - len(entries))
         arrays = [k for k, e in enumerate(entries) if not isinstance(e, slice)]
@@ -250,8 +269,8 @@ class Rules:
         return out
 
     def dot(self, node: Apply) -> State:
-        left, right = node.inputs
-        out = {}
+        left, right = tensor_inputs(node)
+        out: State = {}
         for hyp, (d, c) in self.state(left).items():
             if d == left.ndim - 1:
                 self.mix(node, hyp, "contracts (a matrix product) over")
@@ -265,7 +284,7 @@ class Rules:
         return out
 
     def join(self, node: Apply) -> list[State]:
-        op, ins = node.op, list(node.inputs)
+        op, ins = node.op, tensor_inputs(node)
         axis = getattr(op, "axis", None)
         if isinstance(op, Split):  # (x, axis, splits) on 3.0, (x, splits) on 3.3
             axis, ins = const(ins[1]) if axis is None else axis, ins[:1]
@@ -283,10 +302,10 @@ class Rules:
     def blockwise(self, node: Apply) -> list[State]:
         op = node.op
         in_sig, out_sig = op.inputs_sig, op.outputs_sig
-        n_loop = node.outputs[0].ndim - len(out_sig[0])
+        n_loop = tensor_outputs(node)[0].ndim - len(out_sig[0])
         is_dot = isinstance(op.core_op, Dot) or type(op.core_op).__name__ == "Dot"
         outs: list[State] = [{} for _ in node.outputs]
-        for inp, sig in zip(node.inputs, in_sig, strict=True):
+        for inp, sig in zip(tensor_inputs(node), in_sig, strict=True):
             loop = inp.ndim - len(sig)
             for hyp, (d, c) in self.state(inp).items():
                 if d < loop:
@@ -305,10 +324,11 @@ class Rules:
         return outs
 
     def random(self, node: Apply) -> State:
-        op, draw = node.op, node.outputs[1]
+        op, draw = node.op, tensor_outputs(node)[1]
         n_batch = draw.ndim - op.ndim_supp
         out: State = {}
-        for param, core in zip(op.dist_params(node), op.ndims_params, strict=True):
+        params = cast(list[TensorVariable], op.dist_params(node))  # tensors
+        for param, core in zip(params, op.ndims_params, strict=True):
             loop = param.ndim - core
             for hyp, (d, c) in self.state(param).items():
                 if d >= loop:

@@ -16,7 +16,10 @@ Members: :class:`LoopFlow`.
 
 from __future__ import annotations
 
-from pytensor.graph.basic import Apply
+from collections.abc import Sequence
+from typing import cast
+
+from pytensor.graph.basic import Apply, Variable
 
 from popstats._src.independence.flow import Flow, Hyp, State, scan_args
 
@@ -46,13 +49,16 @@ def scan_states(flow: Flow, node: Apply) -> list[State]:
         state = flow.state(outer)
         over.update({h: c for h, (d, c) in state.items() if d == 0})
         inner[var] = _shift(state, -1)
-    stateful = []  # (inner input taps, inner output, shift)
+    # (inner input taps, inner outputs, outer state, shift)
+    stateful: list[tuple[list[Variable], list[Variable], State, int]] = []
     for outers, taps, outs in (
         (args.outer_in_mit_mot, args.inner_in_mit_mot, args.inner_out_mit_mot),
         (args.outer_in_mit_sot, args.inner_in_mit_sot, args.inner_out_mit_sot),
     ):
         for outer, tap_vars, out in zip(outers, taps, outs, strict=True):
-            outs_list = out if isinstance(out, list | tuple) else [out]
+            # ScanArgs: a list of outputs per mit-mot, one per mit-sot
+            outs_list = cast(list[Variable],
+                             list(out) if isinstance(out, list | tuple) else [out])
             stateful.append((list(tap_vars), outs_list, flow.state(outer), -1))
     for outer, var, out in zip(args.outer_in_sit_sot, args.inner_in_sit_sot,
                                args.inner_out_sit_sot, strict=True):
@@ -98,12 +104,13 @@ def scan_states(flow: Flow, node: Apply) -> list[State]:
         (args.outer_out_shared, args.inner_out_shared, 0),
     )
     for outers, inners, shift in groups:
-        for outer, out in zip(outers, inners, strict=True):
-            outs = out if isinstance(out, list | tuple) else [out]
-            state: State = {}
-            for var in outs:
-                state.update(_shift(body.state(var), shift))
-            result[id(outer)] = state
+        for outer, inner_out in zip(outers, inners, strict=True):
+            finals = cast(Sequence[Variable], inner_out if isinstance(
+                inner_out, list | tuple) else [inner_out])
+            out_state: State = {}
+            for final in finals:
+                out_state.update(_shift(body.state(final), shift))
+            result[id(outer)] = out_state
     # aggregates: stacked outputs pass them on; states and the condition
     # feed the next step, so there they are used per example
     stacked = {id(v) for v in args.inner_out_nit_sot}

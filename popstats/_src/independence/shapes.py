@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import pytensor.tensor as pt
@@ -34,6 +35,7 @@ from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
 from pytensor.tensor.subtensor import Subtensor, get_idx_list
 from pytensor.tensor.type import TensorType
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.graph.marker import BNStat
 from popstats._src.graph.recognize import acts_per_example
@@ -48,15 +50,15 @@ WILD = "*"
 #: ``pt.join_dims`` / ``pt.split_dims`` (reshapes of consecutive axes)
 #: (``pytensor.tensor.reshape`` the attribute is a function: import the module)
 _reshape = importlib.import_module("pytensor.tensor.reshape")
-JOIN_DIMS: tuple[type, ...] = tuple(
+JOIN_DIMS: tuple[type[Any], ...] = tuple(
     c for c in (getattr(_reshape, "JoinDims", None),) if c is not None)
-SPLIT_DIMS: tuple[type, ...] = tuple(
+SPLIT_DIMS: tuple[type[Any], ...] = tuple(
     c for c in (getattr(_reshape, "SplitDims", None),) if c is not None)
 
 
 #: scalar operations :func:`const` evaluates on constants (sizes and the
 #: guards ``infer_shape`` writes around them)
-_FOLD = {
+_FOLD: dict[str, Callable[..., Any]] = {
     "Add": lambda *v: sum(v), "Mul": lambda *v: int(np.prod(v)),
     "Sub": lambda a, b: a - b, "IntDiv": lambda a, b: a // b,
     "EQ": lambda a, b: a == b, "NEQ": lambda a, b: a != b,
@@ -67,7 +69,7 @@ _FOLD = {
 }
 
 
-def const(var: Variable | None, depth: int = 8) -> object:
+def const(var: Variable | None, depth: int = 8) -> int | float | None:
     """The value of a constant (through casts, and integer arithmetic on
     constants), else None."""
     if var is None or isinstance(var, int | np.integer):
@@ -81,10 +83,13 @@ def const(var: Variable | None, depth: int = 8) -> object:
     if isinstance(var, Constant):
         return np.asarray(var.data).item() if np.ndim(var.data) == 0 else None
     node = var.owner
-    if node is None or depth == 0 or var.ndim != 0 or not isinstance(node.op, Elemwise):
+    if node is None or depth == 0 or cast(TensorVariable, var).ndim != 0 or not (
+            isinstance(node.op, Elemwise)):
         return None
     fold = _FOLD.get(type(node.op.scalar_op).__name__)
-    values = [const(v, depth - 1) for v in node.inputs] if fold else [None]
+    if fold is None:
+        return None
+    values = [const(v, depth - 1) for v in node.inputs]
     return None if any(v is None for v in values) else fold(*values)
 
 
@@ -114,9 +119,11 @@ class Shapes:
         #: inner inputs of an ``OpFromGraph`` -> the outer values they stand for
         self.aliases: dict[int, Variable] = {}
 
-    def alias(self, inner: Sequence[Variable], outer: Sequence[Variable]) -> None:
+    def alias(self, inner: Sequence[Variable], outer: Sequence[TensorVariable]) -> None:
         """Sizes of ``inner`` (an inner graph's inputs) are those of ``outer``."""
-        for var, value in zip(inner, outer, strict=False):
+        # an OpFromGraph's inner inputs, as its outer ones: tensors
+        tensors = cast(Sequence[TensorVariable], inner)
+        for var, value in zip(tensors, outer, strict=False):
             if var.ndim == value.ndim and self.aliases.get(id(var), value) is not value:
                 self.memo.clear()  # an inner graph applied again: sizes anew
             if var.ndim == value.ndim:
@@ -129,12 +136,13 @@ class Shapes:
                 return (("v", id(var), dim),)
             self.depth += 1
             try:
-                self.memo[key] = self._atoms(var, dim)
+                # (the variables whose sizes are asked for are tensors)
+                self.memo[key] = self._atoms(cast(TensorVariable, var), dim)
             finally:
                 self.depth -= 1
         return self.memo[key]
 
-    def _atoms(self, var: Variable, dim: int) -> tuple:
+    def _atoms(self, var: TensorVariable, dim: int) -> tuple:
         static = var.type.shape[dim]
         if static is not None:
             return () if static == 1 else (int(static),)
@@ -216,7 +224,7 @@ class Shapes:
             if not isinstance(op, Scan | OpFromGraph) and hasattr(op, "infer_shape") \
                     and all(isinstance(v.type, TensorType) for v in node.inputs):
                 shapes = []
-                for inp in node.inputs:
+                for inp in cast(list[TensorVariable], node.inputs):  # TensorTypes
                     holders = [pt.lscalar() for _ in range(inp.ndim)]
                     self.kept += holders
                     self.holders.update({id(h): (inp, d)
@@ -266,10 +274,10 @@ class Shapes:
             if isinstance(index, slice) and index.step is None:
                 start = 0 if index.start is None else const(index.start)
                 if start is not None and start >= 0:
-                    return self.entry(node.inputs[0], start + k)
+                    return self.entry(node.inputs[0], int(start) + k)
         return None
 
-    def factors(self, scalar: Variable) -> tuple:
+    def factors(self, scalar: TensorVariable) -> tuple:
         """The atoms of an integer scalar expression (a size)."""
         value = const(scalar)
         if value is not None:
@@ -302,7 +310,7 @@ class Shapes:
     def target(self, node: Apply) -> list | None:
         """Atoms of each output axis of a reshape (``WILD`` for -1)."""
         shape = node.inputs[1]
-        ndim = node.outputs[0].ndim
+        ndim = cast(TensorVariable, node.outputs[0]).ndim  # Reshape's output
         if isinstance(shape, Constant):
             return [() if v == 1 else WILD if v == -1 else (int(v),)
                     for v in np.asarray(shape.data).ravel()]

@@ -15,8 +15,9 @@ is shared with
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from pytensor.graph.basic import Variable
 from pytensor.scan.op import Scan
@@ -128,10 +129,16 @@ class Description(Sequence[StatisticRecord]):
     :meth:`to_dicts` plain dicts for programs.
     """
 
-    def __init__(self, records: Sequence[StatisticRecord]):
+    def __init__(self, records: Iterable[StatisticRecord]):
         self.records = tuple(records)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int | str) -> StatisticRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[StatisticRecord, ...]: ...
+    def __getitem__(
+        self, index: int | str | slice
+    ) -> StatisticRecord | tuple[StatisticRecord, ...]:
         if isinstance(index, str):
             for record in self.records:
                 if record.name == index:
@@ -305,6 +312,10 @@ class RewriteDescription:
         if self.leftover:
             lines.append(f"Batch statistics left: "
                          f"{escape_text(', '.join(self.leftover))}")
+        elif self.mixing:  # no marked statistic left, yet not independent
+            lines.append("No marked batch statistic left, but the graph still "
+                         "mixes the examples of a batch (a batch statistic left "
+                         "unmarked?), so it is not ready for inference.")
         else:
             lines.append("No batch statistic left.")
         if self.mixing:
@@ -355,7 +366,8 @@ def describe_rewrite(original: Variable | Sequence[Variable],
     replaced = {s.name: (pop[s.name][0].name or s.name) if s.name in pop else None
                 for s in sites}
     after_ops = {id(op) for _, op in _scans(after)}
-    rebuilt, kept = [], []
+    rebuilt: list[str] = []
+    kept: list[str] = []
     for where, op in _scans(before):
         (kept if id(op) in after_ops else rebuilt).append(where)
     mixing, _ = mixing_operations(before, after, batch_axes_arg=batch_axes,

@@ -13,8 +13,9 @@ from popstats._src.errors import PopstatsError, install_hint
 _EXTRAS = {"matplotlib": "plot", "graphviz": "draw", "tqdm": "progress"}
 
 
-def require(module: str, what: str) -> ModuleType:
-    """Import an optional dependency, or raise a PopstatsError naming its extra."""
+def require(module: str, what: str, instead: str = "") -> ModuleType:
+    """Import an optional dependency, or raise a PopstatsError naming its
+    extra (and ``instead``, a way to go on without it, if given)."""
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -22,7 +23,7 @@ def require(module: str, what: str) -> ModuleType:
         extra = _EXTRAS.get(top, top)
         raise PopstatsError(
             f"{what} needs the optional package {top!r}, which is not "
-            f"installed. {install_hint(top, extra)}"
+            f"installed. {install_hint(top, extra)}{instead}"
         ) from None
 
 

@@ -49,7 +49,7 @@ def _fmt(x: float) -> str:
 
 def summary_rows(stats: Mapping[str, Statistic]) -> list[list[object]]:
     """One row per statistic, in :data:`SUMMARY_COLUMNS` order."""
-    rows = []
+    rows: list[list[object]] = []
     for s in stats.values():
         finite = s.value[np.isfinite(s.value)]
         lo, mid, hi = ((_fmt(finite.min()), _fmt(finite.mean()), _fmt(finite.max()))
@@ -230,6 +230,7 @@ def write_report(stats: Mapping[str, Statistic], path: str | os.PathLike, *,
     if plots:
         from popstats._src.inspection.optional import require
 
-        require("matplotlib", "report(plots=True)")
+        require("matplotlib", "report(plots=True)",
+                " Or pass plots=False for a report of tables only.")
     page = render_report(stats, title=title, plots=plots, shift=shift)
     return write_page(path, page, "report")

@@ -138,7 +138,7 @@ def _check_axes(axes: Any, ndim: int) -> tuple[int, ...]:
     return norm
 
 
-def _check_mask(mask: object, x: TensorVariable, axes: tuple) -> TensorVariable:
+def _check_mask(mask: Any, x: TensorVariable, axes: tuple) -> TensorVariable:
     try:
         mask = pt.as_tensor_variable(mask)
     except (TypeError, ValueError, NotImplementedError):
@@ -151,7 +151,7 @@ def _check_mask(mask: object, x: TensorVariable, axes: tuple) -> TensorVariable:
         f"ndim {x.ndim} with size 1 on the other axes"
     )
     if mask.ndim == len(axes):
-        pattern = ["x"] * x.ndim
+        pattern: list[str | int] = ["x"] * x.ndim
         for i, a in enumerate(axes):
             pattern[a] = i
         full = mask.dimshuffle(pattern)
@@ -281,7 +281,7 @@ def batch_norm(
             params.append(beta)
     gamma_b = _broadcast_param(gamma, "gamma", x, axes, kept)
     beta_b = _broadcast_param(beta, "beta", x, axes, kept)
-    pattern = ["x"] * x.ndim
+    pattern: list[str | int] = ["x"] * x.ndim
     for i, a in enumerate(kept):
         pattern[a] = i
 
@@ -318,7 +318,7 @@ def _broadcast_param(
     except (TypeError, ValueError, NotImplementedError):
         p = None
     if p is not None and p.ndim == len(kept):
-        pattern = ["x"] * x.ndim
+        pattern: list[str | int] = ["x"] * x.ndim
         for i, a in enumerate(kept):
             pattern[a] = i
         return p.dimshuffle(pattern)

@@ -20,6 +20,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import (
     PopstatsError,
@@ -117,7 +118,7 @@ class RunningAverages:
 def _extent(coverage: np.ndarray, axis: int) -> int:
     """One past the last step along ``axis`` that some batch reached."""
     others = tuple(j for j in range(coverage.ndim) if j != axis)
-    return int(np.nonzero(coverage.any(axis=others))[0].max()) + 1
+    return int(np.max(np.nonzero(coverage.any(axis=others))[0])) + 1
 
 
 def _initial(site: Site) -> float:
@@ -271,7 +272,7 @@ def running_average_updates(
             updates[cov] = pt.inc_subtensor(cov[cut], pt.cast(reached, "int64"))
         else:
             new = fm.ema_step(run, stat, momentum)
-            step = 1
+            step: int | TensorVariable = 1
             if count is not None:
                 reached = pt.gt(count, 0)
                 new = pt.switch(reached, new, run)

@@ -10,15 +10,17 @@ that holds several copies of one); :func:`population_copies` lists every copy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import toposort
+from pytensor.tensor.sharedvar import TensorSharedVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import as_variables
 from popstats._src.rewrite.matching import Matcher, check_match
-from popstats._src.rewrite.rewriter import check_stats, population_array
+from popstats._src.rewrite.rewriter import check_finite, check_stats, population_array
 
 __all__ = ["bind", "population_copies", "population_variables"]
 
@@ -87,6 +89,8 @@ def bind(
                     f"with the graph's time=..., or rewrite the graph again with "
                     f"these statistics."
                 )
+        for stat in group:
+            check_finite(stat, "bind")
         value = population_array(group, stacked, "bind")
         want = var.type.shape
         # the statistic's own axes (after time axes and the set axis) must be
@@ -109,7 +113,9 @@ def bind(
         var.set_value(value)
 
 
-def population_variables(outputs: Variable | Sequence[Variable]) -> dict[str, Variable]:
+def population_variables(
+    outputs: Variable | Sequence[Variable],
+) -> dict[str, TensorSharedVariable]:
     """The shared variables holding population values in a rewritten graph.
 
     Returns a dict from statistic name to shared variable; update one with
@@ -142,19 +148,21 @@ def population_variables(outputs: Variable | Sequence[Variable]) -> dict[str, Va
     return {name: copies[0] for name, copies in found.items()}
 
 
-def population_copies(outputs: object, call: str) -> dict[str, list[Variable]]:
+def population_copies(
+    outputs: object, call: str
+) -> dict[str, list[TensorSharedVariable]]:
     """Per statistic name, every shared variable holding its population value
     in the graph of ``outputs`` (several when the outputs come from separate
     :func:`rewrite` calls), in graph order."""
     outs = as_variables(outputs, call)
-    found: dict[str, list[Variable]] = {}
+    found: dict[str, list[TensorSharedVariable]] = {}
 
     def add(var: Variable) -> None:
         name = getattr(var.tag, "popstats_statistic", None)
         if name is not None and var.owner is None:
             copies = found.setdefault(name, [])
             if not any(var is other for other in copies):
-                copies.append(var)
+                copies.append(cast(TensorSharedVariable, var))  # rewrite's shared
 
     for node in toposort(list(outs)):
         for var in node.inputs:

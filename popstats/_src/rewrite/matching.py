@@ -18,11 +18,45 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+import numpy as np
+from pytensor.compile import SharedVariable
+from pytensor.graph.basic import Variable
+from pytensor.graph.traversal import graph_inputs
+
 from popstats._src.errors import PopstatsError, check_choice
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
 from popstats._src.graph.walk import SiteId
 
 __all__ = ["MATCH_MODES", "Matcher", "check_match"]
+
+
+def _roots_hint(var: Variable | None) -> str:
+    """What the graph's statistic is computed from, by name: a shared
+    variable's name is part of where a statistic is computed, so a model
+    rebuilt with weights named otherwise (or unnamed) differs there."""
+    if var is None:
+        return ""
+    shared = [v for v in graph_inputs([var]) if isinstance(v, SharedVariable)
+              and getattr(v.tag, "popstats_statistic", None) is None]
+    unnamed = [v for v in shared if v.name is None]
+    if unnamed:
+        shapes = ", ".join(str(tuple(np.shape(v.get_value(borrow=True))))
+                           for v in unnamed[:4])
+        return (
+            f"; here it is computed from {len(unnamed)} shared variable(s) "
+            f"without a name (shapes {shapes}): a shared variable's name is part "
+            f"of where a statistic is computed, so if they were named when the "
+            f"values were estimated (e.g. pytensor.shared(value, name='W1')), "
+            f"give them those names again"
+        )
+    if shared:
+        names = ", ".join(repr(v.name) for v in shared[:8])
+        return (
+            f"; here it is computed from the shared variables {names}: a shared "
+            f"variable's name is part of where a statistic is computed, so one "
+            f"renamed since is enough to differ"
+        )
+    return ""
 
 #: the ``match`` options of rewrite and bind, and what each means
 MATCH_MODES = {
@@ -56,14 +90,19 @@ class Matcher:
         self.call = call
         self.missing: list[list[SiteId]] = [[] for _ in self.sets]
         self.used: list[dict[str, list[SiteId]]] = [{} for _ in self.sets]
+        #: the graph's variable of each site without a value (for the hint)
+        self.variables: dict[SiteId, Variable] = {}
 
-    def find(self, site: SiteId) -> list[Statistic] | None:
-        """The value of ``site`` in every set, or None (recorded)."""
+    def find(self, site: SiteId, var: Variable | None = None) -> list[Statistic] | None:
+        """The value of ``site`` (the graph's ``var``) in every set, or None
+        (recorded)."""
         group = []
         for k, stats in enumerate(self.sets):
             stat = stats.lookup(site, self.match)
             if stat is None:
                 self.missing[k].append(site)
+                if var is not None:
+                    self.variables[site] = var
                 continue
             self.used[k].setdefault(stat.name, []).append(site)
             group.append(stat)
@@ -113,7 +152,7 @@ class Matcher:
                     f"differently (other inputs, weights or operations upstream, "
                     f"another application of the same layer, or a graph edited "
                     f"since)"
-                )
+                ) + _roots_hint(self.variables.get(site))
             else:
                 close = difflib.get_close_matches(
                     site.qualified, list(by_qualified), n=3, cutoff=0.5

@@ -18,13 +18,14 @@ and :func:`check_stats` (shared with :mod:`popstats._src.rewrite.bind`),
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import overload
+from typing import cast, overload
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply, Variable
 from pytensor.raise_op import CheckAndRaise
+from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
@@ -34,7 +35,8 @@ from popstats._src.graph.walk import LoopStep, SiteId, transform
 from popstats._src.independence.mixing import mixing_operations, warn_mixing
 from popstats._src.rewrite.matching import Matcher, check_match
 
-__all__ = ["RewriteLevel", "check_stats", "population_array", "rewrite", "rewrite_as"]
+__all__ = ["RewriteLevel", "check_finite", "check_fits", "check_stats", "known_shapes",
+           "population_array", "rewrite", "rewrite_as", "step_index"]
 
 
 class RewriteLevel:
@@ -45,7 +47,7 @@ class RewriteLevel:
     def __init__(
         self,
         matcher: Matcher,
-        select: Variable | None,
+        select: TensorVariable | None,
         parent: RewriteLevel | None = None,
         step: Variable | None = None,
         level: int = -1,
@@ -55,10 +57,13 @@ class RewriteLevel:
         self.parent = parent
         self.step = step
         self.level = level  # index of this loop among the enclosing ones
-        self.values: dict[str, Variable] = {}
+        self.values: dict[str, TensorVariable] = {}
         self.non_seqs: list[tuple[Variable, Variable]] = []
+        #: outside loops: each statistic of the graph and the value it gets,
+        #: checked by :func:`check_fits` once the pass is over
+        self.placed: list[tuple[Variable, Statistic]] = []
 
-    def value(self, group: list[Statistic], site: SiteId) -> Variable:
+    def value(self, group: list[Statistic], site: SiteId) -> TensorVariable:
         """The population value at this level (remaining time axes first).
 
         ``group`` holds the statistic's value in each set; ``site`` is the
@@ -82,7 +87,7 @@ class RewriteLevel:
         return value
 
     def statistic(self, var: Variable, site: SiteId) -> Variable | None:
-        group = self.matcher.find(site)
+        group = self.matcher.find(site, var)
         if group is None:
             return None  # reported by Matcher.check after the walk
         stat = group[0]
@@ -96,9 +101,14 @@ class RewriteLevel:
                 f"in the graph but {expected} in stats. Estimate again on this "
                 f"graph."
             )
+        for member in group:
+            check_finite(member, self.call)
+        if self.parent is None:
+            self.placed.append((var, stat))
         value = self.value(group, site)
-        if value.dtype != var.dtype:
-            value = value.astype(var.dtype)
+        dtype = cast(TensorVariable, var).dtype  # statistics mark tensors
+        if value.dtype != dtype:
+            value = value.astype(dtype)
         return var.type.filter_variable(value)
 
     def scan(
@@ -112,11 +122,91 @@ class RewriteLevel:
         edit.set_inner_outputs(
             transform(edit.inner_inputs, edit.inner_outputs, inner, path)
         )
-        edit.add_sequence(pt.arange(edit.n_steps, dtype="int64"), step)
+        edit.add_sequence(step_index(edit.n_steps), step)
         for outer_value, inner_value in inner.non_seqs:
             edit.add_non_sequence(outer_value, inner_value)
         replaced, _ = edit.build()
         return replaced
+
+
+def step_index(n_steps: Variable) -> Variable:
+    """The step index a rebuilt loop gets as a sequence (``0 .. n_steps - 1``),
+    tagged ``popstats_step_index``: the batch-independence analysis does not
+    take the loop's length for a number of examples there."""
+    index = pt.arange(n_steps, dtype="int64")
+    index.tag.popstats_step_index = True
+    return index
+
+
+def check_finite(stat: Statistic, call: str) -> None:
+    """Refuse a value holding NaN or infinity (a corrupted file, a diverged
+    running average): every output using it would be NaN."""
+    value = np.asarray(stat.value)
+    bad = ~np.isfinite(value)
+    if bad.any():
+        kinds = " and ".join(k for k, m in (("NaN", np.isnan(value)),
+                                             ("infinity", np.isinf(value))) if m.any())
+        raise PopstatsError(
+            f"{call}(stats=...): statistic {stat.name!r} holds {kinds} "
+            f"({int(bad.sum())} of {value.size} values), which would make every "
+            f"output computed from it {kinds}. A population value must be "
+            f"finite: estimate it again on finite batches (or, for a file, "
+            f"save it again from a finite estimate)."
+        )
+
+
+def known_shapes(variables: Sequence[TensorVariable]) -> list[tuple[int | None, ...]]:
+    """Each variable's shape where it follows from the graph alone (weights
+    and constants, not the inputs' values); None where it does not, and for
+    every axis when PyTensor cannot infer it."""
+    from pytensor.compile import SharedVariable
+    from pytensor.compile.mode import Mode
+    from pytensor.graph.basic import Constant
+    from pytensor.graph.rewriting.utils import rewrite_graph
+    from pytensor.graph.traversal import graph_inputs
+    from pytensor.tensor.basic import MakeVector
+
+    shapes: list[list[int | None]] = [[None] * v.ndim for v in variables]
+    try:
+        vectors = cast(list[TensorVariable], rewrite_graph(  # a list in, a list out
+            [v.shape for v in variables], include=("canonicalize", "ShapeOpt"),
+            clone=True))
+        wanted, where = [], []
+        for k, (var, vec) in enumerate(zip(variables, vectors, strict=True)):
+            dims = (vec.owner.inputs if vec.owner is not None and isinstance(
+                vec.owner.op, MakeVector) else [vec[a] for a in range(var.ndim)])
+            for a, dim in enumerate(dims):
+                if all(isinstance(r, SharedVariable | Constant)
+                       for r in graph_inputs([dim])):
+                    wanted.append(dim)
+                    where.append((k, a))
+        if wanted:
+            fn = pytensor.function([], wanted, mode=Mode(linker="py", optimizer="None"),
+                                   on_unused_input="ignore")
+            for (k, a), size in zip(where, fn(), strict=True):
+                shapes[k][a] = int(size)
+    except Exception:  # shape inference is a help, never a failure
+        return [(None,) * v.ndim for v in variables]
+    return [tuple(s) for s in shapes]
+
+
+def check_fits(placed: Sequence[tuple[Variable, Statistic]], call: str) -> None:
+    """Refuse values whose shape is not the one the graph computes there
+    (matched by name in a changed model, or a file edited since): the
+    compiled function would fail on a broadcast, or silently broadcast."""
+    found = known_shapes([cast(TensorVariable, var)  # statistics mark tensors
+                          for var, _ in placed])
+    for (_, stat), shape in zip(placed, found, strict=True):
+        held = stat.value.shape[stat.depth:]
+        if len(shape) == len(held) and any(
+                s is not None and s != h for s, h in zip(shape, held, strict=True)):
+            raise PopstatsError(
+                f"{call}(stats=...): statistic {stat.name!r} has shape {held} in "
+                f"stats, but the graph computes it with shape "
+                f"{tuple('?' if s is None else s for s in shape)} (from its "
+                f"weights). These values were estimated for another graph (or "
+                f"the file was edited since): estimate on this graph."
+            )
 
 
 def population_array(
@@ -163,8 +253,8 @@ def population_array(
 
 
 def _root_value(
-    group: list[Statistic], select: Variable | None, site_id: SiteId
-) -> Variable:
+    group: list[Statistic], select: TensorVariable | None, site_id: SiteId
+) -> TensorVariable:
     stat = group[0]
     site = stat.site
     stacked = select is not None
@@ -175,25 +265,27 @@ def _root_value(
     var.tag.popstats_site = site_id  # the graph's statistic (what bind matches)
     var.tag.popstats_stacked = stacked
     var.tag.popstats_time = site.time  # how the graph indexes its time axes
-    if not stacked:
+    if select is None:  # not stacked
         return var
     n_sets = var.shape[0]
     checked = _set_index_check(select, (select >= 0) & (select < n_sets))
     return var[checked]
 
 
-def _set_index_check(select: Variable, in_range: Variable) -> Variable:
+def _set_index_check(
+    select: TensorVariable, in_range: TensorVariable
+) -> TensorVariable:
     check = CheckAndRaise(
         PopstatsError,
         "rewrite(select=...): the statistic set index is out of range at run "
         "time; it must be in [0, number of sets). (The JAX backend cannot "
         "raise here: it clamps a too-large index and wraps a negative one.)",
     )
-    return check(select, in_range)
+    return cast(TensorVariable, check(select, in_range))  # CheckAndRaise's one output
 
 
-def _check_select(select: object, n_sets: int) -> Variable:
-    if not isinstance(select, Variable) or select.ndim != 0 or not (
+def _check_select(select: object, n_sets: int) -> TensorVariable:
+    if not isinstance(select, TensorVariable) or select.ndim != 0 or not (
         select.dtype.startswith(("int", "uint"))
     ):
         raise PopstatsError(
@@ -281,11 +373,27 @@ def rewrite_as(call: str, outputs: object, stats: object, select: object,
         select = _check_select(select, len(sets))
     matcher = Matcher(sets, check_match(match, "rewrite"), "rewrite")
     outs = as_variables(outputs, "rewrite")
-    new = transform((), outs, RewriteLevel(matcher, select))
+    root = RewriteLevel(matcher, select)
+    new = transform((), outs, root)
     matcher.check()
+    check_fits(root.placed, "rewrite")
     found, assumed = mixing_operations(outs, new, batch_axes_arg=batch_axes, call=call)
     warn_mixing(found, assumed, call, stacklevel + 1)
+    record_training(outs, new, batch_axes)
     return restructure(outputs, new)
+
+
+def record_training(training: Sequence[Variable], inference: Sequence[Variable],
+                    batch_axes: object) -> None:
+    """Keep, on each new output of a rewrite, the training graph it came from
+    and ``batch_axes`` (tag ``popstats_training``):
+    :func:`~popstats.check_batch_independence` finds the batch axes the
+    rewrite found from the marks there (the inference graph has none left).
+    Outputs the rewrite left as they were are the user's: not tagged."""
+    record = (tuple(training), batch_axes)
+    for old, var in zip(training, inference, strict=True):
+        if var is not old:
+            var.tag.popstats_training = record
 
 
 def check_stats(

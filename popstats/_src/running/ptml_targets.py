@@ -21,10 +21,12 @@ Members: :class:`Target`, :func:`check_applications`,
 from __future__ import annotations
 
 import glob
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.basic import Variable
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import PopulationStatistics, Statistic
@@ -42,7 +44,7 @@ class Target:
 
     def __init__(self, variable: SharedVariable, role: str, source: str,
                  stats: Sequence[Statistic], value: np.ndarray,
-                 weights: Sequence[float]):
+                 weights: Iterable[float]):
         self.variable = variable
         self.role = role
         self.source = source
@@ -112,6 +114,11 @@ def pooled_time(sites: Sequence[Site], found: Mapping[str, Application]) -> obje
     return {glob.escape(label): "pooled" for label in labels} | {"*": "step"}
 
 
+def _held_shape(variable: Variable) -> tuple[int, ...]:
+    """The shape of a running variable (shared: check_applications said)."""
+    return cast(SharedVariable, variable).get_value(borrow=True).shape
+
+
 def _pool(pairs: list[tuple[Statistic, Statistic]], weights: np.ndarray):
     w = weights / weights.sum()
     means = np.stack([np.asarray(m.value, np.float64) for m, _ in pairs])
@@ -140,7 +147,7 @@ def targets(stats: PopulationStatistics, found: Mapping[str, Application],
                     f"BatchNorm {app.layer!r} was estimated per time step (value "
                     f"of shape {stat.value.shape}), but the layer has one running "
                     f"pair ({app.running[0].name!r}, shape "
-                    f"{app.running[0].get_value().shape}) for all steps. Leave "
+                    f"{_held_shape(app.running[0])}) for all steps. Leave "
                     f"time unset (those statistics are then pooled over the "
                     f"steps), pass time='pooled', or keep per-step statistics "
                     f"with popstats.rewrite."
@@ -150,10 +157,10 @@ def targets(stats: PopulationStatistics, found: Mapping[str, Application],
         by_pair.setdefault(key, []).append((app, mean, var, weight))
         claimed.update((mean.name, var.name))
     out = []
-    for members in by_pair.values():
-        app = members[0][0]
-        pairs = [(m, v) for _, m, v, _ in members]
-        weights = np.array([w for *_, w in members], np.float64)
+    for pooled in by_pair.values():
+        app = pooled[0][0]
+        pairs = [(m, v) for _, m, v, _ in pooled]
+        weights = np.array([w for *_, w in pooled], np.float64)
         mean, var = _pool(pairs, weights)
         for variable, value, role, chosen in zip(
             app.running, (mean, var), ("mean", "var"), zip(*pairs, strict=True),

@@ -53,7 +53,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sized
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -145,22 +145,22 @@ class _Pass:
         self.data, self.run, self.k = data, run, k
 
     def __iter__(self) -> Iterator[Any]:
-        data, first = self.data, self.data.digests is None
+        data, first = self.data, self.data.digests  # first: None in pass 0
         seen: list[bytes] = []
         for i, batch in enumerate(data.batches):
             digest = self.run.batch_digest(batch, i)
-            if not first and i >= len(data.digests):
-                raise self._moved(f"it gave more than the {len(data.digests)} "
+            if first is not None and i >= len(first):
+                raise self._moved(f"it gave more than the {len(first)} "
                                   f"batches of pass 0")
-            if not first and digest != data.digests[i]:
+            if first is not None and digest != first[i]:
                 raise self._moved(f"batch {i} holds other data than in pass 0")
             seen.append(digest)
             yield batch
-        if first:
+        if first is None:
             data.digests = seen
-        elif len(seen) != len(data.digests):
+        elif len(seen) != len(first):
             raise self._moved(f"it gave {len(seen)} batches, pass 0 "
-                              f"{len(data.digests)}")
+                              f"{len(first)}")
 
     def _moved(self, what: str) -> PopstatsError:
         return PopstatsError(
@@ -173,7 +173,7 @@ class _Pass:
 
 class _SizedPass(_Pass):
     def __len__(self) -> int:
-        return len(self.data.batches)  # type: ignore[arg-type]
+        return len(cast(Sized, self.data.batches))  # made for sized batches only
 
 
 @contextlib.contextmanager
@@ -216,7 +216,8 @@ def run_fixed_point(
             )
     data = _SameData(batches, batch_run.where("run", "batches")[:-len(
         "(batches=...)")])
-    run_options = {"checkpoint_every": checkpoint_every, "progress": progress}
+    run_options: dict[str, Any] = {"checkpoint_every": checkpoint_every,
+                                   "progress": progress}
     # pass 0 is the plain pass of batch_run (its compiled function, its spec)
     state = batch_run.run_pass(data.over(batch_run, 0),
                                checkpoint=pass_path(checkpoint, 0), **run_options)

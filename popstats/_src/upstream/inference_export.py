@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pytensor.tensor as pt
@@ -37,6 +38,7 @@ from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.random.op import RandomVariable
+from pytensor.tensor.sharedvar import TensorSharedVariable
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation.statistics import PopulationStatistics
@@ -46,7 +48,12 @@ from popstats._src.graph.marker import statistic_group, statistic_label
 from popstats._src.graph.surgery import ScanEdit, walk_nodes
 from popstats._src.graph.walk import LoopStep, SiteId
 from popstats._src.rewrite.matching import Matcher
-from popstats._src.rewrite.rewriter import RewriteLevel, population_array
+from popstats._src.rewrite.rewriter import (
+    RewriteLevel,
+    check_fits,
+    population_array,
+    step_index,
+)
 
 __all__ = ["InferenceExport", "inference_export"]
 
@@ -114,7 +121,7 @@ class _InferenceLevel(ExportLevel):
 
     def extend_scan(self, edit: ScanEdit, inner: ExportLevel) -> None:
         rewrite = inner.rewrite  # type: ignore[attr-defined]
-        edit.add_sequence(pt.arange(edit.n_steps, dtype="int64"), rewrite.step)
+        edit.add_sequence(step_index(edit.n_steps), rewrite.step)
         for outer_value, inner_value in rewrite.non_seqs:
             edit.add_non_sequence(outer_value, inner_value)
 
@@ -131,7 +138,7 @@ class InferenceExport:
     """
 
     graph: EstimationGraph
-    values: Mapping[str, Variable]
+    values: Mapping[str, TensorSharedVariable]
     #: the statistics outside loops that read no population value (no
     #: statistic upstream): every round over the same data gives them the
     #: same value, which :mod:`~popstats._src.upstream.fixed_point` checks
@@ -171,12 +178,15 @@ def inference_export(
     graph = export_with(outputs, call, time,
                         lambda c, t, names: _InferenceLevel(c, t, names, root))
     matcher.check()
+    check_fits(root.placed, call)
     _check_not_random(graph, call)
     held = set(root.values.values())
     independent = frozenset(
         site.name for site, out in zip(graph.sites, graph.outputs, strict=True)
         if not site.depth and not held.intersection(ancestors([out])))
-    return InferenceExport(graph, dict(root.values), independent)
+    # without select the values are the shared variables themselves
+    values = cast(dict[str, TensorSharedVariable], root.values)
+    return InferenceExport(graph, dict(values), independent)
 
 
 def _check_not_random(graph: EstimationGraph, call: str) -> None:
