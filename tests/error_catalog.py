@@ -807,6 +807,16 @@ def estimator_unbiased_not_ema():
     popstats.Estimator("pooled", unbiased=True)
 
 
+@scenario("``debias`` that is not True or False")
+def estimator_debias_not_bool():
+    popstats.Estimator("ema", debias=1)
+
+
+@scenario("``debias`` for an estimator that takes none")
+def estimator_debias_not_ema():
+    popstats.Estimator("mean", debias=True)
+
+
 @scenario("An unknown estimator given to ``estimate``")
 def estimate_unknown_estimator():
     x, y = layer()

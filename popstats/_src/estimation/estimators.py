@@ -100,6 +100,18 @@ class Estimator:
         statistics without a role are averaged as they are. Needs the
         ``count`` of every variance and std, and batches of at least 2
         elements.
+    debias : bool, default False
+        For ``"ema"`` only (keyword): the zero-debiased running average,
+        ``v_n / (1 - (1 - momentum) ** n)`` without the start value, ``n`` the
+        batches that reached the cell (per step: that step's ``coverage``), as
+        Adam (Kingma & Ba 2015) corrects its moments and Equinox's
+        ``BatchNorm`` its averages. It is the average of the batches with
+        weights ``momentum (1 - momentum) ** (n - k)`` summing to 1: the
+        first batch's value after one batch, a constant after constant
+        batches, whatever the momentum (``docs/estimators.rst``). ``merge``
+        of two states gives the debiased average over the first data, then
+        the second (as the biased one). With ``unbiased=True`` the scaled
+        batch variances are debiased alike.
 
     Examples
     --------
@@ -108,11 +120,26 @@ class Estimator:
     Estimator(name='ema', momentum=0.01)
     >>> Estimator("ema", unbiased=True)   # PyTorch's BatchNorm running averages
     Estimator(name='ema', momentum=0.1, unbiased=True)
+
+    Debiased, one batch gives that batch's mean, where the plain average is
+    still mostly its start (0 for a mean):
+
+    >>> import numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.vector("x")
+    >>> y = x - popstats.bn_statistic(x.mean(), "m", role="mean")
+    >>> batches = [{"x": np.array([4.0, 8.0])}]
+    >>> for debias in (False, True):
+    ...     e = Estimator("ema", momentum=0.1, debias=debias)
+    ...     stats = popstats.estimate([x], y, batches, estimator=e)
+    ...     print(e, round(float(stats["m"].value), 6))
+    Estimator(name='ema', momentum=0.1) 0.6
+    Estimator(name='ema', momentum=0.1, debias=True) 6.0
     """
 
     name: str
     momentum: float | None = None
     unbiased: bool = dataclass_field(default=False, kw_only=True)
+    debias: bool = dataclass_field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.name not in ESTIMATORS:
@@ -147,9 +174,25 @@ class Estimator:
                 f"Estimator('unbiased'); for the exact variance of all data, "
                 f"Estimator('pooled')."
             )
+        if not isinstance(self.debias, bool | np.bool_):
+            raise PopstatsError(
+                f"Estimator(debias=...): expected True or False, got "
+                f"{describe_value(self.debias)}. debias=True divides the running "
+                f"average by 1 - (1 - momentum)**n, n its batches, as Adam does; "
+                f"False (the default) keeps PyTorch's, Keras' and Flax's average "
+                f"from its start value."
+            )
+        object.__setattr__(self, "debias", bool(self.debias))
+        if self.debias and self.name != "ema":
+            raise PopstatsError(
+                f"Estimator(debias=...): only 'ema' takes debias; got "
+                f"debias=True for {self.name!r}, which has no start value to "
+                f"remove. Use Estimator('ema', momentum=..., debias=True)."
+            )
 
     def __repr__(self) -> str:
         extra = ", unbiased=True" if self.unbiased else ""
+        extra += ", debias=True" if self.debias else ""
         return f"Estimator(name={self.name!r}, momentum={self.momentum!r}{extra})"
 
     @property

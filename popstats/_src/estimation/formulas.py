@@ -22,6 +22,7 @@ Members:
 - :func:`mean_step` -- a weighted mean moved towards a value;
 - :func:`ema_step` -- one step of the exponential moving average;
 - :func:`ema_decay` -- the weight left to the start after ``n`` steps;
+- :func:`ema_debiased` -- the moving average without its start-up bias;
 - :func:`ema_start` -- where a moving average starts (0, or 1 for a spread);
 - :func:`field_start` -- the value of a state field that counts nothing;
 - :func:`bessel` -- the correction ``m / (m - 1)``;
@@ -47,6 +48,7 @@ from popstats._src.export.time_modes import align_cells
 __all__ = [
     "bessel",
     "bessel_counts_ok",
+    "ema_debiased",
     "ema_decay",
     "ema_start",
     "ema_step",
@@ -86,6 +88,19 @@ def ema_decay(momentum: float, n: Array) -> Array:
     """``(1 - momentum) ** n``: the ``decay`` field after ``n`` batches, in
     closed form (the product of :func:`update`'s factors)."""
     return (1.0 - momentum) ** n
+
+
+def ema_debiased(xp: Any, acc: Array, decay: Array) -> Array:
+    """The zero-debiased moving average ``acc / (1 - decay)`` (Kingma & Ba
+    2015, Adam's bias correction), ``decay`` being ``(1 - momentum) ** n``
+    per cell; 0 where no batch reached (``decay`` 1).
+
+    ``acc`` holds the batches' terms without the start value, with weights
+    ``momentum (1 - momentum) ** (n - k)`` that sum to ``1 - decay``; the
+    quotient is their weighted average.
+    """
+    weight = 1.0 - decay
+    return acc / align_cells(xp.where(weight > 0, weight, 1.0), acc)
 
 
 def ema_start(role: str | None) -> float:
@@ -244,6 +259,8 @@ def finalize(xp: Any, estimator: Any, role: str | None, state: Fields) -> Array:
     """
     if estimator.name == "ema":
         acc = state["acc"]
+        if estimator.debias:
+            return ema_debiased(xp, acc, state["decay"])
         return acc + ema_start(role) * align_cells(state["decay"], acc)
     if "m2" in state:
         w = state["w"]

@@ -203,7 +203,8 @@ estimator : str, Estimator or dict, default "mean"
     ``"weighted"`` (by element count), ``"pooled"`` (exact moments of all
     data, fvcore's PreciseBN), ``"unbiased"`` (variances times m/(m-1),
     PyTorch's ``update_bn``), ``"ema"`` (running average), an
-    :class:`~popstats.Estimator` with options, or a dict from label
+    :class:`~popstats.Estimator` with options (such as
+    ``Estimator("ema", momentum=0.01, debias=True)``), or a dict from label
     pattern (``fnmatch``) to those: first match wins, unmatched use
     ``"mean"``. See :doc:`/estimators` for which peer each equals.
 time : "step", "pooled", tuple or dict, default "step"

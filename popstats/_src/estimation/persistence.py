@@ -17,7 +17,9 @@ The format is a NumPy ``.npz`` archive, read without pickle:
     fingerprint]`` pairs, outermost first), ``key`` (informative only),
     ``shape`` (static shape, ``null`` where unknown), ``dtype``, ``role``,
     ``group``, ``counted``, ``time`` (per loop: ``"step"`` or ``"pooled"``),
-    ``estimator`` (``{"name": ..., "momentum": ..., "unbiased": ...}``),
+    ``estimator`` (``{"name": ..., "momentum": ..., "unbiased": ...}``, with
+    ``"debias": true`` for a debiased ``ema``; a file without it reads as
+    not debiased),
     ``max_steps`` and ``n_batches``. For states: ``{"spec": ..., "n_batches":
     int, "checkpoint": null or {"start_batches": int, "start_digest": str}}``
     where ``spec`` is the :class:`~popstats._src.estimation.spec.PassSpec` (per

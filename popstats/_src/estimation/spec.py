@@ -80,13 +80,16 @@ class StatisticSpec:
     def to_json(self) -> dict[str, Any]:
         """The spec as files write it; a statistics file's entry extends it."""
         e = self.estimator
+        estimator: dict[str, Any] = {"name": e.name, "momentum": e.momentum,
+                                     "unbiased": e.unbiased}
+        if e.debias:  # files without it stay as they were (and read as False)
+            estimator["debias"] = True
         return {
             "name": self.name, "label": self.label,
             "path": [list(step) for step in self.path],
             "fingerprint": self.fingerprint, "role": self.role,
             "time": list(self.time),
-            "estimator": {"name": e.name, "momentum": e.momentum,
-                          "unbiased": e.unbiased},
+            "estimator": estimator,
         }
 
     @classmethod
@@ -100,7 +103,8 @@ class StatisticSpec:
                    str(meta.get("key", ""))),
             None if meta["role"] is None else str(meta["role"]),
             tuple(str(t) for t in meta["time"]),
-            Estimator(str(e["name"]), e["momentum"], unbiased=bool(e["unbiased"])),
+            Estimator(str(e["name"]), e["momentum"], unbiased=bool(e["unbiased"]),
+                      debias=bool(e.get("debias", False))),
         )
 
 
@@ -149,7 +153,8 @@ class PassSpec:
 def _estimator_text(e: Estimator) -> str:
     if e.name != "ema":
         return repr(e.name)
-    return f"'ema' (momentum {e.momentum}{', unbiased' if e.unbiased else ''})"
+    extra = (", unbiased" if e.unbiased else "") + (", debiased" if e.debias else "")
+    return f"'ema' (momentum {e.momentum}{extra})"
 
 
 def _upstream_text(upstream: str) -> str:
