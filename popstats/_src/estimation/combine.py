@@ -149,7 +149,7 @@ def finalize_state(call: str, sites: Sequence[Site],
             Statistic(site.name, site.label, site, value, coverage.copy(),
                       int(coverage.max()), estimator, max_steps)
         )
-    result = PopulationStatistics(tuple(stats))
+    result = PopulationStatistics(tuple(stats), stopping=state.stopping)
     for stat in result.values():
         if stat.uncovered_steps or stat.thin_steps:
             log.warning(COVERAGE_WARNING, stat.name, stat.uncovered_steps,
