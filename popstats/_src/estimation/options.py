@@ -37,9 +37,9 @@ import pytensor
 
 from popstats._src.errors import (
     PopstatsError,
+    as_number,
     check_choice,
     check_int,
-    as_number,
     check_number,
     describe_value,
 )

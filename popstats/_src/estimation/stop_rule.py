@@ -60,12 +60,6 @@ def due(n_batches: int, min_batches: int) -> bool:
     return n_batches >= min_batches and next_check(n_batches, min_batches) == n_batches
 
 
-@dataclasses.dataclass(frozen=True)
-class _Measured:
-    check: StopCheck
-    left_out: dict[str, int]
-
-
 def _spreads(sites: Sequence[Site]) -> dict[int, int]:
     """Per mean (index) its paired variance or std (index)."""
     pairs = Pairs([key_of_site(site) for site in sites])
@@ -79,7 +73,8 @@ def _spreads(sites: Sequence[Site]) -> dict[int, int]:
 
 
 def measure(sites: Sequence[Site], estimators: Sequence[est.Estimator],
-            state: EstimationState, min_batches: int) -> tuple[StopCheck, dict[str, int]]:
+            state: EstimationState,
+            min_batches: int) -> tuple[StopCheck, dict[str, int]]:
     """The check of ``state``: per statistic its norm, its unit-averaged
     value and standard error over the counted cells; and per statistic the
     cells left out (reached by fewer than ``min_batches`` batches)."""
