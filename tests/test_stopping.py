@@ -66,7 +66,7 @@ def test_schedule_is_geometric_from_min_batches():
     assert checks[:3] == [10, 11, 13]
     assert len(checks) < 120  # O(log n): about log(10^4) / log(1.1)
     ratios = np.array(checks[20:]) / np.array(checks[19:-1])
-    assert ratios.max() <= 1.1 + 1e-9 and ratios.min() >= 1.09
+    assert ratios.max() < 1.11 and ratios.min() >= 1.1 - 1e-12  # a tenth, rounded up
     assert all(next_check(n, 10) == n for n in checks)
     assert not any(due(n, 10) for n in range(10))
 
@@ -345,7 +345,9 @@ def test_dask_stops_submitting_once_reached():
     record = stats.stopping
     assert record.reached and record.n_batches % 10 == 0
     used = record.n_batches // 10
-    assert used < 60 and len(log) < 60  # not every partition was computed
+    # not every partition was computed: those merged, and at most the few
+    # running when the target was reached
+    assert used <= len(log) < 60
     assert max(record.trace[-2].norm.values()) >= TARGET  # the check before
     serial = popstats.estimate(inputs, y, [b for i in range(used)
                                            for b in _batches(10, seed=100 + i)],
