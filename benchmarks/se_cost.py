@@ -92,8 +92,10 @@ def worker(root: str) -> None:
                    "has_se": any(getattr(s, "standard_error", None) is not None
                                  for s in stats.values())})
         elif cmd["op"] == "time":
-            run, batches = current["run"], current["batches"]
-            t, _ = C.time_call(lambda: run.finalize(run.run(batches, progress=False)))
+            def one_pass(run=current["run"], batches=current["batches"]):
+                return run.finalize(run.run(batches, progress=False))
+
+            t, _ = C.time_call(one_pass)
             reply({"t": t})
         else:
             return

@@ -54,8 +54,10 @@ and ``min_batches=10``:
 Writes the numbers as JSON (``--json``), a Markdown and a reStructuredText
 table on stdout, and the figure (``--png``, default
 ``docs/_static/stopping_figure.png``; matplotlib, the ``plot`` extra).
-``--plot-only`` redraws the figure and tables from the JSON; ``--models``
-runs some models and keeps the others' results already in the JSON.
+``--rst PATH`` writes the reStructuredText table to ``PATH``
+(docs/stopping-figure.txt). ``--plot-only`` redraws the figure and tables
+from the JSON; ``--models`` runs some models and keeps the others' results
+already in the JSON.
 
 Run (Python 3.12 with pytensor-ml for ``conv``)::
 
@@ -287,7 +289,7 @@ def run_model(name: str, args) -> dict:
             "agreement": float(np.mean(pred == full_pred)),
         })
     out["rows"] = rows
-    out["test_examples"] = int(len(yt))
+    out["test_examples"] = len(yt)
     out["trace"] = stopped[min(args.targets)]["trace"]
     out["statistics"] = sorted(fixed[n_batches]["stats"])
     return out
@@ -317,7 +319,7 @@ def plot(results: dict, png: Path, targets) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.0),
                              squeeze=False)
-    for ax, (name, res) in zip(axes[0], results.items(), strict=True):
+    for ax, res in zip(axes[0], results.values(), strict=True):
         trace = res["trace"]
         n = np.array([t[0] for t in trace])
         for stat in res["statistics"]:
@@ -368,6 +370,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=HERE / "stopping_figure.json")
     parser.add_argument("--png", type=Path,
                         default=ROOT / "docs" / "_static" / "stopping_figure.png")
+    parser.add_argument("--rst", type=Path, default=None,
+                        help="also write the reStructuredText table there "
+                        "(docs/stopping-figure.txt, included by docs/estimators.rst)")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--quick", action="store_true",
                         help="6,400 examples, 60 training batches, small models")
@@ -394,6 +399,8 @@ def main() -> None:
     results = {k: results[k] for k in ("lstm", "conv") if k in results}
     md, rst = tables(results)
     print(f"### Stopping at a target vs fixed amounts\n\n{header}\n\n{md}\n\n{rst}")
+    if args.rst is not None:
+        args.rst.write_text(f".. {header}\n\n{rst}\n")
     plot(results, args.png, args.targets)
 
 
