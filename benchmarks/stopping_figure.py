@@ -334,11 +334,18 @@ def plot(results: dict, png: Path, targets) -> None:
         for (label, b), colour in zip(CONVENTIONS, styles, strict=True):
             ax.axvline(min(b or full, full), color=colour, ls=":", lw=1.2,
                        label=label.split(":")[0])
-        for r in res["rows"][:len(targets)]:
+        missed = []
+        for target, r in zip(targets, res["rows"][:len(targets)], strict=True):
+            if "not reached" in r["how"]:
+                missed.append(f"{target:.1%}")
+                continue
             ax.plot([r["batches"]], [r["norm"]], "o", color="k", ms=6)
-            ax.annotate(f"{r['batches']} batches\n{r['seconds']:.1f} s",
+            ax.annotate(f"stopped: {r['batches']} batches, {r['seconds']:.1f} s",
                         (r["batches"], r["norm"]), textcoords="offset points",
-                        xytext=(6, 6), fontsize=8)
+                        xytext=(-150, -16), fontsize=8)
+        if missed:
+            ax.annotate(f"{', '.join(missed)}: not reached in {full:,} batches",
+                        (0.02, 0.02), xycoords="axes fraction", fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(f"batches of {res['batch_size']}")
