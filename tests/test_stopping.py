@@ -444,3 +444,20 @@ def test_upstream_population_checkpoint_resumes_toward_the_target(tmp_path):
     assert resumed.stopping == whole.stopping
     for name, stat in resumed.items():
         np.testing.assert_allclose(stat.value, whole[name].value, rtol=1e-12)
+
+
+def test_device_engine_stops_where_the_host_does():
+    pytest.importorskip("jax")
+    import pytensor.link.jax.dispatch  # noqa: F401 - sets x64 from floatX
+
+    inputs, y = _model()
+    batches = _batches(300)
+    device = popstats.estimate(inputs, y, batches, target_error=TARGET, mode="JAX",
+                               accumulate="graph")
+    host = popstats.estimate(inputs, y, batches, target_error=TARGET, mode=MODE)
+    assert device.stopping.reached
+    assert device.stopping.n_batches == host.stopping.n_batches
+    assert [c.n_batches for c in device.stopping.trace] == [
+        c.n_batches for c in host.stopping.trace]
+    for name, norm in host.stopping.norm.items():
+        assert device.stopping.norm[name] == pytest.approx(norm, rel=1e-9)
