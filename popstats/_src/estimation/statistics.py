@@ -248,10 +248,6 @@ class PopulationStatistics(Mapping[str, Statistic]):
             record, self.stopping,
         )
 
-    def with_stopping(self, record: Stopping | None) -> PopulationStatistics:
-        """These statistics with ``record`` as their :attr:`stopping`."""
-        return PopulationStatistics(tuple(self.values()), self.fixed_point, record)
-
     @overload
     def get(self, name: str, /) -> Statistic | None: ...
     @overload
