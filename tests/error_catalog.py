@@ -876,6 +876,24 @@ def estimate_upstream_tol_without_population():
     popstats.estimate([x], y, [{"x": data()}], upstream_tol=1e-6)
 
 
+@scenario("``target_error`` outside (0, 1)")
+def estimate_bad_target_error():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], target_error=1.0)
+
+
+@scenario("``min_batches`` below 2")
+def estimate_bad_min_batches():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], target_error=0.01, min_batches=1)
+
+
+@scenario("``min_batches`` without ``target_error``")
+def estimate_min_batches_without_target():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], min_batches=20)
+
+
 @scenario("upstream='population': a statistic computed from another, no group")
 def upstream_statistics_without_groups():
     x = pt.matrix("x")
@@ -1505,6 +1523,12 @@ def load_state_version_1():
     popstats.load_state("state.npz")
 
 
+@scenario("Loading an estimation state written before standard errors")
+def load_state_version_2():
+    popstats_file("state.npz", kind="popstats.state", version=2)
+    popstats.load_state("state.npz")
+
+
 @scenario("Loading a file of an unknown format version")
 def load_unknown_version():
     popstats_file("stats.npz", version=4)
@@ -1532,7 +1556,7 @@ def load_damaged():
 
 @scenario("Loading an estimation state from a damaged file")
 def load_state_damaged():
-    popstats_file("state.npz", kind="popstats.state", version=2, meta="{}")
+    popstats_file("state.npz", kind="popstats.state", version=3, meta="{}")
     popstats.load_state("state.npz")
 
 

@@ -8,8 +8,8 @@ and :meth:`~popstats.Estimation.finalize`:
   or an error naming what differs;
 - :func:`merge_states` -- two states as one, exactly
   (:func:`~popstats._src.estimation.estimators.merge` per statistic);
-- :func:`finalize_state` -- the population statistics of a state, cells no
-  batch reached filled from earlier steps
+- :func:`finalize_state` -- the population statistics of a state (with
+  their standard errors), cells no batch reached filled from earlier steps
   (:func:`~popstats._src.estimation.estimators.fill_uncovered`), with a
   warning on the ``popstats`` logger for steps reached by few batches or
   none (:data:`COVERAGE_WARNING`; :func:`without_coverage_warnings` holds
@@ -30,7 +30,11 @@ from popstats._src.estimation.accumulate_host import describe_arrays, fits, stat
 from popstats._src.estimation.estimators import fill_uncovered
 from popstats._src.estimation.spec import PassSpec, spec_differences
 from popstats._src.estimation.state import EstimationState
-from popstats._src.estimation.statistics import PopulationStatistics, Statistic
+from popstats._src.estimation.statistics import (
+    PopulationStatistics,
+    Statistic,
+    with_spreads,
+)
 from popstats._src.export.exporter import Site
 
 __all__ = ["COVERAGE_WARNING", "check_state", "finalize_state", "merge_states",
@@ -147,9 +151,12 @@ def finalize_state(call: str, sites: Sequence[Site],
         value = fill_uncovered(est.finalize(estimator, site.role, arrays), coverage)
         stats.append(
             Statistic(site.name, site.label, site, value, coverage.copy(),
-                      int(coverage.max()), estimator, max_steps)
+                      int(coverage.max()), estimator, max_steps,
+                      standard_error=est.standard_error(estimator, site.role,
+                                                        arrays))
         )
-    result = PopulationStatistics(tuple(stats))
+    result = PopulationStatistics(with_spreads(tuple(stats)),
+                                  stopping=state.stopping)
     for stat in result.values():
         if stat.uncovered_steps or stat.thin_steps:
             log.warning(COVERAGE_WARNING, stat.name, stat.uncovered_steps,
