@@ -219,6 +219,19 @@ def _uses_n(layers: list) -> bool:
     )
 
 
+def reuses(desc: dict) -> bool:
+    """Whether a description reaches a marked computation twice: an
+    ``OpFromGraph`` layer (at any depth) or a copied branch (what
+    ``models(reuse=False)`` leaves out)."""
+
+    def ofg(layers: list) -> bool:
+        return any(layer["kind"] == "ofg"
+                   or (layer["kind"] == "loop" and ofg(layer["body"]))
+                   for layer in layers)
+
+    return any(b["copies"] or ofg(b["layers"]) for b in desc["branches"])
+
+
 @st.composite
 def models(
     draw, reuse: bool = True, streams: bool = True, max_depth: int = MAX_DEPTH

@@ -6,7 +6,8 @@ a (mean, var) pair, the stand-in for a crash in the middle of a pass, the
 comparison of two estimation states, and the size of the property tests.
 
 ``POPSTATS_LONG=1`` (the one switch of the long runs, README's "Tests"):
-1,000 generated models (``test_generated.py``, ``test_independence_generated.py``),
+1,000 generated models (``test_generated.py``, ``test_independence_generated.py``)
+and 100 more without reuse,
 400 runs of the pass machine with 50 kill scenarios (``test_pass_machine.py``),
 the float32 device accumulation over 10,000 batches and every estimator and
 time mode on the device (``test_device_pass.py``), 12 estimator and time

@@ -14,10 +14,13 @@ only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import pytensor
 import pytest
-from conftest import build_case, build_zoo
+from conftest import Case, build_case, build_zoo
 from reference import fgraph_nodes, iter_nodes
 
 import popstats
@@ -59,25 +62,42 @@ def _needs(mode):
         pytest.importorskip("torch")
 
 
+@dataclass
+class Run:
+    """One (graph, mode): its estimation (on the host, as ``estimate`` runs
+    it: ``Estimation(...).run`` then ``finalize``), the final state and
+    statistics, the compiled inference function and the NumPy reference."""
+
+    case: Case
+    host: popstats.Estimation
+    state: popstats.EstimationState
+    stats: popstats.PopulationStatistics
+    infer: Callable
+    reference: dict
+
+
 class _Runs:
-    """Estimate + rewrite + compile once per (graph, mode)."""
+    """Estimate + rewrite + compile once per (graph, mode): the estimation
+    function is compiled once, and its host state is what graph
+    accumulation is compared with."""
 
     def __init__(self) -> None:
         self.done: dict = {}
 
-    def __call__(self, kind: str, mode):
+    def __call__(self, kind: str, mode) -> Run:
         key = (kind, mode)
         if key not in self.done:
             if kind == "ff":
                 case = build_case("ff")
             else:
                 case = build_zoo(JAX_ZOO if mode == "JAX" else ZOO)
-            stats = popstats.estimate(
-                case.inputs, case.outputs, case.batches, mode=mode
-            )
+            host = popstats.Estimation(case.inputs, case.outputs, mode=mode)
+            state = host.run(case.batches, progress=False)
+            stats = host.finalize(state)
             inference = popstats.rewrite(case.outputs, stats)
             infer = pytensor.function(case.inputs, inference, mode=mode)
-            self.done[key] = (case, stats, infer, case.reference_stats())
+            self.done[key] = Run(case, host, state, stats, infer,
+                                 case.reference_stats())
         return self.done[key]
 
 
@@ -113,23 +133,23 @@ def _bnstat_nodes(fn):
 @pytest.mark.parametrize("mode", [*MODES, pytest.param("PYTORCH", id="PYTORCH")])
 def test_feed_forward(runs, mode):
     _needs(mode)
-    case, stats, infer, reference = runs("ff", mode)
-    _check_stats(stats, reference)
-    _check_inference(case, infer, reference)
+    run = runs("ff", mode)
+    _check_stats(run.stats, run.reference)
+    _check_inference(run.case, run.infer, run.reference)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_loops_estimate(runs, mode):
     _needs(mode)
-    _, stats, _, reference = runs("zoo", mode)
-    _check_stats(stats, reference)
+    run = runs("zoo", mode)
+    _check_stats(run.stats, run.reference)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_loops_inference(runs, mode):
     _needs(mode)
-    case, _, infer, reference = runs("zoo", mode)
-    _check_inference(case, infer, reference)
+    run = runs("zoo", mode)
+    _check_inference(run.case, run.infer, run.reference)
 
 
 #: FAST_COMPILE's graph accumulation is proven in test_accumulate_graph.py,
@@ -144,14 +164,12 @@ def test_graph_accumulation_equals_host_accumulation(runs, mode):
     on the host give, per statistic and step, counts exactly (on JAX: the
     device pass, here over nested and side-by-side loops)."""
     _needs(mode)
-    kind = "ff" if mode == "PYTORCH" else "zoo"
-    case, stats, _, _ = runs(kind, mode)
+    run = runs("ff" if mode == "PYTORCH" else "zoo", mode)
+    case, stats, host_state = run.case, run.stats, run.state
     estimation = popstats.Estimation(case.inputs, case.outputs, mode=mode,
                                      accumulate="graph")
-    host = popstats.Estimation(case.inputs, case.outputs, mode=mode)
-    assert estimation.accumulate == "graph" and host.accumulate == "host"
+    assert estimation.accumulate == "graph" and run.host.accumulate == "host"
     graph_state = estimation.run(case.batches, progress=False)
-    host_state = host.run(case.batches, progress=False)
     for name, a, b in zip(graph_state.names, graph_state.states, host_state.states,
                           strict=True):
         assert set(a) == set(b), name

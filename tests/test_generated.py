@@ -35,9 +35,12 @@ function holds the outputs rewritten together and one by one) in
 with a fixed seed (``derandomize``) and no example database.
 
 Size: ``test_generated_models`` checks 30 models; 1,000 under
-``POPSTATS_LONG=1`` (the long runs, README's "Tests").
-``test_generated_models_without_reuse`` (no OpFromGraph, no copies: every
-label reached once) runs a tenth of it, at least 10.
+``POPSTATS_LONG=1`` (the long runs, README's "Tests"). Models without
+reuse (no OpFromGraph, no copies: every label reached once) are among
+them, and the test counts them: at least 3 (10 of the 30 by default).
+``test_generated_models_without_reuse`` draws only those, a tenth of the
+number (100), under ``POPSTATS_LONG=1`` only: where a model with reuse
+fails, it tells whether the failure is about telling applications apart.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from pathlib import Path
 import generated as gen
 import numpy as np
 import pytensor
+import pytest
 import reference as ref
 from hypothesis import HealthCheck, given, settings
 from shared import MODE, sized
@@ -61,6 +65,9 @@ import popstats
 
 EXAMPLES = sized(30, 1000)
 PLAIN_EXAMPLES = max(10, EXAMPLES // 10)
+#: models without reuse among the EXAMPLES of ``test_generated_models``
+#: (10 of the 30 drawn by default, as many as the plain test drew)
+PLAIN_AMONG = 3
 
 #: estimated against reference statistics (relative; absolute near zero)
 STAT_RTOL, STAT_ATOL = 1e-10, 1e-12
@@ -342,7 +349,8 @@ class ReplayProcess:
 # the tests
 
 
-def _run(strategy, examples: int, folder: Path) -> None:
+def _run(strategy, examples: int, folder: Path) -> list[dict]:
+    """Checks 1-6 on ``examples`` drawn models; returns their descriptions."""
     names = itertools.count()  # file names of saved statistics
     with ReplayProcess(folder) as replay:
 
@@ -358,13 +366,18 @@ def _run(strategy, examples: int, folder: Path) -> None:
 
         generated_model()
         replay.check()
+    return [saved.desc for saved in replay.saved]
 
 
 def test_generated_models(tmp_path):
-    """Every feature, reuse included (OpFromGraph, copies, reused Scans)."""
-    _run(gen.models(), EXAMPLES, tmp_path)
+    """Every feature, reuse included (OpFromGraph, copies, reused Scans),
+    and models without reuse among them."""
+    checked = _run(gen.models(), EXAMPLES, tmp_path)
+    plain = sum(not gen.reuses(desc) for desc in checked)
+    assert PLAIN_AMONG <= plain < len(checked), (plain, len(checked))
 
 
+@pytest.mark.slow
 def test_generated_models_without_reuse(tmp_path):
     """No label reached twice: failures here are not about telling
     applications apart."""

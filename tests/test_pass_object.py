@@ -23,6 +23,7 @@ from popstats._src.estimation.combine import (
     without_coverage_warnings,
 )
 from popstats._src.estimation.pass_object import DrivenRun
+from popstats._src.estimation.passes import RunArguments
 from popstats._src.estimation.upstream import FixedPoint
 from popstats._src.upstream.fixed_point import FixedPointDriver
 
@@ -62,11 +63,9 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def run(self, estimation, batches, *, state, on_batch, checkpoint,
-            checkpoint_every, progress) -> DrivenRun:
-        self.calls.append((estimation, state, on_batch, checkpoint,
-                           checkpoint_every, progress))
-        last = estimation.run_pass(batches, progress=False)
+    def run(self, estimation, batches, arguments) -> DrivenRun:
+        self.calls.append((estimation, arguments))
+        last = estimation.run_pass(batches, RunArguments(progress=False))
         return DrivenRun(estimation, last, FixedPoint(1, (), (), 0.5))
 
 
@@ -80,7 +79,9 @@ def test_run_hands_population_passes_to_the_declared_driver():
     x, y = layer()
     run = Driven([x], y, mode=MODE, upstream="population")
     state = run.run(BATCHES, checkpoint_every=7, progress=False)
-    assert recorder.calls == [(run, None, None, None, 7, False)]
+    assert recorder.calls == [(run, RunArguments(state=None, checkpoint=None,
+                                                 checkpoint_every=7, progress=False,
+                                                 on_batch=None))]
     assert run.fixed_point == FixedPoint(1, (), (), 0.5)
     np.testing.assert_allclose(run.finalize(state)["m"].value, 1.5)
     # upstream="batch" never reaches the driver

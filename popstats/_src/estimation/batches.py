@@ -138,22 +138,6 @@ def check_inputs(
     call: str = "estimate",
 ) -> list[TensorVariable]:
     inputs = as_variables(inputs, call, "inputs")
-    twice = sorted({str(v) for i, v in enumerate(inputs)
-                    if any(v is w for w in inputs[:i])})
-    if twice:
-        raise PopstatsError(
-            f"{call}(inputs=...): {', '.join(map(repr, twice))} "
-            f"{'is' if len(twice) == 1 else 'are'} given more than once. Give "
-            f"each input once (a batch has one value per input)."
-        )
-    alike = sorted({v.name for i, v in enumerate(inputs) if v.name is not None
-                    and any(v.name == w.name for w in inputs[:i])})
-    if alike:
-        raise PopstatsError(
-            f"{call}(inputs=...): several inputs are named "
-            f"{', '.join(map(repr, alike))}, so batches keyed by name cannot "
-            f"tell them apart. Give each input its own name, e.g. pt.matrix('x2')."
-        )
     in_graph = set(graph_inputs(outputs))
     strangers = [str(v) for v in inputs if v not in in_graph]
     if strangers:

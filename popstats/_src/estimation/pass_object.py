@@ -64,7 +64,13 @@ from popstats._src.estimation.engines import choose_engine
 from popstats._src.estimation.estimators import fill_uncovered
 from popstats._src.estimation.options import EstimationOptions, takes_options
 from popstats._src.estimation.partners import check_counts, find_partners
-from popstats._src.estimation.passes import BatchCallback, HostPass, Pass, PassContext
+from popstats._src.estimation.passes import (
+    BatchCallback,
+    HostPass,
+    Pass,
+    PassContext,
+    RunArguments,
+)
 from popstats._src.estimation.plan import EstimationPlan
 from popstats._src.estimation.progress import check_progress, progress_bar
 from popstats._src.estimation.spec import PassSpec, StatisticSpec
@@ -104,12 +110,10 @@ class PassDriver(Protocol):
     """Runs :meth:`Estimation.run` for an Estimation of
     ``upstream="population"`` (:attr:`Estimation.driver`)."""
 
-    def run(self, estimation: Estimation, batches: Iterable[Any], *,
-            state: EstimationState | None, on_batch: BatchCallback | None,
-            checkpoint: str | os.PathLike | None, checkpoint_every: int,
-            progress: bool | str) -> DrivenRun:
-        """The passes over ``batches`` (the arguments are ``run``'s), each an
-        :meth:`Estimation.run_pass`."""
+    def run(self, estimation: Estimation, batches: Iterable[Any],
+            arguments: RunArguments) -> DrivenRun:
+        """The passes over ``batches`` (``arguments``: the rest of what
+        ``run`` was given), each an :meth:`Estimation.run_pass`."""
         ...
 
 
@@ -365,30 +369,26 @@ class Estimation:
         point (:doc:`/upstream`; :attr:`fixed_point` records them) and
         returns the last pass's state; ``state`` and ``on_batch`` are refused.
         """
+        arguments = RunArguments(state, checkpoint, checkpoint_every, progress,
+                                 on_batch)
         if self.options.upstream == "population" and self.spec.upstream == "batch":
             # the passes to the fixed point, each a run_pass (see driver)
-            driven = self.driver.run(
-                self, batches, state=state, on_batch=on_batch, checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every, progress=progress)
+            driven = self.driver.run(self, batches, arguments)
             self._final, self.fixed_point = driven.final, driven.fixed_point
             return driven.state
-        return self.run_pass(batches, state, checkpoint=checkpoint,
-                             checkpoint_every=checkpoint_every, progress=progress,
-                             on_batch=on_batch)
+        return self.run_pass(batches, arguments)
 
-    def run_pass(
-        self,
-        batches: Iterable[Any],
-        state: EstimationState | None = None,
-        *,
-        checkpoint: str | os.PathLike | None = None,
-        checkpoint_every: int = 100,
-        progress: bool | str = "auto",
-        on_batch: BatchCallback | None = None,
-    ) -> EstimationState:
+    def run_pass(self, batches: Iterable[Any],
+                 arguments: RunArguments | None = None) -> EstimationState:
         """One pass over ``batches``, as :meth:`run` describes, whatever the
         ``upstream`` option: what :meth:`run` does with ``upstream="batch"``,
-        and what a :class:`PassDriver` runs for each of its passes."""
+        and what a :class:`PassDriver` runs for each of its passes.
+        ``arguments`` are the rest of what :meth:`run` takes (by default
+        its defaults)."""
+        arguments = RunArguments() if arguments is None else arguments
+        state, checkpoint, checkpoint_every, progress, on_batch = (
+            arguments.state, arguments.checkpoint, arguments.checkpoint_every,
+            arguments.progress, arguments.on_batch)
         show = check_progress(progress, self.where("run", "progress")[:-len(
             "(progress=...)")])
         if on_batch is not None and not callable(on_batch):

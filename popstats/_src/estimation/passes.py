@@ -26,11 +26,13 @@ run goes (:meth:`Pass.run`, the one batch loop), and, with the option
 :class:`~popstats._src.estimation.stop_rule.StopRule` says.
 
 Members: :data:`BatchCallback`, :class:`GraphPass`, :class:`HostPass`,
-:class:`Occupancy`, :class:`Pass`, :class:`PassContext`, :func:`explain`.
+:class:`Occupancy`, :class:`Pass`, :class:`PassContext`,
+:class:`RunArguments` (what a run is given), :func:`explain`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,12 +52,26 @@ if TYPE_CHECKING:
     from popstats._src.estimation.stop_rule import StopRule
 
 __all__ = ["BatchCallback", "GraphPass", "HostPass", "Occupancy", "Pass",
-           "PassContext", "explain"]
+           "PassContext", "RunArguments", "explain"]
 
 #: ``on_batch(index, per_site)``: batch ``index`` was added; ``per_site[i]``
 #: is statistic ``i``'s (value, count, weight) of it, NumPy arrays (count
 #: and weight None where not marked)
 BatchCallback = Callable[[int, list], None]
+
+
+@dataclass(frozen=True)
+class RunArguments:
+    """What :meth:`~popstats.Estimation.run` is given besides the batches, as
+    one record: ``run`` makes it, and hands it to
+    :meth:`~popstats.Estimation.run_pass` or to the driver of
+    ``upstream="population"`` (the meaning of each field is ``run``'s)."""
+
+    state: EstimationState | None = None
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int = 100
+    progress: bool | str = "auto"
+    on_batch: BatchCallback | None = None
 
 
 class Occupancy:

@@ -73,7 +73,7 @@ class _NoDriver:
     sets it: refuses to run (see
     :class:`~popstats._src.estimation.pass_object.PassDriver`)."""
 
-    def run(self, estimation: Any, batches: Any, **arguments: Any) -> Any:
+    def run(self, estimation: Any, batches: Any, arguments: Any) -> Any:
         raise PopstatsError(
             f"{estimation.call}(upstream='population'): the passes of the fixed "
             f"point are not loaded; `import popstats` loads them."

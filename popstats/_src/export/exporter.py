@@ -171,7 +171,8 @@ def as_variables(value: object, call: str, argument: str = "outputs"
     The one check of a list of variables: ``argument`` is ``"outputs"`` (the
     outputs of a model: at least one; a list, tuple or namedtuple, see
     :func:`restructure`) or ``"inputs"`` (the free inputs batches give values
-    for: none computed, constant or shared).
+    for: none computed, constant or shared, each given once and no two of
+    one name, since batches are keyed by name).
     """
     what, fix, element = _VARIABLES[argument]
     where = f"{call}({argument}=...)"
@@ -199,7 +200,30 @@ def as_variables(value: object, call: str, argument: str = "outputs"
                 f"constant or shared). Pass the root variables the batches provide "
                 f"values for."
             )
+    if argument == "inputs":
+        _check_distinct(seq, where)
     return list(seq)
+
+
+def _check_distinct(inputs: Sequence[Variable], where: str) -> None:
+    """Refuse an input given twice, or two inputs of one name."""
+    twice = sorted({str(v) for i, v in enumerate(inputs)
+                    if any(v is w for w in inputs[:i])})
+    if twice:
+        raise PopstatsError(
+            f"{where}: {', '.join(map(repr, twice))} "
+            f"{'is' if len(twice) == 1 else 'are'} given more than once. Give "
+            f"each input once (a batch has one value per input), e.g. [x] rather "
+            f"than [x, x]."
+        )
+    alike = sorted({v.name for i, v in enumerate(inputs) if v.name is not None
+                    and any(v.name == w.name for w in inputs[:i])})
+    if alike:
+        raise PopstatsError(
+            f"{where}: several inputs are named {', '.join(map(repr, alike))}, "
+            f"so batches keyed by name cannot tell them apart. Give each input "
+            f"its own name, e.g. pt.matrix('x2')."
+        )
 
 
 def restructure(outputs: object, new: Sequence[Variable]) -> object:

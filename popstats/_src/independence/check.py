@@ -27,23 +27,6 @@ _CALL = "check_batch_independence"
 
 def _inputs(inputs: object, outputs: Sequence[Variable]) -> list[TensorVariable]:
     inputs = as_variables(inputs, _CALL, "inputs")
-    twice = sorted({str(v) for k, v in enumerate(inputs)
-                    if any(v is w for w in inputs[:k])})
-    if twice:
-        raise PopstatsError(
-            f"{_CALL}(inputs=...): {', '.join(map(repr, twice))} "
-            f"{'is' if len(twice) == 1 else 'are'} given more than once. Give "
-            f"each input once, e.g. [x] rather than [x, x]."
-        )
-    alike = sorted({v.name for k, v in enumerate(inputs) if v.name is not None
-                    and any(v.name == w.name for w in inputs[:k])})
-    if alike:
-        raise PopstatsError(
-            f"{_CALL}(inputs=...): several inputs are named "
-            f"{', '.join(map(repr, alike))}, so a batch keyed by name cannot "
-            f"tell them apart. Give each input its own name, e.g. "
-            f"pt.matrix('x2')."
-        )
     missing = [str(v) for v in data_inputs(outputs) if v not in inputs]
     if missing:
         raise PopstatsError(

@@ -66,6 +66,7 @@ import numpy as np
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.estimation.combine import without_coverage_warnings
 from popstats._src.estimation.pass_object import DrivenRun, Estimation
+from popstats._src.estimation.passes import RunArguments
 from popstats._src.estimation.plan import EstimationPlan
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
@@ -213,23 +214,19 @@ class FixedPointDriver:
     ``upstream="population"``: :func:`run_fixed_point`
     (``popstats/__init__.py`` makes it :attr:`popstats.Estimation.driver`)."""
 
-    def run(self, estimation: Estimation, batches: Iterable[Any], *,
-            state: EstimationState | None, on_batch: object,
-            checkpoint: str | os.PathLike | None, checkpoint_every: int,
-            progress: bool | str) -> DrivenRun:
-        return DrivenRun(*run_fixed_point(estimation, batches, state, on_batch,
-                                          checkpoint, checkpoint_every, progress))
+    def run(self, estimation: Estimation, batches: Iterable[Any],
+            arguments: RunArguments) -> DrivenRun:
+        return DrivenRun(*run_fixed_point(estimation, batches, arguments))
 
 
 def run_fixed_point(
-    batch_run: Estimation, batches: Iterable[Any], given: object, on_batch: object,
-    checkpoint: str | os.PathLike | None, checkpoint_every: int,
-    progress: bool | str,
+    batch_run: Estimation, batches: Iterable[Any], arguments: RunArguments,
 ) -> tuple[Estimation, EstimationState, FixedPoint]:
     """The rounds of ``batch_run.run`` (see the module's text); returns the
     last round's pass, its state and the record of the rounds."""
     call, options = batch_run.call, batch_run.options
-    for name, value in (("state", given), ("on_batch", on_batch)):
+    for name, value in (("state", arguments.state),
+                        ("on_batch", arguments.on_batch)):
         if value is not None:
             where = batch_run.where("run", name)
             raise PopstatsError(
@@ -239,11 +236,13 @@ def run_fixed_point(
             )
     data = _SameData(batches, batch_run.where("run", "batches")[:-len(
         "(batches=...)")])
-    run_options: dict[str, Any] = {"checkpoint_every": checkpoint_every,
-                                   "progress": progress}
+
+    def of_pass(k: int) -> RunArguments:
+        return dataclasses.replace(arguments,
+                                   checkpoint=pass_path(arguments.checkpoint, k))
+
     # pass 0 is the plain pass of batch_run (its compiled function, its spec)
-    state = batch_run.run_pass(data.over(batch_run, 0),
-                               checkpoint=pass_path(checkpoint, 0), **run_options)
+    state = batch_run.run_pass(data.over(batch_run, 0), of_pass(0))
     data.first_done(state)
     stopping = state.stopping  # pass 0 decides the batches (target_error)
     with quiet():
@@ -256,8 +255,7 @@ def run_fixed_point(
         exported.hold(upstream, call)
         runs[:] = [inference_pass(runs[0] if runs else None, inputs, outputs,
                                   exported, upstream, options, call)]
-        state = runs[0].run_pass(data.over(runs[0], k),
-                                 checkpoint=pass_path(checkpoint, k), **run_options)
+        state = runs[0].run_pass(data.over(runs[0], k), of_pass(k))
         with quiet():
             return runs[0].finalize(state), state
 
