@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from popstats._src.errors import PopstatsError, check_int
+from popstats._src.estimation.estimators import fields as est_fields
 from popstats._src.estimation.persistence import (
     STATE,
     check_target,
@@ -236,6 +237,7 @@ def save_state(
         "spec": state.spec.to_json(),
         "n_batches": state.n_batches,
         "sizes": state.sizes.to_json(),
+        "arrays": len(arrays),  # a damaged archive may list fewer
         "checkpoint": None if checkpoint is None else {
             "start_batches": checkpoint.start_batches,
             "start_digest": checkpoint.start_digest,
@@ -281,6 +283,17 @@ def load_checkpoint(
             if key.startswith("state/"):
                 _, index, field = key.split("/")
                 states[int(index)][field] = array
+            elif key not in ("popstats_format", "format_version", "meta"):
+                raise ValueError(f"unknown array {key!r}")
+        listed = meta.get("arrays")  # older files: not recorded
+        if listed is not None and int(listed) != sum(map(len, states)):
+            raise ValueError(f"{sum(map(len, states))} arrays of the {listed} saved")
+        for fields, stat in zip(states, spec.statistics, strict=True):
+            want = set(est_fields(stat.estimator, stat.role))
+            if fields and set(fields) != want:
+                raise ValueError(
+                    f"statistic {stat.name!r} has arrays {sorted(fields)}, not "
+                    f"those of its estimator, {sorted(want)}")
         n_batches = int(meta["n_batches"])
         # a state saved before batch sizes were kept: sizes not known
         sizes = meta.get("sizes")
