@@ -15,10 +15,11 @@ BatchSizes`) and returns what makes its estimate doubtful, as
   steps): weighing every batch alike moves the result beyond its noise;
 - ``"trend"`` -- the ``t`` of the slope of the batch statistics against the
   batch's position (:func:`~popstats._src.estimation.formulas.trend`)
-  beyond a Bonferroni bound at :data:`TREND_LEVEL` over the statistic's
-  units and steps.
+  beyond a Bonferroni bound at :data:`TREND_LEVEL` over the units and steps
+  of every statistic of the pass (:func:`trend_tests`).
 
-Members: :data:`TREND_LEVEL`, :func:`find_warnings`, :func:`trend_bound`.
+Members: :data:`TREND_LEVEL`, :func:`find_warnings`, :func:`trend_bound`,
+:func:`trend_tests`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.state import BatchSizes
 from popstats._src.estimation.statistics import Statistic, StatisticWarning
 
-__all__ = ["TREND_LEVEL", "find_warnings", "trend_bound"]
+__all__ = ["TREND_LEVEL", "find_warnings", "trend_bound", "trend_tests"]
 
-#: the family-wise false-alarm rate of the trend warning, per statistic
+#: the family-wise false-alarm rate of the trend warning, per pass
 TREND_LEVEL = 0.001
 
 _SPREADS = ("var", "std")
@@ -122,15 +123,26 @@ def trend_bound(n: np.ndarray, tests: int) -> np.ndarray:
     return np.where(n >= 3, bound, np.inf)
 
 
-def _trend(stat: Statistic, arrays: dict[str, np.ndarray]) -> StatisticWarning | None:
+def _cells(coverage: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Each cell's batch count, broadcast to a value of ``shape``."""
+    return np.broadcast_to(coverage.reshape(coverage.shape + (1,) * (
+        len(shape) - coverage.ndim)), shape)
+
+
+def trend_tests(stat: Statistic) -> int:
+    """How many slopes the trend test of ``stat`` tests: its units times its
+    cells reached by at least 3 batches."""
+    return int((_cells(stat.coverage, stat.value.shape) >= 3).sum())
+
+
+def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
+           tests: int) -> StatisticWarning | None:
     coverage = np.asarray(arrays["n"])
     if not hasattr(fm, "trend") or not (coverage >= 3).any():  # TODO(h2-se)
         return None
     t = np.abs(np.asarray(fm.trend(np, arrays), dtype=np.float64))
     depth = coverage.ndim
-    cells = np.broadcast_to(coverage.reshape(coverage.shape + (1,) * (
-        t.ndim - depth)), t.shape)
-    tests = int((cells >= 3).sum())
+    cells = _cells(coverage, t.shape)
     bound = trend_bound(cells, tests)
     over = np.nan_to_num(t, nan=0.0) > bound
     if not over.any():
@@ -143,24 +155,27 @@ def _trend(stat: Statistic, arrays: dict[str, np.ndarray]) -> StatisticWarning |
         where += f", step {steps[0] if len(steps) == 1 else steps}"
     return StatisticWarning(stat.name, "trend", (
         f"statistic {stat.name!r} (in {stat.site.where}): its batch values "
-        f"drift along the batches ({int(over.sum())} of {tests} units and steps "
-        f"with |t| of the slope over the batch order beyond "
-        f"{float(bound[worst]):.3g}; {where}: t = {float(t[worst]):.3g} over "
-        f"{int(cells[worst])} batches). The batches are not alike (data in a "
-        f"fixed order, or data that changes), so the estimate depends on "
-        f"which batches were seen and its standard error does not hold. "
-        f"Shuffle the data into the batches, or estimate over data of one "
-        f"distribution."))
+        f"drift along the batches ({int(over.sum())} of "
+        f"{int((cells >= 3).sum())} units and steps with |t| of the slope "
+        f"over the batch order beyond {float(bound[worst]):.3g}; {where}: "
+        f"t = {float(t[worst]):.3g} over {int(cells[worst])} batches). The "
+        f"batches are not alike (data in a fixed order, or data that changes), "
+        f"so the estimate depends on which batches were seen and its standard "
+        f"error does not hold. Shuffle the data into the batches, or estimate "
+        f"over data of one distribution."))
 
 
 def find_warnings(stat: Statistic, arrays: dict[str, Any],
-                  sizes: BatchSizes | None) -> list[StatisticWarning]:
-    """The warnings of one statistic: its record, its state's arrays and the
-    pass's batch sizes (None: not known)."""
+                  sizes: BatchSizes | None, tests: int) -> list[StatisticWarning]:
+    """The warnings of one statistic: its record, its state's arrays, the
+    pass's batch sizes (None: not known) and the number of slopes the trend
+    test shares its false-alarm rate with (:func:`trend_tests` summed over
+    the pass's statistics: one false alarm in about 1/:data:`TREND_LEVEL`
+    passes over i.i.d. batches)."""
     found: list[StatisticWarning | None] = []
     if sizes is not None and _averages_batches(stat) and sizes.smallest == 1:
         found.append(_small(stat, sizes))
     elif sizes is not None and _equal_weights(stat):
         found.append(_unequal(stat, sizes))
-    found.append(_trend(stat, arrays))
+    found.append(_trend(stat, arrays, tests))
     return [w for w in found if w is not None]

@@ -30,7 +30,7 @@ import numpy as np
 
 from popstats._src.errors import PopstatsError, PopstatsWarning, describe_value
 from popstats._src.estimation import estimators as est
-from popstats._src.estimation.bias import find_warnings
+from popstats._src.estimation.bias import find_warnings, trend_tests
 from popstats._src.estimation.accumulate_host import describe_arrays, fits, stat_shape
 from popstats._src.estimation.estimators import fill_uncovered
 from popstats._src.estimation.spec import PassSpec, spec_differences
@@ -169,6 +169,7 @@ def finalize_state(call: str, sites: Sequence[Site],
     result = PopulationStatistics(tuple(stats))
     sizes = state.sizes if state.sizes.known(state.n_batches) else None
     notes: list[StatisticWarning] = []
+    tests = sum(trend_tests(stat) for stat in result.values())
     for stat, arrays in zip(result.values(), state.states, strict=True):
         if stat.uncovered_steps or stat.thin_steps:
             log.warning(COVERAGE_WARNING, stat.name, stat.uncovered_steps,
@@ -178,7 +179,7 @@ def finalize_state(call: str, sites: Sequence[Site],
                 f"{stat.uncovered_steps} step(s) never reached (filled from "
                 f"earlier steps), {stat.thin_steps} reached by under 10% of the "
                 f"batches.")))
-        found = find_warnings(stat, arrays, sizes)
+        found = find_warnings(stat, arrays, sizes, tests)
         notes.extend(found)
         if not _HELD[0]:
             for note in found:

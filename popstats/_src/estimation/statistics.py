@@ -192,9 +192,10 @@ class PopulationStatistics(Mapping[str, Statistic]):
           variance is low by ``(m - 1) / m``; the median over the units);
         - ``"trend"``: the batch statistics drift along the batches (the
           ``t`` of the slope of a regression on the batch's position beyond
-          a Bonferroni bound at 0.1% over the statistic's units and steps),
-          so the batches are not alike and the standard error does not
-          hold;
+          a Bonferroni bound at 0.1% over the units and steps of all the
+          pass's statistics: over i.i.d. batches, about one pass in 1,000
+          warns), so the batches are not alike and the standard error does
+          not hold;
         - ``"coverage"``: time steps no batch or few batches reached (also
           logged on the ``popstats`` logger).
 
