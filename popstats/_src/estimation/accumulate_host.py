@@ -7,8 +7,9 @@ updates each statistic's estimator state
 float64, after checking the batch's values: finite, counts valid
 (:mod:`~popstats._src.estimation.checks`, shared with the other engines),
 the same shape as earlier batches. Statistics outside loops estimated with the plain
-mean share one flat buffer, so a batch costs a few NumPy calls for all of
-them (:meth:`HostAccumulator._add_plain`).
+mean share flat buffers (their ``mean``, and the ``xx`` and ``xk`` behind
+their standard errors), so a batch costs a few NumPy calls for all of them
+(:meth:`HostAccumulator._add_plain`).
 
 Stage: estimation (:mod:`popstats._src.estimation`). Members:
 :class:`HostAccumulator`, :func:`copy_state`, :func:`describe_arrays`,
@@ -120,10 +121,13 @@ class HostAccumulator:
         joined = np.concatenate([v.ravel() for v in values])
         if not np.isfinite(joined).all():
             return frozenset()
-        _, mean, n, w, _, sizes = flat
+        _, mean, n, w, _, sizes, xx, xk = flat
         n += 1
         w += 1.0
+        before = mean.copy()
         mean[...] = fm.mean_step(mean, joined, np.repeat(1.0 / w, sizes))
+        xx[...], xk[...] = fm.equal_step(before, mean, xx, xk, joined,
+                                         np.repeat(w, sizes))
         return frozenset(plain)
 
     def _link_plain(self, states: list) -> None:
@@ -134,17 +138,20 @@ class HostAccumulator:
             return
         shapes = tuple(a["mean"].shape for a in arrays)
         sizes = np.array([int(np.prod(shape)) for shape in shapes])
-        mean = np.concatenate([a["mean"].ravel() for a in arrays])
+        flat = {k: np.concatenate([a[k].ravel() for a in arrays])
+                for k in ("mean", "xx", "xk")}
         n = np.array([int(a["n"]) for a in arrays], dtype=np.int64)
         w = np.array([float(a["w"]) for a in arrays], dtype=np.float64)
         views, start = [], 0
         for j, (a, shape, size) in enumerate(zip(arrays, shapes, sizes, strict=True)):
-            a["mean"] = mean[start : start + size].reshape(shape)
+            for k, buffer in flat.items():
+                a[k] = buffer[start : start + size].reshape(shape)
             a["n"] = n[j : j + 1].reshape(())
             a["w"] = w[j : j + 1].reshape(())
             views.append(a["mean"])
             start += size
-        self._flat = (tuple(views), mean, n, w, shapes, sizes)
+        self._flat = (tuple(views), flat["mean"], n, w, shapes, sizes, flat["xx"],
+                      flat["xk"])
 
     def _cap(self, array: np.ndarray | None, i: int) -> np.ndarray | None:
         if array is None or self.max_steps is None:

@@ -38,6 +38,8 @@ __all__ = ["TREND_LEVEL", "find_warnings", "trend_bound", "trend_tests"]
 TREND_LEVEL = 0.001
 
 _SPREADS = ("var", "std")
+#: batch values closer than this (relative) are equal: no trend is tested
+_ROUNDING = 1e-10
 
 
 def _averages_batches(stat: Statistic) -> bool:
@@ -83,7 +85,7 @@ def _small(stat: Statistic, sizes: BatchSizes) -> StatisticWarning:
 
 
 def _unequal(stat: Statistic, sizes: BatchSizes) -> StatisticWarning | None:
-    se = getattr(stat, "standard_error", None)  # TODO(h2-se)
+    se = stat.standard_error
     if se is None or sizes.n < 2:
         return None
     factor = 1.0 if stat.site.role == "var" else 0.5  # sqrt(1 - d) ~ 1 - d / 2
@@ -138,11 +140,15 @@ def trend_tests(stat: Statistic) -> int:
 def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
            tests: int) -> StatisticWarning | None:
     coverage = np.asarray(arrays["n"])
-    if not hasattr(fm, "trend") or not (coverage >= 3).any():  # TODO(h2-se)
+    if not (coverage >= 3).any():
         return None
     t = np.abs(np.asarray(fm.trend(np, arrays), dtype=np.float64))
     depth = coverage.ndim
     cells = _cells(coverage, t.shape)
+    # batch values equal to rounding (the same batch again): no slope to test
+    spread = np.sqrt(np.asarray(arrays["xx"], dtype=np.float64) / np.maximum(cells, 1))
+    level = np.abs(np.asarray(arrays["xm"] if "xm" in arrays else arrays["mean"]))
+    t = np.where(spread > _ROUNDING * level, t, 0.0)
     bound = trend_bound(cells, tests)
     over = np.nan_to_num(t, nan=0.0) > bound
     if not over.any():

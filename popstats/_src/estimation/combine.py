@@ -8,8 +8,8 @@ and :meth:`~popstats.Estimation.finalize`:
   or an error naming what differs;
 - :func:`merge_states` -- two states as one, exactly
   (:func:`~popstats._src.estimation.estimators.merge` per statistic);
-- :func:`finalize_state` -- the population statistics of a state, cells no
-  batch reached filled from earlier steps
+- :func:`finalize_state` -- the population statistics of a state (with
+  their standard errors), cells no batch reached filled from earlier steps
   (:func:`~popstats._src.estimation.estimators.fill_uncovered`), with a
   warning on the ``popstats`` logger for steps reached by few batches or
   none (:data:`COVERAGE_WARNING`), and the bias and trend warnings of
@@ -39,6 +39,7 @@ from popstats._src.estimation.statistics import (
     PopulationStatistics,
     Statistic,
     StatisticWarning,
+    with_spreads,
 )
 from popstats._src.export.exporter import Site
 
@@ -164,9 +165,11 @@ def finalize_state(call: str, sites: Sequence[Site],
         value = fill_uncovered(est.finalize(estimator, site.role, arrays), coverage)
         stats.append(
             Statistic(site.name, site.label, site, value, coverage.copy(),
-                      int(coverage.max()), estimator, max_steps)
+                      int(coverage.max()), estimator, max_steps,
+                      standard_error=est.standard_error(estimator, site.role,
+                                                        arrays))
         )
-    result = PopulationStatistics(tuple(stats))
+    result = PopulationStatistics(with_spreads(tuple(stats)))
     sizes = state.sizes if state.sizes.known(state.n_batches) else None
     notes: list[StatisticWarning] = []
     tests = sum(trend_tests(stat) for stat in result.values())
@@ -184,4 +187,4 @@ def finalize_state(call: str, sites: Sequence[Site],
         if not _HELD[0]:
             for note in found:
                 warnings.warn(note.message, PopstatsWarning, stacklevel=2)
-    return PopulationStatistics(tuple(stats), None, tuple(notes))
+    return PopulationStatistics(tuple(result.values()), None, tuple(notes))

@@ -5,8 +5,8 @@ Estimation stage. :class:`Estimator` (an estimator and its options), how
 (:func:`check_estimator_spec`, :func:`resolve_estimator`), which statistics
 an estimator scales or weighs by their count (:func:`bessel_corrected`,
 :func:`uses_count`), and the host (NumPy) states: :func:`fields`,
-:func:`init`, :func:`grow`, :func:`update`, :func:`merge`, :func:`finalize`
-and :func:`fill_uncovered`. The arithmetic itself is written once, for
+:func:`init`, :func:`grow`, :func:`update`, :func:`merge`, :func:`finalize`,
+:func:`standard_error`, :func:`relative_error` and :func:`fill_uncovered`. The arithmetic itself is written once, for
 NumPy, PyTensor and JAX alike, in :mod:`~popstats._src.estimation.formulas`.
 
 Each estimator turns a stream of per-batch statistics into a population
@@ -31,7 +31,8 @@ starting at 0 and variance at 1).
 Stage: estimation (:mod:`popstats._src.estimation`). Members:
 :data:`ESTIMATORS`, :data:`ROLES`, :data:`VALUE_FIELDS`, :class:`Estimator`,
 :func:`bessel_corrected`, :func:`check_estimator_spec`, :func:`fields`,
-:func:`fill_uncovered`, :func:`resolve_estimator`, :func:`uses_count`.
+:func:`fill_uncovered`, :func:`relative_error`, :func:`resolve_estimator`,
+:func:`standard_error`, :func:`uses_count`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ __all__ = [
     "check_estimator_spec",
     "fields",
     "fill_uncovered",
+    "relative_error",
     "resolve_estimator",
+    "standard_error",
     "uses_count",
 ]
 
@@ -264,16 +267,33 @@ def uses_count(estimator: Estimator, role: str | None) -> bool:
 
 # Fields with the statistic's own shape after the time axes; the others are
 # per cell. "n" (batches per cell) is the coverage, in every state.
-VALUE_FIELDS = frozenset({"mean", "m2", "acc"})
+VALUE_FIELDS = frozenset({"mean", "m2", "acc", "xm", "xx", "xk", "p", "q",
+                          *fm.POOLED_SUMS})
+
+#: the fields of every state behind its standard error and trend test
+#: (``docs/estimators.rst``, "Standard errors"): the batches' inputs' sum of
+#: squared deviations ``xx`` and co-moment with the batch ordinal ``xk``
+_EQUAL = ("xx", "xk")
 
 
 def fields(estimator: Estimator, role: str | None) -> tuple[str, ...]:
-    """The names of the arrays in a state of ``estimator`` for ``role``."""
+    """The names of the arrays in a state of ``estimator`` for ``role``.
+
+    Besides the value's own fields (``n``, ``w``, ``mean``, ``m2``,
+    ``decay``, ``acc``), every state holds those of its standard error:
+    ``xx`` and ``xk`` (with ``xm``, the batches' equal-weight mean, where
+    the value is not that mean), and for the count-weighted estimators
+    ``u`` (the sum of squared weights) with ``p``, ``q`` (``"weighted"`` and
+    the ``"pooled"`` mean) or the pooled variance's sums ``srr``, ``srd``,
+    ``sr``, ``sdd``, ``sd``.
+    """
     if estimator.name == "ema":
-        return ("n", "decay", "acc")
+        return ("n", "decay", "acc", "xm", *_EQUAL)
     if estimator.name == "pooled" and role in ("var", "std"):
-        return ("n", "w", "mean", "m2")
-    return ("n", "w", "mean")
+        return ("n", "w", "mean", "m2", "xm", *_EQUAL, "u", *fm.POOLED_SUMS)
+    if estimator.name in ("weighted", "pooled"):
+        return ("n", "w", "mean", "xm", *_EQUAL, "u", "p", "q")
+    return ("n", "w", "mean", *_EQUAL)
 
 
 def init(estimator: Estimator, role: str | None, shape: tuple[int, ...],
@@ -397,3 +417,44 @@ def fill_uncovered(value: np.ndarray, coverage: np.ndarray) -> np.ndarray:
                 value[here][holes] = value[before][holes]
                 covered[here] |= covered[before]
     return value
+
+
+def standard_error(estimator: Estimator, role: str | None,
+                   state: State) -> np.ndarray:
+    """The standard error of :func:`finalize`'s value per cell and unit
+    (float64, the value's shape; ``inf`` where fewer than 2 batches reached,
+    before :func:`fill_uncovered`).
+
+    The formulas are :func:`~popstats._src.estimation.formulas.standard_error`'s
+    (documented in ``docs/estimators.rst``, "Standard errors").
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        se = fm.standard_error(np, estimator, role, state)
+    return np.array(se, dtype=np.float64)
+
+
+def relative_error(value: np.ndarray, se: np.ndarray, role: str | None,
+                   spread: np.ndarray | None) -> np.ndarray:
+    """The standard error ``se`` relative to the scale of ``value``, per cell
+    and unit.
+
+    The scale is ``|value|``, except for a statistic of role ``"mean"``
+    with a paired ``spread`` (the population std of its unit: a mean near 0
+    has no relative precision of its own, so it is measured against the
+    spread of what it averages). 0 where ``se`` is 0; ``inf`` where the
+    scale is 0 and ``se`` is not.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> relative_error(np.array([2.0, -4.0]), np.array([0.1, 0.1]), "var", None)
+    array([0.05 , 0.025])
+    >>> relative_error(np.array([0.0]), np.array([0.1]), "mean", np.array([2.0]))
+    array([0.05])
+    """
+    scale = np.abs(np.asarray(value, np.float64))
+    if role == "mean" and spread is not None:
+        scale = np.asarray(spread, np.float64)
+    se = np.asarray(se, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(se == 0, 0.0, se / scale)

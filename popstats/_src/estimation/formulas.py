@@ -29,7 +29,11 @@ Members:
 - :func:`safe_counts` -- counts made safe for :func:`bessel` where unused;
 - :func:`bessel_counts_ok` -- whether every reached cell has a count above 1;
 - :func:`scale_bessel` -- a variance times :func:`bessel`, a std times its
-  square root.
+  square root;
+- :func:`equal_step` -- the equal-weight moments behind a standard error
+  after one more batch;
+- :func:`standard_error` -- the standard error of the value per cell;
+- :func:`trend` -- the t-statistic of a trend along the batches per cell.
 
 The states' fields are those of
 :func:`~popstats._src.estimation.estimators.fields`. The functions here are
@@ -52,6 +56,7 @@ __all__ = [
     "ema_decay",
     "ema_start",
     "ema_step",
+    "equal_step",
     "field_start",
     "finalize",
     "mask",
@@ -59,12 +64,15 @@ __all__ = [
     "merge",
     "safe_counts",
     "scale_bessel",
+    "standard_error",
+    "trend",
     "update",
 ]
 
 Array = Any
 Fields = dict[str, Any]
 SPREADS = ("var", "std")
+INF = float("inf")
 
 
 def _constant(xp: Any, number: float, dtype: Any) -> Any:
@@ -201,6 +209,7 @@ def update(xp: Any, estimator: Any, role: str | None, old: Fields, value: Array,
             m = align_cells(decay_m, value)
         new["acc"] = ema_step(old["acc"], value, m)
         new["decay"] = old["decay"] * (1.0 - decay_m)
+        _equal_fields(xp, old, new, value, reached)
         return new
     if reached is None and name == "mean":
         # Unit weights: w_total == w + 1 > 0. The arithmetic below (so the
@@ -208,6 +217,8 @@ def update(xp: Any, estimator: Any, role: str | None, old: Fields, value: Array,
         # host this runs per statistic and batch.
         new["w"] = old["w"] + 1.0
         new["mean"] = mean_step(old["mean"], value, align_cells(1.0 / new["w"], value))
+        new["xx"], new["xk"] = equal_step(old["mean"], new["mean"], old["xx"],
+                                          old["xk"], value, new["w"])
         return new
     if name == "unbiased" and role in SPREADS:
         value = scale_bessel(xp, value if role == "var" else value**2,
@@ -228,10 +239,121 @@ def update(xp: Any, estimator: Any, role: str | None, old: Fields, value: Array,
             + delta**2 * align_cells(old["w"] * w / safe, value)
         )
         new["mean"] = old["mean"] + delta * align_cells(w / safe, value)
-    else:
-        new["mean"] = mean_step(old["mean"], value, align_cells(w / safe, value))
+        new["w"] = w_total
+        _equal_fields(xp, old, new, variance, reached)
+        _pooled_step(xp, old, new, variance, mean, w)
+        return new
+    new["mean"] = mean_step(old["mean"], value, align_cells(w / safe, value))
     new["w"] = w_total
+    if name in ("weighted", "pooled"):
+        _equal_fields(xp, old, new, value, reached)
+        _ratio_step(xp, old, new, value, w)
+    else:  # "mean", "unbiased": the mean is the equal-weight mean itself
+        xx, xk = equal_step(old["mean"], new["mean"], old["xx"], old["xk"], value,
+                            new["w"])
+        new["xx"], new["xk"] = _keep(xp, reached, (xx, xk), (old["xx"], old["xk"]))
     return new
+
+
+# -- standard errors: the fields behind them ----------------------------------
+
+
+def equal_step(xm: Array, xm_new: Array, xx: Array, xk: Array, x: Array,
+               n_new: Array) -> tuple[Array, Array]:
+    """Welford's update of ``xx`` (the sum of squared deviations of the
+    batches' inputs ``x_b`` from their mean ``xm``) and ``xk`` (their
+    co-moment with the batch ordinal ``k_b = 1..n``) for one more batch;
+    ``xm`` and ``xm_new`` the mean before and after it, ``n_new`` the
+    batches after it, per cell.
+
+    The ordinal's deviation from its new mean ``(n + 1) / 2`` is
+    ``(n - 1) / 2`` for the newest batch.
+    """
+    delta = x - xm
+    return (xx + delta * (x - xm_new),
+            xk + delta * align_cells((n_new - 1.0) * 0.5, x))
+
+
+def _keep(xp: Any, reached: Array | None, new: tuple, old: tuple) -> tuple:
+    """``new`` where the batch reached, ``old`` elsewhere."""
+    if reached is None:
+        return new
+    return tuple(xp.where(align_cells(reached, a), a, b)
+                 for a, b in zip(new, old, strict=True))
+
+
+def _equal_fields(xp: Any, old: Fields, new: Fields, x: Array,
+                  reached: Array | None) -> None:
+    """The equal-weight fields ``xm``, ``xx``, ``xk`` after one batch of
+    input ``x`` (estimators whose value is not the equal-weight mean)."""
+    n_new = new["n"].astype(x.dtype)
+    frac = 1.0 / xp.where(n_new > 0, n_new, 1.0)
+    if reached is not None:
+        frac = xp.where(reached, frac, 0.0)
+    xm = mean_step(old["xm"], x, align_cells(frac, x))
+    xx, xk = equal_step(old["xm"], xm, old["xx"], old["xk"], x, n_new)
+    new["xm"] = xm
+    new["xx"], new["xk"] = _keep(xp, reached, (xx, xk), (old["xx"], old["xk"]))
+
+
+def _ratio_shift(p: Array, q: Array, u: Array, d: Array) -> tuple[Array, Array]:
+    """``p = sum w^2 (x - R)`` and ``q = sum w^2 (x - R)^2`` recentred on
+    ``R + d`` (``u = sum w^2``, per cell)."""
+    u = align_cells(u, d)
+    return p - d * u, q - 2.0 * d * p + d**2 * u
+
+
+def _ratio_step(xp: Any, old: Fields, new: Fields, x: Array, w: Array) -> None:
+    """``u``, ``p``, ``q`` of the ratio estimator ``R = sum w x / sum w``
+    after one batch (weight 0 where it did not reach: nothing changes)."""
+    p, q = _ratio_shift(old["p"], old["q"], old["u"], new["mean"] - old["mean"])
+    w2 = align_cells(w * w, x)
+    e = x - new["mean"]
+    new["u"] = old["u"] + w * w
+    new["p"] = p + w2 * e
+    new["q"] = q + w2 * e**2
+
+
+#: the pooled variance's sums over ``w_b^2`` of ``r^2, r d, r, d^2, d``
+POOLED_SUMS = ("srr", "srd", "sr", "sdd", "sd")
+
+
+def _pooled_shift(s: Fields, u: Array, a: Array, c: Array) -> Fields:
+    """The pooled variance's sums (:data:`POOLED_SUMS`) recentred when the
+    pooled mean moves by ``a`` and the pooled variance by ``c``: each
+    residual ``r = v + d^2 - V`` becomes ``r - 2 a d + (a^2 - c)``, each
+    ``d = mu - M`` becomes ``d - a``."""
+    u = align_cells(u, a)
+    e = a * a - c
+    srr, srd, sr, sdd, sd = (s[k] for k in POOLED_SUMS)
+    return {
+        "srr": (srr - 4.0 * a * srd + 2.0 * e * sr + 4.0 * a * a * sdd
+                - 4.0 * a * e * sd + e * e * u),
+        "srd": srd - a * sr - 2.0 * a * sdd + (2.0 * a * a + e) * sd - e * a * u,
+        "sr": sr - 2.0 * a * sd + e * u,
+        "sdd": sdd - 2.0 * a * sd + a * a * u,
+        "sd": sd - a * u,
+    }
+
+
+def _pooled_variance(xp: Any, m2: Array, w: Array) -> Array:
+    return m2 / align_cells(xp.where(w > 0, w, 1.0), m2)
+
+
+def _pooled_step(xp: Any, old: Fields, new: Fields, v: Array, mu: Array,
+                 w: Array) -> None:
+    """The pooled variance's sums after one batch (variance ``v``, mean
+    ``mu``, weight ``w``; 0 where it did not reach: nothing changes)."""
+    a = new["mean"] - old["mean"]
+    c = (_pooled_variance(xp, new["m2"], new["w"])
+         - _pooled_variance(xp, old["m2"], old["w"]))
+    sums = _pooled_shift(old, old["u"], a, c)
+    d = mu - new["mean"]
+    r = v + d * d - _pooled_variance(xp, new["m2"], new["w"])
+    w2 = align_cells(w * w, v)
+    for key, term in zip(POOLED_SUMS, (r * r, r * d, r, d * d, d), strict=True):
+        new[key] = sums[key] + w2 * term
+    new["u"] = old["u"] + w * w
 
 
 def merge(xp: Any, estimator: Any, a: Fields, b: Fields) -> Fields:
@@ -241,6 +363,7 @@ def merge(xp: Any, estimator: Any, a: Fields, b: Fields) -> Fields:
     if estimator.name == "ema":
         out["decay"] = a["decay"] * b["decay"]
         out["acc"] = a["acc"] * align_cells(b["decay"], a["acc"]) + b["acc"]
+        _merge_equal(xp, a, b, out)
         return out
     w = a["w"] + b["w"]
     frac = xp.where(w > 0, b["w"] / xp.where(w > 0, w, 1.0), 0.0)
@@ -249,7 +372,40 @@ def merge(xp: Any, estimator: Any, a: Fields, b: Fields) -> Fields:
     out["mean"] = a["mean"] + delta * align_cells(frac, delta)
     if "m2" in a:
         out["m2"] = a["m2"] + b["m2"] + delta**2 * align_cells(a["w"] * frac, delta)
+    if "xm" not in a:  # "mean", "unbiased": the mean is the equal-weight one
+        out["xx"] = (a["xx"] + b["xx"]
+                     + delta**2 * align_cells(a["w"] * frac, delta))
+        out["xk"] = a["xk"] + b["xk"] + delta * align_cells(
+            a["n"].astype(delta.dtype) * b["n"].astype(delta.dtype) * 0.5, delta)
+        return out
+    _merge_equal(xp, a, b, out)
+    out["u"] = a["u"] + b["u"]
+    if "m2" in a:
+        va = _pooled_variance(xp, a["m2"], a["w"])
+        vb = _pooled_variance(xp, b["m2"], b["w"])
+        v = _pooled_variance(xp, out["m2"], w)
+        sa = _pooled_shift(a, a["u"], out["mean"] - a["mean"], v - va)
+        sb = _pooled_shift(b, b["u"], out["mean"] - b["mean"], v - vb)
+        out.update({k: sa[k] + sb[k] for k in POOLED_SUMS})
+        return out
+    pa, qa = _ratio_shift(a["p"], a["q"], a["u"], out["mean"] - a["mean"])
+    pb, qb = _ratio_shift(b["p"], b["q"], b["u"], out["mean"] - b["mean"])
+    out["p"], out["q"] = pa + pb, qa + qb
     return out
+
+
+def _merge_equal(xp: Any, a: Fields, b: Fields, out: Fields) -> None:
+    """``xm``, ``xx``, ``xk`` over the batches of ``a`` then ``b`` (b's
+    ordinals follow a's, cell by cell: the co-moments add, plus the shift
+    of the means times ``n_a n_b / 2``)."""
+    delta = b["xm"] - a["xm"]
+    na = a["n"].astype(delta.dtype)
+    nb = b["n"].astype(delta.dtype)
+    n = na + nb
+    frac = xp.where(n > 0, nb / xp.where(n > 0, n, 1.0), 0.0)
+    out["xm"] = a["xm"] + delta * align_cells(frac, delta)
+    out["xx"] = a["xx"] + b["xx"] + delta**2 * align_cells(na * frac, delta)
+    out["xk"] = a["xk"] + b["xk"] + delta * align_cells(na * nb * 0.5, delta)
 
 
 def finalize(xp: Any, estimator: Any, role: str | None, state: Fields) -> Array:
@@ -269,3 +425,68 @@ def finalize(xp: Any, estimator: Any, role: str | None, state: Fields) -> Array:
     if estimator.name == "unbiased" and role == "std":
         return xp.sqrt(state["mean"])
     return state["mean"]
+
+
+def standard_error(xp: Any, estimator: Any, role: str | None,
+                   state: Fields) -> Array:
+    """The standard error of :func:`finalize`'s value, per cell and unit.
+
+    Written for every estimator from its state alone (``docs/estimators.rst``,
+    "Standard errors"): batch means for ``"mean"`` and ``"unbiased"``
+    (``xx / (n (n - 1))``), the ratio estimator for ``"weighted"`` and
+    ``"pooled"`` means (``n / (n - 1) q / W^2``), its first-order
+    (delta-method) residuals for the ``"pooled"`` variance, the moving
+    average's own weights for ``"ema"``; a std from a variance by the delta
+    method (``SE_var / (2 std)``). ``inf`` in cells fewer than 2 batches
+    reached (no spread to measure: cells never reached included).
+    """
+    n = state["n"]
+    nf = n.astype(state["xx"].dtype)
+    safe = xp.where(n > 1, nf, 2.0)
+    xx = xp.maximum(state["xx"], 0.0)
+    std = None
+    if estimator.name == "ema":
+        lam = _constant(xp, estimator.momentum, xx.dtype)
+        decay = state["decay"]
+        weights = lam * (1.0 - decay * decay) / (2.0 - lam)
+        if estimator.debias:
+            left = 1.0 - decay
+            weights = weights / xp.where(left > 0, left * left, 1.0)
+        se = xp.sqrt(xx / align_cells(safe - 1.0, xx) * align_cells(weights, xx))
+    elif "p" in state or "m2" in state:
+        w = state["w"]
+        sq = xp.maximum(state["srr" if "m2" in state else "q"], 0.0)
+        factor = safe / (safe - 1.0) / xp.where(w > 0, w * w, 1.0)
+        se = xp.sqrt(sq * align_cells(factor, sq))
+        if "m2" in state and role == "std":
+            std = finalize(xp, estimator, role, state)
+    else:
+        se = xp.sqrt(xx / align_cells(safe * (safe - 1.0), xx))
+        if estimator.name == "unbiased" and role == "std":
+            std = finalize(xp, estimator, role, state)
+    if std is not None:
+        se = xp.where(std > 0, se / (2.0 * xp.where(std > 0, std, 1.0)),
+                      xp.where(se > 0, INF, 0.0))
+    return xp.where(align_cells(n > 1, se), se, INF)
+
+
+def trend(xp: Any, state: Fields) -> Array:
+    """The t-statistic of the slope of the batches' inputs ``x_b`` against
+    their ordinal ``k_b = 1..n`` in each cell, per unit (equal weights,
+    least squares; Student t with ``n - 2`` degrees of freedom for i.i.d.
+    normal inputs); 0 where fewer than 3 batches reached.
+
+    From the state's ``xx = sum (x - xm)^2`` and ``xk = sum (x - xm)(k - km)``:
+    with ``kk = n (n^2 - 1) / 12`` the ordinals' own sum of squares, the
+    slope is ``xk / kk``, the residual sum of squares ``xx - xk^2 / kk`` and
+    ``t = xk / sqrt(rss kk / (n - 2))`` (``±inf`` on an exact line).
+    """
+    xx, xk = state["xx"], state["xk"]
+    n = state["n"]
+    nf = xp.where(n > 2, n.astype(xx.dtype), 3.0)
+    kk = align_cells(nf * (nf * nf - 1.0) / 12.0, xx)
+    rss = xp.maximum(xx - xk * xk / kk, 0.0)
+    scale = xp.sqrt(rss * kk / align_cells(nf - 2.0, xx))
+    t = xp.where(scale > 0, xk / xp.where(scale > 0, scale, 1.0),
+                 xp.where(xk > 0, INF, xp.where(xk < 0, -INF, 0.0)))
+    return xp.where(align_cells(n > 2, t), t, 0.0)

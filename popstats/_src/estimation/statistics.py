@@ -22,15 +22,16 @@ from typing import Any, TypeVar, overload
 import numpy as np
 
 from popstats._src.errors import PopstatsError
-from popstats._src.estimation.estimators import Estimator
+from popstats._src.estimation.estimators import Estimator, relative_error
 from popstats._src.estimation.persistence import STATISTICS, read, write
 from popstats._src.estimation.spec import StatisticSpec
 from popstats._src.estimation.upstream import FixedPoint
 from popstats._src.export.exporter import Site
+from popstats._src.export.pairing import Pairs, key_of_site
 from popstats._src.graph.walk import SiteId
 
 __all__ = ["WARNING_KINDS", "PopulationStatistics", "Statistic", "StatisticWarning",
-           "load", "save_statistics"]
+           "load", "save_statistics", "with_spreads"]
 
 _T = TypeVar("_T")
 
@@ -65,6 +66,38 @@ class Statistic:
         population values: the fixed point of ``upstream="population"``) or
         ``"given"`` (population values given to the pass, not its own:
         :func:`~popstats.drift` with ``upstream="population"``).
+    standard_error : numpy.ndarray or None
+        float64, the shape of :attr:`value`: the standard error of each
+        cell's value, per unit, from the spread of the batches' statistics
+        (the formula of each estimator is in ``docs/estimators.rst``,
+        "Standard errors"). ``inf`` where fewer than 2 batches reached the
+        cell (never reached included). It measures the estimate's noise
+        across i.i.d. batches, not a bias (the default estimator's
+        ``(m - 1) / m`` on a variance, the moving average's start). None for
+        a statistic read from a file written before popstats kept standard
+        errors, and for running averages read from a model.
+    spread : numpy.ndarray or None
+        For a statistic of role ``"mean"`` paired with a variance or std
+        (the pairing rule of :func:`~popstats.bn_statistic`'s ``group``):
+        that spread's population std per cell and unit, the scale of
+        :attr:`relative_error`; else None.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> mu = popstats.bn_statistic(x.mean(0), "mu", role="mean", group="bn")
+    >>> var = popstats.bn_statistic(x.var(0), "var", role="var", group="bn")
+    >>> y = (x - mu) / pt.sqrt(var + 1e-5)
+    >>> rng = np.random.default_rng(0)
+    >>> batches = [{"x": rng.normal(3.0, 2.0, (64, 2))} for _ in range(50)]
+    >>> stats = popstats.estimate([x], y, batches)
+    >>> se = stats["mu"].standard_error      # the mean's: about 2 / sqrt(3200)
+    >>> bool(np.all((0.02 < se) & (se < 0.06)))
+    True
+    >>> rel = stats["mu"].relative_error     # against the spread (2), not the mean
+    >>> bool(np.allclose(rel, se / np.sqrt(stats["var"].value)))
+    True
     """
 
     name: str
@@ -76,6 +109,36 @@ class Statistic:
     estimator: Estimator = _MEAN
     max_steps: int | None = None
     upstream: str = "batch"
+    standard_error: np.ndarray | None = None
+    spread: np.ndarray | None = None
+
+    @property
+    def relative_error(self) -> np.ndarray | None:
+        """The standard error relative to the value's scale, per cell and unit.
+
+        ``standard_error / |value|``, except for a mean with a
+        :attr:`spread`: ``standard_error / spread`` (a mean near 0 has no
+        relative precision of its own; against the spread of what it
+        averages it has). 0 where the standard error is 0, ``inf`` where the
+        scale is 0 and it is not, or where fewer than 2 batches reached.
+        None when :attr:`standard_error` is.
+
+        Examples
+        --------
+        >>> import numpy as np, pytensor.tensor as pt, popstats
+        >>> x = pt.vector("x")
+        >>> v = popstats.bn_statistic(x.var(), "v", role="var")
+        >>> batches = [{"x": np.array([0.0, 2.0 + b % 2])} for b in range(10)]
+        >>> stat = popstats.estimate([x], x / v, batches)["v"]
+        >>> float(stat.value), round(float(stat.standard_error), 4)
+        (1.625, 0.2083)
+        >>> round(float(stat.relative_error), 4)     # 0.2083 / 1.625
+        0.1282
+        """
+        if self.standard_error is None:
+            return None
+        return relative_error(self.value, self.standard_error, self.site.role,
+                              self.spread)
 
     @property
     def depth(self) -> int:
@@ -97,6 +160,24 @@ class Statistic:
     def steps(self) -> tuple[int, ...]:
         """Length of each time axis (the longest run seen per loop)."""
         return tuple(self.coverage.shape)
+
+
+def with_spreads(stats: tuple[Statistic, ...]) -> tuple[Statistic, ...]:
+    """``stats`` with each paired mean's :attr:`Statistic.spread` set: the
+    population std of its variance or std (by the pairing rule of
+    :mod:`popstats._src.export.pairing`; the first spread of a mean, of the
+    mean's shape)."""
+    pairs = Pairs([key_of_site(stat.site) for stat in stats])
+    spreads: dict[int, np.ndarray] = {}
+    for j, stat in enumerate(stats):
+        i = pairs.pair(j)
+        if i is None or i in spreads or stats[i].value.shape != stat.value.shape:
+            continue
+        var = stat.site.role == "var"
+        spreads[i] = np.sqrt(np.maximum(stat.value, 0.0)) if var else np.abs(
+            stat.value)
+    return tuple(dataclasses.replace(stat, spread=spreads[i]) if i in spreads
+                 else stat for i, stat in enumerate(stats))
 
 
 #: the kinds of :class:`StatisticWarning`, and what each says
