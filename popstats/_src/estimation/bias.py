@@ -71,9 +71,10 @@ def _sizes_text(sizes: BatchSizes) -> str:
 
 
 def _small(stat: Statistic, sizes: BatchSizes) -> StatisticWarning:
-    low = sizes.inverse / sizes.n - 1.0 / sizes.total  # vs the pooled variance
-    if stat.site.role == "std":
-        low = 1.0 - np.sqrt(1.0 - low)
+    # expectations over i.i.d. examples: sigma^2 (1 - mean(1/m)) for the
+    # equal-weight average, sigma^2 (1 - 1/sum(m)) for the pooled variance
+    kept = (1.0 - sizes.inverse / sizes.n) / (1.0 - 1.0 / sizes.total)
+    low = 1.0 - (kept if stat.site.role == "var" else np.sqrt(kept))
     return StatisticWarning(stat.name, "small-batches", (
         f"statistic {stat.name!r} (in {stat.site.where}): {_sizes_text(sizes)}; "
         f"a batch of one example has variance 0, and estimator "
