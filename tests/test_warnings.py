@@ -199,7 +199,7 @@ def test_iid_batches_almost_never_warn_of_a_trend():
     rng = np.random.default_rng(11)
     alarms = 0
     for _ in range(300):
-        n = int(rng.integers(3, 40))
+        n = int(rng.integers(10, 40))
         data = rng.normal(0.0, 1.0, (n, 8, D))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", popstats.PopstatsWarning)
@@ -214,6 +214,15 @@ def test_the_trend_bound_is_student_t_with_bonferroni():
     bound = trend_bound(np.array([2, 3, 10]), 4)
     assert bound[0] == np.inf
     np.testing.assert_allclose(bound[1:], student.ppf(1 - TREND_LEVEL / 8, [1, 8]))
+
+
+def test_few_batches_are_not_tested_for_a_trend():
+    """Four batches on an exact line (t infinite): too few to test."""
+    batches = [{"x": np.full((2, D), float(i))} for i in range(4)]
+    stats, warned = estimate(batches)
+    assert stats.warnings == () and warned == []
+    stats, _ = estimate([{"x": np.full((2, D), float(i))} for i in range(10)])
+    assert ("bn.mean", "trend") in kinds(stats)
 
 
 def test_the_same_batch_again_is_no_trend():

@@ -16,9 +16,10 @@ BatchSizes`) and returns what makes its estimate doubtful, as
 - ``"trend"`` -- the ``t`` of the slope of the batch statistics against the
   batch's position (:func:`~popstats._src.estimation.formulas.trend`)
   beyond a Bonferroni bound at :data:`TREND_LEVEL` over the units and steps
-  of every statistic of the pass (:func:`trend_tests`).
+  of every statistic of the pass (:func:`trend_tests`), in cells of at
+  least :data:`TREND_BATCHES` batches.
 
-Members: :data:`TREND_LEVEL`, :func:`find_warnings`, :func:`trend_bound`,
+Members: :data:`TREND_BATCHES`, :data:`TREND_LEVEL`, :func:`find_warnings`, :func:`trend_bound`,
 :func:`trend_tests`.
 """
 
@@ -32,12 +33,16 @@ from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.state import BatchSizes
 from popstats._src.estimation.statistics import Statistic, StatisticWarning
 
-__all__ = ["TREND_LEVEL", "find_warnings", "trend_bound", "trend_tests"]
+__all__ = ["TREND_BATCHES", "TREND_LEVEL", "find_warnings", "trend_bound",
+           "trend_tests"]
 
 #: the family-wise false-alarm rate of the trend warning, per pass
 TREND_LEVEL = 0.001
 
 _SPREADS = ("var", "std")
+#: the fewest batches of a cell whose trend is tested (fewer say little
+#: about a trend, and their slope's t is at the mercy of one batch)
+TREND_BATCHES = 10
 #: batch values closer than this (relative) are equal: no trend is tested
 _ROUNDING = 1e-10
 
@@ -134,14 +139,14 @@ def _cells(coverage: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def trend_tests(stat: Statistic) -> int:
     """How many slopes the trend test of ``stat`` tests: its units times its
-    cells reached by at least 3 batches."""
-    return int((_cells(stat.coverage, stat.value.shape) >= 3).sum())
+    cells reached by at least :data:`TREND_BATCHES` batches."""
+    return int((_cells(stat.coverage, stat.value.shape) >= TREND_BATCHES).sum())
 
 
 def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
            tests: int) -> StatisticWarning | None:
     coverage = np.asarray(arrays["n"])
-    if not (coverage >= 3).any():
+    if not (coverage >= TREND_BATCHES).any():
         return None
     t = np.abs(np.asarray(fm.trend(np, arrays), dtype=np.float64))
     depth = coverage.ndim
@@ -150,7 +155,7 @@ def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
     spread = np.sqrt(np.asarray(arrays["xx"], dtype=np.float64) / np.maximum(cells, 1))
     level = np.abs(np.asarray(arrays["xm"] if "xm" in arrays else arrays["mean"]))
     t = np.where(spread > _ROUNDING * level, t, 0.0)
-    bound = trend_bound(cells, tests)
+    bound = np.where(cells >= TREND_BATCHES, trend_bound(cells, tests), np.inf)
     over = np.nan_to_num(t, nan=0.0) > bound
     if not over.any():
         return None
@@ -163,7 +168,7 @@ def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
     return StatisticWarning(stat.name, "trend", (
         f"statistic {stat.name!r} (in {stat.site.where}): its batch values "
         f"drift along the batches ({int(over.sum())} of "
-        f"{int((cells >= 3).sum())} units and steps with |t| of the slope "
+        f"{int((cells >= TREND_BATCHES).sum())} units and steps with |t| of the slope "
         f"over the batch order beyond {float(bound[worst]):.3g}; {where}: "
         f"t = {float(t[worst]):.3g} over {int(cells[worst])} batches). The "
         f"batches are not alike (data in a fixed order, or data that changes), "

@@ -274,8 +274,8 @@ class PopulationStatistics(Mapping[str, Statistic]):
         - ``"trend"``: the batch statistics drift along the batches (the
           ``t`` of the slope of a regression on the batch's position beyond
           a Bonferroni bound at 0.1% over the units and steps of all the
-          pass's statistics: over i.i.d. batches, about one pass in 1,000
-          warns), so the batches are not alike and the standard error does
+          pass's statistics, in steps of at least 10 batches: over i.i.d.
+          batches, about one pass in 1,000 warns), so the batches are not alike and the standard error does
           not hold;
         - ``"coverage"``: time steps no batch or few batches reached (also
           logged on the ``popstats`` logger).
