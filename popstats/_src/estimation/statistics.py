@@ -298,8 +298,11 @@ class PopulationStatistics(Mapping[str, Statistic]):
     >>> y = (x - mean) / pt.sqrt(var + 1e-5)
     >>> rng = np.random.default_rng(0)
     >>> batches = [{"x": rng.normal(0.0, 2.0, (1, 3))} for _ in range(50)]
-    >>> with warnings.catch_warnings(record=True):
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
     ...     stats = popstats.estimate([x], y, batches)
+    >>> [w.category.__name__ for w in caught]
+    ['PopstatsWarning']
     >>> [(w.statistic, w.kind) for w in stats.warnings]
     [('bn.var', 'small-batches')]
     >>> stats["bn.var"].value
