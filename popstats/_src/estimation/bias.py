@@ -19,8 +19,8 @@ BatchSizes`) and returns what makes its estimate doubtful, as
   of every statistic of the pass (:func:`trend_tests`), in cells of at
   least :data:`TREND_BATCHES` batches.
 
-Members: :data:`TREND_BATCHES`, :data:`TREND_LEVEL`, :func:`find_warnings`, :func:`trend_bound`,
-:func:`trend_tests`.
+Members: :data:`TREND_BATCHES`, :data:`TREND_LEVEL`, :func:`find_warnings`,
+:func:`trend_bound`, :func:`trend_tests`.
 """
 
 from __future__ import annotations

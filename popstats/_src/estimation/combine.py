@@ -30,8 +30,8 @@ import numpy as np
 
 from popstats._src.errors import PopstatsError, PopstatsWarning, describe_value
 from popstats._src.estimation import estimators as est
-from popstats._src.estimation.bias import find_warnings, trend_tests
 from popstats._src.estimation.accumulate_host import describe_arrays, fits, stat_shape
+from popstats._src.estimation.bias import find_warnings, trend_tests
 from popstats._src.estimation.estimators import fill_uncovered
 from popstats._src.estimation.spec import PassSpec, spec_differences
 from popstats._src.estimation.state import EstimationState

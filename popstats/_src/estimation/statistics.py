@@ -275,8 +275,8 @@ class PopulationStatistics(Mapping[str, Statistic]):
           ``t`` of the slope of a regression on the batch's position beyond
           a Bonferroni bound at 0.1% over the units and steps of all the
           pass's statistics, in steps of at least 10 batches: over i.i.d.
-          batches, about one pass in 1,000 warns), so the batches are not alike and the standard error does
-          not hold;
+          batches, about one pass in 1,000 warns), so the batches are not
+          alike and the standard error does not hold;
         - ``"coverage"``: time steps no batch or few batches reached (also
           logged on the ``popstats`` logger).
 
