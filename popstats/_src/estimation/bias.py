@@ -78,14 +78,16 @@ def _sizes_text(sizes: BatchSizes) -> str:
 def _small(stat: Statistic, sizes: BatchSizes) -> StatisticWarning:
     # expectations over i.i.d. examples: sigma^2 (1 - mean(1/m)) for the
     # equal-weight average, sigma^2 (1 - 1/sum(m)) for the pooled variance
-    kept = (1.0 - sizes.inverse / sizes.n) / (1.0 - 1.0 / sizes.total)
+    kept = 0.0 if sizes.total <= 1 else (
+        (1.0 - sizes.inverse / sizes.n) / (1.0 - 1.0 / sizes.total))
     low = 1.0 - (kept if stat.site.role == "var" else np.sqrt(kept))
+    noun = _NOUN[str(stat.site.role)]
     return StatisticWarning(stat.name, "small-batches", (
         f"statistic {stat.name!r} (in {stat.site.where}): {_sizes_text(sizes)}; "
         f"a batch of one example has variance 0, and estimator "
-        f"{stat.estimator.name!r} averages the batches' {_NOUN[stat.site.role]}s "
+        f"{stat.estimator.name!r} averages the batches' {noun}s "
         f"as they are, so the estimate is about {100 * low:.0f}% below the "
-        f"{_NOUN[stat.site.role]} of all examples. Use estimator='pooled' (the exact "
+        f"{noun} of all examples. Use estimator='pooled' (the exact "
         f"moments of all examples; give the statistic its count), or batches "
         f"of more examples."))
 
@@ -123,11 +125,12 @@ def trend_bound(n: np.ndarray, tests: int) -> np.ndarray:
     """The two-sided Student t bound (``n - 2`` degrees of freedom, ``n`` the
     batches of each cell) at :data:`TREND_LEVEL` shared by ``tests`` tests
     (Bonferroni); ``inf`` where ``n < 3``."""
-    from scipy.stats import t as student  # a dependency of PyTensor
+    # SciPy comes with PyTensor (no stubs installed here)
+    from scipy.special import stdtrit  # type: ignore[import-untyped]
 
     n = np.asarray(n, dtype=np.float64)
     dof = np.where(n >= 3, n - 2, 1.0)
-    bound = student.ppf(1.0 - TREND_LEVEL / (2.0 * max(tests, 1)), dof)
+    bound = stdtrit(dof, 1.0 - TREND_LEVEL / (2.0 * max(tests, 1)))
     return np.where(n >= 3, bound, np.inf)
 
 
