@@ -53,6 +53,7 @@ from popstats._src.estimation.persistence import (
     write,
 )
 from popstats._src.estimation.spec import PassSpec
+from popstats._src.estimation.stopping import Stopping
 
 log = logging.getLogger("popstats")
 
@@ -158,6 +159,10 @@ class EstimationState:
         return new states).
     n_batches : int
         Batches seen.
+    stopping : Stopping or None
+        With the option ``target_error``: why and when the pass that made
+        the state ended (a checkpoint's: the pass so far); None otherwise
+        (and for a merged state).
     sizes : BatchSizes
         How many examples those batches held (sums; merged with the state).
     """
@@ -165,6 +170,7 @@ class EstimationState:
     spec: PassSpec
     states: tuple[dict[str, np.ndarray], ...]
     n_batches: int = 0
+    stopping: Stopping | None = None
     sizes: BatchSizes = BatchSizes()
 
     @property
@@ -246,6 +252,8 @@ def save_state(
             "data": checkpoint.data,
         },
     }
+    if state.stopping is not None:
+        meta["stopping"] = state.stopping.to_json()
     write(path, STATE, meta, arrays, where)
 
 
@@ -296,6 +304,8 @@ def load_checkpoint(
                     f"statistic {stat.name!r} has arrays {sorted(fields)}, not "
                     f"those of its estimator, {sorted(want)}")
         n_batches = int(meta["n_batches"])
+        record = meta.get("stopping")  # older files: none
+        stopping = None if record is None else Stopping.from_json(record)
         # a state saved before batch sizes were kept: sizes not known
         sizes = meta.get("sizes")
         sizes = BatchSizes() if sizes is None else BatchSizes.from_json(sizes)
@@ -309,7 +319,8 @@ def load_checkpoint(
             f"{where or call + '(path=...)'}: {os.fspath(path)!r} is corrupted "
             f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
         ) from None
-    return EstimationState(spec, tuple(states), n_batches, sizes), checkpoint
+    return EstimationState(spec, tuple(states), n_batches, stopping,
+                           sizes=sizes), checkpoint
 
 
 def check_every(every: object, where: str) -> int:
