@@ -82,6 +82,8 @@ def assert_same(got, want):
         assert a.standard_error is not None, name
         np.testing.assert_allclose(a.standard_error, b.standard_error, rtol=1e-9,
                                    atol=0, err_msg=name)
+    # the batch sizes merged over partitions: the same warnings
+    assert got.warnings == want.warnings
 
 
 # --------------------------------------------------------------------------
