@@ -75,6 +75,7 @@ from popstats._src.estimation.state import (
     parameters_digest,
 )
 from popstats._src.estimation.statistics import PopulationStatistics
+from popstats._src.estimation.stop_rule import StopRule
 from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.export.time_modes import check_patterns
@@ -406,7 +407,11 @@ class Estimation:
             )
         skip = 0 if saver is None else saver.skip
         stream = progress_bar(iterate(batches, self.call), batches, show)
-        return self._pass(state, on_batch).run(stream, skip, saver)
+        rule = None
+        if self.options.target_error is not None:
+            rule = StopRule(self.options.target_error, self.options.min_batches,
+                            self.sites, self.estimators, state)
+        return self._pass(state, on_batch).run(stream, skip, saver, rule)
 
     def where(self, method: str, argument: str) -> str:
         """How errors name an argument of a method of this pass:
