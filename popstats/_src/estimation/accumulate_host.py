@@ -231,4 +231,4 @@ def copy_state(state: EstimationState) -> EstimationState:
         {k: np.array(v, copy=True) for k, v in fields.items()}
         for fields in state.states
     )
-    return EstimationState(state.spec, states, state.n_batches)
+    return EstimationState(state.spec, states, state.n_batches, state.sizes)

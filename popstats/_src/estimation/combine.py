@@ -12,27 +12,33 @@ and :meth:`~popstats.Estimation.finalize`:
   their standard errors), cells no batch reached filled from earlier steps
   (:func:`~popstats._src.estimation.estimators.fill_uncovered`), with a
   warning on the ``popstats`` logger for steps reached by few batches or
-  none (:data:`COVERAGE_WARNING`; :func:`without_coverage_warnings` holds
-  it back for a while, nothing else).
+  none (:data:`COVERAGE_WARNING`), and the bias and trend warnings of
+  :mod:`~popstats._src.estimation.bias`: kept on
+  :attr:`~popstats.PopulationStatistics.warnings` and warned as
+  :class:`~popstats.PopstatsWarning` (:func:`without_coverage_warnings`
+  holds both back for a while, nothing else).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.errors import PopstatsError, PopstatsWarning, describe_value
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_host import describe_arrays, fits, stat_shape
+from popstats._src.estimation.bias import find_warnings, trend_tests
 from popstats._src.estimation.estimators import fill_uncovered
 from popstats._src.estimation.spec import PassSpec, spec_differences
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import (
     PopulationStatistics,
     Statistic,
+    StatisticWarning,
     with_spreads,
 )
 from popstats._src.export.exporter import Site
@@ -52,15 +58,22 @@ class _NoCoverageWarnings(logging.Filter):
         return record.msg is not COVERAGE_WARNING
 
 
+_HELD = [0]  # blocks holding back the warnings of finalize_state
+
+
 @contextlib.contextmanager
 def without_coverage_warnings() -> Iterator[None]:
     """Hold back :data:`COVERAGE_WARNING` on the ``popstats`` logger while the
-    block runs (a filter on those records only; removed after it)."""
+    block runs (a filter on those records only; removed after it), and the
+    :class:`~popstats.PopstatsWarning` of the bias and trend warnings (still
+    recorded on the statistics)."""
     drop = _NoCoverageWarnings()
     log.addFilter(drop)
+    _HELD[0] += 1
     try:
         yield
     finally:
+        _HELD[0] -= 1
         log.removeFilter(drop)
 
 
@@ -119,7 +132,8 @@ def merge_states(sites: Sequence[Site], estimators: Sequence[est.Estimator],
                 f"feature sizes; merge states of the same model and data."
             )
         states.append(est.merge(estimators[i], site.role, sa, sb))
-    return EstimationState(a.spec, tuple(states), a.n_batches + b.n_batches)
+    return EstimationState(a.spec, tuple(states), a.n_batches + b.n_batches,
+                           a.sizes.merge(b.sizes))
 
 
 def finalize_state(call: str, sites: Sequence[Site],
@@ -155,9 +169,23 @@ def finalize_state(call: str, sites: Sequence[Site],
                       standard_error=est.standard_error(estimator, site.role,
                                                         arrays))
         )
-    result = PopulationStatistics(with_spreads(tuple(stats)), stopping=state.stopping)
-    for stat in result.values():
+    result = PopulationStatistics(with_spreads(tuple(stats)))
+    sizes = state.sizes if state.sizes.known(state.n_batches) else None
+    notes: list[StatisticWarning] = []
+    tests = sum(trend_tests(stat) for stat in result.values())
+    for stat, arrays in zip(result.values(), state.states, strict=True):
         if stat.uncovered_steps or stat.thin_steps:
             log.warning(COVERAGE_WARNING, stat.name, stat.uncovered_steps,
                         stat.thin_steps)
-    return result
+            notes.append(StatisticWarning(stat.name, "coverage", (
+                f"statistic {stat.name!r} (in {stat.site.where}): "
+                f"{stat.uncovered_steps} step(s) never reached (filled from "
+                f"earlier steps), {stat.thin_steps} reached by under 10% of the "
+                f"batches.")))
+        found = find_warnings(stat, arrays, sizes, tests)
+        notes.extend(found)
+        if not _HELD[0]:
+            for note in found:
+                warnings.warn(note.message, PopstatsWarning, stacklevel=2)
+    return PopulationStatistics(tuple(result.values()), None,
+                                stopping=state.stopping, warnings=tuple(notes))

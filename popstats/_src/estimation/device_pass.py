@@ -74,6 +74,7 @@ class DevicePass(Pass):
                            else None)
         self.base = copy_state(state)
         self.n = state.n_batches
+        self.sizes = state.sizes
         self.params = self.device.put_parameters()
         self.fields: list[dict | None] = [None] * len(context.sites)
         self.added = 0  # batches in the partial state
@@ -132,7 +133,7 @@ class DevicePass(Pass):
 
     def step(self, batch: Any) -> int:
         context = self.context
-        values = context.values(batch, self.n)
+        values = self.take(batch, self.n)
         try:
             flat = self.device.jit(*values, *self.params)
         except Exception:
@@ -214,7 +215,7 @@ class DevicePass(Pass):
         self._restart()
 
     def state(self) -> EstimationState:
-        return self._merged()
+        return self.with_sizes(self._merged())
 
     def close(self) -> None:
         self.pending = []

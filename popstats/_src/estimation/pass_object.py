@@ -80,6 +80,7 @@ from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.export.time_modes import check_patterns
 from popstats._src.graph.pytensor_ml import warn_dropout
+from popstats._src.independence.mixing import batch_axes
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -229,6 +230,9 @@ class Estimation:
         self._shared = [v for v in graph_inputs([v for t in trios for v in t
                                                  if v is not None])
                         if isinstance(v, TensorSharedVariable)]
+        #: (input index, axis) whose length counts a batch's examples; found
+        #: with the first batch ((-1, 0): no input has a batch axis)
+        self._example_axis: tuple[int, int] | None = None
         self._host = HostAccumulator(self.sites, self.estimators, self.partners,
                                      self.slots, max_steps, call)
         if compile_now:
@@ -284,6 +288,17 @@ class Estimation:
         """A batch's values, checked and converted for the inputs."""
         return batch_values(batch, self.inputs, index, self.call, self.dtypes)
 
+    def _examples(self, values: list) -> int | None:
+        """The number of examples in a batch: the length of the batch axis of
+        its first input that has one (None: none has)."""
+        if self._example_axis is None:
+            self._example_axis = example_axis(self.given[1], self.inputs)
+        index, axis = self._example_axis
+        if index < 0:
+            return None
+        shape = np.shape(values[index])
+        return int(shape[axis]) if axis < len(shape) else None
+
     def _statistics(self, values: list, index: int, params: Any = None) -> list:
         """Per statistic (value, count, weight) of a batch, on the host."""
         try:
@@ -302,7 +317,7 @@ class Estimation:
         self._compile()
         context = PassContext(
             self.call, self.spec, self.sites, self.estimators, self.max_steps,
-            self._host, self._values, self._statistics,
+            self._host, self._values, self._statistics, self._examples,
         )
         if on_batch is not None:
             return HostPass(context, state, on_batch, self._engine.parameters())
@@ -452,3 +467,26 @@ class Estimation:
         )
         return finalize_state(self.call, self.sites, self.estimators,
                               self.max_steps, state)
+
+
+def example_axis(outputs: Sequence[Variable],
+                 inputs: Sequence[Any]) -> tuple[int, int]:
+    """Which input and axis count a batch's examples: the first input whose
+    batch axis the marked statistics reduce over (:func:`~popstats._src.
+    independence.mixing.batch_axes`, as :func:`~popstats.rewrite` finds
+    it), else the first input with an axis (axis 0); ``(-1, 0)``: none.
+
+    A graph the rules cannot follow falls back to axis 0 of the first input
+    with one: the sizes only inform the bias warnings.
+    """
+    try:
+        found = batch_axes(list(outputs), list(inputs), {})
+    except Exception:  # noqa: BLE001 - any rule failure: the default below
+        found = {}
+    for k, (axes, source) in sorted(found.items()):
+        if axes and source == "from the marked statistics":
+            return k, min(axes)
+    for k, var in enumerate(inputs):
+        if var.ndim:
+            return k, 0
+    return -1, 0

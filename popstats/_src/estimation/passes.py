@@ -31,6 +31,7 @@ Members: :data:`BatchCallback`, :class:`GraphPass`, :class:`HostPass`,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from popstats._src.errors import PopstatsError
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation.accumulate_host import HostAccumulator, copy_state
 from popstats._src.estimation.spec import PassSpec
-from popstats._src.estimation.state import EstimationState
+from popstats._src.estimation.state import BatchSizes, EstimationState
 from popstats._src.export.exporter import Site
 
 if TYPE_CHECKING:
@@ -102,6 +103,10 @@ class PassContext:
         ``statistics(values, index, params=None)``: per statistic (value,
         count, weight) of a batch, NumPy arrays (``params``: the
         parameters on the device, in JAX mode).
+    examples : callable
+        ``examples(values)``: the number of examples in a batch (None: not
+        known), counted in the state's
+        :class:`~popstats._src.estimation.state.BatchSizes`.
     """
 
     call: str
@@ -112,10 +117,29 @@ class PassContext:
     host: HostAccumulator
     values: Callable[[Any, int], list]
     statistics: Callable[..., list]
+    examples: Callable[[list], int | None] = lambda values: None  # not known
 
 
 class Pass:
-    """A run building a state from a starting one, batch by batch."""
+    """A run building a state from a starting one, batch by batch.
+
+    Each run counts its batches' sizes (:attr:`sizes`, from its starting
+    state's) as it takes their values (:meth:`take`); :meth:`state` gives
+    them with the arrays.
+    """
+
+    context: PassContext
+    sizes: BatchSizes
+
+    def take(self, batch: Any, index: int) -> list:
+        """Batch ``index``'s values, its size counted."""
+        values = self.context.values(batch, index)
+        self.sizes = self.sizes.add(self.context.examples(values))
+        return values
+
+    def with_sizes(self, state: EstimationState) -> EstimationState:
+        """``state`` with the sizes this run counted."""
+        return dataclasses.replace(state, sizes=self.sizes)
 
     def step(self, batch: Any) -> int:  # pragma: no cover - abstract
         """Add one batch; returns the number of batches the state counts."""
@@ -178,12 +202,13 @@ class HostPass(Pass):
         self.context = context
         self.on_batch = on_batch
         self.current = copy_state(state)
+        self.sizes = state.sizes
         # JAX: the parameters on the device, put there once per pass
         self.params = params
 
     def step(self, batch: Any) -> int:
         context, index = self.context, self.current.n_batches
-        per_site = context.statistics(context.values(batch, index), index,
+        per_site = context.statistics(self.take(batch, index), index,
                                       self.params)
         states = context.host.add(list(self.current.states), per_site, index)
         self.current = EstimationState(self.current.spec, tuple(states), index + 1)
@@ -192,7 +217,7 @@ class HostPass(Pass):
         return index + 1
 
     def state(self) -> EstimationState:
-        return self.current
+        return self.with_sizes(self.current)
 
 
 class GraphPass(Pass):
@@ -215,13 +240,14 @@ class GraphPass(Pass):
         try:
             self.graph.load(state)
             self.n = state.n_batches
+            self.sizes = state.sizes
             self.own = self.graph.own_shapes()
         except BaseException:
             occupancy.release()
             raise
 
     def step(self, batch: Any) -> int:
-        values = self.context.values(batch, self.n)
+        values = self.take(batch, self.n)
         try:
             checks = self.function(*values)
         except Exception:
@@ -249,7 +275,7 @@ class GraphPass(Pass):
         self.own = self.graph.own_shapes()
 
     def state(self) -> EstimationState:
-        return self.graph.read(self.context.spec, self.n)
+        return self.with_sizes(self.graph.read(self.context.spec, self.n))
 
     def close(self) -> None:
         self.occupancy.release()

@@ -20,13 +20,21 @@ The format is a NumPy ``.npz`` archive, read without pickle:
     ``estimator`` (``{"name": ..., "momentum": ..., "unbiased": ...}``, with
     ``"debias": true`` for a debiased ``ema``; a file without it reads as
     not debiased),
-    ``max_steps`` and ``n_batches``. For states: ``{"spec": ..., "n_batches":
-    int, "checkpoint": null or {"start_batches": int, "start_digest": str}}``
+    ``max_steps`` and ``n_batches``; and ``"warnings"``, the
+    :attr:`~popstats.PopulationStatistics.warnings` as ``{"statistic",
+    "kind", "message"}`` (a file without it reads as none). For states:
+    ``{"spec": ..., "n_batches": int, "sizes": {"n", "total", "inverse",
+    "smallest", "largest"}, "arrays": int, "checkpoint": null or
+    {"start_batches": int, "start_digest": str}}``
     where ``spec`` is the :class:`~popstats._src.estimation.spec.PassSpec` (per
     statistic its identity, role, time modes and estimator; ``max_steps``)
     and ``checkpoint``, for a file written by ``Estimation.run(checkpoint=
     ...)``, the state the run started from (its batch count and
-    :func:`~popstats._src.estimation.state.state_digest`).
+    :func:`~popstats._src.estimation.state.state_digest`); ``sizes`` the
+    :class:`~popstats._src.estimation.state.BatchSizes` of its batches (a
+    file without it reads as sizes not known: no size warnings), ``arrays``
+    the number of ``state/...`` arrays (a damaged archive listing fewer is
+    refused).
 ``value/<i>``, ``coverage/<i>``
     For statistics: the population value (float64, time axes first) and the
     batches per step.

@@ -19,7 +19,12 @@ one given again); the run (:class:`CheckpointedRun`) checks the batches the
 checkpoint counts against its digest of them, and at its end that the
 batches covered what the checkpoint already counts.
 
-Stage: estimation. Members: :class:`EstimationState`, :func:`save_state`,
+Beside the estimators' arrays a state keeps the sizes of the batches it
+counts (:class:`BatchSizes`: O(1) sums of the examples per batch), which
+the bias warnings of :func:`~popstats._src.estimation.combine.finalize_state`
+read.
+
+Stage: estimation. Members: :class:`BatchSizes`, :class:`EstimationState`, :func:`save_state`,
 :func:`load_state`, :func:`state_digest`, :func:`parameters_digest`;
 :class:`Checkpoint`, :func:`load_checkpoint`, :class:`CheckpointedRun`,
 :func:`open_checkpoint`, :func:`check_every`.
@@ -38,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from popstats._src.errors import PopstatsError, check_int
+from popstats._src.estimation.estimators import fields as est_fields
 from popstats._src.estimation.persistence import (
     STATE,
     check_target,
@@ -51,6 +57,7 @@ from popstats._src.estimation.stopping import Stopping
 log = logging.getLogger("popstats")
 
 __all__ = [
+    "BatchSizes",
     "Checkpoint",
     "CheckpointedRun",
     "EstimationState",
@@ -62,6 +69,76 @@ __all__ = [
     "save_state",
     "state_digest",
 ]
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """How many examples the batches of a state held: O(1) sums.
+
+    ``m`` of a batch is the length of its inputs' batch axis (the axis the
+    marked statistics reduce over, as :func:`~popstats.rewrite` finds it;
+    axis 0 by default). A state made by an older popstats, or whose inputs
+    have no batch axis, counts fewer batches here than it holds
+    (:meth:`known` is then False), and its sizes are not used.
+
+    Attributes
+    ----------
+    n : int
+        Batches counted.
+    total : int
+        Sum of their sizes, ``sum m``.
+    inverse : float
+        Sum of ``1 / m``.
+    smallest, largest : int
+        The smallest and largest ``m`` (0 when ``n`` is 0).
+    """
+
+    n: int = 0
+    total: int = 0
+    inverse: float = 0.0
+    smallest: int = 0
+    largest: int = 0
+
+    def add(self, m: int | None) -> BatchSizes:
+        """These sizes and one batch of ``m`` examples (None or 0: not known,
+        not counted)."""
+        if not m:
+            return self
+        return BatchSizes(
+            self.n + 1, self.total + m, self.inverse + 1.0 / m,
+            m if self.n == 0 else min(self.smallest, m), max(self.largest, m))
+
+    def merge(self, other: BatchSizes) -> BatchSizes:
+        """The sizes of the batches of both (the order does not matter)."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        return BatchSizes(
+            self.n + other.n, self.total + other.total,
+            self.inverse + other.inverse, min(self.smallest, other.smallest),
+            max(self.largest, other.largest))
+
+    def known(self, n_batches: int) -> bool:
+        """Whether every one of ``n_batches`` batches is counted."""
+        return self.n == n_batches > 0
+
+    @property
+    def size_bias(self) -> float:
+        """``mean(1/m) - n / sum m``: how much more the equal-weight average
+        of batch variances loses to their ``(m-1)/m`` bias than the pooled
+        variance of all examples does, as a fraction of the variance."""
+        if self.n == 0:
+            return 0.0
+        return self.inverse / self.n - self.n / self.total
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BatchSizes:
+        return cls(int(data["n"]), int(data["total"]), float(data["inverse"]),
+                   int(data["smallest"]), int(data["largest"]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +158,8 @@ class EstimationState:
         return new states).
     n_batches : int
         Batches seen.
+    sizes : BatchSizes
+        How many examples those batches held (sums; merged with the state).
     stopping : Stopping or None
         With the option ``target_error``: why and when the pass that made
         the state ended (a checkpoint's: the pass so far); None otherwise
@@ -90,6 +169,7 @@ class EstimationState:
     spec: PassSpec
     states: tuple[dict[str, np.ndarray], ...]
     n_batches: int = 0
+    sizes: BatchSizes = BatchSizes()
     stopping: Stopping | None = None
 
     @property
@@ -119,6 +199,7 @@ def state_digest(state: EstimationState) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(state.spec.to_json(), sort_keys=True).encode())
     h.update(str(state.n_batches).encode())
+    h.update(json.dumps(state.sizes.to_json(), sort_keys=True).encode())
     for fields in state.states:
         for key in sorted(fields):
             array = np.ascontiguousarray(fields[key])
@@ -161,6 +242,8 @@ def save_state(
     meta = {
         "spec": state.spec.to_json(),
         "n_batches": state.n_batches,
+        "sizes": state.sizes.to_json(),
+        "arrays": len(arrays),  # a damaged archive may list fewer
         "checkpoint": None if checkpoint is None else {
             "start_batches": checkpoint.start_batches,
             "start_digest": checkpoint.start_digest,
@@ -208,9 +291,23 @@ def load_checkpoint(
             if key.startswith("state/"):
                 _, index, field = key.split("/")
                 states[int(index)][field] = array
+            elif key not in ("popstats_format", "format_version", "meta"):
+                raise ValueError(f"unknown array {key!r}")
+        listed = meta.get("arrays")  # older files: not recorded
+        if listed is not None and int(listed) != sum(map(len, states)):
+            raise ValueError(f"{sum(map(len, states))} arrays of the {listed} saved")
+        for fields, stat in zip(states, spec.statistics, strict=True):
+            want = set(est_fields(stat.estimator, stat.role))
+            if fields and set(fields) != want:
+                raise ValueError(
+                    f"statistic {stat.name!r} has arrays {sorted(fields)}, not "
+                    f"those of its estimator, {sorted(want)}")
         n_batches = int(meta["n_batches"])
         record = meta.get("stopping")  # older files: none
         stopping = None if record is None else Stopping.from_json(record)
+        # a state saved before batch sizes were kept: sizes not known
+        sizes = meta.get("sizes")
+        sizes = BatchSizes() if sizes is None else BatchSizes.from_json(sizes)
         start = meta["checkpoint"]
         checkpoint = None if start is None else Checkpoint(
             int(start["start_batches"]), str(start["start_digest"]),
@@ -221,7 +318,8 @@ def load_checkpoint(
             f"{where or call + '(path=...)'}: {os.fspath(path)!r} is corrupted "
             f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
         ) from None
-    return EstimationState(spec, tuple(states), n_batches, stopping), checkpoint
+    return (EstimationState(spec, tuple(states), n_batches, sizes, stopping),
+            checkpoint)
 
 
 def check_every(every: object, where: str) -> int:

@@ -31,8 +31,8 @@ from popstats._src.export.exporter import Site
 from popstats._src.export.pairing import Pairs, key_of_site
 from popstats._src.graph.walk import SiteId
 
-__all__ = ["PopulationStatistics", "Statistic", "load", "save_statistics",
-           "with_spreads"]
+__all__ = ["WARNING_KINDS", "PopulationStatistics", "Statistic", "StatisticWarning",
+           "load", "save_statistics", "with_spreads"]
 
 _T = TypeVar("_T")
 
@@ -181,6 +181,52 @@ def with_spreads(stats: tuple[Statistic, ...]) -> tuple[Statistic, ...]:
                  else stat for i, stat in enumerate(stats))
 
 
+#: the kinds of :class:`StatisticWarning`, and what each says
+WARNING_KINDS = {
+    "small-batches": "batches of one example: their variance is 0",
+    "unequal-batches": "batch sizes differ enough to move the equal-weight "
+                       "average beyond its standard error",
+    "trend": "the batch statistics drift along the batches",
+    "coverage": "time steps no batch or few batches reached",
+}
+
+
+@dataclass(frozen=True)
+class StatisticWarning:
+    """A warning about one statistic's estimate (see
+    :attr:`PopulationStatistics.warnings`).
+
+    Attributes
+    ----------
+    statistic : str
+        The statistic's name.
+    kind : str
+        ``"small-batches"``, ``"unequal-batches"``, ``"trend"`` or
+        ``"coverage"`` (:data:`WARNING_KINDS`).
+    message : str
+        What was found and what to do, naming the statistic (the text
+        warned as a :class:`~popstats.PopstatsWarning`).
+    """
+
+    statistic: str
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_json(self) -> dict[str, str]:
+        return {"statistic": self.statistic, "kind": self.kind,
+                "message": self.message}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StatisticWarning:
+        kind = str(data["kind"])
+        if kind not in WARNING_KINDS:
+            raise ValueError(f"unknown warning kind {kind!r}")
+        return cls(str(data["statistic"]), kind, str(data["message"]))
+
+
 #: Views of :class:`PopulationStatistics` that a higher folder provides
 #: (inspection registers ``plot`` and ``report`` when it is imported, which
 #: ``import popstats`` does), so that this record never imports inspection.
@@ -208,17 +254,72 @@ class PopulationStatistics(Mapping[str, Statistic]):
     A read-only mapping from statistic name to :class:`Statistic`, in the
     order the statistics were found. Pass it to :func:`~popstats.rewrite`
     (as many times as needed, for any graph holding these statistics).
+
+    Attributes
+    ----------
+    warnings : tuple of StatisticWarning
+        What the pass found that makes an estimate doubtful, per statistic,
+        in the order of the statistics (``()``: nothing). Each is a frozen
+        :class:`~popstats.StatisticWarning` ``(statistic, kind, message)``:
+
+        - ``"small-batches"``: a variance or std averaged over batches as
+          they come (``"mean"``, ``"weighted"``, ``"ema"`` without
+          ``unbiased=True``) was given a batch of one example, whose
+          variance is 0: the estimate is low, by about the mean of ``1/m``
+          over the batches' sizes ``m``;
+        - ``"unequal-batches"``: with the default ``"mean"`` (or
+          ``"ema"``), batch sizes differ enough that weighing every batch
+          alike moves a variance or std beyond its standard error:
+          ``|mean(1/m) - n / sum(m)| * value > standard_error`` (each batch
+          variance is low by ``(m - 1) / m``; the median over the units);
+        - ``"trend"``: the batch statistics drift along the batches (the
+          ``t`` of the slope of a regression on the batch's position beyond
+          a Bonferroni bound at 0.1% over the units and steps of all the
+          pass's statistics: over i.i.d. batches, about one pass in 1,000
+          warns), so the batches are not alike and the standard error does
+          not hold;
+        - ``"coverage"``: time steps no batch or few batches reached (also
+          logged on the ``popstats`` logger).
+
+        The first three are also warned, once per estimation, as
+        :class:`~popstats.PopstatsWarning`; the record is saved with the
+        statistics (a file of an earlier popstats loads with none).
+        ``docs/estimators.rst`` ("Warnings") tells when each fires and
+        why intervals do not hold for batches in a fixed order or drifting
+        data.
+
+    Examples
+    --------
+    Batches of one example give the default estimator a variance of 0:
+
+    >>> import warnings, numpy as np, pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> mean, var = popstats.mark_moments(x.mean(0), x.var(0), "bn",
+    ...                                   count=x.shape[0])
+    >>> y = (x - mean) / pt.sqrt(var + 1e-5)
+    >>> rng = np.random.default_rng(0)
+    >>> batches = [{"x": rng.normal(0.0, 2.0, (1, 3))} for _ in range(50)]
+    >>> with warnings.catch_warnings(record=True):
+    ...     stats = popstats.estimate([x], y, batches)
+    >>> [(w.statistic, w.kind) for w in stats.warnings]
+    [('bn.var', 'small-batches')]
+    >>> stats["bn.var"].value
+    array([0., 0., 0.])
+    >>> "pooled" in stats.warnings[0].message
+    True
     """
 
     def __init__(self, statistics: tuple[Statistic, ...],
                  fixed_point: FixedPoint | None = None,
-                 stopping: Stopping | None = None):
+                 *, stopping: Stopping | None = None,
+                 warnings: tuple[StatisticWarning, ...] = ()):
         #: with ``upstream="population"``: the passes that made these values
         self.fixed_point = fixed_point
         #: with ``target_error``: why and when the pass ended (a
         #: :class:`~popstats._src.estimation.stopping.Stopping`; None without
         #: a target, and for a file saved by an older popstats)
         self.stopping = stopping
+        self.warnings: tuple[StatisticWarning, ...] = tuple(warnings)
         self._by_name = {s.name: s for s in statistics}
         self._by_id: dict[SiteId, Statistic] = {s.site.id: s for s in statistics}
         self._by_base: dict[tuple, list[Statistic]] = {}
@@ -245,12 +346,13 @@ class PopulationStatistics(Mapping[str, Statistic]):
         fixed point of ``upstream="population"``)."""
         return PopulationStatistics(
             tuple(dataclasses.replace(s, upstream="population") for s in self.values()),
-            record, self.stopping,
+            record, stopping=self.stopping, warnings=self.warnings,
         )
 
     def with_stopping(self, record: Stopping | None) -> PopulationStatistics:
         """These statistics with ``record`` as their :attr:`stopping`."""
-        return PopulationStatistics(tuple(self.values()), self.fixed_point, record)
+        return PopulationStatistics(tuple(self.values()), self.fixed_point,
+                                    stopping=record, warnings=self.warnings)
 
     @overload
     def get(self, name: str, /) -> Statistic | None: ...
@@ -385,6 +487,7 @@ def save_statistics(
         meta["fixed_point"] = stats.fixed_point.to_json()
     if stats.stopping is not None:
         meta["stopping"] = stats.stopping.to_json()
+    meta["warnings"] = [w.to_json() for w in stats.warnings]
     write(path, STATISTICS, meta, arrays, where)
 
 
@@ -454,10 +557,13 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
         _check_groups(stats)
         record = meta.get("fixed_point")
         stopping = meta.get("stopping")  # older files: none
+        # a file of an earlier popstats records no warnings
+        notes = tuple(StatisticWarning.from_json(w) for w in meta.get("warnings", ()))
         # names and identities index the result: they must be hashable
         return PopulationStatistics(
             tuple(stats), None if record is None else FixedPoint.from_json(record),
-            None if stopping is None else Stopping.from_json(stopping))
+            stopping=None if stopping is None else Stopping.from_json(stopping),
+            warnings=notes)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
             f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "

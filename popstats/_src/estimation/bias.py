@@ -1,0 +1,187 @@
+"""The bias and trend warnings of a pass's statistics.
+
+Stage: estimation. :func:`find_warnings` reads, per statistic, its state
+and the batch sizes of the pass (:class:`~popstats._src.estimation.state.
+BatchSizes`) and returns what makes its estimate doubtful, as
+:class:`~popstats._src.estimation.statistics.StatisticWarning` records
+(:func:`~popstats._src.estimation.combine.finalize_state` keeps them on
+:attr:`~popstats.PopulationStatistics.warnings` and warns them):
+
+- ``"small-batches"`` -- a variance or std averaged over batches without
+  Bessel's correction, given a batch of one example (variance 0);
+- ``"unequal-batches"`` -- the default estimator on a variance or std, with
+  batch sizes unequal enough that ``|mean(1/m) - n / sum m| * value``
+  exceeds the standard error (the median over the statistic's units and
+  steps): weighing every batch alike moves the result beyond its noise;
+- ``"trend"`` -- the ``t`` of the slope of the batch statistics against the
+  batch's position (:func:`~popstats._src.estimation.formulas.trend`)
+  beyond a Bonferroni bound at :data:`TREND_LEVEL` over the units and steps
+  of every statistic of the pass (:func:`trend_tests`).
+
+Members: :data:`TREND_LEVEL`, :func:`find_warnings`, :func:`trend_bound`,
+:func:`trend_tests`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from popstats._src.estimation import formulas as fm
+from popstats._src.estimation.state import BatchSizes
+from popstats._src.estimation.statistics import Statistic, StatisticWarning
+
+__all__ = ["TREND_LEVEL", "find_warnings", "trend_bound", "trend_tests"]
+
+#: the family-wise false-alarm rate of the trend warning, per pass
+TREND_LEVEL = 0.001
+
+_SPREADS = ("var", "std")
+#: batch values closer than this (relative) are equal: no trend is tested
+_ROUNDING = 1e-10
+
+
+def _averages_batches(stat: Statistic) -> bool:
+    """Whether the statistic's estimator averages batch variances as they
+    are (each low by ``(m - 1) / m``): a variance or std with ``"mean"``,
+    ``"weighted"`` or ``"ema"`` without ``unbiased=True``."""
+    estimator = stat.estimator
+    if stat.site.role not in _SPREADS:
+        return False
+    return estimator.name in ("mean", "weighted") or (
+        estimator.name == "ema" and not estimator.unbiased)
+
+
+def _equal_weights(stat: Statistic) -> bool:
+    """The default estimator, or the moving average (equal weights per batch,
+    whatever its size), on a variance or std without Bessel's correction."""
+    return _averages_batches(stat) and stat.estimator.name in ("mean", "ema")
+
+
+_NOUN = {"var": "variance", "std": "standard deviation"}
+
+
+def _sizes_text(sizes: BatchSizes) -> str:
+    if sizes.smallest == sizes.largest:
+        each = "example" if sizes.smallest == 1 else "examples"
+        return f"{sizes.n} batches of {sizes.smallest} {each} each"
+    return (f"{sizes.n} batches of {sizes.smallest} to {sizes.largest} "
+            f"examples (mean {sizes.total / sizes.n:.3g})")
+
+
+def _small(stat: Statistic, sizes: BatchSizes) -> StatisticWarning:
+    low = sizes.inverse / sizes.n - 1.0 / sizes.total  # vs the pooled variance
+    if stat.site.role == "std":
+        low = 1.0 - np.sqrt(1.0 - low)
+    return StatisticWarning(stat.name, "small-batches", (
+        f"statistic {stat.name!r} (in {stat.site.where}): {_sizes_text(sizes)}; "
+        f"a batch of one example has variance 0, and estimator "
+        f"{stat.estimator.name!r} averages the batches' {_NOUN[stat.site.role]}s "
+        f"as they are, so the estimate is about {100 * low:.0f}% below the "
+        f"{_NOUN[stat.site.role]} of all examples. Use estimator='pooled' (the exact "
+        f"moments of all examples; give the statistic its count), or batches "
+        f"of more examples."))
+
+
+def _unequal(stat: Statistic, sizes: BatchSizes) -> StatisticWarning | None:
+    se = stat.standard_error
+    if se is None or sizes.n < 2:
+        return None
+    factor = 1.0 if stat.site.role == "var" else 0.5  # sqrt(1 - d) ~ 1 - d / 2
+    shift = abs(sizes.size_bias) * factor * np.abs(stat.value)
+    covered = np.broadcast_to(
+        (stat.coverage >= 2).reshape(stat.coverage.shape + (1,) * (
+            stat.value.ndim - stat.coverage.ndim)), stat.value.shape)
+    use = covered & np.isfinite(se)
+    if not use.any():
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(se[use] > 0, shift[use] / np.where(se[use] > 0, se[use], 1),
+                         np.where(shift[use] > 0, np.inf, 0.0))
+    typical = float(np.median(ratio))
+    if not typical > 1.0:
+        return None
+    return StatisticWarning(stat.name, "unequal-batches", (
+        f"statistic {stat.name!r} (in {stat.site.where}): {_sizes_text(sizes)}. "
+        f"Estimator {stat.estimator.name!r} weighs every batch alike, and each "
+        f"batch variance is low by (m-1)/m, so unequal sizes move the "
+        f"estimate by about {100 * abs(sizes.size_bias) * factor:.2g}% "
+        f"(|mean(1/m) - n/sum(m)|), {typical:.3g} times its standard error "
+        f"(median over its units). Use estimator='pooled' (the exact moments "
+        f"of all examples) or 'weighted' (batches weighed by their count); "
+        f"both need the statistic's count."))
+
+
+def trend_bound(n: np.ndarray, tests: int) -> np.ndarray:
+    """The two-sided Student t bound (``n - 2`` degrees of freedom, ``n`` the
+    batches of each cell) at :data:`TREND_LEVEL` shared by ``tests`` tests
+    (Bonferroni); ``inf`` where ``n < 3``."""
+    from scipy.stats import t as student  # a dependency of PyTensor
+
+    n = np.asarray(n, dtype=np.float64)
+    dof = np.where(n >= 3, n - 2, 1.0)
+    bound = student.ppf(1.0 - TREND_LEVEL / (2.0 * max(tests, 1)), dof)
+    return np.where(n >= 3, bound, np.inf)
+
+
+def _cells(coverage: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Each cell's batch count, broadcast to a value of ``shape``."""
+    return np.broadcast_to(coverage.reshape(coverage.shape + (1,) * (
+        len(shape) - coverage.ndim)), shape)
+
+
+def trend_tests(stat: Statistic) -> int:
+    """How many slopes the trend test of ``stat`` tests: its units times its
+    cells reached by at least 3 batches."""
+    return int((_cells(stat.coverage, stat.value.shape) >= 3).sum())
+
+
+def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
+           tests: int) -> StatisticWarning | None:
+    coverage = np.asarray(arrays["n"])
+    if not (coverage >= 3).any():
+        return None
+    t = np.abs(np.asarray(fm.trend(np, arrays), dtype=np.float64))
+    depth = coverage.ndim
+    cells = _cells(coverage, t.shape)
+    # batch values equal to rounding (the same batch again): no slope to test
+    spread = np.sqrt(np.asarray(arrays["xx"], dtype=np.float64) / np.maximum(cells, 1))
+    level = np.abs(np.asarray(arrays["xm"] if "xm" in arrays else arrays["mean"]))
+    t = np.where(spread > _ROUNDING * level, t, 0.0)
+    bound = trend_bound(cells, tests)
+    over = np.nan_to_num(t, nan=0.0) > bound
+    if not over.any():
+        return None
+    worst = np.unravel_index(int(np.argmax(np.where(over, t, -1.0))), t.shape)
+    steps = worst[:depth]
+    unit = worst[depth:]
+    where = (f"unit {unit[0] if len(unit) == 1 else unit}" if unit else "its value")
+    if steps:
+        where += f", step {steps[0] if len(steps) == 1 else steps}"
+    return StatisticWarning(stat.name, "trend", (
+        f"statistic {stat.name!r} (in {stat.site.where}): its batch values "
+        f"drift along the batches ({int(over.sum())} of "
+        f"{int((cells >= 3).sum())} units and steps with |t| of the slope "
+        f"over the batch order beyond {float(bound[worst]):.3g}; {where}: "
+        f"t = {float(t[worst]):.3g} over {int(cells[worst])} batches). The "
+        f"batches are not alike (data in a fixed order, or data that changes), "
+        f"so the estimate depends on which batches were seen and its standard "
+        f"error does not hold. Shuffle the data into the batches, or estimate "
+        f"over data of one distribution."))
+
+
+def find_warnings(stat: Statistic, arrays: dict[str, Any],
+                  sizes: BatchSizes | None, tests: int) -> list[StatisticWarning]:
+    """The warnings of one statistic: its record, its state's arrays, the
+    pass's batch sizes (None: not known) and the number of slopes the trend
+    test shares its false-alarm rate with (:func:`trend_tests` summed over
+    the pass's statistics: one false alarm in about 1/:data:`TREND_LEVEL`
+    passes over i.i.d. batches)."""
+    found: list[StatisticWarning | None] = []
+    if sizes is not None and _averages_batches(stat) and sizes.smallest == 1:
+        found.append(_small(stat, sizes))
+    elif sizes is not None and _equal_weights(stat):
+        found.append(_unequal(stat, sizes))
+    found.append(_trend(stat, arrays, tests))
+    return [w for w in found if w is not None]
