@@ -272,9 +272,11 @@ def plot_convergence(stopping: Stopping, name: str):
 
     Top: the estimate (its value averaged over units and over the steps
     reached by at least ``min_batches`` batches) against the batches counted
-    at each check of the pass, with the interval ``value +/- 1.96 SE`` (SE
-    averaged likewise). Bottom: the norm (the largest relative standard
-    error) against the batches, on a log scale, with the target.
+    at each check of the pass, with the band ``value +/- 1.96 SE``, SE the
+    standard error averaged likewise: the 95% interval of a typical unit
+    (the average over units is more precise than that). Bottom: the norm
+    (the largest relative standard error) against the batches, on a log
+    scale, with the target; it may rise where a step starts to count.
 
     Examples
     --------
@@ -297,8 +299,8 @@ def plot_convergence(stopping: Stopping, name: str):
         return fig
     top.plot(batches, value, marker=".", color="tab:blue", label="estimate")
     top.fill_between(batches, value - INTERVAL_Z * se, value + INTERVAL_Z * se,
-                     color="tab:blue", alpha=0.25, label="95% interval")
-    _title(top, f"{shown}: estimate (mean over units) and its interval")
+                     color="tab:blue", alpha=0.25, label="+/- 1.96 SE (a typical unit's 95% interval)")
+    _title(top, f"{shown}: estimate, mean over units")
     top.set_xlabel("batches")
     top.legend(loc="best", fontsize="small")
     positive = np.isfinite(norm) & (norm > 0)

@@ -95,8 +95,8 @@ def stopping_lines(stats: Mapping[str, Statistic]) -> list[str]:
                 "Estimation to stop once every statistic's relative standard "
                 "error is below it, and to record a convergence trace."]
     lines = [f"{record}.", f"Reason: {REASONS.get(record.reason, record.reason)} "
-             f"(checked {len(record.trace)} time(s); a step counted once "
-             f"reached by {record.min_batches} batches)."]
+             f"(checked {len(record.trace)} time(s); steps reached by fewer "
+             f"than {record.min_batches} batches are left out of the rule)."]
     for name in record.imprecise:
         left = record.left_out.get(name, 0)
         lines.append(f"{name!r}: " + (f"{left} step(s) reached by fewer than "
