@@ -133,6 +133,7 @@ def test_debiased_ema_is_named_everywhere(graph, tmp_path, capsys, monkeypatch):
     assert popstats.describe(stats)["h.var"].precision.estimator == (
         "ema(0.1, debiased)")
     assert "ema(0.1, debiased)" in str(popstats.describe(stats))
+    assert "30 batches, ema debiased" in repr(stats)
     assert "<td>ema(0.1, debiased)</td>" in render_report(stats, plots=False)
     monkeypatch.setattr(statistics_module, "load", lambda path: stats)
     assert cli.main(["summary", "stats.npz"]) == 0
