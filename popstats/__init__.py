@@ -28,7 +28,12 @@ from popstats._src.estimation.estimators import Estimator
 from popstats._src.estimation.one_call import estimate
 from popstats._src.estimation.pass_object import Estimation
 from popstats._src.estimation.state import EstimationState, load_state
-from popstats._src.estimation.statistics import PopulationStatistics, Statistic, load
+from popstats._src.estimation.statistics import (
+    PopulationStatistics,
+    Statistic,
+    StatisticWarning,
+    load,
+)
 from popstats._src.export.exporter import EstimationGraph, Site, export
 from popstats._src.graph.marker import BNStat, bn_statistic, is_statistic
 from popstats._src.graph.moments import mark_moments
@@ -68,6 +73,7 @@ __all__ = [
     "Site",
     "Statistic",
     "StatisticDrift",
+    "StatisticWarning",
     "WrittenStatistics",
     "bind",
     "bn_statistic",

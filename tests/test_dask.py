@@ -78,6 +78,8 @@ def assert_same(got, want):
         assert a.n_batches == b.n_batches, name
         np.testing.assert_array_equal(a.coverage, b.coverage)
         np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=0)
+    # the batch sizes merged over partitions: the same warnings
+    assert got.warnings == want.warnings
 
 
 # --------------------------------------------------------------------------

@@ -16,10 +16,11 @@ BatchSizes`) and returns what makes its estimate doubtful, as
 - ``"trend"`` -- the ``t`` of the slope of the batch statistics against the
   batch's position (:func:`~popstats._src.estimation.formulas.trend`)
   beyond a Bonferroni bound at :data:`TREND_LEVEL` over the units and steps
-  of every statistic of the pass (:func:`trend_tests`).
+  of every statistic of the pass (:func:`trend_tests`), in cells of at
+  least :data:`TREND_BATCHES` batches.
 
-Members: :data:`TREND_LEVEL`, :func:`find_warnings`, :func:`trend_bound`,
-:func:`trend_tests`.
+Members: :data:`TREND_BATCHES`, :data:`TREND_LEVEL`, :func:`find_warnings`,
+:func:`trend_bound`, :func:`trend_tests`.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.state import BatchSizes
 from popstats._src.estimation.statistics import Statistic, StatisticWarning
 
-__all__ = ["TREND_LEVEL", "find_warnings", "trend_bound", "trend_tests"]
+__all__ = ["TREND_BATCHES", "TREND_LEVEL", "find_warnings", "trend_bound",
+           "trend_tests"]
 
 #: the family-wise false-alarm rate of the trend warning, per pass
 TREND_LEVEL = 0.001
 
 _SPREADS = ("var", "std")
+#: the fewest batches of a cell whose trend is tested (fewer say little
+#: about a trend, and their slope's t is at the mercy of one batch)
+TREND_BATCHES = 10
 #: batch values closer than this (relative) are equal: no trend is tested
 _ROUNDING = 1e-10
 
@@ -71,15 +76,18 @@ def _sizes_text(sizes: BatchSizes) -> str:
 
 
 def _small(stat: Statistic, sizes: BatchSizes) -> StatisticWarning:
-    low = sizes.inverse / sizes.n - 1.0 / sizes.total  # vs the pooled variance
-    if stat.site.role == "std":
-        low = 1.0 - np.sqrt(1.0 - low)
+    # expectations over i.i.d. examples: sigma^2 (1 - mean(1/m)) for the
+    # equal-weight average, sigma^2 (1 - 1/sum(m)) for the pooled variance
+    kept = 0.0 if sizes.total <= 1 else (
+        (1.0 - sizes.inverse / sizes.n) / (1.0 - 1.0 / sizes.total))
+    low = 1.0 - (kept if stat.site.role == "var" else np.sqrt(kept))
+    noun = _NOUN[str(stat.site.role)]
     return StatisticWarning(stat.name, "small-batches", (
         f"statistic {stat.name!r} (in {stat.site.where}): {_sizes_text(sizes)}; "
         f"a batch of one example has variance 0, and estimator "
-        f"{stat.estimator.name!r} averages the batches' {_NOUN[stat.site.role]}s "
+        f"{stat.estimator.name!r} averages the batches' {noun}s "
         f"as they are, so the estimate is about {100 * low:.0f}% below the "
-        f"{_NOUN[stat.site.role]} of all examples. Use estimator='pooled' (the exact "
+        f"{noun} of all examples. Use estimator='pooled' (the exact "
         f"moments of all examples; give the statistic its count), or batches "
         f"of more examples."))
 
@@ -117,11 +125,12 @@ def trend_bound(n: np.ndarray, tests: int) -> np.ndarray:
     """The two-sided Student t bound (``n - 2`` degrees of freedom, ``n`` the
     batches of each cell) at :data:`TREND_LEVEL` shared by ``tests`` tests
     (Bonferroni); ``inf`` where ``n < 3``."""
-    from scipy.stats import t as student  # a dependency of PyTensor
+    # SciPy comes with PyTensor (no stubs installed here)
+    from scipy.special import stdtrit  # type: ignore[import-untyped]
 
     n = np.asarray(n, dtype=np.float64)
     dof = np.where(n >= 3, n - 2, 1.0)
-    bound = student.ppf(1.0 - TREND_LEVEL / (2.0 * max(tests, 1)), dof)
+    bound = stdtrit(dof, 1.0 - TREND_LEVEL / (2.0 * max(tests, 1)))
     return np.where(n >= 3, bound, np.inf)
 
 
@@ -133,14 +142,14 @@ def _cells(coverage: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def trend_tests(stat: Statistic) -> int:
     """How many slopes the trend test of ``stat`` tests: its units times its
-    cells reached by at least 3 batches."""
-    return int((_cells(stat.coverage, stat.value.shape) >= 3).sum())
+    cells reached by at least :data:`TREND_BATCHES` batches."""
+    return int((_cells(stat.coverage, stat.value.shape) >= TREND_BATCHES).sum())
 
 
 def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
            tests: int) -> StatisticWarning | None:
     coverage = np.asarray(arrays["n"])
-    if not (coverage >= 3).any():
+    if not (coverage >= TREND_BATCHES).any():
         return None
     t = np.abs(np.asarray(fm.trend(np, arrays), dtype=np.float64))
     depth = coverage.ndim
@@ -149,7 +158,7 @@ def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
     spread = np.sqrt(np.asarray(arrays["xx"], dtype=np.float64) / np.maximum(cells, 1))
     level = np.abs(np.asarray(arrays["xm"] if "xm" in arrays else arrays["mean"]))
     t = np.where(spread > _ROUNDING * level, t, 0.0)
-    bound = trend_bound(cells, tests)
+    bound = np.where(cells >= TREND_BATCHES, trend_bound(cells, tests), np.inf)
     over = np.nan_to_num(t, nan=0.0) > bound
     if not over.any():
         return None
@@ -162,7 +171,7 @@ def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
     return StatisticWarning(stat.name, "trend", (
         f"statistic {stat.name!r} (in {stat.site.where}): its batch values "
         f"drift along the batches ({int(over.sum())} of "
-        f"{int((cells >= 3).sum())} units and steps with |t| of the slope "
+        f"{int((cells >= TREND_BATCHES).sum())} units and steps with |t| of the slope "
         f"over the batch order beyond {float(bound[worst]):.3g}; {where}: "
         f"t = {float(t[worst]):.3g} over {int(cells[worst])} batches). The "
         f"batches are not alike (data in a fixed order, or data that changes), "

@@ -132,7 +132,6 @@ class DevicePass(Pass):
     # -- batches ----------------------------------------------------------------
 
     def step(self, batch: Any) -> int:
-        context = self.context
         values = self.take(batch, self.n)
         try:
             flat = self.device.jit(*values, *self.params)

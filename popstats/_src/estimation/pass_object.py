@@ -481,7 +481,7 @@ def example_axis(outputs: Sequence[Variable],
     """
     try:
         found = batch_axes(list(outputs), list(inputs), {})
-    except Exception:  # noqa: BLE001 - any rule failure: the default below
+    except Exception:  # any rule failure: the default below
         found = {}
     for k, (axes, source) in sorted(found.items()):
         if axes and source == "from the marked statistics":

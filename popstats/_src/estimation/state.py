@@ -24,7 +24,8 @@ counts (:class:`BatchSizes`: O(1) sums of the examples per batch), which
 the bias warnings of :func:`~popstats._src.estimation.combine.finalize_state`
 read.
 
-Stage: estimation. Members: :class:`BatchSizes`, :class:`EstimationState`, :func:`save_state`,
+Stage: estimation. Members: :class:`BatchSizes`, :class:`EstimationState`,
+:func:`save_state`,
 :func:`load_state`, :func:`state_digest`, :func:`parameters_digest`;
 :class:`Checkpoint`, :func:`load_checkpoint`, :class:`CheckpointedRun`,
 :func:`open_checkpoint`, :func:`check_every`.

@@ -275,9 +275,9 @@ class PopulationStatistics(Mapping[str, Statistic]):
         - ``"trend"``: the batch statistics drift along the batches (the
           ``t`` of the slope of a regression on the batch's position beyond
           a Bonferroni bound at 0.1% over the units and steps of all the
-          pass's statistics: over i.i.d. batches, about one pass in 1,000
-          warns), so the batches are not alike and the standard error does
-          not hold;
+          pass's statistics, in steps of at least 10 batches: over i.i.d.
+          batches, about one pass in 1,000 warns), so the batches are not
+          alike and the standard error does not hold;
         - ``"coverage"``: time steps no batch or few batches reached (also
           logged on the ``popstats`` logger).
 
@@ -299,8 +299,11 @@ class PopulationStatistics(Mapping[str, Statistic]):
     >>> y = (x - mean) / pt.sqrt(var + 1e-5)
     >>> rng = np.random.default_rng(0)
     >>> batches = [{"x": rng.normal(0.0, 2.0, (1, 3))} for _ in range(50)]
-    >>> with warnings.catch_warnings(record=True):
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
     ...     stats = popstats.estimate([x], y, batches)
+    >>> [w.category.__name__ for w in caught]
+    ['PopstatsWarning']
     >>> [(w.statistic, w.kind) for w in stats.warnings]
     [('bn.var', 'small-batches')]
     >>> stats["bn.var"].value
