@@ -380,3 +380,84 @@ def test_min_batches_without_target():
     inputs, y = _model()
     with fails("Estimation(min_batches=...)", "applies with target_error only"):
         popstats.Estimation(inputs, y, min_batches=20)
+
+
+def test_dask_groups_stop_each_on_its_own_and_upstream_population(tmp_path):
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    import popstats.dask
+
+    inputs, y = _model()
+    many = [functools.partial(_load, i, str(tmp_path)) for i in range(40)]
+    few = [functools.partial(_load, i, str(tmp_path)) for i in (50, 51)]
+    with Client(processes=False, n_workers=1, threads_per_worker=2,
+                dashboard_address=":0") as client:
+        sets = popstats.dask.estimate_groups(
+            inputs, y, {"many": many, "few": few}, client=client,
+            target_error=TARGET, mode=MODE)
+        population = popstats.dask.estimate(
+            inputs, y, many, client=client, target_error=TARGET,
+            upstream="population", mode=MODE)
+    assert sets["many"].stopping.reached and sets["many"].stopping.n_batches < 400
+    assert sets["few"].stopping.reason == "batches ended"
+    assert sets["few"].stopping.n_batches == 20
+    # upstream="population": round 0 decides the partitions, every round
+    # takes those
+    n = population.stopping.n_batches
+    assert population.stopping.reached and n == sets["many"].stopping.n_batches
+    assert {s.n_batches for s in population.values()} == {n}
+    assert population.fixed_point.passes >= 2
+
+
+def test_upstream_population_checkpoint_resumes_toward_the_target(tmp_path):
+    inputs, y = _model()
+    batches = _batches(300)
+    whole = popstats.estimate(inputs, y, batches, target_error=TARGET,
+                              upstream="population", mode=MODE)
+    n = whole.stopping.n_batches
+
+    class Loader:
+        """The batches; with ``fail``, interrupted half-way through pass 1."""
+
+        def __init__(self, fail: bool) -> None:
+            self.fail, self.passes = fail, 0
+
+        def __len__(self):
+            return len(batches)
+
+        def __iter__(self):
+            self.passes += 1
+            for i, batch in enumerate(batches):
+                if self.fail and self.passes == 2 and i == n // 2:
+                    raise Interrupted("in pass 1")
+                yield batch
+
+    path = tmp_path / "run.npz"
+    options = dict(target_error=TARGET, upstream="population", checkpoint=path,
+                   checkpoint_every=5, mode=MODE)
+    with pytest.raises(Interrupted):
+        popstats.estimate(inputs, y, Loader(fail=True), **options)
+    first = popstats.load_state(tmp_path / "run.pass0.npz")  # pass 0 finished
+    assert first.stopping == whole.stopping
+    resumed = popstats.estimate(inputs, y, Loader(fail=False), **options)
+    assert resumed.stopping == whole.stopping
+    for name, stat in resumed.items():
+        np.testing.assert_allclose(stat.value, whole[name].value, rtol=1e-12)
+
+
+def test_device_engine_stops_where_the_host_does():
+    pytest.importorskip("jax")
+    import pytensor.link.jax.dispatch  # noqa: F401 - sets x64 from floatX
+
+    inputs, y = _model()
+    batches = _batches(300)
+    device = popstats.estimate(inputs, y, batches, target_error=TARGET, mode="JAX",
+                               accumulate="graph")
+    host = popstats.estimate(inputs, y, batches, target_error=TARGET, mode=MODE)
+    assert device.stopping.reached
+    assert device.stopping.n_batches == host.stopping.n_batches
+    assert [c.n_batches for c in device.stopping.trace] == [
+        c.n_batches for c in host.stopping.trace]
+    for name, norm in host.stopping.norm.items():
+        assert device.stopping.norm[name] == pytest.approx(norm, rel=1e-9)

@@ -33,7 +33,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import cloudpickle
 import dask
@@ -289,18 +289,17 @@ def plan_pass(
     return plan
 
 
-def _failed(call: str, plan: Plan, position: int, future: Future) -> PopstatsError:
+def _failed(call: str, plan: Plan, position: int, future: Future) -> NoReturn:
+    """Raise the error of a partition whose task raised."""
     key, index = plan.labels[position]
     cause = _cause(future)
-    error = PopstatsError(
+    raise PopstatsError(
         f"{call}(partitions=...): partition {index}{group_text(key)} "
         f"failed: {type(cause).__name__}: {cause} (the cause is "
         f"chained below, with the worker's traceback). Fix the "
         f"partition's loader or its batches and call again; Dask "
         f"reruns a partition elsewhere only when its worker dies."
-    )
-    error.__cause__ = cause
-    return error
+    ) from cause
 
 
 def run_pass(call: str, plan: Plan, client: object,
@@ -319,7 +318,7 @@ def run_pass(call: str, plan: Plan, client: object,
         done = as_completed(partitions, loop=client.loop)
         for future in progress_bar(done, partitions, show, unit="partition"):
             if future.status == "error":
-                raise _failed(call, plan, position[future.key], future)
+                _failed(call, plan, position[future.key], future)
         final = client.gather(results)
     except BaseException:
         client.cancel(futures)
@@ -388,7 +387,7 @@ def run_to_target(plan: Plan, client: Client) -> dict[Hashable, EstimationState]
             for future in done:
                 group, position, _ = running.pop(future.key)
                 if future.status == "error":
-                    raise _failed(call, plan, position, future)
+                    _failed(call, plan, position, future)
                 group.done[position] = future.result()
                 group.advance(run)
             for key in [k for k, (g, _, _) in running.items() if g.stopped]:

@@ -369,6 +369,13 @@ class Estimation:
         >>> seen, float(run.finalize(state)["m"].value)
         ([2.0, 5.0], 3.5)
 
+        With the option ``target_error``, the run stops at the first check
+        where every statistic is precise enough and takes no further batch
+        from ``batches`` (a generator can go on from there); the state's
+        :attr:`~EstimationState.stopping` records why and when. A
+        checkpointed run resumed stops where an uninterrupted one does, and a
+        run continuing a ``state`` continues toward the target.
+
         With ``upstream="population"``, ``run`` takes the passes to the fixed
         point (:doc:`/upstream`; :attr:`fixed_point` records them) and
         returns the last pass's state; ``state`` and ``on_batch`` are refused.

@@ -352,11 +352,6 @@ class PopulationStatistics(Mapping[str, Statistic]):
             record, stopping=self.stopping, warnings=self.warnings,
         )
 
-    def with_stopping(self, record: Stopping | None) -> PopulationStatistics:
-        """These statistics with ``record`` as their :attr:`stopping`."""
-        return PopulationStatistics(tuple(self.values()), self.fixed_point,
-                                    stopping=record, warnings=self.warnings)
-
     @overload
     def get(self, name: str, /) -> Statistic | None: ...
     @overload

@@ -299,7 +299,8 @@ def plot_convergence(stopping: Stopping, name: str):
         return fig
     top.plot(batches, value, marker=".", color="tab:blue", label="estimate")
     top.fill_between(batches, value - INTERVAL_Z * se, value + INTERVAL_Z * se,
-                     color="tab:blue", alpha=0.25, label="+/- 1.96 SE (a typical unit's 95% interval)")
+                     color="tab:blue", alpha=0.25,
+                     label="+/- 1.96 SE (a typical unit's 95% interval)")
     _title(top, f"{shown}: estimate, mean over units")
     top.set_xlabel("batches")
     top.legend(loc="best", fontsize="small")
