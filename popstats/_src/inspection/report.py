@@ -5,8 +5,9 @@ Stage: inspection (:mod:`popstats._src.inspection`). Members:
 :attr:`~popstats.PopulationStatistics.warnings`, then these),
 :func:`summary_rows`, :func:`write_report`, :func:`render_report`,
 :func:`upstream_text` (how the statistics were estimated),
-:func:`stopping_lines` (why and when the pass stopped), :func:`shift_rows`
-(a :func:`popstats.shift` measurement).
+:func:`stopping_lines` (why and when the pass stopped),
+:func:`precision_note` (statistics without standard errors),
+:func:`shift_rows` (a :func:`popstats.shift` measurement).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from popstats._src.inspection.tables import (
 __all__ = [
     "all_warnings",
     "find_warnings",
+    "precision_note",
     "render_report",
     "shift_rows",
     "stopping_lines",
