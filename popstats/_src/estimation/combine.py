@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -59,6 +61,17 @@ class _NoCoverageWarnings(logging.Filter):
 
 
 _HELD = [0]  # blocks holding back the warnings of finalize_state
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _users_level() -> int:
+    """The ``stacklevel`` (for a warning of the caller) of the first frame
+    outside popstats: the user's call is named, not popstats' own lines."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(
+            frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @contextlib.contextmanager
@@ -184,8 +197,9 @@ def finalize_state(call: str, sites: Sequence[Site],
                 f"batches.")))
         found = find_warnings(stat, arrays, sizes, tests)
         notes.extend(found)
-        if not _HELD[0]:
+        if found and not _HELD[0]:
+            level = _users_level()
             for note in found:
-                warnings.warn(note.message, PopstatsWarning, stacklevel=2)
+                warnings.warn(note.message, PopstatsWarning, stacklevel=level)
     return PopulationStatistics(tuple(result.values()), None,
                                 stopping=state.stopping, warnings=tuple(notes))
