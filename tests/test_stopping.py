@@ -461,3 +461,19 @@ def test_device_engine_stops_where_the_host_does():
         c.n_batches for c in host.stopping.trace]
     for name, norm in host.stopping.norm.items():
         assert device.stopping.norm[name] == pytest.approx(norm, rel=1e-9)
+
+
+@pytest.mark.parametrize("estimator", ["weighted", "pooled", "unbiased",
+                                       popstats.Estimator("ema", momentum=0.05)],
+                         ids=str)
+def test_every_estimator_norm_is_its_statistics_relative_error(estimator):
+    inputs, y = _model()
+    stats = popstats.estimate(inputs, y, _batches(400), target_error=TARGET,
+                              estimator=estimator, mode=MODE)
+    record = stats.stopping
+    assert record.n_batches == stats["a.var"].n_batches
+    for name, stat in stats.items():  # the finalized statistics' own errors
+        assert record.norm[name] == pytest.approx(
+            float(np.max(stat.relative_error)), rel=1e-9)
+        assert record.trace[-1].standard_error[name] == pytest.approx(
+            float(np.mean(stat.standard_error)), rel=1e-9)
