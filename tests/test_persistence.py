@@ -521,7 +521,8 @@ def test_loaded_value_of_wrong_length_is_refused_before_compiling(tmp_path):
                "Save it again"):
         popstats.load(bad)
     # both replaced: the file is consistent, the graph's weights are not
-    arrays = {f"value/{k}": np.zeros(7) for k in range(2)}
+    arrays = {f"{kind}/{k}": np.zeros(7) for k in range(2)
+              for kind in ("value", "standard_error")}
     _rewrite_npz(path, bad, **arrays)
     with fails("rewrite(stats=...)", "shape (7,) in stats", "shape (4,)",
                "estimate on this graph"):

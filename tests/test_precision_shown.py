@@ -284,3 +284,50 @@ def test_report_draws_convergence_from_the_trace(graph, stats):
     np.testing.assert_allclose(bottom.lines[0].get_ydata(),
                                [c.norm["h.var"] for c in record.trace])
     assert bottom.lines[1].get_ydata()[0] == record.target
+
+
+def test_saved_file_keeps_standard_errors_and_summary_shows_them(stats, tmp_path,
+                                                                 capsys):
+    path = str(tmp_path / "s.npz")
+    stats.save(path)
+    loaded = popstats.load(path)
+    for name in ("h.var", "h.mean"):
+        np.testing.assert_array_equal(loaded[name].standard_error,
+                                      stats[name].standard_error)
+    # the mean's spread is paired again on load
+    np.testing.assert_allclose(loaded["h.mean"].spread,
+                               np.sqrt(stats["h.var"].value))
+    assert cli.main(["summary", path]) == 0
+    out = capsys.readouterr().out
+    assert "no standard error" not in out
+    for name in ("h.var", "h.mean"):
+        row = next(r for r in out.splitlines() if r.startswith(name + " "))
+        assert row.split()[-1] == f"{expected_relative(stats, name, 10):.3g}"
+
+
+def _rewritten(src, dst, drop: str = "", **changes) -> str:
+    with np.load(src, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files if not (drop and
+                                                                k.startswith(drop))}
+    arrays.update(changes)
+    with open(dst, "wb") as handle:
+        np.savez(handle, **arrays)
+    return str(dst)
+
+
+def test_file_without_standard_error_arrays_loads_and_bad_ones_are_refused(
+        stats, tmp_path, capsys):
+    path = tmp_path / "s.npz"
+    stats.save(path)
+    old = _rewritten(path, tmp_path / "old.npz", drop="standard_error/")
+    loaded = popstats.load(old)
+    assert all(s.standard_error is None and s.relative_error is None
+               for s in loaded.values())
+    np.testing.assert_array_equal(loaded["h.var"].value, stats["h.var"].value)
+    assert str(popstats.describe(loaded)).splitlines()[2].split()[-1] == "-"
+    assert cli.main(["summary", old]) == 0
+    assert "have no standard error" in capsys.readouterr().out
+    negative = -np.ones_like(stats["h.var"].standard_error)
+    bad = _rewritten(path, tmp_path / "bad.npz", **{"standard_error/0": negative})
+    with pytest.raises(popstats.PopstatsError, match=r"corrupted.*standard errors"):
+        popstats.load(bad)

@@ -38,6 +38,11 @@ The format is a NumPy ``.npz`` archive, read without pickle:
 ``value/<i>``, ``coverage/<i>``
     For statistics: the population value (float64, time axes first) and the
     batches per step.
+``standard_error/<i>``
+    For statistics: the standard error of each value (float64, the value's
+    shape; ``inf`` where fewer than 2 batches reached). A file written
+    before popstats kept standard errors has none, and loads with
+    ``standard_error`` None.
 ``state/<i>/<field>``
     For states: the estimator's arrays of statistic ``i``.
 

@@ -482,6 +482,9 @@ def save_statistics(
                                 stat.max_steps, stat.upstream))
         arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
         arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
+        if stat.standard_error is not None:  # running averages have none
+            arrays[f"standard_error/{i}"] = np.asarray(stat.standard_error,
+                                                       dtype=np.float64)
     meta: dict[str, Any] = {"statistics": metas}
     if stats.fixed_point is not None:
         meta["fixed_point"] = stats.fixed_point.to_json()
@@ -505,6 +508,19 @@ def _check_loaded(site: Site, value: np.ndarray) -> None:
         raise ValueError(
             f"statistic {site.name!r} holds NaN or infinity ({int(bad.sum())} of "
             f"{value.size} values); a population value is finite")
+
+
+def _with_loaded_error(stat: Statistic, se: Any) -> Statistic:
+    """``stat`` with the standard errors read for it (None: a file of a
+    popstats before standard errors); errors that do not fit are refused."""
+    if se is None:
+        return stat
+    se = np.array(se, dtype=np.float64)
+    if se.shape != stat.value.shape or not bool(np.all(se >= 0)):
+        raise ValueError(
+            f"standard errors of {stat.name!r} (shape {se.shape}) do not fit its "
+            f"value (shape {stat.value.shape}) or are negative")
+    return dataclasses.replace(stat, standard_error=se)
 
 
 def _check_groups(stats: list[Statistic]) -> None:
@@ -555,13 +571,16 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
                           estimator, max_steps, upstream)
             )
         _check_groups(stats)
+        stats = [_with_loaded_error(stat, archive.get(f"standard_error/{i}"))
+                 for i, stat in enumerate(stats)]
         record = meta.get("fixed_point")
         stopping = meta.get("stopping")  # older files: none
         # a file of an earlier popstats records no warnings
         notes = tuple(StatisticWarning.from_json(w) for w in meta.get("warnings", ()))
         # names and identities index the result: they must be hashable
         return PopulationStatistics(
-            tuple(stats), None if record is None else FixedPoint.from_json(record),
+            with_spreads(tuple(stats)),
+            None if record is None else FixedPoint.from_json(record),
             stopping=None if stopping is None else Stopping.from_json(stopping),
             warnings=notes)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
