@@ -330,7 +330,7 @@ def test_other_format_version(saved, tmp_path):
     with fails("load(path=...)", "format version 2", "max_steps", "Estimate again"):
         popstats.load(future)
     _rewrite_npz(state_path, future, format_version=np.array(0))
-    with fails("load_state(path=...)", "format version 0", "version 2"):
+    with fails("load_state(path=...)", "format version 0", "version 3"):
         popstats.load_state(future)
     _rewrite_npz(state_path, future, format_version=np.array(1))
     with fails("load_state(path=...)", "format version 1", "estimator, time modes "

@@ -329,5 +329,5 @@ def test_file_without_standard_error_arrays_loads_and_bad_ones_are_refused(
     assert "have no standard error" in capsys.readouterr().out
     negative = -np.ones_like(stats["h.var"].standard_error)
     bad = _rewritten(path, tmp_path / "bad.npz", **{"standard_error/0": negative})
-    with pytest.raises(popstats.PopstatsError, match=r"corrupted.*standard errors"):
+    with pytest.raises(popstats.PopstatsError, match=r"corrupted.*standard error"):
         popstats.load(bad)

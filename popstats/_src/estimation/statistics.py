@@ -482,7 +482,7 @@ def save_statistics(
                                 stat.max_steps, stat.upstream))
         arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
         arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
-        if stat.standard_error is not None:  # running averages have none
+        if stat.standard_error is not None:
             arrays[f"standard_error/{i}"] = np.asarray(stat.standard_error,
                                                        dtype=np.float64)
     meta: dict[str, Any] = {"statistics": metas}
@@ -510,17 +510,18 @@ def _check_loaded(site: Site, value: np.ndarray) -> None:
             f"{value.size} values); a population value is finite")
 
 
-def _with_loaded_error(stat: Statistic, se: Any) -> Statistic:
-    """``stat`` with the standard errors read for it (None: a file of a
-    popstats before standard errors); errors that do not fit are refused."""
-    if se is None:
-        return stat
-    se = np.array(se, dtype=np.float64)
-    if se.shape != stat.value.shape or not bool(np.all(se >= 0)):
+def _check_error(site: Site, value: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """A loaded standard error: the value's shape, no NaN, none negative
+    (``inf`` is one: a cell fewer than 2 batches reached)."""
+    if error.shape != value.shape:
         raise ValueError(
-            f"standard errors of {stat.name!r} (shape {se.shape}) do not fit its "
-            f"value (shape {stat.value.shape}) or are negative")
-    return dataclasses.replace(stat, standard_error=se)
+            f"statistic {site.name!r} has a standard error of shape "
+            f"{error.shape} for a value of shape {value.shape}")
+    if np.isnan(error).any() or (error < 0).any():
+        raise ValueError(
+            f"statistic {site.name!r} has a standard error holding NaN or a "
+            f"negative number; a standard error is 0 or more (inf: unknown)")
+    return error
 
 
 def _check_groups(stats: list[Statistic]) -> None:
@@ -566,13 +567,14 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
             upstream = str(entry.get("upstream", "batch"))  # older files: batch
             if upstream not in ("batch", "population", "given"):
                 raise ValueError(f"unknown upstream {upstream!r}")
+            error = archive.get(f"standard_error/{i}")  # older files: none
+            if error is not None:
+                error = _check_error(site, value, np.array(error, dtype=np.float64))
             stats.append(
                 Statistic(site.name, site.label, site, value, coverage, n_batches,
-                          estimator, max_steps, upstream)
+                          estimator, max_steps, upstream, error)
             )
         _check_groups(stats)
-        stats = [_with_loaded_error(stat, archive.get(f"standard_error/{i}"))
-                 for i, stat in enumerate(stats)]
         record = meta.get("fixed_point")
         stopping = meta.get("stopping")  # older files: none
         # a file of an earlier popstats records no warnings
