@@ -1170,7 +1170,7 @@ def rewrite_sets_differ():
 @scenario("Statistic sets estimated with other time modes")
 def rewrite_sets_time_modes_differ():
     x, y = recurrent()
-    batches = [{"xs": data(3, 2).reshape(3, 1, 2) + np.arange(2.0)}]
+    batches = [{"xs": data(3, 4).reshape(3, 2, 2) + np.arange(2.0)}]
     per_step = popstats.estimate([x], y, batches)
     pooled = popstats.estimate([x], y, batches, time="pooled")
     popstats.rewrite(y, [per_step, pooled], select=pt.iscalar("k"))
@@ -1179,7 +1179,7 @@ def rewrite_sets_time_modes_differ():
 @scenario("Binding statistics estimated with other time modes")
 def bind_time_modes_differ():
     x, y = recurrent()
-    batches = [{"xs": data(3, 2).reshape(3, 1, 2) + np.arange(2.0)}]
+    batches = [{"xs": data(3, 4).reshape(3, 2, 2) + np.arange(2.0)}]
     y_inf = popstats.rewrite(y, popstats.estimate([x], y, batches))
     popstats.bind(y_inf, popstats.estimate([x], y, batches, time="pooled"))
 

@@ -68,9 +68,10 @@ _NOUN = {"var": "variance", "std": "standard deviation"}
 
 
 def _sizes_text(sizes: BatchSizes) -> str:
+    batches = "1 batch" if sizes.n == 1 else f"{sizes.n} batches"
     if sizes.smallest == sizes.largest:
         each = "example" if sizes.smallest == 1 else "examples"
-        return f"{sizes.n} batches of {sizes.smallest} {each} each"
+        return f"{batches} of {sizes.smallest} {each}{'' if sizes.n == 1 else ' each'}"
     return (f"{sizes.n} batches of {sizes.smallest} to {sizes.largest} "
             f"examples (mean {sizes.total / sizes.n:.3g})")
 
