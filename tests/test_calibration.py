@@ -7,7 +7,7 @@ drawn i.i.d. from ``SIZES`` (unequal, so that the count weights of
 ``"weighted"`` and ``"pooled"`` matter). Each resample's interval is
 ``value +/- t SE``, ``t`` the 97.5% quantile of Student's t with ``n - 1``
 degrees of freedom (``n`` the batches of the cell; the documented interval,
-``docs/estimators.rst``, "Standard errors"). Its target is the value the
+``docs/estimators.rst``, "Where intervals do not hold"). Its target is the value the
 SAME estimator reaches over all the data (the expectation of its result over
 i.i.d. batches, in closed form; never the pooled value for every estimator):
 
