@@ -364,7 +364,7 @@ def test_the_digest_of_a_state_covers_its_sizes():
     run = popstats.Estimation(inputs, y, mode=MODE)
     state = run.run(rows([4, 4]))
     other = type(state)(state.spec, state.states, state.n_batches,
-                        sizes_of([3, 5]))
+                        sizes=sizes_of([3, 5]))
     assert state_digest(state) != state_digest(other)
 
 

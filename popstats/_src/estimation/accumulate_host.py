@@ -231,4 +231,5 @@ def copy_state(state: EstimationState) -> EstimationState:
         {k: np.array(v, copy=True) for k, v in fields.items()}
         for fields in state.states
     )
-    return EstimationState(state.spec, states, state.n_batches, state.sizes)
+    return EstimationState(state.spec, states, state.n_batches,
+                           sizes=state.sizes)

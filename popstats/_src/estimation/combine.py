@@ -146,7 +146,7 @@ def merge_states(sites: Sequence[Site], estimators: Sequence[est.Estimator],
             )
         states.append(est.merge(estimators[i], site.role, sa, sb))
     return EstimationState(a.spec, tuple(states), a.n_batches + b.n_batches,
-                           a.sizes.merge(b.sizes))
+                           sizes=a.sizes.merge(b.sizes))
 
 
 def finalize_state(call: str, sites: Sequence[Site],
@@ -182,7 +182,8 @@ def finalize_state(call: str, sites: Sequence[Site],
                       standard_error=est.standard_error(estimator, site.role,
                                                         arrays))
         )
-    result = PopulationStatistics(with_spreads(tuple(stats)))
+    result = PopulationStatistics(with_spreads(tuple(stats)),
+                                  stopping=state.stopping)
     sizes = state.sizes if state.sizes.known(state.n_batches) else None
     notes: list[StatisticWarning] = []
     tests = sum(trend_tests(stat) for stat in result.values())
@@ -201,5 +202,5 @@ def finalize_state(call: str, sites: Sequence[Site],
             level = _users_level()
             for note in found:
                 warnings.warn(note.message, PopstatsWarning, stacklevel=level)
-    return PopulationStatistics(tuple(result.values()), None,
-                                stopping=state.stopping, warnings=tuple(notes))
+    return PopulationStatistics(tuple(result.values()), None, state.stopping,
+                                tuple(notes))

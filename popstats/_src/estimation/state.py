@@ -159,19 +159,19 @@ class EstimationState:
         return new states).
     n_batches : int
         Batches seen.
-    sizes : BatchSizes
-        How many examples those batches held (sums; merged with the state).
     stopping : Stopping or None
         With the option ``target_error``: why and when the pass that made
         the state ended (a checkpoint's: the pass so far); None otherwise
         (and for a merged state).
+    sizes : BatchSizes
+        How many examples those batches held (sums; merged with the state).
     """
 
     spec: PassSpec
     states: tuple[dict[str, np.ndarray], ...]
     n_batches: int = 0
-    sizes: BatchSizes = BatchSizes()
     stopping: Stopping | None = None
+    sizes: BatchSizes = BatchSizes()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -319,8 +319,8 @@ def load_checkpoint(
             f"{where or call + '(path=...)'}: {os.fspath(path)!r} is corrupted "
             f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
         ) from None
-    return (EstimationState(spec, tuple(states), n_batches, sizes, stopping),
-            checkpoint)
+    return EstimationState(spec, tuple(states), n_batches, stopping,
+                           sizes=sizes), checkpoint
 
 
 def check_every(every: object, where: str) -> int:

@@ -314,7 +314,7 @@ class PopulationStatistics(Mapping[str, Statistic]):
 
     def __init__(self, statistics: tuple[Statistic, ...],
                  fixed_point: FixedPoint | None = None,
-                 *, stopping: Stopping | None = None,
+                 stopping: Stopping | None = None,
                  warnings: tuple[StatisticWarning, ...] = ()):
         #: with ``upstream="population"``: the passes that made these values
         self.fixed_point = fixed_point
@@ -349,7 +349,7 @@ class PopulationStatistics(Mapping[str, Statistic]):
         fixed point of ``upstream="population"``)."""
         return PopulationStatistics(
             tuple(dataclasses.replace(s, upstream="population") for s in self.values()),
-            record, stopping=self.stopping, warnings=self.warnings,
+            record, self.stopping, self.warnings,
         )
 
     @overload
@@ -583,8 +583,7 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
         return PopulationStatistics(
             with_spreads(tuple(stats)),
             None if record is None else FixedPoint.from_json(record),
-            stopping=None if stopping is None else Stopping.from_json(stopping),
-            warnings=notes)
+            None if stopping is None else Stopping.from_json(stopping), notes)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
             f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "
