@@ -1640,6 +1640,25 @@ def drift_moments_without_counts():
     popstats.drift(stats, [x], y, [{"x": data()}], against="moments")
 
 
+@scenario("Describing statistics with a time mode")
+def describe_statistics_with_time():
+    x, y, stats = estimated()
+    popstats.describe(stats, time="pooled")
+
+
+@scenario("Describing with statistics that are not estimates")
+def describe_stats_not_statistics():
+    x, y = layer()
+    popstats.describe(y, stats={"mean": np.zeros(2)})
+
+
+@scenario("Describing with the statistics of another graph")
+def describe_stats_of_another_graph():
+    x, y, stats = estimated()
+    z = pt.matrix("z")
+    popstats.describe(z - popstats.bn_statistic(z.mean(0), "z.mean"), stats=stats)
+
+
 @scenario("Describing with a shift that is not a measurement")
 def describe_shift_not_a_measurement():
     x, y = layer()

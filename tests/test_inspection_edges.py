@@ -196,7 +196,8 @@ def test_cli_summary_on_all_zero_coverage(uncovered_file):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["name", "label", "role", "where", "shape", "steps",
-                                "batches", "estimator", "min", "mean", "max"]
+                                "batches", "estimator", "min", "mean", "max",
+                                "rel.", "SE"]
     warnings = [line for line in lines if line.startswith("warning: ")]
     assert warnings == [
         "warning: 'flat' (in <graph>): no batch computed it (coverage 0); its "
@@ -331,13 +332,12 @@ def test_cli_summary_escapes_control_characters(tmp_path):
     # one batch: one warning per statistic, each on one line, after the table
     warned = [line for line in printed if line.startswith("warning: ")]
     assert len(warned) == len(LABELS) and all("1 batch" in w for w in warned)
-    lines = _check_table("\n".join(printed[: len(printed) - len(warned)]),
-                         len(LABELS))
+    lines = _check_table("\n".join(printed[: 2 + len(LABELS)]), len(LABELS))
     rows = sorted(line.split() for line in lines[2:])
     shown_labels = sorted(repr(label)[1:-1] for label in LABELS)
     for cells, shown in zip(rows, shown_labels, strict=True):
         assert cells == [shown, shown, "mean", "<graph>", "(3,)", "-", "1",
-                                "mean", "1.5", "2.5", "3.5"]
+                                "mean", "1.5", "2.5", "3.5", "-"]
 
 
 def test_report_escapes_html_and_control_characters(tmp_path):

@@ -147,7 +147,7 @@ def _check_report(text: str, names) -> None:
     for name in names:
         assert f"<td>{name}</td>" in text
     assert "<h2>Coverage</h2>" in text and "<h2>Warnings</h2>" in text
-    assert "reached by under 10% of the 11 batches" in text
+    assert "reached by under 10% of the" in text  # the pass's coverage record
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(images) == len(names)
     assert all(base64.b64decode(i).startswith(PNG) for i in images)

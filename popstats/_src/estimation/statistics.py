@@ -417,6 +417,8 @@ class PopulationStatistics(Mapping[str, Statistic]):
             )
             if s.estimator.name != "mean":
                 row += f", {s.estimator.name}"
+                if s.estimator.name == "ema" and s.estimator.debias:
+                    row += " debiased"
             if s.upstream != "batch":
                 row += f", upstream {s.upstream}"
             if s.uncovered_steps:

@@ -3,7 +3,9 @@
 Examples
 --------
 ``popstats report stats.npz -o report.html`` writes one self-contained
-HTML file; ``popstats summary stats.npz`` prints the table and warnings;
+HTML file; ``popstats summary stats.npz`` prints the table (with each
+statistic's largest relative standard error), why and when the pass
+stopped, and the warnings (those of ``stats.warnings`` first);
 ``popstats --version`` prints the version. ``popstats`` alone prints the
 help and exits with status 2.
 
@@ -50,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--title", default=None, help="report title")
     report.add_argument("--no-plots", action="store_true",
                         help="leave out the plots (no matplotlib needed)")
-    summary = commands.add_parser("summary", help="print the summary and warnings")
+    summary = commands.add_parser(
+        "summary", help="print the summary, precision, stopping and warnings",
+        description="Print one line per statistic (with its largest relative "
+        "standard error, rel. SE), why and when the pass stopped, and the "
+        "warnings (those of PopulationStatistics.warnings first).",
+    )
     summary.add_argument("stats", help="statistics file (.npz)")
     return parser
 
@@ -73,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from popstats._src.estimation.statistics import load
     from popstats._src.inspection.report import (
         SUMMARY_COLUMNS,
-        find_warnings,
+        all_warnings,
+        precision_note,
+        stopping_lines,
         summary_rows,
         upstream_text,
         write_report,
@@ -112,7 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text_table(SUMMARY_COLUMNS, summary_rows(stats)))
             if any(s.upstream != "batch" for s in stats.values()):
                 print(upstream_text(stats))
-            for warning in find_warnings(stats):
+            note = precision_note(stats)
+            if note:
+                print(note)
+            if stats.stopping is not None:
+                for line in stopping_lines(stats):
+                    print(line)
+            for warning in all_warnings(stats):
                 print(f"warning: {warning}")
             sys.stdout.flush()
     except BrokenPipeError:  # `popstats summary f.npz | head -2`: as Unix tools do

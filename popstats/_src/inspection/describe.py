@@ -9,7 +9,8 @@ Stage: inspection. :func:`describe` gives a :class:`Description`, one
 is shared with
 :mod:`popstats._src.inspection.drawing`, :func:`shift_records` with
 :mod:`popstats._src.inspection.report`; tables are drawn by
-:mod:`popstats._src.inspection.tables`.
+:mod:`popstats._src.inspection.tables`, the precision of estimated
+statistics read by :mod:`popstats._src.inspection.precision`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from pytensor.graph.basic import Variable
 from pytensor.scan.op import Scan
 
 from popstats._src.errors import PopstatsError, describe_value
+from popstats._src.estimation.statistics import PopulationStatistics
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.graph.identity import digest
 from popstats._src.graph.marker import BNStat, is_statistic, statistic_label
 from popstats._src.graph.surgery import walk_nodes
 from popstats._src.independence.mixing import mixing_operations
+from popstats._src.inspection.precision import Precision, format_error, precisions
 from popstats._src.inspection.tables import escape_text, html_table, text_table
 from popstats._src.rewrite.bind import population_copies
 
@@ -45,6 +48,8 @@ FIELDS = ("name", "label", "role", "group", "where", "depth", "time", "shape",
           "dtype", "counted", "fingerprint")
 #: the columns of a table (the fingerprint only when a label repeats)
 _COLUMNS = tuple(name for name in FIELDS if name != "group")
+#: the columns added by estimated statistics (``describe(stats)``, ``stats=``)
+PRECISION_COLUMNS = ("estimator", "batches", "rel. SE")
 
 
 def _of_site(field: str) -> property:
@@ -86,6 +91,10 @@ class StatisticRecord:
     #: with ``describe(..., shift=...)``: the mean estimation shift of the
     #: statistic's layer (see :func:`~popstats.shift`), else None
     shift: float | None = None
+    #: for estimated statistics (``describe(stats)`` or ``stats=``): how
+    #: precise the estimate is (estimator, batches, the largest relative
+    #: standard error), else None
+    precision: Precision | None = None
 
     name = _of_site("name")
     label = _of_site("label")
@@ -111,10 +120,17 @@ class StatisticRecord:
         return self.site.time_axes
 
     def to_dict(self) -> dict[str, object]:
-        """The record as a dict of :data:`FIELDS` (and ``shift`` when measured)."""
+        """The record as a dict of :data:`FIELDS` (and ``shift`` when
+        measured; ``estimator``, ``n_batches``, ``relative_error`` and
+        ``standard_error`` for an estimated statistic)."""
         out = {name: getattr(self, name) for name in FIELDS}
         if self.shift is not None:
             out["shift"] = self.shift
+        if self.precision is not None:
+            p = self.precision
+            out.update(estimator=p.estimator, n_batches=p.n_batches,
+                       relative_error=p.relative_error,
+                       standard_error=p.standard_error)
         return out
 
     def __repr__(self) -> str:
@@ -162,10 +178,18 @@ class Description(Sequence[StatisticRecord]):
         columns = _COLUMNS if len(set(labels)) < len(labels) else _COLUMNS[:-1]
         if any(r.shift is not None for r in self.records):
             columns = (*columns, "shift")
+        if any(r.precision is not None for r in self.records):
+            columns = (*columns, *PRECISION_COLUMNS)
         return columns
 
     def _rows(self) -> list[list[object]]:
         def cell(r: StatisticRecord, c: str) -> object:
+            if c in PRECISION_COLUMNS:
+                p = r.precision
+                if p is None:
+                    return "-"
+                return (p.estimator if c == "estimator" else p.n_batches
+                        if c == "batches" else format_error(p.relative_error))
             value = getattr(r, c)
             if c == "shift":
                 return "-" if value is None else f"{value:.3g}"
@@ -183,20 +207,34 @@ class Description(Sequence[StatisticRecord]):
         return html_table(self._columns(), self._rows())
 
 
-def describe(outputs: Variable | Sequence[Variable], *, time: object = "step",
-             shift: Mapping | None = None) -> Description:
-    """Every batch statistic of a graph, with where it lives.
+def describe(outputs: Variable | Sequence[Variable] | PopulationStatistics, *,
+             time: object = "step", shift: Mapping | None = None,
+             stats: PopulationStatistics | None = None) -> Description:
+    """Every batch statistic of a graph, with where it lives (and, for
+    estimated statistics, how precise they are).
 
     Parameters
     ----------
-    outputs : Variable or sequence of Variable
-        Outputs of the training graph.
+    outputs : Variable, sequence of Variable, or PopulationStatistics
+        Outputs of the training graph; or statistics from
+        :func:`~popstats.estimate` (or :func:`~popstats.load`), described
+        with their precision as ``stats=`` does (no graph needed).
     time : "step", "pooled", tuple or dict, default "step"
-        As for :func:`~popstats.export` (sets the ``time`` column).
+        As for :func:`~popstats.export` (sets the ``time`` column); for
+        statistics, their own (leave it out).
     shift : Drift, optional
         From :func:`~popstats.shift` (or :func:`~popstats.drift`): adds a
         ``shift`` column, the mean divergence of each statistic's layer
         (``-`` for a statistic the measurement does not hold).
+    stats : PopulationStatistics, optional
+        Estimates of these outputs' statistics: adds the columns
+        ``estimator`` (``ema(0.1, debiased)`` for ``Estimator("ema",
+        debias=True)``), ``batches`` and ``rel. SE``: the largest relative
+        standard error over the statistic's units and its steps reached by
+        at least ``min_batches`` batches (the norm of ``target_error``; 10,
+        or every batch of a shorter pass, without it). ``-`` for a
+        statistic ``stats`` does not hold, or whose file was saved by a
+        popstats without standard errors.
 
     Returns
     -------
@@ -206,7 +244,7 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step",
 
     Examples
     --------
-    >>> import pytensor.tensor as pt, popstats
+    >>> import numpy as np, pytensor.tensor as pt, popstats
     >>> x = pt.matrix("x")
     >>> m = popstats.bn_statistic(x.mean(0), "m", role="mean", count=x.shape[0])
     >>> table = popstats.describe(x - m)
@@ -216,9 +254,33 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step",
     m     m      mean  <graph>  0      -     (None,)  float64  yes
     >>> table["m"].counted, table.to_dicts()[0]["where"]
     (True, '<graph>')
+
+    With estimates, their precision (``rel. SE``: here the mean's standard
+    error against its own size, about ``1 / (3 sqrt(8 * 40))``):
+
+    >>> rng = np.random.default_rng(0)
+    >>> stats = popstats.estimate([x], x - m, [{"x": rng.normal(3, 1, (8, 2))}
+    ...                                        for _ in range(40)], progress=False)
+    >>> row = popstats.describe(stats)["m"]
+    >>> row.precision.estimator, row.precision.n_batches
+    ('mean', 40)
+    >>> 0.01 < row.precision.relative_error < 0.03
+    True
     """
-    outs = as_variables(outputs, "describe")
-    sites = export_checked(outs, "describe", time).sites
+    if isinstance(outputs, PopulationStatistics):
+        if stats is not None or time != "step":
+            raise PopstatsError(
+                f"describe(outputs=...): given statistics ({len(outputs)} "
+                f"estimated), which carry their own sites and time modes, and "
+                f"also {'stats=' if stats is not None else 'time='}. Pass "
+                f"describe(stats) alone, or describe(outputs, stats=stats) "
+                f"with the graph's outputs."
+            )
+        sites: Sequence[Site] = [stat.site for stat in outputs.values()]
+        stats = outputs
+    else:
+        outs = as_variables(outputs, "describe")
+        sites = export_checked(outs, "describe", time).sites
     measured = _shift_by_name(shift)
     if measured and not any(s.name in measured for s in sites):
         raise PopstatsError(
@@ -227,7 +289,31 @@ def describe(outputs: Variable | Sequence[Variable], *, time: object = "step",
             f"({[s.name for s in sites][:6]}). Pass popstats.shift(...) of these "
             f"outputs."
         )
-    return Description(StatisticRecord(s, measured.get(s.name)) for s in sites)
+    precise = _precision_by_name(stats, sites)
+    return Description(StatisticRecord(s, measured.get(s.name), precise.get(s.name))
+                       for s in sites)
+
+
+def _precision_by_name(stats: object, sites: Sequence[Site]) -> dict[str, Precision]:
+    """Statistic name to the precision of its estimate in ``stats`` (found
+    by identity, or by loops and label when only one matches)."""
+    if stats is None:
+        return {}
+    if not isinstance(stats, PopulationStatistics):
+        raise PopstatsError(
+            f"describe(stats=...): expected the result of popstats.estimate(...) "
+            f"or popstats.load(...), got {describe_value(stats)}."
+        )
+    found = {site.name: stat for site in sites
+             if (stat := stats.lookup(site.id, match="name")) is not None}
+    if sites and not found:
+        raise PopstatsError(
+            f"describe(stats=...): the statistics hold {sorted(stats)[:6]}, none "
+            f"of these outputs' ({[s.name for s in sites][:6]}). Pass the "
+            f"statistics estimated for this graph."
+        )
+    by_stat = precisions(stats)
+    return {name: by_stat[stat.name] for name, stat in found.items()}
 
 
 def shift_records(shift: object, where: str) -> list:

@@ -4,7 +4,8 @@ Figures are made with :class:`matplotlib.figure.Figure` directly, not
 through ``pyplot``: no global state, no window, any backend.
 
 Stage: inspection (:mod:`popstats._src.inspection`). Members: :func:`plot`,
-:func:`plot_statistic`.
+:func:`plot_statistic`, :func:`plot_convergence` (the trace of a pass with
+``target_error``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import numpy as np
 
 from popstats._src.errors import PopstatsError, check_int, describe_value
 from popstats._src.estimation.statistics import Statistic
+from popstats._src.estimation.stopping import Stopping
 from popstats._src.inspection.tables import escape_text
 
-__all__ = ["plot", "plot_statistic"]
+__all__ = ["plot", "plot_convergence", "plot_statistic"]
 
 
 def _figure(rows: int, what: str):
@@ -248,3 +250,69 @@ def plot(stats: Mapping[str, Statistic], name: str, *, units: int = 8):
 
         raise unknown_label(f"plot({name!r})", str(name), list(stats))
     return plot_statistic(stats[name], units=units)
+
+
+#: the interval drawn around the estimate: about 95% for a normal error
+INTERVAL_Z = 1.96
+
+
+def convergence_points(stopping: Stopping, name: str) -> tuple[np.ndarray, ...]:
+    """The trace of ``name`` in ``stopping``: batches, value, standard error
+    and norm at each check (NaN where no cell of the statistic counted)."""
+    trace = stopping.trace
+    batches = np.array([c.n_batches for c in trace], dtype=np.int64)
+    columns = [np.array([getattr(c, field).get(name, np.nan) for c in trace],
+                        dtype=np.float64)
+               for field in ("value", "standard_error", "norm")]
+    return (batches, *columns)
+
+
+def plot_convergence(stopping: Stopping, name: str):
+    """A figure of how one statistic converged in a pass with ``target_error``.
+
+    Top: the estimate (its value averaged over units and over the steps
+    reached by at least ``min_batches`` batches) against the batches counted
+    at each check of the pass, with the band ``value +/- 1.96 SE``, SE the
+    standard error averaged likewise: the 95% interval of a typical unit
+    (the average over units is more precise than that). Bottom: the norm
+    (the largest relative standard error) against the batches, on a log
+    scale, with the target; it may rise where a step starts to count.
+
+    Examples
+    --------
+    >>> from popstats._src.estimation.stopping import StopCheck, Stopping
+    >>> checks = tuple(StopCheck(n, {"v": 0.2 / n ** 0.5}, {"v": 1.0},
+    ...                          {"v": 0.2 / n ** 0.5}) for n in (10, 11, 13))
+    >>> record = Stopping("batches ended", 13, 0.01, 10, {"v": 0.055},
+    ...                   {"v": 0}, checks)
+    >>> fig = plot_convergence(record, "v")
+    >>> [ax.get_xlabel() for ax in fig.axes]
+    ['batches', 'batches']
+    """
+    batches, value, se, norm = convergence_points(stopping, name)
+    fig, (top, bottom) = _figure(2, "plotting the convergence")
+    shown = escape_text(name)
+    if not np.isfinite(value).any():
+        _note(top, f"{shown}: no check counted a cell of this statistic (every "
+                   f"step reached by fewer than {stopping.min_batches} batches)")
+        _note(bottom, "no norm measured")
+        return fig
+    top.plot(batches, value, marker=".", color="tab:blue", label="estimate")
+    top.fill_between(batches, value - INTERVAL_Z * se, value + INTERVAL_Z * se,
+                     color="tab:blue", alpha=0.25,
+                     label="+/- 1.96 SE (a typical unit's 95% interval)")
+    _title(top, f"{shown}: estimate, mean over units")
+    top.set_xlabel("batches")
+    top.legend(loc="best", fontsize="small")
+    positive = np.isfinite(norm) & (norm > 0)
+    bottom.plot(batches[positive], norm[positive], marker=".", color="tab:orange",
+                label="largest relative SE")
+    bottom.axhline(stopping.target, color="tab:green", linestyle="--",
+                   label=f"target {stopping.target:g}")
+    if positive.any():
+        bottom.set_yscale("log")
+    _title(bottom, f"{shown}: norm against the target ({stopping.reason})")
+    bottom.set_xlabel("batches")
+    bottom.legend(loc="best", fontsize="small")
+    _integer_ticks(top, bottom)
+    return fig
