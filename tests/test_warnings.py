@@ -159,10 +159,32 @@ def test_equal_batches_of_reasonable_size_do_not_warn(estimator):
 def test_a_scan_counts_examples_on_its_batch_axis():
     rng = np.random.default_rng(0)
     batches = [{"x": rng.normal(size=(4, 1, D))} for _ in range(6)]
-    stats, warned = estimate(batches, make=loop_model)
+    inputs, y = loop_model()
+    state = popstats.Estimation(inputs, y, mode=MODE).run(batches)
     # batches of one example (axis 1), not of 4 time steps (axis 0)
-    assert kinds(stats) == [("rnn.var", "small-batches")]
-    assert "6 batches of 1 example each" in warned[0]
+    assert (state.sizes.n, state.sizes.smallest, state.sizes.largest) == (6, 1, 1)
+
+
+def test_size_warnings_only_where_the_count_is_the_examples():
+    """A statistic in a loop, or one whose count is more than the examples
+    (a convolution's positions), gets no batch-size warning: its elements
+    per batch are not known to be the examples (no false alarm)."""
+    rng = np.random.default_rng(0)
+    stats, warned = estimate([{"x": rng.normal(size=(4, 1, D))} for _ in range(6)],
+                             make=loop_model)
+    assert "small-batches" not in [k for _, k in kinds(stats)]
+
+    def conv():
+        x = pt.tensor4("x")
+        mean, var = popstats.mark_moments(
+            x.mean((0, 1, 2)), x.var((0, 1, 2)), "conv",
+            count=x.shape[0] * x.shape[1] * x.shape[2])
+        return [x], (x - mean) / pt.sqrt(var + 1e-5)
+
+    stats, warned = estimate([{"x": rng.normal(size=(1, 4, 4, 3))}
+                              for _ in range(20)], make=conv)
+    assert stats.warnings == () and warned == []
+    assert (stats["conv.var"].value > 0.5).all()  # 16 positions: not 0
 
 
 # -- trends -----------------------------------------------------------------

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -151,8 +151,13 @@ def merge_states(sites: Sequence[Site], estimators: Sequence[est.Estimator],
 
 def finalize_state(call: str, sites: Sequence[Site],
                    estimators: Sequence[est.Estimator], max_steps: int | None,
-                   state: EstimationState) -> PopulationStatistics:
-    """The population statistics of a (checked) state; errors name ``call``."""
+                   state: EstimationState,
+                   per_example: Collection[str] = ()) -> PopulationStatistics:
+    """The population statistics of a (checked) state; errors name ``call``.
+
+    ``per_example``: the statistics whose count is the batch's examples,
+    which alone get the batch-size warnings (:mod:`~popstats._src.estimation.bias`).
+    """
     if state.n_batches == 0:
         if call == "Estimation":  # the pass's own API: a state given
             raise PopstatsError(
@@ -196,7 +201,8 @@ def finalize_state(call: str, sites: Sequence[Site],
                 f"{stat.uncovered_steps} step(s) never reached (filled from "
                 f"earlier steps), {stat.thin_steps} reached by under 10% of the "
                 f"batches.")))
-        found = find_warnings(stat, arrays, sizes, tests)
+        found = find_warnings(stat, arrays,
+                              sizes if stat.name in per_example else None, tests)
         notes.extend(found)
         if found and not _HELD[0]:
             level = _users_level()

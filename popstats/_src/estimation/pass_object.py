@@ -224,6 +224,8 @@ class Estimation:
         self.partners = find_partners(self.sites, self.estimators, call)
         check_counts(self.sites, self.estimators, call)
         trios = list(zip(graph.outputs, graph.counts, graph.weights, strict=True))
+        #: per statistic, its count in the exported graph (None: none)
+        self._graph_counts = tuple(graph.counts)
         self._engine, slots = choose_engine(
             self.inputs, trios, options.mode, options.accumulate, self.sites,
             self.estimators, self.partners, max_steps)
@@ -473,7 +475,51 @@ class Estimation:
                            "graph."),
         )
         return finalize_state(self.call, self.sites, self.estimators,
-                              self.max_steps, state)
+                              self.max_steps, state, self._per_example())
+
+    def _per_example(self) -> frozenset[str]:
+        """The statistics whose count is, provably, the batch's examples
+        (the length of the batch axis :func:`example_axis` finds): only
+        those get the batch-size warnings, whose bias follows from the
+        examples per batch. A statistic without a count, in a loop, or
+        reduced over more than the batch axis (a convolution's positions)
+        gets none: its elements per batch are not known here."""
+        if self._example_axis is None:
+            self._example_axis = example_axis(self.given[1], self.inputs)
+        index, axis = self._example_axis
+        if index < 0:
+            return frozenset()
+        return frozenset(
+            site.name for site, count in zip(self.sites, self._graph_counts,
+                                             strict=True)
+            if counts_axis(count, self.inputs[index], axis))
+
+
+def counts_axis(count: Variable | None, var: Variable, axis: int) -> bool:
+    """Whether ``count`` is, in the graph, the length of ``var``'s ``axis``
+    (``var.shape[axis]``, through casts); False when it cannot tell."""
+    from pytensor.scalar import Cast
+    from pytensor.tensor.elemwise import Elemwise
+    from pytensor.tensor.shape import Shape, Shape_i
+    from pytensor.tensor.subtensor import Subtensor, get_idx_list
+
+    while (count is not None and count.owner is not None
+           and isinstance(count.owner.op, Elemwise)
+           and isinstance(count.owner.op.scalar_op, Cast)):
+        count = count.owner.inputs[0]
+    if count is None or count.owner is None:
+        return False
+    op, args = count.owner.op, count.owner.inputs
+    if isinstance(op, Shape_i):
+        return op.i == axis and args[0] is var
+    if isinstance(op, Subtensor) and args[0].owner is not None and isinstance(
+            args[0].owner.op, Shape) and args[0].owner.inputs[0] is var:
+        index = get_idx_list(count.owner.inputs, op.idx_list)
+        try:
+            return len(index) == 1 and int(getattr(index[0], "data", index[0])) == axis
+        except (TypeError, ValueError):
+            return False
+    return False
 
 
 def example_axis(outputs: Sequence[Variable],
