@@ -38,7 +38,7 @@ def numpy_passes(model, passes: int) -> list[dict[str, tuple]]:
     for _ in range(passes):
         seen: dict[str, list] = {}
         for batch in model.batches:
-            def bn(group, steps, a, tables=tables):
+            def bn(group, steps, a, tables=tables, seen=seen):
                 m, v = a.mean(0), a.var(0)
                 seen.setdefault(f"{group}.mean", []).append(m)
                 seen.setdefault(f"{group}.var", []).append(v)
@@ -169,7 +169,8 @@ def test_bad_upstream_se(options, shown):
 
 def test_upstream_se_none_is_the_default_anywhere():
     from popstats._src.estimation.options import EstimationOptions
-    assert EstimationOptions.check("estimate", {"upstream_se": None}).upstream_se is None
+    default = EstimationOptions.check("estimate", {"upstream_se": None})
+    assert default.upstream_se is None
     options = EstimationOptions.check("estimate", {"upstream": "population",
                                                    "upstream_se": np.float32(0.25)})
     assert options.upstream_se == 0.25 and isinstance(options.upstream_se, float)

@@ -289,9 +289,9 @@ upstream_se : float, optional
     against the estimate's own sampling error (see :doc:`/upstream`,
     "Stopping at the statistics' precision"). In (0, 1]. Cells with no
     standard error (reached by fewer than 2 batches) are not judged
-    (:attr:`FixedPoint.unjudged <popstats._src.estimation.upstream.FixedPoint>`
-    counts them); a change within 1e-10 of its statistic's largest
-    magnitude (rounding, or a standard error of 0) passes.
+    (``stats.fixed_point.unjudged`` counts them); a change within 1e-10 of
+    its statistic's largest magnitude (rounding, or a standard error of 0)
+    passes. Not with ``upstream_tol``: one rule or the other.
 upstream_passes : int, default 50
     With ``upstream="population"``: the most passes to take (the first, in
     batch mode, included); not converged by then is an error.

@@ -381,9 +381,7 @@ def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
              in_se, se_name)
     if options.upstream_se is None:
         return change <= options.upstream_tol
-    if np.isnan(in_se):
-        raise no_standard_errors(call, options)
-    return in_se <= options.upstream_se
+    return in_se <= options.upstream_se  # NaN (nothing judged): refused at round 0
 
 
 def no_standard_errors(call: str, options) -> PopstatsError:
