@@ -14,14 +14,16 @@ export and compile included, one run each; one thread per library):
 * ``tol 1e-10``: ``upstream="population"`` as today;
 * ``se 0.5``, ``se 0.1``, ``se 0.01``: ``upstream_se``.
 
-Columns: passes, seconds (wall), the largest change of the last pass in
-standard errors, and how far the inference outputs at batch size 1 are from
-those of the tight (1e-10) fixed point: the largest difference of any output
-over the test examples, as a fraction of the outputs' spread (their std over
-examples and classes), and, where the model is trained, the test accuracy
-(else the share of examples whose class agrees with the tight fixed
-point's). The values' distance from the tight fixed point in standard
-errors is also printed (the largest over statistics, cells and units).
+Columns: passes, seconds (CPU time of the process and its compilers by
+default, ``--clock wall``: the machine may be shared), the largest change of
+the last pass in standard errors, and how far the inference outputs at batch
+size 1 are from those of the tight (1e-10) fixed point: the largest
+difference of any output over the test examples, as a fraction of the
+outputs' spread (their std over examples and classes), and, where the model
+is trained, the test accuracy (else the share of examples whose class agrees
+with the tight fixed point's). The values' distance from the tight fixed
+point in standard errors is also printed (the largest over statistics, cells
+and units).
 
 Models:
 
@@ -30,7 +32,7 @@ Models:
   skip, channels 16/16/32/32/64/64/64, the first block of 32 and of 64
   with stride 2 and a 1x1 projection), 32x32x3 inputs, He-initialized
   random weights, 40 batches of 64 random inputs (as in issue 29); outputs
-  compared on 200 other random inputs, one at a time;
+  compared on ``--resnet-test`` other random inputs, one at a time;
 * ``lstm``: the main job, ``examples/bn_lstm_digits.py``'s BN-LSTM (100
   units) trained on the digits (8 row steps plus up to 4 blank ones) for
   ``--epochs`` epochs with its Adam, estimated on one epoch of its training
@@ -40,6 +42,7 @@ Models:
 Usage::
 
     python benchmarks/upstream_se.py              # both models
+    python benchmarks/upstream_se.py --models resnet --ways "batch,se 0.1"
     python benchmarks/upstream_se.py --quick      # tiny sizes, seconds
 """
 
@@ -154,10 +157,10 @@ def measure(case, mode, ways) -> tuple[list[list[object]], list[str]]:
     for name, options in WAYS:
         if name not in ways and name != "tol 1e-10":
             continue
-        t0 = time.perf_counter()
+        t0 = C.now()
         stats = popstats.estimate([x], out, batches, mode=mode, progress=False,
                                   **options)
-        seconds = time.perf_counter() - t0
+        seconds = C.now() - t0
         fn = pytensor.function([x], popstats.rewrite(out, stats), mode=mode)
         results[name] = (stats, seconds, predict(fn, test))
     tight, _, reference = results["tol 1e-10"]
@@ -199,7 +202,9 @@ def main() -> None:
     parser.add_argument("--ways", default="batch,tol 1e-10,se 0.5,se 0.1",
                         help=f"of {', '.join(n for n, _ in WAYS)}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
+    C.add_clock_argument(parser, "cpu")
     args = parser.parse_args()
+    C.set_clock(args.clock)
     w = args.width
     args.blocks = [(w, 1), (w, 1), (2 * w, 2), (2 * w, 1), (4 * w, 2), (4 * w, 1),
                    (4 * w, 1)]
