@@ -238,16 +238,20 @@ def update(xp: Any, estimator: Any, role: str | None, old: Fields, value: Array,
             align_cells(w, value) * variance
             + delta**2 * align_cells(old["w"] * w / safe, value)
         )
-        new["mean"] = old["mean"] + delta * align_cells(w / safe, value)
+        move = delta * align_cells(w / safe, value)
+        new["mean"] = old["mean"] + move
         new["w"] = w_total
         _equal_fields(xp, old, new, variance, reached)
-        _pooled_step(xp, old, new, variance, mean, w)
+        _pooled_step(xp, old, new, variance, mean, w, move)
         return new
-    new["mean"] = mean_step(old["mean"], value, align_cells(w / safe, value))
+    # mean_step's arithmetic, its step kept: the ratio's sums move by it (an
+    # engine that simplifies new - old would not give its bits back)
+    move = (value - old["mean"]) * align_cells(w / safe, value)
+    new["mean"] = old["mean"] + move
     new["w"] = w_total
     if name in ("weighted", "pooled"):
         _equal_fields(xp, old, new, value, reached)
-        _ratio_step(xp, old, new, value, w)
+        _ratio_step(xp, old, new, value, w, move)
     else:  # "mean", "unbiased": the mean is the equal-weight mean itself
         xx, xk = equal_step(old["mean"], new["mean"], old["xx"], old["xk"], value,
                             new["w"])
@@ -287,13 +291,12 @@ def _equal_fields(xp: Any, old: Fields, new: Fields, x: Array,
     """The equal-weight fields ``xm``, ``xx``, ``xk`` after one batch of
     input ``x`` (estimators whose value is not the equal-weight mean)."""
     n_new = new["n"].astype(x.dtype)
-    frac = 1.0 / xp.where(n_new > 0, n_new, 1.0)
-    if reached is not None:
-        frac = xp.where(reached, frac, 0.0)
-    xm = mean_step(old["xm"], x, align_cells(frac, x))
+    # a division, not a product with 1 / n: PyTensor rewrites the latter
+    # into the former, which would not give the host's bits
+    xm = old["xm"] + (x - old["xm"]) / align_cells(xp.where(n_new > 0, n_new, 1.0), x)
     xx, xk = equal_step(old["xm"], xm, old["xx"], old["xk"], x, n_new)
-    new["xm"] = xm
-    new["xx"], new["xk"] = _keep(xp, reached, (xx, xk), (old["xx"], old["xk"]))
+    new["xm"], new["xx"], new["xk"] = _keep(
+        xp, reached, (xm, xx, xk), (old["xm"], old["xx"], old["xk"]))
 
 
 def _ratio_shift(p: Array, q: Array, u: Array, d: Array) -> tuple[Array, Array]:
@@ -303,10 +306,12 @@ def _ratio_shift(p: Array, q: Array, u: Array, d: Array) -> tuple[Array, Array]:
     return p - d * u, q - 2.0 * d * p + d**2 * u
 
 
-def _ratio_step(xp: Any, old: Fields, new: Fields, x: Array, w: Array) -> None:
+def _ratio_step(xp: Any, old: Fields, new: Fields, x: Array, w: Array,
+                move: Array) -> None:
     """``u``, ``p``, ``q`` of the ratio estimator ``R = sum w x / sum w``
-    after one batch (weight 0 where it did not reach: nothing changes)."""
-    p, q = _ratio_shift(old["p"], old["q"], old["u"], new["mean"] - old["mean"])
+    after one batch that moved ``R`` by ``move`` (weight 0 where it did not
+    reach: nothing changes)."""
+    p, q = _ratio_shift(old["p"], old["q"], old["u"], move)
     w2 = align_cells(w * w, x)
     e = x - new["mean"]
     new["u"] = old["u"] + w * w
@@ -341,10 +346,10 @@ def _pooled_variance(xp: Any, m2: Array, w: Array) -> Array:
 
 
 def _pooled_step(xp: Any, old: Fields, new: Fields, v: Array, mu: Array,
-                 w: Array) -> None:
+                 w: Array, a: Array) -> None:
     """The pooled variance's sums after one batch (variance ``v``, mean
-    ``mu``, weight ``w``; 0 where it did not reach: nothing changes)."""
-    a = new["mean"] - old["mean"]
+    ``mu``, weight ``w``; 0 where it did not reach: nothing changes) that
+    moved the pooled mean by ``a``."""
     c = (_pooled_variance(xp, new["m2"], new["w"])
          - _pooled_variance(xp, old["m2"], old["w"]))
     sums = _pooled_shift(old, old["u"], a, c)
