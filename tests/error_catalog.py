@@ -1519,6 +1519,12 @@ def load_state_version_1():
     popstats.load_state("state.npz")
 
 
+@scenario("Loading an estimation state written before standard errors")
+def load_state_version_2():
+    popstats_file("state.npz", kind="popstats.state", version=2)
+    popstats.load_state("state.npz")
+
+
 @scenario("Loading a file of an unknown format version")
 def load_unknown_version():
     popstats_file("stats.npz", version=4)
@@ -1546,7 +1552,7 @@ def load_damaged():
 
 @scenario("Loading an estimation state from a damaged file")
 def load_state_damaged():
-    popstats_file("state.npz", kind="popstats.state", version=2, meta="{}")
+    popstats_file("state.npz", kind="popstats.state", version=3, meta="{}")
     popstats.load_state("state.npz")
 
 

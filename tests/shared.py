@@ -164,9 +164,10 @@ def assert_same_state(a: popstats.EstimationState, b: popstats.EstimationState,
 
     The fields behind the standard errors (centred sums, updated by
     products of the value's steps) are compared to 1e-12 of the largest
-    magnitude among them (:func:`error_fields_scale`) even when ``exact``: PyTensor's rewrites regroup those
-    products (``(a b)^2`` as ``a^2 b^2``), so the graph engine rounds them
-    otherwise than NumPy does; the value's fields are bit for bit.
+    magnitude among them (:func:`error_fields_scale`) even when ``exact``:
+    PyTensor's rewrites regroup those products (``(a b)^2`` as
+    ``a^2 b^2``), so the graph engine rounds them otherwise than NumPy
+    does; the value's fields are bit for bit.
     """
     assert a.names == b.names and a.n_batches == b.n_batches
     for name, sa, sb in zip(a.names, a.states, b.states, strict=True):

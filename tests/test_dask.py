@@ -78,6 +78,10 @@ def assert_same(got, want):
         assert a.n_batches == b.n_batches, name
         np.testing.assert_array_equal(a.coverage, b.coverage)
         np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=0)
+        # standard errors merge too (inf where under 2 batches, in both)
+        assert a.standard_error is not None, name
+        np.testing.assert_allclose(a.standard_error, b.standard_error, rtol=1e-9,
+                                   atol=0, err_msg=name)
 
 
 # --------------------------------------------------------------------------

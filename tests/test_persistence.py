@@ -330,7 +330,7 @@ def test_other_format_version(saved, tmp_path):
     with fails("load(path=...)", "format version 2", "max_steps", "Estimate again"):
         popstats.load(future)
     _rewrite_npz(state_path, future, format_version=np.array(0))
-    with fails("load_state(path=...)", "format version 0", "version 2"):
+    with fails("load_state(path=...)", "format version 0", "version 3"):
         popstats.load_state(future)
     _rewrite_npz(state_path, future, format_version=np.array(1))
     with fails("load_state(path=...)", "format version 1", "estimator, time modes "
@@ -521,7 +521,8 @@ def test_loaded_value_of_wrong_length_is_refused_before_compiling(tmp_path):
                "Save it again"):
         popstats.load(bad)
     # both replaced: the file is consistent, the graph's weights are not
-    arrays = {f"value/{k}": np.zeros(7) for k in range(2)}
+    arrays = {f"{kind}/{k}": np.zeros(7) for k in range(2)
+              for kind in ("value", "standard_error")}
     _rewrite_npz(path, bad, **arrays)
     with fails("rewrite(stats=...)", "shape (7,) in stats", "shape (4,)",
                "estimate on this graph"):

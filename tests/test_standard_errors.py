@@ -323,3 +323,115 @@ def test_plain_means_fast_path_keeps_the_same_fields():
         for field, array in by_hand.items():
             np.testing.assert_allclose(got[field], array, rtol=1e-12, atol=1e-14,
                                        err_msg=f"{name}.{field}")
+
+
+# --------------------------------------------------------------------------
+# files, merge
+# --------------------------------------------------------------------------
+
+
+def _rewrite_npz(path, drop=(), **changes):
+    """``path`` rewritten in place: arrays ``drop`` removed, ``changes`` set."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files if k not in drop}
+    arrays.update(changes)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+ERROR_FIELDS = ("xm", "xx", "xk", "u", "p", "q", *fm.POOLED_SUMS)
+
+
+def _as_older_state(path):
+    """A state file as the popstats before standard errors wrote it: format
+    version 2, only the value's fields."""
+    with np.load(path, allow_pickle=False) as archive:
+        names = archive.files
+    drop = [k for k in names if k.startswith("state/")
+            and k.split("/")[2] in ERROR_FIELDS]
+    assert drop
+    _rewrite_npz(path, drop, format_version=np.array(2))
+
+
+def scan_run(spec="pooled"):
+    inputs, hs = masked_model()
+    return popstats.Estimation(inputs, hs, estimator=as_spec(Estimator(spec),
+                                                             MASKED_ROLES),
+                               mode=MODE)
+
+
+def test_a_state_or_checkpoint_of_the_older_format_is_refused(tmp_path):
+    run = scan_run()
+    batches = masked_batches()
+    path = tmp_path / "state.npz"
+    run.run(batches).save(path)
+    assert popstats.load_state(path).states[1].keys() >= {"srr", "xk"}
+    _as_older_state(path)
+    with pytest.raises(popstats.PopstatsError) as info:
+        popstats.load_state(path)
+    message = str(info.value)
+    for part in ("load_state(path=...)", "state.npz", "format version 2",
+                 "older popstats", "standard errors", "run the pass again"):
+        assert part in message, message
+    checkpoint = tmp_path / "run.ckpt.npz"
+    run.run(batches[:2], checkpoint=checkpoint)
+    _as_older_state(checkpoint)
+    with pytest.raises(popstats.PopstatsError) as info:
+        run.run(batches, checkpoint=checkpoint)
+    message = str(info.value)
+    for part in ("checkpoint=...", "run.ckpt.npz", "older popstats",
+                 "Delete the checkpoint and run the pass again"):
+        assert part in message, message
+
+
+def test_statistics_files_keep_standard_errors_and_older_ones_load(tmp_path):
+    run = scan_run()
+    stats = run.finalize(run.run(masked_batches()))
+    path = tmp_path / "stats.npz"
+    stats.save(path)
+    loaded = popstats.load(path)
+    for name, stat in stats.items():
+        np.testing.assert_array_equal(loaded[name].standard_error,
+                                      stat.standard_error)
+        np.testing.assert_array_equal(loaded[name].relative_error,
+                                      stat.relative_error)
+    assert np.isinf(loaded["s.var"].standard_error[4]).all()
+    # the mean's spread is found again on load (the pairing rule)
+    np.testing.assert_array_equal(loaded["s.mean"].spread,
+                                  np.sqrt(stats["s.var"].value))
+    # a file in the layout of a popstats before standard errors: no
+    # standard_error/<i> arrays (the same format version)
+    with np.load(path, allow_pickle=False) as archive:
+        errors = [k for k in archive.files if k.startswith("standard_error/")]
+    assert len(errors) == len(stats)
+    _rewrite_npz(path, errors)
+    older = popstats.load(path)
+    for name, stat in stats.items():
+        assert older[name].standard_error is None
+        assert older[name].relative_error is None
+        np.testing.assert_array_equal(older[name].value, stat.value)
+    older.save(tmp_path / "again.npz")  # and saves again without them
+    assert popstats.load(tmp_path / "again.npz")["s.var"].standard_error is None
+
+
+def test_a_damaged_standard_error_is_refused(tmp_path):
+    run = scan_run("mean")
+    path = tmp_path / "stats.npz"
+    run.finalize(run.run(masked_batches())).save(path)
+    _rewrite_npz(path, **{"standard_error/0": np.full((5, F), np.nan)})
+    with pytest.raises(popstats.PopstatsError, match="standard error holding NaN"):
+        popstats.load(path)
+    _rewrite_npz(path, **{"standard_error/0": np.ones(3)})
+    with pytest.raises(popstats.PopstatsError, match="standard error of shape"):
+        popstats.load(path)
+
+
+@pytest.mark.parametrize("spec", ["mean", "pooled", "ema"])
+def test_estimation_merge_carries_standard_errors(spec):
+    run = scan_run(spec)
+    batches = masked_batches(lengths=(3, 2, 5, 4, 4, 1), sizes=(4, 3, 6, 5, 7, 4))
+    whole = run.finalize(run.run(batches))
+    merged = run.finalize(run.merge(run.run(batches[:2]), run.run(batches[2:])))
+    for name in MASKED_ROLES:
+        np.testing.assert_allclose(merged[name].standard_error,
+                                   whole[name].standard_error, rtol=1e-10)

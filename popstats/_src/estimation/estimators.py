@@ -6,8 +6,9 @@ Estimation stage. :class:`Estimator` (an estimator and its options), how
 an estimator scales or weighs by their count (:func:`bessel_corrected`,
 :func:`uses_count`), and the host (NumPy) states: :func:`fields`,
 :func:`init`, :func:`grow`, :func:`update`, :func:`merge`, :func:`finalize`,
-:func:`standard_error`, :func:`relative_error` and :func:`fill_uncovered`. The arithmetic itself is written once, for
-NumPy, PyTensor and JAX alike, in :mod:`~popstats._src.estimation.formulas`.
+:func:`standard_error`, :func:`relative_error` and :func:`fill_uncovered`.
+The arithmetic itself is written once, for NumPy, PyTensor and JAX alike,
+in :mod:`~popstats._src.estimation.formulas`.
 
 Each estimator turns a stream of per-batch statistics into a population
 value, cell by cell (a cell is one time step, or one ``(t1, t2)`` pair for a

@@ -5,11 +5,15 @@ The format is a NumPy ``.npz`` archive, read without pickle:
 ``popstats_format``
     ``"popstats.statistics"`` or ``"popstats.state"``.
 ``format_version``
-    ``3`` for statistics, ``2`` for states. Older files are refused, with
+    ``3`` for statistics, ``3`` for states. Older files are refused, with
     the reason: statistics of version 1 were identified by random per-build
     keys, which cannot be matched in another process; version 2 did not
     record ``max_steps``; states of version 1 did not record the estimator,
-    time modes or ``max_steps`` their arrays were made with.
+    time modes or ``max_steps`` their arrays were made with, states of
+    version 2 (checkpoints included) lack the fields of the standard errors
+    (``docs/estimators.rst``, "Standard errors"). A statistics file without
+    standard errors (written before popstats kept them, same version) loads,
+    its statistics' ``standard_error`` None.
 ``meta``
     JSON text. For statistics: ``{"statistics": [...]}`` with, per
     statistic, ``name``, ``label``, ``fingerprint`` (where it is computed,
@@ -27,9 +31,11 @@ The format is a NumPy ``.npz`` archive, read without pickle:
     and ``checkpoint``, for a file written by ``Estimation.run(checkpoint=
     ...)``, the state the run started from (its batch count and
     :func:`~popstats._src.estimation.state.state_digest`).
-``value/<i>``, ``coverage/<i>``
-    For statistics: the population value (float64, time axes first) and the
-    batches per step.
+``value/<i>``, ``coverage/<i>``, ``standard_error/<i>``
+    For statistics: the population value (float64, time axes first), the
+    batches per step, and (optional: absent in older files) the value's
+    standard error (float64, the value's shape, ``inf`` where fewer than 2
+    batches reached).
 ``state/<i>/<field>``
     For states: the estimator's arrays of statistic ``i``.
 
@@ -73,7 +79,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 3  # of statistics files
-STATE_FORMAT_VERSION = 2
+STATE_FORMAT_VERSION = 3
 STATISTICS, STATE = "popstats.statistics", "popstats.state"
 _STATS, _STATE = STATISTICS, STATE
 _VERSIONS = {_STATS: FORMAT_VERSION, _STATE: STATE_FORMAT_VERSION}
@@ -83,6 +89,9 @@ _OLD = {
     (_STATS, 2): "does not record the max_steps its values were estimated with",
     (_STATE, 1): "does not record the estimator, time modes and max_steps its "
     "arrays were made with, so they cannot be checked against this pass",
+    (_STATE, 2): "was written by an older popstats, whose states do not hold the "
+    "sums standard errors are computed from (they cannot be rebuilt from its "
+    "arrays)",
 }
 _TMP_SUFFIX = ".popstats-tmp"
 #: what reading a damaged or foreign file can raise (zipfile: NotImplementedError
@@ -277,7 +286,8 @@ def read(
     wanted = _VERSIONS.get(fmt)
     if (fmt, version) in _OLD:
         again = "Estimate again and save" if fmt == _STATS else (
-            "Delete it and run the pass again")
+            "Delete the checkpoint and run the pass again (it starts over)"
+            if where else "Delete it and run the pass again")
         raise PopstatsError(
             f"{at}: {os.fspath(path)!r} has format version {version}, "
             f"which {_OLD[fmt, version]}. {again} (this popstats writes version "

@@ -368,6 +368,9 @@ def save_statistics(
                                 stat.max_steps, stat.upstream))
         arrays[f"value/{i}"] = np.asarray(stat.value, dtype=np.float64)
         arrays[f"coverage/{i}"] = np.asarray(stat.coverage, dtype=np.int64)
+        if stat.standard_error is not None:
+            arrays[f"standard_error/{i}"] = np.asarray(stat.standard_error,
+                                                       dtype=np.float64)
     meta: dict[str, Any] = {"statistics": metas}
     if stats.fixed_point is not None:
         meta["fixed_point"] = stats.fixed_point.to_json()
@@ -388,6 +391,20 @@ def _check_loaded(site: Site, value: np.ndarray) -> None:
         raise ValueError(
             f"statistic {site.name!r} holds NaN or infinity ({int(bad.sum())} of "
             f"{value.size} values); a population value is finite")
+
+
+def _check_error(site: Site, value: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """A loaded standard error: the value's shape, no NaN, none negative
+    (``inf`` is one: a cell fewer than 2 batches reached)."""
+    if error.shape != value.shape:
+        raise ValueError(
+            f"statistic {site.name!r} has a standard error of shape "
+            f"{error.shape} for a value of shape {value.shape}")
+    if np.isnan(error).any() or (error < 0).any():
+        raise ValueError(
+            f"statistic {site.name!r} has a standard error holding NaN or a "
+            f"negative number; a standard error is 0 or more (inf: unknown)")
+    return error
 
 
 def _check_groups(stats: list[Statistic]) -> None:
@@ -433,15 +450,19 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
             upstream = str(entry.get("upstream", "batch"))  # older files: batch
             if upstream not in ("batch", "population", "given"):
                 raise ValueError(f"unknown upstream {upstream!r}")
+            error = archive.get(f"standard_error/{i}")  # older files: none
+            if error is not None:
+                error = _check_error(site, value, np.array(error, dtype=np.float64))
             stats.append(
                 Statistic(site.name, site.label, site, value, coverage, n_batches,
-                          estimator, max_steps, upstream)
+                          estimator, max_steps, upstream, error)
             )
         _check_groups(stats)
         record = meta.get("fixed_point")
         # names and identities index the result: they must be hashable
         return PopulationStatistics(
-            tuple(stats), None if record is None else FixedPoint.from_json(record))
+            with_spreads(tuple(stats)),
+            None if record is None else FixedPoint.from_json(record))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
             f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "
