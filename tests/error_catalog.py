@@ -876,6 +876,24 @@ def estimate_upstream_tol_without_population():
     popstats.estimate([x], y, [{"x": data()}], upstream_tol=1e-6)
 
 
+@scenario("``target_error`` outside (0, 1)")
+def estimate_bad_target_error():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], target_error=1.0)
+
+
+@scenario("``min_batches`` below 2")
+def estimate_bad_min_batches():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], target_error=0.01, min_batches=1)
+
+
+@scenario("``min_batches`` without ``target_error``")
+def estimate_min_batches_without_target():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data()}], min_batches=20)
+
+
 @scenario("upstream='population': a statistic computed from another, no group")
 def upstream_statistics_without_groups():
     x = pt.matrix("x")

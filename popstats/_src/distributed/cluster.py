@@ -13,13 +13,16 @@ pickles the graph once, and submits one Dask graph:
   reduction, merging up to ``split_every`` states in partition order.
 
 Only the small final state per group comes back to the client, which
-finalizes it. ``Estimation.merge`` is exact and associative, so the result
+finalizes it. With ``target_error`` the client submits the partitions in
+order instead, merges their states as they finish and stops submitting
+once a group's statistics are precise enough (:func:`run_to_target`).
+``Estimation.merge`` is exact and associative, so the result
 is that of one pass over all the batches in partition order, whatever the
 number of workers, the tree's shape or the order tasks finish in.
 
 Stage: distributed (:mod:`popstats._src.distributed`). Members: :class:`Plan`,
 :func:`finalize_groups`, :func:`group_text`, :func:`plan_pass`,
-:func:`run_pass`.
+:func:`run_pass`, :func:`run_to_target`.
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ import threading
 import uuid
 import weakref
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn, cast
 
 import cloudpickle
 import dask
 import pytensor
 from dask.bag import Bag
 from dask.delayed import Delayed
-from distributed import Client, Future, as_completed, default_client
+from distributed import Client, Future, as_completed, default_client, wait
 
 from popstats._src.distributed.tasks import (
     KEEP,
@@ -53,9 +56,11 @@ from popstats._src.estimation.pass_object import Estimation
 from popstats._src.estimation.progress import check_progress, progress_bar
 from popstats._src.estimation.state import EstimationState
 from popstats._src.estimation.statistics import PopulationStatistics
+from popstats._src.estimation.stop_rule import StopRule
 from popstats._src.export.exporter import as_variables
 
-__all__ = ["Plan", "finalize_groups", "group_text", "plan_pass", "run_pass"]
+__all__ = ["Plan", "finalize_groups", "group_text", "plan_pass", "run_pass",
+           "run_to_target"]
 
 _LOADERS = (
     "a dask.bag.Bag whose elements are batches, or a sequence of partitions, "
@@ -218,6 +223,14 @@ class Plan:
         self.partitions: list[Delayed] = []
         self.labels: list[tuple[Hashable, int]] = []
         self.finals: dict[Hashable, Delayed] = {}
+        #: group key to the state its pass continues
+        self.given: dict[Hashable, EstimationState] = {}
+        #: ``target_error`` and ``min_batches`` (the workers run whole
+        #: partitions; the client stops submitting, :func:`run_pass`)
+        self.target: float | None = None
+        self.min_batches = 10
+        #: after :func:`run_pass`: group key to the partitions its state counts
+        self.used: dict[Hashable, int] = {}
 
 
 def plan_pass(
@@ -241,6 +254,9 @@ def plan_pass(
     split_every = _check_split_every(split_every, call)
     if options.mode is None:  # the workers compile in this process's mode
         options = dataclasses.replace(options, mode=pytensor.config.mode)
+    target, least = options.target_error, options.min_batches
+    # the workers run whole partitions: the client stops (run_pass)
+    options = dataclasses.replace(options, target_error=None, min_batches=10)
     run = build_pass(inputs, outputs, options, call, upstream, compile_now=False)
     argument = "state" if list(groups) == [None] else "states"
     given = {
@@ -253,6 +269,7 @@ def plan_pass(
     sources = {key: _sources(parts, call, group_text(key))
                for key, parts in groups.items()}
     plan = Plan(run, _payload(run, outputs, options, call, upstream))
+    plan.given, plan.target, plan.min_batches = given, target, least
     graph = dask.delayed(plan.payload, name=f"popstats-graph-{plan.payload.token}",
                          traverse=False)
     tag = uuid.uuid4().hex[:12]
@@ -272,11 +289,27 @@ def plan_pass(
     return plan
 
 
+def _failed(call: str, plan: Plan, position: int, future: Future) -> NoReturn:
+    """Raise the error of a partition whose task raised."""
+    key, index = plan.labels[position]
+    cause = _cause(future)
+    raise PopstatsError(
+        f"{call}(partitions=...): partition {index}{group_text(key)} "
+        f"failed: {type(cause).__name__}: {cause} (the cause is "
+        f"chained below, with the worker's traceback). Fix the "
+        f"partition's loader or its batches and call again; Dask "
+        f"reruns a partition elsewhere only when its worker dies."
+    ) from cause
+
+
 def run_pass(call: str, plan: Plan, client: object,
              progress: object) -> dict[Hashable, EstimationState]:
-    """Run a planned pass on the cluster; the final state of each group."""
+    """Run a planned pass on the cluster; the final state of each group
+    (with ``target_error``: :func:`run_to_target`)."""
     show = check_progress(progress, call)
     client = _client(client, call)
+    if plan.target is not None:
+        return run_to_target(plan, client)
     futures = client.compute([*plan.partitions, *plan.finals.values()])
     n = len(plan.partitions)
     partitions, results = futures[:n], futures[n:]
@@ -285,20 +318,85 @@ def run_pass(call: str, plan: Plan, client: object,
         done = as_completed(partitions, loop=client.loop)
         for future in progress_bar(done, partitions, show, unit="partition"):
             if future.status == "error":
-                key, index = plan.labels[position[future.key]]
-                cause = _cause(future)
-                raise PopstatsError(
-                    f"{call}(partitions=...): partition {index}{group_text(key)} "
-                    f"failed: {type(cause).__name__}: {cause} (the cause is "
-                    f"chained below, with the worker's traceback). Fix the "
-                    f"partition's loader or its batches and call again; Dask "
-                    f"reruns a partition elsewhere only when its worker dies."
-                ) from cause
+                _failed(call, plan, position[future.key], future)
         final = client.gather(results)
     except BaseException:
         client.cancel(futures)
         raise
+    plan.used = {key: sum(1 for k, _ in plan.labels if k == key)
+                 for key in plan.finals}
     return dict(zip(plan.finals, final, strict=True))
+
+
+class _Group:
+    """One group's partitions in a pass with ``target_error``: its state so
+    far (the partitions merged in order) and its rule."""
+
+    def __init__(self, plan: Plan, key: Hashable) -> None:
+        run = plan.run
+        self.key = key
+        self.todo = [p for p, (k, _) in enumerate(plan.labels) if k == key]
+        self.done: dict[int, EstimationState] = {}  # position -> its state
+        self.merged = 0  # partitions in self.state
+        start = plan.given.get(key) or run.init()
+        self.state: EstimationState = start
+        self.rule = StopRule(cast(float, plan.target), plan.min_batches, run.sites,
+                             run.estimators, start)
+        self.stopped = self.rule.finished
+
+    def advance(self, run: Estimation) -> None:
+        """Merge the partitions done next in order; check after each."""
+        while not self.stopped and self.merged < len(self.todo):
+            part = self.done.pop(self.todo[self.merged], None)
+            if part is None:
+                return
+            self.state = (part if not self.state.n_batches
+                          else run.merge(self.state, part))
+            self.merged += 1
+            if self.state.n_batches >= self.rule.min_batches:
+                self.stopped = self.rule.check(self.state)
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped or self.merged == len(self.todo)
+
+
+def run_to_target(plan: Plan, client: Client) -> dict[Hashable, EstimationState]:
+    """A planned pass with ``target_error``: the partitions are submitted in
+    order, a few more than the workers' threads at a time; each group's
+    states are merged in partition order as they finish and its rule checks
+    the merged state at each partition's end; once a group reaches its
+    target, its partitions not yet merged are cancelled and no more are
+    submitted. Each group's state is that of its first partitions."""
+    call, run = plan.payload.call, plan.run
+    groups = [_Group(plan, key) for key in plan.finals]
+    window = max(2, sum(client.nthreads().values()) + 1)
+    running: dict[Any, tuple[_Group, int, Future]] = {}
+    queue = [(g, p) for g in groups for p in g.todo]
+    try:
+        while not all(g.finished for g in groups):
+            queue = [(g, p) for g, p in queue if not g.stopped]
+            while queue and len(running) < window:
+                group, position = queue.pop(0)
+                future = client.compute(plan.partitions[position])
+                running[future.key] = (group, position, future)
+            if not running:  # pragma: no cover - every group finished above
+                break
+            done = wait([f for _, _, f in running.values()],
+                        return_when="FIRST_COMPLETED").done
+            for future in done:
+                group, position, _ = running.pop(future.key)
+                if future.status == "error":
+                    _failed(call, plan, position, future)
+                group.done[position] = future.result()
+                group.advance(run)
+            for key in [k for k, (g, _, _) in running.items() if g.stopped]:
+                client.cancel([running.pop(key)[2]])
+    finally:
+        client.cancel([f for _, _, f in running.values()])
+    plan.used = {g.key: g.merged for g in groups}
+    return {g.key: g.rule.mark(g.state, final=True, reached=g.stopped)
+            for g in groups}
 
 
 def finalize_groups(

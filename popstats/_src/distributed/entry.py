@@ -120,6 +120,15 @@ def estimate(
     the graph) and load their partitions again, so a loader must give the
     same batches every time it is called. ``state`` is refused.
 
+    **target_error.** The partitions are submitted in order, a few more
+    than the workers' threads at a time; their states are merged in
+    partition order as they finish, and the rule checks the merged state at
+    each partition's end. Once every statistic is precise enough no more
+    partitions are submitted (those running are cancelled): the result is
+    that of the first partitions, ``stats.stopping`` says how many batches.
+    With ``upstream="population"`` every later round runs those partitions.
+    No progress bar is shown in this mode.
+
     **Faults.** A partition's task is a pure function of its loader: when a
     worker dies, Dask runs its partitions again on another worker, and
     their states replace the lost ones, so no batch is counted twice or

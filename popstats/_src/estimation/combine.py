@@ -155,7 +155,8 @@ def finalize_state(call: str, sites: Sequence[Site],
                       standard_error=est.standard_error(estimator, site.role,
                                                         arrays))
         )
-    result = PopulationStatistics(with_spreads(tuple(stats)))
+    result = PopulationStatistics(with_spreads(tuple(stats)),
+                                  stopping=state.stopping)
     for stat in result.values():
         if stat.uncovered_steps or stat.thin_steps:
             log.warning(COVERAGE_WARNING, stat.name, stat.uncovered_steps,

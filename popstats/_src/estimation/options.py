@@ -4,7 +4,8 @@ Stage: estimation. Members:
 
 - :class:`EstimationOptions` -- the frozen record of the options
   (``estimator, time, max_steps, mode, dtypes, accumulate, upstream,
-  upstream_tol, upstream_se, upstream_passes``) with their
+  upstream_tol, upstream_se, upstream_passes, target_error, min_batches``)
+  with their
   defaults; :meth:`EstimationOptions.check` is the one place they are
   checked, errors naming the public call;
 - :class:`OptionKeywords` -- the same options as keywords, for
@@ -21,7 +22,7 @@ take them as ``**options`` and pass one record down;
 Members: :data:`ACCUMULATE`, :data:`DTYPE_POLICIES`, :data:`OPTIONS_DOC`,
 :data:`UPSTREAM`,
 :class:`EstimationOptions`, :class:`OptionKeywords`, :func:`check_max_steps`,
-:func:`check_mode`, :func:`takes_options`.
+:func:`check_mode`, :func:`check_target_error`, :func:`takes_options`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import pytensor
 
 from popstats._src.errors import (
     PopstatsError,
+    as_number,
     check_choice,
     check_int,
     check_number,
@@ -54,6 +56,7 @@ __all__ = [
     "OptionKeywords",
     "check_max_steps",
     "check_mode",
+    "check_target_error",
     "takes_options",
 ]
 
@@ -112,6 +115,8 @@ class EstimationOptions:
     upstream_tol: float = 1e-10
     upstream_se: float | None = None
     upstream_passes: int = 50
+    target_error: float | None = None
+    min_batches: int = 10
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -157,6 +162,10 @@ class EstimationOptions:
             fix="Above 1 the passes would stop farther from the fixed point than "
             "the estimate is from its own target; for a relative change, use "
             "upstream_tol.")
+        target = check_target_error(given.target_error, call)
+        least = check_int(given.min_batches, f"{call}(min_batches=...)", minimum=2,
+                          what="the batches a cell needs before its standard "
+                          "error counts toward target_error")
         stray = [k for k in ("upstream_tol", "upstream_se", "upstream_passes")
                  if k in keywords and (k != "upstream_se" or se is not None)]
         if stray and given.upstream != "population":
@@ -175,8 +184,16 @@ class EstimationOptions:
                 f"standard error; upstream_tol when the largest relative change "
                 f"is at most that. Pass one of them."
             )
+        if "min_batches" in keywords and target is None:
+            raise PopstatsError(
+                f"{call}(min_batches=...): applies with target_error only (the "
+                f"batches a cell needs before its standard error counts toward "
+                f"the target), but target_error is None. Pass target_error=... "
+                f"too, or leave min_batches out."
+            )
         return dataclasses.replace(given, max_steps=max_steps, upstream_tol=tol,
-                                   upstream_se=se, upstream_passes=passes)
+                                   upstream_se=se, upstream_passes=passes,
+                                   target_error=target, min_batches=least)
 
 
 class OptionKeywords(TypedDict, total=False):
@@ -192,6 +209,22 @@ class OptionKeywords(TypedDict, total=False):
     upstream_tol: float
     upstream_se: float | None
     upstream_passes: int
+    target_error: float | None
+    min_batches: int
+
+
+def check_target_error(target: object, call: str) -> float | None:
+    """``target_error`` as a float in (0, 1) or None, or a PopstatsError."""
+    if target is None:
+        return None
+    number = as_number(target)
+    if number is None or not 0 < number < 1:
+        raise PopstatsError(
+            f"{call}(target_error=...): expected a number in (0, 1) or None (the "
+            f"relative standard error at which the pass stops, e.g. 0.01), got "
+            f"{describe_value(target)}. Pass None to use every batch."
+        )
+    return number
 
 
 def check_max_steps(max_steps: object, call: str) -> int | None:
@@ -295,6 +328,21 @@ upstream_se : float, optional
 upstream_passes : int, default 50
     With ``upstream="population"``: the most passes to take (the first, in
     batch mode, included); not converged by then is an error.
+target_error : float, optional
+    Stop the pass once every statistic's relative standard error is below
+    this (e.g. ``0.01``; in (0, 1)); None (the default) uses every batch.
+    Per statistic the norm is the largest relative standard error over its
+    units and over its cells (time steps) reached by at least
+    ``min_batches`` batches; a mean's error is relative to its unit's
+    spread. It is checked after ``min_batches`` batches, then each time the
+    count has grown by about 10%, so a pass reads its state O(log n) times.
+    Cells reached by fewer batches are left out of the rule and listed as
+    imprecise. The result's :attr:`~popstats.PopulationStatistics.stopping`
+    records why and when the pass stopped (see :doc:`/estimators`,
+    "Stopping when the data suffices").
+min_batches : int, default 10
+    With ``target_error``: the batches a cell needs before its standard
+    error counts (at least 2), and the first check.
 """
 
 _MARKER = re.compile(r"^([ \t]*)\[estimation options\]$", re.MULTILINE)

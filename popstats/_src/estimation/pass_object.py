@@ -75,6 +75,7 @@ from popstats._src.estimation.state import (
     parameters_digest,
 )
 from popstats._src.estimation.statistics import PopulationStatistics
+from popstats._src.estimation.stop_rule import StopRule
 from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.export.time_modes import check_patterns
@@ -353,6 +354,13 @@ class Estimation:
         >>> seen, float(run.finalize(state)["m"].value)
         ([2.0, 5.0], 3.5)
 
+        With the option ``target_error``, the run stops at the first check
+        where every statistic is precise enough and takes no further batch
+        from ``batches`` (a generator can go on from there); the state's
+        :attr:`~EstimationState.stopping` records why and when. A
+        checkpointed run resumed stops where an uninterrupted one does, and a
+        run continuing a ``state`` continues toward the target.
+
         With ``upstream="population"``, ``run`` takes the passes to the fixed
         point (:doc:`/upstream`; :attr:`fixed_point` records them) and
         returns the last pass's state; ``state`` and ``on_batch`` are refused.
@@ -406,7 +414,11 @@ class Estimation:
             )
         skip = 0 if saver is None else saver.skip
         stream = progress_bar(iterate(batches, self.call), batches, show)
-        return self._pass(state, on_batch).run(stream, skip, saver)
+        rule = None
+        if self.options.target_error is not None:
+            rule = StopRule(self.options.target_error, self.options.min_batches,
+                            self.sites, self.estimators, state)
+        return self._pass(state, on_batch).run(stream, skip, saver, rule)
 
     def where(self, method: str, argument: str) -> str:
         """How errors name an argument of a method of this pass:

@@ -21,7 +21,9 @@ Stage: estimation. Members:
 
 Every pass (these and :class:`~popstats._src.estimation.device_pass.DevicePass`)
 skips the batches a checkpoint already counts and saves checkpoints as the
-run goes (:meth:`Pass.run`, the one batch loop).
+run goes (:meth:`Pass.run`, the one batch loop), and, with the option
+``target_error``, stops where its
+:class:`~popstats._src.estimation.stop_rule.StopRule` says.
 
 Members: :data:`BatchCallback`, :class:`GraphPass`, :class:`HostPass`,
 :class:`Occupancy`, :class:`Pass`, :class:`PassContext`, :func:`explain`.
@@ -45,6 +47,7 @@ from popstats._src.export.exporter import Site
 if TYPE_CHECKING:
     from popstats._src.estimation.accumulate_graph import GraphAccumulator
     from popstats._src.estimation.state import CheckpointedRun
+    from popstats._src.estimation.stop_rule import StopRule
 
 __all__ = ["BatchCallback", "GraphPass", "HostPass", "Occupancy", "Pass",
            "PassContext", "explain"]
@@ -125,20 +128,35 @@ class Pass:
         """Release what the run holds (called however it ends)."""
 
     def run(self, batches: Iterable[Any], skip: int = 0,
-            saver: CheckpointedRun | None = None) -> EstimationState:
-        """Add ``batches`` after the first ``skip``; checkpoint with ``saver``."""
+            saver: CheckpointedRun | None = None,
+            rule: StopRule | None = None) -> EstimationState:
+        """Add ``batches`` after the first ``skip``; checkpoint with ``saver``;
+        with ``rule`` (``target_error``), stop at the first check of its
+        schedule that reaches the target: no later batch is taken from
+        ``batches``."""
         try:
             consumed = 0
-            for position, batch in enumerate(batches):
-                consumed = position + 1
+            stopped = rule is not None and rule.finished
+            iterator = iter(batches)
+            while not (stopped and consumed >= skip):
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                position, consumed = consumed, consumed + 1
                 if saver is not None:
                     saver.count(batch, position)
                 if position < skip:
                     continue
                 n = self.step(batch)
-                if saver is not None and saver.due(n):
-                    saver.save(self.state())
+                if rule is not None and rule.due(n):
+                    stopped = rule.check(self.state())
+                if saver is not None and saver.due(n) and not stopped:
+                    current = self.state()
+                    saver.save(current if rule is None else rule.mark(current))
             final = self.state()
+            if rule is not None:
+                final = rule.mark(final, final=True, reached=stopped)
             if saver is not None:
                 saver.check_consumed(consumed)
                 saver.save(final)

@@ -46,6 +46,7 @@ from popstats._src.estimation.persistence import (
     write,
 )
 from popstats._src.estimation.spec import PassSpec
+from popstats._src.estimation.stopping import Stopping
 
 log = logging.getLogger("popstats")
 
@@ -80,11 +81,16 @@ class EstimationState:
         return new states).
     n_batches : int
         Batches seen.
+    stopping : Stopping or None
+        With the option ``target_error``: why and when the pass that made
+        the state ended (a checkpoint's: the pass so far); None otherwise
+        (and for a merged state).
     """
 
     spec: PassSpec
     states: tuple[dict[str, np.ndarray], ...]
     n_batches: int = 0
+    stopping: Stopping | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -162,6 +168,8 @@ def save_state(
             "data": checkpoint.data,
         },
     }
+    if state.stopping is not None:
+        meta["stopping"] = state.stopping.to_json()
     write(path, STATE, meta, arrays, where)
 
 
@@ -201,6 +209,8 @@ def load_checkpoint(
                 _, index, field = key.split("/")
                 states[int(index)][field] = array
         n_batches = int(meta["n_batches"])
+        record = meta.get("stopping")  # older files: none
+        stopping = None if record is None else Stopping.from_json(record)
         start = meta["checkpoint"]
         checkpoint = None if start is None else Checkpoint(
             int(start["start_batches"]), str(start["start_digest"]),
@@ -211,7 +221,7 @@ def load_checkpoint(
             f"{where or call + '(path=...)'}: {os.fspath(path)!r} is corrupted "
             f"({type(exc).__name__}: {exc}). Delete it and start the pass again."
         ) from None
-    return EstimationState(spec, tuple(states), n_batches), checkpoint
+    return EstimationState(spec, tuple(states), n_batches, stopping), checkpoint
 
 
 def check_every(every: object, where: str) -> int:

@@ -25,6 +25,7 @@ from popstats._src.errors import PopstatsError
 from popstats._src.estimation.estimators import Estimator, relative_error
 from popstats._src.estimation.persistence import STATISTICS, read, write
 from popstats._src.estimation.spec import StatisticSpec
+from popstats._src.estimation.stopping import Stopping
 from popstats._src.estimation.upstream import FixedPoint
 from popstats._src.export.exporter import Site
 from popstats._src.export.pairing import Pairs, key_of_site
@@ -210,9 +211,14 @@ class PopulationStatistics(Mapping[str, Statistic]):
     """
 
     def __init__(self, statistics: tuple[Statistic, ...],
-                 fixed_point: FixedPoint | None = None):
+                 fixed_point: FixedPoint | None = None,
+                 stopping: Stopping | None = None):
         #: with ``upstream="population"``: the passes that made these values
         self.fixed_point = fixed_point
+        #: with ``target_error``: why and when the pass ended (a
+        #: :class:`~popstats._src.estimation.stopping.Stopping`; None without
+        #: a target, and for a file saved by an older popstats)
+        self.stopping = stopping
         self._by_name = {s.name: s for s in statistics}
         self._by_id: dict[SiteId, Statistic] = {s.site.id: s for s in statistics}
         self._by_base: dict[tuple, list[Statistic]] = {}
@@ -239,7 +245,7 @@ class PopulationStatistics(Mapping[str, Statistic]):
         fixed point of ``upstream="population"``)."""
         return PopulationStatistics(
             tuple(dataclasses.replace(s, upstream="population") for s in self.values()),
-            record,
+            record, self.stopping,
         )
 
     @overload
@@ -314,6 +320,8 @@ class PopulationStatistics(Mapping[str, Statistic]):
             rows.append(row)
         if self.fixed_point is not None:
             rows.append(f"  {self.fixed_point}")
+        if self.stopping is not None:
+            rows.append(f"  {self.stopping}")
         return "PopulationStatistics(\n" + "\n".join(rows) + "\n)"
 
 
@@ -374,6 +382,8 @@ def save_statistics(
     meta: dict[str, Any] = {"statistics": metas}
     if stats.fixed_point is not None:
         meta["fixed_point"] = stats.fixed_point.to_json()
+    if stats.stopping is not None:
+        meta["stopping"] = stats.stopping.to_json()
     write(path, STATISTICS, meta, arrays, where)
 
 
@@ -459,10 +469,12 @@ def load(path: str | os.PathLike) -> PopulationStatistics:
             )
         _check_groups(stats)
         record = meta.get("fixed_point")
+        stopping = meta.get("stopping")  # older files: none
         # names and identities index the result: they must be hashable
         return PopulationStatistics(
             with_spreads(tuple(stats)),
-            None if record is None else FixedPoint.from_json(record))
+            None if record is None else FixedPoint.from_json(record),
+            None if stopping is None else Stopping.from_json(stopping))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PopstatsError(
             f"load(path=...): {os.fspath(path)!r} is corrupted ({type(exc).__name__}: "

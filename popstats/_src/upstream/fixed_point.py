@@ -40,6 +40,11 @@ checked, not computed) and resumes the interrupted one. A round's checkpoint
 records the population values it ran with (in its parameters' digest), so a
 checkpoint of another round is refused.
 
+With ``target_error``, round 0 stops where its rule says (its record is the
+result's :attr:`~popstats.PopulationStatistics.stopping`) and every later
+round takes exactly the batches round 0 took, the first ones: the rounds
+are passes over one data set.
+
 Stage: upstream. Members: :class:`FixedPointDriver` (what
 :meth:`popstats.Estimation.run` hands the passes to), :func:`run_fixed_point`
 (the passes);
@@ -54,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sized
@@ -196,6 +202,17 @@ class _SameData:
         self.batches = batches
         self.call = call
         self.digests: list[bytes] | None = None
+        self.recorded: list[bytes] = []  # pass 0's, as they pass
+        #: with target_error reached in pass 0: the batches every later pass
+        #: takes (the first ones); None: all of them
+        self.limit: int | None = None
+
+    def first_done(self, state: EstimationState) -> None:
+        """Pass 0 ended with ``state``: the later passes take its batches
+        (the first ``state.n_batches`` when its target stopped it)."""
+        self.digests = self.recorded[:state.n_batches]
+        if state.stopping is not None and state.stopping.reached:
+            self.limit = state.n_batches
 
     def over(self, run: Estimation, k: int) -> _Pass:
         # sized only if the batches are (a progress bar asks len() of Sized)
@@ -210,8 +227,14 @@ class _Pass:
     def __iter__(self) -> Iterator[Any]:
         data, first = self.data, self.data.digests  # first: None in pass 0
         seen: list[bytes] = []
-        for i, batch in enumerate(data.batches):
+        source: Iterable[Any] = data.batches
+        if first is not None and data.limit is not None:
+            # pass 0 stopped at its target after these batches (no more taken)
+            source = itertools.islice(source, data.limit)
+        for i, batch in enumerate(source):
             digest = self.run.batch_digest(batch, i)
+            if first is None:
+                data.recorded.append(digest)
             if first is not None and i >= len(first):
                 raise self._moved(f"it gave more than the {len(first)} "
                                   f"batches of pass 0")
@@ -219,9 +242,7 @@ class _Pass:
                 raise self._moved(f"batch {i} holds other data than in pass 0")
             seen.append(digest)
             yield batch
-        if first is None:
-            data.digests = seen
-        elif len(seen) != len(first):
+        if first is not None and len(seen) != len(first):
             raise self._moved(f"it gave {len(seen)} batches, pass 0 "
                               f"{len(first)}")
 
@@ -236,7 +257,9 @@ class _Pass:
 
 class _SizedPass(_Pass):
     def __len__(self) -> int:
-        return len(cast(Sized, self.data.batches))  # made for sized batches only
+        total = len(cast(Sized, self.data.batches))  # made for sized batches only
+        limit = self.data.limit if self.k else None
+        return total if limit is None else min(total, limit)
 
 
 @contextlib.contextmanager
@@ -284,6 +307,8 @@ def run_fixed_point(
     # pass 0 is the plain pass of batch_run (its compiled function, its spec)
     state = batch_run.run_pass(data.over(batch_run, 0),
                                checkpoint=pass_path(checkpoint, 0), **run_options)
+    data.first_done(state)
+    stopping = state.stopping  # pass 0 decides the batches (target_error)
     with quiet():
         stats = batch_run.finalize(state)
     inputs, outputs = batch_run.given
@@ -300,7 +325,7 @@ def run_fixed_point(
             return runs[0].finalize(state), state
 
     state, record = iterate(stats, one_round, call, options, exported.independent)
-    return runs[0], state, record
+    return runs[0], dataclasses.replace(state, stopping=stopping), record
 
 
 def iterate(stats: PopulationStatistics, one_round, call: str, options,
@@ -331,6 +356,8 @@ def inference_pass(run: Estimation | None, inputs, outputs, exported,
     layers' values reach none), so that passes over the same inputs
     share states, and passes over others refuse them."""
     if run is None:
+        # target_error decides pass 0's batches; the later passes take them all
+        options = dataclasses.replace(options, target_error=None)
         run = Estimation.of(EstimationPlan(inputs, outputs, options, call,
                                            compile_now, exported.graph, "population"))
     upstream = f"population:{run.parameters_digest()[:20]}"
