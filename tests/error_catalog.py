@@ -987,6 +987,20 @@ def upstream_not_converged():
                       upstream="population", upstream_passes=3)
 
 
+@scenario("``upstream_se`` with ``upstream_tol``: two stopping rules")
+def upstream_se_and_tol():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data(3)}, {"x": data(4)}],
+                      upstream="population", upstream_se=0.1, upstream_tol=1e-6)
+
+
+@scenario("``upstream_se`` over one batch: no standard error to stop at")
+def upstream_se_one_batch():
+    x, y = stacked()
+    popstats.estimate([x], y, [{"x": data(3)}], upstream="population",
+                      upstream_se=0.1)
+
+
 @scenario("upstream='population' with values that are not finite")
 def upstream_not_finite():
     x = pt.matrix("x")

@@ -101,8 +101,8 @@ def test_population_variables_can_be_updated_without_recompiling():
 
 OPTION_DEFAULTS = {"estimator": "mean", "time": "step", "max_steps": None,
                    "mode": None, "dtypes": "convert", "accumulate": "host",
-                   "upstream": "batch", "upstream_tol": 1e-10, "upstream_passes": 50,
-                   "target_error": None, "min_batches": 10}
+                   "upstream": "batch", "upstream_tol": 1e-10, "upstream_se": None,
+                   "upstream_passes": 50, "target_error": None, "min_batches": 10}
 
 
 def _public_calls():

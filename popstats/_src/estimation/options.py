@@ -4,7 +4,8 @@ Stage: estimation. Members:
 
 - :class:`EstimationOptions` -- the frozen record of the options
   (``estimator, time, max_steps, mode, dtypes, accumulate, upstream,
-  upstream_tol, upstream_passes, target_error, min_batches``) with their
+  upstream_tol, upstream_se, upstream_passes, target_error, min_batches``)
+  with their
   defaults; :meth:`EstimationOptions.check` is the one place they are
   checked, errors naming the public call;
 - :class:`OptionKeywords` -- the same options as keywords, for
@@ -112,6 +113,7 @@ class EstimationOptions:
     accumulate: str = "host"
     upstream: str = "batch"
     upstream_tol: float = 1e-10
+    upstream_se: float | None = None
     upstream_passes: int = 50
     target_error: float | None = None
     min_batches: int = 10
@@ -153,17 +155,34 @@ class EstimationOptions:
                            minimum=2, what="the most passes over the batches "
                            "upstream='population' may take, the first in batch "
                            "mode included")
+        se = None if given.upstream_se is None else check_number(
+            given.upstream_se, f"{call}(upstream_se=...)", minimum=0, maximum=1,
+            above=True, what="the largest change between two passes as a fraction "
+            "of each value's standard error, e.g. 0.1, or None",
+            fix="Above 1 the passes would stop farther from the fixed point than "
+            "the estimate is from its own target; for a relative change, use "
+            "upstream_tol.")
         target = check_target_error(given.target_error, call)
         least = check_int(given.min_batches, f"{call}(min_batches=...)", minimum=2,
                           what="the batches a cell needs before its standard "
                           "error counts toward target_error")
-        stray = [k for k in ("upstream_tol", "upstream_passes") if k in keywords]
+        stray = [k for k in ("upstream_tol", "upstream_se", "upstream_passes")
+                 if k in keywords and (k != "upstream_se" or se is not None)]
         if stray and given.upstream != "population":
             raise PopstatsError(
                 f"{call}({stray[0]}=...): applies to upstream='population' only "
                 f"(the passes to a fixed point), but upstream is "
                 f"{given.upstream!r}. Pass upstream='population' too, or leave "
                 f"{stray[0]} out."
+            )
+        if se is not None and "upstream_tol" in keywords:
+            raise PopstatsError(
+                f"{call}(upstream_se=..., upstream_tol=...): two rules for when "
+                f"the passes of upstream='population' stop, given both "
+                f"(upstream_se={se:g}, upstream_tol={tol:g}). upstream_se stops "
+                f"when every value moved by at most that fraction of its "
+                f"standard error; upstream_tol when the largest relative change "
+                f"is at most that. Pass one of them."
             )
         if "min_batches" in keywords and target is None:
             raise PopstatsError(
@@ -173,8 +192,8 @@ class EstimationOptions:
                 f"too, or leave min_batches out."
             )
         return dataclasses.replace(given, max_steps=max_steps, upstream_tol=tol,
-                                   upstream_passes=passes, target_error=target,
-                                   min_batches=least)
+                                   upstream_se=se, upstream_passes=passes,
+                                   target_error=target, min_batches=least)
 
 
 class OptionKeywords(TypedDict, total=False):
@@ -188,6 +207,7 @@ class OptionKeywords(TypedDict, total=False):
     accumulate: Literal["host", "graph"]
     upstream: Literal["batch", "population"]
     upstream_tol: float
+    upstream_se: float | None
     upstream_passes: int
     target_error: float | None
     min_batches: int
@@ -294,6 +314,17 @@ upstream_tol : float, default 1e-10
     With ``upstream="population"``: stop when no value changed between two
     passes by more than this, relative to the largest magnitude of its
     statistic.
+upstream_se : float, optional
+    With ``upstream="population"``, in place of ``upstream_tol``: stop when
+    every value (each cell and unit of each statistic) changed between two
+    passes by at most this fraction of its standard error (the later
+    pass's), e.g. ``0.1``: the passes stop once their change is small
+    against the estimate's own sampling error (see :doc:`/upstream`,
+    "Stopping at the statistics' precision"). In (0, 1]. Cells with no
+    standard error (reached by fewer than 2 batches) are not judged
+    (``stats.fixed_point.unjudged`` counts them); a change within 1e-10 of
+    its statistic's largest magnitude (rounding, or a standard error of 0)
+    passes. Not with ``upstream_tol``: one rule or the other.
 upstream_passes : int, default 50
     With ``upstream="population"``: the most passes to take (the first, in
     batch mode, included); not converged by then is an error.

@@ -40,32 +40,80 @@ class FixedPoint:
     worst : tuple of str
         Per pass after the first, the statistic that changed most.
     tol : float
-        The ``upstream_tol`` the passes stopped at (the last change is at
-        most this).
+        The ``upstream_tol`` of the passes (with ``rule="tol"``, the last
+        change is at most this).
+    rule : {"tol", "se"}
+        What stopped the passes: ``"tol"``, the largest relative change
+        (``changes``) at most ``tol``; ``"se"``, every value's change at
+        most ``se`` of its standard error (``se_changes``).
+    se : float or None
+        The ``upstream_se`` of the passes (None with ``rule="tol"``).
+    se_changes : tuple of float
+        Per pass after the first (whatever the rule), the largest change of
+        any value from the pass before in units of its standard error (the
+        pass's own): ``max |new - old| / standard_error`` over every
+        statistic, cell and unit whose standard error is finite; a change
+        within ``tol`` of its statistic's largest magnitude (rounding)
+        counts as 0. NaN where no value has a finite standard error. Empty
+        in a record saved by a popstats without it.
+    se_worst : tuple of str
+        Per pass after the first, the statistic of that largest change.
+    unjudged : tuple of (str, int)
+        Per statistic with any, the cells and units of the last pass with
+        no finite standard error (reached by fewer than 2 batches, or by
+        none): the rule ``"se"`` does not judge them.
     """
 
     passes: int
     changes: tuple[float, ...]
     worst: tuple[str, ...]
     tol: float
+    rule: str = "tol"
+    se: float | None = None
+    se_changes: tuple[float, ...] = ()
+    se_worst: tuple[str, ...] = ()
+    unjudged: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"passes": self.passes, "changes": list(self.changes),
-                "worst": list(self.worst), "tol": self.tol}
+                "worst": list(self.worst), "tol": self.tol, "rule": self.rule,
+                "se": self.se, "se_changes": list(self.se_changes),
+                "se_worst": list(self.se_worst),
+                "unjudged": [list(u) for u in self.unjudged]}
 
     @classmethod
     def from_json(cls, meta: dict[str, Any]) -> FixedPoint:
+        """The record of :meth:`to_json` (a record saved before the rule
+        ``"se"`` existed has no standard-error fields: rule ``"tol"``)."""
+        se = meta.get("se")
+        rule = str(meta.get("rule", "tol"))
+        if rule not in ("tol", "se"):
+            raise ValueError(f"unknown fixed-point rule {rule!r}")
         return cls(int(meta["passes"]), tuple(float(c) for c in meta["changes"]),
-                   tuple(str(w) for w in meta["worst"]), float(meta["tol"]))
+                   tuple(str(w) for w in meta["worst"]), float(meta["tol"]), rule,
+                   None if se is None else float(se),
+                   tuple(float(c) for c in meta.get("se_changes", ())),
+                   tuple(str(w) for w in meta.get("se_worst", ())),
+                   tuple((str(n), int(c)) for n, c in meta.get("unjudged", ())))
 
     def __str__(self) -> str:
-        shown = [f"{c:.1e} ({w})" if c else "0" for c, w in
-                 zip(self.changes, self.worst, strict=True)]
-        if len(shown) > 6:
-            shown = [*shown[:3], "...", *shown[-3:]]
-        steps = ", ".join(shown)
+        if self.rule == "se":
+            shown = _shown(self.se_changes, self.se_worst, ".2g")
+            return (f"fixed point to {self.se:g} standard error in {self.passes} "
+                    f"passes (largest change per pass in standard errors: "
+                    f"{shown})")
         return (f"fixed point in {self.passes} passes (largest relative change "
-                f"per pass: {steps}; tolerance {self.tol:g})")
+                f"per pass: {_shown(self.changes, self.worst, '.1e')}; tolerance "
+                f"{self.tol:g})")
+
+
+def _shown(changes: tuple[float, ...], worst: tuple[str, ...], form: str) -> str:
+    """The changes per pass with their statistics, the middle elided."""
+    shown = [f"{c:{form}} ({w})" if c else "0" for c, w in
+             zip(changes, worst, strict=True)]
+    if len(shown) > 6:
+        shown = [*shown[:3], "...", *shown[-3:]]
+    return ", ".join(shown)
 
 
 class _NoDriver:

@@ -21,10 +21,13 @@ over the batches; the public option ``upstream_passes`` and
   geometrically.
 
 The rounds stop when the largest change of any value (relative to the
-largest magnitude of its statistic) is at most ``upstream_tol``, and fail
-with a clear error after ``upstream_passes``. One mechanism covers every
-model kind popstats rewrites (loops, nested loops, time pooling, every
-estimator): each round is an ordinary estimation pass, over the graph of
+largest magnitude of its statistic) is at most ``upstream_tol`` -- or, with
+``upstream_se``, when every value moved by at most that fraction of its
+standard error (:func:`se_change`; cells without a finite standard error
+are not judged) -- and fail with a clear error after ``upstream_passes``.
+One mechanism covers every model kind popstats rewrites (loops, nested
+loops, time pooling, every estimator): each round is an ordinary
+estimation pass, over the graph of
 :func:`~popstats._src.upstream.inference_export.inference_export`, compiled once;
 its population values are shared variables set before each round.
 
@@ -46,9 +49,10 @@ Stage: upstream. Members: :class:`FixedPointDriver` (what
 :meth:`popstats.Estimation.run` hands the passes to), :func:`run_fixed_point`
 (the passes);
 :func:`iterate` (the loop of passes, given how to run one),
-:func:`inference_pass`, :func:`largest_change`, :func:`check_change`,
-:func:`not_converged`, :func:`quiet`, :data:`STILL` (shared with
-:mod:`popstats.dask`'s passes); :func:`pass_path`.
+:func:`inference_pass`, :func:`largest_change`, :func:`se_change`,
+:func:`check_change`, :class:`Trace`, :func:`not_converged`,
+:func:`no_standard_errors`, :func:`quiet`,
+:data:`STILL` (shared with :mod:`popstats.dask`'s passes); :func:`pass_path`.
 """
 
 from __future__ import annotations
@@ -76,14 +80,17 @@ from popstats._src.upstream.inference_export import inference_export
 __all__ = [
     "STILL",
     "FixedPointDriver",
+    "Trace",
     "check_change",
     "inference_pass",
     "iterate",
     "largest_change",
+    "no_standard_errors",
     "not_converged",
     "pass_path",
     "quiet",
     "run_fixed_point",
+    "se_change",
 ]
 
 log = logging.getLogger("popstats")
@@ -120,6 +127,62 @@ def largest_change(old: PopulationStatistics,
             if relative == float("inf"):
                 break
     return worst, where
+
+
+def se_change(old: PopulationStatistics, new: PopulationStatistics,
+              tol: float) -> tuple[float, str, tuple[tuple[str, int], ...]]:
+    """The largest change of any value from ``old`` to ``new`` in units of
+    its standard error (``new``'s), its statistic, and the cells and units
+    left out per statistic (no finite standard error).
+
+    A change within ``tol`` of its statistic's largest magnitude (as
+    :func:`largest_change` measures) counts as 0: rounding, or a value
+    whose batches all agree (standard error 0). NaN (and the first
+    statistic) where no value has a finite standard error.
+    """
+    worst, where = float("nan"), next(iter(new))
+    unjudged: list[tuple[str, int]] = []
+    for name, stat in new.items():
+        before = np.asarray(old[name].value, dtype=np.float64)
+        after = np.asarray(stat.value, dtype=np.float64)
+        se = (np.full(after.shape, np.inf) if stat.standard_error is None
+              else np.asarray(stat.standard_error, dtype=np.float64))
+        judged = np.isfinite(se)
+        if (left := int(judged.size - np.count_nonzero(judged))):
+            unjudged.append((name, left))
+        if not judged.any():
+            continue
+        change = np.abs(after - before)[judged]
+        scale = float(np.max(np.abs(before))) if before.size else 0.0
+        floor = tol * scale if scale > 0 else tol
+        with np.errstate(divide="ignore", invalid="ignore"):
+            units = np.where(change <= floor, 0.0, change / se[judged])
+        largest = float(np.max(units))
+        if not largest <= worst:  # NaN at first: the first judged one is kept
+            worst, where = largest, name
+    return worst, where, tuple(unjudged)
+
+
+@dataclasses.dataclass
+class Trace:
+    """What the rounds measured so far, one entry per round after the
+    first: the largest relative change and its statistic, the largest
+    change in standard errors and its statistic; the cells the last round
+    could not judge in standard errors."""
+
+    changes: list[float] = dataclasses.field(default_factory=list)
+    worst: list[str] = dataclasses.field(default_factory=list)
+    se_changes: list[float] = dataclasses.field(default_factory=list)
+    se_worst: list[str] = dataclasses.field(default_factory=list)
+    unjudged: tuple[tuple[str, int], ...] = ()
+
+    def record(self, options: Any) -> FixedPoint:
+        """The record of rounds that stopped now (the first included)."""
+        return FixedPoint(len(self.changes) + 1, tuple(self.changes),
+                          tuple(self.worst), options.upstream_tol,
+                          "tol" if options.upstream_se is None else "se",
+                          options.upstream_se, tuple(self.se_changes),
+                          tuple(self.se_worst), self.unjudged)
 
 
 class _SameData:
@@ -269,15 +332,15 @@ def iterate(stats: PopulationStatistics, one_round, call: str, options,
     ``one_round(upstream, k)`` runs round ``k``'s pass on the inference graph
     holding ``upstream`` and gives its statistics and state. Returns the last
     round's state and the record of the rounds."""
-    changes: list[float] = []
-    worst: list[str] = []
+    if options.upstream_se is not None and np.isnan(se_change(stats, stats, 0)[0]):
+        raise no_standard_errors(call, options)  # before any pass more
+    trace = Trace()
     for k in range(1, options.upstream_passes):
         new, state = one_round(stats, k)
-        if check_change(stats, new, k, changes, worst, call, options, independent):
-            return state, FixedPoint(k + 1, tuple(changes), tuple(worst),
-                                     options.upstream_tol)
+        if check_change(stats, new, k, trace, call, options, independent):
+            return state, trace.record(options)
         stats = new
-    raise not_converged(changes, worst, call, options)
+    raise not_converged(trace, call, options)
 
 
 def inference_pass(run: Estimation | None, inputs, outputs, exported,
@@ -306,9 +369,10 @@ STILL = 1e-9
 
 
 def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
-                 changes: list[float], worst: list[str], call: str,
-                 options, independent: frozenset[str] = frozenset()) -> bool:
-    """Record round ``k``'s largest change; whether it is within the tolerance.
+                 trace: Trace, call: str, options,
+                 independent: frozenset[str] = frozenset()) -> bool:
+    """Record round ``k``'s largest change in ``trace``; whether the rule
+    of ``options`` stops the rounds (``upstream_tol``, or ``upstream_se``).
 
     A statistic of ``independent`` (no statistic upstream) must not move:
     if it does, the data or the graph changed between rounds."""
@@ -332,23 +396,50 @@ def check_change(stats: PopulationStatistics, new: PopulationStatistics, k: int,
             f"batches (a variance near 0 upstream?). Estimate with "
             f"upstream='batch', or check the model's epsilon."
         )
-    changes.append(change)
-    worst.append(name)
+    in_se, se_name, trace.unjudged = se_change(stats, new, options.upstream_tol)
+    trace.changes.append(change)
+    trace.worst.append(name)
+    trace.se_changes.append(in_se)
+    trace.se_worst.append(se_name)
     log.info("popstats: upstream='population' pass %d: largest relative "
-             "change %.3g (%s)", k, change, name)
-    return change <= options.upstream_tol
+             "change %.3g (%s), %.3g standard errors (%s)", k, change, name,
+             in_se, se_name)
+    if options.upstream_se is None:
+        return change <= options.upstream_tol
+    return in_se <= options.upstream_se  # NaN (nothing judged): refused at round 0
 
 
-def not_converged(changes: list[float], worst: list[str], call: str,
-                  options) -> PopstatsError:
+def no_standard_errors(call: str, options) -> PopstatsError:
+    """``upstream_se`` over statistics none of which has a standard error."""
+    return PopstatsError(
+        f"{call}(upstream_se=...): stops the passes of upstream='population' "
+        f"when every value moved by at most {options.upstream_se:g} of its "
+        f"standard error, but no value has a standard error: one needs a cell "
+        f"reached by at least 2 batches, and none is. Pass more batches, or "
+        f"leave upstream_se out (upstream_tol, a relative change, then stops "
+        f"the passes)."
+    )
+
+
+def not_converged(trace: Trace, call: str, options) -> PopstatsError:
     """The error of rounds that did not reach the fixed point."""
-    shown = ", ".join(f"{c:.2g}" for c in changes[-5:])
+    if options.upstream_se is not None:
+        shown = ", ".join(f"{c:.2g}" for c in trace.se_changes[-5:])
+        return PopstatsError(
+            f"{call}(upstream_passes=...): upstream='population' did not reach "
+            f"a fixed point in {options.upstream_passes} passes: the largest "
+            f"change of the last passes in standard errors was {shown} "
+            f"(statistic {trace.se_worst[-1]!r}), above "
+            f"upstream_se={options.upstream_se:g}. Allow more passes "
+            f"(upstream_passes=...), a larger upstream_se, or, if the changes do "
+            f"not fall, estimate with upstream='batch'."
+        )
+    shown = ", ".join(f"{c:.2g}" for c in trace.changes[-5:])
     return PopstatsError(
         f"{call}(upstream_passes=...): upstream='population' did not reach a "
         f"fixed point in {options.upstream_passes} passes: the largest relative "
-        f"change of the last passes was {shown} (statistic {worst[-1]!r}), above "
-        f"upstream_tol={options.upstream_tol:g}. Allow more passes "
+        f"change of the last passes was {shown} (statistic {trace.worst[-1]!r}), "
+        f"above upstream_tol={options.upstream_tol:g}. Allow more passes "
         f"(upstream_passes=...), a larger upstream_tol, or, if the changes do not "
         f"fall, estimate with upstream='batch'."
     )
-
