@@ -126,8 +126,7 @@ def trend_bound(n: np.ndarray, tests: int) -> np.ndarray:
     """The two-sided Student t bound (``n - 2`` degrees of freedom, ``n`` the
     batches of each cell) at :data:`TREND_LEVEL` shared by ``tests`` tests
     (Bonferroni); ``inf`` where ``n < 3``."""
-    # SciPy comes with PyTensor (no stubs installed here)
-    from scipy.special import stdtrit  # type: ignore[import-untyped]
+    from scipy.special import stdtrit  # type: ignore[import-untyped]  # SciPy comes with PyTensor, without stubs
 
     n = np.asarray(n, dtype=np.float64)
     dof = np.where(n >= 3, n - 2, 1.0)
