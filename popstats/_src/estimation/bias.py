@@ -47,21 +47,40 @@ TREND_BATCHES = 10
 _ROUNDING = 1e-10
 
 
-def _averages_batches(stat: Statistic) -> bool:
+def _spread(stat: Statistic, spread: str | None) -> str | None:
+    """The statistic's role, or for one marked without a role the spread its
+    graph computes (``spread``: ``"var"``, ``"std"`` or None)."""
+    return stat.site.role if stat.site.role is not None else spread
+
+
+def _as_averaged(stat: Statistic, spread: str | None) -> str | None:
+    """The estimator as it treats a variance or std whose batch values it
+    averages as they are (each low by ``(m - 1) / m``): ``"mean"``,
+    ``"weighted"`` or ``"ema"``; None when it corrects them, or the
+    statistic is no spread. A statistic marked without its role is corrected
+    by none (``"pooled"`` weighs it by its count, ``"unbiased"`` averages
+    it)."""
+    if _spread(stat, spread) not in _SPREADS:
+        return None
+    name = stat.estimator.name
+    if stat.site.role is None:
+        return {"pooled": "weighted", "unbiased": "mean"}.get(name, name)
+    if name in ("pooled", "unbiased") or (name == "ema" and stat.estimator.unbiased):
+        return None
+    return name
+
+
+def _averages_batches(stat: Statistic, spread: str | None = None) -> bool:
     """Whether the statistic's estimator averages batch variances as they
-    are (each low by ``(m - 1) / m``): a variance or std with ``"mean"``,
-    ``"weighted"`` or ``"ema"`` without ``unbiased=True``."""
-    estimator = stat.estimator
-    if stat.site.role not in _SPREADS:
-        return False
-    return estimator.name in ("mean", "weighted") or (
-        estimator.name == "ema" and not estimator.unbiased)
+    are: a variance or std with ``"mean"``, ``"weighted"`` or ``"ema"``
+    without ``unbiased=True`` (see :func:`_as_averaged`)."""
+    return _as_averaged(stat, spread) is not None
 
 
-def _equal_weights(stat: Statistic) -> bool:
+def _equal_weights(stat: Statistic, spread: str | None = None) -> bool:
     """The default estimator, or the moving average (equal weights per batch,
     whatever its size), on a variance or std without Bessel's correction."""
-    return _averages_batches(stat) and stat.estimator.name in ("mean", "ema")
+    return _as_averaged(stat, spread) in ("mean", "ema")
 
 
 _NOUN = {"var": "variance", "std": "standard deviation"}
@@ -76,28 +95,38 @@ def _sizes_text(sizes: BatchSizes) -> str:
             f"examples (mean {sizes.total / sizes.n:.3g})")
 
 
-def _small(stat: Statistic, sizes: BatchSizes) -> StatisticWarning:
+def _needs(stat: Statistic, lead: str = "") -> str:
+    """What the count-aware estimators need of the statistic: its count, and
+    for one marked without a role, its role and paired mean too."""
+    if stat.site.role is None:
+        return (f"{lead + ' ' if lead else ''}its role, its mean and its count: "
+                f"mark the pair with popstats.mark_moments(mean, var, label, "
+                f"count=x.shape[0])")
+    return f"{lead} the statistic's count" if lead else "give the statistic its count"
+
+
+def _small(stat: Statistic, sizes: BatchSizes, role: str) -> StatisticWarning:
     # expectations over i.i.d. examples: sigma^2 (1 - mean(1/m)) for the
     # equal-weight average, sigma^2 (1 - 1/sum(m)) for the pooled variance
     kept = 0.0 if sizes.total <= 1 else (
         (1.0 - sizes.inverse / sizes.n) / (1.0 - 1.0 / sizes.total))
-    low = 1.0 - (kept if stat.site.role == "var" else np.sqrt(kept))
-    noun = _NOUN[str(stat.site.role)]
+    low = 1.0 - (kept if role == "var" else np.sqrt(kept))
+    noun = _NOUN[role]
     return StatisticWarning(stat.name, "small-batches", (
         f"statistic {stat.name!r} (in {stat.site.where}): {_sizes_text(sizes)}; "
         f"a batch of one example has variance 0, and estimator "
         f"{stat.estimator.name!r} averages the batches' {noun}s "
         f"as they are, so the estimate is about {100 * low:.0f}% below the "
         f"{noun} of all examples. Use estimator='pooled' (the exact "
-        f"moments of all examples; give the statistic its count), or batches "
-        f"of more examples."))
+        f"moments of all examples; {_needs(stat)}), or batches of more "
+        f"examples."))
 
 
-def _unequal(stat: Statistic, sizes: BatchSizes) -> StatisticWarning | None:
+def _unequal(stat: Statistic, sizes: BatchSizes, role: str) -> StatisticWarning | None:
     se = stat.standard_error
     if se is None or sizes.n < 2:
         return None
-    factor = 1.0 if stat.site.role == "var" else 0.5  # sqrt(1 - d) ~ 1 - d / 2
+    factor = 1.0 if role == "var" else 0.5  # sqrt(1 - d) ~ 1 - d / 2
     shift = abs(sizes.size_bias) * factor * np.abs(stat.value)
     covered = np.broadcast_to(
         (stat.coverage >= 2).reshape(stat.coverage.shape + (1,) * (
@@ -119,7 +148,7 @@ def _unequal(stat: Statistic, sizes: BatchSizes) -> StatisticWarning | None:
         f"(|mean(1/m) - n/sum(m)|), {typical:.3g} times its standard error "
         f"(median over its units). Use estimator='pooled' (the exact moments "
         f"of all examples) or 'weighted' (batches weighed by their count); "
-        f"both need the statistic's count."))
+        f"{_needs(stat, 'both need')}."))
 
 
 def trend_bound(n: np.ndarray, tests: int) -> np.ndarray:
@@ -181,16 +210,21 @@ def _trend(stat: Statistic, arrays: dict[str, np.ndarray],
 
 
 def find_warnings(stat: Statistic, arrays: dict[str, Any],
-                  sizes: BatchSizes | None, tests: int) -> list[StatisticWarning]:
+                  sizes: BatchSizes | None, tests: int,
+                  spread: str | None = None) -> list[StatisticWarning]:
     """The warnings of one statistic: its record, its state's arrays, the
-    pass's batch sizes (None: not known) and the number of slopes the trend
-    test shares its false-alarm rate with (:func:`trend_tests` summed over
-    the pass's statistics: one false alarm in about 1/:data:`TREND_LEVEL`
-    passes over i.i.d. batches)."""
+    pass's batch sizes (None: not known, or the statistic's elements per
+    batch are not the examples), the number of slopes the trend test shares
+    its false-alarm rate with (:func:`trend_tests` summed over the pass's
+    statistics: one false alarm in about 1/:data:`TREND_LEVEL` passes over
+    i.i.d. batches) and, for a statistic marked without a role, the spread
+    its graph computes (:func:`~popstats._src.estimation.examples_count.
+    spread_of`)."""
     found: list[StatisticWarning | None] = []
-    if sizes is not None and _averages_batches(stat) and sizes.smallest == 1:
-        found.append(_small(stat, sizes))
-    elif sizes is not None and _equal_weights(stat):
-        found.append(_unequal(stat, sizes))
+    role = str(_spread(stat, spread))
+    if sizes is not None and _averages_batches(stat, spread) and sizes.smallest == 1:
+        found.append(_small(stat, sizes, role))
+    elif sizes is not None and _equal_weights(stat, spread):
+        found.append(_unequal(stat, sizes, role))
     found.append(_trend(stat, arrays, tests))
     return [w for w in found if w is not None]

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -152,12 +152,18 @@ def merge_states(sites: Sequence[Site], estimators: Sequence[est.Estimator],
 def finalize_state(call: str, sites: Sequence[Site],
                    estimators: Sequence[est.Estimator], max_steps: int | None,
                    state: EstimationState,
-                   per_example: Collection[str] = ()) -> PopulationStatistics:
+                   per_example: Mapping[str, str | None] | None = None,
+                   ) -> PopulationStatistics:
     """The population statistics of a (checked) state; errors name ``call``.
 
-    ``per_example``: the statistics whose count is the batch's examples,
-    which alone get the batch-size warnings (:mod:`~popstats._src.estimation.bias`).
+    ``per_example``: the statistics whose elements per batch are the
+    batch's examples, which alone get the batch-size warnings
+    (:mod:`~popstats._src.estimation.bias`), each with the spread its graph
+    computes (``"var"``, ``"std"``; None: none found), which stands for the
+    role of a statistic marked without one
+    (:mod:`~popstats._src.estimation.examples_count`).
     """
+    per_example = {} if per_example is None else per_example
     if state.n_batches == 0:
         if call == "Estimation":  # the pass's own API: a state given
             raise PopstatsError(
@@ -202,7 +208,8 @@ def finalize_state(call: str, sites: Sequence[Site],
                 f"earlier steps), {stat.thin_steps} reached by under 10% of the "
                 f"batches.")))
         found = find_warnings(stat, arrays,
-                              sizes if stat.name in per_example else None, tests)
+                              sizes if stat.name in per_example else None, tests,
+                              per_example.get(stat.name))
         notes.extend(found)
         if found and not _HELD[0]:
             level = _users_level()

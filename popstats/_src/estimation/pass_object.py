@@ -62,6 +62,7 @@ from popstats._src.estimation.batches import (
 from popstats._src.estimation.combine import check_state, finalize_state, merge_states
 from popstats._src.estimation.engines import choose_engine
 from popstats._src.estimation.estimators import fill_uncovered
+from popstats._src.estimation.examples_count import example_axis, examples_statistics
 from popstats._src.estimation.options import EstimationOptions, takes_options
 from popstats._src.estimation.partners import check_counts, find_partners
 from popstats._src.estimation.passes import (
@@ -86,7 +87,6 @@ from popstats._src.estimation.upstream import one_batch_error
 from popstats._src.export.exporter import Site, as_variables, export_checked
 from popstats._src.export.time_modes import check_patterns
 from popstats._src.graph.pytensor_ml import warn_dropout
-from popstats._src.independence.mixing import batch_axes
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -224,8 +224,11 @@ class Estimation:
         self.partners = find_partners(self.sites, self.estimators, call)
         check_counts(self.sites, self.estimators, call)
         trios = list(zip(graph.outputs, graph.counts, graph.weights, strict=True))
-        #: per statistic, its count in the exported graph (None: none)
+        #: per statistic, its value and count in the exported graph (None: none)
+        self._graph_outputs = tuple(graph.outputs)
         self._graph_counts = tuple(graph.counts)
+        #: the statistics whose elements are the examples (see _per_example)
+        self._found: dict[str, str | None] | None = None
         self._engine, slots = choose_engine(
             self.inputs, trios, options.mode, options.accumulate, self.sites,
             self.estimators, self.partners, max_steps)
@@ -477,69 +480,18 @@ class Estimation:
         return finalize_state(self.call, self.sites, self.estimators,
                               self.max_steps, state, self._per_example())
 
-    def _per_example(self) -> frozenset[str]:
-        """The statistics whose count is, provably, the batch's examples
-        (the length of the batch axis :func:`example_axis` finds): only
-        those get the batch-size warnings, whose bias follows from the
-        examples per batch. A statistic without a count, in a loop, or
-        reduced over more than the batch axis (a convolution's positions)
-        gets none: its elements per batch are not known here."""
-        if self._example_axis is None:
-            self._example_axis = example_axis(self.given[1], self.inputs)
-        index, axis = self._example_axis
-        if index < 0:
-            return frozenset()
-        return frozenset(
-            site.name for site, count in zip(self.sites, self._graph_counts,
-                                             strict=True)
-            if counts_axis(count, self.inputs[index], axis))
-
-
-def counts_axis(count: Variable | None, var: Variable, axis: int) -> bool:
-    """Whether ``count`` is, in the graph, the length of ``var``'s ``axis``
-    (``var.shape[axis]``, through casts); False when it cannot tell."""
-    from pytensor.scalar import Cast
-    from pytensor.tensor.elemwise import Elemwise
-    from pytensor.tensor.shape import Shape, Shape_i
-    from pytensor.tensor.subtensor import Subtensor, get_idx_list
-
-    while (count is not None and count.owner is not None
-           and isinstance(count.owner.op, Elemwise)
-           and isinstance(count.owner.op.scalar_op, Cast)):
-        count = count.owner.inputs[0]
-    if count is None or count.owner is None:
-        return False
-    op, args = count.owner.op, count.owner.inputs
-    if isinstance(op, Shape_i):
-        return op.i == axis and args[0] is var
-    if isinstance(op, Subtensor) and args[0].owner is not None and isinstance(
-            args[0].owner.op, Shape) and args[0].owner.inputs[0] is var:
-        index = get_idx_list(count.owner.inputs, op.idx_list)
-        try:
-            return len(index) == 1 and int(getattr(index[0], "data", index[0])) == axis
-        except (TypeError, ValueError):
-            return False
-    return False
-
-
-def example_axis(outputs: Sequence[Variable],
-                 inputs: Sequence[Any]) -> tuple[int, int]:
-    """Which input and axis count a batch's examples: the first input whose
-    batch axis the marked statistics reduce over (:func:`~popstats._src.
-    independence.mixing.batch_axes`, as :func:`~popstats.rewrite` finds
-    it), else the first input with an axis (axis 0); ``(-1, 0)``: none.
-
-    A graph the rules cannot follow falls back to axis 0 of the first input
-    with one: the sizes only inform the bias warnings.
-    """
-    try:
-        found = batch_axes(list(outputs), list(inputs), {})
-    except Exception:  # any rule failure: the default below
-        found = {}
-    for k, (axes, source) in sorted(found.items()):
-        if axes and source == "from the marked statistics":
-            return k, min(axes)
-    for k, var in enumerate(inputs):
-        if var.ndim:
-            return k, 0
-    return -1, 0
+    def _per_example(self) -> dict[str, str | None]:
+        """The statistics whose elements per batch are, provably, the
+        batch's examples (the length of the batch axis :func:`example_axis`
+        finds), each with the spread its graph computes (None: none found):
+        only those get the batch-size warnings, whose bias follows from the
+        examples per batch (:mod:`~popstats._src.estimation.examples_count`).
+        Read once, at the first finalize."""
+        if self._found is None:
+            if self._example_axis is None:
+                self._example_axis = example_axis(self.given[1], self.inputs)
+            index, axis = self._example_axis
+            found = {} if index < 0 else examples_statistics(
+                self._graph_outputs, self._graph_counts, self.inputs[index], axis)
+            self._found = {self.sites[k].name: role for k, role in found.items()}
+        return self._found
