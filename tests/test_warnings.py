@@ -165,26 +165,223 @@ def test_a_scan_counts_examples_on_its_batch_axis():
     assert (state.sizes.n, state.sizes.smallest, state.sizes.largest) == (6, 1, 1)
 
 
-def test_size_warnings_only_where_the_count_is_the_examples():
-    """A statistic in a loop, or one whose count is more than the examples
-    (a convolution's positions), gets no batch-size warning: its elements
-    per batch are not known to be the examples (no false alarm)."""
+def readme_model():
+    """README's model: marked without role or count."""
+    x = pt.matrix("x")
+    mean = popstats.bn_statistic(x.mean(axis=0), label="bn.mean")
+    var = popstats.bn_statistic(x.var(axis=0), label="bn.var")
+    return [x], (x - mean) / pt.sqrt(var + 1e-5)
+
+
+def uncounted_loop_model():
+    """README's statistics per step of a Scan over x (time, batch, feature)."""
+    x = pt.tensor3("x")
+
+    def step(xt):
+        mean = popstats.bn_statistic(xt.mean(axis=0), label="bn.mean")
+        var = popstats.bn_statistic(xt.var(axis=0), label="bn.var")
+        return (xt - mean) / pt.sqrt(var + 1e-5)
+
+    return [x], scan(step, sequences=[x])
+
+
+def nested_loop_model():
+    """Two loops: x (outer time, inner time, batch, feature), the variance
+    written out (its mean subtracted, squared, averaged), no count."""
+    x = pt.tensor4("x")
+
+    def outer(xs):
+        def inner(xt):
+            mean = popstats.bn_statistic(xt.mean(0), label="in.mean")
+            var = popstats.bn_statistic(((xt - mean) ** 2).mean(0), label="in.var")
+            return (xt - mean) / pt.sqrt(var + 1e-5)
+
+        return scan(inner, sequences=[xs])
+
+    return [x], scan(outer, sequences=[x])
+
+
+def steps(sizes, seed=0, time=(4,)):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(3.0, 2.0, (*time, m, D))} for m in sizes]
+
+
+def test_readme_model_without_a_count_warns_on_batches_of_one():
+    """The headline case of issue 29: README's model (no role, no count) on
+    batches of one example has every variance 0, and now says so; its
+    structure (a sum of squares over exactly the examples, divided by their
+    number) makes it a variance of the examples."""
+    stats, warned = estimate(rows([1] * 20), make=readme_model)
+    np.testing.assert_array_equal(stats["bn.var"].value, 0.0)
+    assert kinds(stats) == [("bn.var", "small-batches")]
+    message = stats.warnings[0].message
+    assert warned == [message]
+    assert "estimator='pooled'" in message and "mark_moments" in message
+    stats, _ = estimate(rows([2, 200] * 20, seed=1), make=readme_model)
+    assert kinds(stats) == [("bn.var", "unequal-batches")]
+
+
+def test_a_tagged_statistic_warns_too():
+    """The original marking, ``tag.bn_statistic = True``, outer graph."""
+    def tagged():
+        x = pt.matrix("x")
+        var = x.var(0)
+        var.tag.bn_statistic = True
+        var.tag.bn_label = "t.var"
+        return [x], x / pt.sqrt(var + 1e-5)
+
+    stats, _ = estimate(rows([1] * 20), make=tagged)
+    assert kinds(stats) == [("t.var", "small-batches")]
+
+
+@pytest.mark.parametrize("make", [loop_model, uncounted_loop_model],
+                         ids=["counted", "uncounted"])
+def test_a_loop_statistic_warns(make):
+    """Per-step statistics of a Scan (the batch axis is axis 1 of the outer
+    sequence, axis 0 of its slice): batches of one example warn, one 1-row
+    batch among ten 64-row ones too, and sizes 2 and 200 in turn warn of
+    unequal batches."""
+    var = "rnn.var" if make is loop_model else "bn.var"
+    stats, warned = estimate(steps([1] * 20), make=make)
+    np.testing.assert_array_equal(stats[var].value, 0.0)
+    assert kinds(stats) == [(var, "small-batches")] and len(warned) == 1
+    assert stats[var].site.where != "<graph>"
+    assert f"(in {stats[var].site.where})" in stats.warnings[0].message
+    stats, _ = estimate(steps([64] * 10 + [1], seed=3), make=make)
+    assert kinds(stats) == [(var, "small-batches")]
+    stats, _ = estimate(steps([2, 200] * 20, seed=1), make=make)
+    assert kinds(stats) == [(var, "unequal-batches")]
+
+
+def test_a_statistic_two_loops_deep_warns():
+    stats, _ = estimate(steps([1] * 20, time=(2, 3)), make=nested_loop_model)
+    np.testing.assert_array_equal(stats["in.var"].value, 0.0)
+    assert kinds(stats) == [("in.var", "small-batches")]
+    stats, _ = estimate(steps([32] * 20, time=(2, 3)), make=nested_loop_model)
+    assert stats.warnings == ()
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=str)
+def test_equal_batches_in_a_loop_do_not_warn(estimator):
+    """Batches of 32 examples, per step of a loop: no warning for any
+    estimator (the uncounted model only for those that need no count)."""
+    makes = [loop_model]
+    if estimator in ("mean", "unbiased") or isinstance(estimator, Estimator):
+        makes.append(uncounted_loop_model)
+    for make in makes:
+        inputs, y = make()
+        run = popstats.Estimation(inputs, y, mode=MODE, estimator=estimator)
+        for seed in range(4):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", popstats.PopstatsWarning)
+                stats = run.finalize(run.run(steps([32] * 40, seed=seed)))
+            assert stats.warnings == ()
+
+
+def test_no_size_warning_where_the_elements_are_not_the_examples():
+    """A convolution's statistics (reduced over the batch and its positions,
+    with or without a count), one whose count is a mask's sum, and one
+    pooled over a loop's steps: a batch of one example is not one element,
+    so none warns of batch sizes (no false alarm)."""
     rng = np.random.default_rng(0)
-    stats, warned = estimate([{"x": rng.normal(size=(4, 1, D))} for _ in range(6)],
-                             make=loop_model)
-    assert "small-batches" not in [k for _, k in kinds(stats)]
 
-    def conv():
-        x = pt.tensor4("x")
-        mean, var = popstats.mark_moments(
-            x.mean((0, 1, 2)), x.var((0, 1, 2)), "conv",
-            count=x.shape[0] * x.shape[1] * x.shape[2])
-        return [x], (x - mean) / pt.sqrt(var + 1e-5)
+    def conv(counted):
+        def make():
+            x = pt.tensor4("x")  # (batch, channel, height, width)
+            axes = (0, 2, 3)
+            count = x.shape[0] * x.shape[2] * x.shape[3] if counted else None
+            mean = popstats.bn_statistic(x.mean(axes, keepdims=True), "conv.mean",
+                                         role="mean" if counted else None,
+                                         group="conv", count=count)
+            var = popstats.bn_statistic(x.var(axes, keepdims=True), "conv.var",
+                                        role="var" if counted else None,
+                                        group="conv", count=count)
+            return [x], (x - mean) / pt.sqrt(var + 1e-5)
+        return make
 
-    stats, warned = estimate([{"x": rng.normal(size=(1, 4, 4, 3))}
-                              for _ in range(20)], make=conv)
+    images = [{"x": rng.normal(size=(1, 3, 4, 4))} for _ in range(20)]
+    for counted in (True, False):
+        stats, warned = estimate(images, make=conv(counted))
+        assert stats.warnings == () and warned == []
+        assert (stats["conv.var"].value > 0.5).all()  # 16 positions: not 0
+
+    def masked():
+        x, mask = pt.matrix("x"), pt.vector("mask")
+        n = mask.sum()
+        mean = popstats.bn_statistic((x * mask[:, None]).sum(0) / n, "mk.mean",
+                                     role="mean", group="mk", count=n)
+        var = popstats.bn_statistic((((x - mean) ** 2) * mask[:, None]).sum(0) / n,
+                                    "mk.var", role="var", group="mk", count=n)
+        return [x, mask], (x - mean) / pt.sqrt(var + 1e-5)
+
+    stats, warned = estimate([{"x": rng.normal(size=(1, D)), "mask": np.ones(1)}
+                              for _ in range(20)], make=masked)
     assert stats.warnings == () and warned == []
-    assert (stats["conv.var"].value > 0.5).all()  # 16 positions: not 0
+    stats, warned = estimate(steps([1] * 20), make=loop_model, time="pooled")
+    assert stats.warnings == () and warned == []
+    assert (stats["rnn.var"].value > 0.5).all()  # 4 steps of one example
+
+
+def test_which_statistics_count_the_examples():
+    """The structural reading itself, outside a pass: the sums each
+    statistic reads reduce exactly the batch axis, or its count is that
+    axis's length; Bessel's correction, a maximum, a reduction over two
+    axes, or a reshape folding the batch with another axis are not; a
+    variance with Bessel's correction reduces the examples but is no
+    biased spread."""
+    from popstats._src.estimation.examples_count import examples_statistics
+
+    x = pt.tensor3("x")  # (batch, time, feature): examples on axis 0
+    xt = x[:, 0]
+    m = xt.mean(0)
+    graphs = {
+        "mean": (xt.mean(0), None, None),
+        "var": (xt.var(0), None, "var"),
+        "std": (xt.std(0), None, "std"),
+        "written out": (((xt - m) ** 2).mean(0), None, "var"),
+        "per example first": (x.sum(1).var(0), None, "var"),
+        "counted": (xt.var(0), xt.shape[0], "var"),
+        "counted, cast": (xt.var(0), pt.cast(xt.shape[0], "float32"), "var"),
+        "bessel": (xt.var(0, ddof=1), None, None),  # of the examples, unbiased
+    }
+    refused = {
+        "max": (xt.max(0), None),
+        "two axes": (x.var((0, 1)), None),
+        "folded": (x.reshape((-1, D)).var(0), None),
+        "count of time": (xt.var(0), x.shape[1]),
+        "count of all": (x.var((0, 1)), x.shape[0] * x.shape[1]),
+    }
+    marked = [(popstats.bn_statistic(v, k), c) for k, (v, c, _) in graphs.items()]
+    marked += [(popstats.bn_statistic(v, k), c) for k, (v, c) in refused.items()]
+    found = examples_statistics([v for v, _ in marked], [c for _, c in marked], x, 0)
+    assert found == {k: role for k, (_, _, role) in enumerate(graphs.values())}
+    # with axis 1 the examples, only the count x.shape[1] says so
+    time_count = len(graphs) + list(refused).index("count of time")
+    assert examples_statistics([v for v, _ in marked], [c for _, c in marked],
+                               x, 1) == {time_count: None}
+
+
+def test_pytensor_ml_batch_norm_warns_on_dense_not_on_images():
+    """pytensor-ml's BatchNorm (recognized): its count on a dense (batch,
+    feature) input is the batch size, so batches of one warn; on images
+    (batch, height, width, channel) it counts the positions too: none."""
+    pytest.importorskip("pytensor_ml")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ptml_models as models
+
+    for make, warns in ((models.mlp, True), (models.conv, False)):
+        model = make()
+        batches = [{"X": b} for b in models.make_batches(model.shape, model.dtype,
+                                                           0, 20, 1)]
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            stats = popstats.estimate([model.X], model.y, batches, mode=MODE)
+        expected = [(name, "small-batches") for name in stats
+                    if name.endswith(".var")] if warns else []
+        assert kinds(stats) == expected and (expected or not warns)
 
 
 # -- trends -----------------------------------------------------------------
