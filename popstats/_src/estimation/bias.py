@@ -19,6 +19,19 @@ BatchSizes`) and returns what makes its estimate doubtful, as
   of every statistic of the pass (:func:`trend_tests`), in cells of at
   least :data:`TREND_BATCHES` batches.
 
+The two size warnings go only to a statistic whose elements per batch are
+the batch's examples (:mod:`~popstats._src.estimation.examples_count`: its
+count is the length of the batch axis, or without a count every sum it reads
+reduces exactly that axis; in the outer graph and in loop bodies at any
+depth), and a statistic marked without a role is a variance or std when its
+graph computes one (:func:`~popstats._src.estimation.examples_count.spread_of`).
+A statistic reduced over more than the examples (a convolution's positions,
+``count = B*H*W``), pooled over a loop's steps, or one whose count is
+anything else (a mask's sum) gets neither, deliberately: a batch of one
+image does not give variance 0, and the correlation of positions within an
+image makes the ``(m - 1) / m`` rule wrong. When the graph cannot be read:
+no size warning (a false alarm is a bug).
+
 Members: :data:`TREND_BATCHES`, :data:`TREND_LEVEL`, :func:`find_warnings`,
 :func:`trend_bound`, :func:`trend_tests`.
 """

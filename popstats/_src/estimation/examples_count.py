@@ -1,4 +1,4 @@
-"""Which statistics have a batch's examples as their elements: the reach of the size warnings.
+"""Which statistics have a batch's examples as elements: the size warnings' reach.
 
 Stage: estimation (reads graphs with the independence analysis's
 :class:`~popstats._src.independence.scan_rule.LoopFlow`). The batch-size
