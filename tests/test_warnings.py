@@ -253,6 +253,28 @@ def test_a_loop_statistic_warns(make):
     assert kinds(stats) == [(var, "unequal-batches")]
 
 
+def test_a_count_given_to_a_loop_is_read_outside():
+    """A count computed outside the loop and given as a non-sequence is read
+    where it is computed: the batch axis's length warns, the time axis's
+    does not (it is not the examples)."""
+    def make(axis):
+        def model():
+            x = pt.tensor3("x")
+
+            def step(xt, n):
+                mean, var = popstats.mark_moments(xt.mean(0), xt.var(0), "nc",
+                                                  count=n)
+                return (xt - mean) / pt.sqrt(var + 1e-5)
+
+            return [x], scan(step, sequences=[x], non_sequences=[x.shape[axis]])
+        return model
+
+    stats, _ = estimate(steps([1] * 10), make=make(1))
+    assert kinds(stats) == [("nc.var", "small-batches")]
+    stats, warned = estimate(steps([1] * 10), make=make(0))
+    assert stats.warnings == () and warned == []
+
+
 def test_a_statistic_two_loops_deep_warns():
     stats, _ = estimate(steps([1] * 20, time=(2, 3)), make=nested_loop_model)
     np.testing.assert_array_equal(stats["in.var"].value, 0.0)

@@ -49,6 +49,7 @@ from pytensor.tensor.shape import Shape, Shape_i
 from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
 from popstats._src.graph.marker import BNStat, is_statistic
+from popstats._src.graph.walk import scan_outer_input
 from popstats._src.independence.flow import Flow, Hyp, scan_args
 from popstats._src.independence.mixing import batch_axes
 from popstats._src.independence.scan_rule import LoopFlow
@@ -195,6 +196,23 @@ def _examples_count(flow: Flow, var: Variable, hyp: Hyp) -> int | None:
     return dim if index is not None and dim == int(index) else None
 
 
+def _counts_examples(levels: Sequence[tuple[Flow, Any]], var: Variable,
+                     hyp: Hyp) -> bool:
+    """Whether ``var``, in the innermost of ``levels`` (each a flow and the
+    Scan whose body it follows, outermost first), is the number of examples
+    (:func:`_examples_count`); a count a loop is given as a non-sequence is
+    read where it is computed, outside."""
+    flow, node = levels[-1]
+    var = _strip(var)
+    if var.owner is None and node is not None:
+        inner = node.op.inner_inputs
+        position = next((k for k, v in enumerate(inner) if v is var), None)
+        outer = None if position is None else scan_outer_input(node, position,
+                                                               len(inner))
+        return outer is not None and _counts_examples(levels[:-1], outer, hyp)
+    return _examples_count(flow, var, hyp) is not None
+
+
 def _square_base(var: Variable) -> Variable | None:
     """``d`` when ``var`` is ``d ** 2``, ``sqr(d)`` or ``d * d``."""
     node = var.owner
@@ -237,9 +255,16 @@ def spread_of(flow: Flow, var: Variable, hyp: Hyp) -> str | None:
     return role if _examples_count(flow, divisor, hyp) is not None else None
 
 
-def _inner(flow: Flow, var: Variable) -> tuple[Flow, Variable] | None:
-    """``var`` where it is computed: through the loops whose per-step output
-    it is, down to the loop body's variable and that body's flow."""
+#: the graph levels down to a statistic: per level its flow and the Scan
+#: whose body it follows (None: the graph), outermost first
+Levels = list[tuple[Flow, Any]]
+
+
+def _inner(flow: Flow, var: Variable) -> tuple[Levels, Variable] | None:
+    """Where ``var`` is computed: through the loops whose per-step output it
+    is, the levels down to the loop body that computes it, and its variable
+    there; None when it is no loop's per-step output or not followed."""
+    levels: Levels = [(flow, None)]
     while var.owner is not None and isinstance(var.owner.op, Scan):
         node = var.owner
         bodies = [body for done, body in flow.nested if done is node]
@@ -249,7 +274,8 @@ def _inner(flow: Flow, var: Variable) -> tuple[Flow, Variable] | None:
         if not bodies or position is None:
             return None
         flow, var = bodies[-1], args.inner_out_nit_sot[position]
-    return flow, var
+        levels.append((flow, node))
+    return levels, var
 
 
 def examples_statistics(
@@ -263,23 +289,24 @@ def examples_statistics(
     none (no size warning rather than a wrong one)."""
     hyp = (_ROOT, axis)
     flow = LoopFlow({root: {hyp: (axis, 0)}}, "<graph>")
+    found: dict[int, str | None] = {}
     try:
         flow.run([*outputs, *(c for c in counts if c is not None)])
+        for k, (value, count) in enumerate(zip(outputs, counts, strict=True)):
+            where = _inner(flow, value)
+            if where is None or not is_statistic(where[1]):
+                continue  # pooled over a loop's steps, or not followed
+            levels, stat = where
+            level = levels[-1][0]
+            if count is None:
+                if not reduces_examples(level, stat, hyp):
+                    continue
+            else:
+                counted = _inner(flow, count)
+                if counted is None or counted[0][-1][0] is not level or (
+                        not _counts_examples(counted[0], counted[1], hyp)):
+                    continue
+            found[k] = spread_of(level, stat, hyp)
     except Exception:  # any rule failure: unsure, so no size warning
         return {}
-    found: dict[int, str | None] = {}
-    for k, (value, count) in enumerate(zip(outputs, counts, strict=True)):
-        where = _inner(flow, value)
-        if where is None or not is_statistic(where[1]):
-            continue  # pooled over a loop's steps, or not read
-        level, stat = where
-        if count is None:
-            if not reduces_examples(level, stat, hyp):
-                continue
-        else:
-            inner = _inner(flow, count)
-            if inner is None or inner[0] is not level or _examples_count(
-                    level, inner[1], hyp) is None:
-                continue
-        found[k] = spread_of(level, stat, hyp)
     return found
