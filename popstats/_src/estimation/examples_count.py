@@ -9,8 +9,9 @@ only to a statistic whose elements per batch are, provably, those examples:
 - one with a ``count``: the count is the length of the batch axis of a value
   that holds the examples there, unfolded (``x.shape[0]``; in a loop body
   ``xt.shape[0]`` of the slice of a ``(time, batch, ...)`` sequence, at any
-  depth); a count that is anything else (a mask's sum, a product of axes)
-  is not the examples;
+  depth; a count a loop is given as a non-sequence is read outside); a
+  count that is anything else (a mask's sum, a product of axes) is not the
+  examples;
 - one without a count: every sum it is computed from (through elementwise
   operations, dimshuffles, casts and marks) reduces exactly the batch axis
   (``x.mean(0)``, ``x.var(0)``, ``x.std(0)``, ``((x - m) ** 2).mean(0)``),
@@ -20,19 +21,21 @@ Where a batch axis goes is what the independence analysis follows: one walk
 of the exported graph (:func:`~popstats._src.export.exporter.export`, its
 statistics as outputs) with one hypothesis, the batch axis
 :func:`example_axis` finds, through loops (an inner sequence's axis ``k`` is
-the outer one's ``k + 1``; non-sequences and shared inputs keep theirs;
-recurrent states hold no examples) and ``OpFromGraph`` bodies, in frozen
-inner graphs (PyTensor >= 3.1) too. A statistic pooled over a loop's steps
-(``time="pooled"``), reduced over more than the examples (a convolution's
-positions), or one the walk cannot follow gets no size warning: when unsure,
-none.
+the outer one's ``k + 1``; non-sequences and shared inputs keep theirs; a
+recurrent state holds them only where the analysis proves it holds them on
+one axis at every step, as an RNN's hidden state does) and ``OpFromGraph``
+bodies, in frozen inner graphs (PyTensor >= 3.1) too. A statistic pooled
+over a loop's steps (``time="pooled"``), reduced over more than the examples
+(a convolution's positions), or one the walk cannot follow gets no size
+warning: when unsure, none.
 
 A statistic without a role is a variance (``"var"``) or std for the
 warnings when its graph is one (:func:`spread_of`): the sum over exactly the
 examples of the square of ``values - a batch statistic``, divided by the
 number of examples (Bessel's ``m - 1`` is not), its square root for a std.
 
-Members: :func:`example_axis`, :func:`examples_statistics`, :func:`spread_of`.
+Members: :obj:`Levels`, :func:`example_axis`, :func:`examples_statistics`,
+:func:`reduces_examples`, :func:`spread_of`.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ from popstats._src.independence.mixing import batch_axes
 from popstats._src.independence.scan_rule import LoopFlow
 from popstats._src.independence.shapes import PASS, const
 
-__all__ = ["example_axis", "examples_statistics", "spread_of"]
+__all__ = ["Levels", "example_axis", "examples_statistics", "reduces_examples",
+           "spread_of"]
 
 #: the hypothesis followed: "axis a of the root holds the examples"
 _ROOT = 0
@@ -286,7 +290,17 @@ def examples_statistics(
     in ``outputs`` (an exported graph's statistics, ``counts`` theirs): the
     spread its graph computes (:func:`spread_of`; None: none). The examples
     are axis ``axis`` of input ``root``. A graph the walk cannot read gives
-    none (no size warning rather than a wrong one)."""
+    none (no size warning rather than a wrong one).
+
+    >>> import pytensor.tensor as pt, popstats
+    >>> x = pt.matrix("x")
+    >>> marked = [popstats.bn_statistic(x.mean(0), "m"),
+    ...           popstats.bn_statistic(x.var(0), "v"),
+    ...           popstats.bn_statistic(x.var(0, ddof=1), "unbiased"),
+    ...           popstats.bn_statistic(x.var(None), "all")]
+    >>> examples_statistics(marked, [None] * 4, x, 0)
+    {0: None, 1: 'var', 2: None}
+    """
     hyp = (_ROOT, axis)
     flow = LoopFlow({root: {hyp: (axis, 0)}}, "<graph>")
     found: dict[int, str | None] = {}
