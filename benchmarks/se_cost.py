@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -83,7 +84,8 @@ def worker(root: str) -> None:
             batches = [{"x": a} for a in model.batches(cmd["batches"])]
             mode = cmd["mode"]
             run = popstats.Estimation([x], out, mode=mode,
-                                      accumulate=cmd["accumulate"])
+                                      accumulate=cmd["accumulate"],
+                                      estimator=cmd["estimator"])
             stats = run.finalize(run.run(batches, progress=False))  # untimed: JIT
             current.update(run=run, batches=batches)
             values = {k: np.asarray(s.value, dtype=float).ravel()[:8].tolist()
@@ -166,6 +168,8 @@ def main() -> None:
     parser.add_argument("--modes", default="CVM",
                         help="comma list: default (Numba), CVM")
     parser.add_argument("--accumulate", default="host,graph")
+    parser.add_argument("--estimators", default="mean",
+                        help="comma list: mean, unbiased, weighted, pooled, ema")
     parser.add_argument("--batches", default=30, type=int)
     parser.add_argument("--repeats", default=7, type=int,
                         help="timed passes per side (alternating)")
@@ -189,10 +193,13 @@ def main() -> None:
             for mode_name in args.modes.split(","):
                 mode = None if mode_name.strip().lower() == "default" else \
                     mode_name.strip().upper()
-                for model in args.models.split(","):
-                    for acc in args.accumulate.split(","):
+                for model, estimator, acc in itertools.product(
+                        args.models.split(","), args.estimators.split(","),
+                        args.accumulate.split(",")):
+                    if True:
                         setup = {"op": "setup", "model": model.strip(),
                                  "accumulate": acc.strip(), "mode": mode,
+                                 "estimator": estimator.strip(),
                                  "batches": args.batches, "sizes": sizes(args.quick)}
                         b, c = base.send(setup), current.send(setup)
                         worst = max(
@@ -208,7 +215,7 @@ def main() -> None:
                         tc.sort()
                         n = args.batches
                         rows.append([
-                            c["desc"], mode_name, acc, c["n_stats"],
+                            c["desc"], mode_name, estimator, acc, c["n_stats"],
                             f"{tb[0] / n * 1e3:.2f} ms", f"{tc[0] / n * 1e3:.2f} ms",
                             f"{tc[0] / tb[0]:.3f}x",
                             f"{tc[len(tc) // 2] / tb[len(tb) // 2]:.3f}x",
@@ -227,7 +234,7 @@ def main() -> None:
         f"(commit {commit[:10]}), per batch, {args.batches} batches, best of "
         f"{args.repeats} alternating; compile excluded"))
     print(C.table(
-        ["model", "mode", "accumulate", "statistics", "without SE / batch",
+        ["model", "mode", "estimator", "accumulate", "statistics", "without SE / batch",
          "with SE / batch", "ratio (best)", "ratio (median)",
          "values: max rel. diff", "SE kept"], rows))
     print("\nTarget: with / without <= 1.05x.")
