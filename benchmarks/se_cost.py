@@ -79,6 +79,8 @@ def worker(root: str) -> None:
         cmd = json.loads(line)
         if cmd["op"] == "setup":
             args = argparse.Namespace(**cmd["sizes"])
+            # role, group and count: what "weighted" and "pooled" need
+            peers.MARK_COUNTS[0] = cmd["estimator"] != "mean"
             model = peers.make_model(cmd["model"], args)
             x, out = model.graph()
             batches = [{"x": a} for a in model.batches(cmd["batches"])]
@@ -196,32 +198,31 @@ def main() -> None:
                 for model, estimator, acc in itertools.product(
                         args.models.split(","), args.estimators.split(","),
                         args.accumulate.split(",")):
-                    if True:
-                        setup = {"op": "setup", "model": model.strip(),
-                                 "accumulate": acc.strip(), "mode": mode,
-                                 "estimator": estimator.strip(),
-                                 "batches": args.batches, "sizes": sizes(args.quick)}
-                        b, c = base.send(setup), current.send(setup)
-                        worst = max(
-                            abs(x - y) / max(abs(y), 1e-12)
-                            for k in c["values"]
-                            for x, y in zip(b["values"][k], c["values"][k],
-                                            strict=True))
-                        tb, tc = [], []
-                        for _ in range(args.repeats):
-                            tb.append(base.send({"op": "time"})["t"])
-                            tc.append(current.send({"op": "time"})["t"])
-                        tb.sort()
-                        tc.sort()
-                        n = args.batches
-                        rows.append([
-                            c["desc"], mode_name, estimator, acc, c["n_stats"],
-                            f"{tb[0] / n * 1e3:.2f} ms", f"{tc[0] / n * 1e3:.2f} ms",
-                            f"{tc[0] / tb[0]:.3f}x",
-                            f"{tc[len(tc) // 2] / tb[len(tb) // 2]:.3f}x",
-                            f"{worst:.0e}", "yes" if c["has_se"] else "no",
-                        ])
-                        print(" | ".join(str(x) for x in rows[-1]), file=sys.stderr)
+                    setup = {"op": "setup", "model": model.strip(),
+                             "accumulate": acc.strip(), "mode": mode,
+                             "estimator": estimator.strip(),
+                             "batches": args.batches, "sizes": sizes(args.quick)}
+                    b, c = base.send(setup), current.send(setup)
+                    worst = max(
+                        abs(x - y) / max(abs(y), 1e-12)
+                        for k in c["values"]
+                        for x, y in zip(b["values"][k], c["values"][k],
+                                        strict=True))
+                    tb, tc = [], []
+                    for _ in range(args.repeats):
+                        tb.append(base.send({"op": "time"})["t"])
+                        tc.append(current.send({"op": "time"})["t"])
+                    tb.sort()
+                    tc.sort()
+                    n = args.batches
+                    rows.append([
+                        c["desc"], mode_name, estimator, acc, c["n_stats"],
+                        f"{tb[0] / n * 1e3:.2f} ms", f"{tc[0] / n * 1e3:.2f} ms",
+                        f"{tc[0] / tb[0]:.3f}x",
+                        f"{tc[len(tc) // 2] / tb[len(tb) // 2]:.3f}x",
+                        f"{worst:.0e}", "yes" if c["has_se"] else "no",
+                    ])
+                    print(" | ".join(str(x) for x in rows[-1]), file=sys.stderr)
         finally:
             base.close()
             current.close()
