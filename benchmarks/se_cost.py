@@ -18,7 +18,11 @@ each process on its own CPU-time clock. Compilation is excluded.
 Models (``peers.py``' sizes): a BN MLP 784-1024x3 (batch 256), a BN-RNN and
 a BN-LSTM 32->128 with per-step statistics over 50 steps (batch 64), each
 with ``accumulate="host"`` (NumPy sums after each batch) and ``"graph"``
-(the sums kept in the compiled function's shared state).
+(the sums kept in the compiled function's shared state). ``--estimators``
+picks the estimators (default the plain ``"mean"``); for any other the
+models' statistics carry a role, group and element count
+(``peers.MARK_COUNTS``: only the BN-LSTM has them, as ``"weighted"`` and
+``"pooled"`` need).
 
 Target (never asserted): with / without <= 1.05x.
 
@@ -27,6 +31,7 @@ Usage::
     python benchmarks/se_cost.py            # full sizes, CVM (C backend)
     python benchmarks/se_cost.py --quick    # tiny sizes, seconds
     python benchmarks/se_cost.py --modes default,CVM --base 0a45a2d
+    python benchmarks/se_cost.py --models lstm --estimators weighted,pooled
 """
 
 from __future__ import annotations
@@ -172,9 +177,9 @@ def main() -> None:
     parser.add_argument("--accumulate", default="host,graph")
     parser.add_argument("--estimators", default="mean",
                         help="comma list: mean, unbiased, weighted, pooled, ema")
-    parser.add_argument("--batches", default=30, type=int)
-    parser.add_argument("--repeats", default=7, type=int,
-                        help="timed passes per side (alternating)")
+    parser.add_argument("--batches", type=int, help="per pass (default 30; 6 quick)")
+    parser.add_argument("--repeats", type=int,
+                        help="timed passes per side, alternating (default 7; 3 quick)")
     parser.add_argument("--base", default=DEFAULT_BASE,
                         help=f"commit without standard errors (default {DEFAULT_BASE})")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, k=3")
@@ -183,8 +188,10 @@ def main() -> None:
     if args.worker:
         worker(args.worker)
         return
-    if args.quick:
-        args.batches, args.repeats = 6, 3
+    if args.batches is None:
+        args.batches = 6 if args.quick else 30
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="se_cost_base_") as tmp:
         commit = export_base(args.base, Path(tmp))
