@@ -15,7 +15,11 @@ on the same batch, so errors read as with host accumulation.
 
 Arrays grow inside the graph: a batch with more time steps than seen so
 far widens every time axis (new cells start empty), and the statistic's own
-shape is taken from the first batch. Cells a batch does not reach (beyond
+shape is taken from the first batch. Growing and padding are lazy branches
+(``ifelse``): a batch with the steps and shape known so far (the usual case)
+updates the fields as they are, without copying each into an array of its
+own size first -- with the fields behind the standard errors, most of what
+a batch cost here. Cells a batch does not reach (beyond
 its steps, count 0, or a pooled loop with no step) are left unchanged. The
 formulas are :func:`~popstats._src.estimation.formulas.update`'s, with
 PyTensor as the array namespace, as the host's are with NumPy.
@@ -25,6 +29,7 @@ Stage: estimation (:mod:`popstats._src.estimation`).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import cast
 
@@ -91,12 +96,14 @@ def _like(var: TensorVariable, other: TensorVariable) -> TensorVariable:
     return cast(TensorVariable, other.type.filter_variable(var, allow_convert=True))
 
 
-def _ifelse(cond, then, other):
-    try:  # PyTensor >= 3.1 (pytensor.ifelse is deprecated there)
-        from pytensor.conditional.op import ifelse
+def _ifelse(cond: TensorVariable, then: list, other: list) -> list:
+    """PyTensor's lazy ``ifelse`` (``pytensor.conditional`` from 3.1 on,
+    where ``pytensor.ifelse`` is deprecated)."""
+    try:
+        module = importlib.import_module("pytensor.conditional.op")
     except ImportError:  # pragma: no cover - older PyTensor
-        from pytensor.ifelse import ifelse
-    return ifelse(cond, then, other)
+        module = importlib.import_module("pytensor.ifelse")
+    return module.ifelse(cond, then, other)
 
 
 def _empty(field: str, ndim: int, dtype: str) -> np.ndarray:
