@@ -34,10 +34,10 @@ function holds the outputs rewritten together and one by one) in
 ``FAST_COMPILE`` (``POPSTATS_TEST_MODE`` as elsewhere). Examples are drawn
 with a fixed seed (``derandomize``) and no example database.
 
-Size: ``test_generated_models`` checks 30 models; 1,000 under
+Size: ``test_generated_models`` checks 12 models; 1,000 under
 ``POPSTATS_LONG=1`` (the long runs, README's "Tests"). Models without
 reuse (no OpFromGraph, no copies: every label reached once) are among
-them, and the test counts them: at least 3 (10 of the 30 by default).
+them, and the test counts them: at least 3.
 ``test_generated_models_without_reuse`` draws only those, a tenth of the
 number (100), under ``POPSTATS_LONG=1`` only: where a model with reuse
 fails, it tells whether the failure is about telling applications apart.
@@ -64,10 +64,9 @@ from shared import MODE, sized
 
 import popstats
 
-EXAMPLES = sized(30, 1000)
+EXAMPLES = sized(12, 1000)
 PLAIN_EXAMPLES = max(10, EXAMPLES // 10)
 #: models without reuse among the EXAMPLES of ``test_generated_models``
-#: (10 of the 30 drawn by default, as many as the plain test drew)
 PLAIN_AMONG = 3
 
 #: estimated against reference statistics (relative; absolute near zero)

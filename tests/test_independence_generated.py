@@ -9,7 +9,7 @@ batch at inference, and ``rewrite`` must name an operation mixing examples.
 Population values are zeros (``fake_statistics``): nothing is compiled.
 Models with a single label have nothing left to rewrite once it is unmarked
 (``export`` refuses a graph without statistics); they check the first half
-only. The number of models is ``test_generated.py``'s (30; 1,000 under
+only. The number of models is ``test_generated.py``'s (12; 1,000 under
 ``POPSTATS_LONG=1``).
 
 Then per-example graphs drawn from a menu of PyTensor operations

@@ -18,7 +18,7 @@ in the middle of writing its checkpoint) and started again, until it
 finishes; its statistics must equal this process's uninterrupted pass bit
 for bit, and no temporary file may be left.
 
-The default run draws 30 machine runs and 4 kill scenarios; the long run
+The default run draws 12 machine runs and 2 kill scenarios; the long run
 (``POPSTATS_LONG=1``) 400 and 50, which pass on both PyTensor lines.
 """
 
@@ -51,8 +51,8 @@ from shared import MODE, Interrupted, interrupted_after, sized
 
 import popstats
 
-EXAMPLES = sized(30, 400)
-KILL_EXAMPLES = max(4, EXAMPLES // 8)
+EXAMPLES = sized(12, 400)
+KILL_EXAMPLES = max(2, EXAMPLES // 8)
 WORKER = Path(__file__).with_name("pass_worker.py")
 _RUNS: dict = {}
 
