@@ -197,8 +197,18 @@ def _shared(value: np.ndarray, name: str):
     return pytensor.shared(value, name=name, shape=value.shape)
 
 
-def _mark(mean, var, label: str, mark: bool):
-    if mark:
+#: mark the BN-LSTM's statistics with their role, group and element count
+#: (what ``"weighted"`` and ``"pooled"`` need; se_cost.py sets it)
+MARK_COUNTS = [False]
+
+
+def _mark(mean, var, label: str, mark: bool, count=None):
+    if mark and MARK_COUNTS[0] and count is not None:
+        mean = popstats.bn_statistic(mean, label=f"{label}.mean", role="mean",
+                                     group=label, count=count)
+        var = popstats.bn_statistic(var, label=f"{label}.var", role="var",
+                                    group=label, count=count)
+    elif mark:
         mean = popstats.bn_statistic(mean, label=f"{label}.mean")
         var = popstats.bn_statistic(var, label=f"{label}.var")
     return mean, var
@@ -501,7 +511,8 @@ class Lstm:
         x = pt.tensor3("x", shape=(None, None, self.n_in), dtype=F32)
 
         def norm(a, gamma, label):
-            mean, var = _mark(a.mean(axis=0), a.var(axis=0), label, mark)
+            mean, var = _mark(a.mean(axis=0), a.var(axis=0), label, mark,
+                              count=a.shape[0])
             return (a - mean) / pt.sqrt(var + EPS) * gamma
 
         def step(x_t, h_prev, c_prev, Wx, Wh, gx, gh, b, gc, bc):

@@ -18,7 +18,11 @@ each process on its own CPU-time clock. Compilation is excluded.
 Models (``peers.py``' sizes): a BN MLP 784-1024x3 (batch 256), a BN-RNN and
 a BN-LSTM 32->128 with per-step statistics over 50 steps (batch 64), each
 with ``accumulate="host"`` (NumPy sums after each batch) and ``"graph"``
-(the sums kept in the compiled function's shared state).
+(the sums kept in the compiled function's shared state). ``--estimators``
+picks the estimators (default the plain ``"mean"``); for any other the
+models' statistics carry a role, group and element count
+(``peers.MARK_COUNTS``: only the BN-LSTM has them, as ``"weighted"`` and
+``"pooled"`` need).
 
 Target (never asserted): with / without <= 1.05x.
 
@@ -27,11 +31,13 @@ Usage::
     python benchmarks/se_cost.py            # full sizes, CVM (C backend)
     python benchmarks/se_cost.py --quick    # tiny sizes, seconds
     python benchmarks/se_cost.py --modes default,CVM --base 0a45a2d
+    python benchmarks/se_cost.py --models lstm --estimators weighted,pooled
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -78,12 +84,15 @@ def worker(root: str) -> None:
         cmd = json.loads(line)
         if cmd["op"] == "setup":
             args = argparse.Namespace(**cmd["sizes"])
+            # role, group and count: what "weighted" and "pooled" need
+            peers.MARK_COUNTS[0] = cmd["estimator"] != "mean"
             model = peers.make_model(cmd["model"], args)
             x, out = model.graph()
             batches = [{"x": a} for a in model.batches(cmd["batches"])]
             mode = cmd["mode"]
             run = popstats.Estimation([x], out, mode=mode,
-                                      accumulate=cmd["accumulate"])
+                                      accumulate=cmd["accumulate"],
+                                      estimator=cmd["estimator"])
             stats = run.finalize(run.run(batches, progress=False))  # untimed: JIT
             current.update(run=run, batches=batches)
             values = {k: np.asarray(s.value, dtype=float).ravel()[:8].tolist()
@@ -166,9 +175,11 @@ def main() -> None:
     parser.add_argument("--modes", default="CVM",
                         help="comma list: default (Numba), CVM")
     parser.add_argument("--accumulate", default="host,graph")
-    parser.add_argument("--batches", default=30, type=int)
-    parser.add_argument("--repeats", default=7, type=int,
-                        help="timed passes per side (alternating)")
+    parser.add_argument("--estimators", default="mean",
+                        help="comma list: mean, unbiased, weighted, pooled, ema")
+    parser.add_argument("--batches", type=int, help="per pass (default 30; 6 quick)")
+    parser.add_argument("--repeats", type=int,
+                        help="timed passes per side, alternating (default 7; 3 quick)")
     parser.add_argument("--base", default=DEFAULT_BASE,
                         help=f"commit without standard errors (default {DEFAULT_BASE})")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, k=3")
@@ -177,8 +188,10 @@ def main() -> None:
     if args.worker:
         worker(args.worker)
         return
-    if args.quick:
-        args.batches, args.repeats = 6, 3
+    if args.batches is None:
+        args.batches = 6 if args.quick else 30
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="se_cost_base_") as tmp:
         commit = export_base(args.base, Path(tmp))
@@ -189,32 +202,34 @@ def main() -> None:
             for mode_name in args.modes.split(","):
                 mode = None if mode_name.strip().lower() == "default" else \
                     mode_name.strip().upper()
-                for model in args.models.split(","):
-                    for acc in args.accumulate.split(","):
-                        setup = {"op": "setup", "model": model.strip(),
-                                 "accumulate": acc.strip(), "mode": mode,
-                                 "batches": args.batches, "sizes": sizes(args.quick)}
-                        b, c = base.send(setup), current.send(setup)
-                        worst = max(
-                            abs(x - y) / max(abs(y), 1e-12)
-                            for k in c["values"]
-                            for x, y in zip(b["values"][k], c["values"][k],
-                                            strict=True))
-                        tb, tc = [], []
-                        for _ in range(args.repeats):
-                            tb.append(base.send({"op": "time"})["t"])
-                            tc.append(current.send({"op": "time"})["t"])
-                        tb.sort()
-                        tc.sort()
-                        n = args.batches
-                        rows.append([
-                            c["desc"], mode_name, acc, c["n_stats"],
-                            f"{tb[0] / n * 1e3:.2f} ms", f"{tc[0] / n * 1e3:.2f} ms",
-                            f"{tc[0] / tb[0]:.3f}x",
-                            f"{tc[len(tc) // 2] / tb[len(tb) // 2]:.3f}x",
-                            f"{worst:.0e}", "yes" if c["has_se"] else "no",
-                        ])
-                        print(" | ".join(str(x) for x in rows[-1]), file=sys.stderr)
+                for model, estimator, acc in itertools.product(
+                        args.models.split(","), args.estimators.split(","),
+                        args.accumulate.split(",")):
+                    setup = {"op": "setup", "model": model.strip(),
+                             "accumulate": acc.strip(), "mode": mode,
+                             "estimator": estimator.strip(),
+                             "batches": args.batches, "sizes": sizes(args.quick)}
+                    b, c = base.send(setup), current.send(setup)
+                    worst = max(
+                        abs(x - y) / max(abs(y), 1e-12)
+                        for k in c["values"]
+                        for x, y in zip(b["values"][k], c["values"][k],
+                                        strict=True))
+                    tb, tc = [], []
+                    for _ in range(args.repeats):
+                        tb.append(base.send({"op": "time"})["t"])
+                        tc.append(current.send({"op": "time"})["t"])
+                    tb.sort()
+                    tc.sort()
+                    n = args.batches
+                    rows.append([
+                        c["desc"], mode_name, estimator, acc, c["n_stats"],
+                        f"{tb[0] / n * 1e3:.2f} ms", f"{tc[0] / n * 1e3:.2f} ms",
+                        f"{tc[0] / tb[0]:.3f}x",
+                        f"{tc[len(tc) // 2] / tb[len(tb) // 2]:.3f}x",
+                        f"{worst:.0e}", "yes" if c["has_se"] else "no",
+                    ])
+                    print(" | ".join(str(x) for x in rows[-1]), file=sys.stderr)
         finally:
             base.close()
             current.close()
@@ -227,7 +242,7 @@ def main() -> None:
         f"(commit {commit[:10]}), per batch, {args.batches} batches, best of "
         f"{args.repeats} alternating; compile excluded"))
     print(C.table(
-        ["model", "mode", "accumulate", "statistics", "without SE / batch",
+        ["model", "mode", "estimator", "accumulate", "statistics", "without SE / batch",
          "with SE / batch", "ratio (best)", "ratio (median)",
          "values: max rel. diff", "SE kept"], rows))
     print("\nTarget: with / without <= 1.05x.")

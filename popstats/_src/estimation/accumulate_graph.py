@@ -15,7 +15,11 @@ on the same batch, so errors read as with host accumulation.
 
 Arrays grow inside the graph: a batch with more time steps than seen so
 far widens every time axis (new cells start empty), and the statistic's own
-shape is taken from the first batch. Cells a batch does not reach (beyond
+shape is taken from the first batch. Growing and padding are lazy branches
+(``ifelse``): a batch with the steps and shape known so far (the usual case)
+updates the fields as they are, without copying each into an array of its
+own size first -- with the fields behind the standard errors, most of what
+a batch cost here. Cells a batch does not reach (beyond
 its steps, count 0, or a pooled loop with no step) are left unchanged. The
 formulas are :func:`~popstats._src.estimation.formulas.update`'s, with
 PyTensor as the array namespace, as the host's are with NumPy.
@@ -25,6 +29,7 @@ Stage: estimation (:mod:`popstats._src.estimation`).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import cast
 
@@ -54,6 +59,51 @@ def _fit(
         slice(0, pt.minimum(array.shape[j], shape[j])) for j in range(array.ndim)
     )
     return pt.set_subtensor(out[corner], array[corner])
+
+
+def _all_equal(a: Sequence, b: Sequence) -> TensorVariable:
+    """Whether the sizes ``a`` and ``b`` are equal, one by one (True when
+    both are empty)."""
+    if not a:
+        return pt.as_tensor(np.array(True))
+    return pt.all(pt.eq(pt.stack(list(a)), pt.stack(list(b))))
+
+
+def _unless(
+    keep: TensorVariable, changed: dict[str, TensorVariable],
+    kept: dict[str, TensorVariable]
+) -> dict[str, TensorVariable]:
+    """``kept`` where ``keep`` holds, else ``changed``: a lazy ``ifelse``
+    (the virtual machine evaluates one branch only), so that arrays that
+    already fit are not copied into arrays of their own size."""
+    keys = list(changed)
+    same = [pt.as_tensor(kept[k]) for k in keys]
+    other = [_like(pt.as_tensor(changed[k]), t) for k, t in zip(keys, same,
+                                                                 strict=True)]
+    # the changed arrays as the first branch: with the kept ones first,
+    # PyTensor's C virtual machine (3.3) computes the other branch as well
+    # when the kept arrays are the outputs of an earlier node
+    out = _ifelse(~keep, other, same)
+    return dict(zip(keys, out if isinstance(out, list | tuple) else [out],
+                    strict=True))
+
+
+def _like(var: TensorVariable, other: TensorVariable) -> TensorVariable:
+    """``var`` with ``other``'s static type (the same dtype and rank; ifelse
+    needs equal types in both branches)."""
+    if var.type == other.type:
+        return var
+    return cast(TensorVariable, other.type.filter_variable(var, allow_convert=True))
+
+
+def _ifelse(cond: TensorVariable, then: list, other: list) -> list:
+    """PyTensor's lazy ``ifelse`` (``pytensor.conditional`` from 3.1 on,
+    where ``pytensor.ifelse`` is deprecated)."""
+    try:
+        module = importlib.import_module("pytensor.conditional.op")
+    except ImportError:  # pragma: no cover - older PyTensor
+        module = importlib.import_module("pytensor.ifelse")
+    return module.ifelse(cond, then, other)
 
 
 def _empty(field: str, ndim: int, dtype: str) -> np.ndarray:
@@ -165,21 +215,30 @@ class GraphAccumulator:
         # may not be the statistic's: a loop of zero steps)
         own = [pt.switch(anywhere | empty, b, k) for b, k in
                zip(c.own, known, strict=True)]
-        # grown state and padded batch
+        # grown state and padded batch; lazily, so that a batch that fits
+        # the cells and shape known so far (the usual case) copies nothing
         shape = [*c.cells, *own]
-        grown = {
+        n_old = old["n"]
+        kept = ~empty & same & _all_equal(
+            [n_old.shape[j] for j in range(axes)], c.cells)
+        grown = _unless(kept, {
             k: _fit(v, shape if k in est.VALUE_FIELDS else c.cells,
                     fm.field_start(k))
             for k, v in old.items()
-        }
-        value = c.pad(value, own=own) if axes else _fit(value, own, 0.0)
-        count = None
-        if c.count is not None:
-            count = c.pad(c.count) if axes else c.count
-        mean = None
+        }, old)
+        batch = {"value": value}
         if partner_mean is not None:
-            mean = (c.pad(partner_mean, own=own) if axes
-                    else _fit(partner_mean, own, 0.0))
+            batch["mean"] = partner_mean
+        fits = _all_equal([v.shape[j] for v in batch.values() for j in range(v.ndim)],
+                          shape * len(batch))
+        padded = {k: c.pad(v, own=own) if axes else _fit(v, own, 0.0)
+                  for k, v in batch.items()}
+        if c.count is not None and axes:
+            batch["count"], padded["count"] = c.count, c.pad(c.count)
+        batch = _unless(fits, padded, batch)
+        value = batch["value"]
+        count = batch.get("count", c.count)
+        mean = batch.get("mean")
         value, count, mean = fm.mask(pt, live, value, count, mean)
         return fm.update(pt, estimator, role, grown, value, count, live, mean), ok
 

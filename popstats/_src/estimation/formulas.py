@@ -234,10 +234,12 @@ def update(xp: Any, estimator: Any, role: str | None, old: Fields, value: Array,
     if name == "pooled" and role in SPREADS:
         variance = value if role == "var" else value**2
         delta = mean - old["mean"]
-        new["m2"] = old["m2"] + (
+        # the batch's terms first: PyTensor flattens ``a + (b + c)`` into
+        # ``a + b + c``, which would round otherwise than NumPy does
+        new["m2"] = (
             align_cells(w, value) * variance
             + delta**2 * align_cells(old["w"] * w / safe, value)
-        )
+        ) + old["m2"]
         move = delta * align_cells(w / safe, value)
         new["mean"] = old["mean"] + move
         new["w"] = w_total
