@@ -269,7 +269,7 @@ def uses_count(estimator: Estimator, role: str | None) -> bool:
 # Fields with the statistic's own shape after the time axes; the others are
 # per cell. "n" (batches per cell) is the coverage, in every state.
 VALUE_FIELDS = frozenset({"mean", "m2", "acc", "xm", "xx", "xk", "p", "q",
-                          *fm.POOLED_SUMS})
+                          "ref", "refv", *fm.POOLED_SUMS})
 
 #: the fields of every state behind its standard error and trend test
 #: (``docs/estimators.rst``, "Standard errors"): the batches' inputs' sum of
@@ -286,14 +286,17 @@ def fields(estimator: Estimator, role: str | None) -> tuple[str, ...]:
     the value is not that mean), and for the count-weighted estimators
     ``u`` (the sum of squared weights) with ``p``, ``q`` (``"weighted"`` and
     the ``"pooled"`` mean) or the pooled variance's sums ``srr``, ``srd``,
-    ``sr``, ``sdd``, ``sd``.
+    ``sr``, ``sdd``, ``sd``, kept around a reference per cell and unit, the
+    first batch's value ``ref`` (and variance ``refv`` for the pooled
+    variance), and recentred where read.
     """
     if estimator.name == "ema":
         return ("n", "decay", "acc", "xm", *_EQUAL)
     if estimator.name == "pooled" and role in ("var", "std"):
-        return ("n", "w", "mean", "m2", "xm", *_EQUAL, "u", *fm.POOLED_SUMS)
+        return ("n", "w", "mean", "m2", "xm", *_EQUAL, "u", "ref", "refv",
+                *fm.POOLED_SUMS)
     if estimator.name in ("weighted", "pooled"):
-        return ("n", "w", "mean", "xm", *_EQUAL, "u", "p", "q")
+        return ("n", "w", "mean", "xm", *_EQUAL, "u", "ref", "p", "q")
     return ("n", "w", "mean", *_EQUAL)
 
 

@@ -240,20 +240,17 @@ def update(xp: Any, estimator: Any, role: str | None, old: Fields, value: Array,
             align_cells(w, value) * variance
             + delta**2 * align_cells(old["w"] * w / safe, value)
         ) + old["m2"]
-        move = delta * align_cells(w / safe, value)
-        new["mean"] = old["mean"] + move
+        new["mean"] = old["mean"] + delta * align_cells(w / safe, value)
         new["w"] = w_total
         _equal_fields(xp, old, new, variance, reached)
-        _pooled_step(xp, old, new, variance, mean, w, move)
+        _pooled_step(xp, old, new, variance, mean, w)
         return new
-    # mean_step's arithmetic, its step kept: the ratio's sums move by it (an
-    # engine that simplifies new - old would not give its bits back)
-    move = (value - old["mean"]) * align_cells(w / safe, value)
-    new["mean"] = old["mean"] + move
+    # mean_step's arithmetic
+    new["mean"] = old["mean"] + (value - old["mean"]) * align_cells(w / safe, value)
     new["w"] = w_total
     if name in ("weighted", "pooled"):
         _equal_fields(xp, old, new, value, reached)
-        _ratio_step(xp, old, new, value, w, move)
+        _ratio_step(xp, old, new, value, w)
     else:  # "mean", "unbiased": the mean is the equal-weight mean itself
         xx, xk = equal_step(old["mean"], new["mean"], old["xx"], old["xk"], value,
                             new["w"])
@@ -302,23 +299,36 @@ def _equal_fields(xp: Any, old: Fields, new: Fields, x: Array,
 
 
 def _ratio_shift(p: Array, q: Array, u: Array, d: Array) -> tuple[Array, Array]:
-    """``p = sum w^2 (x - R)`` and ``q = sum w^2 (x - R)^2`` recentred on
-    ``R + d`` (``u = sum w^2``, per cell)."""
+    """``p = sum w^2 (x - c)`` and ``q = sum w^2 (x - c)^2`` recentred on
+    ``c + d`` (``u = sum w^2``, per cell)."""
     u = align_cells(u, d)
     return p - d * u, q - 2.0 * d * p + d**2 * u
 
 
-def _ratio_step(xp: Any, old: Fields, new: Fields, x: Array, w: Array,
-                move: Array) -> None:
+def _first(xp: Any, old: Fields, x: Array, new_value: Array,
+           old_value: Array) -> Array:
+    """``new_value`` in the cells no earlier batch reached, else
+    ``old_value``: a reference is the first batch's value, then fixed."""
+    # ``< 1``, not ``== 0``: a PyTensor variable's ``==`` is identity
+    return xp.where(align_cells(old["n"] < 1, x), new_value, old_value)
+
+
+def _ratio_step(xp: Any, old: Fields, new: Fields, x: Array, w: Array) -> None:
     """``u``, ``p``, ``q`` of the ratio estimator ``R = sum w x / sum w``
-    after one batch that moved ``R`` by ``move`` (weight 0 where it did not
-    reach: nothing changes)."""
-    p, q = _ratio_shift(old["p"], old["q"], old["u"], move)
+    after one batch (weight 0 where it did not reach: nothing changes).
+
+    The sums are kept around a fixed reference per cell and unit, ``ref``
+    (the first batch's value), so a batch adds three products; they are
+    recentred on ``R`` (:func:`_ratio_shift`) only where read
+    (:func:`standard_error`, :func:`merge`).
+    """
+    ref = _first(xp, old, x, x, old["ref"])
     w2 = align_cells(w * w, x)
-    e = x - new["mean"]
+    e = x - ref
+    new["ref"] = ref
     new["u"] = old["u"] + w * w
-    new["p"] = p + w2 * e
-    new["q"] = q + w2 * e**2
+    new["p"] = old["p"] + w2 * e
+    new["q"] = old["q"] + w2 * e**2
 
 
 #: the pooled variance's sums over ``w_b^2`` of ``r^2, r d, r, d^2, d``
@@ -327,7 +337,7 @@ POOLED_SUMS = ("srr", "srd", "sr", "sdd", "sd")
 
 def _pooled_shift(s: Fields, u: Array, a: Array, c: Array) -> Fields:
     """The pooled variance's sums (:data:`POOLED_SUMS`) recentred when the
-    pooled mean moves by ``a`` and the pooled variance by ``c``: each
+    reference mean moves by ``a`` and the reference variance by ``c``: each
     residual ``r = v + d^2 - V`` becomes ``r - 2 a d + (a^2 - c)``, each
     ``d = mu - M`` becomes ``d - a``."""
     u = align_cells(u, a)
@@ -348,19 +358,33 @@ def _pooled_variance(xp: Any, m2: Array, w: Array) -> Array:
 
 
 def _pooled_step(xp: Any, old: Fields, new: Fields, v: Array, mu: Array,
-                 w: Array, a: Array) -> None:
+                 w: Array) -> None:
     """The pooled variance's sums after one batch (variance ``v``, mean
-    ``mu``, weight ``w``; 0 where it did not reach: nothing changes) that
-    moved the pooled mean by ``a``."""
-    c = (_pooled_variance(xp, new["m2"], new["w"])
-         - _pooled_variance(xp, old["m2"], old["w"]))
-    sums = _pooled_shift(old, old["u"], a, c)
-    d = mu - new["mean"]
-    r = v + d * d - _pooled_variance(xp, new["m2"], new["w"])
+    ``mu``, weight ``w``; 0 where it did not reach: nothing changes).
+
+    The residuals are taken against a fixed reference per cell and unit,
+    the first batch's mean ``ref`` and variance ``refv`` (``d = mu - ref``,
+    ``r = v + d^2 - refv``), so a batch adds five products; the sums are
+    recentred on the pooled mean and variance (:func:`_pooled_shift`) only
+    where read (:func:`standard_error`, :func:`merge`).
+    """
+    ref = _first(xp, old, v, mu, old["ref"])
+    refv = _first(xp, old, v, v, old["refv"])
+    d = mu - ref
+    r = v + d * d - refv
     w2 = align_cells(w * w, v)
     for key, term in zip(POOLED_SUMS, (r * r, r * d, r, d * d, d), strict=True):
-        new[key] = sums[key] + w2 * term
+        new[key] = old[key] + w2 * term
+    new["ref"], new["refv"] = ref, refv
     new["u"] = old["u"] + w * w
+
+
+def _pooled_centred(xp: Any, state: Fields) -> Fields:
+    """The pooled variance's sums recentred on the state's pooled mean and
+    variance (from its reference, :func:`_pooled_step`)."""
+    return _pooled_shift(state, state["u"], state["mean"] - state["ref"],
+                         _pooled_variance(xp, state["m2"], state["w"])
+                         - state["refv"])
 
 
 def merge(xp: Any, estimator: Any, a: Fields, b: Fields) -> Fields:
@@ -387,17 +411,19 @@ def merge(xp: Any, estimator: Any, a: Fields, b: Fields) -> Fields:
         return out
     _merge_equal(xp, a, b, out)
     out["u"] = a["u"] + b["u"]
+    # a's reference where a has batches (its first batch comes first), else
+    # b's; b's sums recentred on it
+    first = align_cells(a["n"] < 1, a["ref"])
+    out["ref"] = xp.where(first, b["ref"], a["ref"])
     if "m2" in a:
-        va = _pooled_variance(xp, a["m2"], a["w"])
-        vb = _pooled_variance(xp, b["m2"], b["w"])
-        v = _pooled_variance(xp, out["m2"], w)
-        sa = _pooled_shift(a, a["u"], out["mean"] - a["mean"], v - va)
-        sb = _pooled_shift(b, b["u"], out["mean"] - b["mean"], v - vb)
-        out.update({k: sa[k] + sb[k] for k in POOLED_SUMS})
+        out["refv"] = xp.where(first, b["refv"], a["refv"])
+        sb = _pooled_shift(b, b["u"], out["ref"] - b["ref"],
+                           out["refv"] - b["refv"])
+        out.update({k: xp.where(first, b[k], a[k] + sb[k]) for k in POOLED_SUMS})
         return out
-    pa, qa = _ratio_shift(a["p"], a["q"], a["u"], out["mean"] - a["mean"])
-    pb, qb = _ratio_shift(b["p"], b["q"], b["u"], out["mean"] - b["mean"])
-    out["p"], out["q"] = pa + pb, qa + qb
+    pb, qb = _ratio_shift(b["p"], b["q"], b["u"], out["ref"] - b["ref"])
+    out["p"] = xp.where(first, b["p"], a["p"] + pb)
+    out["q"] = xp.where(first, b["q"], a["q"] + qb)
     return out
 
 
@@ -462,7 +488,12 @@ def standard_error(xp: Any, estimator: Any, role: str | None,
         se = xp.sqrt(xx / align_cells(safe - 1.0, xx) * align_cells(weights, xx))
     elif "p" in state or "m2" in state:
         w = state["w"]
-        sq = xp.maximum(state["srr" if "m2" in state else "q"], 0.0)
+        if "m2" in state:  # the sums around the reference, recentred
+            centred = _pooled_centred(xp, state)["srr"]
+        else:
+            centred = _ratio_shift(state["p"], state["q"], state["u"],
+                                   state["mean"] - state["ref"])[1]
+        sq = xp.maximum(centred, 0.0)
         factor = safe / (safe - 1.0) / xp.where(w > 0, w * w, 1.0)
         se = xp.sqrt(sq * align_cells(factor, sq))
         if "m2" in state and role == "std":
