@@ -339,7 +339,7 @@ def _rewrite_npz(path, drop=(), **changes):
         np.savez(handle, **arrays)
 
 
-ERROR_FIELDS = ("xm", "xx", "xk", "u", "p", "q", *fm.POOLED_SUMS)
+ERROR_FIELDS = ("xm", "xx", "xk", "u", "ref", "refv", "p", "q", *fm.POOLED_SUMS)
 
 
 def _as_older_state(path):
