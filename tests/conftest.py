@@ -718,13 +718,15 @@ def population_of(stats) -> dict:
 # one Dask cluster for every test that needs one (the ``dask`` extra)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_client():
     """A client of one ``LocalCluster``: 2 worker processes, 1 thread each.
 
-    Started on first use, shared by every test of the session (start-up
-    and each worker's first compile of a graph cost seconds), closed at the
-    end. Not the default client: code under test gets it passed. Worker
+    Started on first use in a module, shared by its tests (start-up and
+    each worker's first compile of a graph cost seconds), closed at the
+    module's end: an idle cluster's heartbeats and memory monitors take
+    about a sixth of a core, which the rest of the run needs. Not the
+    default client: code under test gets it passed. Worker
     processes are spawned with this process's ``sys.path``, so they import
     popstats and the test helpers (``dask_loaders``) from the same place.
     """

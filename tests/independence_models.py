@@ -28,11 +28,15 @@ def fake_statistics(outputs, fill: float = 0.0, size: int = 1) -> PopulationStat
     stats = []
     graph = popstats.export(outputs)
     # outside loops the shape the graph computes (rewrite checks it; a 1
-    # that would broadcast is refused), else 1
-    known = known_shapes(graph.outputs)
-    for site, found in zip(graph.sites, known, strict=True):
+    # that would broadcast is refused), else 1; asked for those sites only
+    # (inferring shapes through nested loops is most of the cost, unused)
+    outside = [k for k, site in enumerate(graph.sites) if not site.depth]
+    found_outside = known_shapes([graph.outputs[k] for k in outside]) if outside else []
+    known = dict(zip(outside, found_outside, strict=True))
+    for k, site in enumerate(graph.sites):
         steps = (1,) * site.time.count("step")
-        own = found[len(found) - len(site.shape):] if not site.depth else site.shape
+        found = known.get(k)
+        own = found[len(found) - len(site.shape):] if found is not None else site.shape
         shape = tuple(size if s is None else s for s in (
             o if o is not None else s for o, s in zip(own, site.shape, strict=True)))
         stats.append(Statistic(site.name, site.label, site, np.full(

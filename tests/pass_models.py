@@ -75,6 +75,23 @@ def estimation(config, mode: str = "FAST_COMPILE",
                                accumulate=accumulate)
 
 
+#: the compiled passes of :func:`shared_estimation`, for the whole session
+_SHARED: dict = {}
+
+
+def shared_estimation(config, mode: str = "FAST_COMPILE",
+                      accumulate: str = "host") -> popstats.Estimation:
+    """:func:`estimation`, compiled once per (config, mode, accumulation) for
+    the whole session: ``test_accumulate_graph.py`` compares each config's
+    two accumulations, ``test_pass_machine.py`` draws them again (an
+    Estimation serves any number of passes; a test that makes one fail or
+    re-enter builds its own)."""
+    key = (config, mode, accumulate)
+    if key not in _SHARED:
+        _SHARED[key] = estimation(config, mode, accumulate)
+    return _SHARED[key]
+
+
 def make_batches(seed: int, n: int) -> list[dict]:
     """``n`` batches of 1 to 6 steps; each step has 0 or at least 2 elements.
 

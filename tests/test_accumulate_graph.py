@@ -40,7 +40,9 @@ def both(config, mode=MODE, **options):
 @pytest.mark.parametrize("config", pass_models.CONFIGS,
                          ids=["-".join(map(str, c)) for c in pass_models.CONFIGS])
 def test_graph_equals_host_for_every_estimator_and_time_mode(config, mode):
-    graph, host = both(config, mode)
+    # compiled once for the session: test_pass_machine.py draws them again
+    graph, host = (pass_models.shared_estimation(config, mode, accumulate)
+                   for accumulate in ("graph", "host"))
     assert graph.accumulate == "graph" and host.accumulate == "host"
     batches = pass_models.make_batches(11, 8)  # 1 to 6 steps, some unreached
     exact = mode == "FAST_COMPILE"  # the same operations in the same order

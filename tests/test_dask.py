@@ -1,6 +1,6 @@
 """popstats.dask: a pass on a Dask cluster equals one pass in this process.
 
-Every test runs on the session's ``LocalCluster`` (``dask_client`` in
+Every test runs on the module's ``LocalCluster`` (``dask_client`` in
 ``conftest.py``: 2 worker processes, 1 thread each). Partitions are loaded
 on the workers by ``dask_loaders`` (batches made there from a seed); the
 reference is :func:`popstats.estimate` here over the same batches in the

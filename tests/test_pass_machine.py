@@ -54,15 +54,12 @@ import popstats
 EXAMPLES = sized(12, 400)
 KILL_EXAMPLES = max(2, EXAMPLES // 8)
 WORKER = Path(__file__).with_name("pass_worker.py")
-_RUNS: dict = {}
 
 
 def estimation(config, accumulate: str = "host") -> popstats.Estimation:
-    """One compiled pass per config and accumulation for the whole session."""
-    key = (config, accumulate)
-    if key not in _RUNS:
-        _RUNS[key] = pass_models.estimation(config, MODE, accumulate)
-    return _RUNS[key]
+    """One compiled pass per config and accumulation for the whole session
+    (shared with ``test_accumulate_graph.py``)."""
+    return pass_models.shared_estimation(config, MODE, accumulate)
 
 
 def assert_same(got, want, exact: bool) -> None:

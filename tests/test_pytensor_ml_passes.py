@@ -3,7 +3,7 @@
 Skipped where pytensor-ml is not installed (the Python 3.11 line). The
 models are those of ``ptml_models.py`` with nothing marked: an MLP with a
 ``BatchNorm`` and a ``Recurrent`` model with a ``BatchNorm`` in its cell
-(per-step statistics). A pass on the session's Dask cluster (``dask_client``
+(per-step statistics). A pass on the module's Dask cluster (``dask_client``
 in ``conftest.py``: 2 worker processes, the batches made on the workers by
 ``dask_loaders.ptml_part``), and a checkpointed pass interrupted here and
 resumed in a fresh process that built other models first (so that its loop
