@@ -52,8 +52,9 @@ def run(estimator, role, batches, shape, depth, fast: bool):
             full = state["n"].shape + shape
             if scratch.get("full") != full:
                 scratch["full"] = full
-                scratch["arrays"] = [np.full(full, np.nan)
-                                     for _ in range(in_place.SCRATCH)]
+                scratch["arrays"] = [
+                    np.full(full, np.nan)
+                    for _ in range(in_place.scratch_needed(estimator, role))]
             cells = tuple(slice(0, n) for n in steps)
             buffers = [a[(*cells, ...)] for a in scratch["arrays"]]
         state = est.update(estimator, role, state, value, count, reached, mean,
@@ -113,7 +114,8 @@ def test_the_fast_path_is_taken():
     state = est.init(estimator, role, (3,), 1)
     state = est.grow(state, (2,))
     value = np.ones((2, 3))
-    scratch = [np.empty((2, 3)) for _ in range(in_place.SCRATCH)]
+    scratch = [np.empty((2, 3))
+               for _ in range(in_place.scratch_needed(estimator, role))]
     calls = []
     original = est.fm.update
     try:

@@ -182,18 +182,20 @@ class HostAccumulator:
             raise shape_error(self.call, site, shape, stat_shape(state, axes), index)
         if state["n"].shape != steps:
             state = est.grow(state, steps)
+        scratch = self._scratch_of(i, state["n"].shape + shape, steps,
+                                   in_place.scratch_needed(estimator, site.role))
         return est.update(estimator, site.role, state, value, count, reached, mean,
-                          self._scratch_of(i, state["n"].shape + shape, steps))
+                          scratch)
 
-    def _scratch_of(self, i: int, full: tuple[int, ...],
-                    steps: tuple[int, ...] = ()) -> list[np.ndarray]:
+    def _scratch_of(self, i: int, full: tuple[int, ...], steps: tuple[int, ...] = (),
+                    count: int = 2) -> list[np.ndarray]:
         """Statistic ``i``'s scratch arrays for :mod:`in_place` (-1: the
         plain statistics' flat buffer), of its state's shape ``full``, cut
         to the batch's ``steps``. Kept from batch to batch: new arrays of
         this size would be mapped fresh from the system every batch."""
         arrays = self._scratch.get(i)
         if arrays is None or arrays[0].shape != full:
-            arrays = [np.empty(full) for _ in range(in_place.SCRATCH)]
+            arrays = [np.empty(full) for _ in range(count)]
             self._scratch[i] = arrays
         cells: tuple[slice | EllipsisType, ...] = (
             *(slice(0, n) for n in steps), Ellipsis)

@@ -352,7 +352,7 @@ def update(
     reached; a cell it did not reach (a step where a mask left no element,
     count 0, or a pooled loop that ran no step) changes nothing, not even
     coverage. The formulas are :func:`~popstats._src.estimation.formulas.update`'s;
-    given ``scratch`` (``in_place.SCRATCH`` float64 arrays of ``value``'s
+    given ``scratch`` (``in_place.scratch_needed`` float64 arrays of ``value``'s
     shape), a batch that reached every cell is added by
     :func:`~popstats._src.estimation.in_place.update` instead (the same
     operations without new arrays, bit for bit).

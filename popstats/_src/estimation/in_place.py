@@ -30,12 +30,15 @@ import numpy as np
 from popstats._src.estimation import formulas as fm
 from popstats._src.export.time_modes import align_cells
 
-__all__ = ["SCRATCH", "handles", "mean_fields", "update"]
+__all__ = ["handles", "mean_fields", "scratch_needed", "update"]
 
 Fields = dict[str, np.ndarray]
 
-#: scratch arrays (of the value's shape, float64) :func:`update` needs
-SCRATCH = 3
+
+def scratch_needed(estimator: Any, role: str | None) -> int:
+    """How many scratch arrays (float64, the value's shape) :func:`update`
+    needs: 3 for a ``"pooled"`` variance or std, else 2."""
+    return 3 if estimator.name == "pooled" and role in fm.SPREADS else 2
 
 
 def handles(estimator: Any, role: str | None, reached: np.ndarray | None,
@@ -55,7 +58,7 @@ def update(estimator: Any, role: str | None, view: Fields, value: np.ndarray,
     """Add one batch that reached every cell to the fields ``view`` (updated
     in place), as :func:`~popstats._src.estimation.formulas.update` does.
 
-    ``scratch`` holds :data:`SCRATCH` float64 arrays of ``value``'s shape
+    ``scratch`` holds :func:`scratch_needed` float64 arrays of ``value``'s shape
     (their contents are overwritten). Call only where :func:`handles`.
     """
     name = estimator.name
@@ -88,8 +91,9 @@ def update(estimator: Any, role: str | None, view: Fields, value: np.ndarray,
     w_old = view["w"]
     w_total = w_old + w
     safe = np.where(w_total > 0, w_total, 1.0)
-    d, t, c = scratch
+    d, t = scratch[0], scratch[1]
     if name == "pooled" and role in fm.SPREADS:
+        c = scratch[2]
         mean = cast(np.ndarray, mean)  # the paired batch mean, always given
         variance = value if role == "var" else value**2
         np.subtract(mean, view["mean"], out=d)  # delta
