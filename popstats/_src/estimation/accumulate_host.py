@@ -19,12 +19,13 @@ Stage: estimation (:mod:`popstats._src.estimation`). Members:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import EllipsisType
 
 import numpy as np
 
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation import estimators as est
-from popstats._src.estimation import formulas as fm
+from popstats._src.estimation import in_place
 from popstats._src.estimation.checks import check_cells, raise_failed, reached_cells
 from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import Site
@@ -78,6 +79,7 @@ class HostAccumulator:
         )
         self._counted = tuple(i for i in self._plain if slots[i][1] is not None)
         self._flat: tuple | None = None
+        self._scratch: dict[int, list[np.ndarray]] = {}
 
     def add(self, states: list, per_site: list, index: int) -> list:
         """Add batch ``index`` (``per_site[i]``: value, count, weight) to
@@ -124,10 +126,10 @@ class HostAccumulator:
         _, mean, n, w, _, sizes, xx, xk = flat
         n += 1
         w += 1.0
-        before = mean.copy()
-        mean[...] = fm.mean_step(mean, joined, np.repeat(1.0 / w, sizes))
-        xx[...], xk[...] = fm.equal_step(before, mean, xx, xk, joined,
-                                         np.repeat(w, sizes))
+        # fm.mean_step and fm.equal_step, in place (in_place.mean_fields)
+        in_place.mean_fields(mean, xx, xk, joined, np.repeat(1.0 / w, sizes),
+                             np.repeat((w - 1.0) * 0.5, sizes),
+                             self._scratch_of(-1, mean.shape))
         return frozenset(plain)
 
     def _link_plain(self, states: list) -> None:
@@ -180,7 +182,24 @@ class HostAccumulator:
             raise shape_error(self.call, site, shape, stat_shape(state, axes), index)
         if state["n"].shape != steps:
             state = est.grow(state, steps)
-        return est.update(estimator, site.role, state, value, count, reached, mean)
+        scratch = self._scratch_of(i, state["n"].shape + shape, steps,
+                                   in_place.scratch_needed(estimator, site.role))
+        return est.update(estimator, site.role, state, value, count, reached, mean,
+                          scratch)
+
+    def _scratch_of(self, i: int, full: tuple[int, ...], steps: tuple[int, ...] = (),
+                    count: int = 2) -> list[np.ndarray]:
+        """Statistic ``i``'s scratch arrays for :mod:`in_place` (-1: the
+        plain statistics' flat buffer), of its state's shape ``full``, cut
+        to the batch's ``steps``. Kept from batch to batch: new arrays of
+        this size would be mapped fresh from the system every batch."""
+        arrays = self._scratch.get(i)
+        if arrays is None or arrays[0].shape != full:
+            arrays = [np.empty(full) for _ in range(count)]
+            self._scratch[i] = arrays
+        cells: tuple[slice | EllipsisType, ...] = (
+            *(slice(0, n) for n in steps), Ellipsis)
+        return [a[cells] for a in arrays]
 
 
 def fits(arrays: dict[str, np.ndarray], site: Site, estimator: est.Estimator) -> bool:

@@ -48,6 +48,7 @@ import numpy as np
 
 from popstats._src.errors import PopstatsError, check_number, describe_value
 from popstats._src.estimation import formulas as fm
+from popstats._src.estimation import in_place
 
 __all__ = [
     "ESTIMATORS",
@@ -342,6 +343,7 @@ def update(
     count: np.ndarray | None,
     reached: np.ndarray | None,
     mean: np.ndarray | None,
+    scratch: list[np.ndarray] | None = None,
 ) -> State:
     """Add one batch; arrays cover the batch's cells (``value.shape[:depth]``).
 
@@ -349,7 +351,11 @@ def update(
     place and returned. ``reached`` (None: all) marks the cells the batch
     reached; a cell it did not reach (a step where a mask left no element,
     count 0, or a pooled loop that ran no step) changes nothing, not even
-    coverage. The formulas are :func:`~popstats._src.estimation.formulas.update`'s.
+    coverage. The formulas are :func:`~popstats._src.estimation.formulas.update`'s;
+    given ``scratch`` (``in_place.scratch_needed`` float64 arrays of ``value``'s
+    shape), a batch that reached every cell is added by
+    :func:`~popstats._src.estimation.in_place.update` instead (the same
+    operations without new arrays, bit for bit).
     """
     depth = state["n"].ndim
     cells: tuple[slice | EllipsisType, ...] = (
@@ -361,6 +367,9 @@ def update(
         value, count, mean = fm.mask(np, reached, value, count, mean)
     if estimator.unbiased and role in ("var", "std"):
         _check_bessel(count, role)
+    if scratch is not None and in_place.handles(estimator, role, reached, count):
+        in_place.update(estimator, role, view, value, count, mean, scratch)
+        return state
     new = fm.update(np, estimator, role, view, value, count, reached, mean)
     for field, array in new.items():
         view[field][...] = array
