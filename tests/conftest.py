@@ -14,6 +14,7 @@ another mode). ``test_backends.py`` covers the other modes.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,18 @@ def pytest_collection_modifyitems(config, items):
 def pytest_configure(config):
     # The NumPy references compute in float64; so do the models.
     pytensor.config.floatX = "float64"
+    # PyTensor records where every variable and node was created (a stack
+    # walk with source lines, for its error messages' "Backtrace when the
+    # node is created"); nothing popstats does or tests reads it, and it was
+    # a fifth of the CPU time of graph-heavy tests (test_accumulate_graph:
+    # 66 s -> 50 s without it). Off here and in the processes the tests
+    # start (they inherit PYTENSOR_FLAGS).
+    # (PYTENSOR_FLAGS naming traceback__limit is kept: PyTensor read it.)
+    flags = os.environ.get("PYTENSOR_FLAGS", "")
+    if "traceback__limit" not in flags:
+        pytensor.config.traceback__limit = 0
+        os.environ["PYTENSOR_FLAGS"] = ",".join(
+            f for f in (flags, "traceback__limit=0") if f)
     # PyTensor looks for a BLAS library the first time a C-backed mode
     # needs it and warns when there is none (as on these machines); warnings
     # are errors in the tests, so make that lookup happen here, quietly.

@@ -186,3 +186,31 @@ def test_a_run_reaching_no_cell_continues_and_merges():
             merged = run.merge(nothing, run.run(full[:1], progress=False))
             results.append(run.run([empty, full[1]], merged, progress=False))
         assert_same_state(*results)
+
+
+def test_building_the_accumulators_does_not_fold_sizes_through_the_loops(monkeypatch):
+    """``pt.alloc`` folds its sizes through a clone of every graph above
+    them (``infer_static_shape``): with sizes read from a loop's statistic,
+    the whole estimation graph, per array built. popstats' arrays
+    (accumulators, padding, reached cells, time pooling) are built without
+    that fold: no size folded while building an Estimation depends on a
+    Scan (the loop model here, every time mode)."""
+    import pytensor.tensor.basic as ptb
+    from pytensor.graph.traversal import ancestors
+    from pytensor.scan.op import Scan
+
+    folded = []
+    fold = ptb.infer_static_shape
+
+    def counting(shape):
+        sizes = [s for s in shape if hasattr(s, "owner")]
+        if any(v.owner is not None and isinstance(v.owner.op, Scan)
+               for v in ancestors(sizes)):
+            folded.append(shape)
+        return fold(shape)
+
+    inputs, outputs = pass_models.model()  # built before: its own Scan folds
+    monkeypatch.setattr(ptb, "infer_static_shape", counting)
+    for config in [("pooled", "step", None), ("mean", "pooled", None)]:
+        both(config)
+    assert folded == []

@@ -44,6 +44,7 @@ from popstats._src.estimation import formulas as fm
 from popstats._src.estimation.checks import check_cells, passed, reached_cells
 from popstats._src.estimation.state import EstimationState
 from popstats._src.export.exporter import Site
+from popstats._src.graph.alloc import alloc
 
 __all__ = ["GraphAccumulator"]
 
@@ -53,8 +54,8 @@ def _fit(
     """``array`` in the corner of a ``fill``-ed array of ``shape`` (cropped)."""
     if array.ndim == 0:
         return array
-    # Alloc's one output (Op.__call__ is typed for any number of outputs)
-    out = cast(TensorVariable, pt.alloc(np.asarray(fill, dtype=array.dtype), *shape))
+    # not pt.alloc: it would fold the sizes through the whole graph above
+    out = alloc(np.asarray(fill, dtype=array.dtype), *shape)
     corner = tuple(
         slice(0, pt.minimum(array.shape[j], shape[j])) for j in range(array.ndim)
     )

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+import pytensor.tensor as pt
+
 from popstats._src.errors import PopstatsError
 from popstats._src.estimation import estimators as est
 from popstats._src.estimation import formulas as fm
 from popstats._src.export.sites import Site
 from popstats._src.export.time_modes import align_cells
+from popstats._src.graph.alloc import alloc
 
 __all__ = ["BatchChecks", "check_cells", "passed", "raise_failed", "reached_cells"]
 
@@ -53,7 +57,9 @@ class BatchChecks(NamedTuple):
 def reached_cells(xp: Any, steps: Any, count: Any, weight: Any) -> Any:
     """The cells (time steps) a batch reached: a count above 0 and a weight
     above 0 where given (``steps``: the batch's cells, capped)."""
-    reached = xp.ones(steps, dtype=bool)
+    # PyTensor's: not pt.ones, which folds the sizes through the graph above
+    reached = (alloc(np.array(True), *steps) if xp is pt
+               else xp.ones(steps, dtype=bool))
     if count is not None:
         reached = reached & (count > 0)
     if weight is not None:

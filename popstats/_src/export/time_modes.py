@@ -25,6 +25,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from popstats._src.errors import PopstatsError, describe_value
 from popstats._src.export.sites import Found, Site
+from popstats._src.graph.alloc import alloc
 from popstats._src.graph.marker import statistic_role
 
 __all__ = [
@@ -107,8 +108,8 @@ def pool_steps(found: Found, partner: Found | None) -> None:
     cells = 1 + found.time[1:].count("step")  # this axis and inner step axes
     weight = found.weight
     if weight is None:
-        ones = pt.alloc(np.float64(1.0), *(value.shape[i] for i in range(cells)))
-        weight = cast(TensorVariable, ones)  # Alloc's one output
+        # not pt.alloc: it would fold the sizes through the whole graph above
+        weight = alloc(np.float64(1.0), *(value.shape[i] for i in range(cells)))
     live = None
     if count is not None:
         # A step whose count is 0 (a mask left no element; its value is 0/0)
