@@ -209,8 +209,9 @@ def test_building_the_accumulators_does_not_fold_sizes_through_the_loops(monkeyp
             folded.append(shape)
         return fold(shape)
 
-    inputs, outputs = pass_models.model()  # built before: its own Scan folds
+    inputs, outputs = pass_models.model()  # built before: its own scan folds
     monkeypatch.setattr(ptb, "infer_static_shape", counting)
-    for config in [("pooled", "step", None), ("mean", "pooled", None)]:
-        both(config)
+    for name, time in [("pooled", "step"), ("mean", "pooled")]:
+        popstats.Estimation(inputs, outputs, accumulate="graph", time=time,
+                            estimator=pass_models.estimator_spec(name), mode=MODE)
     assert folded == []

@@ -19,7 +19,9 @@ shape is taken from the first batch. Growing and padding are lazy branches
 (``ifelse``): a batch with the steps and shape known so far (the usual case)
 updates the fields as they are, without copying each into an array of its
 own size first -- with the fields behind the standard errors, most of what
-a batch cost here. Cells a batch does not reach (beyond
+a batch cost here. There are two such branches for all statistics together
+(fields grown, batches padded), not two per statistic: PyTensor runs an
+``ifelse`` in Python. Cells a batch does not reach (beyond
 its steps, count 0, or a pooled loop with no step) are left unchanged. The
 formulas are :func:`~popstats._src.estimation.formulas.update`'s, with
 PyTensor as the array namespace, as the host's are with NumPy.
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 import pytensor
@@ -71,9 +73,8 @@ def _all_equal(a: Sequence, b: Sequence) -> TensorVariable:
 
 
 def _unless(
-    keep: TensorVariable, changed: dict[str, TensorVariable],
-    kept: dict[str, TensorVariable]
-) -> dict[str, TensorVariable]:
+    keep: TensorVariable, changed: dict, kept: dict
+) -> dict:
     """``kept`` where ``keep`` holds, else ``changed``: a lazy ``ifelse``
     (the virtual machine evaluates one branch only), so that arrays that
     already fit are not copied into arrays of their own size."""
@@ -87,6 +88,35 @@ def _unless(
     out = _ifelse(~keep, other, same)
     return dict(zip(keys, out if isinstance(out, list | tuple) else [out],
                     strict=True))
+
+
+def _unless_all(
+    keep: Sequence[TensorVariable], changed: Sequence[dict], kept: Sequence[dict]
+) -> list[dict]:
+    """Per statistic, ``kept[i]`` where every ``keep`` holds, else
+    ``changed[i]``: one lazy ``ifelse`` for them all."""
+    if not keep:
+        return []
+    flat_changed = {(i, k): v for i, d in enumerate(changed) for k, v in d.items()}
+    flat_kept = {(i, k): v for i, d in enumerate(kept) for k, v in d.items()}
+    out = _unless(pt.all(pt.stack(list(keep))), flat_changed, flat_kept)
+    split: list[dict] = [{} for _ in keep]
+    for (i, k), v in out.items():
+        split[i][k] = v
+    return split
+
+
+class _Step(NamedTuple):
+    """One statistic's part of a batch's update, before the lazy branches."""
+
+    ok: TensorVariable
+    live: TensorVariable
+    kept: TensorVariable
+    grow: dict
+    old: dict
+    fits: TensorVariable
+    padded: dict
+    batch: dict
 
 
 def _like(var: TensorVariable, other: TensorVariable) -> TensorVariable:
@@ -175,14 +205,33 @@ class GraphAccumulator:
             cells.append(
                 _Cells(value, count, weight, site.time_axes, max_steps, fields["n"])
             )
+        steps = []
         for i, (site, estimator) in enumerate(
             zip(self.sites, self.estimators, strict=True)
         ):
             partner = partners[i]
             mean = None if partner is None else cells[partner].value
-            new, ok = self._update(site, estimator, self.shared[i], cells[i], mean)
+            steps.append(self._prepare(site, estimator, self.shared[i], cells[i], mean))
+        # One lazy branch for all statistics' grown fields and one for their
+        # padded batches (not two per statistic: PyTensor runs each IfElse
+        # in Python, a fixed cost per node and batch). A statistic that
+        # already fits takes the other branch as an exact copy (its arrays
+        # fitted to their own shape), so the values are the same either way.
+        grown = _unless_all([p.kept for p in steps], [p.grow for p in steps],
+                            [p.old for p in steps])
+        batches = _unless_all([p.fits for p in steps], [p.padded for p in steps],
+                              [p.batch for p in steps])
+        for i, (site, estimator) in enumerate(
+            zip(self.sites, self.estimators, strict=True)
+        ):
+            p, batch = steps[i], batches[i]
+            count = batch.get("count", cells[i].count)
+            value, count, mean = fm.mask(pt, p.live, batch["value"], count,
+                                         batch.get("mean"))
+            new = fm.update(pt, estimator, site.role, grown[i], value, count, p.live,
+                            mean)
             self.updates.extend((self.shared[i][k], new[k]) for k in new)
-            checks.append(ok)
+            checks.append(p.ok)
         self.checks = pt.stack(checks).astype("int8")
 
     @staticmethod
@@ -199,8 +248,9 @@ class GraphAccumulator:
             )
         return out
 
-    def _update(self, site, estimator, old, c: _Cells, partner_mean):
-        """The new fields of one statistic, and whether its checks pass."""
+    def _prepare(self, site, estimator, old, c: _Cells, partner_mean) -> _Step:
+        """One statistic's checks, and both branches of its grown fields and
+        of its padded batch, with the conditions that pick them."""
         role, axes = site.role, site.time_axes
         live = c.pad(c.reached, False) if axes else c.reached
         value = c.value
@@ -222,11 +272,11 @@ class GraphAccumulator:
         n_old = old["n"]
         kept = ~empty & same & _all_equal(
             [n_old.shape[j] for j in range(axes)], c.cells)
-        grown = _unless(kept, {
+        grow = {
             k: _fit(v, shape if k in est.VALUE_FIELDS else c.cells,
                     fm.field_start(k))
             for k, v in old.items()
-        }, old)
+        }
         batch = {"value": value}
         if partner_mean is not None:
             batch["mean"] = partner_mean
@@ -236,12 +286,7 @@ class GraphAccumulator:
                   for k, v in batch.items()}
         if c.count is not None and axes:
             batch["count"], padded["count"] = c.count, c.pad(c.count)
-        batch = _unless(fits, padded, batch)
-        value = batch["value"]
-        count = batch.get("count", c.count)
-        mean = batch.get("mean")
-        value, count, mean = fm.mask(pt, live, value, count, mean)
-        return fm.update(pt, estimator, role, grown, value, count, live, mean), ok
+        return _Step(ok, live, kept, grow, dict(old), fits, padded, batch)
 
     # -- the state in the shared variables --------------------------------------
 
