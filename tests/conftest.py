@@ -31,7 +31,7 @@ from pytensor.scan.op import Scan
 
 # The helpers of every test module live in shared.py; imported here too, for
 # the modules that take them from conftest.
-from shared import FROZEN_INNER, LONG, MODE, PT_VERSION, fails, scan  # noqa: F401
+from shared import DEFAULT_MODE, FROZEN_INNER, LONG, MODE, PT_VERSION, fails, scan  # noqa: F401
 
 import popstats
 
@@ -51,6 +51,11 @@ def pytest_collection_modifyitems(config, items):
 def pytest_configure(config):
     # The NumPy references compute in float64; so do the models.
     pytensor.config.floatX = "float64"
+    # A test that names no mode compiles with MODE, as the behaviour tests
+    # do (with an empty compile cache PyTensor's default, Numba, took 10-20 s
+    # per graph); the tests of the default mode pass shared.DEFAULT_MODE.
+    # The processes the tests start keep PyTensor's default.
+    pytensor.config.mode = MODE
     # PyTensor records where every variable and node was created (a stack
     # walk with source lines, for its error messages' "Backtrace when the
     # node is created"); nothing popstats does or tests reads it, and it was

@@ -38,8 +38,14 @@ import popstats
 
 #: ``POPSTATS_LONG`` set (to anything but ``0``): the long runs.
 LONG = os.environ.get("POPSTATS_LONG", "").strip() not in ("", "0")
-#: The mode the behaviour tests compile with (``POPSTATS_TEST_MODE``).
+#: The mode the behaviour tests compile with (``POPSTATS_TEST_MODE``); the
+#: test session makes it PyTensor's default (``conftest.pytest_configure``),
+#: so that a test naming no mode compiles with it too.
 MODE = os.environ.get("POPSTATS_TEST_MODE", "FAST_COMPILE")
+#: PyTensor's own default mode (Numba unless PYTENSOR_FLAGS says otherwise),
+#: as it was before the session changed the default: what the tests of
+#: ``mode=None`` compile with.
+DEFAULT_MODE = pytensor.compile.mode.get_mode(pytensor.config.mode)
 #: PyTensor's (major, minor).
 PT_VERSION = tuple(int(p) for p in re.findall(r"\d+", pytensor.__version__)[:2])
 #: PyTensor >= 3.1 freezes Scan inner graphs and drops tags of inner variables.

@@ -18,13 +18,13 @@ import pass_models
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from shared import MODE, assert_same_state, chosen, fails
+from shared import DEFAULT_MODE, MODE, assert_same_state, chosen, fails
 
 import popstats
 
 #: the modes of the every-estimator proof: the test mode; the long run adds
 #: PyTensor's default (Numba) and C (CVM) modes
-MODES = list(dict.fromkeys(chosen([MODE, None, "CVM"], [MODE])))
+MODES = list(dict.fromkeys(chosen([MODE, DEFAULT_MODE, "CVM"], [MODE])))
 
 
 def both(config, mode=MODE, **options):
@@ -36,7 +36,8 @@ def both(config, mode=MODE, **options):
     return graph, host
 
 
-@pytest.mark.parametrize("mode", MODES, ids=lambda m: m or "default")
+@pytest.mark.parametrize("mode", MODES,
+                         ids=lambda m: "default" if m is DEFAULT_MODE else m)
 @pytest.mark.parametrize("config", pass_models.CONFIGS,
                          ids=["-".join(map(str, c)) for c in pass_models.CONFIGS])
 def test_graph_equals_host_for_every_estimator_and_time_mode(config, mode):

@@ -22,6 +22,7 @@ import pytensor
 import pytest
 from conftest import Case, build_case, build_zoo
 from reference import fgraph_nodes, iter_nodes
+from shared import DEFAULT_MODE
 
 import popstats
 from popstats import BNStat
@@ -48,7 +49,7 @@ ZOO = [
 JAX_ZOO = ["rnn", "n_steps_const", "backwards", "outer_stat", "nested2", "two_scans"]
 
 MODES = [
-    pytest.param(None, id="default"),
+    pytest.param(DEFAULT_MODE, id="default"),
     pytest.param("CVM", id="CVM"),
     pytest.param("FAST_COMPILE", id="FAST_COMPILE"),
     pytest.param("JAX", id="JAX"),

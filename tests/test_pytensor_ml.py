@@ -31,6 +31,7 @@ from popstats._src.graph.recognize import RecognitionContext
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ptml_models as models
+from shared import DEFAULT_MODE
 
 WORKER = Path(__file__).with_name("ptml_worker.py")
 FAST = "FAST_COMPILE"
@@ -166,7 +167,7 @@ def test_expansion_computes_what_the_op_computes():
             np.testing.assert_allclose(ours, op_value, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("mode", [None, "JAX", "CVM"])
+@pytest.mark.parametrize("mode", [pytest.param(DEFAULT_MODE, id="None"), "JAX", "CVM"])
 def test_inference_graph_compiles_in_every_cpu_mode(mode):
     if mode == "JAX":
         pytest.importorskip("jax")

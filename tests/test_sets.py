@@ -16,7 +16,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from shared import MODE, fails, scan
+from shared import DEFAULT_MODE, MODE, fails, scan
 
 import popstats
 
@@ -173,7 +173,8 @@ def test_select_in_nested_loops_with_different_lengths():
         np.testing.assert_allclose(f(test, i), alone, rtol=1e-12)
 
 
-@pytest.mark.parametrize("mode", [None, "CVM", MODE], ids=["default", "CVM", MODE])
+@pytest.mark.parametrize("mode", [DEFAULT_MODE, "CVM", MODE],
+                         ids=["default", "CVM", MODE])
 def test_select_out_of_range_raises_at_run_time(ff, mode):
     model, sets = ff
     k = pt.iscalar("k")

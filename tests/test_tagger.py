@@ -12,7 +12,7 @@ from pytensor.graph.replace import clone_replace
 from pytensor.graph.rewriting.basic import MergeOptimizer
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
-from shared import PT_VERSION
+from shared import DEFAULT_MODE, PT_VERSION
 
 import popstats
 from popstats import BNStat
@@ -247,7 +247,8 @@ def test_mark_survives_grad():
 # ------------------------------------------------------- compiled graphs
 
 
-@pytest.mark.parametrize("mode", [None, "CVM", "FAST_COMPILE"])
+@pytest.mark.parametrize("mode", [pytest.param(DEFAULT_MODE, id="None"), "CVM",
+                                  "FAST_COMPILE"])
 def test_compiled_graph_has_no_mark(mode):
     x = pt.matrix("x")
     mean = popstats.bn_statistic(x.mean(axis=0), label="mean")
