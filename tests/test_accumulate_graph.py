@@ -57,6 +57,28 @@ def test_graph_equals_host_for_every_estimator_and_time_mode(config, mode):
     assert_same_state(graph.merge(a, b2), host.merge(b, a2), exact=False)
 
 
+def test_only_a_batch_that_does_not_fit_is_added_on_the_host(monkeypatch):
+    """The accumulators grow on the host: the first batch and each batch with
+    more steps than any before are added there (from the statistics the
+    compiled function returned); every other batch, shorter ones included,
+    in the compiled function, which holds no ``ifelse`` (Numba evaluates
+    both branches of one, and compiles one of many arrays for minutes)."""
+    graph, host = both(("pooled", "step", None))
+    batches = pass_models.make_batches(11, 8)
+    steps = [b["x"].shape[0] for b in batches]
+    longer = [i for i, t in enumerate(steps) if i == 0 or t > max(steps[:i])]
+    assert 1 < len(longer) < len(batches) - 1  # the data has both kinds
+    on_host = []
+    add = graph._host.add
+    monkeypatch.setattr(graph._host, "add", lambda states, per_site, index: (
+        on_host.append(index), add(states, per_site, index))[1])
+    state = graph.run(batches, progress=False)
+    assert on_host == longer
+    assert_same_state(state, host.run(batches, progress=False))
+    nodes = graph._engine.function.maker.fgraph.apply_nodes
+    assert not [n for n in nodes if type(n.op).__name__ == "IfElse"]
+
+
 def test_a_state_given_is_not_changed():
     graph, _ = both(("pooled", "step", None))
     batches = pass_models.make_batches(3, 4)

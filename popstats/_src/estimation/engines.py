@@ -147,7 +147,7 @@ class GraphEngine:
         if self.function is None:
             host = self.host
             self.function = pytensor.function(
-                host.inputs, self.accumulator.checks,
+                host.inputs, self.accumulator.outputs,
                 updates=self.accumulator.updates, mode=host.mode,
                 on_unused_input="ignore")
         return self.function

@@ -265,7 +265,7 @@ class GraphPass(Pass):
     def step(self, batch: Any) -> int:
         values = self.take(batch, self.n)
         try:
-            checks = self.function(*values)
+            checks, fit, *returned = self.function(*values)
         except Exception:
             # The accumulators are written only when the whole call succeeds:
             # let the host path add this batch, or raise its error for it (a
@@ -273,17 +273,24 @@ class GraphPass(Pass):
             # static shape, takes this way too).
             self._on_host(values)
             return self.n
+        if not fit:
+            # the first batch, or more time steps than so far: the
+            # accumulators are unchanged and the batch's statistics returned;
+            # the host grows the state (or raises the error of a batch of
+            # another shape)
+            self._on_host(values, self.graph.per_site(returned))
+            return self.n
         if not np.all(checks):
             explain(self.context, values, self.own, self.n)
-        if None in self.own:
-            self.own = self.graph.own_shapes()
         self.n += 1
         return self.n
 
-    def _on_host(self, values: list) -> None:
-        """Add one batch on the host, to the state read from the graph."""
+    def _on_host(self, values: list, per_site: list | None = None) -> None:
+        """Add one batch on the host, to the state read from the graph
+        (``per_site``: its statistics, if already computed)."""
         context = self.context
-        per_site = context.statistics(values, self.n)
+        if per_site is None:
+            per_site = context.statistics(values, self.n)
         current = self.state()  # read from the graph: arrays of its own
         states = context.host.add(list(current.states), per_site, self.n)
         self.n += 1
