@@ -138,6 +138,9 @@ class GraphAccumulator:
     outputs
         Per statistic (value, count or None, weight or None): the estimation
         graph's symbolic outputs for one batch.
+    slots
+        Per statistic the positions of its (value, count, weight) among
+        those of ``outputs`` that are not None, in order (None: not marked).
 
     Attributes
     ----------
@@ -157,6 +160,7 @@ class GraphAccumulator:
         partners: Sequence[int | None],
         outputs: Sequence[Trio],
         max_steps: int | None,
+        slots: Sequence[tuple[int | None, ...]],
     ) -> None:
         self.sites = tuple(sites)
         self.estimators = tuple(estimators)
@@ -167,18 +171,10 @@ class GraphAccumulator:
         ):
             self.shared.append(self._fields(site, estimator, value.ndim))
             cells.append(_Cells(value, count, weight, site.time_axes, max_steps))
-        # the batch's own outputs, in the order the host function returns
-        # them (engines.choose_engine): returned when the batch does not fit
-        flat: list[TensorVariable] = []
-        slots = []
-        for trio in outputs:
-            slot = []
-            for var in trio:
-                slot.append(None if var is None else len(flat))
-                if var is not None:
-                    flat.append(var)
-            slots.append(tuple(slot))
-        self.slots: tuple[tuple[int | None, ...], ...] = tuple(slots)
+        # the batch's own outputs, as the host function returns them: a
+        # batch that does not fit is added from them on the host
+        flat = [v for trio in outputs for v in trio if v is not None]
+        self.slots = tuple(slots)
         steps = []
         for i, (site, estimator) in enumerate(
             zip(self.sites, self.estimators, strict=True)

@@ -234,6 +234,6 @@ def choose_engine(inputs: Sequence[Variable], trios: Trios, mode: Any,
     host = HostEngine(inputs, flat, mode)
     if accumulate == "graph":
         accumulator = GraphAccumulator(sites, estimators, partners, list(trios),
-                                       max_steps)
+                                       max_steps, slots)
         return GraphEngine(host, accumulator), tuple(slots)
     return host, tuple(slots)
