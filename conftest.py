@@ -35,29 +35,6 @@ if os.environ.get("POPSTATS_LONG", "").strip() in ("", "0"):
         os.environ["PYTENSOR_FLAGS"] = ",".join(
             f for f in (_flags, "gcc__cxxflags=-O0") if f)
 
-#: One thread per library in the default run (the tests' child processes
-#: inherit it; a caller's own settings are kept): CI runs the two Python
-#: lines side by side on two cores, where OpenBLAS's and XLA's worker
-#: threads (two each by default) wait for a core held by the other line
-#: (measured in benchmarks: a BN-RNN ran 10x slower with multi-threaded BLAS
-#: on a loaded 2-core machine). The tests' arrays are small; one thread
-#: changes no value beyond the references' tolerances. NumPy is already
-#: loaded here (pytest's plugins import it), so its BLAS is limited through
-#: threadpoolctl where it is installed (scikit-learn, the examples' extra,
-#: brings it).
-if os.environ.get("POPSTATS_LONG", "").strip() in ("", "0"):
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                 "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(_var, "1")
-    os.environ.setdefault(
-        "XLA_FLAGS",
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    if (os.environ["OPENBLAS_NUM_THREADS"] == "1"
-            and importlib.util.find_spec("threadpoolctl") is not None):
-        import threadpoolctl
-
-        threadpoolctl.threadpool_limits(1)
-
 import pytensor
 import pytest
 from _pytest.doctest import DoctestItem
